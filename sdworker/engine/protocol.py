@@ -1,0 +1,165 @@
+"""The contract between the job runner and whatever generates images.
+
+The runner calls ``Engine.load()`` once and then ``Engine.generate()`` for one job at a time, always on
+the one thread it owns for GPU work. During ``generate`` the engine calls ``on_step`` once per
+denoising step, on that same thread, with a ``StepView``; the hook may ask the view for a preview
+(decoded on that thread, because it touches the model) and must return quickly: anything slow (image
+encoding, network) belongs to other threads. Cancellation is cooperative through ``CancelToken``: the
+engine checks it after every step and stops by raising ``JobCancelled`` (see the diffusers engine for
+why raising is the right way to leave a diffusers pipeline).
+
+No torch here: latents are typed ``Any`` so the job layer can import this module without torch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sdworker.errors import JobCancelled
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from sdworker.previews.options import PreviewPixels
+
+
+class Operation(StrEnum):
+    """What a job does. Values are the wire names of the reference design (snake_case form)."""
+
+    TEXT_TO_IMAGE = "image_generation"
+    IMAGE_TO_IMAGE = "image_transform"
+    INPAINT = "image_inpaint"
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One generation, already validated. Parameter names follow diffusers'.
+
+    ``width``/``height`` are the output size (multiples of 8). For image-to-image and inpainting the
+    init image (and mask) are resized to that size when they differ. ``mask_image``: white = repaint.
+    ``seed`` None means "pick one"; the engine reports the seed it used. With ``num_images`` > 1,
+    image i uses seed ``seed + i`` so any one of them can be made again alone.
+    """
+
+    prompt: str
+    operation: Operation = Operation.TEXT_TO_IMAGE
+    negative_prompt: str = ""
+    num_inference_steps: int = 20
+    guidance_scale: float = 7.5
+    width: int = 512
+    height: int = 512
+    seed: int | None = None
+    scheduler: str | None = None  # None = the model's own
+    num_images: int = 1
+    init_image: Image.Image | None = None
+    mask_image: Image.Image | None = None
+    strength: float = 0.8
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationResult:
+    images: tuple[Image.Image, ...]
+    seeds: tuple[int, ...]  # one per image
+    width: int
+    height: int
+    scheduler: str  # the name actually used
+    steps_run: int  # denoising steps actually run (fewer than requested for img2img/inpaint)
+    seconds: float
+
+    @property
+    def seed(self) -> int:
+        return self.seeds[0]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    model: str  # what the user named (path, hub id or "demo")
+    family: str  # sd1 | sd2 | sdxl
+    device: str
+    dtype: str
+    schedulers: tuple[str, ...]
+    default_scheduler: str
+    preview_methods: tuple[str, ...]  # decoders available here (subset of latent2rgb, taesd, vae)
+    operations: tuple[Operation, ...] = tuple(Operation)
+
+
+class StepView(Protocol):
+    """What the step hook sees after denoising step ``step`` (1-based) of ``total``."""
+
+    @property
+    def step(self) -> int: ...
+
+    @property
+    def total(self) -> int: ...
+
+    def latents(self) -> Any:
+        """The latents as the loop holds them after this step (a torch tensor, batch first)."""
+        ...
+
+    def predicted_x0(self) -> Any | None:
+        """The model's current guess of the final latents, or None where it cannot be had."""
+        ...
+
+    def render_preview(self, method: str, max_size: int) -> PreviewPixels | None:
+        """Decode a small preview of the first image (predicted x0 where available, else latents).
+
+        ``method`` is one of ``auto``, ``latent2rgb``, ``taesd``, ``vae``. Runs on the calling (GPU)
+        thread; returns None if the method is unavailable or decoding failed (a preview is never
+        worth failing a job for).
+        """
+        ...
+
+
+StepHook = Callable[[StepView], None]
+
+
+class CancelToken:
+    """Set from any thread; read by the engine after every denoising step."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._event.is_set():
+            raise JobCancelled("the job was cancelled")
+
+
+class Engine(Protocol):
+    """Generates images. Not thread-safe: one caller thread (the runner's GPU thread) at a time."""
+
+    def load(self) -> None:
+        """Load weights (slow). Raises ``ModelError`` with a one-line message when it cannot."""
+        ...
+
+    @property
+    def info(self) -> EngineInfo:
+        """Valid after ``load``."""
+        ...
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_step: StepHook | None = None,
+        cancel: CancelToken | None = None,
+    ) -> GenerationResult:
+        """Run one generation. Raises ``JobCancelled`` when ``cancel`` is set (checked every step),
+        ``InvalidRequest`` subclasses for requests this model cannot serve (e.g. unknown scheduler),
+        ``GenerationFailed`` for anything else with a message safe to show."""
+        ...
+
+    def close(self) -> None:
+        """Free what the engine holds (GPU memory)."""
+        ...

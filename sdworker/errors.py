@@ -1,0 +1,117 @@
+"""The one error hierarchy of sdworker.
+
+Every error the service reports on purpose is a ``SdworkerError``: it carries a stable ``code`` (what
+clients match on), an ``http_status`` and a ``message`` that is safe to show a user. The HTTP layer
+maps it to a JSON body in one exception handler; once an SSE stream has started, the same error
+travels as the terminal ``error`` event with the same ``code``. The CLI prints ``message`` on one line
+and exits non-zero. Anything that is not a ``SdworkerError`` is our bug: it is logged with its
+traceback and reported as ``internal_error`` (500), never blamed on the client.
+
+Tree::
+
+    SdworkerError (internal_error, 500)
+    ├── InvalidRequest (invalid_request, 422)       a field's value is wrong; ``field`` names it
+    │   ├── InvalidImage (invalid_image, 422)        base64 or image bytes that do not decode
+    │   ├── ImageTooLarge (image_too_large, 413)     declared pixel count above the limit
+    │   ├── UnknownScheduler (unknown_scheduler, 422)
+    │   └── Unsupported (unsupported, 422)           a known field we do not implement (e.g. loras)
+    ├── BodyTooLarge (body_too_large, 413)
+    ├── JobNotFound (job_not_found, 404)
+    ├── JobNotFinished (job_not_finished, 409)       e.g. the image of a job still running
+    ├── QueueFull (queue_full, 429)                  with ``retry_after_seconds``
+    ├── NotReady (not_ready, 503)                    model loading, worker dead, shutting down
+    ├── JobCancelled (cancelled, 409)                terminal event of a cancelled job
+    ├── GenerationFailed (generation_failed, 500)    the engine raised; message is safe
+    └── ModelError (model_error, 400)                a model path that cannot be loaded
+        └── UnsafeCheckpoint (unsafe_checkpoint, 400)
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class SdworkerError(Exception):
+    code: ClassVar[str] = "internal_error"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_dict(self) -> dict[str, object]:
+        body: dict[str, object] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class InvalidRequest(SdworkerError):
+    code = "invalid_request"
+    http_status = 422
+
+
+class InvalidImage(InvalidRequest):
+    code = "invalid_image"
+
+
+class ImageTooLarge(InvalidRequest):
+    code = "image_too_large"
+    http_status = 413
+
+
+class UnknownScheduler(InvalidRequest):
+    code = "unknown_scheduler"
+
+
+class Unsupported(InvalidRequest):
+    code = "unsupported"
+
+
+class BodyTooLarge(SdworkerError):
+    code = "body_too_large"
+    http_status = 413
+
+
+class JobNotFound(SdworkerError):
+    code = "job_not_found"
+    http_status = 404
+
+
+class JobNotFinished(SdworkerError):
+    code = "job_not_finished"
+    http_status = 409
+
+
+class QueueFull(SdworkerError):
+    code = "queue_full"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after_seconds: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class NotReady(SdworkerError):
+    code = "not_ready"
+    http_status = 503
+
+
+class JobCancelled(SdworkerError):
+    code = "cancelled"
+    http_status = 409
+
+
+class GenerationFailed(SdworkerError):
+    code = "generation_failed"
+    http_status = 500
+
+
+class ModelError(SdworkerError):
+    code = "model_error"
+    http_status = 400
+
+
+class UnsafeCheckpoint(ModelError):
+    code = "unsafe_checkpoint"
