@@ -67,13 +67,20 @@ def build_random_taesd(seed: int = 0) -> AutoencoderTiny:
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return AutoencoderTiny(
+        model = AutoencoderTiny(
             encoder_block_out_channels=(8, 8, 8, 8),
             decoder_block_out_channels=(8, 8, 8, 8),
             num_encoder_blocks=(1, 1, 1, 1),
             num_decoder_blocks=(1, 1, 1, 1),
             latent_channels=4,
-        ).eval()
+        )
+    # Freshly initialised, the decoder's output sits near 0 in [0, 1] (a black preview); centre it
+    # on mid grey with visible contrast so a demo preview shows something. Still deterministic.
+    last = model.decoder.layers[-1]
+    with torch.no_grad():
+        last.weight.mul_(3.0)
+        last.bias.fill_(0.5)
+    return model.eval()
 
 
 def shrink_latents(latents: torch.Tensor, size: tuple[int, int], factor: int) -> torch.Tensor:
