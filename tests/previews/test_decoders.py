@@ -1,0 +1,140 @@
+"""Every decoder on the demo model's own VAE and TAESD: sizes, pixels, encoding, errors."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models import AutoencoderKL, AutoencoderTiny
+from PIL import Image
+
+from sdworker.imaging.encode import encode_image
+from sdworker.previews.decoders import PreviewDecoder, create_decoder
+from sdworker.previews.pixels import preview_size
+
+METHODS = ("latent2rgb", "taesd", "vae")
+MAGIC = {"jpeg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n", "webp": b"RIFF"}
+
+
+def _decoder(method: str, vae: AutoencoderKL, taesd: AutoencoderTiny) -> PreviewDecoder:
+    return create_decoder(method, family="sd1", vae=vae, taesd=taesd)
+
+
+@pytest.mark.parametrize(
+    ("latent_hw", "max_size", "expected_hw"),
+    [
+        ((8, 8), 256, (64, 64)),  # image smaller than max_size: preview at image size
+        ((32, 32), 128, (128, 128)),
+        ((16, 24), 96, (64, 96)),  # landscape 128x192 -> longest side 96, aspect kept
+        ((24, 16), 100, (100, 67)),  # portrait 192x128, 2:3 rounded
+    ],
+)
+@pytest.mark.parametrize("method", METHODS)
+def test_shape_dtype_and_layout(
+    method: str,
+    latent_hw: tuple[int, int],
+    max_size: int,
+    expected_hw: tuple[int, int],
+    demo_vae: AutoencoderKL,
+    demo_taesd: AutoencoderTiny,
+    make_latents: Callable[..., torch.Tensor],
+) -> None:
+    latents = make_latents(*latent_hw, batch=2)
+    before = latents.clone()
+    decoder = _decoder(method, demo_vae, demo_taesd)
+    pixels = decoder.decode(latents, max_size)
+    assert decoder.method == method
+    assert pixels.shape == (*expected_hw, 3)
+    assert pixels.dtype == np.uint8
+    assert pixels.flags["C_CONTIGUOUS"]
+    assert max(pixels.shape[:2]) <= max_size
+    assert pixels.std() > 1.0  # a picture, not one flat colour
+    assert torch.equal(latents, before)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_values_fill_the_byte_range_sensibly(
+    method: str, demo_vae: AutoencoderKL, demo_taesd: AutoencoderTiny, make_latents: Callable[..., torch.Tensor]
+) -> None:
+    pixels = _decoder(method, demo_vae, demo_taesd).decode(make_latents(16, 16, seed=3), 128).astype(float)
+    # Decoders map [-1, 1] to [0, 255]: neither all black nor all white, clamped at the ends.
+    assert 10.0 < pixels.mean() < 245.0
+    assert pixels.min() >= 0 and pixels.max() <= 255
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp", "png"])
+@pytest.mark.parametrize("method", METHODS)
+def test_encoded_preview_has_format_and_size(
+    method: str,
+    fmt: str,
+    demo_vae: AutoencoderKL,
+    demo_taesd: AutoencoderTiny,
+    make_latents: Callable[..., torch.Tensor],
+) -> None:
+    pixels = _decoder(method, demo_vae, demo_taesd).decode(make_latents(16, 24), 64)
+    data = encode_image(pixels, fmt, quality=80)
+    assert data.startswith(MAGIC[fmt])
+    if fmt == "webp":
+        assert data[8:12] == b"WEBP"
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}[fmt]
+        assert image.size == (64, 43)  # PIL: (width, height) of a 128x192 image at max 64
+        assert image.mode == "RGB"
+
+
+def test_vae_preview_is_the_vae_decode_scaled_back(
+    demo_vae: AutoencoderKL, make_latents: Callable[..., torch.Tensor]
+) -> None:
+    latents = make_latents(8, 8, seed=4)
+    with torch.no_grad():
+        reference = demo_vae.decode(latents / demo_vae.config["scaling_factor"]).sample[0]
+    expected = ((reference.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    pixels = create_decoder("vae", family="sd1", vae=demo_vae, taesd=None).decode(latents, 64)
+    assert np.abs(pixels.astype(int) - expected.astype(int)).max() <= 1
+    # ...and not the undivided latents, which would be a different picture.
+    with torch.no_grad():
+        wrong = demo_vae.decode(latents).sample[0]
+    wrong_bytes = ((wrong.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    assert np.abs(pixels.astype(int) - wrong_bytes.astype(int)).mean() > 2
+
+
+def test_taesd_preview_takes_the_loop_latents_directly(
+    demo_taesd: AutoencoderTiny, make_latents: Callable[..., torch.Tensor]
+) -> None:
+    latents = make_latents(8, 8, seed=5)
+    with torch.no_grad():
+        reference = demo_taesd.decode(latents).sample[0]
+    expected = ((reference.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    pixels = create_decoder("taesd", family="sd1", vae=None, taesd=demo_taesd).decode(latents, 64)
+    assert np.abs(pixels.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_auto_is_taesd_when_loaded_else_latent2rgb(demo_vae: AutoencoderKL, demo_taesd: AutoencoderTiny) -> None:
+    assert create_decoder("auto", family="sd1", vae=demo_vae, taesd=demo_taesd).method == "taesd"
+    assert create_decoder("auto", family="sd1", vae=demo_vae, taesd=None).method == "latent2rgb"
+
+
+def test_unknown_method_or_missing_model_raises(demo_vae: AutoencoderKL) -> None:
+    with pytest.raises(KeyError, match="bogus"):
+        create_decoder("bogus", family="sd1", vae=demo_vae, taesd=None)
+    with pytest.raises(KeyError):
+        create_decoder("none", family="sd1", vae=demo_vae, taesd=None)  # "none" decodes nothing
+    with pytest.raises(ValueError, match="TAESD"):
+        create_decoder("taesd", family="sd1", vae=demo_vae, taesd=None)
+    with pytest.raises(ValueError, match="VAE"):
+        create_decoder("vae", family="sd1", vae=None, taesd=None)
+    with pytest.raises(ValueError, match="family"):
+        create_decoder("latent2rgb", family="flux", vae=None, taesd=None)
+
+
+def test_preview_size_rules() -> None:
+    assert preview_size(64, 64, 256) == (256, 256)  # 512 px image
+    assert preview_size(128, 128, 256) == (256, 256)  # SDXL 1024 px
+    assert preview_size(96, 64, 256) == (256, 171)
+    assert preview_size(8, 8, 256) == (64, 64)
+    assert preview_size(4, 400, 16) == (1, 16)  # never a zero-pixel side
+    with pytest.raises(ValueError):
+        preview_size(8, 8, 0)
