@@ -1,0 +1,197 @@
+"""Errors to JSON, in one place. Every error body has one shape::
+
+    {"error": {"code": "...", "message": "...", "field": "..."}, "code": "...", "message": "..."}
+
+(``field`` only when one field is to blame; the top-level copies of ``code``/``message`` serve
+clients that read a flat error). ``SdworkerError`` maps by its own ``code``/``http_status``;
+pydantic's validation errors become 422 ``invalid_request`` naming the field, the value and the
+allowed range; malformed JSON is 400 ``invalid_json``; a body above ``max_body_bytes`` is 413
+``body_too_large`` (checked on Content-Length and on the bytes actually received); anything else is
+our bug: logged with its traceback, answered 500 ``internal_error``, and the service keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import types
+import typing
+from typing import Any
+
+from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen, MultipleOf
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sdworker.api.schemas import JobRequest
+from sdworker.errors import QueueFull, SdworkerError
+
+log = logging.getLogger(__name__)
+
+
+def error_body(code: str, message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
+    inner: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        inner["field"] = field
+    inner.update(extra)
+    return {"error": inner, "code": code, "message": message}
+
+
+def error_response(code: str, message: str, status: int, field: str | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse(error_body(code, message, field, **extra), status_code=status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(SdworkerError, _sdworker_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _internal_error)
+
+
+async def _sdworker_error(request: Request, exc: SdworkerError) -> JSONResponse:
+    response = error_response(exc.code, exc.message, exc.http_status, exc.field)
+    if isinstance(exc, QueueFull):
+        response.headers["Retry-After"] = str(exc.retry_after_seconds)
+    return response
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    response = error_response(codes.get(exc.status_code, "http_error"), str(exc.detail), exc.status_code)
+    for key, value in (exc.headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response("internal_error", "internal error; it has been logged", 500)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "value_error"}
+    if first.get("type") == "json_invalid":
+        ctx = first.get("ctx")
+        detail = ctx.get("error", "cannot parse") if isinstance(ctx, dict) else "cannot parse"
+        return error_response("invalid_json", f"body: malformed JSON ({detail})", 400, "body")
+    loc = [str(part) for part in first.get("loc", ())]
+    in_body = bool(loc) and loc[0] == "body"
+    path = loc[1:] if in_body else loc[1:] if len(loc) > 1 else loc
+    field = ".".join(path) or (loc[0] if loc else "body")
+    message = f"{field}: {first.get('msg', 'invalid value')}"
+    if first.get("type") == "extra_forbidden":
+        message = f"{field}: unknown field"
+    elif first.get("type") != "missing" and "input" in first:
+        message += f" (got {_short(first['input'])})"
+    allowed = _allowed(path) if in_body else None
+    if allowed:
+        message += f"; allowed: {allowed}"
+    extra: dict[str, Any] = {"allowed": allowed} if allowed else {}
+    if len(errors) > 1:
+        extra["errors"] = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())[1:]), "message": e.get("msg")} for e in errors[:10]
+        ]
+    return error_response("invalid_request", message, 422, field, **extra)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, str | int | float | bool | type(None)) else type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _allowed(path: list[str]) -> str | None:
+    """The allowed range of a body field, from the schema's own constraints (one source of truth)."""
+    model: type[BaseModel] = JobRequest
+    info = None
+    for index, name in enumerate(path):
+        info = model.model_fields.get(name)
+        if info is None:
+            return ", ".join(model.model_fields) if index == len(path) - 1 else None
+        nested = [a for a in _union_args(info.annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if nested and index < len(path) - 1:
+            model = nested[0]
+    if info is None:
+        return None
+    literals = [
+        v for a in _union_args(info.annotation) if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)
+    ]
+    if literals:
+        return " | ".join(str(v) for v in literals)
+    parts = []
+    for meta in info.metadata:
+        if isinstance(meta, Ge):
+            parts.append(f">= {meta.ge}")
+        elif isinstance(meta, Gt):
+            parts.append(f"> {meta.gt}")
+        elif isinstance(meta, Le):
+            parts.append(f"<= {meta.le}")
+        elif isinstance(meta, Lt):
+            parts.append(f"< {meta.lt}")
+        elif isinstance(meta, MultipleOf):
+            parts.append(f"a multiple of {meta.multiple_of}")
+        elif isinstance(meta, MinLen):
+            parts.append(f"length >= {meta.min_length}")
+        elif isinstance(meta, MaxLen):
+            parts.append(f"length <= {meta.max_length}")
+    kinds = [a.__name__ for a in _union_args(info.annotation) if isinstance(a, type) and a is not type(None)]
+    return ", ".join([" or ".join(kinds), *parts]) if kinds or parts else None
+
+
+def _union_args(annotation: Any) -> tuple[Any, ...]:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+class BodyLimitMiddleware:
+    """413 for a body above ``max_body_bytes``: refused on Content-Length before reading, and counted
+    while reading (a chunked body has no Content-Length). The body is then replayed to the app."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            "body_too_large", f"body: the request body is above the limit of {self.max_body_bytes} bytes", 413, "body"
+        )
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)

@@ -1,0 +1,90 @@
+"""Liveness, readiness, information, metrics and the bundled page."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException
+
+from sdworker.api.views import iso
+from sdworker.jobs.worker import Worker
+
+router = APIRouter(tags=["system"])
+
+
+def _worker(request: Request) -> Worker:
+    worker: Worker = request.app.state.worker
+    return worker
+
+
+@router.get("/health", summary="Liveness: the process answers")
+async def health() -> dict[str, Any]:
+    return {"status": "healthy", "timestamp": iso(time.time())}
+
+
+@router.get("/ready", summary="Readiness: 503 while the model loads, if the worker died or when shutting down")
+async def ready(request: Request) -> JSONResponse:
+    is_ready, reason = _worker(request).readiness()
+    if is_ready:
+        return JSONResponse({"ready": True, "timestamp": iso(time.time())})
+    return JSONResponse({"ready": False, "reason": reason, "timestamp": iso(time.time())}, status_code=503)
+
+
+@router.get("/v1/info", summary="Model, device, dtype, schedulers, limits and preview defaults")
+async def info(request: Request) -> dict[str, Any]:
+    worker = _worker(request)
+    s = worker.settings
+    engine = worker.service.engine_info
+    return {
+        "model": asdict(engine) if engine is not None else {"model": s.model, "loaded": False},
+        "ready": worker.readiness()[0],
+        "limits": {
+            "max_queue": s.max_queue,
+            "max_steps": s.max_steps,
+            "max_pixels": s.max_pixels,
+            "max_images": s.max_images,
+            "max_body_bytes": s.max_body_bytes,
+            "result_ttl_seconds": s.result_ttl_seconds,
+        },
+        "preview_defaults": {
+            "method": s.preview_method,
+            "every": s.preview_every,
+            "min_interval_ms": s.preview_min_interval_ms,
+            "max_size": s.preview_max_size,
+            "format": s.preview_format,
+            "quality": s.preview_quality,
+        },
+        "operations": ["image_generation", "image_transform", "image_inpaint"],
+    }
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(_worker(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/", include_in_schema=False)
+async def page_index() -> FileResponse:
+    return _page_file("index.html")
+
+
+@router.get("/page/{name}", include_in_schema=False)
+async def page_file(name: str) -> FileResponse:
+    return _page_file(name)
+
+
+def _page_file(name: str) -> FileResponse:
+    """A file of the bundled page (package data). Only plain names inside the folder are served."""
+    folder = resources.files("sdworker.api") / "page"
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise HTTPException(404, f"no page file {name!r}")
+    path = folder / name
+    if not path.is_file():
+        raise HTTPException(404, f"no page file {name!r}")
+    return FileResponse(str(path))

@@ -1,0 +1,157 @@
+"""Wire schemas of ``POST /v1/jobs`` and their conversion to frozen domain values.
+
+Pydantic lives here only: ``to_draft`` turns a ``JobRequest`` into a ``JobDraft`` (a frozen dataclass)
+before anything is enqueued. Static bounds are on the fields (strict types, no NaN/Infinity, unknown
+fields rejected); limits that depend on the server's settings (max steps, max images, max pixels)
+are checked in ``to_draft`` with the same kind of error, naming the field and the allowed range.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sdworker.engine.protocol import Operation
+from sdworker.errors import InvalidRequest, Unsupported
+from sdworker.jobs.spec import JobDraft
+from sdworker.previews.options import PreviewOptions
+from sdworker.settings import Settings
+
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+# The reference design spells operations in PascalCase; rbee sends snake_case. Both mean the same.
+OPERATION_NAMES: dict[str, Operation] = {
+    "image_generation": Operation.TEXT_TO_IMAGE,
+    "image_transform": Operation.IMAGE_TO_IMAGE,
+    "image_inpaint": Operation.INPAINT,
+    "ImageGeneration": Operation.TEXT_TO_IMAGE,
+    "ImageTransform": Operation.IMAGE_TO_IMAGE,
+    "ImageInpaint": Operation.INPAINT,
+}
+OperationName = Literal[
+    "image_generation", "image_transform", "image_inpaint", "ImageGeneration", "ImageTransform", "ImageInpaint"
+]
+_TEXT = 20_000  # characters; CLIP reads 77 tokens, this only stops absurd bodies early
+_NAME = 256
+
+
+class PreviewRequest(BaseModel):
+    """Per-job preview options; each one left out takes the server's default (settings)."""
+
+    model_config = _STRICT
+
+    every: int | None = Field(None, ge=0, le=10_000, description="a preview every N steps; 0 = off")
+    min_interval_ms: int | None = Field(None, ge=0, le=600_000, description="at most one preview per interval")
+    method: Literal["auto", "latent2rgb", "taesd", "vae", "none"] | None = None
+    max_size: int | None = Field(None, ge=16, le=1024, description="longest side of a preview in px")
+    format: Literal["jpeg", "webp", "png"] | None = None
+    quality: int | None = Field(None, ge=1, le=100, description="JPEG/WebP quality")
+
+
+class JobRequest(BaseModel):
+    """The body of ``POST /v1/jobs`` (rbee's fields; diffusers' names where rbee has none)."""
+
+    model_config = _STRICT
+
+    operation: OperationName = "image_generation"
+    prompt: str = Field(min_length=1, max_length=_TEXT)
+    negative_prompt: str = Field("", max_length=_TEXT)
+    steps: int = Field(20, ge=1, le=10_000, description="denoising steps (the server caps with --max-steps)")
+    guidance_scale: float = Field(7.5, ge=0.0, le=50.0)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    width: int | None = Field(None, ge=8, le=16_384, multiple_of=8, description="default 512, or the image's width")
+    height: int | None = Field(None, ge=8, le=16_384, multiple_of=8, description="default 512, or the image's")
+    scheduler: str | None = Field(None, min_length=1, max_length=64)
+    n: int = Field(1, ge=1, le=64, description="number of images (the server caps with --max-images)")
+    input_image: str | None = Field(None, min_length=1, description="img2img: base64 image (or init_image)")
+    init_image: str | None = Field(None, min_length=1, description="img2img/inpaint: base64 image")
+    mask_image: str | None = Field(None, min_length=1, description="inpaint: base64 mask, white = repaint")
+    strength: float | None = Field(None, gt=0.0, le=1.0, description="img2img/inpaint strength (0.8)")
+    preview: PreviewRequest | None = None
+    # rbee's bookkeeping: accepted, shown in the job's parameters; `model` is informational only.
+    hive_id: str | None = Field(None, max_length=_NAME)
+    worker_id: str | None = Field(None, max_length=_NAME)
+    model: str | None = Field(None, max_length=_NAME)
+    loras: list[Any] | None = Field(None, description="not supported yet: only an empty list is accepted")
+
+
+def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
+    operation = OPERATION_NAMES[body.operation]
+    if body.loras:
+        raise Unsupported("loras: LoRA is not supported by this worker yet; send an empty list", field="loras")
+    _check_range("steps", body.steps, 1, settings.max_steps)
+    _check_range("n", body.n, 1, settings.max_images)
+    width, height = body.width, body.height
+    if operation is Operation.TEXT_TO_IMAGE:
+        _refuse_images(body, ("input_image", "init_image", "mask_image"), "image_generation")
+        width, height = width or 512, height or 512
+    if width is not None and height is not None and width * height > settings.max_pixels:
+        raise InvalidRequest(
+            f"width x height: {width}x{height} = {width * height} pixels is above the limit of "
+            f"{settings.max_pixels} pixels",
+            field="width",
+        )
+    init_field, init_image = _init_image(body, operation)
+    if operation is Operation.IMAGE_TO_IMAGE:
+        _refuse_images(body, ("mask_image",), "image_transform (use image_inpaint)")
+    if operation is Operation.INPAINT and body.mask_image is None:
+        raise InvalidRequest(
+            "mask_image: required for image_inpaint (base64 image, white = repaint)", field="mask_image"
+        )
+    return JobDraft(
+        prompt=body.prompt,
+        operation=operation,
+        negative_prompt=body.negative_prompt,
+        num_inference_steps=body.steps,
+        guidance_scale=body.guidance_scale,
+        seed=body.seed,
+        width=width,
+        height=height,
+        scheduler=body.scheduler,
+        num_images=body.n,
+        strength=0.8 if body.strength is None else body.strength,
+        init_image=init_image,
+        init_image_field=init_field,
+        mask_image=body.mask_image,
+        preview=preview_options(body.preview, settings),
+        hive_id=body.hive_id,
+        worker_id=body.worker_id,
+        model=body.model,
+    )
+
+
+def preview_options(preview: PreviewRequest | None, settings: Settings) -> PreviewOptions:
+    p = preview or PreviewRequest.model_validate({})
+    return PreviewOptions(
+        every=settings.preview_every if p.every is None else p.every,
+        min_interval_ms=settings.preview_min_interval_ms if p.min_interval_ms is None else p.min_interval_ms,
+        method=p.method or settings.preview_method,
+        max_size=settings.preview_max_size if p.max_size is None else p.max_size,
+        format=p.format or settings.preview_format,
+        quality=settings.preview_quality if p.quality is None else p.quality,
+    )
+
+
+def _init_image(body: JobRequest, operation: Operation) -> tuple[str, str | None]:
+    if operation is Operation.TEXT_TO_IMAGE:
+        return "init_image", None
+    if body.input_image is not None and body.init_image is not None:
+        raise InvalidRequest("input_image: give input_image or init_image, not both", field="input_image")
+    if body.input_image is not None:
+        return "input_image", body.input_image
+    if body.init_image is not None:
+        return "init_image", body.init_image
+    field = "input_image" if operation is Operation.IMAGE_TO_IMAGE else "init_image"
+    raise InvalidRequest(f"{field}: required for {operation.value} (a base64 image)", field=field)
+
+
+def _refuse_images(body: JobRequest, fields: tuple[str, ...], operation: str) -> None:
+    for name in fields:
+        if getattr(body, name) is not None:
+            raise InvalidRequest(f"{name}: not used by {operation}", field=name)
+
+
+def _check_range(field: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise InvalidRequest(f"{field}: {value} is out of range; allowed {low}..{high}", field=field)

@@ -1,0 +1,189 @@
+"""Server-Sent Events: the only place that turns events into wire frames, and the streaming response.
+
+Frames keep the reference design's names and fields (``progress``, ``preview``, ``complete``,
+``error`` with ``type`` repeating the name) and add ``queued``/``started``, ``id:`` lines (the bus's
+sequence number, for ``Last-Event-ID``), preview ``width``/``height``/``method`` and ``at`` (the
+publish time, epoch seconds). A client that does not know a field or an event ignores it.
+
+The response (``EventStreamResponse``) bounds every write: a watcher whose socket accepts nothing
+for ``send_timeout_seconds`` is disconnected, so a stalled client can hold neither a task nor memory.
+It also stops as soon as the client disconnects, and the stream ends by itself when the bus ends it
+(terminal event, job forgotten, or shutdown), before uvicorn waits on open connections.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from sdworker.events.bus import Subscription
+from sdworker.events.types import (
+    JobCompleted,
+    JobEvent,
+    JobFailed,
+    JobQueued,
+    JobStarted,
+    PreviewReady,
+    StepProgressed,
+)
+
+log = logging.getLogger(__name__)
+
+RETRY_MS = 2000  # EventSource's reconnect delay
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _percent(step: int, total: int) -> float:
+    return round(100.0 * step / total, 2) if total else 0.0
+
+
+def event_payload(event: JobEvent) -> tuple[str, dict[str, Any]]:
+    """The SSE event name and its JSON data."""
+    data: dict[str, Any]
+    match event:
+        case StepProgressed(step=step, total=total):
+            name = "progress"
+            data = {"step": step, "total": total, "percent": _percent(step, total)}
+        case PreviewReady():
+            name = "preview"
+            data = {
+                "step": event.step,
+                "total": event.total,
+                "percent": _percent(event.step, event.total),
+                "image": _b64(event.image),
+                "format": event.format,
+                "width": event.width,
+                "height": event.height,
+                "method": event.method,
+            }
+        case JobCompleted():
+            name = "complete"
+            data = {
+                "image": _b64(event.images[0]),
+                "format": "png",
+                "seed": event.seed,
+                "seeds": list(event.seeds),
+                "width": event.width,
+                "height": event.height,
+                "job_id": event.job_id,
+            }
+            if len(event.images) > 1:
+                data["images"] = [_b64(image) for image in event.images]
+        case JobFailed(code=code, message=message):
+            name = "error"
+            data = {"message": message, "code": code}
+        case JobQueued(position=position):
+            name = "queued"
+            data = {"position": position}
+        case JobStarted():
+            name = "started"
+            data = {}
+        case _:
+            raise TypeError(f"no wire form for {type(event).__name__}")
+    return name, {"type": name, **data, "at": event.at}
+
+
+def frame(event: JobEvent) -> bytes:
+    name, data = event_payload(event)
+    return f"id: {event.seq}\nevent: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+KEEPALIVE = b": keep-alive\n\n"
+
+
+async def event_frames(sub: Subscription, keepalive_seconds: float) -> AsyncIterator[bytes]:
+    """Frames of one subscription until its end; a comment line whenever nothing happened for
+    ``keepalive_seconds`` (proxies and browsers keep the connection open)."""
+    try:
+        yield f"retry: {RETRY_MS}\n\n".encode()
+        while True:
+            try:
+                event = await sub.next(timeout=keepalive_seconds)
+            except TimeoutError:
+                yield KEEPALIVE
+                continue
+            if event is None:
+                return
+            yield frame(event)
+    finally:
+        sub.close()
+
+
+class EventStreamResponse(Response):
+    """A streaming response for SSE with a bounded send and disconnect detection. (A ``Response``
+    subclass so FastAPI passes it through; it writes everything itself in ``__call__``.)"""
+
+    def __init__(
+        self,
+        frames: AsyncIterator[bytes],
+        *,
+        send_timeout_seconds: float,
+        headers: dict[str, str] | None = None,
+        on_open: Callable[[], None] | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.status_code = 200
+        self.background = None
+        self._frames = frames
+        self._send_timeout = send_timeout_seconds
+        self._stream_headers = {
+            "content-type": "text/event-stream; charset=utf-8",
+            "cache-control": "no-cache",
+            "x-accel-buffering": "no",  # nginx: do not buffer the stream
+            **(headers or {}),
+        }
+        self._on_open = on_open
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._on_open:
+            self._on_open()
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self._stream_headers.items()],
+                }
+            )
+            async with anyio.create_task_group() as group:
+
+                async def stream() -> None:
+                    await self._stream(send)
+                    group.cancel_scope.cancel()
+
+                async def listen() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    group.cancel_scope.cancel()
+
+                group.start_soon(stream)
+                group.start_soon(listen)
+        finally:
+            with contextlib.suppress(Exception):
+                await self._frames.aclose()  # type: ignore[attr-defined]
+            if self._on_close:
+                self._on_close()
+
+    async def _stream(self, send: Send) -> None:
+        try:
+            async for chunk in self._frames:
+                with anyio.fail_after(self._send_timeout):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except TimeoutError:
+            # The client stopped reading; leaving without finishing the response closes the socket.
+            log.info("disconnected a watcher that read nothing for %.0f s", self._send_timeout)
+        except OSError:
+            pass  # the client went away mid-write

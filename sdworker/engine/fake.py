@@ -1,0 +1,155 @@
+"""A fake engine for API and job tests: the real ``Engine`` protocol without torch (numpy + Pillow).
+
+Deterministic images from the seed, previews whose pixels change every step, cooperative
+cancellation checked after every step, and knobs for what tests need: a slow step, a slow or failing
+load, a failure at a given step, and a count of ``render_preview`` calls (to prove that nobody
+watching means no preview decoding)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from sdworker.engine.protocol import CancelToken, EngineInfo, GenerationRequest, GenerationResult, StepHook
+from sdworker.errors import GenerationFailed, ModelError, UnknownScheduler
+from sdworker.previews.options import PreviewPixels
+
+FAKE_SCHEDULERS = ("euler", "euler_a", "ddim", "dpmpp_2m")
+
+
+class _FakeStepView:
+    def __init__(self, engine: FakeEngine, seed: int, step: int, total: int, width: int, height: int) -> None:
+        self._engine = engine
+        self._seed = seed
+        self._step = step
+        self._total = total
+        self._width = width
+        self._height = height
+
+    @property
+    def step(self) -> int:
+        return self._step
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    def latents(self) -> Any:
+        return np.full((1, 4, self._height // 8, self._width // 8), self._step / self._total, dtype=np.float32)
+
+    def predicted_x0(self) -> Any | None:
+        return None
+
+    def render_preview(self, method: str, max_size: int) -> PreviewPixels | None:
+        with self._engine._lock:
+            self._engine.render_preview_calls += 1
+        resolved = "latent2rgb" if method == "auto" else method
+        if resolved not in self._engine.preview_methods:
+            return None
+        if self._engine.preview_delay_seconds:
+            time.sleep(self._engine.preview_delay_seconds)
+        scale = min(1.0, max_size / max(self._width, self._height))
+        width, height = max(1, round(self._width * scale)), max(1, round(self._height * scale))
+        # The final image faded in from grey as the steps go by: pixels differ at every step.
+        final = _image_pixels(self._seed, width, height).astype(np.float32)
+        mix = self._step / self._total
+        pixels = (128.0 * (1.0 - mix) + final * mix).astype(np.uint8)
+        return PreviewPixels(pixels=pixels, method=resolved, source="latents")
+
+
+def _image_pixels(seed: int, width: int, height: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    """A smooth seeded pattern (compresses like a picture, unlike noise)."""
+    rng = np.random.default_rng(seed)
+    fx, fy, phase = rng.uniform(0.5, 4.0), rng.uniform(0.5, 4.0), rng.uniform(0, 2 * np.pi, size=3)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    u, v = x / max(width, 1), y / max(height, 1)
+    channels = [np.sin(2 * np.pi * (fx * u + fy * v) + p) for p in phase]
+    return ((np.stack(channels, axis=-1) + 1.0) * 127.5).astype(np.uint8)
+
+
+class FakeEngine:
+    def __init__(
+        self,
+        *,
+        step_seconds: float = 0.0,
+        fail_at_step: int | None = None,
+        load_seconds: float = 0.0,
+        load_error: str | None = None,
+        preview_methods: tuple[str, ...] = ("latent2rgb", "vae"),
+        preview_delay_seconds: float = 0.0,
+        model: str = "fake",
+    ) -> None:
+        self.step_seconds = step_seconds
+        self.fail_at_step = fail_at_step
+        self.load_seconds = load_seconds
+        self.load_error = load_error
+        self.preview_methods = preview_methods
+        self.preview_delay_seconds = preview_delay_seconds
+        self.model = model
+        self.loaded = False
+        self.closed = False
+        self.render_preview_calls = 0
+        self.generate_calls = 0
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        if self.load_seconds:
+            time.sleep(self.load_seconds)
+        if self.load_error is not None:
+            raise ModelError(self.load_error)
+        self.loaded = True
+
+    @property
+    def info(self) -> EngineInfo:
+        return EngineInfo(
+            model=self.model,
+            family="sd1",
+            device="cpu",
+            dtype="float32",
+            schedulers=FAKE_SCHEDULERS,
+            default_scheduler=FAKE_SCHEDULERS[0],
+            preview_methods=self.preview_methods,
+        )
+
+    def generate(
+        self, request: GenerationRequest, on_step: StepHook | None = None, cancel: CancelToken | None = None
+    ) -> GenerationResult:
+        if not self.loaded:
+            raise GenerationFailed("the engine is not loaded")
+        if request.scheduler is not None and request.scheduler not in FAKE_SCHEDULERS:
+            raise UnknownScheduler(f"unknown scheduler {request.scheduler!r}", field="scheduler")
+        self.generate_calls += 1
+        started = time.perf_counter()
+        seed = request.seed if request.seed is not None else int(np.random.default_rng().integers(0, 2**32))
+        total = request.num_inference_steps
+        if request.init_image is not None:
+            total = max(1, int(request.num_inference_steps * request.strength))
+        for step in range(1, total + 1):
+            if self.step_seconds:
+                time.sleep(self.step_seconds)
+            if self.fail_at_step == step:
+                raise GenerationFailed(f"the fake engine failed at step {step}")
+            if on_step is not None:
+                on_step(_FakeStepView(self, seed, step, total, request.width, request.height))
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+        seeds = tuple(seed + i for i in range(request.num_images))
+        images = tuple(
+            Image.fromarray(_image_pixels(s, request.width, request.height), mode="RGB") for s in seeds
+        )
+        return GenerationResult(
+            images=images,
+            seeds=seeds,
+            width=request.width,
+            height=request.height,
+            scheduler=request.scheduler or FAKE_SCHEDULERS[0],
+            steps_run=total,
+            seconds=time.perf_counter() - started,
+        )
+
+    def close(self) -> None:
+        self.closed = True

@@ -1,0 +1,48 @@
+"""Prometheus metrics, one registry per app (so tests can build many apps in one process).
+
+prometheus_client's metrics are thread-safe; the GPU and encoder threads observe their timings
+directly (the one exception to "only events cross threads": a counter increment is not state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.queue_depth = Gauge("sdworker_queue_depth", "Jobs waiting in the queue", registry=r)
+        self.jobs_submitted = Counter("sdworker_jobs_submitted", "Jobs accepted", registry=r)
+        self.jobs_finished = Counter("sdworker_jobs_finished", "Jobs finished, by outcome", ["outcome"], registry=r)
+        self.step_seconds = Histogram(
+            "sdworker_step_seconds", "Seconds per denoising step", buckets=_STEP_BUCKETS, registry=r
+        )
+        self.preview_decode_seconds = Histogram(
+            "sdworker_preview_decode_seconds", "Preview decode time (GPU thread)", buckets=_FAST_BUCKETS, registry=r
+        )
+        self.preview_encode_seconds = Histogram(
+            "sdworker_preview_encode_seconds", "Preview encode time (encoder thread)", buckets=_FAST_BUCKETS, registry=r
+        )
+        self.previews = Counter(
+            "sdworker_previews", "Previews by result (sent, skipped_busy, failed)", ["result"], registry=r
+        )
+        self.watchers = Gauge("sdworker_sse_watchers", "Watchers subscribed to job events", registry=r)
+        self.streams_open = Gauge("sdworker_sse_streams_open", "SSE responses in progress", registry=r)
+        for outcome in ("completed", "failed", "cancelled"):
+            self.jobs_finished.labels(outcome=outcome)
+        for result in ("sent", "skipped_busy", "failed"):
+            self.previews.labels(result=result)
+
+    def bind(self, queue_depth: Callable[[], float], watchers: Callable[[], float]) -> None:
+        """Gauges read at scrape time (on the event loop)."""
+        self.queue_depth.set_function(queue_depth)
+        self.watchers.set_function(watchers)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
