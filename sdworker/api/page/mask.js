@@ -1,9 +1,8 @@
 // The inpaint mask editor: a canvas laid over the input image, at the image's own pixel size, so the
 // mask sent always matches the image (the CSS only scales how it is shown). Painted pixels are
 // opaque red on screen (the canvas is half transparent); the exported mask is white there, black elsewhere.
-"use strict";
 
-class MaskEditor {
+export class MaskEditor {
   /** @param {HTMLCanvasElement} canvas */
   constructor(canvas) {
     this.canvas = canvas;
@@ -122,4 +121,3 @@ class MaskEditor {
   }
 }
 
-window.MaskEditor = MaskEditor;

@@ -1,0 +1,112 @@
+// Errors shown to the person in plain words, next to the field the service named.
+
+import { $, plural } from "./state.js";
+
+const FIELD_LABELS = {
+  prompt: "Prompt", negative_prompt: "Negative prompt", width: "Width", height: "Height", steps: "Steps",
+  guidance_scale: "Guidance", seed: "Seed", scheduler: "Scheduler", strength: "Strength",
+  input_image: "Input image", init_image: "Input image", mask_image: "Mask", preview: "Preview settings",
+};
+const FIELD_TARGET = { init_image: "input_image", n: null, operation: null };
+
+/** "body.preview.every" or ["body", "width"] -> the form field it belongs to, if any. */
+function fieldKey(field) {
+  if (field === undefined || field === null) return null;
+  const parts = (Array.isArray(field) ? field : String(field).split(".")).map(String).filter((p) => p !== "body");
+  for (const p of parts) {
+    const key = p in FIELD_TARGET ? FIELD_TARGET[p] : p;
+    if (key && $(`${key}-error`)) return key;
+  }
+  return null;
+}
+
+export function showFieldError(key, message) {
+  const err = $(`${key}-error`);
+  if (!err) return;
+  err.textContent = message;
+  err.hidden = false;
+  err.classList.remove("hint");
+  const input = $(key === "preview" ? "preview-every" : key === "input_image" ? "input-file" : key);
+  if (input) {
+    input.setAttribute("aria-invalid", "true");
+    input.setAttribute("aria-describedby", err.id);
+  }
+  if (key === "preview") $("preview-settings").open = true;
+}
+
+export function showFieldNote(key, message) {
+  const err = $(`${key}-error`);
+  err.textContent = message;
+  err.hidden = false;
+  err.classList.add("hint");
+}
+
+export function clearFieldError(key) {
+  const err = $(`${key}-error`);
+  if (err) err.hidden = true;
+  document.querySelectorAll("[aria-invalid]").forEach((el) => {
+    if (!key || el.getAttribute("aria-describedby") === `${key}-error`) el.removeAttribute("aria-invalid");
+  });
+}
+
+export function clearErrors() {
+  document.querySelectorAll(".field-error").forEach((el) => (el.hidden = true));
+  document.querySelectorAll("[aria-invalid]").forEach((el) => el.removeAttribute("aria-invalid"));
+  $("form-error").hidden = true;
+}
+
+export function showFormError(title, detail) {
+  const box = $("form-error");
+  box.innerHTML = "";
+  const strong = document.createElement("strong");
+  strong.textContent = title;
+  box.append(strong);
+  if (detail) box.append(document.createTextNode(detail));
+  box.hidden = false;
+}
+
+/** Turn a 4xx/5xx JSON body into plain words; accepts our {code, message, field} and FastAPI's {detail}. */
+export function describeError(body) {
+  let message = "";
+  let field = null;
+  const detail = body && body.detail;
+  if (body && typeof body.message === "string") {
+    message = body.message;
+    field = body.field ?? (body.error && body.error.field);
+  } else if (body && body.error && typeof body.error === "object") {
+    message = body.error.message || "";
+    field = body.error.field;
+  } else if (typeof detail === "string") {
+    message = detail;
+  } else if (Array.isArray(detail) && detail.length) {
+    message = detail.map((d) => d.msg).filter(Boolean).join("; ");
+    field = detail[0].loc;
+  }
+  return { message, field };
+}
+
+export async function reportHttpError(res) {
+  let body = null;
+  try {
+    body = await res.json();
+  } catch (_) {
+    /* not JSON */
+  }
+  if (res.status === 429) {
+    const wait = Number(res.headers.get("Retry-After"));
+    const when = Number.isFinite(wait) && wait > 0 ? `in ${plural(wait, "second")}` : "in a moment";
+    showFormError("The queue is full.", ` Retry ${when}; nothing was added.`);
+    return;
+  }
+  const { message, field } = describeError(body);
+  const key = fieldKey(field);
+  const label = key ? FIELD_LABELS[key] || key : null;
+  if (key) showFieldError(key, message || "This value was not accepted.");
+  if (res.status === 413) {
+    showFormError("Too large.", " " + (message || "The request is bigger than the worker accepts."));
+  } else if (res.status >= 500) {
+    showFormError("The worker could not take the job.", " " + (message || `It answered ${res.status}.`));
+  } else {
+    showFormError(label ? `${label}: not accepted.` : "The worker refused the job.", " " + (message || `(${res.status})`));
+  }
+}

@@ -1,0 +1,157 @@
+// The form: modes, the input image (upload or drop) and its mask, the seed, and the request body.
+
+import { showFieldError, showFieldNote, clearFieldError, showFormError } from "./errors.js";
+import { MaskEditor } from "./mask.js";
+import { $, state } from "./state.js";
+
+export const maskEditor = new MaskEditor($("mask-canvas"));
+
+export function mode() {
+  return document.querySelector('input[name="mode"]:checked').value;
+}
+
+export function applyMode() {
+  const m = mode();
+  const usesImage = m !== "txt2img";
+  $("input-section").hidden = !usesImage;
+  $("mask-editor").hidden = !state.input;
+  $("mask-stage").classList.toggle("no-mask", m !== "inpaint");
+  $("mask-tools").hidden = m !== "inpaint";
+  $("mask-hint").hidden = m !== "inpaint";
+  const sizeFromImage = usesImage && !!state.input;
+  $("width").disabled = sizeFromImage;
+  $("height").disabled = sizeFromImage;
+  $("size-hint").hidden = !sizeFromImage;
+}
+
+/** The service wants sizes in multiples of 8: fit the image (floor to 8, under the pixel limit). */
+function targetSize(w, h) {
+  const limits = (state.info && (state.info.limits || state.info)) || {};
+  const maxPixels = Number(limits.max_pixels) || 2048 * 2048;
+  let scale = 1;
+  if (w * h > maxPixels) scale = Math.sqrt(maxPixels / (w * h));
+  const fit = (v) => Math.max(8, Math.floor((v * scale) / 8) * 8);
+  return { width: fit(w), height: fit(h) };
+}
+
+function readAsDataUrl(blob) {
+  return new Promise((resolve, reject) => {
+    const r = new FileReader();
+    r.onload = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+    r.readAsDataURL(blob);
+  });
+}
+
+function loadImage(src) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = () => reject(new Error("not an image"));
+    img.src = src;
+  });
+}
+
+export async function setInputImage(blob) {
+  clearFieldError("input_image");
+  if (!blob || (blob.type && !blob.type.startsWith("image/"))) {
+    showFieldError("input_image", "That file is not an image. Choose a PNG, JPEG or WebP picture.");
+    return;
+  }
+  let dataUrl;
+  let img;
+  try {
+    dataUrl = await readAsDataUrl(blob);
+    img = await loadImage(dataUrl);
+  } catch (_) {
+    showFieldError("input_image", "This image could not be read. Choose a PNG, JPEG or WebP picture.");
+    return;
+  }
+  const w = img.naturalWidth;
+  const h = img.naturalHeight;
+  const size = targetSize(w, h);
+  const sendable = ["image/png", "image/jpeg", "image/webp"].includes(blob.type);
+  if (size.width !== w || size.height !== h || !sendable) {
+    // Resize here so the image, the mask and width/height sent all agree.
+    const c = document.createElement("canvas");
+    c.width = size.width;
+    c.height = size.height;
+    c.getContext("2d").drawImage(img, 0, 0, size.width, size.height);
+    dataUrl = c.toDataURL("image/png");
+  }
+  state.input = { base64: dataUrl.split(",", 2)[1], width: size.width, height: size.height, dataUrl };
+  $("input-preview").src = dataUrl;
+  $("width").value = size.width;
+  $("height").value = size.height;
+  maskEditor.reset(size.width, size.height);
+  const note = size.width !== w || size.height !== h ? ` (resized from ${w}×${h} to multiples of 8)` : "";
+  $("input-preview").alt = `The input image, ${size.width}×${size.height}${note}`;
+  if (note) showFieldNote("input_image", `Input ${size.width}×${size.height}${note}.`);
+  applyMode();
+}
+
+export function randomSeed() {
+  const a = new Uint32Array(1);
+  crypto.getRandomValues(a);
+  return String(a[0]);
+}
+
+function numberField(id) {
+  const el = $(id);
+  if (el.value.trim() === "") return undefined;
+  const n = Number(el.value);
+  return Number.isFinite(n) ? n : el.value;
+}
+
+/** The JSON body for POST /v1/jobs, or null after showing why it cannot be sent. */
+export function buildBody() {
+  const m = mode();
+  const body = {
+    operation: { txt2img: "image_generation", img2img: "image_transform", inpaint: "image_inpaint" }[m],
+    prompt: $("prompt").value,
+  };
+  if ($("negative_prompt").value.trim()) body.negative_prompt = $("negative_prompt").value;
+  for (const id of ["width", "height", "steps", "guidance_scale"]) {
+    const v = numberField(id);
+    if (v !== undefined) body[id] = v;
+  }
+  if ($("scheduler").value) body.scheduler = $("scheduler").value;
+  const preview = {
+    every: numberField("preview-every"),
+    min_interval_ms: numberField("preview-interval"),
+    method: $("preview-method").value,
+    max_size: numberField("preview-max-size"),
+    format: $("preview-format").value,
+  };
+  for (const k of Object.keys(preview)) if (preview[k] === undefined) delete preview[k];
+  body.preview = preview;
+  if (m !== "txt2img") {
+    if (!state.input) {
+      showFieldError("input_image", "Choose an input image first (or drop one on the box).");
+      showFormError("No input image.", " Image to image and inpaint start from a picture.");
+      return null;
+    }
+    body.strength = Number($("strength").value);
+    body.width = state.input.width;
+    body.height = state.input.height;
+    if (m === "img2img") body.input_image = state.input.base64;
+    else {
+      if (!maskEditor.painted) {
+        showFieldError("mask_image", "Paint the part of the image to repaint first.");
+        showFormError("The mask is empty.", " Paint over the image with the brush.");
+        return null;
+      }
+      body.init_image = state.input.base64;
+      body.mask_image = maskEditor.toBase64();
+    }
+  }
+  return body;
+}
+
+/** JSON text with the seed's digits spliced in, so a 64-bit seed is sent exactly. */
+export function bodyText(body) {
+  const seed = $("seed").value.trim();
+  if (seed === "") return JSON.stringify(body);
+  if (/^-?\d+$/.test(seed)) return JSON.stringify({ ...body, seed: "__SEED__" }).replace('"__SEED__"', seed);
+  return JSON.stringify({ ...body, seed });
+}
