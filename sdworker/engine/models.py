@@ -1,0 +1,211 @@
+"""Find and load a model: ``demo``, a diffusers folder, a single ``.safetensors`` checkpoint, a pickle
+checkpoint (refused unless allowed), or a hub id. One set of weights serves three pipelines.
+
+Every failure is a ``ModelError`` (or ``UnsafeCheckpoint``) whose message is one line naming the model
+and the problem; the CLI prints it, the service reports it from ``/ready``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdworker.errors import ModelError, UnsafeCheckpoint
+from sdworker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float32": torch.float32, "fp32": torch.float32}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """Where the weights come from. ``kind``: folder | single_file | pickle | hub."""
+
+    kind: str
+    location: str  # a path or a hub id
+    is_demo: bool = False
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    """Three pipelines over one set of modules (``unet``, ``vae``, text encoders are the same objects)."""
+
+    text_to_image: Any
+    image_to_image: Any
+    inpaint: Any
+    family: str  # sd1 | sd2 | sdxl
+    device: torch.device
+    dtype: torch.dtype
+    source: ModelSource
+
+
+def resolve_device(settings: Settings) -> tuple[torch.device, torch.dtype]:
+    """``auto``: CUDA with float16 when present, else the CPU with float32. Flags override each part."""
+    name = settings.device.strip().lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ModelError(f"--device {settings.device!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"--device {settings.device}: CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"--device {settings.device}: MPS is not available on this machine")
+    dtype_name = settings.dtype.strip().lower()
+    if dtype_name == "auto":
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    elif dtype_name in _DTYPES:
+        dtype = _DTYPES[dtype_name]
+    else:
+        raise ModelError(f"--dtype {settings.dtype!r} is not one of auto, float16, bfloat16, float32")
+    return device, dtype
+
+
+def resolve_source(settings: Settings) -> ModelSource:
+    """Decide what ``settings.model`` names, without loading anything."""
+    model = settings.model.strip()
+    if model == "demo":
+        from sdworker.engine.demo_model import ensure_demo_model
+
+        return ModelSource("folder", str(ensure_demo_model(settings.cache_dir)), is_demo=True)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelError(f"model {model}: the folder is not a diffusers model (no model_index.json)")
+        return ModelSource("folder", str(path))
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".safetensors":
+            return ModelSource("single_file", str(path))
+        if suffix in PICKLE_SUFFIXES:
+            if not settings.allow_unsafe_pickle:
+                raise UnsafeCheckpoint(
+                    f"model {model}: {suffix} checkpoints are Python pickles that can run code when loaded; "
+                    "use a .safetensors file, or pass --allow-unsafe-pickle to load it with weights_only=True"
+                )
+            return ModelSource("pickle", str(path))
+        raise ModelError(f"model {model}: not a model file (expected .safetensors, or a diffusers folder)")
+    if _HUB_ID.match(model) and not model.startswith("."):
+        return ModelSource("hub", model)
+    raise ModelError(f"model {model}: no such file or folder")
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    """Load the model named by ``settings`` onto its device: slow, call once."""
+    source = resolve_source(settings)
+    device, dtype = resolve_device(settings)
+    try:
+        base = _load_base_pipeline(source, settings, dtype)
+    except (ModelError, UnsafeCheckpoint):
+        raise
+    except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError, safetensors errors...
+        log.debug("loading %s failed", settings.model, exc_info=True)
+        raise ModelError(f"model {settings.model}: cannot load it: {_first_line(exc)}") from exc
+    family = detect_family(base)
+    try:
+        if device.type != "cpu":  # loaded on the CPU; .to() on the CPU only logs a warning per module
+            base.to(device)
+    except Exception as exc:
+        raise ModelError(f"model {settings.model}: cannot move it to {device}: {_first_line(exc)}") from exc
+    return build_pipelines(base, family, device, dtype, source)
+
+
+def build_pipelines(
+    base: Any, family: str, device: torch.device, dtype: torch.dtype, source: ModelSource
+) -> LoadedModel:
+    """The image-to-image and inpainting pipelines over ``base``'s very modules (no second load)."""
+    import diffusers
+
+    prefix = "StableDiffusionXL" if family == "sdxl" else "StableDiffusion"
+    image_to_image = share_modules(getattr(diffusers, f"{prefix}Img2ImgPipeline"), base)
+    inpaint = share_modules(getattr(diffusers, f"{prefix}InpaintPipeline"), base)
+    for pipe in (base, image_to_image, inpaint):
+        pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(base, image_to_image, inpaint, family, device, dtype, source)
+
+
+def share_modules(cls: Any, base: Any) -> Any:
+    """``cls`` built from ``base``'s components and options.
+
+    Not ``from_pipe``: it ends with ``.to(dtype)``, float32 unless told otherwise, which would cast the
+    shared modules of a float16 model too. The constructor just registers the same objects.
+    """
+    params = inspect.signature(cls.__init__).parameters
+    components = base.components
+    kwargs: dict[str, Any] = {}
+    for name in params:
+        if name in components:
+            kwargs[name] = components[name]
+        elif name in base.config and not name.startswith("_"):
+            kwargs[name] = base.config[name]
+    if "requires_safety_checker" in params:
+        kwargs["requires_safety_checker"] = False
+    return cls(**kwargs)
+
+
+def detect_family(pipe: Any) -> str:
+    """sdxl by pipeline class, sd2 by its 1024-wide text conditioning, else sd1."""
+    if "XL" in type(pipe).__name__:
+        return "sdxl"
+    cross = pipe.unet.config.get("cross_attention_dim") if hasattr(pipe.unet, "config") else None
+    return "sd2" if cross == 1024 else "sd1"
+
+
+def _load_base_pipeline(source: ModelSource, settings: Settings, dtype: torch.dtype) -> Any:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if source.kind in ("folder", "hub"):
+        cls = StableDiffusionXLPipeline if _folder_is_sdxl(source) else StableDiffusionPipeline
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if cls is StableDiffusionPipeline:
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
+        if not settings.allow_unsafe_pickle:
+            kwargs["use_safetensors"] = True  # a folder of .bin pickles is refused like a .ckpt
+        return cls.from_pretrained(source.location, **kwargs)
+    # single_file and (allowed) pickle: diffusers converts the original layout; for pickles its
+    # loader calls torch.load(weights_only=True), so even an allowed pickle cannot run code.
+    cls = StableDiffusionXLPipeline if _checkpoint_is_sdxl(source) else StableDiffusionPipeline
+    kwargs = {"dtype": dtype}
+    if cls is StableDiffusionPipeline:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    if settings.model_config:
+        if not Path(settings.model_config).expanduser().is_dir():
+            raise ModelError(f"--model-config {settings.model_config}: no such folder")
+        kwargs["config"] = str(Path(settings.model_config).expanduser())
+    return cls.from_single_file(source.location, **kwargs)
+
+
+def _folder_is_sdxl(source: ModelSource) -> bool:
+    if source.kind != "folder":
+        return "xl" in source.location.lower()  # a hub id: the best guess without fetching
+    index = json.loads((Path(source.location) / "model_index.json").read_text(encoding="utf-8"))
+    return "XL" in str(index.get("_class_name", ""))
+
+
+def _checkpoint_is_sdxl(source: ModelSource) -> bool:
+    if source.kind != "single_file":
+        return False  # reading a pickle's keys means loading it all; SDXL pickles are rare
+    from safetensors import safe_open
+
+    try:
+        with safe_open(source.location, framework="pt") as handle:
+            return any(key.startswith("conditioner.embedders.1.") for key in handle.keys())  # noqa: SIM118
+    except Exception as exc:
+        raise ModelError(f"model {source.location}: not a readable safetensors file: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
