@@ -26,36 +26,44 @@ function names(list) {
   return (Array.isArray(list) ? list : []).map((x) => (typeof x === "string" ? x : x && x.name)).filter(Boolean);
 }
 
+/** /v1/info: {model: {model, family, device, dtype, schedulers, default_scheduler, preview_methods},
+ * limits: {max_steps, max_pixels, ...}, preview_defaults: {...}}; flat fields are read too. */
 function applyInfo(info) {
+  const engine = info.model && typeof info.model === "object" ? info.model : {};
+  const pick = (key) => info[key] ?? engine[key];
+
   const sched = $("scheduler");
   const current = sched.value;
-  const def = info.default_scheduler || "";
+  const def = pick("default_scheduler") || "";
   sched.innerHTML = "";
   sched.append(new Option(def ? `Model default (${def})` : "Model default", ""));
-  for (const name of names(info.schedulers)) sched.append(new Option(name, name));
+  for (const name of names(pick("schedulers"))) sched.append(new Option(name, name));
   sched.value = current;
 
-  const methods = names(info.preview_methods);
+  const methods = names(pick("preview_methods"));
   if (methods.length) {
     const sel = $("preview-method");
-    const keep = sel.value;
+    const keep = sel.value || "auto";
     sel.innerHTML = "";
-    for (const m of ["auto", ...methods.filter((m) => m !== "auto")]) sel.append(new Option(m, m));
-    if (!methods.includes("none")) sel.append(new Option("none", "none"));
+    for (const m of ["auto", ...methods.filter((m) => m !== "auto" && m !== "none"), "none"]) sel.append(new Option(m, m));
     sel.value = keep;
   }
 
   const limits = info.limits || info;
   if (limits.max_steps) $("steps").max = limits.max_steps;
-  const pd = info.preview_defaults || info.preview || {};
-  if (pd.every !== undefined) $("preview-every").value = pd.every;
-  if (pd.min_interval_ms !== undefined) $("preview-interval").value = pd.min_interval_ms;
-  if (pd.max_size !== undefined) $("preview-max-size").value = pd.max_size;
-  if (pd.format) $("preview-format").value = pd.format;
-  if (pd.method) $("preview-method").value = pd.method;
+  if (!state.previewDefaultsApplied) {
+    // Only once: later readiness checks must not undo what the person chose.
+    state.previewDefaultsApplied = true;
+    const pd = info.preview_defaults || {};
+    if (pd.every !== undefined) $("preview-every").value = pd.every;
+    if (pd.min_interval_ms !== undefined) $("preview-interval").value = pd.min_interval_ms;
+    if (pd.max_size !== undefined) $("preview-max-size").value = pd.max_size;
+    if (pd.format) $("preview-format").value = pd.format;
+    if (pd.method) $("preview-method").value = pd.method;
+  }
 
-  const model = info.model && typeof info.model === "object" ? info.model.name || info.model.id : info.model;
-  const bits = [model && `model ${model}`, info.device, info.dtype].filter(Boolean);
+  const model = typeof info.model === "string" ? info.model : engine.model;
+  const bits = [model && `model ${model}`, engine.family, pick("device"), pick("dtype")].filter(Boolean);
   serverStatus(bits.length ? `Ready · ${bits.join(" · ")}` : "Ready", false);
 }
 

@@ -101,7 +101,9 @@ export async function reportHttpError(res) {
   const { message, field } = describeError(body);
   const key = fieldKey(field);
   const label = key ? FIELD_LABELS[key] || key : null;
-  if (key) showFieldError(key, message || "This value was not accepted.");
+  // Next to the field its name is implied: "width: must be ..." reads "must be ...".
+  const local = message.replace(/^[\w.]+: /, "");
+  if (key) showFieldError(key, local || "This value was not accepted.");
   if (res.status === 413) {
     showFormError("Too large.", " " + (message || "The request is bigger than the worker accepts."));
   } else if (res.status >= 500) {

@@ -33,8 +33,17 @@ function sizeStage(width, height) {
   img.style.setProperty("--ar", String(width / height));
 }
 
+/** The line shown in the image box while there is no image (or under a cancelled one). */
+function stageNote(text) {
+  const note = $("stage-note");
+  note.textContent = text;
+  note.hidden = !text;
+}
+
 function resetStage(job) {
   const img = $("result-image");
+  $("progress-row").hidden = false;
+  stageNote("Waiting for the first image…");
   img.hidden = true;
   img.removeAttribute("src");
   img.classList.remove("is-preview");
@@ -154,6 +163,7 @@ function showPreview(job, d) {
   img.alt = `Preview at step ${d.step} of ${d.total}`;
   img.classList.add("is-preview");
   img.hidden = false;
+  stageNote("");
   const how = d.method ? ` (${d.method}${d.width ? `, ${d.width}×${d.height}` : ""})` : "";
   setText("result-caption", `Preview, step ${d.step} / ${d.total}${how}`);
 }
@@ -176,6 +186,7 @@ function showFinal(job, src) {
   img.alt = `Generated image: ${job.prompt || "final image"}`;
   img.classList.remove("is-preview");
   img.hidden = false;
+  stageNote("");
   setText("result-caption", `Final image, ${job.width || "?"}×${job.height || "?"}`);
   $("progress").max = 1;
   $("progress").value = 1;
@@ -202,8 +213,8 @@ function onFailed(job, d) {
   if (cancelled) setStatus(`Cancelled${at}. (job ${job.id.slice(0, 8)})`, "cancelled");
   else setStatus(`Failed: ${job.message || "the worker could not finish this image."}`, "failed");
   setText("progress-text", cancelled ? "cancelled" : "failed");
-  const img = $("result-image");
-  if (!img.hidden) setText("result-caption", `Last preview before it was ${cancelled ? "cancelled" : "stopped"}`);
+  if (!$("result-image").hidden) setText("result-caption", `Last preview before it was ${cancelled ? "cancelled" : "stopped"}`);
+  else stageNote(cancelled ? "Cancelled before the first preview." : "No image: the job failed.");
   endStream(job);
 }
 
@@ -247,8 +258,8 @@ async function resolveClosed(job, es) {
     const params = body.parameters || body.params || {};
     job.seed = job.seed ?? (body.seed ?? params.seed ?? null);
     if (job.seed !== null) job.seed = String(job.seed);
-    job.width = job.width || params.width || null;
-    job.height = job.height || params.height || null;
+    job.width = job.width || body.width || params.width || null;
+    job.height = job.height || body.height || params.height || null;
     job.status = "completed";
     showFinal(job, imageUrl(job.id));
     endStream(job);

@@ -13,6 +13,7 @@ export const state = {
   stream: null,
   samples: [], // {step, t} for it/s
   lastSeed: null,
+  previewDefaultsApplied: false,
 };
 
 /** Set by app.js: redraws the queue list and the strip after a job changes. */
