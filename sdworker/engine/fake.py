@@ -82,6 +82,7 @@ class FakeEngine:
         preview_methods: tuple[str, ...] = ("latent2rgb", "vae"),
         preview_delay_seconds: float = 0.0,
         model: str = "fake",
+        load_gate: threading.Event | None = None,
     ) -> None:
         self.step_seconds = step_seconds
         self.fail_at_step = fail_at_step
@@ -90,6 +91,7 @@ class FakeEngine:
         self.preview_methods = preview_methods
         self.preview_delay_seconds = preview_delay_seconds
         self.model = model
+        self.load_gate = load_gate  # load() waits for it: tests queue jobs "while the model loads"
         self.loaded = False
         self.closed = False
         self.render_preview_calls = 0
@@ -97,6 +99,8 @@ class FakeEngine:
         self._lock = threading.Lock()
 
     def load(self) -> None:
+        if self.load_gate is not None:
+            self.load_gate.wait(timeout=30)
         if self.load_seconds:
             time.sleep(self.load_seconds)
         if self.load_error is not None:

@@ -1,0 +1,91 @@
+"""The real app over HTTP (httpx + ASGITransport, lifespan run for real) with the FakeEngine."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from PIL import Image
+
+from sdworker.api.app import create_app
+from sdworker.engine.fake import FakeEngine
+from sdworker.jobs.progress import EncodeFn
+from sdworker.settings import Settings
+
+SMALL = {"steps": 3, "width": 64, "height": 64, "seed": 7}
+
+
+@dataclass
+class Running:
+    client: httpx.AsyncClient
+    app: FastAPI
+    engine: FakeEngine
+
+    async def submit(self, **body: Any) -> str:
+        response = await self.client.post("/v1/jobs", json={"prompt": "a cat", **SMALL, **body})
+        assert response.status_code == 202, response.text
+        return str(response.json()["job_id"])
+
+    async def status(self, job_id: str) -> dict[str, Any]:
+        response = await self.client.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    async def wait_status(self, job_id: str, *statuses: str, timeout: float = 10.0) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            while (status := await self.status(job_id))["status"] not in statuses:
+                await asyncio.sleep(0.01)
+        return status
+
+    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not await predicate():
+                await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def running_app(
+    engine: FakeEngine | None = None, *, encode: EncodeFn | None = None, wait_ready: bool = True, **overrides: Any
+) -> AsyncIterator[Running]:
+    settings = Settings(**{"preview_min_interval_ms": 0, "shutdown_grace_seconds": 5.0, **overrides})
+    engine = engine or FakeEngine()
+    app = create_app(settings, engine, encode=encode)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            running = Running(client, app, engine)
+            if wait_ready:
+                await running.wait_for(lambda: _is_ready(client))
+            yield running
+
+
+async def _is_ready(client: httpx.AsyncClient) -> bool:
+    return (await client.get("/ready")).status_code == 200
+
+
+def parse_sse(text: str) -> list[tuple[int, str, dict[str, Any]]]:
+    """(id, event, data) of every event frame; comments and `retry:` lines are skipped."""
+    events = []
+    for block in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.split("\n"):
+            if line and not line.startswith(":") and ": " in line:
+                key, value = line.split(": ", 1)
+                fields[key] = value
+        if "event" in fields:
+            events.append((int(fields["id"]), fields["event"], json.loads(fields["data"])))
+    return events
+
+
+def png_b64(width: int, height: int, mode: str = "RGB") -> str:
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height), 200).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()

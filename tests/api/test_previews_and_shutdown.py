@@ -1,0 +1,118 @@
+"""Previews through the API (only with watchers; skipped when encoding lags) and graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import threading
+import time
+from typing import Any
+
+from PIL import Image
+
+from sdworker.engine.fake import FakeEngine
+from sdworker.imaging.encode import encode_image
+
+from .helpers import SMALL, parse_sse, running_app
+
+
+async def _watched_job(
+    app: Any, gate: threading.Event, **body: Any
+) -> tuple[str, list[tuple[int, str, dict[str, Any]]]]:
+    """Queue a job while the model 'loads', attach a watcher, then let it run."""
+    job_id = await app.submit(**body)
+    stream = asyncio.create_task(app.client.get(f"/v1/jobs/{job_id}/stream"))
+
+    async def watched() -> bool:
+        return bool((await app.status(job_id))["watchers"] == 1)
+
+    await app.wait_for(watched)
+    gate.set()
+    return job_id, parse_sse((await stream).text)
+
+
+async def test_previews_are_decoded_only_while_somebody_watches() -> None:
+    gate = threading.Event()
+    engine = FakeEngine(load_gate=gate, step_seconds=0.03)  # time to encode between previews
+    async with running_app(engine, wait_ready=False) as app:
+        _, events = await _watched_job(
+            app,
+            gate,
+            steps=6,
+            width=128,
+            height=96,
+            preview={"every": 2, "max_size": 64, "format": "webp", "quality": 50},
+        )
+        previews = [data for _, name, data in events if name == "preview"]
+        assert [p["step"] for p in previews] == [2, 4]
+        assert engine.render_preview_calls == 2
+        for preview in previews:
+            image = Image.open(io.BytesIO(base64.b64decode(preview["image"])))
+            assert image.format == "WEBP" and image.size == (64, 48) == (preview["width"], preview["height"])
+            assert preview["method"] == "latent2rgb" and preview["format"] == "webp"
+        steps = sorted(d["step"] for _, name, d in events if name in ("progress", "preview"))
+        assert steps == [1, 2, 3, 4, 5, 6]
+
+        unwatched = await app.submit(steps=6, preview={"every": 1})
+        await app.wait_status(unwatched, "completed")
+        assert engine.render_preview_calls == 2  # nobody watched: not one decode
+        replay = parse_sse((await app.client.get(f"/v1/jobs/{unwatched}/stream")).text)
+        assert "preview" not in [name for _, name, _ in replay] and replay[-1][1] == "complete"
+
+
+async def test_a_slow_encoder_makes_previews_skip_not_generation_wait() -> None:
+    gate = threading.Event()
+
+    def slow_encode(pixels: Any, fmt: str, quality: int) -> bytes:
+        time.sleep(0.15)  # the injected encoder lags behind 20 ms steps
+        return encode_image(pixels, fmt, quality)
+
+    engine = FakeEngine(load_gate=gate, step_seconds=0.02)
+    async with running_app(engine, encode=slow_encode, wait_ready=False) as app:
+        job_id, events = await _watched_job(app, gate, steps=20, preview={"every": 1})
+        previews = [d["step"] for _, name, d in events if name == "preview"]
+        assert 1 <= len(previews) <= 8, previews  # about one per 150 ms of encoding, never one per step
+        metrics = (await app.client.get("/metrics")).text
+        skipped = next(
+            line for line in metrics.splitlines() if line.startswith('sdworker_previews_total{result="skipped_busy"}')
+        )
+        assert float(skipped.split()[-1]) >= 10
+        status = await app.status(job_id)
+        started = time.mktime(time.strptime(status["started_at"][:19], "%Y-%m-%dT%H:%M:%S"))
+        finished = time.mktime(time.strptime(status["finished_at"][:19], "%Y-%m-%dT%H:%M:%S"))
+        assert finished - started <= 2  # 20 steps x 20 ms: the encoder's 15 x 150 ms never blocked them
+
+
+async def test_min_interval_limits_previews_per_second() -> None:
+    gate = threading.Event()
+    engine = FakeEngine(load_gate=gate, step_seconds=0.02)
+    async with running_app(engine, wait_ready=False) as app:
+        _, events = await _watched_job(app, gate, steps=25, preview={"every": 1, "min_interval_ms": 200})
+        previews = [d["step"] for _, name, d in events if name == "preview"]
+        assert 1 <= len(previews) <= 4, previews  # 0.5 s of steps at most 1 per 200 ms
+
+
+async def test_drain_ends_queued_and_running_jobs_and_every_stream() -> None:
+    gate = threading.Event()
+    engine = FakeEngine(load_gate=gate, step_seconds=0.02)
+    async with running_app(engine, wait_ready=False, shutdown_grace_seconds=0.2) as app:
+        running = await app.submit(steps=150)
+        queued = await app.submit(**SMALL)
+        streams = [asyncio.create_task(app.client.get(f"/v1/jobs/{j}/stream")) for j in (running, queued)]
+        gate.set()
+        await app.wait_status(running, "running")
+        worker = app.app.state.worker
+        drain = asyncio.create_task(worker.drain())
+        await asyncio.sleep(0)
+        assert (await app.client.get("/ready")).status_code == 503
+        refused = await app.client.post("/v1/jobs", json={"prompt": "x", **SMALL})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
+        await asyncio.wait_for(drain, 5)
+        texts = [(await s).text for s in streams]
+        for text in texts:
+            last = parse_sse(text)[-1]
+            assert last[1] == "error" and last[2]["code"] == "shutting_down", last
+        assert (await app.status(running))["status"] == "cancelled"
+        assert (await app.status(queued))["status"] == "cancelled"
+        assert worker.bus.total_watchers() == 0

@@ -1,0 +1,190 @@
+"""EventBus: sequence numbers, fan-out, replay history, coalescing for laggards, stall disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sdworker.events.bus import EventBus, Subscription
+from sdworker.events.types import (
+    JobCompleted,
+    JobEvent,
+    JobFailed,
+    JobQueued,
+    JobStarted,
+    PreviewReady,
+    StepProgressed,
+)
+
+JOB = "job1"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def progress(step: int, total: int = 10) -> StepProgressed:
+    return StepProgressed(job_id=JOB, step=step, total=total)
+
+
+def preview(step: int, total: int = 10) -> PreviewReady:
+    return PreviewReady(
+        job_id=JOB, step=step, total=total, image=b"img%d" % step, format="jpeg", width=8, height=8, method="latent2rgb"
+    )
+
+
+def completed() -> JobCompleted:
+    return JobCompleted(job_id=JOB, images=(b"png",), seed=1, seeds=(1,), width=64, height=64)
+
+
+async def drain(sub: Subscription) -> list[JobEvent]:
+    events = []
+    while (event := await sub.next(timeout=1.0)) is not None:
+        events.append(event)
+    return events
+
+
+def make_bus(**kwargs: object) -> EventBus:
+    bus = EventBus(**kwargs)  # type: ignore[arg-type]
+    bus.open(JOB)
+    return bus
+
+
+async def test_publish_assigns_increasing_seq_and_time() -> None:
+    bus = make_bus()
+    stamped = [bus.publish(e) for e in (JobQueued(job_id=JOB, position=1), JobStarted(job_id=JOB), progress(1))]
+    assert [e.seq for e in stamped if e] == [1, 2, 3]
+    assert all(e is not None and e.at > 0 for e in stamped)
+    assert bus.last_seq(JOB) == 3
+
+
+async def test_fan_out_to_every_subscriber_and_end_after_terminal() -> None:
+    bus = make_bus()
+    subs = [bus.subscribe(JOB) for _ in range(5)]
+    assert bus.watcher_count(JOB) == 5
+    for step in (1, 2):
+        bus.publish(progress(step))
+    bus.publish(completed())
+    for sub in subs:
+        events = await drain(sub)
+        assert [type(e) for e in events] == [StepProgressed, StepProgressed, JobCompleted]
+        assert [e.seq for e in events] == [1, 2, 3]
+
+
+async def test_events_after_terminal_are_dropped() -> None:
+    bus = make_bus()
+    bus.publish(completed())
+    assert bus.publish(progress(3)) is None
+    assert bus.is_finished(JOB)
+
+
+async def test_history_keeps_only_the_latest_preview_image_but_every_id() -> None:
+    bus = make_bus()
+    bus.publish(JobStarted(job_id=JOB))
+    bus.publish(preview(1))
+    bus.publish(progress(2))
+    bus.publish(preview(3))
+    bus.publish(completed())
+    replay = await drain(bus.subscribe(JOB))
+    assert [e.seq for e in replay] == [1, 2, 3, 4, 5]
+    assert [type(e) for e in replay] == [JobStarted, StepProgressed, StepProgressed, PreviewReady, JobCompleted]
+    assert replay[1].step == 1  # type: ignore[attr-defined]  # the old preview became its step's progress
+    assert isinstance(replay[3], PreviewReady) and replay[3].image == b"img3"
+
+
+async def test_replay_after_id_gives_exactly_the_later_events_then_live_ones() -> None:
+    bus = make_bus()
+    for step in range(1, 6):
+        bus.publish(progress(step))
+    sub = bus.subscribe(JOB, after_seq=3)
+    bus.publish(progress(6))
+    bus.publish(completed())
+    assert [e.seq for e in await drain(sub)] == [4, 5, 6, 7]
+
+
+async def test_subscribing_to_a_finished_job_replays_and_ends() -> None:
+    bus = make_bus()
+    bus.publish(progress(1))
+    bus.publish(JobFailed(job_id=JOB, code="cancelled", message="gone"))
+    sub = bus.subscribe(JOB, after_seq=1)
+    assert bus.watcher_count(JOB) == 0
+    events = await drain(sub)
+    assert len(events) == 1 and isinstance(events[0], JobFailed) and events[0].code == "cancelled"
+
+
+async def test_lagging_subscriber_coalesces_progress_but_never_drops_terminal() -> None:
+    bus = make_bus(max_buffer=4)
+    slow = bus.subscribe(JOB)
+    fast = bus.subscribe(JOB)
+    fast_seen: list[JobEvent] = []
+    bus.publish(JobStarted(job_id=JOB))
+    for step in range(1, 51):
+        bus.publish(preview(step) if step % 5 == 0 else progress(step, 50))
+        fast_seen.append(await fast.next(timeout=1.0))  # type: ignore[arg-type]
+    bus.publish(completed())
+    events = await drain(slow)
+    assert slow.pending == 0
+    assert len(events) <= 4 + 1
+    assert isinstance(events[0], JobStarted)  # never dropped
+    assert isinstance(events[-1], JobCompleted)  # never dropped
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(seqs)
+    # at most one image was held for the slow watcher, and it is the newest preview
+    previews = [e for e in events if isinstance(e, PreviewReady)]
+    assert len(previews) <= 1 and previews[0].step == 50
+    assert len(fast_seen) == 50  # the fast watcher lost nothing
+
+
+async def test_stalled_subscriber_is_disconnected_on_publish_and_on_sweep() -> None:
+    clock = FakeClock()
+    bus = make_bus(stall_seconds=10.0, clock=clock)
+    stalled = bus.subscribe(JOB)
+    reader = bus.subscribe(JOB)
+    bus.publish(progress(1))
+    await reader.next(timeout=1.0)
+    clock.now += 11
+    bus.publish(progress(2))  # noticed here: stalled had an event waiting for 11 s
+    assert stalled.stalled and bus.watcher_count(JOB) == 1
+    assert await stalled.next(timeout=1.0) is None
+    await reader.next(timeout=1.0)
+
+    idle = bus.subscribe(
+        JOB, after_seq=bus.last_seq(JOB)
+    )  # nothing pending: an idle watcher of a quiet job is never stalled
+    clock.now += 100
+    assert bus.sweep() == 0
+    bus.publish(progress(3))
+    clock.now += 11
+    assert bus.sweep() == 2  # both have had progress 3 waiting for 11 s
+    assert idle.stalled and reader.stalled
+
+
+async def test_next_times_out_for_keepalive_and_close_leaves_the_channel() -> None:
+    bus = make_bus()
+    sub = bus.subscribe(JOB)
+    with pytest.raises(TimeoutError):
+        await sub.next(timeout=0.01)
+    sub.close()
+    assert bus.watcher_count(JOB) == 0 and bus.total_watchers() == 0
+
+
+async def test_close_all_ends_streams_after_buffered_events() -> None:
+    bus = make_bus()
+    sub = bus.subscribe(JOB)
+    bus.publish(progress(1))
+    bus.close_all()
+    assert [e.seq for e in await drain(sub)] == [1]
+
+
+async def test_forget_ends_watchers_and_unknown_job_raises() -> None:
+    bus = make_bus()
+    sub = bus.subscribe(JOB)
+    bus.forget(JOB)
+    assert await asyncio.wait_for(sub.next(timeout=1.0), 1.0) is None
+    with pytest.raises(KeyError):
+        bus.subscribe(JOB)

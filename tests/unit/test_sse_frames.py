@@ -1,0 +1,56 @@
+"""Wire frames: the reference design's event names and fields, plus ids and our additions."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from sdworker.api.sse import frame
+from sdworker.events.types import JobCompleted, JobEvent, JobFailed, JobQueued, JobStarted, PreviewReady, StepProgressed
+
+
+def parse(data: bytes) -> tuple[int, str, dict[str, object]]:
+    lines = data.decode().strip().split("\n")
+    assert data.endswith(b"\n\n")
+    assert lines[0].startswith("id: ") and lines[1].startswith("event: ") and lines[2].startswith("data: ")
+    return int(lines[0][4:]), lines[1][7:], json.loads(lines[2][6:])
+
+
+def test_progress_and_preview_keep_reference_fields() -> None:
+    seq, name, data = parse(frame(StepProgressed(job_id="j", seq=7, at=1.5, step=5, total=20)))
+    assert (seq, name) == (7, "progress")
+    assert data == {"type": "progress", "step": 5, "total": 20, "percent": 25.0, "at": 1.5}
+    event = PreviewReady(
+        job_id="j",
+        seq=8,
+        step=10,
+        total=20,
+        image=b"\xff\xd8jpeg",
+        format="jpeg",
+        width=256,
+        height=192,
+        method="latent2rgb",
+    )
+    _, name, data = parse(frame(event))
+    assert name == "preview" and data["type"] == "preview" and data["percent"] == 50.0
+    assert base64.b64decode(str(data["image"])) == b"\xff\xd8jpeg"
+    assert (data["format"], data["width"], data["height"], data["method"]) == ("jpeg", 256, 192, "latent2rgb")
+
+
+def test_complete_error_queued_started() -> None:
+    one = JobCompleted(job_id="j", seq=3, images=(b"PNG1",), seed=42, seeds=(42,), width=64, height=32)
+    _, name, data = parse(frame(one))
+    assert name == "complete" and data["format"] == "png" and data["seed"] == 42
+    assert base64.b64decode(str(data["image"])) == b"PNG1" and "images" not in data
+    two = JobCompleted(job_id="j", seq=3, images=(b"A", b"B"), seed=1, seeds=(1, 2), width=8, height=8)
+    _, _, data = parse(frame(two))
+    assert [base64.b64decode(i) for i in data["images"]] == [b"A", b"B"]  # type: ignore[attr-defined]
+    events: list[tuple[JobEvent, str, dict[str, object]]] = [
+        (JobFailed(job_id="j", seq=1, code="cancelled", message="m"), "error", {"code": "cancelled", "message": "m"}),
+        (JobQueued(job_id="j", seq=1, position=3), "queued", {"position": 3}),
+        (JobStarted(job_id="j", seq=1), "started", {}),
+    ]
+    for event, expected_name, fields in events:
+        _, name, data = parse(frame(event))
+        assert name == expected_name and data["type"] == expected_name
+        assert {k: data[k] for k in fields} == fields
