@@ -13,7 +13,6 @@ from PIL import Image
 
 from sdworker.imaging.encode import encode_image
 from sdworker.previews.decoders import PreviewDecoder, create_decoder
-from sdworker.previews.pixels import preview_size
 
 METHODS = ("latent2rgb", "taesd", "vae")
 MAGIC = {"jpeg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n", "webp": b"RIFF"}
@@ -128,13 +127,3 @@ def test_unknown_method_or_missing_model_raises(demo_vae: AutoencoderKL) -> None
         create_decoder("vae", family="sd1", vae=None, taesd=None)
     with pytest.raises(ValueError, match="family"):
         create_decoder("latent2rgb", family="flux", vae=None, taesd=None)
-
-
-def test_preview_size_rules() -> None:
-    assert preview_size(64, 64, 256) == (256, 256)  # 512 px image
-    assert preview_size(128, 128, 256) == (256, 256)  # SDXL 1024 px
-    assert preview_size(96, 64, 256) == (256, 171)
-    assert preview_size(8, 8, 256) == (64, 64)
-    assert preview_size(4, 400, 16) == (1, 16)  # never a zero-pixel side
-    with pytest.raises(ValueError):
-        preview_size(8, 8, 0)
