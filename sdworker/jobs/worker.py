@@ -18,13 +18,16 @@ import asyncio
 import contextlib
 import logging
 
-from sdworker.engine.protocol import Engine
+from sdworker.engine.parameters import parameters_text
+from sdworker.engine.protocol import Engine, GenerationResult
 from sdworker.events.bus import EventBus
+from sdworker.imaging.metadata import PNG_KEY
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.progress import EncodeFn
 from sdworker.jobs.queue import InMemoryJobQueue
 from sdworker.jobs.runner import JobRunner
 from sdworker.jobs.service import SHUTTING_DOWN, JobService
+from sdworker.jobs.spec import JobSpec
 from sdworker.jobs.store import InMemoryJobStore
 from sdworker.settings import Settings
 
@@ -42,10 +45,16 @@ class Worker:
         self.store = InMemoryJobStore(settings.result_ttl_seconds)
         self.queue = InMemoryJobQueue(settings.max_queue, retry_after_seconds=self._retry_after_seconds)
         self.service = JobService(settings, self.queue, self.store, self.bus, self.metrics)
-        self.runner = JobRunner(engine, self.service, self.queue, self.bus, self.metrics, encode=encode)
+        self.runner = JobRunner(
+            engine, self.service, self.queue, self.bus, self.metrics, encode=encode, png_text=self._png_text
+        )
         self.metrics.bind(queue_depth=lambda: len(self.queue), watchers=self.bus.total_watchers)
         self._housekeeping: asyncio.Task[None] | None = None
         self._drain: asyncio.Task[None] | None = None
+
+    def _png_text(self, spec: JobSpec, result: GenerationResult, index: int) -> dict[str, str]:
+        """A1111's ``parameters`` chunk, so other tools read the settings back from the PNG."""
+        return {PNG_KEY: parameters_text(spec.request, result, index, self.settings.model)}
 
     def _retry_after_seconds(self) -> int:
         return self.service.retry_after_seconds()
