@@ -160,6 +160,8 @@ def build_engine(arch: str, device: str, dtype: str, workdir: Path, seed: int) -
             # encoder blocks (1, 3, 3, 3), decoder blocks (3, 3, 3, 1); random weights here.
             taesd = AutoencoderTiny()
     taesd.save_pretrained(taesd_dir, safe_serialization=True)
+    # from_pipeline runs on the pipeline's own device and dtype; the TAESD is loaded to match them.
+    pipe = pipe.to(torch.device(device), getattr(torch, dtype))
     settings = Settings(device=device, dtype=dtype, taesd=str(taesd_dir), cache_dir=workdir / "cache")
     return DiffusersEngine.from_pipeline(pipe, settings, f"bench-{arch}")
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from diffusers.models import AutoencoderKL, AutoencoderTiny
 from PIL import Image
+from torch.overrides import TorchFunctionMode
 
 from sdworker.imaging.encode import encode_image
 from sdworker.previews.decoders import PreviewDecoder, create_decoder
@@ -127,3 +129,28 @@ def test_unknown_method_or_missing_model_raises(demo_vae: AutoencoderKL) -> None
         create_decoder("vae", family="sd1", vae=None, taesd=None)
     with pytest.raises(ValueError, match="family"):
         create_decoder("latent2rgb", family="flux", vae=None, taesd=None)
+
+
+class _InferenceModeProbe(TorchFunctionMode):
+    """Records, for every einsum/convolution, whether it ran under ``torch.inference_mode``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[bool] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if getattr(func, "__name__", "") in {"einsum", "conv2d"}:
+            self.seen.append(torch.is_inference_mode_enabled())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_decoding_runs_in_inference_mode(
+    method: str, demo_vae: AutoencoderKL, demo_taesd: AutoencoderTiny, make_latents: Callable[..., torch.Tensor]
+) -> None:
+    decoder = _decoder(method, demo_vae, demo_taesd)
+    latents = make_latents(8, 8).requires_grad_(True)
+    with _InferenceModeProbe() as probe:
+        pixels = decoder.decode(latents, 64)
+    assert pixels.shape == (64, 64, 3)
+    assert probe.seen and all(probe.seen)  # the projection / every convolution: no autograd bookkeeping
