@@ -51,6 +51,9 @@ def test_txt2img_shows_changing_previews_then_the_final_image(ui: Any, server: s
     assert href == f"/v1/jobs/{job_id}/image"
     png = httpx.get(server + href, timeout=10)
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(io.BytesIO(png.content)) as downloaded:
+        parameters = downloaded.info.get("parameters", "")
+    assert "a red lighthouse" in parameters and f"Seed: {seed}" in parameters, parameters
     ui.fill(seed="")
     ui.page.click("#seed-reuse")
     assert ui.page.input_value("#seed") == seed
@@ -90,6 +93,7 @@ def test_reload_mid_job_reattaches_and_ends_on_the_final_image(ui: Any, server: 
 
     ui.page.reload()
     assert ui.page.url.endswith(f"#job={job_id}")
+    assert ui.page.input_value("#prompt") == "survives a reload", "the form is kept across the reload"
     ui.page.wait_for_function("Number(document.getElementById('progress').value) >= 1")
     ui.wait_status("^Done", timeout_ms=90_000)
     ui.shot("reloaded-final-1280")

@@ -5,7 +5,7 @@
 
 import { clearErrors, clearFieldError, reportHttpError, showFormError } from "./errors.js";
 import { cancelJob, focus } from "./follow.js";
-import { applyMode, bodyText, buildBody, maskEditor, mode, randomSeed, setInputImage } from "./form.js";
+import { applyMode, bodyText, buildBody, maskEditor, mode, randomSeed, restoreForm, saveForm, setInputImage } from "./form.js";
 import { $, ACTIVE, hashJobId, hooks, imageUrl, jobById, loadJobs, saveJobs, setText, state } from "./state.js";
 
 // ---------------------------------------------------------------- server info and readiness
@@ -255,8 +255,12 @@ function init() {
     if (file) setInputImage(file);
   });
 
-  $("seed-dice").addEventListener("click", () => ($("seed").value = randomSeed()));
-  $("seed-reuse").addEventListener("click", () => state.lastSeed !== null && ($("seed").value = state.lastSeed));
+  const setSeed = (value) => {
+    $("seed").value = value;
+    saveForm();
+  };
+  $("seed-dice").addEventListener("click", () => setSeed(randomSeed()));
+  $("seed-reuse").addEventListener("click", () => state.lastSeed !== null && setSeed(state.lastSeed));
   $("job-form").addEventListener("submit", submit);
   $("prompt").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("job-form").requestSubmit();
@@ -272,6 +276,19 @@ function init() {
   });
 
   loadJobs();
+  if (restoreForm()) state.previewDefaultsApplied = true;
+  const lastDone = [...state.jobs].reverse().find((j) => j.status === "completed" && j.seed !== null);
+  if (lastDone) {
+    state.lastSeed = lastDone.seed;
+    $("seed-reuse").disabled = false;
+  }
+  $("job-form").addEventListener("input", saveForm);
+  $("job-form").addEventListener("change", saveForm);
+  $("preview-settings").addEventListener("toggle", saveForm);
+  setText("strength-value", Number($("strength").value).toFixed(2));
+  setText("brush-size-value", $("brush-size").value);
+  maskEditor.brushSize = Number($("brush-size").value);
+  maskEditor.tool = document.querySelector('input[name="mask-tool"]:checked').value;
   applyMode();
   render();
   watchReadiness();
@@ -292,6 +309,7 @@ async function useAsInput() {
     blob = await (await fetch($("result-image").src)).blob();
   }
   document.querySelector('input[name="mode"][value="img2img"]').checked = true;
+  saveForm();
   await setInputImage(blob.type ? blob : new Blob([blob], { type: "image/png" }));
   if (job.seed !== null) state.lastSeed = job.seed;
   $("input-section").scrollIntoView({ behavior: "smooth", block: "start" });

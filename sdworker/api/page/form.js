@@ -155,3 +155,44 @@ export function bodyText(body) {
   if (/^-?\d+$/.test(seed)) return JSON.stringify({ ...body, seed: "__SEED__" }).replace('"__SEED__"', seed);
   return JSON.stringify({ ...body, seed });
 }
+
+// ---------------------------------------------------------------- keeping the form across reloads
+
+const FORM_KEY = "sdworker.form";
+
+/** Remember what the person typed (not the images) for this tab, so a reload keeps the form. */
+export function saveForm() {
+  const values = { previewOpen: $("preview-settings").open };
+  for (const el of $("job-form").elements) {
+    if (el.type === "file" || el.type === "submit" || el.type === "button" || !el.name) continue;
+    if (el.type === "radio") {
+      if (el.checked) values[`radio:${el.name}`] = el.value;
+    } else if (el.id) values[el.id] = el.value;
+  }
+  try {
+    sessionStorage.setItem(FORM_KEY, JSON.stringify(values));
+  } catch (_) {
+    /* storage unavailable: nothing to keep */
+  }
+}
+
+/** Put back what saveForm kept; true when there was something (the server's defaults then stay out). */
+export function restoreForm() {
+  let values;
+  try {
+    values = JSON.parse(sessionStorage.getItem(FORM_KEY) || "null");
+  } catch (_) {
+    values = null;
+  }
+  if (!values) return false;
+  for (const el of $("job-form").elements) {
+    if (el.type === "radio") {
+      const chosen = values[`radio:${el.name}`];
+      if (chosen !== undefined) el.checked = el.value === chosen;
+    } else if (el.id && el.type !== "file" && values[el.id] !== undefined) {
+      el.value = values[el.id];
+    }
+  }
+  $("preview-settings").open = !!values.previewOpen;
+  return true;
+}
