@@ -27,7 +27,8 @@ from sdworker.engine.protocol import (
     Operation,
     StepHook,
 )
-from sdworker.engine.schedulers import SCHEDULER_NAMES, create_scheduler, describe_scheduler
+from sdworker.engine.scheduler_names import SCHEDULER_NAMES
+from sdworker.engine.schedulers import create_scheduler, describe_scheduler
 from sdworker.engine.step_hook import StepCallback
 from sdworker.engine.x0 import X0Recorder
 from sdworker.errors import GenerationFailed, InvalidRequest, JobCancelled, ModelError, SdworkerError
@@ -232,7 +233,7 @@ def _validate(request: GenerationRequest) -> None:
     if request.operation is Operation.TEXT_TO_IMAGE:
         return
     if request.init_image is None:
-        raise InvalidRequest(f"{request.operation.value} needs an init image", field="init_image")
+        raise InvalidRequest(f"init_image: {request.operation.value} needs an init image", field="init_image")
     if not 0.0 < request.strength <= 1.0:
         raise InvalidRequest(f"strength: {request.strength} is not in (0, 1]", field="strength")
     if int(request.num_inference_steps * request.strength) < 1:
@@ -242,7 +243,7 @@ def _validate(request: GenerationRequest) -> None:
         )
     if request.operation is Operation.INPAINT:
         if request.mask_image is None:
-            raise InvalidRequest("inpainting needs a mask image (white = repaint)", field="mask_image")
+            raise InvalidRequest("mask_image: inpainting needs a mask image (white = repaint)", field="mask_image")
         check_mask_matches(request.init_image, request.mask_image)
 
 

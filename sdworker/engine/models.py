@@ -106,6 +106,7 @@ def load_model(settings: Settings) -> LoadedModel:
     """Load the model named by ``settings`` onto its device: slow, call once."""
     source = resolve_source(settings)
     device, dtype = resolve_device(settings)
+    _quiet_library_progress_bars()
     try:
         base = _load_base_pipeline(source, settings, dtype)
     except (ModelError, UnsafeCheckpoint):
@@ -153,6 +154,15 @@ def share_modules(cls: Any, base: Any) -> Any:
     if "requires_safety_checker" in params:
         kwargs["requires_safety_checker"] = False
     return cls(**kwargs)
+
+
+def _quiet_library_progress_bars() -> None:
+    """diffusers/transformers draw "Loading components" bars on stderr; the worker reports its own state."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 
 
 def detect_family(pipe: Any) -> str:

@@ -9,69 +9,9 @@ own scheduler has other options still gets the sampler the user named.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from sdworker.errors import UnknownScheduler
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerSpec:
-    name: str
-    class_name: str  # in diffusers
-    a1111_name: str  # what A1111 writes as "Sampler:" (PNG metadata, what other tools read back)
-    overrides: dict[str, Any] = field(default_factory=dict)
-    schedule_type: str | None = None  # A1111's "Schedule type:" when not the sampler's default
-
-
-_SCHEDULERS = (
-    SchedulerSpec("euler", "EulerDiscreteScheduler", "Euler", {"use_karras_sigmas": False}),
-    SchedulerSpec("euler_a", "EulerAncestralDiscreteScheduler", "Euler a"),
-    SchedulerSpec("heun", "HeunDiscreteScheduler", "Heun", {"use_karras_sigmas": False}),
-    SchedulerSpec("ddim", "DDIMScheduler", "DDIM", {"clip_sample": False, "set_alpha_to_one": False}),
-    SchedulerSpec(
-        "dpmpp_2m",
-        "DPMSolverMultistepScheduler",
-        "DPM++ 2M",
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False},
-    ),
-    SchedulerSpec(
-        "dpmpp_2m_karras",
-        "DPMSolverMultistepScheduler",
-        "DPM++ 2M Karras",
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
-        schedule_type="Karras",
-    ),
-    SchedulerSpec(
-        "dpmpp_2m_sde",
-        "DPMSolverMultistepScheduler",
-        "DPM++ 2M SDE",
-        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": False},
-    ),
-    SchedulerSpec("lms", "LMSDiscreteScheduler", "LMS"),
-    SchedulerSpec("pndm", "PNDMScheduler", "PLMS", {"skip_prk_steps": True}),
-    SchedulerSpec("unipc", "UniPCMultistepScheduler", "UniPC", {"use_karras_sigmas": False}),
-)
-
-SCHEDULERS: dict[str, SchedulerSpec] = {spec.name: spec for spec in _SCHEDULERS}
-SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULERS)
-
-
-def get_spec(name: str) -> SchedulerSpec:
-    """The spec for ``name`` (case and ``-`` tolerant); ``UnknownScheduler`` naming the field otherwise."""
-    key = name.strip().lower().replace("-", "_").replace(" ", "_")
-    spec = SCHEDULERS.get(key)
-    if spec is None:
-        raise UnknownScheduler(
-            f"scheduler: unknown scheduler {name!r}; valid: {', '.join(SCHEDULER_NAMES)}", field="scheduler"
-        )
-    return spec
-
-
-def a1111_name(name: str) -> str:
-    """A1111's sampler name for one of our names; an unknown (model-own) name is passed through."""
-    spec = SCHEDULERS.get(name)
-    return spec.a1111_name if spec else name
+from sdworker.engine.scheduler_names import SCHEDULER_SPECS, get_spec
 
 
 def create_scheduler(name: str | None, model_scheduler: Any) -> tuple[Any, str]:
@@ -95,7 +35,7 @@ def describe_scheduler(scheduler: Any) -> str:
     """Our name for a loaded scheduler when its class and options match one; else its class name."""
     class_name = type(scheduler).__name__
     config = scheduler.config
-    for spec in _SCHEDULERS:
+    for spec in SCHEDULER_SPECS:
         if spec.class_name != class_name:
             continue
         if all(config.get(key, value) == value for key, value in spec.overrides.items() if key != "skip_prk_steps"):

@@ -1,0 +1,41 @@
+"""The A1111 ``parameters`` text for one generated image (torch-free: the job layer may use it too)."""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+
+from sdworker.engine.protocol import GenerationRequest, GenerationResult, Operation
+from sdworker.engine.scheduler_names import SCHEDULERS
+from sdworker.imaging.metadata import ImageParameters, format_parameters
+
+
+def model_label(model: str) -> str:
+    """What ``Model:`` says: a file's or folder's name without suffix (as A1111 does), else as given."""
+    if "/" in model or "\\" in model or model.endswith((".safetensors", ".ckpt")):
+        path = PurePath(model)
+        if path.suffix or path.is_absolute() or model.startswith((".", "~")):
+            return path.stem or model
+    return model
+
+
+def image_parameters(request: GenerationRequest, result: GenerationResult, index: int, model: str) -> ImageParameters:
+    spec = SCHEDULERS.get(result.scheduler)
+    strength = None if request.operation is Operation.TEXT_TO_IMAGE else request.strength
+    return ImageParameters(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        steps=request.num_inference_steps,
+        sampler=spec.a1111_name if spec else result.scheduler,
+        schedule_type=spec.schedule_type if spec else None,
+        cfg_scale=request.guidance_scale,
+        seed=result.seeds[index],
+        width=result.width,
+        height=result.height,
+        model=model_label(model),
+        denoising_strength=strength,
+    )
+
+
+def parameters_text(request: GenerationRequest, result: GenerationResult, index: int, model: str) -> str:
+    """The ``parameters`` tEXt value for image ``index`` of ``result``."""
+    return format_parameters(image_parameters(request, result, index, model))

@@ -1,0 +1,95 @@
+"""A1111-style ``parameters`` text: what AUTOMATIC1111 writes into a PNG's tEXt chunk, so other tools
+(A1111's "PNG info", ComfyUI, civitai, InvokeAI importers) read our settings back. Format::
+
+    a photo of a cat
+    Negative prompt: blurry
+    Steps: 8, Sampler: Euler a, CFG scale: 7.5, Seed: 1234, Size: 64x64, Model: demo
+
+The prompt may span lines; the negative line appears only when there is a negative prompt; the last
+line is ``Key: value`` pairs separated by ", ". A value holding a comma, colon or quote is written as
+a JSON string, as A1111 does, so it parses back unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+PNG_KEY = "parameters"
+_NEGATIVE = "Negative prompt:"
+# A1111's own pattern (modules/infotext_utils.py): key, then a quoted or a plain value.
+_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+@dataclass(frozen=True, slots=True)
+class ImageParameters:
+    prompt: str
+    negative_prompt: str
+    steps: int
+    sampler: str  # A1111's name, e.g. "Euler a", "DPM++ 2M Karras"
+    cfg_scale: float
+    seed: int
+    width: int
+    height: int
+    model: str
+    schedule_type: str | None = None  # e.g. "Karras"
+    denoising_strength: float | None = None  # image-to-image and inpainting only
+
+
+def format_parameters(p: ImageParameters) -> str:
+    pairs: list[tuple[str, object]] = [("Steps", p.steps), ("Sampler", p.sampler)]
+    if p.schedule_type:
+        pairs.append(("Schedule type", p.schedule_type))
+    pairs += [("CFG scale", _number(p.cfg_scale)), ("Seed", p.seed), ("Size", f"{p.width}x{p.height}")]
+    pairs.append(("Model", p.model))
+    if p.denoising_strength is not None:
+        pairs.append(("Denoising strength", _number(p.denoising_strength)))
+    lines = [p.prompt]
+    if p.negative_prompt:
+        lines.append(f"{_NEGATIVE} {p.negative_prompt}")
+    lines.append(", ".join(f"{key}: {_quote(str(value))}" for key, value in pairs))
+    return "\n".join(lines)
+
+
+def parse_parameters(text: str) -> dict[str, str]:
+    """Parse A1111 text back: ``{"Prompt": ..., "Negative prompt": ..., "Steps": "8", "Size": "64x64", ...}``.
+
+    Values stay strings (as A1111 keeps them); a text without a settings line is all prompt.
+    """
+    lines = text.strip("\n").split("\n")
+    settings: dict[str, str] = {}
+    last = lines[-1] if lines else ""
+    matches = _PARAM.findall(last)
+    if len(matches) >= 3:  # A1111's test for "this is the settings line"
+        lines = lines[:-1]
+        for key, value in matches:
+            settings[key.strip()] = _unquote(value.strip())
+    prompt: list[str] = []
+    negative: list[str] = []
+    target = prompt
+    for line in lines:
+        if line.startswith(_NEGATIVE):
+            target = negative
+            line = line[len(_NEGATIVE) :].lstrip(" ")
+        target.append(line)
+    return {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative), **settings}
+
+
+def _quote(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False) if any(c in value for c in ',:"\n') else value
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        try:
+            decoded = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        return decoded if isinstance(decoded, str) else value
+    return value
+
+
+def _number(value: float) -> str:
+    """7.5 -> "7.5", 7.0 -> "7" (A1111 writes CFG scale 7 as "7")."""
+    return f"{value:g}" if value == value else str(value)
