@@ -1,0 +1,412 @@
+"""What the HTTP service costs, and how it fans out.
+
+1. **HTTP vs direct**: one job through the service (real uvicorn subprocess, previews off) against a
+   direct ``DiffusersEngine.generate`` call in this process, on the same model, size, steps and seed.
+   Interleaved rounds (direct, http, http, direct, ...) after one warm-up of each; the HTTP time is
+   POST to the ``complete`` event received (queueing, the step hook, PNG encoding and transfer
+   included). Target: ratio of medians <= 1.02.
+2. **1,000 watchers**: raw asyncio SSE clients on one job (held in the queue behind a blocker until
+   all are subscribed): every watcher must get every terminal event; delay from publish (the event's
+   ``at`` stamp, set by the bus) to receipt, p50/p99; the server's RSS before, at peak and after.
+
+    .venv/bin/python bench/service.py                       # demo model, quick
+    .venv/bin/python bench/service.py --arch sd15 --size 256 --steps 20 --rounds 3
+    .venv/bin/python bench/service.py --watchers 50 --rounds 1    # smoke test
+
+Run it on a quiet machine: with other CPU-heavy processes around, torch's thread barriers stall and
+single runs vary tenfold, which swamps a 2 % target.
+
+Prints a table and writes JSON (``--json``, default bench/results/service.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: make `bench.archs` and `sdworker` importable
+    sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from sdworker.engine.protocol import GenerationRequest  # noqa: E402
+from sdworker.settings import Settings  # noqa: E402
+
+PROMPT = "a photograph of an astronaut riding a horse"
+TARGET_RATIO = 1.02
+
+
+# --- model and server ---------------------------------------------------------------------------
+
+
+def prepare_model(arch: str, workdir: Path, seed: int) -> Path:
+    """A diffusers folder both the server and the direct engine load."""
+    if arch == "demo":
+        from sdworker.engine.demo_model import ensure_demo_model
+
+        return ensure_demo_model(workdir / "cache")
+    from bench import archs  # the engine helper's builders of real architectures with random weights
+
+    folder = workdir / arch
+    pipe = archs.build_sd15_pipeline(seed=seed)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(model: Path, port: int, args: argparse.Namespace, log_path: Path) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable,
+        "-m",
+        "sdworker",
+        "serve",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--max-queue",
+        "8",
+        "--log-level",
+        "warning",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SDWORKER_CACHE_DIR": str(log_path.parent / "cache")}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)  # torch's intra-op threads in the server, as in this process
+    log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the server
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError("the server did not get ready")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+# --- part 1: HTTP vs direct ---------------------------------------------------------------------
+
+
+def job_body(args: argparse.Namespace, steps: int | None = None, preview_every: int = 0) -> dict[str, Any]:
+    return {
+        "prompt": PROMPT,
+        "width": args.size,
+        "height": args.size,
+        "steps": steps or args.steps,
+        "seed": args.seed,
+        "scheduler": args.scheduler,
+        "preview": {"every": preview_every},
+    }
+
+
+async def http_job_seconds(client: httpx.AsyncClient, args: argparse.Namespace) -> float:
+    started = time.perf_counter()
+    job_id = (await client.post("/v1/jobs", json=job_body(args))).json()["job_id"]
+    async with client.stream("GET", f"/v1/jobs/{job_id}/stream") as response:
+        async for line in response.aiter_lines():
+            if line.startswith("event: complete"):
+                return time.perf_counter() - started
+            if line.startswith("event: error"):
+                raise RuntimeError("the job failed")
+    raise RuntimeError("the stream ended without a terminal event")
+
+
+async def compare_http_and_direct(url: str, model: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from sdworker.engine.diffusers_engine import DiffusersEngine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    engine = DiffusersEngine(Settings(model=str(model), device=args.device, dtype=args.dtype))
+    engine.load()
+    request = GenerationRequest(
+        prompt=PROMPT,
+        num_inference_steps=args.steps,
+        width=args.size,
+        height=args.size,
+        seed=args.seed,
+        scheduler=args.scheduler,
+    )
+    times: dict[str, list[float]] = {"direct": [], "http": []}
+    async with httpx.AsyncClient(base_url=url, timeout=3600) as client:
+
+        async def run(kind: str) -> float:
+            if kind == "http":
+                return await http_job_seconds(client, args)
+            started = time.perf_counter()
+            await asyncio.to_thread(engine.generate, request)
+            return time.perf_counter() - started
+
+        for _ in range(args.warmups):  # untimed: first runs at a new shape are much slower on CPU
+            await run("direct")
+            await run("http")
+        for round_index in range(args.rounds):
+            order = ("direct", "http") if round_index % 2 == 0 else ("http", "direct")
+            for kind in order:
+                times[kind].append(await run(kind))
+    engine.close()
+    direct, http = statistics.median(times["direct"]), statistics.median(times["http"])
+    return {
+        "direct_seconds": times["direct"],
+        "http_seconds": times["http"],
+        "direct_median": direct,
+        "http_median": http,
+        "ratio": http / direct,
+        "target": TARGET_RATIO,
+    }
+
+
+# --- part 2: many watchers ----------------------------------------------------------------------
+
+
+async def watch(
+    host: str, port: int, path: str, connected: asyncio.Event, counter: list[int], total: int
+) -> list[tuple[int, str, float, float]]:
+    """One raw SSE client: (id, event, at, received) for every event until the stream ends."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode())
+    await writer.drain()
+    status = await reader.readline()
+    if b" 200 " not in status:
+        raise RuntimeError(f"stream answered {status!r}")
+    chunked = False
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        chunked |= line.lower().startswith(b"transfer-encoding: chunked")
+    counter[0] += 1
+    if counter[0] == total:
+        connected.set()
+    events: list[tuple[int, str, float, float]] = []
+    buffer = b""
+    try:
+        while True:
+            if chunked:
+                size = int((await reader.readline()).strip() or b"0", 16)
+                if size == 0:
+                    break
+                data = await reader.readexactly(size + 2)
+                buffer += data[:-2]
+            else:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                buffer += data
+            received = time.time()
+            while b"\n\n" in buffer:
+                block, buffer = buffer.split(b"\n\n", 1)
+                fields = dict(line.split(": ", 1) for line in block.decode().split("\n") if ": " in line)
+                if "event" in fields:
+                    at = float(json.loads(fields["data"]).get("at", 0.0))
+                    events.append((int(fields["id"]), fields["event"], at, received))
+                    if fields["event"] in ("complete", "error"):
+                        return events
+    finally:
+        writer.close()
+    return events
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def many_watchers(url: str, port: int, pid: int, args: argparse.Namespace) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        blocker = (await client.post("/v1/jobs", json=job_body(args, steps=10_000 // 100))).json()["job_id"]
+        job_id = (await client.post("/v1/jobs", json=job_body(args, steps=args.watch_steps, preview_every=1))).json()[
+            "job_id"
+        ]
+        rss_before = rss_mb(pid)
+        connected = asyncio.Event()
+        counter = [0]
+        started = time.perf_counter()
+        tasks = [
+            asyncio.create_task(
+                watch("127.0.0.1", port, f"/v1/jobs/{job_id}/stream", connected, counter, args.watchers)
+            )
+            for _ in range(args.watchers)
+        ]
+        await asyncio.wait_for(connected.wait(), 300)
+        while (await client.get(f"/v1/jobs/{job_id}")).json()["watchers"] < args.watchers:
+            await asyncio.sleep(0.05)
+        connect_seconds = time.perf_counter() - started
+        rss_connected = rss_mb(pid)
+        peak = [rss_connected]
+
+        async def sample() -> None:
+            while True:
+                peak[0] = max(peak[0], rss_mb(pid))
+                await asyncio.sleep(0.1)
+
+        sampler = asyncio.create_task(sample())
+        await client.delete(f"/v1/jobs/{blocker}")
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        sampler.cancel()
+        await asyncio.sleep(1.0)
+        rss_after = rss_mb(pid)
+        final = (await client.get(f"/v1/jobs/{job_id}")).json()
+    lists = [r for r in results if isinstance(r, list)]
+    failures = len(results) - len(lists)
+    terminal_ids = {e[0] for events in lists for e in events if e[1] in ("complete", "error")}
+    got_terminal = sum(1 for events in lists if events and events[-1][1] == "complete")
+    live = [(e[1], e[3] - e[2]) for events in lists for e in events if e[1] != "queued"]
+    all_delays = [d * 1000 for _, d in live]
+    terminal_delays = [d * 1000 for name, d in live if name == "complete"]
+    previews = sum(1 for events in lists for e in events if e[1] == "preview")
+    return {
+        "watchers": args.watchers,
+        "job_status": final["status"],
+        "connect_seconds": connect_seconds,
+        "watchers_with_every_terminal_event": got_terminal,
+        "watcher_errors": failures,
+        "terminal_event_ids": sorted(terminal_ids),
+        "events_received": sum(len(events) for events in lists),
+        "previews_received": previews,
+        "delay_ms_p50": percentile(all_delays, 0.5),
+        "delay_ms_p99": percentile(all_delays, 0.99),
+        "terminal_delay_ms_p50": percentile(terminal_delays, 0.5),
+        "terminal_delay_ms_p99": percentile(terminal_delays, 0.99),
+        "server_rss_mb_before": rss_before,
+        "server_rss_mb_connected": rss_connected,
+        "server_rss_mb_peak": peak[0],
+        "server_rss_mb_after": rss_after,
+        "rss_growth_mb_peak": peak[0] - rss_before,
+        "rss_growth_mb_after": rss_after - rss_before,
+    }
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def print_table(result: dict[str, Any]) -> None:
+    a, w, c = result.get("http_vs_direct"), result.get("watchers"), result["config"]
+    print(
+        f"\nsdworker service bench - arch {c['arch']}, {c['size']} px, {c['steps']} steps, {c['device']}/{c['dtype']}"
+    )
+    if a:
+        print("\n| run | median s | all runs (s) |\n|---|---|---|")
+        print(
+            f"| direct engine call | {a['direct_median']:.3f} | {', '.join(f'{t:.3f}' for t in a['direct_seconds'])} |"
+        )
+        print(
+            f"| HTTP job, previews off | {a['http_median']:.3f} | {', '.join(f'{t:.3f}' for t in a['http_seconds'])} |"
+        )
+        verdict = "meets" if a["ratio"] <= a["target"] else "misses"
+        print(f"| ratio HTTP / direct | {a['ratio']:.3f} | {verdict} the target <= {a['target']} |")
+    if w:
+        print(f"\n| {w['watchers']} SSE watchers, one job ({c['watch_steps']} steps, previews every step) | value |")
+        print("|---|---|")
+        rows = [
+            ("watchers that got the terminal event", f"{w['watchers_with_every_terminal_event']} / {w['watchers']}"),
+            ("watcher errors", w["watcher_errors"]),
+            ("distinct terminal event ids", w["terminal_event_ids"]),
+            ("events received (all watchers)", w["events_received"]),
+            ("previews received (all watchers)", w["previews_received"]),
+            ("time to connect all (s)", f"{w['connect_seconds']:.2f}"),
+            ("publish -> receipt p50 / p99, all events (ms)", f"{w['delay_ms_p50']:.1f} / {w['delay_ms_p99']:.1f}"),
+            (
+                "publish -> receipt p50 / p99, complete (ms)",
+                f"{w['terminal_delay_ms_p50']:.1f} / {w['terminal_delay_ms_p99']:.1f}",
+            ),
+            (
+                "server RSS before / connected / peak / after (MB)",
+                f"{w['server_rss_mb_before']:.0f} / {w['server_rss_mb_connected']:.0f} / {w['server_rss_mb_peak']:.0f}"
+                f" / {w['server_rss_mb_after']:.0f}",
+            ),
+            ("RSS growth at peak / after (MB)", f"{w['rss_growth_mb_peak']:.1f} / {w['rss_growth_mb_after']:.1f}"),
+        ]
+        for name, value in rows:
+            print(f"| {name} | {value} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--arch", choices=("demo", "sd15"), default="demo")
+    parser.add_argument("--size", type=int, default=None, help="px (demo 64, sd15 256)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--scheduler", default="euler")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmups", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in both processes (0 = torch's default)")
+    parser.add_argument("--watchers", type=int, default=1000)
+    parser.add_argument("--watch-steps", dest="watch_steps", type=int, default=10)
+    parser.add_argument("--skip", choices=("compare", "watchers"), action="append", default=[])
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "service.json"))
+    args = parser.parse_args(argv)
+    args.size = args.size or (64 if args.arch == "demo" else 256)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.watchers + 256)), hard))
+
+    result: dict[str, Any] = {
+        "config": {k: v for k, v in vars(args).items() if k not in ("json", "skip")},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+    }
+    with tempfile.TemporaryDirectory(prefix="sdworker-bench-") as tmp:
+        workdir = Path(tmp)
+        model = prepare_model(args.arch, workdir, args.seed)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = start_server(model, port, args, workdir / "server.log")
+        try:
+            wait_ready(url, server)
+            if "compare" not in args.skip:
+                result["http_vs_direct"] = asyncio.run(compare_http_and_direct(url, model, args))
+            if "watchers" not in args.skip:
+                result["watchers"] = asyncio.run(many_watchers(url, port, server.pid, args))
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    print_table(result)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
