@@ -116,3 +116,14 @@ async def test_drain_ends_queued_and_running_jobs_and_every_stream() -> None:
         assert (await app.status(running))["status"] == "cancelled"
         assert (await app.status(queued))["status"] == "cancelled"
         assert worker.bus.total_watchers() == 0
+
+
+async def test_drain_lets_a_running_job_finish_within_the_grace_period() -> None:
+    engine = FakeEngine(step_seconds=0.05)
+    async with running_app(engine, shutdown_grace_seconds=10.0) as app:
+        job_id = await app.submit(steps=10)
+        stream = asyncio.create_task(app.client.get(f"/v1/jobs/{job_id}/stream"))
+        await app.wait_status(job_id, "running")
+        await asyncio.wait_for(app.app.state.worker.drain(), 10)
+        assert (await app.status(job_id))["status"] == "completed"
+        assert parse_sse((await stream).text)[-1][1] == "complete"

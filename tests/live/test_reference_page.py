@@ -28,6 +28,7 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+FINAL_SIZE = "(() => { const img = document.getElementById('final'); return [img.naturalWidth, img.naturalHeight]; })()"
 JOB = {"prompt": "a red cube", "width": 64, "height": 64, "scheduler": "euler"}
 
 
@@ -59,7 +60,7 @@ async def test_reference_test_html_shows_previews_and_the_final_image(demo_cache
                     await page.wait_for_function("document.getElementById('preview').naturalWidth > 0", timeout=60_000)
                     await page.wait_for_function("document.getElementById('final').naturalWidth > 0", timeout=60_000)
                     preview_src = await page.get_attribute("#preview", "src")
-                    final = await page.evaluate("[0, 1].map(i => [final.naturalWidth, final.naturalHeight][i])")
+                    final = await page.evaluate(FINAL_SIZE)
                     progress = await page.text_content("#progress")
                 finally:
                     await browser.close()

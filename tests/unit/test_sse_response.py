@@ -1,0 +1,80 @@
+"""The SSE response: keep-alive comments, a bounded send for a watcher that stops reading, and the
+subscription released however the stream ends."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sdworker.api.sse import KEEPALIVE, EventStreamResponse, event_frames
+from sdworker.events.bus import EventBus
+from sdworker.events.types import JobCompleted, StepProgressed
+
+
+def make_bus() -> EventBus:
+    bus = EventBus()
+    bus.open("j")
+    return bus
+
+
+async def test_keepalive_comment_when_nothing_happens_then_frames_then_end() -> None:
+    bus = make_bus()
+    frames = event_frames(bus.subscribe("j"), keepalive_seconds=0.02)
+    assert (await anext(frames)).startswith(b"retry: ")
+    assert await anext(frames) == KEEPALIVE
+    bus.publish(StepProgressed(job_id="j", step=1, total=2))
+    assert (await anext(frames)).startswith(b"id: 1\nevent: progress\n")
+    bus.publish(JobCompleted(job_id="j", images=(b"p",), seed=1, seeds=(1,), width=8, height=8))
+    assert b"event: complete" in await anext(frames)
+    assert [chunk async for chunk in frames] == []
+    assert bus.watcher_count("j") == 0
+
+
+async def test_a_watcher_that_stops_reading_is_disconnected_after_the_send_timeout() -> None:
+    bus = make_bus()
+    sent: list[dict[str, Any]] = []
+    stuck = asyncio.Event()
+    closed = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and len(sent) >= 2:
+            stuck.set()
+            await asyncio.Event().wait()  # the client's socket buffer is full: this write never completes
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client never hangs up
+        return {}
+
+    response = EventStreamResponse(
+        event_frames(bus.subscribe("j"), keepalive_seconds=10),
+        send_timeout_seconds=0.2,
+        on_close=lambda: closed.append(True),
+    )
+    task = asyncio.create_task(response({"type": "http"}, receive, send))  # type: ignore[arg-type]
+    for step in range(1, 4):
+        bus.publish(StepProgressed(job_id="j", step=step, total=9))
+    await asyncio.wait_for(stuck.wait(), 2)
+    await asyncio.wait_for(task, 2)  # returned after the 0.2 s send timeout
+    assert closed == [True]
+    assert bus.watcher_count("j") == 0  # its subscription is gone with it
+
+
+async def test_client_disconnect_ends_the_response_and_releases_the_subscription() -> None:
+    bus = make_bus()
+    hang_up = asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    async def receive() -> dict[str, Any]:
+        await hang_up.wait()
+        return {"type": "http.disconnect"}
+
+    response = EventStreamResponse(event_frames(bus.subscribe("j"), keepalive_seconds=10), send_timeout_seconds=5)
+    task = asyncio.create_task(response({"type": "http"}, receive, send))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    assert bus.watcher_count("j") == 1
+    hang_up.set()
+    await asyncio.wait_for(task, 2)
+    assert bus.watcher_count("j") == 0
