@@ -111,3 +111,59 @@ def test_use_as_input_moves_the_result_into_img2img(ui: Any) -> None:
     ui.page.wait_for_selector("#input-preview[src^='data:image']")
     assert ui.page.is_checked('input[name="mode"][value="img2img"]')
     assert ui.page.input_value("#width") == "64" and ui.page.input_value("#height") == "48"
+
+
+def test_an_image_dropped_on_the_box_becomes_the_input(ui: Any, tmp_path: Path) -> None:
+    data = base64.b64encode(_write_png(tmp_path / "dropped.png", (80, 72)).read_bytes()).decode()
+    ui.open()
+    ui.mode("img2img")
+    # What a drag from the file manager delivers: a drop event carrying the file.
+    ui.page.evaluate(
+        """b64 => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+            const zone = document.getElementById("drop-zone");
+            zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: dt, bubbles: true, cancelable: true}));
+            zone.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+        }""",
+        data,
+    )
+    ui.page.wait_for_selector("#input-preview[src^='data:image']")
+    assert ui.page.input_value("#width") == "80" and ui.page.input_value("#height") == "72"
+
+
+def test_an_erased_or_cleared_mask_is_not_sent(ui: Any, tmp_path: Path) -> None:
+    picture = _write_png(tmp_path / "wall.png", (64, 64))
+    bodies = _capture_job_posts(ui.page)
+    ui.open()
+    ui.mode("inpaint")
+    ui.page.set_input_files("#input-file", str(picture))
+    ui.page.wait_for_selector("#input-preview[src^='data:image']")
+    ui.set_range("brush-size", 30)
+
+    def dab() -> None:
+        # Measured each time: clicking the tools may scroll the page under the mouse.
+        box = ui.page.locator("#mask-canvas").bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        ui.page.mouse.move(cx, cy)
+        ui.page.mouse.down()
+        ui.page.mouse.move(cx + 2, cy + 2)
+        ui.page.mouse.up()
+
+    dab()
+    ui.page.check('input[name="mask-tool"][value="eraser"]')
+    ui.set_range("brush-size", 120)
+    dab()  # a larger eraser over the same spot removes all the paint
+    ui.fill(prompt="nothing to repaint", steps=2)
+    ui.page.click("#generate")
+    ui.page.wait_for_selector("#mask_image-error:not([hidden])")
+    assert "empty" in ui.page.inner_text("#form-error").lower()
+
+    ui.page.check('input[name="mask-tool"][value="brush"]')
+    dab()
+    ui.page.click("#mask-clear")
+    ui.page.click("#generate")
+    ui.page.wait_for_selector("#form-error:not([hidden])")
+    assert "empty" in ui.page.inner_text("#form-error").lower()
+    assert bodies == [], "an empty mask never reaches the service"

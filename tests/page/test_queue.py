@@ -43,12 +43,27 @@ def test_jobs_queue_up_and_a_full_queue_is_explained(ui: Any, server: str) -> No
     ui.page.evaluate("window.scrollTo(0, 0)")
     ui.shot("queue-full-1280", full_page=True)
 
-    # Cancel the second waiting job from the list, then the running one: the page moves on to the next.
-    ui.page.locator("#queue-list li").nth(1).get_by_role("button", name=re.compile("Cancel")).click()
-    ui.page.wait_for_function("document.querySelectorAll('#queue-list li').length === 1")
+    # Watch the last waiting job: the page shows its place in the queue.
+    ui.page.locator("#queue-list li").nth(1).get_by_role("button", name="Watch").click()
+    watched = ui.job_id()
+    assert watched != first
+    ui.wait_status("^Queued: position 2 in the queue")
+    assert ui.page.locator("#queue-list li").first.inner_text().startswith("first, long")
+    ui.page.evaluate("window.scrollTo(0, 0)")
+    ui.shot("queued-position-1280")
+
+    # Cancel it while it waits; then the page goes back to the running job, and cancelling that one
+    # lets the remaining job run to the end.
+    ui.page.click("#cancel")
+    ui.wait_status("^Cancelled")
+    ui.page.wait_for_function("f => location.hash.endsWith(f)", arg=first, timeout=15_000)
+    ui.wait_status("^Generating")
     ui.page.click("#cancel")
     ui.wait_status("^Cancelled")
     ui.page.wait_for_function("f => !location.hash.endsWith(f)", arg=first, timeout=15_000)
     ui.wait_status("^Done", timeout_ms=60_000)
-    statuses = [j["status"] for j in httpx.get(f"{server}/v1/jobs", timeout=5).json()["jobs"]]
-    assert statuses.count("completed") >= 1 and statuses.count("cancelled") >= 2, statuses
+    ui.shot("queue-done-1280")
+    by_id = {j["job_id"]: j["status"] for j in httpx.get(f"{server}/v1/jobs", timeout=5).json()["jobs"]}
+    assert by_id[first] == "cancelled" and by_id[watched] == "cancelled"
+    assert by_id[ui.job_id()] == "completed"
+    assert ui.page.locator("#strip img").count() == 1

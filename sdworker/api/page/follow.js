@@ -152,6 +152,9 @@ function describeActive(job) {
   } else if (job.status === "running") {
     setStatus(`Generating… step ${job.step} of ${job.total || "?"} (job ${short})`, "");
   }
+  if ($("result-image").hidden) {
+    stageNote(job.status === "running" ? "Waiting for the first image…" : "Waiting in the queue…");
+  }
   $("cancel").disabled = !ACTIVE.has(job.status);
 }
 

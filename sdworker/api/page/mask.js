@@ -6,7 +6,8 @@ export class MaskEditor {
   /** @param {HTMLCanvasElement} canvas */
   constructor(canvas) {
     this.canvas = canvas;
-    this.ctx = canvas.getContext("2d");
+    // Read back on every stroke end (hasPaint): tell the browser to keep it in memory, not on the GPU.
+    this.ctx = canvas.getContext("2d", { willReadFrequently: true });
     this.brushSize = 32;
     this.tool = "brush";
     this.drawing = false;
