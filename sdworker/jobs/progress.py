@@ -12,7 +12,8 @@ Runs on the GPU thread, once per denoising step, and must return quickly. A prev
 
 The decoded pixels go to the encoder thread, which encodes and publishes ``PreviewReady``; the
 step hook returns at once. A preview stands in for its step's progress event; a step without one
-publishes ``StepProgressed``. Events reach the event loop only through ``publish`` (the runner's
+publishes ``StepProgressed`` - through the encoder's queue while a preview is being encoded, so that
+events keep step order. Events reach the event loop only through ``publish`` (the runner's
 ``loop.call_soon_threadsafe`` wrapper).
 """
 
@@ -72,7 +73,13 @@ class StepReporter:
         step, total = view.step, view.total
         if self._preview_due(step, total, now) and self._submit_preview(view, now):
             return
-        self._publish(StepProgressed(job_id=self._job_id, step=step, total=total))
+        event = StepProgressed(job_id=self._job_id, step=step, total=total)
+        if self._encoding is not None and not self._encoding.done():
+            # Queue it behind the preview being encoded (one FIFO thread) so watchers see steps in
+            # order; the GPU thread still does not wait.
+            self._encoder.submit(self._publish, event)
+        else:
+            self._publish(event)
 
     def wait_idle(self, timeout: float | None = None) -> None:
         """Block until the encoder is done with this job's last preview (tests, end of job)."""

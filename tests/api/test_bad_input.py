@@ -7,6 +7,7 @@ import base64
 import io
 import struct
 import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from PIL import Image
@@ -144,3 +145,17 @@ async def test_other_routes_answer_4xx_json_too() -> None:
         assert bad_id.status_code == 422 and bad_id.json()["error"]["field"] == "Last-Event-ID"
         bad_index = await app.client.get(f"/v1/jobs/{job_id}/image", params={"index": 5})
         assert bad_index.status_code == 404 and bad_index.json()["error"]["field"] == "index"
+
+
+async def test_a_chunked_body_without_content_length_is_counted_and_refused() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"prompt": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+
+    async with running_app(max_body_bytes=4096) as app:
+        response = await app.client.post("/v1/jobs", content=chunks(), headers={"content-type": "application/json"})
+        assert "content-length" not in response.request.headers
+        assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+        assert (await app.wait_status(await app.submit(), "completed"))["status"] == "completed"

@@ -119,6 +119,8 @@ def test_busy_encoder_skips_the_next_preview_instead_of_waiting() -> None:
     h.reporter.wait_idle(5)
     assert h.renders == [1, 5]
     assert h.steps_reported() == [1, 2, 3, 4, 5]
+    published = [e.step for e in h.events if isinstance(e, StepProgressed | PreviewReady)]
+    assert published == [1, 2, 3, 4, 5]  # the lagging preview of step 1 still came out first
     h.encoder.shutdown(wait=True)
 
 
