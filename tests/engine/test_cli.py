@@ -73,7 +73,7 @@ def test_single_file_and_an_allowed_pickle_give_the_folders_pixels(
     assert generate(demo_cache_dir, *common, "--model", str(demo_model_dir / CHECKPOINT_NAME), "--model-config",
                     str(demo_model_dir), "-o", str(tmp_path / "b.png")) == 0
     ckpt = tmp_path / "demo.ckpt"
-    torch.save({"state_dict": load_file(demo_model_dir / CHECKPOINT_NAME)}, ckpt)
+    torch.save({"state_dict": load_file(demo_model_dir / CHECKPOINT_NAME)}, ckpt, pickle_protocol=2)
     assert generate(demo_cache_dir, *common, "--model", str(ckpt), "--allow-unsafe-pickle", "--model-config",
                     str(demo_model_dir), "-o", str(tmp_path / "c.png")) == 0
     a, b, c = (np.asarray(Image.open(tmp_path / name)) for name in ("a.png", "b.png", "c.png"))
