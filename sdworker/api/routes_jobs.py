@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from sdworker.api.schemas import JobRequest, to_draft
 from sdworker.api.sse import EventStreamResponse, event_frames
 from sdworker.api.views import job_detail, job_summary
-from sdworker.errors import InvalidRequest
+from sdworker.errors import InvalidRequest, JobNotFound
 from sdworker.jobs.worker import Worker
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -67,6 +67,8 @@ async def stream_job(
 ) -> Response:
     worker = _worker(request)
     worker.service.get(job_id)  # 404 for an unknown job
+    if not worker.bus.knows(job_id):
+        raise JobNotFound(f"no event stream for job {job_id!r} (its result expired)", field="job_id")
     after = _event_id(last_event_id, "Last-Event-ID") or _event_id(last_event_id_query, "last_event_id")
     if worker.bus.is_finished(job_id) and after >= worker.bus.last_seq(job_id):
         return Response(status_code=204)  # nothing more will come: browsers stop reconnecting

@@ -130,7 +130,11 @@ async function submit(event) {
   saveJobs();
   state.pinned = false;
   const focused = jobById(state.focusedId);
-  if (!focused || !ACTIVE.has(focused.status)) focus(id);
+  if (!focused || !ACTIVE.has(focused.status)) {
+    focus(id);
+    // One column (narrow screens): the result is below the form, so bring it into view.
+    if (window.matchMedia("(max-width: 880px)").matches) $("job-status").scrollIntoView({ block: "start" });
+  }
   render();
 }
 // ---------------------------------------------------------------- the other jobs: polled
