@@ -135,7 +135,7 @@ def test_a_bad_value_shows_the_services_message(ui: Any, server: str) -> None:
 def test_a_lost_connection_says_reconnecting_and_recovers(ui: Any, proxy: Any) -> None:
     ui.base = f"http://127.0.0.1:{proxy.port}"
     ui.open()
-    ui.fill(prompt="through a bad network", width=64, height=64, steps=30)
+    ui.fill(prompt="through a bad network", width=64, height=64, steps=16)
     ui.previews(every=5, interval_ms=0)
     ui.page.click("#generate")
     ui.wait_step(6)
