@@ -50,12 +50,37 @@ export function clearFieldError(key) {
 }
 
 export function clearErrors() {
+  stopCountdown();
   document.querySelectorAll(".field-error").forEach((el) => (el.hidden = true));
   document.querySelectorAll("[aria-invalid]").forEach((el) => el.removeAttribute("aria-invalid"));
   $("form-error").hidden = true;
 }
 
+let countdown = null;
+
+/** 429: say so, and count the service's Retry-After down so the message does not go stale. */
+function queueFull(seconds) {
+  let left = Number.isFinite(seconds) && seconds > 0 ? Math.ceil(seconds) : 0;
+  const show = () =>
+    showFormError(
+      "The queue is full.",
+      left > 0 ? ` Retry in ${plural(left, "second")}; nothing was added.` : " Nothing was added; you can try again now.",
+    );
+  show();
+  countdown = setInterval(() => {
+    left -= 1;
+    if (left >= 0) show();
+    if (left <= 0) stopCountdown();
+  }, 1000);
+}
+
+function stopCountdown() {
+  if (countdown !== null) clearInterval(countdown);
+  countdown = null;
+}
+
 export function showFormError(title, detail) {
+  if (title !== "The queue is full.") stopCountdown();
   const box = $("form-error");
   box.innerHTML = "";
   const strong = document.createElement("strong");
@@ -93,9 +118,7 @@ export async function reportHttpError(res) {
     /* not JSON */
   }
   if (res.status === 429) {
-    const wait = Number(res.headers.get("Retry-After"));
-    const when = Number.isFinite(wait) && wait > 0 ? `in ${plural(wait, "second")}` : "in a moment";
-    showFormError("The queue is full.", ` Retry ${when}; nothing was added.`);
+    queueFull(Number(res.headers.get("Retry-After")));
     return;
   }
   const { message, field } = describeError(body);
