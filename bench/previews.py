@@ -1,11 +1,13 @@
 """What live previews cost: generation time with previews off vs each decoder, and bytes per preview.
 
-Drives the engine exactly as the service does: ``DiffusersEngine.generate(request, on_step=hook)``;
-the hook asks ``view.render_preview(method, max_size)`` when a preview is due (every N steps) and
-hands the pixels to one encoder thread, skipping the preview (decode included) while the previous
-one is still being encoded. Configurations run interleaved (A B C ... A B C ..., the order rotated
-each round) in one process, on the same model and seed, so drift hits them all alike; each gets one
-untimed warm-up. ``min_interval_ms`` is not applied: the point is each decoder's own cost per step.
+Drives the engine exactly as the service does: ``DiffusersEngine.generate(request, on_step=hook)``
+with the service's own hook (``sdworker.jobs.progress.StepReporter``, one watcher, JPEG q80): when a
+preview is due (every N steps, never on the last step, whose final image follows at once) it calls
+``view.render_preview(method, max_size)`` and hands the pixels to one encoder thread, skipping the
+preview (decode included) while the previous one is still being encoded. ``min_interval_ms`` is 0:
+the point is each decoder's own cost per step. Configurations run interleaved (A B C ... A B C ...,
+the order rotated each round) in one process, on the same model and seed, so drift hits them all
+alike; each gets one untimed warm-up.
 
     .venv/bin/python bench/previews.py --arch demo
     .venv/bin/python bench/previews.py --arch sd15                  # real SD 1.5 shapes, random weights, 256 px
@@ -24,8 +26,8 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +42,12 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench.archs` and `sdwork
 import torch  # noqa: E402
 from diffusers.models import AutoencoderTiny  # noqa: E402
 
-from sdworker.engine.protocol import GenerationRequest, StepView  # noqa: E402
+from sdworker.engine.protocol import GenerationRequest  # noqa: E402
+from sdworker.events.types import PreviewReady  # noqa: E402
 from sdworker.imaging.encode import encode_image  # noqa: E402
+from sdworker.jobs.metrics import ServiceMetrics  # noqa: E402
+from sdworker.jobs.progress import StepReporter  # noqa: E402
+from sdworker.previews.options import PreviewOptions  # noqa: E402
 from sdworker.previews.taesd import build_random_taesd  # noqa: E402
 from sdworker.settings import Settings  # noqa: E402
 
@@ -70,78 +76,42 @@ class PreviewCounter:
 
     decoded: int = 0
     skipped: int = 0
-    unavailable: int = 0
     decode_seconds: float = 0.0
     samples: list[npt.NDArray[np.uint8]] = field(default_factory=list)
 
 
-class Encoder:
-    """One background thread that encodes previews; ``submit`` refuses while it is busy."""
+def make_reporter(
+    config: Config, max_size: int, encoder: ThreadPoolExecutor, metrics: ServiceMetrics
+) -> tuple[StepReporter, list[Any], list[npt.NDArray[np.uint8]]]:
+    """The service's own step hook (sdworker.jobs.progress.StepReporter) with one watcher, no
+    min_interval_ms, JPEG at the default quality; it decodes on the calling thread and encodes on
+    ``encoder``. Returns the reporter, the list its events land in, and the decoded pixels it saw."""
+    events: list[Any] = []
+    samples: list[npt.NDArray[np.uint8]] = []
 
-    def __init__(self, fmt: str = "jpeg", quality: int = QUALITY) -> None:
-        self.fmt, self.quality = fmt, quality
-        self._pending: npt.NDArray[np.uint8] | None = None
-        self._busy = False
-        self._lock = threading.Condition()
-        self._stop = False
-        self.encoded = 0
-        self._thread = threading.Thread(target=self._run, name="preview-encoder", daemon=True)
-        self._thread.start()
+    def encode(pixels: npt.NDArray[np.uint8], fmt: str, quality: int) -> bytes:
+        if len(samples) < 4:  # list.append is atomic: safe from the encoder thread
+            samples.append(pixels)
+        return encode_image(pixels, fmt, quality)
 
-    def submit(self, pixels: npt.NDArray[np.uint8]) -> None:
-        with self._lock:
-            self._pending, self._busy = pixels, True
-            self._lock.notify()
-
-    @property
-    def busy(self) -> bool:
-        with self._lock:
-            return self._busy
-
-    def drain(self) -> None:
-        with self._lock:
-            self._lock.wait_for(lambda: not self._busy)
-
-    def close(self) -> None:
-        with self._lock:
-            self._stop = True
-            self._lock.notify()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                self._lock.wait_for(lambda: self._pending is not None or self._stop)
-                if self._stop:
-                    return
-                pixels, self._pending = self._pending, None
-            assert pixels is not None
-            encode_image(pixels, self.fmt, self.quality)
-            with self._lock:
-                self.encoded += 1
-                self._busy = False
-                self._lock.notify_all()
-
-
-def make_hook(config: Config, encoder: Encoder, counter: PreviewCounter, max_size: int) -> Any:
-    def on_step(view: StepView) -> None:
-        if config.method == "off" or view.step % config.every != 0:
-            return
-        if encoder.busy:  # the previous preview is still being encoded: skip this one entirely
-            counter.skipped += 1
-            return
-        started = time.perf_counter()
-        preview = view.render_preview(config.method, max_size)
-        counter.decode_seconds += time.perf_counter() - started
-        if preview is None:
-            counter.unavailable += 1
-            return
-        counter.decoded += 1
-        if len(counter.samples) < 4:
-            counter.samples.append(preview.pixels)
-        encoder.submit(preview.pixels)
-
-    return on_step
+    options = PreviewOptions(
+        every=config.every,
+        min_interval_ms=0,
+        method="none" if config.method == "off" else config.method,
+        max_size=max_size,
+        format="jpeg",
+        quality=QUALITY,
+    )
+    reporter = StepReporter(
+        "bench",
+        options,
+        publish=events.append,
+        watcher_count=lambda: 1,
+        encoder=encoder,
+        encode=encode,
+        metrics=metrics,
+    )
+    return reporter, events, samples
 
 
 def build_engine(arch: str, device: str, dtype: str, workdir: Path, seed: int) -> Any:
@@ -167,19 +137,20 @@ def build_engine(arch: str, device: str, dtype: str, workdir: Path, seed: int) -
 
 
 def run_once(engine: Any, request: GenerationRequest, config: Config, max_size: int) -> tuple[float, PreviewCounter]:
-    counter = PreviewCounter()
-    encoder = Encoder()
-    try:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="preview-encoder") as encoder:
+        metrics = ServiceMetrics()
+        reporter, events, samples = make_reporter(config, max_size, encoder, metrics)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         started = time.perf_counter()
-        engine.generate(request, on_step=make_hook(config, encoder, counter, max_size))
+        engine.generate(request, on_step=reporter)
         seconds = time.perf_counter() - started  # generate returns PIL images: the device is done
-        encoder.drain()
-    finally:
-        encoder.close()
-    if counter.unavailable:
-        raise SystemExit(f"{config.name}: render_preview returned None {counter.unavailable} times")
+        reporter.wait_idle(timeout=60)
+    decode_seconds = metrics.registry.get_sample_value("sdworker_preview_decode_seconds_sum") or 0.0
+    previews = [e for e in events if isinstance(e, PreviewReady)]
+    counter = PreviewCounter(len(previews), reporter.previews_skipped, decode_seconds, samples)
+    if config.method != "off" and not previews:
+        raise SystemExit(f"{config.name}: no preview was produced (render_preview returned None?)")
     return seconds, counter
 
 
@@ -213,9 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "previews.json")
     args = parser.parse_args(argv)
     size = args.size or 256
+    if args.threads:
+        torch.set_num_threads(args.threads)
     steps = args.steps or (20 if args.arch == "demo" else 10)
     rounds = args.rounds or (5 if args.arch == "demo" else 2)
 
