@@ -77,7 +77,14 @@ class DiffusersStepView:
 
 
 class StepCallback:
-    """diffusers' ``callback_on_step_end`` for one job: report, preview on request, cancel by raising."""
+    """diffusers' ``callback_on_step_end`` for one job: report, preview on request, cancel by raising.
+
+    Cancel: when the token is set, ``__call__`` raises ``JobCancelled`` after the step that just ran.
+    The exception leaves the denoising loop at once and skips the final VAE decode; the pipeline's
+    frames unwind and free the latents; the engine then empties the CUDA cache. We raise rather than set
+    ``pipe._interrupt`` because that flag still walks the remaining timesteps and decodes an image nobody
+    wants (see the module docstring for the full reasoning).
+    """
 
     __slots__ = ("cancel", "on_step", "recorder", "renderer", "steps_done")
 

@@ -120,8 +120,8 @@ def test_several_images_use_seed_plus_index(demo_engine: DiffusersEngine) -> Non
     assert len(batch.images) == 2
     alone = demo_engine.generate(GenerationRequest(PROMPT, num_inference_steps=2, width=64, height=64,
                                                    seed=SEED + 1, scheduler="euler_a"))
-    # Same seed, same noise, same denoising; the batched UNet call may round differently in the last bit,
-    # so allow one level of 255 (in practice the CPU gives identical pixels).
+    # Same seed, same noise, same denoising; but a batch of 4 (2 images x guidance) runs other CPU kernels
+    # than a batch of 2, which round differently in the last float bits: at most one level of 255.
     difference = np.abs(pixels(batch.images[1]).astype(int) - pixels(alone.images[0]))
     assert difference.max() <= 1
 
