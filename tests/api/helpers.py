@@ -59,7 +59,8 @@ async def running_app(
     engine = engine or FakeEngine()
     app = create_app(settings, engine, encode=encode)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
+        # Like a real server, answer an unhandled error with a 500 instead of raising it into the test.
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             running = Running(client, app, engine)
             if wait_ready:

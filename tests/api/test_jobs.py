@@ -208,3 +208,30 @@ async def test_info_metrics_docs_cors_and_page() -> None:
             assert (await app.client.get("/page/index.html")).content == page.content
         assert (await app.client.get("/page/no-such-file.js")).json()["error"]["code"] == "not_found"
         assert (await app.client.get("/page/..%2Fapp.py")).status_code == 404
+
+
+async def test_finished_jobs_and_images_are_forgotten_after_the_ttl() -> None:
+    async with running_app(result_ttl_seconds=0.2) as app:
+        job_id = await app.submit()
+        await app.wait_status(job_id, "completed")
+
+        async def forgotten() -> bool:
+            return (await app.client.get(f"/v1/jobs/{job_id}")).status_code == 404
+
+        await app.wait_for(forgotten, timeout=5.0)  # the housekeeping task runs every second
+        assert (await app.client.get(f"/v1/jobs/{job_id}/image")).status_code == 404
+        assert (await app.client.get(f"/v1/jobs/{job_id}/stream")).status_code == 404
+        assert (await app.client.get("/v1/jobs")).json()["jobs"] == []
+
+
+async def test_an_unexpected_error_is_a_logged_500_and_the_service_keeps_serving() -> None:
+    async with running_app() as app:
+
+        async def broken() -> None:
+            raise RuntimeError("a bug of ours")
+
+        app.app.add_api_route("/test-only/broken", broken)
+        response = await app.client.get("/test-only/broken")
+        assert response.status_code == 500
+        assert response.json()["error"]["code"] == "internal_error" and "bug" not in response.text
+        assert (await app.wait_status(await app.submit(), "completed"))["status"] == "completed"
