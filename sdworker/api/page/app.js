@@ -137,10 +137,12 @@ async function submit(event) {
   }
   render();
 }
+
 // ---------------------------------------------------------------- the other jobs: polled
 
 async function pollOthers() {
-  const others = state.jobs.filter((j) => ACTIVE.has(j.status) && j.id !== state.focusedId);
+  const unfinished = (j) => ACTIVE.has(j.status) || j.status === "cancelling";
+  const others = state.jobs.filter((j) => unfinished(j) && j.id !== state.focusedId);
   for (const job of others) {
     try {
       const res = await fetch(`/v1/jobs/${encodeURIComponent(job.id)}`, { cache: "no-store" });
@@ -172,6 +174,8 @@ async function pollOthers() {
 
 // ---------------------------------------------------------------- lists
 
+let stripKey = null;
+
 function render() {
   const focused = jobById(state.focusedId);
   $("cancel").disabled = !(focused && ACTIVE.has(focused.status));
@@ -182,7 +186,10 @@ function render() {
   list.innerHTML = "";
   for (const job of waiting) {
     const li = document.createElement("li");
-    const what = job.status === "running" ? `running ${job.step}/${job.total || "?"}` : job.position !== null && job.position !== undefined ? `queued, position ${job.position}` : "queued";
+    let what = "queued";
+    if (job.status === "cancelling") what = "cancelling…";
+    else if (job.status === "running") what = `running ${job.step}/${job.total || "?"}`;
+    else if (job.position !== null && job.position !== undefined) what = `queued, position ${job.position}`;
     const p = document.createElement("span");
     p.className = "q-prompt";
     p.textContent = job.prompt || job.id;
@@ -204,6 +211,10 @@ function render() {
   }
 
   const done = state.jobs.filter((j) => j.status === "completed").reverse();
+  // Rebuild the strip only when it changes: render runs on every queue event and poll.
+  const key = done.map((j) => (j.id === state.focusedId ? `*${j.id}` : j.id)).join(",");
+  if (key === stripKey) return;
+  stripKey = key;
   const strip = $("strip");
   strip.innerHTML = "";
   $("strip-empty").hidden = done.length > 0;
