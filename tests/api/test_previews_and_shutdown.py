@@ -45,8 +45,9 @@ async def test_previews_are_decoded_only_while_somebody_watches() -> None:
             preview={"every": 2, "max_size": 64, "format": "webp", "quality": 50},
         )
         previews = [data for _, name, data in events if name == "preview"]
-        assert [p["step"] for p in previews] == [2, 4]
-        assert engine.render_preview_calls == 2
+        # Steps 2 and 4 (never 6, the last); 4 only if step 2's preview was encoded by then.
+        assert [p["step"] for p in previews] in ([2, 4], [2])
+        assert engine.render_preview_calls == len(previews)
         for preview in previews:
             image = Image.open(io.BytesIO(base64.b64decode(preview["image"])))
             assert image.format == "WEBP" and image.size == (64, 48) == (preview["width"], preview["height"])
@@ -56,7 +57,7 @@ async def test_previews_are_decoded_only_while_somebody_watches() -> None:
 
         unwatched = await app.submit(steps=6, preview={"every": 1})
         await app.wait_status(unwatched, "completed")
-        assert engine.render_preview_calls == 2  # nobody watched: not one decode
+        assert engine.render_preview_calls == len(previews)  # nobody watched: not one decode
         replay = parse_sse((await app.client.get(f"/v1/jobs/{unwatched}/stream")).text)
         assert "preview" not in [name for _, name, _ in replay] and replay[-1][1] == "complete"
 
@@ -70,18 +71,19 @@ async def test_a_slow_encoder_makes_previews_skip_not_generation_wait() -> None:
 
     engine = FakeEngine(load_gate=gate, step_seconds=0.02)
     async with running_app(engine, encode=slow_encode, wait_ready=False) as app:
-        job_id, events = await _watched_job(app, gate, steps=20, preview={"every": 1})
+        _, events = await _watched_job(app, gate, steps=20, preview={"every": 1})
         previews = [d["step"] for _, name, d in events if name == "preview"]
-        assert 1 <= len(previews) <= 8, previews  # about one per 150 ms of encoding, never one per step
+        started = next(d["at"] for _, name, d in events if name == "started")
+        seconds = next(d["at"] for _, name, d in events if name == "complete") - started
+        # If the GPU thread waited for the encoder, 20 previews x 150 ms would take >= 3 s.
+        assert seconds < 3.0
+        assert 1 <= len(previews) <= seconds / 0.15 + 1, (previews, seconds)  # one per encode at most
         metrics = (await app.client.get("/metrics")).text
         skipped = next(
             line for line in metrics.splitlines() if line.startswith('sdworker_previews_total{result="skipped_busy"}')
         )
-        assert float(skipped.split()[-1]) >= 10
-        status = await app.status(job_id)
-        started = time.mktime(time.strptime(status["started_at"][:19], "%Y-%m-%dT%H:%M:%S"))
-        finished = time.mktime(time.strptime(status["finished_at"][:19], "%Y-%m-%dT%H:%M:%S"))
-        assert finished - started <= 2  # 20 steps x 20 ms: the encoder's 15 x 150 ms never blocked them
+        assert float(skipped.split()[-1]) >= 1
+        assert float(skipped.split()[-1]) + len(previews) >= 19  # every step but the last: sent or skipped
 
 
 async def test_min_interval_limits_previews_per_second() -> None:
@@ -89,8 +91,11 @@ async def test_min_interval_limits_previews_per_second() -> None:
     engine = FakeEngine(load_gate=gate, step_seconds=0.02)
     async with running_app(engine, wait_ready=False) as app:
         _, events = await _watched_job(app, gate, steps=25, preview={"every": 1, "min_interval_ms": 200})
-        previews = [d["step"] for _, name, d in events if name == "preview"]
-        assert 1 <= len(previews) <= 4, previews  # 0.5 s of steps at most 1 per 200 ms
+        previews = [d for _, name, d in events if name == "preview"]
+        started = next(d["at"] for _, name, d in events if name == "started")
+        seconds = next(d["at"] for _, name, d in events if name == "complete") - started
+        assert 1 <= len(previews) <= seconds / 0.2 + 1, (len(previews), seconds)  # at most 1 per 200 ms
+        assert len(previews) < 24  # without the interval every step but the last would have one
 
 
 async def test_drain_ends_queued_and_running_jobs_and_every_stream() -> None:
