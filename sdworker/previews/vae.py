@@ -8,6 +8,8 @@ who want the exact final colours and to measure that cost, not to be cheap. Use 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -25,9 +27,14 @@ class VaeDecoder:
     """Decode with an ``AutoencoderKL`` in its own device and dtype.
 
     Latents from the loop are scaled by ``scaling_factor`` (and shifted by ``shift_factor`` where a
-    config has one), as in diffusers' pipelines: ``latents / scaling_factor + shift_factor``. An
-    fp16 SDXL VAE without the fp16 fix can overflow to NaN; those pixels show as grey rather than
-    upcasting the whole VAE for every preview (the final image's decode handles upcasting).
+    config has one), as in diffusers' pipelines: ``latents / scaling_factor + shift_factor``.
+
+    SDXL's own VAE overflows in fp16 (its config says ``force_upcast``); diffusers' SDXL pipeline
+    casts the whole VAE to fp32 for the final decode and back. Casting the shared VAE back and forth
+    on every preview would cost more than the decode, so such a VAE gets a float32 copy of just its
+    decoding half (``post_quant_conv`` + ``decoder``), made on the first preview and kept (about 200
+    MB for SDXL on the GPU, only for users who pick this method). VAEs that are fine in fp16 (e.g.
+    madebyollin's sdxl-vae-fp16-fix, ``force_upcast`` false) decode as they are.
     """
 
     method = "vae"
@@ -38,6 +45,20 @@ class VaeDecoder:
         self.scaling_factor = float(vae.config["scaling_factor"])
         shift = vae.config.get("shift_factor")
         self.shift_factor = float(shift) if shift is not None else 0.0
+        self._float32_half: torch.nn.Module | None = None
+
+    @property
+    def needs_upcast(self) -> bool:
+        parameter = next(self.vae.parameters())
+        return parameter.dtype == torch.float16 and bool(self.vae.config.get("force_upcast", False))
+
+    def _decode_upcast(self, latents: torch.Tensor) -> torch.Tensor:
+        if self._float32_half is None:
+            parts = [self.vae.post_quant_conv, self.vae.decoder]
+            self._float32_half = torch.nn.Sequential(*(copy.deepcopy(p) for p in parts if p is not None)).to(
+                torch.float32
+            )
+        return self._float32_half(latents.float())
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, max_size: int) -> npt.NDArray[np.uint8]:
@@ -45,5 +66,5 @@ class VaeDecoder:
         parameter = next(self.vae.parameters())
         first = latents[0:1].to(device=parameter.device, dtype=parameter.dtype)
         scaled = first / self.scaling_factor + self.shift_factor  # a new tensor: the input stays as it was
-        images = self.vae.decode(scaled).sample
+        images = self._decode_upcast(scaled) if self.needs_upcast else self.vae.decode(scaled).sample
         return to_preview_pixels(images, size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,7 @@ from torch.overrides import TorchFunctionMode
 
 from sdworker.imaging.encode import encode_image
 from sdworker.previews.decoders import PreviewDecoder, create_decoder
+from sdworker.previews.vae import VaeDecoder
 
 METHODS = ("latent2rgb", "taesd", "vae")
 MAGIC = {"jpeg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n", "webp": b"RIFF"}
@@ -131,16 +133,21 @@ def test_unknown_method_or_missing_model_raises(demo_vae: AutoencoderKL) -> None
         create_decoder("latent2rgb", family="flux", vae=None, taesd=None)
 
 
-class _InferenceModeProbe(TorchFunctionMode):
-    """Records, for every einsum/convolution, whether it ran under ``torch.inference_mode``."""
+class _ComputeProbe(TorchFunctionMode):
+    """Records, for every einsum/convolution, whether it ran under ``torch.inference_mode`` and the
+    dtype of its input."""
 
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[bool] = []
+        self.conv_dtypes: set[torch.dtype] = set()
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if getattr(func, "__name__", "") in {"einsum", "conv2d"}:
+        name = getattr(func, "__name__", "")
+        if name in {"einsum", "conv2d"}:
             self.seen.append(torch.is_inference_mode_enabled())
+        if name == "conv2d":
+            self.conv_dtypes.add(args[0].dtype)
         return func(*args, **(kwargs or {}))
 
 
@@ -150,7 +157,25 @@ def test_decoding_runs_in_inference_mode(
 ) -> None:
     decoder = _decoder(method, demo_vae, demo_taesd)
     latents = make_latents(8, 8).requires_grad_(True)
-    with _InferenceModeProbe() as probe:
+    with _ComputeProbe() as probe:
         pixels = decoder.decode(latents, 64)
     assert pixels.shape == (64, 64, 3)
     assert probe.seen and all(probe.seen)  # the projection / every convolution: no autograd bookkeeping
+
+
+def test_fp16_vae_that_asks_for_upcasting_decodes_in_float32(
+    demo_vae: AutoencoderKL, make_latents: Callable[..., torch.Tensor]
+) -> None:
+    # SDXL's VAE overflows in fp16 and says so with force_upcast; the preview must not show NaN grey.
+    latents = make_latents(8, 8, seed=8)
+    expected = create_decoder("vae", family="sdxl", vae=demo_vae, taesd=None).decode(latents, 64)
+    half = copy.deepcopy(demo_vae)
+    half.register_to_config(force_upcast=True)
+    half = half.half()
+    decoder = create_decoder("vae", family="sdxl", vae=half, taesd=None)
+    assert isinstance(decoder, VaeDecoder) and decoder.needs_upcast
+    with _ComputeProbe() as probe:
+        pixels = decoder.decode(latents.half(), 64)
+    assert probe.conv_dtypes == {torch.float32}
+    assert np.abs(pixels.astype(int) - expected.astype(int)).max() <= 1
+    assert next(half.parameters()).dtype == torch.float16  # the shared VAE itself stays as it was
