@@ -22,7 +22,8 @@ async def test_sigterm_drains_jobs_and_streams_then_exits_zero(demo_cache_dir: P
     try:
         await asyncio.to_thread(server.wait_ready)
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            running = (await client.post("/v1/jobs", json={**JOB, "steps": 150})).json()["job_id"]
+            long_job = {**JOB, "steps": 150, "width": 256, "height": 256}  # far longer than the 2 s grace
+            running = (await client.post("/v1/jobs", json=long_job)).json()["job_id"]
             queued = (await client.post("/v1/jobs", json={**JOB, "steps": 4})).json()["job_id"]
             streams = {j: asyncio.create_task(read_events(client, f"/v1/jobs/{j}/stream")) for j in (running, queued)}
             async with asyncio.timeout(30):

@@ -42,7 +42,9 @@ async def test_reference_test_html_shows_previews_and_the_final_image(demo_cache
     try:
         await asyncio.to_thread(server.wait_ready)
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            blocker = (await client.post("/v1/jobs", json={**JOB, "steps": 150, "preview": {"every": 0}})).json()
+            # Holds the queue until the page's EventSource is connected (150 steps at 256 px: many seconds).
+            long_job = {**JOB, "steps": 150, "width": 256, "height": 256, "preview": {"every": 0}}
+            blocker = (await client.post("/v1/jobs", json=long_job)).json()
             job_id = (await client.post("/v1/jobs", json={**JOB, "steps": 8})).json()["job_id"]  # default previews
             html = PAGE.read_text().replace("YOUR_JOB_ID_HERE", job_id)
             assert html.count(job_id) == 1
