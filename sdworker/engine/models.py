@@ -113,7 +113,7 @@ def load_model(settings: Settings) -> LoadedModel:
         raise
     except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError, safetensors errors...
         log.debug("loading %s failed", settings.model, exc_info=True)
-        raise ModelError(f"model {settings.model}: cannot load it: {_first_line(exc)}") from exc
+        raise ModelError(_load_failure(settings, source, exc)) from exc
     family = detect_family(base)
     try:
         if device.type != "cpu":  # loaded on the CPU; .to() on the CPU only logs a warning per module
@@ -216,6 +216,20 @@ def _checkpoint_is_sdxl(source: ModelSource) -> bool:
         raise ModelError(f"model {source.location}: not a readable safetensors file: {_first_line(exc)}") from exc
 
 
-def _first_line(exc: BaseException) -> str:
+def _load_failure(settings: Settings, source: ModelSource, exc: BaseException) -> str:
+    """One line saying what failed, with the likely fix where there is one."""
+    reason = _first_line(exc)
+    if source.kind == "hub":
+        return f"model {settings.model}: not a local file or folder, and loading it as a hub id failed: {reason}"
+    if source.kind in ("single_file", "pickle") and not settings.model_config:
+        return (
+            f"model {settings.model}: cannot load it: {reason} (to load a single file offline, pass "
+            "--model-config DIR: a diffusers folder of the same architecture, for its configs and tokenizer)"
+        )
+    return f"model {settings.model}: cannot load it: {reason}"
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
