@@ -250,7 +250,9 @@ def percentile(values: list[float], q: float) -> float:
 
 async def many_watchers(url: str, port: int, pid: int, args: argparse.Namespace) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        blocker = (await client.post("/v1/jobs", json=job_body(args, steps=10_000 // 100))).json()["job_id"]
+        # The blocker holds the queue while the watchers connect (cancelled then, within one step).
+        blocker_body = {**job_body(args, steps=150), "width": max(args.size, 256), "height": max(args.size, 256)}
+        blocker = (await client.post("/v1/jobs", json=blocker_body)).json()["job_id"]
         job_id = (await client.post("/v1/jobs", json=job_body(args, steps=args.watch_steps, preview_every=1))).json()[
             "job_id"
         ]
