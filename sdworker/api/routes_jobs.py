@@ -35,9 +35,9 @@ async def submit_job(body: JobRequest, request: Request, response: Response) -> 
 
 
 @router.get("", summary="Recent and queued jobs, newest first")
-async def list_jobs(request: Request) -> dict[str, Any]:
+async def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     service = _worker(request).service
-    return {"jobs": [job_summary(record, service) for record in service.records()]}
+    return {"jobs": [job_summary(record, service) for record in service.records()[:limit]]}
 
 
 @router.get("/{job_id}", summary="A job's status, parameters and result")

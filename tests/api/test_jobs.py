@@ -31,6 +31,10 @@ async def test_submit_status_list_and_image() -> None:
         assert Image.open(io.BytesIO(image.content)).size == (64, 64)
         listed = (await app.client.get("/v1/jobs")).json()["jobs"]
         assert [j["job_id"] for j in listed] == [job_id] and listed[0]["status"] == "completed"
+        second = await app.submit()
+        newest = (await app.client.get("/v1/jobs", params={"limit": 1})).json()["jobs"]
+        assert [j["job_id"] for j in newest] == [second]
+        assert (await app.client.get("/v1/jobs", params={"limit": 0})).status_code == 422
 
 
 async def test_stream_replay_last_event_id_and_204_after_the_end() -> None:

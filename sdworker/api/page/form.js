@@ -70,14 +70,16 @@ export async function setInputImage(blob) {
   const w = img.naturalWidth;
   const h = img.naturalHeight;
   const size = targetSize(w, h);
-  const sendable = ["image/png", "image/jpeg", "image/webp"].includes(blob.type);
-  if (size.width !== w || size.height !== h || !sendable) {
-    // Resize here so the image, the mask and width/height sent all agree.
+  // PNG and WebP go as they are. A JPEG is redrawn: the browser shows it turned by its EXIF
+  // orientation, the server would not, and the mask must match what the person painted on.
+  const asIs = ["image/png", "image/webp"].includes(blob.type);
+  if (size.width !== w || size.height !== h || !asIs) {
+    // Redrawn at the size sent, so the image, the mask and width/height all agree.
     const c = document.createElement("canvas");
     c.width = size.width;
     c.height = size.height;
     c.getContext("2d").drawImage(img, 0, 0, size.width, size.height);
-    dataUrl = c.toDataURL("image/png");
+    dataUrl = blob.type === "image/jpeg" ? c.toDataURL("image/jpeg", 0.95) : c.toDataURL("image/png");
   }
   state.input = { base64: dataUrl.split(",", 2)[1], width: size.width, height: size.height, dataUrl };
   $("input-preview").src = dataUrl;
