@@ -95,7 +95,7 @@ def test_an_allowed_pickle_is_still_loaded_with_weights_only(
 ) -> None:
     marker = tmp_path / "marker.txt"
     evil = tmp_path / "evil.ckpt"
-    evil.write_bytes(pickle.dumps({"state_dict": _RunsCode(marker)}))
+    evil.write_bytes(pickle.dumps({"state_dict": _RunsCode(marker)}, protocol=2))
     code = generate(demo_cache_dir, "x", "--model", str(evil), "--allow-unsafe-pickle", "--model-config",
                     str(demo_model_dir), "-o", str(tmp_path / "o.png"), "--quiet")
     err = capsys.readouterr().err.strip()
