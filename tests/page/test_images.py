@@ -113,8 +113,9 @@ def test_use_as_input_moves_the_result_into_img2img(ui: Any) -> None:
     assert ui.page.input_value("#width") == "64" and ui.page.input_value("#height") == "48"
 
 
-def test_an_image_dropped_on_the_box_becomes_the_input(ui: Any, tmp_path: Path) -> None:
-    data = base64.b64encode(_write_png(tmp_path / "dropped.png", (80, 72)).read_bytes()).decode()
+def test_an_image_dropped_on_the_box_becomes_the_input_fitted_to_multiples_of_8(ui: Any, tmp_path: Path) -> None:
+    # 83x61 is not a multiple of 8: the page fits it to 80x56 and says so.
+    data = base64.b64encode(_write_png(tmp_path / "dropped.png", (83, 61)).read_bytes()).decode()
     ui.open()
     ui.mode("img2img")
     # What a drag from the file manager delivers: a drop event carrying the file.
@@ -130,7 +131,10 @@ def test_an_image_dropped_on_the_box_becomes_the_input(ui: Any, tmp_path: Path) 
         data,
     )
     ui.page.wait_for_selector("#input-preview[src^='data:image']")
-    assert ui.page.input_value("#width") == "80" and ui.page.input_value("#height") == "72"
+    assert ui.page.input_value("#width") == "80" and ui.page.input_value("#height") == "56"
+    assert "resized from 83×61" in ui.page.inner_text("#input_image-error")
+    shown = ui.page.get_attribute("#input-preview", "src")
+    assert _decode(shown.split(",", 1)[1]).size == (80, 56), "the image sent is the resized one"
 
 
 def test_an_erased_or_cleared_mask_is_not_sent(ui: Any, tmp_path: Path) -> None:
