@@ -5,7 +5,7 @@ open connections to close *before* it runs the app's lifespan shutdown - and an 
 closes by itself. So the first signal starts ``Worker.drain`` first (no new jobs, ``/ready`` 503;
 queued jobs end with ``error`` ``shutting_down``; the running job gets ``shutdown_grace_seconds`` to
 finish, else it is cancelled within a step; every stream ends), and only then lets uvicorn exit. A
-second Ctrl-C forces the exit. The process exits 0 after a signal-initiated drain.
+second Ctrl-C forces the exit; a repeated SIGTERM does not. The process exits 0 after the drain.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import socket
 from collections.abc import Awaitable, Callable
 from types import FrameType
@@ -33,6 +34,7 @@ class DrainingServer(uvicorn.Server):
         self._drain = drain
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        self._exit_requested = False
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -41,11 +43,16 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not recorded in _captured_signals: uvicorn would re-raise it after shutdown and the process
         # would die of SIGTERM instead of exiting 0 after a clean drain.
-        if self._drain_task is not None or self._loop is None:
+        if self._loop is None:
             self.should_exit = True
-            self.force_exit = self._drain_task is not None
-            return
-        self._loop.call_soon_threadsafe(self._start_drain)
+        elif not self._exit_requested:
+            self._exit_requested = True
+            self._loop.call_soon_threadsafe(self._start_drain)
+        elif sig == signal.SIGINT:
+            # A second Ctrl-C: stop now (as uvicorn does). A repeated SIGTERM (a supervisor and a
+            # wrapper both forwarding one) does not cut the drain short.
+            self.should_exit = True
+            self.force_exit = True
 
     def _start_drain(self) -> None:
         if self._drain_task is None:

@@ -32,7 +32,9 @@ async def test_sigterm_drains_jobs_and_streams_then_exits_zero(demo_cache_dir: P
                 while (await client.get("/metrics")).text.count("sdworker_sse_watchers 2.0") == 0:
                     await asyncio.sleep(0.05)
             server.terminate()
-            await asyncio.sleep(0.5)  # within the 2 s grace: still listening, refusing work
+            await asyncio.sleep(0.1)
+            server.terminate()  # a second SIGTERM (supervisor + wrapper) must not cut the drain short
+            await asyncio.sleep(0.4)  # within the 2 s grace: still listening, refusing work
             ready = await client.get("/ready")
             assert ready.status_code == 503 and ready.json()["ready"] is False
             refused = await client.post("/v1/jobs", json={**JOB, "steps": 2})
@@ -43,5 +45,6 @@ async def test_sigterm_drains_jobs_and_streams_then_exits_zero(demo_cache_dir: P
         assert "started" not in [e.name for e in results[queued]]
         code = await asyncio.to_thread(server.process.wait, 30)
         assert code == 0, server.log()
+        assert "Traceback" not in server.log(), server.log()
     finally:
         server.stop()
