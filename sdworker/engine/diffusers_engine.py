@@ -28,7 +28,7 @@ from sdworker.engine.protocol import (
     StepHook,
 )
 from sdworker.engine.scheduler_names import SCHEDULER_NAMES
-from sdworker.engine.schedulers import create_scheduler, describe_scheduler
+from sdworker.engine.schedulers import SchedulerFactory, describe_scheduler
 from sdworker.engine.step_hook import StepCallback
 from sdworker.engine.x0 import X0Recorder
 from sdworker.errors import GenerationFailed, InvalidRequest, JobCancelled, ModelError, SdworkerError
@@ -51,6 +51,7 @@ class DiffusersEngine:
         self._model: LoadedModel | None = None
         self._info: EngineInfo | None = None
         self._base_scheduler: Any = None
+        self._schedulers: SchedulerFactory | None = None
         self._decoders: dict[str, PreviewDecoder] = {}
         self._taesd: Any = None
         self._preview_failed_logged = False
@@ -89,10 +90,11 @@ class DiffusersEngine:
         cancel: CancelToken | None = None,
     ) -> GenerationResult:
         model = self.model
+        assert self._schedulers is not None  # set with the model
         _validate(request)
         if cancel is not None:
             cancel.raise_if_cancelled()
-        scheduler, scheduler_name = create_scheduler(request.scheduler, self._base_scheduler)
+        scheduler, scheduler_name = self._schedulers.create(request.scheduler)
         seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED)
         seeds = tuple(seed + i for i in range(request.num_images))
         pipe, kwargs = self._call_arguments(model, request, seeds)
@@ -100,8 +102,10 @@ class DiffusersEngine:
         callback = StepCallback(on_step, cancel, recorder, self._render_preview)
         started = time.perf_counter()
         pipe.scheduler = scheduler
+        completed = False
         try:
             output = pipe(**kwargs, callback_on_step_end=callback, output_type="pil")
+            completed = True
         except (JobCancelled, SdworkerError):
             raise
         except torch.OutOfMemoryError as exc:
@@ -114,7 +118,10 @@ class DiffusersEngine:
             recorder.close()
             pipe.scheduler = self._base_scheduler  # nothing keeps the job's scheduler (and its tensors)
             del callback
-            if model.device.type == "cuda":
+            # After a cancel or a failure, hand the unwound job's cached blocks back to the driver. Not after
+            # a normal job: the next job would pay cudaMalloc again for the same blocks.
+            if not completed and model.device.type == "cuda":
+                gc.collect()
                 torch.cuda.empty_cache()
         return GenerationResult(
             images=tuple(output.images),
@@ -131,6 +138,7 @@ class DiffusersEngine:
         self._decoders.clear()
         self._taesd = None
         self._base_scheduler = None
+        self._schedulers = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -140,6 +148,7 @@ class DiffusersEngine:
     def _finish_load(self, model: LoadedModel) -> None:
         self._model = model
         self._base_scheduler = model.text_to_image.scheduler
+        self._schedulers = SchedulerFactory(self._base_scheduler)
         self._taesd = self._load_taesd(model)
         methods = ["latent2rgb", "vae"] + (["taesd"] if self._taesd is not None else [])
         for method in methods:

@@ -9,6 +9,7 @@ own scheduler has other options still gets the sampler the user named.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from sdworker.engine.scheduler_names import SCHEDULER_SPECS, get_spec
@@ -41,3 +42,20 @@ def describe_scheduler(scheduler: Any) -> str:
         if all(config.get(key, value) == value for key, value in spec.overrides.items() if key != "skip_prk_steps"):
             return spec.name
     return class_name
+
+
+class SchedulerFactory:
+    """Fresh schedulers for one model, fast: ``from_config`` (1-2 ms: config parsing, signature
+    inspection) runs once per name; each job gets a ``deepcopy`` of that unused prototype (a few tenths
+    of a millisecond), a scheduler of its own all the same."""
+
+    def __init__(self, model_scheduler: Any) -> None:
+        self.model_scheduler = model_scheduler
+        self._prototypes: dict[str | None, tuple[Any, str]] = {}
+
+    def create(self, name: str | None) -> tuple[Any, str]:
+        key = None if name is None else get_spec(name).name
+        prototype = self._prototypes.get(key)
+        if prototype is None:
+            prototype = self._prototypes[key] = create_scheduler(key, self.model_scheduler)
+        return copy.deepcopy(prototype[0]), prototype[1]
