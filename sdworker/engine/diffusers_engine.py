@@ -31,7 +31,7 @@ from sdworker.engine.scheduler_names import SCHEDULER_NAMES
 from sdworker.engine.schedulers import SchedulerFactory, describe_scheduler
 from sdworker.engine.step_hook import StepCallback
 from sdworker.engine.x0 import X0Recorder
-from sdworker.errors import GenerationFailed, InvalidRequest, JobCancelled, ModelError, SdworkerError
+from sdworker.errors import GenerationFailed, InvalidRequest, JobCancelled, NotReady, SdworkerError
 from sdworker.imaging.decode import check_mask_matches
 from sdworker.previews.decoders import PreviewDecoder, create_decoder, resolve_method
 from sdworker.previews.options import PreviewPixels
@@ -74,13 +74,13 @@ class DiffusersEngine:
     @property
     def info(self) -> EngineInfo:
         if self._info is None:
-            raise ModelError("the model is not loaded yet")
+            raise NotReady("the model is not loaded yet")
         return self._info
 
     @property
     def model(self) -> LoadedModel:
         if self._model is None:
-            raise ModelError("the model is not loaded yet")
+            raise NotReady("the model is not loaded yet")
         return self._model
 
     def generate(
