@@ -16,16 +16,20 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# One CPU thread for torch, here and in the servers the live tests start (they inherit the variable).
+# The test models are tiny (64 px): a second thread gains nothing, and when the CPU is shared (CI, other
+# test processes) OpenMP's spinning threads fight each other - measured on 2 busy cores, the engine's
+# seed tests took 3.5 s with one thread and 285 s with two. Set OMP_NUM_THREADS yourself to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # CI has 2 cores; more torch threads than cores only adds contention. Only if torch is around and
-    # only for this process (the live-server tests' subprocesses read SDWORKER_* settings, not this).
     try:
         import torch
     except ImportError:
         return
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
 
 
 @pytest.fixture(scope="session")
