@@ -112,12 +112,22 @@ def test_init_image_of_another_size_is_resized_to_the_request(demo_engine: Diffu
     assert result.images[0].size == (64, 48)
 
 
-def test_several_images_use_seed_plus_index(demo_engine: DiffusersEngine) -> None:
+def test_several_images_use_seed_plus_index(
+    demo_engine: DiffusersEngine, reference_pipelines: dict[str, Any]
+) -> None:
     request = GenerationRequest(PROMPT, num_inference_steps=2, width=64, height=64, seed=SEED, num_images=2,
                                 scheduler="euler_a")
     batch = demo_engine.generate(request)
     assert batch.seeds == (SEED, SEED + 1)
-    assert len(batch.images) == 2
+    pipe = reference_pipelines["txt2img"]
+    original = pipe.scheduler
+    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(original.config)
+    try:
+        expected = pipe(PROMPT, num_inference_steps=2, width=64, height=64, num_images_per_prompt=2,
+                        generator=[torch.Generator("cpu").manual_seed(SEED + i) for i in range(2)]).images
+    finally:
+        pipe.scheduler = original
+    assert [pixels(image).tolist() for image in batch.images] == [pixels(image).tolist() for image in expected]
     alone = demo_engine.generate(GenerationRequest(PROMPT, num_inference_steps=2, width=64, height=64,
                                                    seed=SEED + 1, scheduler="euler_a"))
     # Same seed, same noise, same denoising; but a batch of 4 (2 images x guidance) runs other CPU kernels
