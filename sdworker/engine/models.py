@@ -79,7 +79,13 @@ def resolve_source(settings: Settings) -> ModelSource:
     if model == "demo":
         from sdworker.engine.demo_model import ensure_demo_model
 
-        return ModelSource("folder", str(ensure_demo_model(settings.cache_dir)), is_demo=True)
+        try:
+            return ModelSource("folder", str(ensure_demo_model(settings.cache_dir)), is_demo=True)
+        except OSError as exc:
+            raise ModelError(
+                f"model demo: cannot build it in {settings.cache_dir}: {exc.strerror or exc} "
+                "(set --cache-dir to a writable folder, or delete a damaged demo-v1 folder there)"
+            ) from exc
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():

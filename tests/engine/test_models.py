@@ -61,3 +61,10 @@ def test_device_auto_and_overrides() -> None:
 def test_cuda_requested_without_cuda() -> None:
     with pytest.raises(ModelError, match="CUDA is not available"):
         resolve_device(Settings(device="cuda"))
+
+
+def test_a_damaged_demo_cache_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "demo-v1").mkdir()
+    (tmp_path / "demo-v1" / "half-written").write_text("x")  # no model_index.json: not a finished build
+    with pytest.raises(ModelError, match="delete a damaged demo-v1"):
+        resolve_source(Settings(model="demo", cache_dir=tmp_path))
