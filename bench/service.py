@@ -9,7 +9,7 @@
    all are subscribed): every watcher must get every terminal event; delay from publish (the event's
    ``at`` stamp, set by the bus) to receipt, p50/p99; the server's RSS before, at peak and after.
 
-    .venv/bin/python bench/service.py                       # demo model, quick
+    .venv/bin/python bench/service.py                       # demo model, 256 px (about 2 min)
     .venv/bin/python bench/service.py --arch sd15 --size 256 --steps 20 --rounds 3
     .venv/bin/python bench/service.py --watchers 50 --rounds 1    # smoke test
 
@@ -176,12 +176,15 @@ async def compare_http_and_direct(url: str, model: Path, args: argparse.Namespac
         for _ in range(args.warmups):  # untimed: first runs at a new shape are much slower on CPU
             await run("direct")
             await run("http")
+        steps_before = await step_seconds(client)
         for round_index in range(args.rounds):
             order = ("direct", "http") if round_index % 2 == 0 else ("http", "direct")
             for kind in order:
                 times[kind].append(await run(kind))
+        steps_after = await step_seconds(client)
     engine.close()
     direct, http = statistics.median(times["direct"]), statistics.median(times["http"])
+    step_count = steps_after[1] - steps_before[1]
     return {
         "direct_seconds": times["direct"],
         "http_seconds": times["http"],
@@ -189,7 +192,21 @@ async def compare_http_and_direct(url: str, model: Path, args: argparse.Namespac
         "http_median": http,
         "ratio": http / direct,
         "target": TARGET_RATIO,
+        # Less noisy than whole jobs: the server's own seconds per step (its /metrics histogram, the
+        # gap between step callbacks) against the direct call's median over its steps.
+        "server_step_seconds_mean": (steps_after[0] - steps_before[0]) / step_count if step_count else None,
+        "direct_step_seconds": direct / args.steps,
     }
+
+
+async def step_seconds(client: httpx.AsyncClient) -> tuple[float, float]:
+    """(sum, count) of the server's ``sdworker_step_seconds`` histogram."""
+    values = {"sum": 0.0, "count": 0.0}
+    for line in (await client.get("/metrics")).text.splitlines():
+        for key in values:
+            if line.startswith(f"sdworker_step_seconds_{key} "):
+                values[key] = float(line.split()[-1])
+    return values["sum"], values["count"]
 
 
 # --- part 2: many watchers ----------------------------------------------------------------------
@@ -330,6 +347,12 @@ def print_table(result: dict[str, Any]) -> None:
         print(
             f"| HTTP job, previews off | {a['http_median']:.3f} | {', '.join(f'{t:.3f}' for t in a['http_seconds'])} |"
         )
+        if a["server_step_seconds_mean"]:
+            server_step, direct_step = a["server_step_seconds_mean"], a["direct_step_seconds"]
+            print(
+                f"| seconds per step: server (/metrics) vs direct | {server_step:.4f} vs {direct_step:.4f} "
+                f"| ratio {server_step / direct_step:.3f} |"
+            )
         verdict = "meets" if a["ratio"] <= a["target"] else "misses"
         print(f"| ratio HTTP / direct | {a['ratio']:.3f} | {verdict} the target <= {a['target']} |")
     if w:
@@ -361,7 +384,7 @@ def print_table(result: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--arch", choices=("demo", "sd15"), default="demo")
-    parser.add_argument("--size", type=int, default=None, help="px (demo 64, sd15 256)")
+    parser.add_argument("--size", type=int, default=None, help="px (default 256)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--scheduler", default="euler")
     parser.add_argument("--seed", type=int, default=1234)
@@ -380,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", choices=("compare", "watchers"), action="append", default=[])
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "service.json"))
     args = parser.parse_args(argv)
-    args.size = args.size or (64 if args.arch == "demo" else 256)
+    args.size = args.size or 256
     if args.threads is None:
         # One torch thread per process on CPU: with other work on the machine, OpenMP teams stall at
         # every barrier and single runs vary tenfold (seen here: 0.3 s jobs taking 5-50 s), which
