@@ -2,7 +2,7 @@
 
 1. **HTTP vs direct**: one job through the service (real uvicorn subprocess, previews off) against a
    direct ``DiffusersEngine.generate`` call in this process, on the same model, size, steps and seed.
-   Interleaved rounds (direct, http, http, direct, ...) after one warm-up of each; the HTTP time is
+   Interleaved rounds (direct, http, http, direct, ...) after untimed warm-ups; the HTTP time is
    POST to the ``complete`` event received (queueing, the step hook, PNG encoding and transfer
    included). Target: ratio of medians <= 1.02.
 2. **1,000 watchers**: raw asyncio SSE clients on one job (held in the queue behind a blocker until
