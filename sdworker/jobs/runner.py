@@ -96,13 +96,17 @@ class JobRunner:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=30.0)
         self.state = "stopped"
-        # Both threads are idle now (or stuck in a step we cannot interrupt); do not block the loop on them.
+
+    async def close(self, timeout_seconds: float = 10.0) -> None:
+        """Free the engine on its own thread (it is not thread-safe), then let both threads go. If the
+        GPU thread is stuck (a model still loading), give up after ``timeout_seconds``."""
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.run_in_executor(self._gpu, self._engine.close), timeout_seconds)
+        except Exception:
+            log.warning("closing the engine failed or timed out", exc_info=True)
         self._gpu.shutdown(wait=False, cancel_futures=True)
         self._encoder.shutdown(wait=False, cancel_futures=True)
-
-    def close_engine(self) -> None:
-        with contextlib.suppress(Exception):
-            self._engine.close()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

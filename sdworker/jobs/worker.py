@@ -81,7 +81,7 @@ class Worker:
 
     async def stop(self) -> None:
         await self.drain()
-        self.runner.close_engine()
+        await self.runner.close()
 
     async def _drain_now(self) -> None:
         grace = self.settings.shutdown_grace_seconds

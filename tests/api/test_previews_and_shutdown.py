@@ -132,3 +132,5 @@ async def test_drain_lets_a_running_job_finish_within_the_grace_period() -> None
         await asyncio.wait_for(app.app.state.worker.drain(), 10)
         assert (await app.status(job_id))["status"] == "completed"
         assert parse_sse((await stream).text)[-1][1] == "complete"
+        assert not engine.closed
+    assert engine.closed  # the lifespan's end frees the engine (on its own thread)
