@@ -38,7 +38,14 @@ def decode_image_bytes(data: bytes, *, field: str, max_pixels: int, mode: str = 
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=_FORMATS)
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, OSError):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow refuses headers above its own bomb limit before telling the size; that limit (about
+        # 89 M pixels) is far above any max_pixels a worker uses, so this is "too large" too.
+        raise ImageTooLarge(
+            f"{field}: the image header declares more than {Image.MAX_IMAGE_PIXELS} pixels; the limit is {max_pixels}",
+            field=field,
+        ) from None
+    except (UnidentifiedImageError, OSError):
         raise InvalidImage(f"{field}: the bytes are not a readable image (PNG, JPEG, WebP, ...)", field=field) from None
     width, height = image.size
     if width < 1 or height < 1:

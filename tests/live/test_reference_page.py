@@ -13,21 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .chromium import CHROMIUM, CHROMIUM_ARGS
 from .server import LiveServer, port_is_free
 
 pytestmark = [pytest.mark.live, pytest.mark.browser, pytest.mark.slow]
 
 PAGE = Path(__file__).with_name("reference_test.html")
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 FINAL_SIZE = "(() => { const img = document.getElementById('final'); return [img.naturalWidth, img.naturalHeight]; })()"
 JOB = {"prompt": "a red cube", "width": 64, "height": 64, "scheduler": "euler"}
 
@@ -35,7 +26,7 @@ JOB = {"prompt": "a red cube", "width": 64, "height": 64, "scheduler": "euler"}
 async def test_reference_test_html_shows_previews_and_the_final_image(demo_cache_dir: Path, tmp_path: Path) -> None:
     if not port_is_free(7833):
         pytest.skip("port 7833 (hard-coded in the reference test.html) is in use")
-    if not Path(CHROMIUM).exists():
+    if not CHROMIUM.exists():
         pytest.skip(f"no Chromium at {CHROMIUM}")
     playwright_api = pytest.importorskip("playwright.async_api")
     server = LiveServer(demo_cache_dir, 7833, "--preview-min-interval-ms", "0", log_path=tmp_path / "log")
@@ -51,7 +42,7 @@ async def test_reference_test_html_shows_previews_and_the_final_image(demo_cache
             page_path = tmp_path / "test.html"
             page_path.write_text(html)
             async with playwright_api.async_playwright() as p:
-                browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+                browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
                 try:
                     page = await browser.new_page()
                     await page.goto(page_path.as_uri())

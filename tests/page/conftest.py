@@ -8,11 +8,7 @@ nothing is downloaded. Screenshots go to test-output/page/ (git-ignored).
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,84 +17,34 @@ from typing import Any
 
 import httpx
 import pytest
+from live.chromium import CHROMIUM, CHROMIUM_ARGS
+from live.server import LiveServer, free_port
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = REPO / "test-output" / "page"
 # Long enough jobs for cancel and reload tests come from many steps; the default limit is 150.
 MAX_STEPS = 2000
 MAX_QUEUE = 2
 
-pytestmark = [pytest.mark.live, pytest.mark.browser]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _sdworker_command() -> list[str]:
-    exe = Path(sys.executable).with_name("sdworker")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "sdworker"]
-
 
 @pytest.fixture(scope="session")
 def server(demo_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of a live ``sdworker serve --model demo``; its log is printed if it fails to start."""
-    port = _free_port()
+    """Base URL of a live ``sdworker serve --model demo``; its log is shown if it fails to start."""
     log_path = tmp_path_factory.mktemp("page-server") / "server.log"
-    env = {**os.environ, "SDWORKER_CACHE_DIR": str(demo_cache_dir)}
-    cmd = [
-        *_sdworker_command(),
-        "serve",
-        "--model",
-        "demo",
-        "--port",
-        str(port),
-        "--max-steps",
-        str(MAX_STEPS),
-        "--max-queue",
-        str(MAX_QUEUE),
-        "--log-level",
-        "warning",
-    ]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    live = LiveServer(
+        demo_cache_dir, free_port(), "--max-steps", str(MAX_STEPS), "--max-queue", str(MAX_QUEUE),
+        "--log-level", "warning", log_path=log_path,
+    )
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"sdworker serve exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"sdworker serve not ready after 120 s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.3)
-        yield base
+        live.wait_ready()
+        yield live.url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        live.stop(timeout=20)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an asyncio loop marked as running in the main
+# thread while it is open, and pytest-asyncio cannot run the async tests of later modules beside it.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (`make system-deps` installs it)")

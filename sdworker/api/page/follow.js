@@ -82,6 +82,7 @@ function openStream(job) {
   on("started", (d) => {
     job.status = "running";
     if (d.total) job.total = d.total;
+    if (typeof d.at === "number") job.startedAt = d.at;
     describeActive(job);
     hooks.render();
   });
@@ -173,6 +174,7 @@ function showPreview(job, d) {
 
 function onComplete(job, d, raw) {
   job.status = "completed";
+  if (typeof d.at === "number") job.finishedAt = d.at;
   job.seed = seedFromRaw(raw) ?? (d.seed !== undefined ? String(d.seed) : null);
   if (d.width) job.width = d.width;
   if (d.height) job.height = d.height;
@@ -193,7 +195,10 @@ function showFinal(job, src) {
   setText("result-caption", `Final image, ${job.width || "?"}×${job.height || "?"}`);
   $("progress").max = 1;
   $("progress").value = 1;
-  const r = rate();
+  // The service's own timestamps give the whole job's speed, also for a job too quick (or replayed too
+  // fast) for the live samples to measure.
+  const span = job.startedAt && job.finishedAt ? job.finishedAt - job.startedAt : 0;
+  const r = span > 0 && job.total ? job.total / span : rate();
   setText("progress-text", `done${job.total ? `, ${job.total} steps` : ""}${r ? ` · ${r.toFixed(1)} it/s` : ""}`);
   setStatus(`Done (job ${job.id.slice(0, 8)})`, "done");
   const dl = $("download");
