@@ -12,6 +12,7 @@ alike; each gets one untimed warm-up.
     .venv/bin/python bench/previews.py --arch demo
     .venv/bin/python bench/previews.py --arch sd15                  # real SD 1.5 shapes, random weights, 256 px
     .venv/bin/python bench/previews.py --arch sd15 --device cuda --dtype float16 --size 512
+    .venv/bin/python bench/previews.py --arch sd15 --methods taesd --every 5 --rounds 4   # one target, more runs
 
 Prints a table and writes JSON (``--json``, default bench/results/previews.json). Byte counts come from
 the previews the runs decoded, encoded afterwards in each format; with random weights they are noise,
@@ -187,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "previews.json")
     parser.add_argument("--render", type=Path, default=None, help="print the tables of a saved JSON and exit")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="decoders to time")
+    parser.add_argument("--every", nargs="+", type=int, default=list(EVERY), help="preview intervals to time")
     args = parser.parse_args(argv)
     if args.render is not None:
         print_tables(json.loads(args.render.read_text()))
@@ -197,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (20 if args.arch == "demo" else 10)
     rounds = args.rounds or (5 if args.arch == "demo" else 2)
 
-    configs = [Config("off", 0)] + [Config(m, e) for m in METHODS for e in EVERY]
+    # "off" always runs: every ratio is against it, measured in the same rounds.
+    configs = [Config("off", 0)] + [Config(m, e) for m in args.methods for e in args.every]
     request = GenerationRequest(prompt=PROMPT, num_inference_steps=steps, width=size, height=size, seed=args.seed)
     times: dict[Config, list[float]] = {c: [] for c in configs}
     counters: dict[Config, list[PreviewCounter]] = {c: [] for c in configs}
@@ -246,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     payload = {
         method: bytes_per_format([s for c in configs if c.method == method for r in counters[c] for s in r.samples])
-        for method in METHODS
+        for method in args.methods
     }
     preview_shape = next((list(s.shape) for c in configs for r in counters[c] for s in r.samples), None)
     result = {

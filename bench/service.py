@@ -58,11 +58,14 @@ def prepare_model(arch: str, workdir: Path, seed: int) -> Path:
         from sdworker.engine.demo_model import ensure_demo_model
 
         return ensure_demo_model(workdir / "cache")
-    from bench import archs  # the engine helper's builders of real architectures with random weights
-
     folder = workdir / arch
-    pipe = archs.build_sd15_pipeline(seed=seed)
-    pipe.save_pretrained(folder, safe_serialization=True)
+    # Built in a child process, so that this process, like the server, only loads the folder and
+    # does not carry the builder's 4 GB of fp32 weights through the runs.
+    build = (
+        "import sys; from bench import archs; "
+        "archs.build_sd15_pipeline(seed=int(sys.argv[2])).save_pretrained(sys.argv[1], safe_serialization=True)"
+    )
+    subprocess.run([sys.executable, "-c", build, str(folder), str(seed)], cwd=ROOT, check=True)
     return folder
 
 
