@@ -1,19 +1,29 @@
-"""bench/engine.py runs end to end on the demo model and writes the numbers it prints."""
+"""The bench scripts run end to end on the demo model, at toy sizes, and write the numbers they print.
+
+No timing is asserted (speed lives in the benchmarks themselves); these keep the scripts from rotting."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_engine_bench_smoke(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("bench_engine", ROOT / "bench" / "engine.py")
+def load_bench(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
+    return module
+
+
+def test_engine_bench_smoke(tmp_path: Path) -> None:
+    module = load_bench("engine")
     out = tmp_path / "engine.json"
     assert module.main(["--arch", "demo", "--steps", "2", "--rounds", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -21,3 +31,33 @@ def test_engine_bench_smoke(tmp_path: Path) -> None:
     assert len(result["direct_s_per_step"]) == len(result["engine_s_per_step"]) == 1
     assert result["overhead_ratio"] > 0
     assert 0 <= result["engine_python_us_per_step"] < 1000  # microseconds, not milliseconds
+
+
+def test_previews_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "previews.json"
+    argv = ["--arch", "demo", "--size", "64", "--steps", "4", "--rounds", "1", "--methods", "latent2rgb", "taesd"]
+    assert load_bench("previews").main([*argv, "--every", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [row["config"] for row in result["runs"]] == ["off", "latent2rgb every=1", "taesd every=1"]
+    off, *with_previews = result["runs"]
+    assert off["previews_per_run"] == 0
+    for row in with_previews:
+        # PNDM runs 5 loop steps for 4 asked; there is no preview on the last one.
+        assert row["previews_per_run"] + row["skipped_per_run"] == 4
+        assert row["decode_ms_per_preview"] > 0
+    assert set(result["bytes_per_preview"]) == {"latent2rgb", "taesd"}
+    for formats in result["bytes_per_preview"].values():
+        assert set(formats) == {"jpeg", "webp", "png"} and all(f["bytes"] > 0 for f in formats.values())
+
+
+def test_service_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "service.json"
+    argv = ["--size", "64", "--steps", "2", "--rounds", "1", "--warmups", "0", "--watchers", "20"]
+    assert load_bench("service").main([*argv, "--watch-steps", "3", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    compare = result["http_vs_direct"]
+    assert len(compare["direct_seconds"]) == len(compare["http_seconds"]) == 1 and compare["ratio"] > 0
+    watchers = result["watchers"]
+    assert watchers["job_status"] == "completed" and watchers["watcher_errors"] == 0
+    assert watchers["watchers_with_every_terminal_event"] == 20
+    assert len(watchers["terminal_event_ids"]) == 1  # every watcher saw the same complete event
