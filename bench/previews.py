@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="decoders to time")
     parser.add_argument("--every", nargs="+", type=int, default=list(EVERY), help="preview intervals to time")
     args = parser.parse_args(argv)
+    if any(every < 1 for every in args.every):
+        parser.error("--every: steps between previews, 1 or more (previews off always runs as the baseline)")
     if args.render is not None:
         print_tables(json.loads(args.render.read_text()))
         return 0
