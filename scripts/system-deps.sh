@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # System packages the test suite needs: Debian's Chromium (browser tests drive it with Playwright; no
-# browser download). Installed with apt-get when missing and we are root; otherwise say what to do.
+# browser download) and redis-server (the Redis backend is tested against a real one). Installed with
+# apt-get when missing and we are root; otherwise say what to do.
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "system-deps: missing ${missing[*]}; run: sudo apt-get install -y ${missing[*]}" >&2

@@ -60,6 +60,15 @@ class Settings:
     preview_format: str = "jpeg"  # jpeg | webp | png
     preview_quality: int = 80
 
+    # Redis fleet (sdworker api / worker / serve --redis)
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password: never shown
+    redis_prefix: str = "sdw"
+    claim_idle_seconds: float = 30.0  # a job whose worker sent no lease heartbeat this long is retried
+    lease_heartbeat_seconds: float = 5.0
+    max_attempts: int = 3
+    worker_id: str | None = None
+    default_model: str | None = None
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``SDWORKER_*`` variables, then apply explicit overrides.

@@ -8,9 +8,12 @@ to the already-built model; ``demo_model_dir`` is that model's diffusers folder 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.redis_server import RedisServer
 
 # Before anything imports huggingface_hub: a test that tries to download must fail, not hang.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -46,3 +49,16 @@ def demo_model_dir(demo_cache_dir: Path) -> Path:
     from sdworker.engine.demo_model import ensure_demo_model
 
     return ensure_demo_model(demo_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server per test run (tests separate their keys with a prefix each)."""
+    if not RedisServer.available():
+        pytest.skip("redis-server is not installed (make test installs it with apt-get)")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -27,16 +27,13 @@ from sdworker.api.errors import BodyLimitMiddleware, install_error_handlers
 from sdworker.api.routes_fleet import router as fleet_router
 from sdworker.api.routes_jobs import router as jobs_router
 from sdworker.api.routes_system import router as system_router
-from sdworker.engine.parameters import parameters_text
-from sdworker.engine.protocol import Engine, GenerationRequest, GenerationResult
-from sdworker.imaging.metadata import PNG_KEY
+from sdworker.engine.protocol import Engine
 from sdworker.jobs.memory import MemoryJobService
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.node import Node
 from sdworker.jobs.progress import EncodeFn
 from sdworker.jobs.protocol import JobService, JobSource
-from sdworker.jobs.runner import JobRunner, PngText
-from sdworker.jobs.spec import JobSpec
+from sdworker.jobs.runner import JobRunner, png_text_for
 from sdworker.settings import Settings
 
 
@@ -61,9 +58,9 @@ def create_app(
         models = None if service.backend == "memory" else (settings.model,)
         runner = JobRunner(
             engine, source, metrics, max_pixels=settings.max_pixels, models=models, encode=encode,
-            png_text=_png_text(settings),
+            png_text=png_text_for(settings),
         )
-    node = Node(settings, service, runner)
+    node = Node(settings, service, runner, source)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -97,11 +94,3 @@ def create_app(
     # Outermost, so an oversized body is refused before anything parses it.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
-
-
-def _png_text(settings: Settings) -> PngText:
-    def png_text(spec: JobSpec, request: GenerationRequest, result: GenerationResult, index: int) -> dict[str, str]:
-        """A1111's ``parameters`` chunk, so other tools read the settings back from the PNG."""
-        return {PNG_KEY: parameters_text(request, result, index, spec.model or settings.model)}
-
-    return png_text

@@ -1,1 +1,1 @@
-"""Other implementations of the queue, store and bus protocols (e.g. Redis), behind the same protocols."""
+"""Other implementations of the job layer's protocols (``sdworker.jobs.protocol``): Redis."""

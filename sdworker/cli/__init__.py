@@ -29,6 +29,17 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", dest="cache_dir", help="where the demo model is built (~/.cache/sdworker)")
 
 
+def _add_fleet_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--redis", dest="redis_url", help="redis://[:password@]host:6379/0 - join a fleet")
+    p.add_argument("--redis-prefix", dest="redis_prefix", help="key prefix (sdw)")
+    p.add_argument("--claim-idle-seconds", dest="claim_idle_seconds", type=float,
+                   help="retry a job whose worker was silent this long (30)")
+    p.add_argument("--lease-heartbeat-seconds", dest="lease_heartbeat_seconds", type=float, help="(5)")
+    p.add_argument("--max-attempts", dest="max_attempts", type=int, help="then dead-letter with worker_lost (3)")
+    p.add_argument("--worker-id", dest="worker_id", help="this worker's id in the fleet (host + random)")
+    p.add_argument("--default-model", dest="default_model", help="model for jobs that name none")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdworker", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"sdworker {__version__}")
@@ -52,6 +63,29 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--preview-format", dest="preview_format")
     serve.add_argument("--preview-quality", dest="preview_quality", type=int)
     serve.add_argument("--log-level", dest="log_level", default="info")
+    _add_fleet_flags(serve)
+
+    api = sub.add_parser("api", help="an HTTP node of a Redis fleet (no GPU, no torch)")
+    api.add_argument("--host", help="bind address (127.0.0.1)")
+    api.add_argument("--port", type=int, help="port (7833)")
+    api.add_argument("--max-queue", dest="max_queue", type=int, help="queued jobs in the whole fleet before 429")
+    api.add_argument("--result-ttl-seconds", dest="result_ttl_seconds", type=float)
+    api.add_argument("--max-pixels", dest="max_pixels", type=int)
+    api.add_argument("--max-steps", dest="max_steps", type=int)
+    api.add_argument("--max-images", dest="max_images", type=int)
+    api.add_argument("--max-body-bytes", dest="max_body_bytes", type=int)
+    api.add_argument("--shutdown-grace-seconds", dest="shutdown_grace_seconds", type=float)
+    api.add_argument("--preview-min-interval-ms", dest="preview_min_interval_ms", type=int)
+    api.add_argument("--log-level", dest="log_level", default="info")
+    _add_fleet_flags(api)
+
+    worker = sub.add_parser("worker", help="a GPU worker of a Redis fleet (no public HTTP)")
+    _add_model_flags(worker)
+    worker.add_argument("--max-pixels", dest="max_pixels", type=int)
+    worker.add_argument("--result-ttl-seconds", dest="result_ttl_seconds", type=float)
+    worker.add_argument("--shutdown-grace-seconds", dest="shutdown_grace_seconds", type=float)
+    worker.add_argument("--log-level", dest="log_level", default="info")
+    _add_fleet_flags(worker)
 
     gen = sub.add_parser("generate", help="generate images from a prompt and write PNGs")
     gen.add_argument("prompt")
@@ -90,6 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sdworker.cli.generate import run_generate
 
             return run_generate(args)
+        if args.command == "api":
+            from sdworker.cli.api_node import run_api
+
+            return run_api(args)
+        if args.command == "worker":
+            from sdworker.cli.worker_node import run_worker
+
+            return run_worker(args)
         if args.command == "demo-model":
             from sdworker.cli.demo import run_demo_model
 

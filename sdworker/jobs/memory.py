@@ -209,12 +209,15 @@ class MemoryJobService:
     async def start(self) -> None:
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep(), name="sdworker-housekeeping")
 
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
     async def drain(self, *, reject_queued: bool) -> None:
         self._accepting = False
         if reject_queued:
             self._reject_queued(SHUTTING_DOWN, "the server is shutting down; the job was not started")
 
-    def close_streams(self) -> None:
+    async def close_streams(self) -> None:
         self.bus.close_all()
 
     async def close(self) -> None:
@@ -230,7 +233,9 @@ class MemoryJobService:
         self, models: Collection[str] | None, *, limit: int = 1, wait_seconds: float = 1.0
     ) -> list[Lease]:
         try:
-            spec = await asyncio.wait_for(self._queue.get(), timeout=wait_seconds)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel (and so a shutdown).
+            async with asyncio.timeout(wait_seconds):
+                spec = await self._queue.get()
         except TimeoutError:
             return []
         leases: list[Lease] = []
@@ -247,7 +252,7 @@ class MemoryJobService:
         self._publish_positions()
         return leases
 
-    def set_engine(self, info: EngineInfo | None, *, state: str, reason: str | None = None) -> None:
+    async def set_engine(self, info: EngineInfo | None, *, state: str, reason: str | None = None) -> None:
         self._engine_info = info if info is not None else self._engine_info
         self._engine_state, self._engine_reason = state, reason
         if state == "failed":

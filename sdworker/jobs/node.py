@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sdworker.jobs.protocol import JobService
+from sdworker.jobs.protocol import JobService, JobSource
 from sdworker.jobs.runner import JobRunner
 from sdworker.settings import Settings
 
@@ -27,10 +27,13 @@ log = logging.getLogger(__name__)
 
 
 class Node:
-    def __init__(self, settings: Settings, service: JobService, runner: JobRunner | None) -> None:
+    def __init__(
+        self, settings: Settings, service: JobService, runner: JobRunner | None, source: JobSource | None = None
+    ) -> None:
         self.settings = settings
         self.service = service
         self.runner = runner
+        self.source = source
         self._drain: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -41,6 +44,8 @@ class Node:
     async def readiness(self) -> tuple[bool, str | None]:
         if self.draining:
             return False, "the server is shutting down"
+        if self.runner is not None and not self.runner.ready:
+            return False, self.runner.reason or "not ready"
         return await self.service.readiness()
 
     @property
@@ -49,6 +54,7 @@ class Node:
 
     async def drain(self) -> None:
         if self._drain is None:
+            self.service.stop_accepting()
             self._drain = asyncio.get_running_loop().create_task(self._drain_now(), name="sdworker-drain")
         await asyncio.shield(self._drain)
 
@@ -56,6 +62,8 @@ class Node:
         await self.drain()
         if self.runner is not None:
             await self.runner.close()
+        if self.source is not None and self.source is not self.service:
+            await self.source.close()
         await self.service.close()
 
     async def _drain_now(self) -> None:
@@ -67,4 +75,4 @@ class Node:
             await self.runner.stop(grace, hand_back=not local)
         if local:
             await self.service.drain(reject_queued=True)  # a job claimed while the drain began
-        self.service.close_streams()
+        await self.service.close_streams()

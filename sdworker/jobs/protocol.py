@@ -94,12 +94,17 @@ class JobService(Protocol):
 
     async def start(self) -> None: ...
 
+    def stop_accepting(self) -> None:
+        """From now on ``submit`` answers 503 (the first thing a drain does, synchronously)."""
+        ...
+
     async def drain(self, *, reject_queued: bool) -> None:
         """Accept no new job; optionally end the queued ones (memory: nobody else would run them)."""
         ...
 
-    def close_streams(self) -> None:
-        """End every open stream after what it has buffered (shutdown)."""
+    async def close_streams(self) -> None:
+        """End every open stream after what it has buffered (shutdown). A stream whose job already
+        finished gets its terminal event first."""
         ...
 
     async def close(self) -> None: ...
@@ -150,7 +155,7 @@ class JobSource(Protocol):
         ``retrying`` then ``started`` for a job whose earlier attempt was lost)."""
         ...
 
-    def set_engine(self, info: EngineInfo | None, *, state: str, reason: str | None = None) -> None:
+    async def set_engine(self, info: EngineInfo | None, *, state: str, reason: str | None = None) -> None:
         """The runner's engine state (loading | ready | failed | stopping): readiness, worker registry."""
         ...
 

@@ -27,14 +27,17 @@ from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from sdworker.engine.parameters import parameters_text
 from sdworker.engine.protocol import CancelToken, Engine, GenerationRequest, GenerationResult
 from sdworker.errors import JobCancelled, SdworkerError
 from sdworker.events.types import JobEvent
 from sdworker.imaging.encode import encode_image, encode_png
+from sdworker.imaging.metadata import PNG_KEY
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.progress import EncodeFn, StepReporter
 from sdworker.jobs.protocol import JobSource, Lease
 from sdworker.jobs.spec import JobSpec
+from sdworker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,6 @@ class JobRunner:
         return self._current.spec.job_id if self._current is not None else None
 
     def start(self) -> None:
-        self._source.set_engine(None, state="loading", reason=self.reason)
         self._main = asyncio.get_running_loop().create_task(self._run(), name="sdworker-dispatch")
         self._main.add_done_callback(self._on_main_done)
 
@@ -92,7 +94,7 @@ class JobRunner:
         (``hand_back``) give it back to the queue at once."""
         self._stopping = True
         self.reason = "the server is shutting down"
-        self._source.set_engine(None, state="stopping", reason=self.reason)
+        await self._source.set_engine(None, state="stopping", reason=self.reason)
         main = self._main
         if main is not None and not main.done():
             if self._current is None:
@@ -123,17 +125,19 @@ class JobRunner:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        await self._source.set_engine(None, state="loading", reason=self.reason)
         try:
             await loop.run_in_executor(self._gpu, self._engine.load)
         except SdworkerError as exc:
-            self._die(exc.message)
+            await self._die(exc.message)
             return
         except Exception as exc:
             log.exception("loading the model failed")
-            self._die(f"loading the model failed: {type(exc).__name__}")
+            await self._die(f"loading the model failed: {type(exc).__name__}")
             return
+        # Announced before this runner says ready, so an API node routes jobs to it from then on.
+        await self._source.set_engine(self._engine.info, state="ready")
         self.state, self.reason = "ready", None
-        self._source.set_engine(self._engine.info, state="ready")
         while not self._stopping:
             leases = await self._source.claim(self._models, wait_seconds=1.0)
             for index, lease in enumerate(leases):
@@ -206,9 +210,9 @@ class JobRunner:
             for index, image in enumerate(result.images)
         )
 
-    def _die(self, reason: str) -> None:
+    async def _die(self, reason: str) -> None:
         self.state, self.reason = "failed", reason
-        self._source.set_engine(None, state="failed", reason=reason)
+        await self._source.set_engine(None, state="failed", reason=reason)
 
     def _on_main_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self._stopping:
@@ -216,4 +220,15 @@ class JobRunner:
         exc = task.exception()
         if exc is not None:
             log.error("the job dispatcher died", exc_info=exc)
-            self._die(f"the job dispatcher died: {type(exc).__name__}")
+            task = asyncio.get_running_loop().create_task(self._die(f"the job dispatcher died: {type(exc).__name__}"))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+
+def png_text_for(settings: Settings) -> PngText:
+    """A1111's ``parameters`` chunk, so other tools read the settings back from the PNG."""
+
+    def png_text(spec: JobSpec, request: GenerationRequest, result: GenerationResult, index: int) -> dict[str, str]:
+        return {PNG_KEY: parameters_text(request, result, index, spec.model or settings.model)}
+
+    return png_text

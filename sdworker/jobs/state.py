@@ -59,3 +59,4 @@ class WorkerInfo:
     current_job: str | None
     last_seen: float
     version: str
+    reason: str | None = None  # why it cannot run jobs (status failed)

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import json
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,7 +17,10 @@ from fastapi import FastAPI
 from PIL import Image
 
 from sdworker.api.app import create_app
+from sdworker.backends.redis.service import RedisJobService
+from sdworker.backends.redis.source import RedisJobSource
 from sdworker.engine.fake import FakeEngine
+from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.progress import EncodeFn
 from sdworker.settings import Settings
 
@@ -51,13 +55,39 @@ class Running:
                 await asyncio.sleep(0.01)
 
 
+# Which job backend ``running_app`` builds: set per test by the ``backend`` fixture (tests/api/conftest.py),
+# so every test here runs against the memory backend and against a real redis-server.
+BACKEND: dict[str, Any] = {"name": "memory", "url": None}
+
+# Short lease and claim times, so failure tests take seconds (production defaults are 5 s and 30 s).
+REDIS_TEST_SETTINGS = {"lease_heartbeat_seconds": 0.5, "claim_idle_seconds": 3.0}
+
+
+def backend_name() -> str:
+    return str(BACKEND["name"])
+
+
 @asynccontextmanager
 async def running_app(
     engine: FakeEngine | None = None, *, encode: EncodeFn | None = None, wait_ready: bool = True, **overrides: Any
 ) -> AsyncIterator[Running]:
-    settings = Settings(**{"preview_min_interval_ms": 0, "shutdown_grace_seconds": 5.0, **overrides})
+    base: dict[str, Any] = {"preview_min_interval_ms": 0, "shutdown_grace_seconds": 5.0}
+    if BACKEND["name"] == "redis":
+        base |= {"redis_url": BACKEND["url"], "redis_prefix": f"t{uuid.uuid4().hex[:10]}", **REDIS_TEST_SETTINGS}
+    settings = Settings(**{**base, **overrides})
     engine = engine or FakeEngine()
-    app = create_app(settings, engine, encode=encode)
+    if settings.redis_url:
+        metrics = ServiceMetrics()
+        app = create_app(
+            settings,
+            engine,
+            service=RedisJobService(settings, metrics),
+            source=RedisJobSource(settings, metrics=metrics),
+            metrics=metrics,
+            encode=encode,
+        )
+    else:
+        app = create_app(settings, engine, encode=encode)
     async with app.router.lifespan_context(app):
         # Like a real server, answer an unhandled error with a 500 instead of raising it into the test.
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
@@ -65,7 +95,15 @@ async def running_app(
             running = Running(client, app, engine)
             if wait_ready:
                 await running.wait_for(lambda: _is_ready(client))
+            elif settings.redis_url:
+                # A fleet routes a job only to a model some worker has announced (else 404
+                # model_not_found, rightly); the memory backend has its one model from the start.
+                await running.wait_for(lambda: _has_worker(client))
             yield running
+
+
+async def _has_worker(client: httpx.AsyncClient) -> bool:
+    return bool((await client.get("/v1/workers")).json()["workers"])
 
 
 async def _is_ready(client: httpx.AsyncClient) -> bool:

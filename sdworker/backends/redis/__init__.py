@@ -1,0 +1,24 @@
+"""The Redis backend: any number of API nodes (``RedisJobService``) and GPU workers (``RedisJobSource``)
+sharing one Redis. Streams and consumer groups for the queue, Lua scripts for every state change
+(attempt fencing, compare-and-set finalisation), one event stream per job for replay.
+
+Key layout (prefix ``sdw`` by default; ``{id}`` is a job id, ``{model}`` a model id):
+
+| key | type | holds |
+|---|---|---|
+| ``P:q:{model}`` | stream + group ``workers`` | one entry per queued attempt: ``job_id`` |
+| ``P:queued``, ``P:queued:{model}`` | sorted sets | queued job ids (fleet-wide bound; positions) |
+| ``P:jobs`` | sorted set | every job id by creation time (listing) |
+| ``P:job:{id}`` | hash | state, attempt, fence, owner, model, spec JSON, times, step, error, seq |
+| ``P:job:{id}:ev`` | stream, ids ``0-<seq>`` | every event but preview images: the replay source |
+| ``P:job:{id}:pv`` | hash | the latest preview (its seq and image): replaced, never accumulated |
+| ``P:job:{id}:img:{i}`` | string | final PNGs |
+| ``P:job:{id}:w`` | hash, short TTL | watchers per API node (workers decode previews only if > 0) |
+| ``P:workers`` | hash | worker id -> JSON (rbee's WorkerInfo fields + engine details + last seen) |
+| ``P:dead`` | sorted set | jobs that ran out of attempts |
+| ``P:idem:{owner}:{key}`` | string, TTL | the job an Idempotency-Key made |
+| ``P:ctl`` | pub/sub channel | ``<job id> cancel|interrupt``: tells the worker now (the hash is the truth) |
+
+The scripts touch several jobs' keys (positions) and shared keys, so this layout targets one Redis
+(with AOF, optionally replicas/Sentinel), not Redis Cluster.
+"""

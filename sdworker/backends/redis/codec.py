@@ -1,0 +1,180 @@
+"""Between Redis and the job layer's values: event stream entries to event records, job hashes to
+``JobView``, worker registry entries to ``WorkerInfo``. Redis hands back bytes; everything is decoded
+here."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sdworker.engine.protocol import EngineInfo, Operation
+from sdworker.events.types import (
+    JobCompleted,
+    JobEvent,
+    JobFailed,
+    JobQueued,
+    JobRetrying,
+    JobStarted,
+    PreviewReady,
+    StepProgressed,
+)
+from sdworker.jobs.spec import JobSpec
+from sdworker.jobs.state import JobStatus, JobView, WorkerInfo
+
+
+def text(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def seq_of(entry_id: bytes | str) -> int:
+    """Our stream ids are ``0-<seq>``."""
+    return int((text(entry_id) or "0-0").split("-", 1)[1])
+
+
+def event_fields(event: JobEvent) -> tuple[str, dict[str, Any], int, int, bytes | None]:
+    """What the worker appends: (kind, data, step, total, preview image)."""
+    match event:
+        case PreviewReady():
+            data = {
+                "step": event.step,
+                "total": event.total,
+                "format": event.format,
+                "width": event.width,
+                "height": event.height,
+                "method": event.method,
+            }
+            return "preview", data, event.step, event.total, event.image
+        case StepProgressed(step=step, total=total):
+            return "progress", {"step": step, "total": total}, step, total, None
+        case _:
+            raise TypeError(f"a worker does not publish {type(event).__name__}")
+
+
+def decode_event(
+    job_id: str, entry_id: bytes | str, fields: dict[bytes, bytes], preview: tuple[int, bytes] | None,
+    images: tuple[bytes, ...],
+) -> JobEvent | None:
+    """One stream entry as an event record. ``preview`` is the job's latest preview (seq, image): a
+    preview entry whose seq it is keeps its image; older ones read as their step's progress.
+    ``images`` are the final PNGs, needed only for the ``complete`` entry."""
+    kind = text(fields.get(b"t"))
+    data = json.loads(fields.get(b"d") or b"{}")
+    base: dict[str, Any] = {"job_id": job_id, "seq": seq_of(entry_id), "at": float(fields.get(b"at") or 0.0)}
+    match kind:
+        case "queued":
+            return JobQueued(**base, position=int(data["position"]))
+        case "started":
+            return JobStarted(**base, attempt=int(data.get("attempt", 1)), worker=data.get("worker"))
+        case "retrying":
+            return JobRetrying(**base, attempt=int(data["attempt"]), reason=str(data["reason"]))
+        case "progress":
+            return StepProgressed(**base, step=int(data["step"]), total=int(data["total"]))
+        case "preview":
+            if preview is not None and preview[0] == base["seq"]:
+                return PreviewReady(
+                    **base,
+                    step=int(data["step"]),
+                    total=int(data["total"]),
+                    image=preview[1],
+                    format=str(data["format"]),
+                    width=int(data["width"]),
+                    height=int(data["height"]),
+                    method=str(data["method"]),
+                )
+            return StepProgressed(**base, step=int(data["step"]), total=int(data["total"]))
+        case "complete":
+            seeds = tuple(int(s) for s in data["seeds"])
+            return JobCompleted(
+                **base, images=images, seed=seeds[0], seeds=seeds, width=int(data["width"]), height=int(data["height"])
+            )
+        case "error":
+            return JobFailed(**base, code=str(data["code"]), message=str(data["message"]))
+        case _:
+            return None  # a kind this node does not know (a newer worker): skipped, not a crash
+
+
+def job_view(fields: dict[bytes, bytes], *, position: int | None, watchers: int) -> JobView:
+    f = {k.decode(): v for k, v in fields.items()}
+    spec = JobSpec.from_dict(json.loads(f["spec"]))
+
+    def number(name: str) -> float | None:
+        value = f.get(name)
+        return float(value) if value not in (None, b"") else None
+
+    status = JobStatus(f["state"].decode())
+    seeds = tuple(json.loads(f["seeds"])) if f.get("seeds") else ()
+    control = text(f.get("control")) or ""
+    return JobView(
+        spec=spec,
+        status=status,
+        step=int(f.get("step", b"0")),
+        total=int(f.get("total", b"0")),
+        attempt=int(f.get("attempt", b"0")),
+        queue_position=position,
+        started_at=number("started") if status is not JobStatus.QUEUED else None,
+        finished_at=number("finished"),
+        error_code=text(f.get("error_code")),
+        error_message=text(f.get("error_message")),
+        image_count=int(f.get("images", b"0")),
+        seeds=seeds,
+        width=int(f["width"]) if f.get("width") else None,
+        height=int(f["height"]) if f.get("height") else None,
+        watchers=watchers,
+        cancel_requested=control != "",
+        worker=text(f.get("worker")) or None,
+    )
+
+
+def worker_record(info: WorkerInfo, engine: EngineInfo | None) -> str:
+    record: dict[str, Any] = {
+        "id": info.id,
+        "model": info.model,
+        "device": info.device,
+        "status": info.status,
+        "current_job": info.current_job,
+        "last_seen": info.last_seen,
+        "version": info.version,
+        "reason": info.reason,
+    }
+    if engine is not None:
+        record["engine"] = {
+            "model": engine.model,
+            "family": engine.family,
+            "device": engine.device,
+            "dtype": engine.dtype,
+            "schedulers": list(engine.schedulers),
+            "default_scheduler": engine.default_scheduler,
+            "preview_methods": list(engine.preview_methods),
+            "operations": [op.value for op in engine.operations],
+        }
+    return json.dumps(record)
+
+
+def parse_worker(raw: bytes) -> tuple[WorkerInfo, EngineInfo | None]:
+    data = json.loads(raw)
+    info = WorkerInfo(
+        id=data["id"],
+        model=data["model"],
+        device=data["device"],
+        status=data["status"],
+        current_job=data.get("current_job"),
+        last_seen=float(data["last_seen"]),
+        version=data.get("version", ""),
+        reason=data.get("reason"),
+    )
+    engine = None
+    if data.get("engine"):
+        e = data["engine"]
+        engine = EngineInfo(
+            model=e["model"],
+            family=e["family"],
+            device=e["device"],
+            dtype=e["dtype"],
+            schedulers=tuple(e["schedulers"]),
+            default_scheduler=e["default_scheduler"],
+            preview_methods=tuple(e["preview_methods"]),
+            operations=tuple(Operation(op) for op in e["operations"]),
+        )
+    return info, engine

@@ -1,0 +1,56 @@
+"""Redis key names, in one place (see the package docstring for the layout)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GROUP = "workers"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "sdw"
+
+    def queue(self, model: str) -> str:
+        return f"{self.prefix}:q:{model}"
+
+    @property
+    def queued(self) -> str:
+        return f"{self.prefix}:queued"
+
+    def queued_model(self, model: str) -> str:
+        return f"{self.prefix}:queued:{model}"
+
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:ev"
+
+    def preview(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:pv"
+
+    def image(self, job_id: str, index: int) -> str:
+        return f"{self.prefix}:job:{job_id}:img:{index}"
+
+    def watchers(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:w"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    def idempotency(self, owner: str | None, key: str) -> str:
+        return f"{self.prefix}:idem:{owner or '-'}:{key}"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}:ctl"

@@ -1,0 +1,206 @@
+"""Every state change of a job in Redis is one Lua script, so it is atomic: nothing can see a job
+half-claimed or half-finished, and two workers can never both win.
+
+Fencing: ``claim`` increments the job's ``fence`` and hands it to the worker; every later write of
+that worker (``publish``, ``heartbeat``, ``finish``, ``release``) first checks that the fence is still
+its own and the job still running. A worker that was paused past the claim time (a zombie) finds the
+fence moved on and its writes refused, so it cannot publish a second result.
+
+Events: each script that appends an event increments the job's ``seq`` and appends with the explicit
+stream id ``0-<seq>``, so the SSE ids are the same small integers on every API node and keep
+increasing across attempts. Preview images never enter the event stream: a preview event names its
+seq and the image lives in the job's ``pv`` hash, replaced by the next one.
+"""
+
+from __future__ import annotations
+
+# Shared Lua: the event time and appending one event.
+_PRELUDE = """
+local now = redis.call('TIME')
+local at = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+local function append(job, ev, kind, data, maxlen)
+  local seq = redis.call('HINCRBY', job, 'seq', 1)
+  redis.call('XADD', ev, 'MAXLEN', '~', maxlen, '0-' .. seq, 't', kind, 'd', data, 'at', at)
+  return seq
+end
+local function expire(ttl, ...)  -- ttl in milliseconds
+  for _, key in ipairs({...}) do redis.call('PEXPIRE', key, ttl) end
+end
+local function ack(stream, entry)
+  if entry then
+    redis.call('XACK', stream, 'workers', entry)
+    redis.call('XDEL', stream, entry)
+  end
+end
+"""
+
+# KEYS: job, ev, queued, queued_model, qstream, jobs
+# ARGV: job_id, spec_json, owner, model, created, max_queue, total, maxlen
+SUBMIT = _PRELUDE + """
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6]) then return -1 end
+redis.call('HSET', KEYS[1], 'state', 'queued', 'attempt', 0, 'fence', 0, 'seq', 0, 'spec', ARGV[2],
+  'owner', ARGV[3], 'model', ARGV[4], 'created', ARGV[5], 'step', 0, 'total', ARGV[7], 'handback', 0,
+  'control', '')
+local entry = redis.call('XADD', KEYS[5], '*', 'job_id', ARGV[1])
+redis.call('HSET', KEYS[1], 'entry', entry)
+local score = tonumber(ARGV[5])
+redis.call('ZADD', KEYS[3], score, ARGV[1])
+redis.call('ZADD', KEYS[4], score, ARGV[1])
+redis.call('ZADD', KEYS[6], score, ARGV[1])
+local position = redis.call('ZRANK', KEYS[4], ARGV[1]) + 1
+append(KEYS[1], KEYS[2], 'queued', cjson.encode({position = position}), ARGV[8])
+return position
+"""
+
+# KEYS: job, ev, pv, qstream, queued, queued_model, dead
+# ARGV: entry, consumer, max_attempts, job_id, maxlen, ttl, worker_label
+# -> {1, fence, attempt} claimed | {0} skip (gone, finished, cancelled, stale entry) | {-1} dead-lettered
+CLAIM = _PRELUDE + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if (not state) or state == 'completed' or state == 'failed' or state == 'cancelled' then
+  ack(KEYS[4], ARGV[1]); return {0}
+end
+if redis.call('HGET', KEYS[1], 'entry') ~= ARGV[1] then ack(KEYS[4], ARGV[1]); return {0} end
+local handback = redis.call('HGET', KEYS[1], 'handback') == '1'
+local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt')) + 1
+redis.call('ZREM', KEYS[5], ARGV[4])
+redis.call('ZREM', KEYS[6], ARGV[4])
+redis.call('DEL', KEYS[3])
+if state == 'cancelling' then
+  local msg = 'the job was cancelled'
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', at, 'error_code', 'cancelled', 'error_message', msg)
+  append(KEYS[1], KEYS[2], 'error', cjson.encode({code = 'cancelled', message = msg}), ARGV[5])
+  expire(ARGV[6], KEYS[1], KEYS[2])
+  ack(KEYS[4], ARGV[1]); return {0}
+end
+if attempt > tonumber(ARGV[3]) then
+  local msg = 'the job was lost with its worker ' .. (attempt - 1) .. ' times; it is in the dead-letter list'
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'finished', at, 'error_code', 'worker_lost', 'error_message', msg)
+  append(KEYS[1], KEYS[2], 'error', cjson.encode({code = 'worker_lost', message = msg}), ARGV[5])
+  redis.call('ZADD', KEYS[7], tonumber(at), ARGV[4])
+  expire(ARGV[6], KEYS[1], KEYS[2])
+  ack(KEYS[4], ARGV[1]); return {-1}
+end
+local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+redis.call('HSET', KEYS[1], 'attempt', attempt, 'state', 'running', 'worker', ARGV[7], 'started', at,
+  'step', 0, 'handback', 0, 'control', '')
+if state == 'running' or handback then
+  local reason = 'worker_lost'
+  if handback then reason = 'handed_back' end
+  append(KEYS[1], KEYS[2], 'retrying', cjson.encode({attempt = attempt, reason = reason}), ARGV[5])
+end
+append(KEYS[1], KEYS[2], 'started', cjson.encode({attempt = attempt, worker = ARGV[7]}), ARGV[5])
+return {1, fence, attempt}
+"""
+
+# KEYS: job, ev, pv   ARGV: fence, kind, data_json, step, total, maxlen, image (previews only)
+PUBLISH = _PRELUDE + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if (state ~= 'running' and state ~= 'cancelling') or redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then
+  return 0
+end
+local seq = append(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[6])
+if tonumber(ARGV[4]) > 0 then redis.call('HSET', KEYS[1], 'step', ARGV[4], 'total', ARGV[5]) end
+if ARGV[2] == 'preview' then
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[3], 'seq', seq, 'image', ARGV[7])
+end
+return seq
+"""
+
+# KEYS: job, ev, pv, qstream, img_0..img_n-1
+# ARGV: fence, outcome, data_json, ttl, maxlen, seeds_json, width, height, code, message, end_marker,
+#       image_0..image_n-1
+FINISH = _PRELUDE + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if (state ~= 'running' and state ~= 'cancelling') or redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then
+  return 0
+end
+local n = #KEYS - 4
+for i = 1, n do redis.call('SET', KEYS[4 + i], ARGV[11 + i], 'PX', ARGV[4]) end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'finished', at, 'images', n)
+local seq
+if ARGV[2] == 'completed' then
+  redis.call('HSET', KEYS[1], 'seeds', ARGV[6], 'width', ARGV[7], 'height', ARGV[8],
+    'step', redis.call('HGET', KEYS[1], 'total'))
+  seq = append(KEYS[1], KEYS[2], 'complete', ARGV[3], ARGV[5])
+else
+  redis.call('HSET', KEYS[1], 'error_code', ARGV[9], 'error_message', ARGV[10])
+  seq = append(KEYS[1], KEYS[2], 'error', ARGV[3], ARGV[5])
+end
+if ARGV[11] ~= '' then seq = append(KEYS[1], KEYS[2], 'end', ARGV[11], ARGV[5]) end
+expire(ARGV[4], KEYS[1], KEYS[2], KEYS[3])
+ack(KEYS[4], redis.call('HGET', KEYS[1], 'entry'))
+return seq
+"""
+
+# KEYS: job, ev, pv, qstream, queued, queued_model   ARGV: mode (cancel|interrupt), job_id, ttl, maxlen, channel
+# -> the state after the call, or false for an unknown job
+CANCEL = _PRELUDE + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return false end
+if state == 'queued' then
+  ack(KEYS[4], redis.call('HGET', KEYS[1], 'entry'))
+  redis.call('ZREM', KEYS[5], ARGV[2])
+  redis.call('ZREM', KEYS[6], ARGV[2])
+  local msg = 'the job was cancelled'
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', at, 'error_code', 'cancelled', 'error_message', msg)
+  append(KEYS[1], KEYS[2], 'error', cjson.encode({code = 'cancelled', message = msg}), ARGV[4])
+  expire(ARGV[3], KEYS[1], KEYS[2], KEYS[3])
+  return 'cancelled'
+end
+if state == 'running' or state == 'cancelling' then
+  if ARGV[1] == 'interrupt' and state == 'running' then
+    redis.call('HSET', KEYS[1], 'control', 'interrupt')
+  else
+    redis.call('HSET', KEYS[1], 'control', 'cancel', 'state', 'cancelling')
+    state = 'cancelling'
+  end
+  redis.call('PUBLISH', ARGV[5], ARGV[2] .. ' ' .. ARGV[1])
+end
+return state
+"""
+
+# KEYS: queued_model   ARGV: prefix, maxlen   (every queued job of a model hears its new position)
+POSITIONS = _PRELUDE + """
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+for i, id in ipairs(ids) do
+  local job = ARGV[1] .. ':job:' .. id
+  if redis.call('HGET', job, 'state') == 'queued' then
+    append(job, job .. ':ev', 'queued', cjson.encode({position = i}), ARGV[2])
+  end
+end
+return #ids
+"""
+
+# KEYS: job, qstream, watchers   ARGV: fence, entry, consumer
+# -> {1, control, watchers} while the lease holds | {0} lost
+HEARTBEAT = """
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return {0} end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'running' and state ~= 'cancelling' then return {0} end
+local pending = redis.call('XPENDING', KEYS[2], 'workers', ARGV[2], ARGV[2], 1)
+if #pending == 0 or pending[1][2] ~= ARGV[3] then return {0} end
+redis.call('XCLAIM', KEYS[2], 'workers', ARGV[3], 0, ARGV[2], 'JUSTID')
+local watchers = 0
+for _, count in ipairs(redis.call('HVALS', KEYS[3])) do watchers = watchers + tonumber(count) end
+return {1, redis.call('HGET', KEYS[1], 'control') or '', watchers}
+"""
+
+# KEYS: job, qstream, queued, queued_model   ARGV: fence, job_id
+# Hand a running job back to the queue now (SIGTERM): not an attempt; the fence moves on.
+RELEASE = """
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+local old = redis.call('HGET', KEYS[1], 'entry')
+redis.call('XACK', KEYS[2], 'workers', old)
+redis.call('XDEL', KEYS[2], old)
+local entry = redis.call('XADD', KEYS[2], '*', 'job_id', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'fence', 1)
+redis.call('HINCRBY', KEYS[1], 'attempt', -1)  -- a hand-back is not an attempt
+redis.call('HSET', KEYS[1], 'entry', entry, 'state', 'queued', 'handback', 1, 'worker', '', 'step', 0)
+local created = tonumber(redis.call('HGET', KEYS[1], 'created'))
+redis.call('ZADD', KEYS[3], created, ARGV[2])
+redis.call('ZADD', KEYS[4], created, ARGV[2])
+return 1
+"""

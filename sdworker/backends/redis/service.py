@@ -1,0 +1,409 @@
+"""``RedisJobService``: the API side of a Redis fleet. Any number of API nodes run one each; all state
+is in Redis, so any node answers for any job, and ``Last-Event-ID`` from one node works on another.
+
+A job is in Redis (and, with the server's AOF on, on disk: ``WAITAOF`` where the server has it)
+before ``submit`` returns. Redis errors become ``NotReady`` (503) with a clear message, never a hang
+(every call has a socket timeout) and never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from sdworker.backends.redis import scripts
+from sdworker.backends.redis.codec import job_view, parse_worker, text
+from sdworker.backends.redis.hub import StreamHub
+from sdworker.backends.redis.keys import Keys
+from sdworker.engine.parameters import model_label
+from sdworker.engine.protocol import EngineInfo
+from sdworker.errors import JobNotFinished, JobNotFound, NotReady, QueueFull
+from sdworker.events.bus import EventBus, Subscription
+from sdworker.events.types import is_terminal
+from sdworker.jobs.inputs import check_inputs
+from sdworker.jobs.metrics import ServiceMetrics
+from sdworker.jobs.protocol import FleetInfo
+from sdworker.jobs.spec import JobDraft
+from sdworker.jobs.state import JobStatus, JobView, WorkerInfo
+from sdworker.jobs.submission import build_spec, check_against_engine, resolve_model
+from sdworker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+EVENTS_MAXLEN = 4096  # a job writes about 2 events per step; steps are capped far below this
+FLEET_CACHE_SECONDS = 1.0
+
+
+def connect(url: str, *, timeout_seconds: float = 5.0, single: bool = False) -> Any:
+    """A client whose calls fail after ``timeout_seconds`` instead of hanging on a dead server."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout_seconds,
+        socket_timeout=None if single else timeout_seconds,
+        health_check_interval=30,
+        single_connection_client=single,
+    )
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+
+def ttl_ms(settings: Settings) -> int:
+    """Results expire ``result_ttl_seconds`` after the job ends (milliseconds for PEXPIRE)."""
+    return max(1, int(settings.result_ttl_seconds * 1000))
+
+
+def live_window_seconds(settings: Settings) -> float:
+    return max(3.0 * settings.lease_heartbeat_seconds, 10.0)
+
+
+class RedisJobService:
+    backend = "redis"
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics, *, node_id: str | None = None) -> None:
+        if not settings.redis_url:
+            raise ValueError("RedisJobService needs settings.redis_url")
+        self._settings = settings
+        self._metrics = metrics
+        self._keys = Keys(settings.redis_prefix)
+        self._redis = connect(settings.redis_url)
+        self._reader = connect(settings.redis_url, single=True)
+        self.node_id = node_id or uuid.uuid4().hex[:12]
+        self.bus = EventBus(stall_seconds=settings.watcher_stall_seconds)
+        self._hub = StreamHub(self._redis, self._reader, self._keys, self.bus, self.node_id)
+        self._submit = self._redis.register_script(scripts.SUBMIT)
+        self._cancel = self._redis.register_script(scripts.CANCEL)
+        self._positions = self._redis.register_script(scripts.POSITIONS)
+        self._accepting = True
+        self._waitaof = True  # until the server says it does not know WAITAOF (before Redis 7.2)
+        self._fleet: tuple[float, FleetInfo] | None = None
+        metrics.bind(queue_depth=lambda: float(self._fleet[1].queue_depth) if self._fleet else 0.0,
+                     watchers=self.bus.total_watchers)
+
+    # --- API side -----------------------------------------------------------------------------
+
+    async def submit(
+        self, draft: JobDraft, *, owner: str | None = None, idempotency_key: str | None = None
+    ) -> JobView:
+        if not self._accepting:
+            raise NotReady("the server is shutting down and accepts no new jobs")
+        if idempotency_key is not None:
+            known = await self._call(self._redis.get(self._keys.idempotency(owner, idempotency_key)))
+            if known is not None:
+                with contextlib.suppress(JobNotFound):
+                    return await self.get(text(known) or "", owner=owner)
+        fleet = await self.fleet(fresh=True)
+        served: dict[str, str] = {}
+        engines: dict[str, EngineInfo] = {}
+        for worker, engine in self._live_workers_with_engines(fleet):
+            served.setdefault(worker.model, worker.model)
+            served.setdefault(model_label(worker.model), worker.model)
+            if engine is not None:
+                engines.setdefault(worker.model, engine)
+        default = self._settings.default_model if self._settings.default_model in served else None
+        default = default or (sorted(set(served.values()))[0] if served else None)
+        self._refuse_failed_only(draft.model or default, served, fleet)
+        model = resolve_model(draft.model, served, default)
+        check_against_engine(draft, engines.get(model))
+        if fleet.queue_depth >= self._settings.max_queue:
+            raise self._queue_full()
+        checked = await asyncio.to_thread(check_inputs, draft, max_pixels=self._settings.max_pixels)
+        job_id = uuid.uuid4().hex
+        spec = build_spec(draft, checked, job_id=job_id, created_at=time.time(), owner=owner, model=model)
+        position = await self._call(
+            self._submit(
+                keys=[
+                    self._keys.job(job_id),
+                    self._keys.events(job_id),
+                    self._keys.queued,
+                    self._keys.queued_model(model),
+                    self._keys.queue(model),
+                    self._keys.jobs,
+                ],
+                args=[job_id, json.dumps(spec.to_dict()), owner or "", model, spec.created_at,
+                      self._settings.max_queue, spec.num_inference_steps, EVENTS_MAXLEN],
+            )
+        )
+        if int(position) < 0:
+            raise self._queue_full()
+        await self._durable()
+        if idempotency_key is not None:
+            key = self._keys.idempotency(owner, idempotency_key)
+            first = await self._call(self._redis.set(key, job_id, nx=True, get=True,
+                                                     px=ttl_ms(self._settings) + 3_600_000))
+            if first is not None and text(first) != job_id:
+                await self.cancel(job_id)  # lost a race with the same key: keep the first job only
+                return await self.get(text(first) or "", owner=owner)
+        self._metrics.jobs_submitted.inc()
+        return JobView(spec=spec, status=JobStatus.QUEUED, total=spec.num_inference_steps, queue_position=int(position))
+
+    async def get(self, job_id: str, *, owner: str | None = None) -> JobView:
+        fields = await self._call(self._redis.hgetall(self._keys.job(job_id)))
+        return await self._view(job_id, fields, owner)
+
+    async def list_jobs(self, *, owner: str | None = None, limit: int = 100) -> list[JobView]:
+        return await self._views(self._keys.jobs, owner=owner, limit=limit)
+
+    async def cancel(self, job_id: str, *, owner: str | None = None) -> JobView:
+        return await self._control(job_id, "cancel", owner)
+
+    async def interrupt(self, job_id: str, *, owner: str | None = None) -> JobView:
+        return await self._control(job_id, "interrupt", owner)
+
+    async def open_stream(self, job_id: str, after: int = 0, *, owner: str | None = None) -> Subscription | None:
+        await self._owned(job_id, owner)
+        return await self._call(self._hub.subscribe(job_id, after))
+
+    async def wait(self, job_id: str, *, owner: str | None = None, timeout: float | None = None) -> JobView:
+        async with asyncio.timeout(timeout):
+            view = await self.get(job_id, owner=owner)
+            if view.status.finished:
+                return view
+            sub = await self.open_stream(job_id, 0, owner=owner)
+            if sub is not None:
+                try:
+                    while (event := await sub.next(timeout=self._settings.keepalive_seconds + 5)) is not None:
+                        if is_terminal(event):
+                            break
+                except TimeoutError:
+                    pass
+                finally:
+                    sub.close()
+            while not (view := await self.get(job_id, owner=owner)).status.finished:
+                await asyncio.sleep(0.25)
+            return view
+
+    async def image(self, job_id: str, index: int = 0, *, owner: str | None = None) -> bytes:
+        view = await self.get(job_id, owner=owner)
+        if view.status is not JobStatus.COMPLETED:
+            raise JobNotFinished(f"job {job_id} is {view.status.value}; it has no image", field="job_id")
+        if not 0 <= index < view.image_count:
+            raise JobNotFound(f"index must be in 0..{view.image_count - 1}, got {index}", field="index")
+        data = await self._call(self._redis.get(self._keys.image(job_id, index)))
+        if data is None:
+            raise JobNotFound(f"the image of job {job_id!r} expired", field="job_id")
+        return bytes(data)
+
+    async def fleet(self, *, fresh: bool = False) -> FleetInfo:
+        now = time.monotonic()
+        if not fresh and self._fleet is not None and now - self._fleet[0] < FLEET_CACHE_SECONDS:
+            return self._fleet[1]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._keys.workers)
+            pipe.zcard(self._keys.queued)
+            raw, depth = await self._call(pipe.execute())
+        window = live_window_seconds(self._settings)
+        workers = []
+        engine: EngineInfo | None = None
+        stale = []
+        for worker_id, value in raw.items():
+            info, worker_engine = parse_worker(value)
+            if time.time() - info.last_seen > window:
+                stale.append(worker_id)
+                continue
+            workers.append((info, worker_engine))
+            engine = engine or worker_engine
+        if stale and any(time.time() - parse_worker(raw[w])[0].last_seen > 24 * 3600 for w in stale):
+            await self._call(self._redis.hdel(self._keys.workers, *stale))
+        models = tuple(sorted({info.model for info, _ in workers}))
+        fleet = FleetInfo(
+            models=models,
+            engine=engine,
+            workers=tuple(info for info, _ in workers),
+            queue_depth=int(depth),
+            backend="redis",
+            extra={"engines": {info.model: e for info, e in workers if e is not None}},
+        )
+        self._fleet = (now, fleet)
+        return fleet
+
+    async def dead_letters(self, *, limit: int = 100) -> list[JobView]:
+        return await self._views(self._keys.dead, owner=None, limit=limit)
+
+    async def requeue(self, job_id: str) -> JobView:
+        score = await self._call(self._redis.zscore(self._keys.dead, job_id))
+        if score is None:
+            raise JobNotFound(f"no dead-lettered job {job_id!r}", field="job_id")
+        old = await self.get(job_id)
+        spec = old.spec
+        draft = JobDraft(
+            prompt=spec.prompt, operation=spec.operation, negative_prompt=spec.negative_prompt,
+            num_inference_steps=spec.num_inference_steps, guidance_scale=spec.guidance_scale, seed=spec.seed,
+            width=spec.width, height=spec.height, scheduler=spec.scheduler, num_images=spec.num_images,
+            strength=spec.strength, init_image=_b64(spec.init_image), init_image_field=spec.init_image_field,
+            mask_image=_b64(spec.mask_image), preview=spec.preview, hive_id=spec.hive_id, worker_id=spec.worker_id,
+            model=spec.model, loras=spec.loras, clip_skip=spec.clip_skip,
+        )
+        view = await self.submit(draft, owner=spec.owner)
+        await self._call(self._redis.zrem(self._keys.dead, job_id))
+        return view
+
+    async def readiness(self) -> tuple[bool, str | None]:
+        try:
+            await asyncio.wait_for(self._redis.ping(), timeout=2.0)
+        except (RedisError, OSError, TimeoutError) as exc:
+            return False, f"Redis at {redacted(self._settings.redis_url or '')} is unreachable ({type(exc).__name__})"
+        if not self._accepting:
+            return False, "the server is shutting down"
+        return True, None
+
+    def retry_after_seconds(self) -> int:
+        return max(1, min(300, math.ceil(5.0)))
+
+    async def start(self) -> None:
+        self._hub.start()
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    async def drain(self, *, reject_queued: bool) -> None:
+        self._accepting = False  # queued jobs stay: the fleet runs them
+
+    async def close_streams(self) -> None:
+        """Jobs that finished just before (the local runner's last job) first get their terminal
+        event through the hub, within a bound; every other stream simply ends, and its watcher
+        reconnects to another node with Last-Event-ID."""
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(3.0):
+                for job_id in self.bus.channels():
+                    while not self.bus.is_finished(job_id):
+                        state = await self._redis.hget(self._keys.job(job_id), "state")
+                        if state not in (b"completed", b"failed", b"cancelled"):
+                            break
+                        await asyncio.sleep(0.02)
+        self.bus.close_all()
+
+    async def close(self) -> None:
+        self.bus.close_all()
+        await self._hub.close()
+        for client in (self._redis, self._reader):
+            try:
+                await client.aclose()
+            except Exception:
+                log.debug("closing a Redis client failed", exc_info=True)
+
+    # --- internals -----------------------------------------------------------------------------
+
+    async def _call(self, awaitable: Awaitable[T]) -> T:
+        """Redis errors as 503s that say what is wrong (never the URL's password)."""
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            where = redacted(self._settings.redis_url or "")
+            raise NotReady(f"the job store (Redis at {where}) is unavailable: {type(exc).__name__}") from None
+
+    async def _durable(self) -> None:
+        """On Redis 7.2+ with AOF on, wait until the job is fsynced before answering 202."""
+        if not self._waitaof:
+            return
+        try:
+            await self._redis.execute_command("WAITAOF", 1, 0, 200)
+        except ResponseError:
+            self._waitaof = False  # an older server, or AOF off: the server's fsync policy applies
+        except (RedisError, OSError):
+            pass
+
+    def _queue_full(self) -> QueueFull:
+        return QueueFull(
+            f"the fleet's queue is full ({self._settings.max_queue} jobs waiting); try again later",
+            retry_after_seconds=self.retry_after_seconds(),
+        )
+
+    async def _owned(self, job_id: str, owner: str | None) -> None:
+        stored = await self._call(self._redis.hmget(self._keys.job(job_id), ["state", "owner"]))
+        if stored[0] is None or (owner is not None and text(stored[1]) != owner):
+            raise JobNotFound(f"no job {job_id!r} (unknown, or its result expired)", field="job_id")
+
+    async def _view(self, job_id: str, fields: dict[bytes, bytes], owner: str | None) -> JobView:
+        if not fields or b"spec" not in fields or (owner is not None and text(fields.get(b"owner")) != owner):
+            raise JobNotFound(f"no job {job_id!r} (unknown, or its result expired)", field="job_id")
+        position = None
+        if fields.get(b"state") == b"queued":
+            rank = await self._call(self._redis.zrank(self._keys.queued_model(text(fields[b"model"]) or ""), job_id))
+            position = int(rank) + 1 if rank is not None else None
+        watchers = 0
+        if fields.get(b"state") in (b"running", b"cancelling", b"queued"):
+            counts = await self._call(self._redis.hvals(self._keys.watchers(job_id)))
+            watchers = sum(int(c) for c in counts)
+        return job_view(fields, position=position, watchers=watchers)
+
+    async def _views(self, index_key: str, *, owner: str | None, limit: int) -> list[JobView]:
+        ids = [text(i) or "" for i in await self._call(self._redis.zrevrange(index_key, 0, max(limit * 4, limit) - 1))]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(self._keys.job(job_id))
+            rows = await self._call(pipe.execute())
+        views: list[JobView] = []
+        gone = []
+        for job_id, fields in zip(ids, rows, strict=True):
+            if not fields:
+                gone.append(job_id)
+                continue
+            if owner is not None and text(fields.get(b"owner")) != owner:
+                continue
+            views.append(await self._view(job_id, fields, None))
+            if len(views) >= limit:
+                break
+        if gone:
+            await self._call(self._redis.zrem(index_key, *gone))  # expired results leave the index
+        return views
+
+    async def _control(self, job_id: str, mode: str, owner: str | None) -> JobView:
+        view = await self.get(job_id, owner=owner)
+        if view.status.finished:
+            return view
+        model = view.spec.model or ""
+        state = await self._call(
+            self._cancel(
+                keys=[
+                    self._keys.job(job_id),
+                    self._keys.events(job_id),
+                    self._keys.preview(job_id),
+                    self._keys.queue(model),
+                    self._keys.queued,
+                    self._keys.queued_model(model),
+                ],
+                args=[mode, job_id, ttl_ms(self._settings), EVENTS_MAXLEN, self._keys.control],
+            )
+        )
+        if text(state) == "cancelled":
+            self._metrics.jobs_finished.labels(outcome="cancelled").inc()
+            await self._call(
+                self._positions(keys=[self._keys.queued_model(model)], args=[self._keys.prefix, EVENTS_MAXLEN])
+            )
+        return await self.get(job_id, owner=owner)
+
+    def _live_workers_with_engines(self, fleet: FleetInfo) -> list[tuple[WorkerInfo, EngineInfo | None]]:
+        engines: dict[str, Any] = dict(fleet.extra.get("engines", {}))  # type: ignore[call-overload]
+        return [(w, engines.get(w.model)) for w in fleet.workers if w.status not in ("stopping", "failed")]
+
+    @staticmethod
+    def _refuse_failed_only(model: str | None, served: dict[str, str], fleet: FleetInfo) -> None:
+        """Only broken workers hold this model: a 503 saying why (as one broken ``serve`` says), not a
+        404 as if nobody had ever served it."""
+        if (model is None and served) or (model is not None and model in served):
+            return
+        for worker in fleet.workers:
+            if worker.status == "failed" and (model is None or model in (worker.model, model_label(worker.model))):
+                raise NotReady(f"the worker cannot run jobs: {worker.reason or 'it failed'}")
+
+
+def _b64(data: bytes | None) -> str | None:
+    return base64.b64encode(data).decode("ascii") if data is not None else None

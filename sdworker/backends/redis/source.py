@@ -1,0 +1,404 @@
+"""``RedisJobSource`` and ``RedisLease``: the GPU side of a Redis fleet.
+
+The claim loop (run by the ordinary ``JobRunner``):
+
+1. ``XAUTOCLAIM`` entries whose worker has been silent for ``claim_idle_seconds`` (it died, or is
+   paused): another worker takes them over;
+2. else ``XREADGROUP ... >`` blocks up to a second for a new entry of a model this worker serves;
+3. the ``CLAIM`` script then fences the job (attempt + 1 unless it was handed back, new fence),
+   appends ``retrying``/``started``, or dead-letters it after ``max_attempts``.
+
+While a job runs its lease sends a heartbeat about every second (``HEARTBEAT``: still ours? reset
+the entry's idle time, read the control flag and the watcher count). A cancel reaches the lease at
+once through pub/sub, and through the heartbeat's control flag if that message was missed. When the
+fence has moved on (a zombie after SIGSTOP/SIGCONT), the lease is ``lost``: it stops the engine and
+every write it tries is refused by the scripts anyway.
+
+The worker registers itself in ``P:workers`` (rbee's WorkerInfo fields plus its engine details),
+refreshed every ``lease_heartbeat_seconds``; API nodes route jobs by the models live workers serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Collection
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from sdworker import __version__
+from sdworker.backends.redis import scripts
+from sdworker.backends.redis.codec import event_fields, text, worker_record
+from sdworker.backends.redis.keys import GROUP, Keys
+from sdworker.backends.redis.service import EVENTS_MAXLEN, connect, redacted, ttl_ms
+from sdworker.engine.protocol import CancelToken, EngineInfo
+from sdworker.events.types import JobEvent, PreviewReady
+from sdworker.jobs.metrics import ServiceMetrics
+from sdworker.jobs.protocol import Lease
+from sdworker.jobs.spec import JobSpec
+from sdworker.jobs.state import WorkerInfo
+from sdworker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+OUTBOX_LIMIT = 16  # progress/previews waiting for Redis; older ones are dropped past this
+FINISH_RETRY_SECONDS = 60.0
+
+
+class RedisLease:
+    def __init__(self, source: RedisJobSource, spec: JobSpec, entry: str, fence: int, attempt: int) -> None:
+        self._source = source
+        self.spec = spec
+        self.attempt = attempt
+        self.control = CancelToken()
+        self._entry = entry
+        self._fence = str(fence)
+        self._watchers = 0
+        self._lost = False
+        self._outbox: asyncio.Queue[JobEvent | None] = asyncio.Queue()
+        self._writer = asyncio.get_running_loop().create_task(self._write(), name=f"sdworker-lease-{spec.job_id}")
+        self._beat = asyncio.get_running_loop().create_task(self._heartbeat(), name=f"sdworker-beat-{spec.job_id}")
+
+    @property
+    def lost(self) -> bool:
+        return self._lost
+
+    def watchers(self) -> int:
+        return self._watchers
+
+    def publish(self, event: JobEvent) -> None:
+        if self._lost:
+            return
+        if self._outbox.qsize() >= OUTBOX_LIMIT:
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self._outbox.get_nowait()  # Redis is slow or away: an old step is worth least
+        self._outbox.put_nowait(event)
+
+    async def complete(self, images: tuple[bytes, ...], seeds: tuple[int, ...], width: int, height: int) -> bool:
+        data = {"seed": seeds[0], "seeds": list(seeds), "width": width, "height": height, "images": len(images)}
+        return await self._finish("completed", data, images=images, seeds=seeds, width=width, height=height)
+
+    async def fail(self, code: str, message: str, *, cancelled: bool = False) -> bool:
+        if cancelled and self._source.stopping:
+            code, message = "shutting_down", "the worker is shutting down; the job was cancelled"
+        return await self._finish("cancelled" if cancelled else "failed", {"code": code, "message": message},
+                                  code=code, message=message)
+
+    async def release(self) -> None:
+        """Hand back now: the next worker takes it at once (no claim timeout), and it is not an attempt."""
+        if self._lost:
+            return
+        self._lost = True
+        k = self._source.keys
+        model = self.spec.model or ""
+        try:
+            await self._source.release_script(
+                keys=[k.job(self.spec.job_id), k.queue(model), k.queued, k.queued_model(model)],
+                args=[self._fence, self.spec.job_id],
+            )
+            await self._source.publish_positions(model)
+        except (RedisError, OSError):
+            log.warning("could not hand job %s back; it is retried after the claim time", self.spec.job_id)
+        await self._stop_tasks()
+
+    def on_control(self, mode: str) -> None:
+        if mode == "interrupt":
+            self.control.interrupt()
+        elif mode == "cancel":
+            self.control.cancel()
+
+    async def _finish(self, outcome: str, data: dict[str, Any], *, images: tuple[bytes, ...] = (),
+                      seeds: tuple[int, ...] = (), width: int = 0, height: int = 0, code: str = "",
+                      message: str = "") -> bool:
+        await self._flush()
+        k = self._source.keys
+        job_id = self.spec.job_id
+        keys = [k.job(job_id), k.events(job_id), k.preview(job_id), k.queue(self.spec.model or "")]
+        keys += [k.image(job_id, i) for i in range(len(images))]
+        args: list[Any] = [self._fence, outcome, json.dumps(data), ttl_ms(self._source.settings),
+                           EVENTS_MAXLEN, json.dumps(list(seeds)), width, height, code, message, ""]
+        args += list(images)
+        deadline = time.monotonic() + FINISH_RETRY_SECONDS
+        delay = 0.2
+        try:
+            while True:
+                if self._lost:
+                    return False
+                try:
+                    seq = await self._source.finish_script(keys=keys, args=args)
+                    if not int(seq):
+                        log.warning("job %s: attempt %d was fenced off; its result is dropped", job_id, self.attempt)
+                        return False
+                    self._source.metrics.jobs_finished.labels(outcome=outcome).inc()
+                    return True
+                except (RedisError, OSError):
+                    if time.monotonic() > deadline:
+                        log.error("job %s: Redis unreachable; its result is lost and the job will be retried", job_id)
+                        return False
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        finally:
+            self._lost = True
+            await self._stop_tasks()
+
+    async def _flush(self) -> None:
+        self._outbox.put_nowait(None)
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._writer), timeout=10.0)
+
+    async def _write(self) -> None:
+        k = self._source.keys
+        job_id = self.spec.job_id
+        warned = False
+        while (event := await self._outbox.get()) is not None:
+            if self._lost:
+                continue
+            kind, data, step, total, image = event_fields(event)
+            args: list[Any] = [self._fence, kind, json.dumps(data), step, total, EVENTS_MAXLEN]
+            if isinstance(event, PreviewReady) and image is not None:
+                args.append(image)
+            try:
+                seq = await self._source.publish_script(keys=[k.job(job_id), k.events(job_id), k.preview(job_id)],
+                                                        args=args)
+                if not int(seq):
+                    self._lose("its attempt was fenced off")
+            except (RedisError, OSError) as exc:
+                if not warned:
+                    warned = True
+                    log.warning("job %s: progress not recorded while Redis is away (%s)", job_id, type(exc).__name__)
+
+    async def _heartbeat(self) -> None:
+        k = self._source.keys
+        job_id = self.spec.job_id
+        interval = min(1.0, self._source.settings.lease_heartbeat_seconds)
+        while not self._lost:
+            try:
+                result = await self._source.heartbeat_script(
+                    keys=[k.job(job_id), k.queue(self.spec.model or ""), k.watchers(job_id)],
+                    args=[self._fence, self._entry, self._source.consumer],
+                )
+                if not int(result[0]):
+                    self._lose("another worker took the job over")
+                    return
+                self.on_control(text(result[1]) or "")
+                self._watchers = int(result[2])
+            except (RedisError, OSError):
+                pass  # the claim time covers a short outage; a long one hands the job to another worker
+            await asyncio.sleep(interval)
+
+    def _lose(self, why: str) -> None:
+        if not self._lost:
+            log.warning("job %s: lease lost (%s); stopping it here", self.spec.job_id, why)
+            self._lost = True
+            self.control.cancel()
+
+    async def _stop_tasks(self) -> None:
+        self._source.forget(self)
+        self._beat.cancel()
+        if not self._writer.done():
+            self._outbox.put_nowait(None)
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._writer, timeout=5.0)
+
+
+class RedisJobSource:
+    def __init__(self, settings: Settings, *, metrics: ServiceMetrics | None = None, device: str = "unknown") -> None:
+        if not settings.redis_url:
+            raise ValueError("RedisJobSource needs settings.redis_url")
+        self.settings = settings
+        self.keys = Keys(settings.redis_prefix)
+        self.worker_id = settings.worker_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        self.consumer = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"  # unique per process, even for a reused id
+        self._device = device
+        self._redis = connect(settings.redis_url)
+        self._blocking = connect(settings.redis_url, single=True)  # XREADGROUP BLOCK: no socket timeout
+        self._listener = connect(settings.redis_url, single=True)  # pub/sub: waits indefinitely
+        self.publish_script = self._redis.register_script(scripts.PUBLISH)
+        self.finish_script = self._redis.register_script(scripts.FINISH)
+        self.heartbeat_script = self._redis.register_script(scripts.HEARTBEAT)
+        self.release_script = self._redis.register_script(scripts.RELEASE)
+        self._claim_script = self._redis.register_script(scripts.CLAIM)
+        self._positions_script = self._redis.register_script(scripts.POSITIONS)
+        self._leases: dict[str, RedisLease] = {}
+        self._groups: set[str] = set()
+        self._engine: EngineInfo | None = None
+        self._state = "starting"
+        self._reason: str | None = None
+        self.metrics = metrics or ServiceMetrics()
+        self.stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._registered = asyncio.Event()
+        self._down_logged = False
+
+    # --- JobSource ---------------------------------------------------------------------------------
+
+    async def claim(self, models: Collection[str] | None, *, limit: int = 1, wait_seconds: float = 1.0) -> list[Lease]:
+        self._ensure_started()
+        names = list(models) if models is not None else [self.settings.model]
+        try:
+            for model in names:
+                await self._ensure_group(model)
+            lease = await self._reclaim(names) or await self._read_new(names, wait_seconds)
+            self._down_logged = False
+        except (RedisError, OSError) as exc:
+            if not self._down_logged:
+                self._down_logged = True
+                log.warning("Redis at %s unavailable (%s); retrying", redacted(self.settings.redis_url or ""),
+                            type(exc).__name__)
+            await asyncio.sleep(min(wait_seconds, 1.0))
+            return []
+        return [lease] if lease is not None else []
+
+    async def set_engine(self, info: EngineInfo | None, *, state: str, reason: str | None = None) -> None:
+        self._engine = info if info is not None else self._engine
+        self._state = {"loading": "starting", "failed": "failed"}.get(state, state)
+        self._reason = reason if state == "failed" else None
+        if state == "stopping":
+            self.stopping = True
+        self._ensure_started()
+        try:
+            await self._register()
+        except (RedisError, OSError):
+            log.warning("could not register with Redis yet; retrying in the background")
+        self._registered.set()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.hdel(self.keys.workers, self.worker_id)
+        for client in (self._redis, self._blocking, self._listener):
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    # --- used by leases -------------------------------------------------------------------------
+
+    async def publish_positions(self, model: str) -> None:
+        await self._positions_script(keys=[self.keys.queued_model(model)], args=[self.keys.prefix, EVENTS_MAXLEN])
+
+    def forget(self, lease: RedisLease) -> None:
+        if self._leases.get(lease.spec.job_id) is lease:
+            del self._leases[lease.spec.job_id]
+            self._registered.set()
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [
+                loop.create_task(self._register_loop(), name="sdworker-registry"),
+                loop.create_task(self._control_loop(), name="sdworker-control"),
+            ]
+
+    async def _ensure_group(self, model: str) -> None:
+        if model in self._groups:
+            return
+        try:
+            await self._redis.xgroup_create(self.keys.queue(model), GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(model)
+
+    async def _reclaim(self, models: list[str]) -> RedisLease | None:
+        idle_ms = int(self.settings.claim_idle_seconds * 1000)
+        for model in models:
+            _, entries, *_ = await self._redis.xautoclaim(
+                self.keys.queue(model), GROUP, self.consumer, idle_ms, start_id="0-0", count=1
+            )
+            for entry_id, fields in entries:
+                lease = await self._take(model, text(entry_id) or "", fields)
+                if lease is not None:
+                    return lease
+        return None
+
+    async def _read_new(self, models: list[str], wait_seconds: float) -> RedisLease | None:
+        streams = {self.keys.queue(model): ">" for model in models}
+        result = await self._blocking.xreadgroup(
+            GROUP, self.consumer, streams, count=1, block=max(1, int(wait_seconds * 1000))
+        )
+        for key, entries in result or []:
+            model = (text(key) or "").split(":q:", 1)[1]
+            for entry_id, fields in entries:
+                lease = await self._take(model, text(entry_id) or "", fields)
+                if lease is not None:
+                    return lease
+        return None
+
+    async def _take(self, model: str, entry_id: str, fields: dict[bytes, bytes] | None) -> RedisLease | None:
+        job_id = text((fields or {}).get(b"job_id"))
+        k = self.keys
+        if job_id is None:  # the entry was deleted (a cancelled job): just acknowledge it
+            await self._redis.xack(k.queue(model), GROUP, entry_id)
+            await self._redis.xdel(k.queue(model), entry_id)
+            return None
+        result = await self._claim_script(
+            keys=[k.job(job_id), k.events(job_id), k.preview(job_id), k.queue(model), k.queued, k.queued_model(model),
+                  k.dead],
+            args=[entry_id, self.consumer, self.settings.max_attempts, job_id, EVENTS_MAXLEN,
+                  ttl_ms(self.settings), self.worker_id],
+        )
+        await self.publish_positions(model)
+        if int(result[0]) != 1:
+            return None
+        raw = await self._redis.hget(k.job(job_id), "spec")
+        spec = JobSpec.from_dict(json.loads(raw))
+        lease = RedisLease(self, spec, entry_id, int(result[1]), int(result[2]))
+        self._leases[job_id] = lease
+        self._registered.set()
+        return lease
+
+    async def _register(self) -> None:
+        current = next(iter(self._leases), None)
+        status = self._state
+        if status == "ready" and current is not None:
+            status = "busy"
+        info = WorkerInfo(id=self.worker_id, model=self.settings.model, device=self._device_name(), status=status,
+                          current_job=current, last_seen=time.time(), version=__version__, reason=self._reason)
+        await self._redis.hset(self.keys.workers, self.worker_id, worker_record(info, self._engine))
+
+    async def _register_loop(self) -> None:
+        interval = self.settings.lease_heartbeat_seconds
+        while True:
+            with contextlib.suppress(RedisError, OSError):
+                await self._register()
+            self._registered.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):  # not wait_for: it can swallow the close's cancel
+                    await self._registered.wait()
+
+    def _device_name(self) -> str:
+        return self._engine.device if self._engine is not None else self._device
+
+    async def _control_loop(self) -> None:
+        """Cancel/interrupt messages for the jobs this worker runs, as they are sent."""
+        while True:
+            pubsub = self._listener.pubsub()
+            try:
+                await pubsub.subscribe(self.keys.control)
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    job_id, _, mode = (text(message["data"]) or "").partition(" ")
+                    lease = self._leases.get(job_id)
+                    if lease is not None:
+                        lease.on_control(mode)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                raise
+            except (RedisError, OSError):
+                await asyncio.sleep(1.0)  # the heartbeat's control flag covers the gap
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()

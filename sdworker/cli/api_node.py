@@ -1,0 +1,30 @@
+"""``sdworker api --redis URL``: an HTTP node of a fleet. No engine, no GPU: it never imports torch or
+diffusers (an import-linter contract checks the modules it uses), so it starts in well under a second
+and a load balancer can put any number of them in front of the same Redis."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from sdworker.api.app import create_app
+from sdworker.backends.redis.service import RedisJobService, redacted
+from sdworker.cli import settings_from_args
+from sdworker.cli.uvicorn_server import configure_logging, serve_app
+from sdworker.errors import InvalidRequest
+from sdworker.jobs.metrics import ServiceMetrics
+
+log = logging.getLogger("sdworker.api")
+
+
+def run_api(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if not settings.redis_url:
+        raise InvalidRequest("sdworker api needs --redis URL (or SDWORKER_REDIS_URL)", field="redis_url")
+    level = configure_logging(args)
+    metrics = ServiceMetrics()
+    app = create_app(settings, None, service=RedisJobService(settings, metrics), metrics=metrics)
+    log.info("sdworker API node on http://%s:%d (Redis %s)", settings.host, settings.port,
+             redacted(settings.redis_url))
+    serve_app(app, settings, level)
+    return 0
