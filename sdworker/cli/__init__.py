@@ -1,32 +1,23 @@
 """The ``sdworker`` command line. Parses flags, builds ``Settings`` and hands over; no business logic.
 
-Every flag that is a setting is also an environment variable ``SDWORKER_<NAME>``; a flag given on the
-command line wins over the environment, which wins over the default.
+Commands: ``serve`` (HTTP + one worker in one process), ``api`` and ``worker`` (the two halves of a
+Redis fleet), ``generate`` (one generation, PNGs out), ``demo-model``. Every setting has a flag and an
+environment variable ``SDWORKER_<NAME>`` (made from ``Settings`` by ``cli/flags.py``); a flag given on
+the command line wins over the environment, which wins over the default. A bad value, flag or
+variable, is one line on stderr and exit code 2, before anything loads.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Sequence
 
 from sdworker import __version__
+from sdworker.cli.flags import add_setting_flags, settings_from_args
 from sdworker.errors import SdworkerError
-from sdworker.settings import Settings
 
-
-def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="diffusers folder, .safetensors file, hub id, or 'demo' (default)")
-    p.add_argument("--model-config", dest="model_config", help="diffusers folder of configs for a single file")
-    p.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N | mps")
-    p.add_argument("--dtype", help="auto (default: float16 on CUDA, else float32) | float16 | bfloat16 | float32")
-    p.add_argument("--taesd", help="folder with TAESD weights (AutoencoderTiny) for cheap previews")
-    p.add_argument(
-        "--allow-unsafe-pickle", dest="allow_unsafe_pickle", action="store_true", default=None,
-        help="allow .ckpt/.pt pickles (loaded with weights_only=True)",
-    )
-    p.add_argument("--cache-dir", dest="cache_dir", help="where the demo model is built (~/.cache/sdworker)")
+__all__ = ["build_parser", "main", "settings_from_args"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,28 +25,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sdworker {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the HTTP service and one generation worker")
-    _add_model_flags(serve)
-    serve.add_argument("--host", help="bind address (127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (7833)")
-    serve.add_argument("--max-queue", dest="max_queue", type=int, help="queued jobs before 429 (32)")
-    serve.add_argument("--result-ttl-seconds", dest="result_ttl_seconds", type=float)
-    serve.add_argument("--max-pixels", dest="max_pixels", type=int, help="width*height limit")
-    serve.add_argument("--max-steps", dest="max_steps", type=int)
-    serve.add_argument("--max-images", dest="max_images", type=int)
-    serve.add_argument("--max-body-bytes", dest="max_body_bytes", type=int)
-    serve.add_argument("--shutdown-grace-seconds", dest="shutdown_grace_seconds", type=float)
-    serve.add_argument("--preview-method", dest="preview_method")
-    serve.add_argument("--preview-every", dest="preview_every", type=int)
-    serve.add_argument("--preview-min-interval-ms", dest="preview_min_interval_ms", type=int)
-    serve.add_argument("--preview-max-size", dest="preview_max_size", type=int)
-    serve.add_argument("--preview-format", dest="preview_format")
-    serve.add_argument("--preview-quality", dest="preview_quality", type=int)
-    serve.add_argument("--log-level", dest="log_level", default="info")
+    serve = sub.add_parser("serve", help="run the HTTP service and one generation worker in one process")
+    _add_log_level(serve)
+    add_setting_flags(serve, "serve")
+
+    api = sub.add_parser("api", help="run an HTTP node of a Redis fleet (no model; jobs go to worker nodes)")
+    _add_log_level(api)
+    add_setting_flags(api, "api")
+
+    worker = sub.add_parser("worker", help="run a GPU node of a Redis fleet (no HTTP but an optional --health-port)")
+    _add_log_level(worker)
+    add_setting_flags(worker, "worker")
 
     gen = sub.add_parser("generate", help="generate images from a prompt and write PNGs")
     gen.add_argument("prompt")
-    _add_model_flags(gen)
+    add_setting_flags(gen, "generate")
     gen.add_argument("-o", "--output", default="out.png", help="PNG path; with --n > 1, out-0.png, out-1.png, ...")
     gen.add_argument("--steps", type=int, default=20)
     gen.add_argument("--width", type=int, default=None, help="default 512, or the init image's width")
@@ -79,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_log_level(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", dest="log_level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"], help="(default: info)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -86,6 +75,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sdworker.cli.serve import run_serve
 
             return run_serve(args)
+        if args.command == "api":
+            from sdworker.cli.api_node import run_api  # type: ignore[import-not-found,unused-ignore]
+
+            return int(run_api(args))
+        if args.command == "worker":
+            from sdworker.cli.worker_node import run_worker  # type: ignore[import-not-found,unused-ignore]
+
+            return int(run_worker(args))
         if args.command == "generate":
             from sdworker.cli.generate import run_generate
 
@@ -101,8 +98,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     return 2
 
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Settings from the environment, overridden by every flag that names a setting and was given."""
-    names = {f.name for f in dataclasses.fields(Settings)}
-    return Settings.from_env(**{k: v for k, v in vars(args).items() if k in names})

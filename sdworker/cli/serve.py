@@ -19,11 +19,16 @@ from collections.abc import Awaitable, Callable
 from types import FrameType
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from sdworker.api.app import create_app
-from sdworker.cli import settings_from_args
+from sdworker.cli.flags import check_exposure, check_files, settings_from_args
+from sdworker.cli.http_protocol import GuardedH11Protocol
+from sdworker.settings import Settings
 
 log = logging.getLogger("sdworker.serve")
+
+MAX_HEAD_BYTES = 64 * 1024  # request line + headers; browsers send a few KiB, big cookies up to ~16 KiB
 
 
 class DrainingServer(uvicorn.Server):
@@ -67,8 +72,35 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
+def uvicorn_config(app: ASGIApp, settings: Settings, log_level: str) -> uvicorn.Config:
+    """The uvicorn settings of every HTTP process (``serve``, ``api``), hardened at the socket:
+
+    - h11, not httptools: it bounds the request line + headers (``h11_max_incomplete_event_size``,
+      then ``400`` and close), so a 64 MiB header line costs one buffer of that size, not 64 MiB;
+    - ``GuardedH11Protocol`` closes a connection whose request head has not fully arrived within
+      ``header_timeout_seconds`` (uvicorn has no such timeout: slowloris connections trickling
+      headers would stay open forever);
+    - bodies are bounded by the app (``max_body_bytes``), streams by the job layer.
+    """
+    GuardedH11Protocol.header_timeout_seconds = settings.header_timeout_seconds
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        lifespan="on",
+        http=GuardedH11Protocol,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        timeout_graceful_shutdown=10,  # a safety net: after the drain no stream is left to wait for
+        timeout_keep_alive=5,
+        server_header=False,
+    )
+
+
 def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    check_exposure(settings)
+    check_files(settings)
     level = str(getattr(args, "log_level", "info")).upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Imported here: torch and diffusers load only when a server really starts.
@@ -76,15 +108,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     engine = DiffusersEngine(settings)
     app = create_app(settings, engine)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=level.lower(),
-        lifespan="on",
-        timeout_graceful_shutdown=10,  # a safety net: after the drain no stream is left to wait for
-        timeout_keep_alive=5,
-    )
+    config = uvicorn_config(app, settings, level.lower())
     server = DrainingServer(config, drain=app.state.worker.drain)
     log.info("sdworker serving model %r on http://%s:%d", settings.model, settings.host, settings.port)
     server.run()
