@@ -80,11 +80,10 @@ async def page_file(name: str) -> FileResponse:
 
 
 def _page_file(name: str) -> FileResponse:
-    """A file of the bundled page (package data). Only plain names inside the folder are served."""
+    """A file of the bundled page (package data): only a name listed in the folder is served, so no
+    request name ever reaches the file system (``../``, a 300-character name: 404, not an OSError)."""
     folder = resources.files("sdworker.api") / "page"
-    if "/" in name or "\\" in name or name.startswith("."):
-        raise HTTPException(404, f"no page file {name!r}")
-    path = folder / name
-    if not path.is_file():
-        raise HTTPException(404, f"no page file {name!r}")
-    return FileResponse(str(path))
+    files = {entry.name: entry for entry in folder.iterdir() if entry.is_file() and not entry.name.startswith(".")}
+    if name not in files:
+        raise HTTPException(404, f"no page file {name[:60]!r}")
+    return FileResponse(str(files[name]))

@@ -61,7 +61,7 @@ async def running_app(
     async with app.router.lifespan_context(app):
         # Like a real server, answer an unhandled error with a 500 instead of raising it into the test.
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:7833") as client:
             running = Running(client, app, engine)
             if wait_ready:
                 await running.wait_for(lambda: _is_ready(client))
