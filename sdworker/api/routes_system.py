@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from sdworker.api.views import iso
@@ -28,7 +29,18 @@ async def health() -> dict[str, Any]:
     return {"status": "healthy", "timestamp": iso(time.time())}
 
 
-@router.get("/ready", summary="Readiness: 503 while the model loads, if the worker died or when shutting down")
+class Readiness(BaseModel):
+    ready: bool
+    reason: str | None = None
+    timestamp: str
+
+
+@router.get(
+    "/ready",
+    summary="Readiness: 503 while the model loads, if the worker died or when shutting down",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready; `reason` says why"}},
+)
 async def ready(request: Request) -> JSONResponse:
     is_ready, reason = _worker(request).readiness()
     if is_ready:
