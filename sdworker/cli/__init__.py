@@ -75,14 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sdworker.cli.serve import run_serve
 
             return run_serve(args)
-        if args.command == "api":
-            from sdworker.cli.api_node import run_api  # type: ignore[import-not-found,unused-ignore]
-
-            return int(run_api(args))
-        if args.command == "worker":
-            from sdworker.cli.worker_node import run_worker  # type: ignore[import-not-found,unused-ignore]
-
-            return int(run_worker(args))
+        if args.command in ("api", "worker"):
+            return _run_fleet_node(args)
         if args.command == "generate":
             from sdworker.cli.generate import run_generate
 
@@ -98,3 +92,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     return 2
 
+
+def _run_fleet_node(args: argparse.Namespace) -> int:
+    """``api`` and ``worker``: their modules import the Redis backend, so they load only when asked."""
+    import importlib
+
+    module_name, function = {"api": ("api_node", "run_api"), "worker": ("worker_node", "run_worker")}[args.command]
+    try:
+        module = importlib.import_module(f"sdworker.cli.{module_name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"sdworker.cli.{module_name}":
+            raise
+        print(f"sdworker: error: the {args.command} command is not in this build yet", file=sys.stderr)
+        return 2
+    return int(getattr(module, function)(args))
