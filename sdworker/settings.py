@@ -61,8 +61,8 @@ class Settings(BaseSettings):
         None, description="diffusers folder of component configs, for a single-file --model"
     )
     device: str = Field("auto", min_length=1, description="auto | cpu | cuda | cuda:N | mps")
-    dtype: str = Field(
-        "auto", min_length=1, description="auto (float16 on CUDA, else float32) | float16 | bfloat16 | float32"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="auto = float16 on CUDA, else float32"
     )
     allow_unsafe_pickle: bool = Field(False, description="allow .ckpt/.pt pickles (loaded with weights_only=True)")
     taesd: str | None = Field(None, description="folder holding an AutoencoderTiny (TAESD) for cheap previews")
@@ -157,6 +157,11 @@ class Settings(BaseSettings):
         if isinstance(value, list | tuple):
             return tuple(part.strip() for item in value for part in str(item).split(",") if part.strip())
         return value
+
+    @field_validator("dtype", "preview_method", "preview_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("compile_sizes")
     @classmethod
@@ -279,6 +284,11 @@ def describe_error(exc: ValidationError, given: Mapping[str, str], environ: Mapp
     loc = [str(part) for part in error.get("loc", ())]
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     if not loc:
+        # A check across fields: name each field as the operator set it.
+        for name in sorted(Settings.model_fields, key=len, reverse=True):
+            if re.search(rf"\b{name}\b", message):
+                source = given.get(name) or (env_name(name) if env_name(name) in environ else None)
+                message = re.sub(rf"\b{name}\b", source or name, message)
         return message
     field = loc[0]
     if field in given:

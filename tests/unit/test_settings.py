@@ -139,6 +139,16 @@ def test_listening_on_the_network_without_a_key_is_refused(capsys: pytest.Captur
     assert "--api-keys-file /no/such/file: cannot read it" in capsys.readouterr().err
 
 
+def test_a_check_across_settings_names_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SDWORKER_CLAIM_IDLE_SECONDS", "3")
+    with pytest.raises(InvalidSettings) as caught:
+        settings_from_args(build_parser().parse_args(["worker", "--lease-heartbeat-seconds", "2"]))
+    assert caught.value.message == (
+        "SDWORKER_CLAIM_IDLE_SECONDS (3.0) must be at least twice --lease-heartbeat-seconds (2.0), "
+        "or live jobs would be taken over"
+    )
+
+
 def test_unknown_variables_are_named() -> None:
     environ = {"SDWORKER_MAX_QUEU": "3", "SDWORKER_MAX_QUEUE": "3", "SDWORKER_TEST_REAL_MODEL": "x", "HOME": "/"}
     assert unknown_env_names(environ) == ["SDWORKER_MAX_QUEU"]
