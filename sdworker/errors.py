@@ -23,8 +23,9 @@ Tree::
     ├── NotReady (not_ready, 503)                    model loading, worker dead, shutting down, Redis down
     ├── JobCancelled (cancelled, 409)                terminal event of a cancelled job
     ├── GenerationFailed (generation_failed, 500)    the engine raised; message is safe
-    └── ModelError (model_error, 400)                a model path that cannot be loaded
-        └── UnsafeCheckpoint (unsafe_checkpoint, 400)
+    ├── ModelError (model_error, 400)                a model path that cannot be loaded
+    │   └── UnsafeCheckpoint (unsafe_checkpoint, 400)
+    └── InvalidSettings (invalid_settings, 500)      a bad flag or SDWORKER_* value; the CLI exits 2
 """
 
 from __future__ import annotations
@@ -121,3 +122,10 @@ class ModelError(SdworkerError):
 
 class UnsafeCheckpoint(ModelError):
     code = "unsafe_checkpoint"
+
+
+class InvalidSettings(SdworkerError):
+    """A setting's value is refused at start; ``message`` names the flag or variable and what is allowed.
+    Never an HTTP answer (settings are fixed before the app exists), hence 500 if it ever were one."""
+
+    code = "invalid_settings"

@@ -1,119 +1,313 @@
 """One frozen Settings object, built once (by the CLI or a test) and passed down.
 
-Every field is also an environment variable, ``SDWORKER_<FIELD>`` (upper case), and every CLI flag
-maps to a field of the same name. Nothing else in the package reads ``os.environ``; nothing is read
-at import time. Units are part of the names (``*_seconds``, ``*_bytes``, ``*_ms``).
+Every setting is declared once, below, with its type, default, bounds and help text. From that one
+declaration come: the environment variable ``SDWORKER_<FIELD>`` (upper case), the command-line flag
+(``cli/flags.py`` builds it from the field), the ``--help`` line with its default, and validation at
+start (a bad value is refused before anything loads, in one line naming the variable or flag and what
+is allowed; see ``describe_error``). Precedence: a value passed to ``Settings(...)`` (the CLI passes
+only the flags that were given) > ``SDWORKER_*`` variable > default. Nothing else in the package reads
+``os.environ``; nothing is read at import time. Units are part of the names (``*_seconds``,
+``*_bytes``, ``*_ms``).
+
+Secrets (``redis_url``, ``api_keys``, ``admin_api_keys``, ``signing_secret``) are kept out of
+``repr`` and out of every error message (``redact_url`` for the Redis URL).
+
+Lists (``api_keys``, ``cors_origins``, ``allowed_hosts``, ``compile_sizes``) are comma-separated in
+the environment (``SDWORKER_API_KEYS=k1,k2``); the flags may be repeated, each may hold a comma list.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import types
-import typing
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SDWORKER_"
+MiB = 1024 * 1024
+
+# Variables that share the prefix but are not settings (read by the test suite only).
+_NOT_SETTINGS = re.compile(r"^SDWORKER_TEST_")
+
+Seconds = Annotated[float, Field(gt=0, le=86400 * 7, allow_inf_nan=False)]
 
 
 def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "sdworker"
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="forbid",
+        # "SDWORKER_TAESD=" means unset, like a missing variable.
+        env_ignore_empty=True,
+        # Lists are comma-separated in the environment, not JSON: see _split_list.
+        enable_decoding=False,
+        validate_default=True,
+        # str(ValidationError) would print the value: it may be a key or a Redis password.
+        hide_input_in_errors=True,
+    )
+
     # Model and device
-    model: str = "demo"
-    model_config: str | None = None  # diffusers folder with component configs, for single-file loads
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto | float16 | bfloat16 | float32
-    allow_unsafe_pickle: bool = False
-    taesd: str | None = None  # folder holding an AutoencoderTiny (e.g. madebyollin/taesd)
-    cache_dir: Path = field(default_factory=_default_cache_dir)
+    model: str = Field("demo", min_length=1, description="diffusers folder, .safetensors file, hub id, or 'demo'")
+    model_config_dir: Path | None = Field(
+        None, description="diffusers folder of component configs, for a single-file --model"
+    )
+    device: str = Field("auto", min_length=1, description="auto | cpu | cuda | cuda:N | mps")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="auto = float16 on CUDA, else float32"
+    )
+    allow_unsafe_pickle: bool = Field(False, description="allow .ckpt/.pt pickles (loaded with weights_only=True)")
+    taesd: str | None = Field(None, description="folder holding an AutoencoderTiny (TAESD) for cheap previews")
+    taesdxl: str | None = Field(None, description="folder holding the SDXL TAESD (taesdxl) for cheap SDXL previews")
+    cache_dir: Path = Field(default_factory=_default_cache_dir, description="where the demo model is built")
+    models_dir: Path | None = Field(None, description="folder of models that jobs may name by file or folder name")
+    default_model: str | None = Field(None, min_length=1, description="the model a job gets when it names none")
+    max_loaded_models: int = Field(1, ge=1, le=64, description="models kept loaded at once")
+    lora_dir: Path | None = Field(None, description="folder of LoRA .safetensors that jobs may name")
+    embeddings_dir: Path | None = Field(None, description="folder of textual-inversion embeddings")
+
+    # Speed
+    compile: bool = Field(False, description="torch.compile the UNet (slow first job per size)")
+    compile_sizes: tuple[str, ...] = Field((), description="WxH sizes to compile ahead, e.g. 512x512,1024x1024")
+    max_batch: int = Field(1, ge=1, le=64, description="jobs of the same shape run together as one batch")
+    batch_wait_ms: int = Field(20, ge=0, le=10_000, description="how long a batch waits for more jobs")
 
     # HTTP
-    host: str = "127.0.0.1"
-    port: int = 7833
-    max_body_bytes: int = 32 * 1024 * 1024
-    cors_origins: tuple[str, ...] = ("*",)
+    host: str = Field("127.0.0.1", min_length=1, description="bind address")
+    port: int = Field(7833, ge=0, le=65535, description="port (0 = any free port)")
+    max_body_bytes: int = Field(32 * MiB, ge=1024, le=4096 * MiB, description="request body limit (413 above)")
+    cors_origins: tuple[str, ...] = Field(
+        (), description="origins allowed by CORS, e.g. https://app.example; none = CORS off"
+    )
+    allowed_hosts: tuple[str, ...] = Field(
+        (), description="Host header names accepted ('*' = any); none = loopback names + the bound host"
+    )
+    public_url: str | None = Field(None, description="the URL clients reach this service at (links, allowed Host)")
+    header_timeout_seconds: Seconds = Field(
+        10.0, description="a connection whose request line and headers take longer is closed"
+    )
+
+    # Auth
+    api_keys: tuple[str, ...] = Field((), repr=False, description="API keys for job routes (repeat the flag)")
+    api_keys_file: Path | None = Field(None, description="file with one API key per line")
+    admin_api_keys: tuple[str, ...] = Field((), repr=False, description="API keys that may see and cancel every job")
+    signing_secret: str | None = Field(None, repr=False, min_length=16, description="secret for signed result URLs")
+    allow_no_auth: bool = Field(False, description="serve without API keys on a non-loopback address")
+    metrics_public: bool = Field(False, description="serve /metrics without an API key")
 
     # Jobs
-    max_queue: int = 32
-    result_ttl_seconds: float = 3600.0
-    max_pixels: int = 2048 * 2048
-    max_steps: int = 150
-    max_images: int = 8
-    shutdown_grace_seconds: float = 30.0
+    max_queue: int = Field(32, ge=1, le=100_000, description="queued jobs before 429")
+    max_results: int = Field(1000, ge=1, le=1_000_000, description="finished jobs kept before the oldest is dropped")
+    max_result_bytes: int = Field(
+        512 * MiB, ge=MiB, le=1024 * 1024 * MiB, description="bytes of finished images kept before the oldest go"
+    )
+    result_ttl_seconds: Seconds = Field(3600.0, description="how long a finished job is kept")
+    max_pixels: int = Field(2048 * 2048, ge=64 * 64, le=16384 * 16384, description="width*height limit")
+    max_steps: int = Field(150, ge=1, le=10_000, description="num_inference_steps limit")
+    max_images: int = Field(8, ge=1, le=64, description="images per job limit")
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, le=3600, allow_inf_nan=False, description="time the running job gets to finish on SIGTERM"
+    )
 
     # Streams
-    keepalive_seconds: float = 15.0
-    watcher_stall_seconds: float = 30.0  # a watcher that reads nothing for this long is dropped
+    keepalive_seconds: Seconds = Field(15.0, description="SSE keep-alive comment interval")
+    watcher_stall_seconds: Seconds = Field(30.0, description="a watcher that reads nothing for this long is dropped")
 
     # Preview defaults (a request's `preview` object overrides them)
-    preview_method: str = "auto"  # auto | latent2rgb | taesd | vae | none
-    preview_every: int = 1
-    preview_min_interval_ms: int = 200
-    preview_max_size: int = 256
-    preview_format: str = "jpeg"  # jpeg | webp | png
-    preview_quality: int = 80
+    preview_method: Literal["auto", "latent2rgb", "taesd", "vae", "none"] = Field("auto", description="preview decoder")
+    preview_every: int = Field(1, ge=0, le=10_000, description="a preview every N steps; 0 = off")
+    preview_min_interval_ms: int = Field(200, ge=0, le=600_000, description="at least this long between previews")
+    preview_max_size: int = Field(256, ge=16, le=4096, description="longest preview side in px")
+    preview_format: Literal["jpeg", "webp", "png"] = Field("jpeg", description="preview image format")
+    preview_quality: int = Field(80, ge=1, le=100, description="JPEG/WebP quality")
 
-    # Redis fleet (sdworker api / worker / serve --redis)
-    redis_url: str | None = field(default=None, repr=False)  # may hold a password: never shown
-    redis_prefix: str = "sdw"
-    claim_idle_seconds: float = 30.0  # a job whose worker sent no lease heartbeat this long is retried
-    lease_heartbeat_seconds: float = 5.0
-    max_attempts: int = 3
-    worker_id: str | None = None
-    default_model: str | None = None
+    # Redis fleet (api + worker nodes)
+    redis_url: str | None = Field(
+        None, repr=False, description="redis://[user:password@]host:port/db; none = in-process queue"
+    )
+    redis_prefix: str = Field("sdw", pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="prefix of every Redis key")
+    claim_idle_seconds: Seconds = Field(30.0, description="a job idle this long on a dead worker is taken over")
+    lease_heartbeat_seconds: Seconds = Field(5.0, description="how often a worker renews the lease of its job")
+    max_attempts: int = Field(3, ge=1, le=100, description="tries of a job before it fails for good")
+    worker_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$", description="this worker's id; none = generated"
+    )
+    health_port: int | None = Field(None, ge=0, le=65535, description="worker node: serve /health and /ready here")
 
+    # rbee
+    queen_url: str | None = Field(None, description="rbee queen to register with and send heartbeats to")
+    heartbeat_seconds: Seconds = Field(30.0, description="interval of heartbeats to the queen")
+
+    # -- validation of values that need more than a bound ------------------------------------------
+
+    @field_validator("api_keys", "admin_api_keys", "cors_origins", "allowed_hosts", "compile_sizes", mode="before")
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from ``SDWORKER_*`` variables, then apply explicit overrides.
+    def _split_list(cls, value: Any) -> Any:
+        """'a,b' (env) or ['a', 'b,c'] (repeated flags) -> ('a', 'b', 'c'); blanks dropped."""
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list | tuple):
+            return tuple(part.strip() for item in value for part in str(item).split(",") if part.strip())
+        return value
 
-        Overrides whose value is None are ignored, so a CLI can pass every flag through and let an
-        unset flag fall back to the environment and then the default.
-        """
-        environ = os.environ if environ is None else environ
-        hints = typing.get_type_hints(cls)
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = environ.get(ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                values[f.name] = _parse(f.name, raw, hints[f.name])
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise TypeError(f"unknown settings: {sorted(unknown)}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        if "cache_dir" in values:
-            values["cache_dir"] = Path(values["cache_dir"])
-        return cls(**values)
+    @field_validator("dtype", "preview_method", "preview_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("compile_sizes")
+    @classmethod
+    def _check_sizes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for size in value:
+            match = re.fullmatch(r"(\d+)x(\d+)", size.lower())
+            if not match or any(int(side) < 8 or int(side) % 8 for side in match.groups()):
+                raise ValueError(f"{size!r} is not WxH with sides multiples of 8 (e.g. 512x512)")
+        return tuple(size.lower() for size in value)
+
+    @field_validator("api_keys", "admin_api_keys")
+    @classmethod
+    def _check_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for key in value:
+            if len(key) < 16 or not key.isprintable() or " " in key:
+                # Never echo the key itself.
+                raise ValueError("each API key must be at least 16 printable characters without spaces")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if origin == "*":
+                continue
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+                raise ValueError(f"{origin!r} is not an origin like https://app.example or http://host:port, or *")
+        return tuple(o if o == "*" else o.rstrip("/").lower() for o in value)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            if host != "*" and not re.fullmatch(r"(\*\.)?[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]", host):
+                raise ValueError(f"{host!r} is not a host name, *.domain, [v6 address] or *")
+        return tuple(h.lower() for h in value)
+
+    @field_validator("public_url", "queen_url")
+    @classmethod
+    def _check_http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value.rstrip("/") if value else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+                # The value may hold a password: name the scheme only.
+                raise ValueError(f"a redis://, rediss:// or unix:// URL is needed (got scheme {parts.scheme!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _check_together(self) -> Settings:
+        if self.lease_heartbeat_seconds * 2 > self.claim_idle_seconds:
+            raise ValueError(
+                f"claim_idle_seconds ({self.claim_idle_seconds}) must be at least twice lease_heartbeat_seconds "
+                f"({self.lease_heartbeat_seconds}), or live jobs would be taken over"
+            )
+        return self
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def all_api_keys(self) -> tuple[str, ...]:
+        """``api_keys`` plus the keys in ``api_keys_file`` (read when asked: the file may rotate)."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            keys += [line.strip() for line in self.api_keys_file.read_text().splitlines() if line.strip()]
+        return tuple(keys)
+
+    def has_auth(self) -> bool:
+        return bool(self.api_keys or self.admin_api_keys or self.api_keys_file)
+
+    def redacted_redis_url(self) -> str | None:
+        return redact_url(self.redis_url) if self.redis_url else None
 
 
-def _parse(name: str, raw: str, hint: Any) -> Any:
-    """Parse one environment value by the field's type; a bad value names the variable."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    base = args[0] if isinstance(hint, types.UnionType) and args else hint
-    try:
-        if base is bool:
-            lowered = raw.strip().lower()
-            if lowered in {"1", "true", "yes", "on"}:
-                return True
-            if lowered in {"0", "false", "no", "off", ""}:
-                return False
-            raise ValueError(raw)
-        if base is int:
-            return int(raw)
-        if base is float:
-            return float(raw)
-        if base is Path:
-            return Path(raw)
-        if typing.get_origin(base) is tuple:
-            return tuple(part.strip() for part in raw.split(",") if part.strip())
-        if base is str and isinstance(hint, types.UnionType) and raw == "":
-            return None
-        return raw
-    except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {base.__name__}") from None
+SECRET_FIELDS = frozenset(name for name, info in Settings.model_fields.items() if not info.repr)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any user name and password replaced by ``***`` (safe for logs)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def unknown_env_names(environ: Mapping[str, str] | None = None) -> list[str]:
+    """``SDWORKER_*`` variables that name no setting (typos: the CLI warns about them)."""
+    environ = os.environ if environ is None else environ
+    known = {env_name(name) for name in Settings.model_fields}
+    return sorted(
+        key for key in environ if key.upper().startswith(ENV_PREFIX) and key.upper() not in known
+        and not _NOT_SETTINGS.match(key.upper())
+    )
+
+
+def describe_error(exc: ValidationError, given: Mapping[str, str], environ: Mapping[str, str] | None = None) -> str:
+    """One line for the first bad value, naming where it came from and what is allowed.
+
+    ``given`` maps field names to the flag that set them (``{"max_queue": "--max-queue"}``); a field
+    not given as a flag came from its environment variable (or, for a cross-field check, from both).
+    Secret values are never echoed.
+    """
+    environ = os.environ if environ is None else environ
+    error = exc.errors()[0]
+    loc = [str(part) for part in error.get("loc", ())]
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if not loc:
+        # A check across fields: name each field as the operator set it.
+        for name in sorted(Settings.model_fields, key=len, reverse=True):
+            if re.search(rf"\b{name}\b", message):
+                source = given.get(name) or (env_name(name) if env_name(name) in environ else None)
+                message = re.sub(rf"\b{name}\b", source or name, message)
+        return message
+    field = loc[0]
+    if field in given:
+        source = given[field]
+        value = error.get("input")
+    elif env_name(field) in environ:
+        source = env_name(field)
+        value = environ[env_name(field)]
+    else:
+        source = field
+        value = error.get("input")
+    if field not in Settings.model_fields:
+        return f"{source}: not a setting"
+    if field in SECRET_FIELDS or value is None:
+        shown = ""
+    elif source.startswith(ENV_PREFIX):
+        shown = f"={value}"
+    else:
+        shown = f" {' '.join(map(str, value)) if isinstance(value, list | tuple) else value}"
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"{source}{shown}: {message}"

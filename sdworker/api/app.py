@@ -20,10 +20,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from sdworker import __version__
-from sdworker.api.errors import BodyLimitMiddleware, install_error_handlers
+from sdworker.api.edge import install_edge
+from sdworker.api.errors import install_error_handlers
 from sdworker.api.routes_fleet import router as fleet_router
 from sdworker.api.routes_jobs import router as jobs_router
 from sdworker.api.routes_system import router as system_router
@@ -75,6 +75,8 @@ def create_app(
         version=__version__,
         description="Stable Diffusion worker: jobs over HTTP, live previews over Server-Sent Events.",
         lifespan=lifespan,
+        docs_url=None,  # served offline by api/docs.py (install_edge)
+        redoc_url=None,  # ReDoc loads from a CDN; /docs covers it
     )
     app.state.node = node
     app.state.service = service
@@ -84,13 +86,7 @@ def create_app(
     app.include_router(jobs_router)
     app.include_router(fleet_router)
     app.include_router(system_router)
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=list(settings.cors_origins),
-        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-        allow_headers=["*"],
-        expose_headers=["Retry-After", "Location"],
-    )
-    # Outermost, so an oversized body is refused before anything parses it.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    # --- The HTTP edge (api/edge.py): Host/Origin/CORS/content-type guard, body limit, offline
+    # /docs, documented error answers. Everything about the edge stays in this one call.
+    install_edge(app, settings)
     return app

@@ -5,9 +5,10 @@
 (``field`` only when one field is to blame; the top-level copies of ``code``/``message`` serve
 clients that read a flat error). ``SdworkerError`` maps by its own ``code``/``http_status``;
 pydantic's validation errors become 422 ``invalid_request`` naming the field, the value and the
-allowed range; malformed JSON is 400 ``invalid_json``; a body above ``max_body_bytes`` is 413
-``body_too_large`` (checked on Content-Length and on the bytes actually received); anything else is
-our bug: logged with its traceback, answered 500 ``internal_error``, and the service keeps serving.
+allowed range; malformed JSON (also not UTF-8) is 400 ``invalid_json``; a body above ``max_body_bytes`` is 413
+``body_too_large`` (checked on Content-Length and on the bytes actually received); a 405 names in
+``Allow`` every method of the path. Anything else is our bug: ``api/guard.py`` logs it once with a
+bounded traceback and answers 500 ``internal_error``, and the service keeps serving.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdworker.api.schemas import JobRequest
@@ -48,7 +50,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SdworkerError, _sdworker_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(Exception, _internal_error)
+    # No handler for Exception here: api/guard.py logs each escaped error once and answers 500
+    # (a handler here would log it, and uvicorn would log it again when Starlette re-raises it).
 
 
 async def _sdworker_error(request: Request, exc: SdworkerError) -> JSONResponse:
@@ -59,16 +62,32 @@ async def _sdworker_error(request: Request, exc: SdworkerError) -> JSONResponse:
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400:
+        # The only 400 HTTPException is FastAPI's own when a JSON body cannot be read at all (not
+        # UTF-8, say); our routes raise SdworkerError. It is the client's malformed JSON.
+        return error_response("invalid_json", "body: malformed JSON (not UTF-8 text, or unreadable)", 400, "body")
     codes = {404: "not_found", 405: "method_not_allowed"}
     response = error_response(codes.get(exc.status_code, "http_error"), str(exc.detail), exc.status_code)
     for key, value in (exc.headers or {}).items():
         response.headers[key] = value
+    if exc.status_code == 405:
+        response.headers["Allow"] = ", ".join(_allowed_methods(request))
     return response
 
 
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response("internal_error", "internal error; it has been logged", 500)
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path: Starlette's own Allow names only the first route
+    that matched the path (``GET /v1/jobs``), not the others (``POST /v1/jobs``). HEAD goes with GET
+    (the edge guard serves it)."""
+    routes = request.app.router.routes
+    methods = {
+        method
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    }
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from sdworker.api import deps
@@ -23,7 +24,18 @@ async def health() -> dict[str, Any]:
     return {"status": "healthy", "timestamp": iso(time.time())}
 
 
-@router.get("/ready", summary="Readiness: 503 while loading, if the worker died, Redis is down, or shutting down")
+class Readiness(BaseModel):
+    ready: bool
+    reason: str | None = None
+    timestamp: str
+
+
+@router.get(
+    "/ready",
+    summary="Readiness: 503 while loading, if the worker died, Redis is down, or shutting down",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready; `reason` says why"}},
+)
 async def ready(request: Request) -> JSONResponse:
     is_ready, reason = await deps.node(request).readiness()
     if is_ready:
@@ -80,11 +92,10 @@ async def page_file(name: str) -> FileResponse:
 
 
 def _page_file(name: str) -> FileResponse:
-    """A file of the bundled page (package data). Only plain names inside the folder are served."""
+    """A file of the bundled page (package data): only a name listed in the folder is served, so no
+    request name ever reaches the file system (``../``, a 300-character name: 404, not an OSError)."""
     folder = resources.files("sdworker.api") / "page"
-    if "/" in name or "\\" in name or name.startswith("."):
-        raise HTTPException(404, f"no page file {name!r}")
-    path = folder / name
-    if not path.is_file():
-        raise HTTPException(404, f"no page file {name!r}")
-    return FileResponse(str(path))
+    files = {entry.name: entry for entry in folder.iterdir() if entry.is_file() and not entry.name.startswith(".")}
+    if name not in files:
+        raise HTTPException(404, f"no page file {name[:60]!r}")
+    return FileResponse(str(files[name]))

@@ -1,43 +1,23 @@
 """The ``sdworker`` command line. Parses flags, builds ``Settings`` and hands over; no business logic.
 
-Every flag that is a setting is also an environment variable ``SDWORKER_<NAME>``; a flag given on the
-command line wins over the environment, which wins over the default.
+Commands: ``serve`` (HTTP + one worker in one process), ``api`` and ``worker`` (the two halves of a
+Redis fleet), ``generate`` (one generation, PNGs out), ``demo-model``. Every setting has a flag and an
+environment variable ``SDWORKER_<NAME>`` (made from ``Settings`` by ``cli/flags.py``); a flag given on
+the command line wins over the environment, which wins over the default. A bad value, flag or
+variable, is one line on stderr and exit code 2, before anything loads.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Sequence
 
 from sdworker import __version__
+from sdworker.cli.flags import add_setting_flags, settings_from_args
 from sdworker.errors import SdworkerError
-from sdworker.settings import Settings
 
-
-def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="diffusers folder, .safetensors file, hub id, or 'demo' (default)")
-    p.add_argument("--model-config", dest="model_config", help="diffusers folder of configs for a single file")
-    p.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N | mps")
-    p.add_argument("--dtype", help="auto (default: float16 on CUDA, else float32) | float16 | bfloat16 | float32")
-    p.add_argument("--taesd", help="folder with TAESD weights (AutoencoderTiny) for cheap previews")
-    p.add_argument(
-        "--allow-unsafe-pickle", dest="allow_unsafe_pickle", action="store_true", default=None,
-        help="allow .ckpt/.pt pickles (loaded with weights_only=True)",
-    )
-    p.add_argument("--cache-dir", dest="cache_dir", help="where the demo model is built (~/.cache/sdworker)")
-
-
-def _add_fleet_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--redis", dest="redis_url", help="redis://[:password@]host:6379/0 - join a fleet")
-    p.add_argument("--redis-prefix", dest="redis_prefix", help="key prefix (sdw)")
-    p.add_argument("--claim-idle-seconds", dest="claim_idle_seconds", type=float,
-                   help="retry a job whose worker was silent this long (30)")
-    p.add_argument("--lease-heartbeat-seconds", dest="lease_heartbeat_seconds", type=float, help="(5)")
-    p.add_argument("--max-attempts", dest="max_attempts", type=int, help="then dead-letter with worker_lost (3)")
-    p.add_argument("--worker-id", dest="worker_id", help="this worker's id in the fleet (host + random)")
-    p.add_argument("--default-model", dest="default_model", help="model for jobs that name none")
+__all__ = ["build_parser", "main", "settings_from_args"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,51 +25,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sdworker {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the HTTP service and one generation worker")
-    _add_model_flags(serve)
-    serve.add_argument("--host", help="bind address (127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (7833)")
-    serve.add_argument("--max-queue", dest="max_queue", type=int, help="queued jobs before 429 (32)")
-    serve.add_argument("--result-ttl-seconds", dest="result_ttl_seconds", type=float)
-    serve.add_argument("--max-pixels", dest="max_pixels", type=int, help="width*height limit")
-    serve.add_argument("--max-steps", dest="max_steps", type=int)
-    serve.add_argument("--max-images", dest="max_images", type=int)
-    serve.add_argument("--max-body-bytes", dest="max_body_bytes", type=int)
-    serve.add_argument("--shutdown-grace-seconds", dest="shutdown_grace_seconds", type=float)
-    serve.add_argument("--preview-method", dest="preview_method")
-    serve.add_argument("--preview-every", dest="preview_every", type=int)
-    serve.add_argument("--preview-min-interval-ms", dest="preview_min_interval_ms", type=int)
-    serve.add_argument("--preview-max-size", dest="preview_max_size", type=int)
-    serve.add_argument("--preview-format", dest="preview_format")
-    serve.add_argument("--preview-quality", dest="preview_quality", type=int)
-    serve.add_argument("--log-level", dest="log_level", default="info")
-    _add_fleet_flags(serve)
+    serve = sub.add_parser("serve", help="run the HTTP service and one generation worker in one process")
+    _add_log_level(serve)
+    add_setting_flags(serve, "serve")
 
-    api = sub.add_parser("api", help="an HTTP node of a Redis fleet (no GPU, no torch)")
-    api.add_argument("--host", help="bind address (127.0.0.1)")
-    api.add_argument("--port", type=int, help="port (7833)")
-    api.add_argument("--max-queue", dest="max_queue", type=int, help="queued jobs in the whole fleet before 429")
-    api.add_argument("--result-ttl-seconds", dest="result_ttl_seconds", type=float)
-    api.add_argument("--max-pixels", dest="max_pixels", type=int)
-    api.add_argument("--max-steps", dest="max_steps", type=int)
-    api.add_argument("--max-images", dest="max_images", type=int)
-    api.add_argument("--max-body-bytes", dest="max_body_bytes", type=int)
-    api.add_argument("--shutdown-grace-seconds", dest="shutdown_grace_seconds", type=float)
-    api.add_argument("--preview-min-interval-ms", dest="preview_min_interval_ms", type=int)
-    api.add_argument("--log-level", dest="log_level", default="info")
-    _add_fleet_flags(api)
+    api = sub.add_parser("api", help="run an HTTP node of a Redis fleet (no model; jobs go to worker nodes)")
+    _add_log_level(api)
+    add_setting_flags(api, "api")
 
-    worker = sub.add_parser("worker", help="a GPU worker of a Redis fleet (no public HTTP)")
-    _add_model_flags(worker)
-    worker.add_argument("--max-pixels", dest="max_pixels", type=int)
-    worker.add_argument("--result-ttl-seconds", dest="result_ttl_seconds", type=float)
-    worker.add_argument("--shutdown-grace-seconds", dest="shutdown_grace_seconds", type=float)
-    worker.add_argument("--log-level", dest="log_level", default="info")
-    _add_fleet_flags(worker)
+    worker = sub.add_parser("worker", help="run a GPU node of a Redis fleet (no HTTP but an optional --health-port)")
+    _add_log_level(worker)
+    add_setting_flags(worker, "worker")
 
     gen = sub.add_parser("generate", help="generate images from a prompt and write PNGs")
     gen.add_argument("prompt")
-    _add_model_flags(gen)
+    add_setting_flags(gen, "generate")
     gen.add_argument("-o", "--output", default="out.png", help="PNG path; with --n > 1, out-0.png, out-1.png, ...")
     gen.add_argument("--steps", type=int, default=20)
     gen.add_argument("--width", type=int, default=None, help="default 512, or the init image's width")
@@ -113,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_log_level(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", dest="log_level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"], help="(default: info)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -120,18 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sdworker.cli.serve import run_serve
 
             return run_serve(args)
+        if args.command in ("api", "worker"):
+            return _run_fleet_node(args)
         if args.command == "generate":
             from sdworker.cli.generate import run_generate
 
             return run_generate(args)
-        if args.command == "api":
-            from sdworker.cli.api_node import run_api
-
-            return run_api(args)
-        if args.command == "worker":
-            from sdworker.cli.worker_node import run_worker
-
-            return run_worker(args)
         if args.command == "demo-model":
             from sdworker.cli.demo import run_demo_model
 
@@ -144,7 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Settings from the environment, overridden by every flag that names a setting and was given."""
-    names = {f.name for f in dataclasses.fields(Settings)}
-    return Settings.from_env(**{k: v for k, v in vars(args).items() if k in names})
+def _run_fleet_node(args: argparse.Namespace) -> int:
+    """``api`` and ``worker``: their modules import the Redis backend, so they load only when asked."""
+    import importlib
+
+    module_name, function = {"api": ("api_node", "run_api"), "worker": ("worker_node", "run_worker")}[args.command]
+    try:
+        module = importlib.import_module(f"sdworker.cli.{module_name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"sdworker.cli.{module_name}":
+            raise
+        print(f"sdworker: error: the {args.command} command is not in this build yet", file=sys.stderr)
+        return 2
+    return int(getattr(module, function)(args))

@@ -9,7 +9,7 @@ import logging
 
 from sdworker.api.app import create_app
 from sdworker.backends.redis.service import RedisJobService, redacted
-from sdworker.cli import settings_from_args
+from sdworker.cli.flags import check_exposure, check_files, settings_from_args
 from sdworker.cli.uvicorn_server import configure_logging, serve_app
 from sdworker.errors import InvalidRequest
 from sdworker.jobs.metrics import ServiceMetrics
@@ -21,6 +21,8 @@ def run_api(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if not settings.redis_url:
         raise InvalidRequest("sdworker api needs --redis URL (or SDWORKER_REDIS_URL)", field="redis_url")
+    check_exposure(settings)
+    check_files(settings)
     level = configure_logging(args)
     metrics = ServiceMetrics()
     app = create_app(settings, None, service=RedisJobService(settings, metrics), metrics=metrics)

@@ -19,7 +19,9 @@ from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
+from sdworker.cli.http_protocol import GuardedH11Protocol
 from sdworker.settings import Settings
 
 log = logging.getLogger("sdworker.serve")
@@ -72,16 +74,35 @@ def configure_logging(args: argparse.Namespace) -> str:
     return level
 
 
-def serve_app(app: FastAPI, settings: Settings, level: str) -> None:
-    """Run ``app`` under uvicorn, draining the node on the first exit signal."""
-    config = uvicorn.Config(
+MAX_HEAD_BYTES = 64 * 1024  # request line + headers; browsers send a few KiB, big cookies up to ~16 KiB
+
+
+def uvicorn_config(app: ASGIApp, settings: Settings, log_level: str) -> uvicorn.Config:
+    """The uvicorn settings of every HTTP process (``serve``, ``api``), hardened at the socket:
+
+    - h11, not httptools: it bounds the request line + headers (``h11_max_incomplete_event_size``,
+      then ``400`` and close), so a 64 MiB header line costs one buffer of that size, not 64 MiB;
+    - ``GuardedH11Protocol`` closes a connection whose request head has not fully arrived within
+      ``header_timeout_seconds`` (uvicorn has no such timeout: slowloris connections trickling
+      headers would stay open forever);
+    - bodies are bounded by the app (``max_body_bytes``), streams by the job layer.
+    """
+    GuardedH11Protocol.header_timeout_seconds = settings.header_timeout_seconds
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        log_level=level.lower(),
+        log_level=log_level,
         lifespan="on",
+        http=GuardedH11Protocol,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         timeout_graceful_shutdown=10,  # a safety net: after the drain no stream is left to wait for
         timeout_keep_alive=5,
+        server_header=False,
     )
-    server = DrainingServer(config, drain=app.state.node.drain)
+
+
+def serve_app(app: FastAPI, settings: Settings, level: str) -> None:
+    """Run ``app`` under uvicorn, draining the node on the first exit signal."""
+    server = DrainingServer(uvicorn_config(app, settings, level.lower()), drain=app.state.node.drain)
     server.run()

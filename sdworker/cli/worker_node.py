@@ -15,7 +15,7 @@ import logging
 import signal
 
 from sdworker.backends.redis.service import redacted
-from sdworker.cli import settings_from_args
+from sdworker.cli.flags import settings_from_args
 from sdworker.cli.uvicorn_server import configure_logging
 from sdworker.errors import InvalidRequest
 from sdworker.settings import Settings

@@ -196,10 +196,10 @@ def _load_base_pipeline(source: ModelSource, settings: Settings, dtype: torch.dt
     kwargs = {"dtype": dtype}
     if cls is StableDiffusionPipeline:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    if settings.model_config:
-        if not Path(settings.model_config).expanduser().is_dir():
-            raise ModelError(f"--model-config {settings.model_config}: no such folder")
-        kwargs["config"] = str(Path(settings.model_config).expanduser())
+    if settings.model_config_dir:
+        if not Path(settings.model_config_dir).expanduser().is_dir():
+            raise ModelError(f"--model-config {settings.model_config_dir}: no such folder")
+        kwargs["config"] = str(Path(settings.model_config_dir).expanduser())
     return cls.from_single_file(source.location, **kwargs)
 
 
@@ -227,7 +227,7 @@ def _load_failure(settings: Settings, source: ModelSource, exc: BaseException) -
     reason = _first_line(exc)
     if source.kind == "hub":
         return f"model {settings.model}: not a local file or folder, and loading it as a hub id failed: {reason}"
-    if source.kind in ("single_file", "pickle") and not settings.model_config:
+    if source.kind in ("single_file", "pickle") and not settings.model_config_dir:
         return (
             f"model {settings.model}: cannot load it: {reason} (to load a single file offline, pass "
             "--model-config DIR: a diffusers folder of the same architecture, for its configs and tokenizer)"

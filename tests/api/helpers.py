@@ -91,19 +91,19 @@ async def running_app(
     async with app.router.lifespan_context(app):
         # Like a real server, answer an unhandled error with a 500 instead of raising it into the test.
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:7833") as client:
             running = Running(client, app, engine)
             if wait_ready:
                 await running.wait_for(lambda: _is_ready(client))
             elif settings.redis_url:
                 # A fleet routes a job only to a model some worker has announced (else 404
                 # model_not_found, rightly); the memory backend has its one model from the start.
-                await running.wait_for(lambda: _has_worker(client))
+                await running.wait_for(lambda: _has_worker(app))
             yield running
 
 
-async def _has_worker(client: httpx.AsyncClient) -> bool:
-    return bool((await client.get("/v1/workers")).json()["workers"])
+async def _has_worker(app: FastAPI) -> bool:
+    return bool((await app.state.service.fleet(fresh=True)).workers)
 
 
 async def _is_ready(client: httpx.AsyncClient) -> bool:

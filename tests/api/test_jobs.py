@@ -182,7 +182,7 @@ async def test_img2img_size_from_image_inpaint_and_several_images() -> None:
         assert third.status_code == 200 and third.content != (await app.client.get(f"/v1/jobs/{job_id}/image")).content
 
 
-async def test_info_metrics_docs_cors_and_page() -> None:
+async def test_info_metrics_and_docs() -> None:
     async with running_app() as app:
         info = (await app.client.get("/v1/info")).json()
         assert info["model"]["model"] == "fake" and "euler" in info["model"]["schedulers"]
@@ -201,17 +201,8 @@ async def test_info_metrics_docs_cors_and_page() -> None:
             assert name in metrics, name
         assert (await app.client.get("/docs")).status_code == 200
         assert (await app.client.get("/openapi.json")).json()["paths"]["/v1/jobs"]
-        cors = await app.client.get("/health", headers={"Origin": "null"})
-        assert cors.headers["access-control-allow-origin"] == "*"
-        page = await app.client.get("/")
-        assert page.status_code in (200, 404)  # 404 (JSON) only while the page folder is empty
-        if page.status_code == 404:
-            assert page.json()["error"]["code"] == "not_found"
-        else:
-            assert page.headers["content-type"].startswith("text/html")
-            assert (await app.client.get("/page/index.html")).content == page.content
-        assert (await app.client.get("/page/no-such-file.js")).json()["error"]["code"] == "not_found"
-        assert (await app.client.get("/page/..%2Fapp.py")).status_code == 404
+        assert "access-control-allow-origin" not in (await app.client.get("/health")).headers  # CORS off by default
+        # The page, CORS and the rest of the edge: tests/api/test_edge.py.
 
 
 async def test_finished_jobs_and_images_are_forgotten_after_the_ttl() -> None:

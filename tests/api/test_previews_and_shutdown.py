@@ -75,8 +75,8 @@ async def test_a_slow_encoder_makes_previews_skip_not_generation_wait() -> None:
         previews = [d["step"] for _, name, d in events if name == "preview"]
         started = next(d["at"] for _, name, d in events if name == "started")
         seconds = next(d["at"] for _, name, d in events if name == "complete") - started
-        # If the GPU thread waited for the encoder, 20 previews x 150 ms would take >= 3 s.
-        assert seconds < 3.0
+        # Had the GPU thread waited for the encoder, every preview would be sent and none skipped
+        # (asserted below, on the metric; how long the job took belongs in bench/previews.py).
         assert 1 <= len(previews) <= seconds / 0.15 + 1, (previews, seconds)  # one per encode at most
         metrics = (await app.client.get("/metrics")).text
         skipped = next(

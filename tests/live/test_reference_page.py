@@ -29,7 +29,10 @@ async def test_reference_test_html_shows_previews_and_the_final_image(demo_cache
     if not CHROMIUM.exists():
         pytest.skip(f"no Chromium at {CHROMIUM}")
     playwright_api = pytest.importorskip("playwright.async_api")
-    server = LiveServer(demo_cache_dir, 7833, "--preview-min-interval-ms", "0", log_path=tmp_path / "log")
+    # The page is a file:// page (Origin: null) calling http://localhost:7833: CORS must be on for it.
+    server = LiveServer(
+        demo_cache_dir, 7833, "--preview-min-interval-ms", "0", "--cors-origins", "*", log_path=tmp_path / "log"
+    )
     try:
         await asyncio.to_thread(server.wait_ready)
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:

@@ -1,6 +1,7 @@
 """A watcher that stops reading, over a real socket and real uvicorn (in-process, FakeEngine: this is
 about flow control, not pixels): its stream is dropped after ``watcher_stall_seconds`` although it
-never reads, and the job it watched runs as fast as without it."""
+never reads, and the job it watched completes for the watcher that reads (how fast, with and without a
+stalled watcher, is bench/service.py's to measure, not a test's to assert)."""
 
 from __future__ import annotations
 
@@ -70,22 +71,7 @@ async def metric(client: httpx.AsyncClient, name: str) -> float:
     raise AssertionError(name)
 
 
-async def run_job(client: httpx.AsyncClient, gate: threading.Event, extra_watchers: int) -> float:
-    """Seconds from `started` to `complete` of one job, seen by a reading watcher."""
-    job_id = (await client.post("/v1/jobs", json=JOB)).json()["job_id"]
-    reader = asyncio.create_task(read_events(client, f"/v1/jobs/{job_id}/stream"))
-    async with asyncio.timeout(20):
-        while (await client.get(f"/v1/jobs/{job_id}")).json()["watchers"] < 1 + extra_watchers:
-            await asyncio.sleep(0.02)
-    gate.set()
-    events = await asyncio.wait_for(reader, 120)
-    assert events[-1].name == "complete"
-    assert sum(1 for e in events if e.name == "preview") >= 5
-    started = next(e.data["at"] for e in events if e.name == "started")
-    return float(events[-1].data["at"] - started)
-
-
-async def test_a_stalled_watcher_is_dropped_and_does_not_slow_the_job(
+async def test_a_stalled_watcher_is_dropped_and_the_job_completes(
     server: tuple[str, FakeEngine, threading.Event],
 ) -> None:
     url, _, gate = server
@@ -96,7 +82,7 @@ async def test_a_stalled_watcher_is_dropped_and_does_not_slow_the_job(
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.connect(("127.0.0.1", port))
         try:
-            stalled.sendall(f"GET /v1/jobs/{job_id}/stream HTTP/1.1\r\nHost: x\r\n\r\n".encode())  # never read
+            stalled.sendall(f"GET /v1/jobs/{job_id}/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())  # never read
             reader = asyncio.create_task(read_events(client, f"/v1/jobs/{job_id}/stream"))
             async with asyncio.timeout(20):
                 while (await client.get(f"/v1/jobs/{job_id}")).json()["watchers"] < 2:
@@ -104,8 +90,6 @@ async def test_a_stalled_watcher_is_dropped_and_does_not_slow_the_job(
             gate.set()
             events = await asyncio.wait_for(reader, 120)
             assert events[-1].name == "complete"
-            started = next(e.data["at"] for e in events if e.name == "started")
-            with_stalled = events[-1].data["at"] - started
             # Dropped within the stall time (plus slack for a loaded machine), though it never read.
             async with asyncio.timeout(STALL_SECONDS + 10):
                 while await metric(client, "sdworker_sse_streams_open") > 0:
@@ -116,5 +100,3 @@ async def test_a_stalled_watcher_is_dropped_and_does_not_slow_the_job(
             assert b"event: preview" in received and b"event: complete" not in received
         finally:
             stalled.close()
-        alone = await run_job(client, gate, extra_watchers=0)
-    assert with_stalled < alone * 1.5 + 0.5, (with_stalled, alone)

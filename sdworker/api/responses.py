@@ -1,0 +1,109 @@
+"""The error answers each route really gives, for the OpenAPI schema, in one table.
+
+Every error body has one shape (``ErrorBody``, see ``api/errors.py``). Every operation can answer
+``400`` (a Host that is not served here, malformed JSON) and ``403`` (a foreign Origin), from the
+edge guard; the table adds what the route itself returns. ``document_errors`` writes them into the
+generated schema, so clients and schemathesis know each status and its body.
+
+The same dicts (``responses(404, 409)``) can be passed to a route decorator's ``responses=``; the
+table exists because it documents routers that other modules own in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """``{"error": {"code", "message", "field"?}, "code", "message"}``."""
+
+    error: ErrorDetail
+    code: str
+    message: str
+
+
+DESCRIPTIONS = {
+    400: "Malformed JSON, a compressed body, a bad event id, or a Host that is not served here",
+    403: "The request's Origin is neither this service nor a listed CORS origin",
+    404: "No such job (or its result expired), or no worker serves the model named",
+    409: "The job has not finished (no image yet)",
+    413: "The body or a declared image size is above the limit",
+    415: "The body is not application/json",
+    422: "A field's value is refused; the message names it and the allowed range",
+    429: "The queue is full; retry after Retry-After seconds",
+    503: "Not ready: the model is loading, the worker died, Redis is unreachable, or shutting down",
+}
+
+EDGE_ERRORS = (400, 403)
+BODY_ERRORS = (413, 415, 422)
+
+# (method, path) -> the statuses the route itself returns, beyond EDGE_ERRORS.
+ROUTE_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
+    ("post", "/v1/jobs"): (*BODY_ERRORS, 404, 429, 503),
+    ("get", "/v1/jobs"): (422,),
+    ("get", "/v1/jobs/{job_id}"): (404,),
+    ("delete", "/v1/jobs/{job_id}"): (404,),
+    ("get", "/v1/jobs/{job_id}/image"): (404, 409, 422),
+    ("get", "/v1/jobs/{job_id}/stream"): (404,),
+    ("get", "/health"): (),
+    ("get", "/ready"): (),  # its 503 has the readiness body, declared on the route
+    ("get", "/v1/info"): (),
+    ("get", "/metrics"): (),
+    ("get", "/v1/workers"): (503,),
+    ("get", "/v1/dead"): (422, 503),
+    ("post", "/v1/dead/{job_id}/requeue"): (404, 429, 503),
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route decorator: each status with its description and ``ErrorBody``."""
+    return {status: {"model": ErrorBody, "description": DESCRIPTIONS[status]} for status in statuses}
+
+
+def document_errors(app: FastAPI) -> None:
+    """Make ``app.openapi()`` list each operation's error answers with the ``ErrorBody`` schema."""
+    generate: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")["$defs"])
+        components["ErrorBody"] = {
+            k: v for k, v in ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}").items()
+            if k != "$defs"
+        }
+        for path, operations in schema.get("paths", {}).items():
+            for method, operation in operations.items():
+                statuses = sorted({*EDGE_ERRORS, *ROUTE_ERRORS.get((method, path), ())})
+                answers = operation.setdefault("responses", {})
+                for status in statuses:
+                    if str(status) in answers and status != 422:
+                        continue  # the route declared its own body for this status
+                    answers[str(status)] = {
+                        "description": DESCRIPTIONS[status],
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+                    }
+                if answers.get("422", {}).get("content", {}).get("application/json", {}).get("schema", {}).get(
+                    "$ref"
+                ) == "#/components/schemas/HTTPValidationError":
+                    answers["422"]["content"]["application/json"]["schema"] = {
+                        "$ref": "#/components/schemas/ErrorBody"
+                    }
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
