@@ -60,6 +60,11 @@ class Settings:
     preview_format: str = "jpeg"  # jpeg | webp | png
     preview_quality: int = 80
 
+    # rbee: a hive spawns this worker (--worker-id, --queen-url) and its queen schedules jobs onto it
+    worker_id: str | None = None  # set: a job naming another worker_id is refused (misrouted)
+    queen_url: str | None = None  # set: POST {queen_url}/v1/worker-heartbeat at start, then periodically
+    heartbeat_seconds: float = 30.0  # rbee's interval; its queen declares a worker dead after 90 s
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``SDWORKER_*`` variables, then apply explicit overrides.

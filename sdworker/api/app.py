@@ -16,6 +16,7 @@ uvicorn waits on open connections.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -30,6 +31,7 @@ from sdworker.api.routes_system import router as system_router
 from sdworker.engine.parameters import parameters_text
 from sdworker.engine.protocol import Engine, GenerationRequest, GenerationResult
 from sdworker.imaging.metadata import PNG_KEY
+from sdworker.jobs.heartbeat import QueenHeartbeat, WorkerCard
 from sdworker.jobs.memory import MemoryJobService
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.node import Node
@@ -64,6 +66,9 @@ def create_app(
             png_text=_png_text(settings),
         )
     node = Node(settings, service, runner)
+    if settings.queen_url and runner is not None:
+        node.heartbeat = _queen_heartbeat(settings, node)
+        runner.listen(node.heartbeat.changed)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -97,6 +102,21 @@ def create_app(
     # Outermost, so an oversized body is refused before anything parses it.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
+
+
+def _queen_heartbeat(settings: Settings, node: Node) -> QueenHeartbeat:
+    """rbee: this worker announces itself to the queen that its hive named with ``--queen-url``."""
+    assert settings.queen_url is not None
+    card = WorkerCard(
+        id=settings.worker_id or f"sdworker-{socket.gethostname()}-{settings.port}",
+        model_id=settings.model,
+        device=settings.device,
+        port=settings.port,
+        version=__version__,
+    )
+    return QueenHeartbeat(
+        settings.queen_url, card, node.worker_status, interval_seconds=settings.heartbeat_seconds
+    )
 
 
 def _png_text(settings: Settings) -> PngText:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from sdworker import __version__
+from sdworker.cli.devices import device_name
 from sdworker.errors import SdworkerError
 from sdworker.settings import Settings
 
@@ -19,7 +20,7 @@ from sdworker.settings import Settings
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="diffusers folder, .safetensors file, hub id, or 'demo' (default)")
     p.add_argument("--model-config", dest="model_config", help="diffusers folder of configs for a single file")
-    p.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N | mps")
+    p.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N | mps; rbee's CPU-0, GPU-N, metal too")
     p.add_argument("--dtype", help="auto (default: float16 on CUDA, else float32) | float16 | bfloat16 | float32")
     p.add_argument("--taesd", help="folder with TAESD weights (AutoencoderTiny) for cheap previews")
     p.add_argument(
@@ -52,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--preview-format", dest="preview_format")
     serve.add_argument("--preview-quality", dest="preview_quality", type=int)
     serve.add_argument("--log-level", dest="log_level", default="info")
+    # --- rbee: the flags its hive spawns a worker with (plus --model, --device, --port above) ---
+    serve.add_argument("--worker-id", dest="worker_id", help="this worker's id in rbee (refuses jobs for others)")
+    serve.add_argument("--queen-url", dest="queen_url", help="rbee queen to send heartbeats to (none by default)")
+    serve.add_argument(
+        "--heartbeat-seconds", dest="heartbeat_seconds", type=float, help="between heartbeats to the queen (30)"
+    )
+    # --- end rbee ---
 
     gen = sub.add_parser("generate", help="generate images from a prompt and write PNGs")
     gen.add_argument("prompt")
@@ -103,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Settings from the environment, overridden by every flag that names a setting and was given."""
+    """Settings from the environment, overridden by every flag that names a setting and was given.
+    The device is translated from rbee's names (``GPU-0`` = ``cuda:0``), from a flag or the variable."""
     names = {f.name for f in dataclasses.fields(Settings)}
-    return Settings.from_env(**{k: v for k, v in vars(args).items() if k in names})
+    settings = Settings.from_env(**{k: v for k, v in vars(args).items() if k in names})
+    return dataclasses.replace(settings, device=device_name(settings.device))
