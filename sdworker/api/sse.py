@@ -108,6 +108,9 @@ def event_payload(event: JobEvent) -> tuple[str, dict[str, Any]]:
         case StreamNotice(code=code, message=message):
             name = "notice"
             data = {"code": code, "message": message}
+        case JobEnded(marker=marker):
+            name = "end"  # on the wire its data is the bare marker (``frame``); this is its JSON view
+            data = {"marker": marker}
         case _:
             raise TypeError(f"no wire form for {type(event).__name__}")
     return name, {"type": name, **data, "at": event.at}

@@ -96,9 +96,9 @@ class QueenHeartbeat:
 
     def changed(self) -> None:
         """Note the status if it changed and wake the sender (a prompt beat, not one at the interval)."""
-        if self._stopped:
-            return
         status = self._status()
+        if self._stopped or status == STOPPING:
+            return  # ``stopping`` is ``stop``'s, sent exactly once
         if status != self._last_noted:
             self._last_noted = status
             self._noted.append(status)
@@ -139,6 +139,8 @@ class QueenHeartbeat:
             statuses = list(self._noted) or [self._status()]
             self._noted.clear()
             for status in statuses:
+                if status == STOPPING:
+                    continue  # the drain began; ``stop`` is about to send it
                 if not await self._send(status):
                     break  # the rest would be stale by the next try; the next beat says the current state
 

@@ -123,3 +123,15 @@ async def _failed_at_least(heartbeat: QueenHeartbeat, count: int) -> bool:
 async def test_no_queen_url_no_heartbeat() -> None:
     async with running_app() as app:
         assert app.app.state.node.heartbeat is None
+
+
+async def test_stopping_is_sent_once_by_stop_even_if_the_drain_is_noticed_first() -> None:
+    queen, state = Queen(), ["ready"]
+    beats = heartbeat(queen, state, interval_seconds=0.02)
+    beats.start()
+    await queen.wait_for(1)
+    state[0] = "stopping"  # the node began draining; the runner says so before stop() runs
+    beats.changed()
+    await asyncio.sleep(0.1)  # several intervals
+    await beats.stop()
+    assert queen.statuses().count("stopping") == 1 and queen.statuses()[-1] == "stopping"

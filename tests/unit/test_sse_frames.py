@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 
-from sdworker.api.sse import frame
+from sdworker.api.sse import event_payload, frame
 from sdworker.events.types import (
     JobCompleted,
     JobEnded,
@@ -74,5 +74,7 @@ def test_end_event_carries_the_marker_on_one_data_line_with_an_id() -> None:
     assert frame(JobEnded(job_id="j", seq=4, marker=failed.marker)) == (
         b"id: 4\nevent: end\ndata: [ERROR] CUDA out of memory try smaller\n\n"
     )
+    # Its JSON view, for code that shows events as JSON (not what goes on the wire).
+    assert event_payload(done) == ("end", {"type": "end", "marker": "[DONE]", "at": 0.0})
     # A marker written by another backend with a line break still makes one data line.
     assert frame(JobEnded(job_id="j", seq=5, marker="[ERROR] a\nb")).count(b"data:") == 1
