@@ -103,13 +103,14 @@ Event = (
     | StreamNotice
 )
 TERMINAL_EVENTS = (JobCompleted, JobFailed)
+# Events a lagging watcher may lose to a newer one; everything else is always delivered.
+COALESCIBLE_EVENTS = (StepProgressed, PreviewReady)
 
+# rbee's completion markers (jobs-contract ``completion_markers``)
 DONE_MARKER = "[DONE]"
 CANCELLED_MARKER = "[CANCELLED]"
 ERROR_MARKER = "[ERROR]"
-CANCELLED_CODE = "cancelled"
-# Events a lagging watcher may lose to a newer one; everything else is always delivered.
-COALESCIBLE_EVENTS = (StepProgressed, PreviewReady)
+CANCELLED_CODE = "cancelled"  # JobFailed.code of a client's cancel
 
 
 def is_terminal(event: JobEvent) -> bool:

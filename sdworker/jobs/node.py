@@ -44,7 +44,7 @@ class Node:
         self.settings = settings
         self.service = service
         self.runner = runner
-        self.heartbeat = heartbeat
+        self.heartbeat = heartbeat  # create_app sets it after the node exists (it reads worker_status)
         self._drain: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
