@@ -14,7 +14,8 @@ Tree::
     │   ├── InvalidImage (invalid_image, 422)        base64 or image bytes that do not decode
     │   ├── ImageTooLarge (image_too_large, 413)     declared pixel count above the limit
     │   ├── UnknownScheduler (unknown_scheduler, 422)
-    │   └── Unsupported (unsupported, 422)           a known field we do not implement (e.g. loras)
+    │   ├── Unsupported (unsupported, 422)           a known field we do not implement (e.g. loras)
+    │   └── WrongWorker (wrong_worker, 422)          rbee's ``worker_id`` names another worker
     ├── BodyTooLarge (body_too_large, 413)
     ├── JobNotFound (job_not_found, 404)
     ├── ModelNotFound (model_not_found, 404)        a job names a model no live worker serves
@@ -69,6 +70,12 @@ class UnknownScheduler(InvalidRequest):
 
 class Unsupported(InvalidRequest):
     code = "unsupported"
+
+
+class WrongWorker(InvalidRequest):
+    """A job misrouted by rbee's queen: refused, not run on the wrong worker."""
+
+    code = "wrong_worker"
 
 
 class BodyTooLarge(SdworkerError):

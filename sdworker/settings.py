@@ -200,6 +200,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"{host!r} is not a host name, *.domain, [v6 address] or *")
         return tuple(h.lower() for h in value)
 
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        return device_name(value)
+
     @field_validator("public_url", "queen_url")
     @classmethod
     def _check_http_url(cls, value: str | None) -> str | None:
@@ -311,3 +316,27 @@ def describe_error(exc: ValidationError, given: Mapping[str, str], environ: Mapp
     if len(shown) > 80:
         shown = shown[:77] + "..."
     return f"{source}{shown}: {message}"
+
+
+_OUR_DEVICES = re.compile(r"auto|cpu|cuda|cuda:[0-9]{1,3}|mps")
+_RBEE_CPU = re.compile(r"cpu-[0-9]{1,3}")
+_RBEE_GPU = re.compile(r"gpu-([0-9]{1,3})")
+
+
+def device_name(name: str) -> str:
+    """Our (torch's) device name for one of ours or one rbee's hive passes: ``cpu``/``CPU-N`` (its CPU
+    "devices" are all the one CPU), ``GPU-N`` (= ``cuda:N``), ``metal`` (= ``mps``). Anything else is
+    refused at start with the names we take, instead of failing later in torch."""
+    lowered = name.strip().lower()
+    if _OUR_DEVICES.fullmatch(lowered):
+        return lowered
+    if _RBEE_CPU.fullmatch(lowered):
+        return "cpu"
+    if gpu := _RBEE_GPU.fullmatch(lowered):
+        return f"cuda:{int(gpu.group(1))}"
+    if lowered == "metal":
+        return "mps"
+    raise ValueError(
+        f"{name!r} is not a device sdworker knows: auto, cpu, cuda, cuda:N, mps, "
+        "or rbee's CPU-N, GPU-N (= cuda:N), metal (= mps)"
+    )

@@ -16,6 +16,7 @@ uvicorn waits on open connections.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -28,6 +29,7 @@ from sdworker.api.routes_fleet import router as fleet_router
 from sdworker.api.routes_jobs import router as jobs_router
 from sdworker.api.routes_system import router as system_router
 from sdworker.engine.protocol import Engine
+from sdworker.jobs.heartbeat import QueenHeartbeat, WorkerCard
 from sdworker.jobs.memory import MemoryJobService
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.node import Node
@@ -61,6 +63,9 @@ def create_app(
             png_text=png_text_for(settings),
         )
     node = Node(settings, service, runner, source)
+    if settings.queen_url and runner is not None:
+        node.heartbeat = _queen_heartbeat(settings, node)
+        runner.listen(node.heartbeat.changed)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -90,3 +95,19 @@ def create_app(
     # /docs, documented error answers. Everything about the edge stays in this one call.
     install_edge(app, settings)
     return app
+
+
+def _queen_heartbeat(settings: Settings, node: Node) -> QueenHeartbeat:
+    """rbee: this worker announces itself to the queen that its hive named with ``--queen-url``."""
+    assert settings.queen_url is not None
+    card = WorkerCard(
+        id=settings.worker_id or f"sdworker-{socket.gethostname()}-{settings.port}",
+        model_id=settings.model,
+        device=settings.device,
+        port=settings.port,
+        version=__version__,
+    )
+    return QueenHeartbeat(
+        settings.queen_url, card, node.worker_status, interval_seconds=settings.heartbeat_seconds
+    )
+

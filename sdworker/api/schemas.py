@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdworker.engine.protocol import Operation
-from sdworker.errors import InvalidRequest, Unsupported
+from sdworker.errors import InvalidRequest, Unsupported, WrongWorker
 from sdworker.jobs.spec import JobDraft
 from sdworker.previews.options import PreviewOptions
 from sdworker.settings import Settings
@@ -69,7 +69,8 @@ class JobRequest(BaseModel):
     mask_image: str | None = Field(None, min_length=1, description="inpaint: base64 mask, white = repaint")
     strength: float | None = Field(None, gt=0.0, le=1.0, description="img2img/inpaint strength (0.8)")
     preview: PreviewRequest | None = None
-    # rbee's bookkeeping: accepted, shown in the job's parameters; `model` is informational only.
+    # rbee's bookkeeping: accepted, shown in the job's parameters. `model` picks the model (one of
+    # those served); `worker_id` must name this worker when it was started with --worker-id.
     hive_id: str | None = Field(None, max_length=_NAME)
     worker_id: str | None = Field(None, max_length=_NAME)
     model: str | None = Field(None, max_length=_NAME)
@@ -80,6 +81,7 @@ def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
     operation = OPERATION_NAMES[body.operation]
     if body.loras:
         raise Unsupported("loras: LoRA is not supported by this worker yet; send an empty list", field="loras")
+    _check_worker(body.worker_id, settings.worker_id)
     _check_range("steps", body.steps, 1, settings.max_steps)
     _check_range("n", body.n, 1, settings.max_images)
     width, height = body.width, body.height
@@ -150,6 +152,16 @@ def _refuse_images(body: JobRequest, fields: tuple[str, ...], operation: str) ->
     for name in fields:
         if getattr(body, name) is not None:
             raise InvalidRequest(f"{name}: not used by {operation}", field=name)
+
+
+def _check_worker(requested: str | None, ours: str | None) -> None:
+    """rbee's queen names the worker it scheduled a job on: a job for another one was misrouted and is
+    refused rather than run here. A node without ``--worker-id`` (an API node of a fleet) ignores it."""
+    if ours is not None and requested is not None and requested != ours:
+        raise WrongWorker(
+            f"worker_id: this is worker {ours!r}; the job is for worker {requested!r} (misrouted)",
+            field="worker_id",
+        )
 
 
 def _check_range(field: str, value: int, low: int, high: int) -> None:

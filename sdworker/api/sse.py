@@ -5,6 +5,13 @@ Frames keep the reference design's names and fields (``progress``, ``preview``, 
 sequence number, for ``Last-Event-ID``), preview ``width``/``height``/``method`` and ``at`` (the
 publish time, epoch seconds). A client that does not know a field or an event ignores it.
 
+Every stream ends with ``event: end`` after the terminal ``complete``/``error``: its data is rbee's
+completion marker on one line, not JSON (``data: [DONE]``, ``data: [CANCELLED]``, ``data: [ERROR]
+<message>``), so rbee's job client, which reads ``data:`` lines and stops at a marker, tells success
+from failure. Its own event name keeps EventSource ``onmessage`` handlers (the ``message`` event) and
+listeners of the typed events undisturbed. It has an ``id:`` like every recorded event, so
+``Last-Event-ID`` of the end event means "nothing left" (204).
+
 The response (``EventStreamResponse``) bounds every write: a watcher whose socket accepts nothing
 for ``send_timeout_seconds`` is disconnected, so a stalled client can hold neither a task nor memory.
 It also stops as soon as the client disconnects, and the stream ends by itself when the bus ends it
@@ -28,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 from sdworker.events.bus import Subscription
 from sdworker.events.types import (
     JobCompleted,
+    JobEnded,
     JobEvent,
     JobFailed,
     JobQueued,
@@ -100,6 +108,9 @@ def event_payload(event: JobEvent) -> tuple[str, dict[str, Any]]:
         case StreamNotice(code=code, message=message):
             name = "notice"
             data = {"code": code, "message": message}
+        case JobEnded(marker=marker):
+            name = "end"  # on the wire its data is the bare marker (``frame``); this is its JSON view
+            data = {"marker": marker}
         case _:
             raise TypeError(f"no wire form for {type(event).__name__}")
     return name, {"type": name, **data, "at": event.at}
@@ -109,6 +120,11 @@ def event_payload(event: JobEvent) -> tuple[str, dict[str, Any]]:
 def frame(event: JobEvent) -> bytes:
     """The wire bytes of one event. Cached: a fan-out to 1,000 watchers encodes each event (and its
     preview's base64) once, not 1,000 times; events are frozen, so equal events give equal frames."""
+    if isinstance(event, JobEnded):
+        # The marker as it is, exactly what rbee reads; folded again in case another backend's copy
+        # was not made by ``end_marker`` (a line break would split it into two data lines).
+        marker = " ".join(event.marker.splitlines())
+        return f"id: {event.seq}\nevent: end\ndata: {marker}\n\n".encode()
     name, data = event_payload(event)
     body = f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
     # A transient notice (seq 0) carries no id: it must not move the client's Last-Event-ID.

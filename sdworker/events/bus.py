@@ -11,8 +11,13 @@ same sequence number, so replay after any id gives exactly the ids that followed
 image at most.
 
 Each watcher has a bounded buffer. When it lags, progress and preview events are coalesced (the
-oldest dropped first, and an unread preview loses its image to a newer one); queued, started and
-terminal events are never dropped.
+oldest dropped first, and an unread preview loses its image to a newer one); queued, started,
+terminal and end events are never dropped.
+
+A job's channel closes in two steps: after the terminal event (complete/error) it accepts only the
+end event (``JobEnded``, rbee's completion marker; any late step or preview is dropped); after the end
+event it is finished: nothing more is recorded, every stream ends once it has delivered it, and a
+watcher whose ``Last-Event-ID`` is the end event's id gets nothing (the route answers 204).
 
 Both job backends fan out through this bus: the memory backend publishes into it (the bus numbers
 the events); the Redis backend's per-node reader ``accept``s events numbered in Redis, so a thousand
@@ -33,6 +38,7 @@ from sdworker.events.types import (
     JobEvent,
     PreviewReady,
     StepProgressed,
+    ends_stream,
     is_terminal,
     without_image,
 )
@@ -69,7 +75,7 @@ class Subscription:
                 await self._wakeup.wait()
         event = self._pending.popleft()
         self._waiting_since = self._bus.clock() if self._pending else 0.0
-        if is_terminal(event):
+        if ends_stream(event):
             self._pending.clear()
             self._ended = True
         return event
@@ -114,14 +120,24 @@ class Subscription:
 
 
 class _Channel:
-    __slots__ = ("finished", "history", "last_seq", "preview_index", "subscribers")
+    __slots__ = ("decided", "finished", "history", "last_seq", "preview_index", "subscribers")
 
     def __init__(self) -> None:
         self.history: list[JobEvent] = []
         self.preview_index: int | None = None
         self.subscribers: set[Subscription] = set()
         self.last_seq = 0
-        self.finished = False
+        self.decided = False  # the terminal event is recorded: only the end event may follow
+        self.finished = False  # the end event is recorded: the stream is over
+
+    def takes(self, event: JobEvent) -> bool:
+        return not self.finished and (not self.decided or ends_stream(event))
+
+    def close_after(self, event: JobEvent) -> None:
+        if is_terminal(event):
+            self.decided = True
+        elif ends_stream(event):
+            self.finished = True
 
 
 class EventBus:
@@ -155,16 +171,16 @@ class EventBus:
 
     def publish(self, event: JobEvent) -> JobEvent | None:
         """Stamp ``seq`` and ``at``, record in history, fan out. Returns the stamped event, or None if
-        the job is unknown or already finished (a late event after the terminal one is dropped)."""
+        the job is unknown or already finished (a late event after the terminal one is dropped; only the
+        end event may follow it)."""
         channel = self._channels.get(event.job_id)
-        if channel is None or channel.finished:
+        if channel is None or not channel.takes(event):
             return None
         channel.last_seq += 1
         stamped = dataclasses.replace(event, seq=channel.last_seq, at=self._wall_clock())
         self._record(channel, stamped)
         self._fan_out(channel, stamped)
-        if is_terminal(stamped):
-            channel.finished = True
+        channel.close_after(stamped)
         return stamped
 
     def _fan_out(self, channel: _Channel, event: JobEvent) -> None:
@@ -180,13 +196,12 @@ class EventBus:
         events in Redis, so every API node shows the same ids). Events at or below the channel's last
         seq are duplicates and dropped; gaps are allowed (a trimmed history)."""
         channel = self._channels.get(event.job_id)
-        if channel is None or channel.finished or event.seq <= channel.last_seq:
+        if channel is None or not channel.takes(event) or event.seq <= channel.last_seq:
             return None
         channel.last_seq = event.seq
         self._record(channel, event)
         self._fan_out(channel, event)
-        if is_terminal(event):
-            channel.finished = True
+        channel.close_after(event)
         return event
 
     def notify(self, job_id: str, event: JobEvent) -> None:

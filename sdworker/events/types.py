@@ -5,6 +5,11 @@ script that appends the event, so ids are the same integers on every API node an
 
 Consumers match on the class (``match event: case PreviewReady(): ...``), never on a string; only
 ``sdworker.api.sse`` turns them into wire names.
+
+Every job's history ends with two records: the terminal event (``JobCompleted`` or ``JobFailed``, the
+job's outcome) and right after it ``JobEnded`` (``end_marker(terminal)``), rbee's completion marker.
+A stream ends after ``JobEnded``, not after the terminal event, so a reader that goes line by line
+(rbee's job client) always meets the marker, and ``Last-Event-ID`` of the end event is "nothing left".
 """
 
 from __future__ import annotations
@@ -84,14 +89,54 @@ class JobFailed(JobEvent):
     message: str
 
 
-Event = JobQueued | JobStarted | JobRetrying | StepProgressed | PreviewReady | JobCompleted | JobFailed | StreamNotice
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobEnded(JobEvent):
+    """The last event of every job, right after its terminal event: rbee's completion marker
+    (``[DONE]``, ``[CANCELLED]`` or ``[ERROR] <message>``, always one line). Made only by
+    ``end_marker``, so every backend writes the same marker for the same outcome."""
+
+    marker: str
+
+
+Event = (
+    JobQueued | JobStarted | JobRetrying | StepProgressed | PreviewReady | JobCompleted | JobFailed | JobEnded
+    | StreamNotice
+)
 TERMINAL_EVENTS = (JobCompleted, JobFailed)
 # Events a lagging watcher may lose to a newer one; everything else is always delivered.
 COALESCIBLE_EVENTS = (StepProgressed, PreviewReady)
 
+# rbee's completion markers (jobs-contract ``completion_markers``)
+DONE_MARKER = "[DONE]"
+CANCELLED_MARKER = "[CANCELLED]"
+ERROR_MARKER = "[ERROR]"
+CANCELLED_CODE = "cancelled"  # JobFailed.code of a client's cancel
+
 
 def is_terminal(event: JobEvent) -> bool:
+    """The job's outcome (complete or error). The stream still has ``JobEnded`` to come."""
     return isinstance(event, TERMINAL_EVENTS)
+
+
+def ends_stream(event: JobEvent) -> bool:
+    """The last event of a job's stream: nothing is recorded or delivered after it."""
+    return isinstance(event, JobEnded)
+
+
+def end_marker(terminal: JobCompleted | JobFailed) -> JobEnded:
+    """The end record that follows ``terminal`` (same job; ``seq``/``at`` are stamped like any event).
+
+    ``[CANCELLED]`` only for a client's cancel (code ``cancelled``): rbee's client reports it as
+    "cancelled". Everything else that did not complete, a shutdown included, is ``[ERROR] <message>``
+    with the message folded onto one line (an SSE ``data:`` line ends at the first line break)."""
+    if isinstance(terminal, JobCompleted):
+        marker = DONE_MARKER
+    elif terminal.code == CANCELLED_CODE:
+        marker = CANCELLED_MARKER
+    else:
+        message = " ".join(terminal.message.split()) or terminal.code
+        marker = f"{ERROR_MARKER} {message}"
+    return JobEnded(job_id=terminal.job_id, marker=marker)
 
 
 def without_image(event: PreviewReady) -> StepProgressed:

@@ -24,7 +24,16 @@ from sdworker.engine.parameters import model_label
 from sdworker.engine.protocol import CancelToken, EngineInfo
 from sdworker.errors import JobNotFinished, JobNotFound, NotReady
 from sdworker.events.bus import EventBus, Subscription
-from sdworker.events.types import JobCompleted, JobEvent, JobFailed, JobQueued, JobStarted, PreviewReady, StepProgressed
+from sdworker.events.types import (
+    JobCompleted,
+    JobEvent,
+    JobFailed,
+    JobQueued,
+    JobStarted,
+    PreviewReady,
+    StepProgressed,
+    end_marker,
+)
 from sdworker.jobs.inputs import check_inputs
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.protocol import FleetInfo, Lease
@@ -310,7 +319,7 @@ class MemoryJobService:
         record.images, record.seeds, record.width, record.height = images, seeds, width, height
         record.step = record.total
         self._finish(record, JobStatus.COMPLETED, None, None)
-        self.bus.publish(
+        self._publish_outcome(
             JobCompleted(job_id=record.job_id, images=images, seed=seeds[0], seeds=seeds, width=width, height=height)
         )
         return True
@@ -342,10 +351,16 @@ class MemoryJobService:
             seconds = record.finished_at - record.started_at
             self._job_seconds = seconds if not self._job_seconds else 0.8 * self._job_seconds + 0.2 * seconds
         if code is not None and message is not None:
-            self.bus.publish(JobFailed(job_id=record.job_id, code=code, message=message))
+            self._publish_outcome(JobFailed(job_id=record.job_id, code=code, message=message))
         waiter = self._finished.pop(record.job_id, None)
         if waiter is not None:
             waiter.set()
+
+    def _publish_outcome(self, terminal: JobCompleted | JobFailed) -> None:
+        """The terminal event and, right after it in the same loop turn, the end marker (rbee's
+        ``[DONE]``/``[ERROR] ...``/``[CANCELLED]``): the last event of the stream."""
+        if self.bus.publish(terminal) is not None:
+            self.bus.publish(end_marker(terminal))
 
     def _reject_queued(self, code: str, message: str) -> None:
         for job_id in self._queue.job_ids():

@@ -12,6 +12,11 @@ task and again from the lifespan:
    within a step; watchers get ``error`` ``shutting_down``) and Redis mode hands it back to the queue
    at once, so another worker runs it without waiting for the claim timeout;
 4. end every stream (after its buffered events), so uvicorn has no open response to wait for.
+
+With ``--queen-url`` the node also owns the heartbeat to rbee's queen (``jobs/heartbeat.py``): started
+after the runner (its first beat says ``starting``), told by the runner of every change of state,
+and stopped as the drain begins (one ``stopping`` beat, in parallel with the drain, bounded by the
+heartbeat's own timeout), so the queen stops scheduling onto a worker that is going away.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from sdworker.jobs.heartbeat import QueenHeartbeat
 from sdworker.jobs.protocol import JobService, JobSource
 from sdworker.jobs.runner import JobRunner
 from sdworker.settings import Settings
@@ -28,18 +34,33 @@ log = logging.getLogger(__name__)
 
 class Node:
     def __init__(
-        self, settings: Settings, service: JobService, runner: JobRunner | None, source: JobSource | None = None
+        self,
+        settings: Settings,
+        service: JobService,
+        runner: JobRunner | None,
+        source: JobSource | None = None,
+        *,
+        heartbeat: QueenHeartbeat | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
         self.runner = runner
         self.source = source
+        self.heartbeat = heartbeat  # create_app sets it after the node exists (it reads worker_status)
         self._drain: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.service.start()
         if self.runner is not None:
             self.runner.start()
+        if self.heartbeat is not None:
+            self.heartbeat.start()
+
+    def worker_status(self) -> str:
+        """rbee's status of this node's worker (what the heartbeat reports)."""
+        if self.draining:
+            return "stopping"
+        return self.runner.status if self.runner is not None else "ready"
 
     async def readiness(self) -> tuple[bool, str | None]:
         if self.draining:
@@ -60,6 +81,8 @@ class Node:
 
     async def stop(self) -> None:
         await self.drain()
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()  # done by the drain already; here in case the drain failed
         if self.runner is not None:
             await self.runner.close()
         if self.source is not None and self.source is not self.service:
@@ -70,9 +93,14 @@ class Node:
         grace = self.settings.shutdown_grace_seconds
         local = self.service.backend == "memory"
         log.info("draining: no new jobs; waiting up to %.0f s for the running job", grace)
+        beats = None
+        if self.heartbeat is not None:
+            beats = asyncio.get_running_loop().create_task(self.heartbeat.stop(), name="sdworker-heartbeat-stop")
         await self.service.drain(reject_queued=local)
         if self.runner is not None:
             await self.runner.stop(grace, hand_back=not local)
         if local:
             await self.service.drain(reject_queued=True)  # a job claimed while the drain began
         await self.service.close_streams()
+        if beats is not None:
+            await beats  # bounded: one request with the heartbeat's timeout

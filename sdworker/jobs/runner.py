@@ -74,6 +74,7 @@ class JobRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._current: Lease | None = None
         self._stopping = False
+        self._listeners: list[Callable[[], None]] = []
         self.state = "loading"  # loading | ready | failed | stopped
         self.reason: str | None = "the model is loading"
 
@@ -85,6 +86,28 @@ class JobRunner:
     def current_job(self) -> str | None:
         return self._current.spec.job_id if self._current is not None else None
 
+    @property
+    def status(self) -> str:
+        """rbee's worker status: starting | ready | busy | stopping | error."""
+        if self._stopping or self.state == "stopped":
+            return "stopping"
+        if self.state == "loading":
+            return "starting"
+        if self.state == "failed":
+            return "error"
+        return "busy" if self._current is not None else "ready"
+
+    def listen(self, callback: Callable[[], None]) -> None:
+        """``callback()`` on the event loop whenever ``status`` may have changed (heartbeats)."""
+        self._listeners.append(callback)
+
+    def _changed(self) -> None:
+        for callback in self._listeners:
+            try:
+                callback()
+            except Exception:
+                log.exception("a runner state listener failed")
+
     def start(self) -> None:
         self._main = asyncio.get_running_loop().create_task(self._run(), name="sdworker-dispatch")
         self._main.add_done_callback(self._on_main_done)
@@ -95,6 +118,7 @@ class JobRunner:
         self._stopping = True
         self.reason = "the server is shutting down"
         await self._source.set_engine(None, state="stopping", reason=self.reason)
+        self._changed()
         main = self._main
         if main is not None and not main.done():
             if self._current is None:
@@ -138,6 +162,7 @@ class JobRunner:
         # Announced before this runner says ready, so an API node routes jobs to it from then on.
         await self._source.set_engine(self._engine.info, state="ready")
         self.state, self.reason = "ready", None
+        self._changed()
         while not self._stopping:
             leases = await self._source.claim(self._models, wait_seconds=1.0)
             for index, lease in enumerate(leases):
@@ -146,10 +171,12 @@ class JobRunner:
                         await rest.release()
                     break
                 self._current = lease
+                self._changed()
                 try:
                     await self._run_job(loop, lease)
                 finally:
                     self._current = None
+                    self._changed()
 
     async def _run_job(self, loop: asyncio.AbstractEventLoop, lease: Lease) -> None:
         spec = lease.spec
@@ -213,6 +240,7 @@ class JobRunner:
     async def _die(self, reason: str) -> None:
         self.state, self.reason = "failed", reason
         await self._source.set_engine(None, state="failed", reason=reason)
+        self._changed()
 
     def _on_main_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self._stopping:

@@ -110,8 +110,9 @@ async def _is_ready(client: httpx.AsyncClient) -> bool:
     return (await client.get("/ready")).status_code == 200
 
 
-def parse_sse(text: str) -> list[tuple[int, str, dict[str, Any]]]:
-    """(id, event, data) of every event frame; comments and `retry:` lines are skipped."""
+def parse_sse(text: str) -> list[tuple[int, str, Any]]:
+    """(id, event, data) of every event frame; comments and `retry:` lines are skipped. The data is
+    the parsed JSON, except for the closing `end` event, whose data is rbee's marker as a string."""
     events = []
     for block in text.split("\n\n"):
         fields: dict[str, str] = {}
@@ -120,7 +121,8 @@ def parse_sse(text: str) -> list[tuple[int, str, dict[str, Any]]]:
                 key, value = line.split(": ", 1)
                 fields[key] = value
         if "event" in fields:
-            events.append((int(fields["id"]), fields["event"], json.loads(fields["data"])))
+            data = fields["data"] if fields["event"] == "end" else json.loads(fields["data"])
+            events.append((int(fields["id"]), fields["event"], data))
     return events
 
 

@@ -46,15 +46,16 @@ async def test_stream_replay_last_event_id_and_204_after_the_end() -> None:
         events = parse_sse(full.text)
         ids = [e[0] for e in events]
         assert ids == list(range(1, len(ids) + 1))
-        assert [e[1] for e in events][:2] == ["queued", "started"] and events[-1][1] == "complete"
-        assert all(e[2]["type"] == e[1] for e in events)
+        assert [e[1] for e in events][:2] == ["queued", "started"] and events[-2][1] == "complete"
+        assert events[-1][1:] == ("end", "[DONE]")  # rbee's completion marker closes every stream
+        assert all(e[2]["type"] == e[1] for e in events[:-1])
         for after in range(0, ids[-1]):
             replay = parse_sse(
                 (await app.client.get(f"/v1/jobs/{job_id}/stream", headers={"Last-Event-ID": str(after)})).text
             )
             assert [e[0] for e in replay] == ids[after:]
-        via_query = await app.client.get(f"/v1/jobs/{job_id}/stream", params={"last_event_id": ids[-2]})
-        assert [e[1] for e in parse_sse(via_query.text)] == ["complete"]
+        via_query = await app.client.get(f"/v1/jobs/{job_id}/stream", params={"last_event_id": ids[-3]})
+        assert [e[1] for e in parse_sse(via_query.text)] == ["complete", "end"]
         done = await app.client.get(f"/v1/jobs/{job_id}/stream", headers={"Last-Event-ID": str(ids[-1])})
         assert done.status_code == 204
 
@@ -93,7 +94,8 @@ async def test_cancel_queued_and_running_jobs() -> None:
         cancelled = (await app.client.delete(f"/v1/jobs/{queued}")).json()
         assert cancelled["status"] == "cancelled" and cancelled["error"]["code"] == "cancelled"
         events = parse_sse((await app.client.get(f"/v1/jobs/{queued}/stream")).text)
-        assert events[-1][1] == "error" and events[-1][2]["code"] == "cancelled"
+        assert events[-2][1] == "error" and events[-2][2]["code"] == "cancelled"
+        assert events[-1][1:] == ("end", "[CANCELLED]")
         assert "started" not in [e[1] for e in events]
 
         stream = asyncio.create_task(app.client.get(f"/v1/jobs/{running}/stream"))
@@ -103,7 +105,8 @@ async def test_cancel_queued_and_running_jobs() -> None:
         final = await app.wait_status(running, "cancelled", timeout=2.0)
         assert final["step"] < 150 and final["error"]["code"] == "cancelled"
         events = parse_sse((await stream).text)
-        assert events[-1][1] == "error" and events[-1][2]["code"] == "cancelled"
+        assert events[-2][1] == "error" and events[-2][2]["code"] == "cancelled"
+        assert events[-1][1:] == ("end", "[CANCELLED]")
         assert engine.generate_calls == 1  # the cancelled queued job never ran
         again = await app.client.delete(f"/v1/jobs/{running}")
         assert again.status_code == 200 and again.json()["status"] == "cancelled"  # idempotent
@@ -145,7 +148,8 @@ async def test_engine_failure_is_an_error_event_and_the_service_goes_on() -> Non
         status = await app.wait_status(job_id, "failed")
         assert status["error"]["code"] == "generation_failed"
         events = parse_sse((await app.client.get(f"/v1/jobs/{job_id}/stream")).text)
-        assert events[-1][1] == "error" and events[-1][2]["code"] == "generation_failed"
+        assert events[-2][1] == "error" and events[-2][2]["code"] == "generation_failed"
+        assert events[-1][1:] == ("end", f"[ERROR] {events[-2][2]['message']}")
         app.engine.fail_at_step = None
         assert (await app.wait_status(await app.submit(), "completed", "failed"))["status"] == "completed"
 
@@ -176,7 +180,7 @@ async def test_img2img_size_from_image_inpaint_and_several_images() -> None:
         status = await app.wait_status(job_id, "completed")
         assert status["seeds"] == [10, 11, 12] and len(status["images"]) == 3
         events = parse_sse((await app.client.get(f"/v1/jobs/{job_id}/stream")).text)
-        complete = events[-1][2]
+        complete = events[-2][2]
         assert len(complete["images"]) == 3 and complete["image"] == complete["images"][0]
         third = await app.client.get(f"/v1/jobs/{job_id}/image", params={"index": 2})
         assert third.status_code == 200 and third.content != (await app.client.get(f"/v1/jobs/{job_id}/image")).content

@@ -59,7 +59,7 @@ async def test_previews_are_decoded_only_while_somebody_watches() -> None:
         await app.wait_status(unwatched, "completed")
         assert engine.render_preview_calls == len(previews)  # nobody watched: not one decode
         replay = parse_sse((await app.client.get(f"/v1/jobs/{unwatched}/stream")).text)
-        assert "preview" not in [name for _, name, _ in replay] and replay[-1][1] == "complete"
+        assert "preview" not in [name for _, name, _ in replay] and replay[-2][1] == "complete"
 
 
 async def test_a_slow_encoder_makes_previews_skip_not_generation_wait() -> None:
@@ -121,13 +121,14 @@ async def test_drain_ends_queued_and_running_jobs_and_every_stream() -> None:
         texts = [(await s).text for s in streams]
         if backend_name() == "memory":
             for text in texts:
-                last = parse_sse(text)[-1]
+                *_, last, end = parse_sse(text)
                 assert last[1] == "error" and last[2]["code"] == "shutting_down", last
+                assert end[1:] == ("end", f"[ERROR] {last[2]['message']}")  # a shutdown is no client's cancel
             assert (await app.status(running))["status"] == "cancelled"
             assert (await app.status(queued))["status"] == "cancelled"
         else:
             for text in texts:
-                assert all(name not in ("complete", "error") for _, name, _ in parse_sse(text))
+                assert all(name not in ("complete", "error", "end") for _, name, _ in parse_sse(text))
             handed_back = await app.status(running)
             assert handed_back["status"] == "queued" and handed_back["attempt"] == 0, handed_back
             assert (await app.status(queued))["status"] == "queued"
@@ -142,6 +143,6 @@ async def test_drain_lets_a_running_job_finish_within_the_grace_period() -> None
         await app.wait_status(job_id, "running")
         await asyncio.wait_for(app.app.state.node.drain(), 10)
         assert (await app.status(job_id))["status"] == "completed"
-        assert parse_sse((await stream).text)[-1][1] == "complete"
+        assert [e[1] for e in parse_sse((await stream).text)][-2:] == ["complete", "end"]
         assert not engine.closed
     assert engine.closed  # the lifespan's end frees the engine (on its own thread)

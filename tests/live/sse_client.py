@@ -14,7 +14,7 @@ import httpx
 class Received:
     id: int
     name: str
-    data: dict[str, Any]
+    data: Any  # parsed JSON; for the closing `end` event, rbee's marker (a string)
     at: float  # time.time() on receipt
 
 
@@ -30,7 +30,9 @@ async def read_events(
         async for line in response.aiter_lines():
             if line == "":
                 if "event" in block:
-                    events.append(Received(int(block["id"]), block["event"], json.loads(block["data"]), time.time()))
+                    raw = block["data"]
+                    data = raw if block["event"] == "end" else json.loads(raw)
+                    events.append(Received(int(block["id"]), block["event"], data, time.time()))
                     if stop_after is not None and len(events) >= stop_after:
                         break
                 block = {}

@@ -77,8 +77,8 @@ async def test_events_arrive_incrementally_in_order_with_ids(client: httpx.Async
     assert seen_running == ["running", "running"]
     replay = await read_events(client, f"/v1/jobs/{job_id}/stream")
     assert [e.id for e in replay] == list(range(1, len(events) + 1))
-    assert [e.name for e in replay][:2] == ["queued", "started"] and replay[-1].name == "complete"
-    assert events[-1] == "complete" and "preview" in events
+    assert [e.name for e in replay][:2] == ["queued", "started"] and replay[-2].name == "complete"
+    assert events[-2:] == ["complete", "end"] and replay[-1].data == "[DONE]" and "preview" in events
     steps = [e.data["step"] for e in replay if e.name in ("progress", "preview")]
     assert steps == list(range(1, 41))
 
@@ -90,7 +90,7 @@ async def test_resume_with_last_event_id_gives_exactly_the_missing_events_then_2
     rest = await read_events(client, url, last_event_id=first[-1].id)
     ids = [e.id for e in first + rest]
     assert ids == list(range(1, len(ids) + 1)), ids  # nothing missing, nothing twice
-    assert rest[-1].name == "complete"
+    assert [e.name for e in rest[-2:]] == ["complete", "end"]
     full = await read_events(client, url)
     assert [e.id for e in full] == ids
     for after in (1, len(ids) // 2, len(ids) - 1):
@@ -110,7 +110,8 @@ async def test_200_watchers_of_one_job_all_get_every_terminal_event(client: http
     for events in results:
         ids = [e.id for e in events]
         assert ids == sorted(set(ids))
-        assert events[-1].name == "complete" and events[-1].data["job_id"] == job_id
+        assert events[-2].name == "complete" and events[-2].data["job_id"] == job_id
+        assert events[-1].name == "end" and events[-1].data == "[DONE]"
         final_ids.add(ids[-1])
     assert len(final_ids) == 1
     await wait_watchers(client, job_id, 0)
@@ -147,10 +148,12 @@ async def test_cancel_running_and_queued_jobs(client: httpx.AsyncClient) -> None
     await wait_watchers(client, queued, 1)
     assert (await client.delete(f"/v1/jobs/{queued}")).json()["status"] == "cancelled"
     queued_events = await asyncio.wait_for(watch_queued, 10)
-    assert queued_events[-1].name == "error" and queued_events[-1].data["code"] == "cancelled"
+    assert queued_events[-2].name == "error" and queued_events[-2].data["code"] == "cancelled"
+    assert queued_events[-1].name == "end" and queued_events[-1].data == "[CANCELLED]"
     await client.delete(f"/v1/jobs/{running}")
     running_events = await asyncio.wait_for(watch_running, 20)  # stops within one step
-    assert running_events[-1].name == "error" and running_events[-1].data["code"] == "cancelled"
+    assert running_events[-2].name == "error" and running_events[-2].data["code"] == "cancelled"
+    assert running_events[-1].name == "end" and running_events[-1].data == "[CANCELLED]"
     final = await status(client, running)
     assert final["status"] == "cancelled" and final["step"] < 150
 

@@ -41,7 +41,8 @@ async def test_sigterm_drains_jobs_and_streams_then_exits_zero(demo_cache_dir: P
             assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
             results = {j: await asyncio.wait_for(task, 30) for j, task in streams.items()}
         for job_id, events in results.items():
-            assert events[-1].name == "error" and events[-1].data["code"] == "shutting_down", (job_id, events[-1])
+            assert events[-2].name == "error" and events[-2].data["code"] == "shutting_down", (job_id, events[-2])
+            assert events[-1].name == "end" and events[-1].data.startswith("[ERROR] the server is shutting down")
         assert "started" not in [e.name for e in results[queued]]
         code = await asyncio.to_thread(server.process.wait, 30)
         assert code == 0, server.log()

@@ -1,4 +1,5 @@
-"""EventBus: sequence numbers, fan-out, replay history, coalescing for laggards, stall disconnects."""
+"""EventBus: sequence numbers, fan-out, replay history, coalescing for laggards, stall disconnects, and
+the two-step end of a job (terminal event, then the end marker)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import pytest
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import (
     JobCompleted,
+    JobEnded,
     JobEvent,
     JobFailed,
     JobQueued,
     JobStarted,
     PreviewReady,
     StepProgressed,
+    end_marker,
 )
 
 JOB = "job1"
@@ -40,6 +43,12 @@ def preview(step: int, total: int = 10) -> PreviewReady:
 
 def completed() -> JobCompleted:
     return JobCompleted(job_id=JOB, images=(b"png",), seed=1, seeds=(1,), width=64, height=64)
+
+
+def finish(bus: EventBus, terminal: JobCompleted | JobFailed) -> None:
+    """What a job backend does at the end: the terminal event, then its end marker."""
+    bus.publish(terminal)
+    bus.publish(end_marker(terminal))
 
 
 async def drain(sub: Subscription) -> list[JobEvent]:
@@ -69,18 +78,45 @@ async def test_fan_out_to_every_subscriber_and_end_after_terminal() -> None:
     assert bus.watcher_count(JOB) == 5
     for step in (1, 2):
         bus.publish(progress(step))
-    bus.publish(completed())
+    finish(bus, completed())
     for sub in subs:
         events = await drain(sub)
-        assert [type(e) for e in events] == [StepProgressed, StepProgressed, JobCompleted]
-        assert [e.seq for e in events] == [1, 2, 3]
+        assert [type(e) for e in events] == [StepProgressed, StepProgressed, JobCompleted, JobEnded]
+        assert [e.seq for e in events] == [1, 2, 3, 4]
 
 
-async def test_events_after_terminal_are_dropped() -> None:
+async def test_after_terminal_only_the_end_marker_is_taken_then_nothing() -> None:
     bus = make_bus()
     bus.publish(completed())
+    assert not bus.is_finished(JOB)  # the end marker is still to come
     assert bus.publish(progress(3)) is None
+    assert bus.publish(JobFailed(job_id=JOB, code="x", message="late")) is None
+    end = bus.publish(end_marker(completed()))
+    assert isinstance(end, JobEnded) and end.seq == 2 and end.marker == "[DONE]"
     assert bus.is_finished(JOB)
+    assert bus.publish(end_marker(completed())) is None
+
+
+async def test_a_stream_ends_after_the_end_marker_not_after_the_terminal_event() -> None:
+    bus = make_bus()
+    sub = bus.subscribe(JOB)
+    bus.publish(completed())
+    assert isinstance(await sub.next(timeout=1.0), JobCompleted)
+    with pytest.raises(TimeoutError):  # still open: the marker has not been published
+        await sub.next(timeout=0.01)
+    bus.publish(end_marker(completed()))
+    assert isinstance(await sub.next(timeout=1.0), JobEnded)
+    assert await sub.next(timeout=1.0) is None
+
+
+def test_end_markers_are_rbees() -> None:
+    assert end_marker(completed()).marker == "[DONE]"
+    assert end_marker(JobFailed(job_id=JOB, code="cancelled", message="the job was cancelled")).marker == "[CANCELLED]"
+    failed = end_marker(JobFailed(job_id=JOB, code="generation_failed", message="boom\non line two\r\nand three"))
+    assert failed.marker == "[ERROR] boom on line two and three" and failed.job_id == JOB
+    shutdown = JobFailed(job_id=JOB, code="shutting_down", message="the server is shutting down")
+    assert end_marker(shutdown).marker == "[ERROR] the server is shutting down"  # not the client's cancel
+    assert end_marker(JobFailed(job_id=JOB, code="worker_failed", message="")).marker == "[ERROR] worker_failed"
 
 
 async def test_history_keeps_only_the_latest_preview_image_but_every_id() -> None:
@@ -89,10 +125,12 @@ async def test_history_keeps_only_the_latest_preview_image_but_every_id() -> Non
     bus.publish(preview(1))
     bus.publish(progress(2))
     bus.publish(preview(3))
-    bus.publish(completed())
+    finish(bus, completed())
     replay = await drain(bus.subscribe(JOB))
-    assert [e.seq for e in replay] == [1, 2, 3, 4, 5]
-    assert [type(e) for e in replay] == [JobStarted, StepProgressed, StepProgressed, PreviewReady, JobCompleted]
+    assert [e.seq for e in replay] == [1, 2, 3, 4, 5, 6]
+    assert [type(e) for e in replay] == [
+        JobStarted, StepProgressed, StepProgressed, PreviewReady, JobCompleted, JobEnded
+    ]
     assert replay[1].step == 1  # type: ignore[attr-defined]  # the old preview became its step's progress
     assert isinstance(replay[3], PreviewReady) and replay[3].image == b"img3"
 
@@ -103,18 +141,20 @@ async def test_replay_after_id_gives_exactly_the_later_events_then_live_ones() -
         bus.publish(progress(step))
     sub = bus.subscribe(JOB, after_seq=3)
     bus.publish(progress(6))
-    bus.publish(completed())
-    assert [e.seq for e in await drain(sub)] == [4, 5, 6, 7]
+    finish(bus, completed())
+    assert [e.seq for e in await drain(sub)] == [4, 5, 6, 7, 8]
+    assert [e.seq for e in await drain(bus.subscribe(JOB, after_seq=7))] == [8]  # after complete: the end
 
 
 async def test_subscribing_to_a_finished_job_replays_and_ends() -> None:
     bus = make_bus()
     bus.publish(progress(1))
-    bus.publish(JobFailed(job_id=JOB, code="cancelled", message="gone"))
+    finish(bus, JobFailed(job_id=JOB, code="cancelled", message="gone"))
     sub = bus.subscribe(JOB, after_seq=1)
     assert bus.watcher_count(JOB) == 0
     events = await drain(sub)
-    assert len(events) == 1 and isinstance(events[0], JobFailed) and events[0].code == "cancelled"
+    assert len(events) == 2 and isinstance(events[0], JobFailed) and events[0].code == "cancelled"
+    assert isinstance(events[1], JobEnded) and events[1].marker == "[CANCELLED]"
 
 
 async def test_lagging_subscriber_coalesces_progress_but_never_drops_terminal() -> None:
@@ -126,12 +166,12 @@ async def test_lagging_subscriber_coalesces_progress_but_never_drops_terminal() 
     for step in range(1, 51):
         bus.publish(preview(step) if step % 5 == 0 else progress(step, 50))
         fast_seen.append(await fast.next(timeout=1.0))  # type: ignore[arg-type]
-    bus.publish(completed())
+    finish(bus, completed())
     events = await drain(slow)
     assert slow.pending == 0
-    assert len(events) <= 4 + 1
+    assert len(events) <= 4 + 2
     assert isinstance(events[0], JobStarted)  # never dropped
-    assert isinstance(events[-1], JobCompleted)  # never dropped
+    assert isinstance(events[-2], JobCompleted) and isinstance(events[-1], JobEnded)  # never dropped
     seqs = [e.seq for e in events]
     assert seqs == sorted(seqs)
     # at most one image was held for the slow watcher, and it is the newest preview

@@ -1,12 +1,23 @@
-"""Wire frames: the reference design's event names and fields, plus ids and our additions."""
+"""Wire frames: the reference design's event names and fields, plus ids and our additions, and the
+closing `end` event with rbee's completion marker as its plain (non-JSON) data."""
 
 from __future__ import annotations
 
 import base64
 import json
 
-from sdworker.api.sse import frame
-from sdworker.events.types import JobCompleted, JobEvent, JobFailed, JobQueued, JobStarted, PreviewReady, StepProgressed
+from sdworker.api.sse import event_payload, frame
+from sdworker.events.types import (
+    JobCompleted,
+    JobEnded,
+    JobEvent,
+    JobFailed,
+    JobQueued,
+    JobStarted,
+    PreviewReady,
+    StepProgressed,
+    end_marker,
+)
 
 
 def parse(data: bytes) -> tuple[int, str, dict[str, object]]:
@@ -54,3 +65,16 @@ def test_complete_error_queued_started() -> None:
         _, name, data = parse(frame(event))
         assert name == expected_name and data["type"] == expected_name
         assert {k: data[k] for k in fields} == fields
+
+
+def test_end_event_carries_the_marker_on_one_data_line_with_an_id() -> None:
+    done = end_marker(JobCompleted(job_id="j", images=(b"P",), seed=1, seeds=(1,), width=8, height=8))
+    assert frame(JobEnded(job_id="j", seq=9, marker=done.marker)) == b"id: 9\nevent: end\ndata: [DONE]\n\n"
+    failed = end_marker(JobFailed(job_id="j", code="generation_failed", message="CUDA out of memory\ntry smaller"))
+    assert frame(JobEnded(job_id="j", seq=4, marker=failed.marker)) == (
+        b"id: 4\nevent: end\ndata: [ERROR] CUDA out of memory try smaller\n\n"
+    )
+    # Its JSON view, for code that shows events as JSON (not what goes on the wire).
+    assert event_payload(done) == ("end", {"type": "end", "marker": "[DONE]", "at": 0.0})
+    # A marker written by another backend with a line break still makes one data line.
+    assert frame(JobEnded(job_id="j", seq=5, marker="[ERROR] a\nb")).count(b"data:") == 1

@@ -8,7 +8,7 @@ from typing import Any
 
 from sdworker.api.sse import KEEPALIVE, EventStreamResponse, event_frames
 from sdworker.events.bus import EventBus
-from sdworker.events.types import JobCompleted, StepProgressed
+from sdworker.events.types import JobCompleted, StepProgressed, end_marker
 
 
 def make_bus() -> EventBus:
@@ -24,8 +24,11 @@ async def test_keepalive_comment_when_nothing_happens_then_frames_then_end() -> 
     assert await anext(frames) == KEEPALIVE
     bus.publish(StepProgressed(job_id="j", step=1, total=2))
     assert (await anext(frames)).startswith(b"id: 1\nevent: progress\n")
-    bus.publish(JobCompleted(job_id="j", images=(b"p",), seed=1, seeds=(1,), width=8, height=8))
+    completed = JobCompleted(job_id="j", images=(b"p",), seed=1, seeds=(1,), width=8, height=8)
+    bus.publish(completed)
     assert b"event: complete" in await anext(frames)
+    bus.publish(end_marker(completed))
+    assert await anext(frames) == b"id: 3\nevent: end\ndata: [DONE]\n\n"
     assert [chunk async for chunk in frames] == []
     assert bus.watcher_count("j") == 0
 

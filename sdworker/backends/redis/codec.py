@@ -10,6 +10,7 @@ from typing import Any
 from sdworker.engine.protocol import EngineInfo, Operation
 from sdworker.events.types import (
     JobCompleted,
+    JobEnded,
     JobEvent,
     JobFailed,
     JobQueued,
@@ -91,6 +92,8 @@ def decode_event(
             )
         case "error":
             return JobFailed(**base, code=str(data["code"]), message=str(data["message"]))
+        case "end":
+            return JobEnded(**base, marker=str(data["marker"]))
         case _:
             return None  # a kind this node does not know (a newer worker): skipped, not a crash
 

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from sdworker.backends.redis.codec import decode_event, seq_of, text
 from sdworker.backends.redis.keys import Keys
 from sdworker.events.bus import EventBus, Subscription
-from sdworker.events.types import JobCompleted, JobEvent, StreamNotice, is_terminal
+from sdworker.events.types import JobEvent, StreamNotice, ends_stream
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class StreamHub:
         self._last[job_id] = max(self._last.get(job_id, 0), seq_of(entries[-1][0]))
         for event in await self._decode(job_id, entries):
             self._bus.accept(event)
-            if is_terminal(event) and isinstance(event, JobCompleted | JobEvent):
+            if ends_stream(event):
                 await self._withdraw(job_id)
 
     async def _advertise(self, job_id: str) -> None:

@@ -26,6 +26,13 @@ end
 local function expire(ttl, ...)  -- ttl in milliseconds
   for _, key in ipairs({...}) do redis.call('PEXPIRE', key, ttl) end
 end
+local function fail_with_end(job, ev, code, msg, maxlen)
+  -- the typed terminal event, then rbee's end marker (events/types.py: end_marker), together
+  append(job, ev, 'error', cjson.encode({code = code, message = msg}), maxlen)
+  local marker = '[ERROR] ' .. msg
+  if code == 'cancelled' then marker = '[CANCELLED]' end
+  return append(job, ev, 'end', cjson.encode({marker = marker}), maxlen)
+end
 local function ack(stream, entry)
   if entry then
     redis.call('XACK', stream, 'workers', entry)
@@ -69,14 +76,14 @@ redis.call('DEL', KEYS[3])
 if state == 'cancelling' then
   local msg = 'the job was cancelled'
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', at, 'error_code', 'cancelled', 'error_message', msg)
-  append(KEYS[1], KEYS[2], 'error', cjson.encode({code = 'cancelled', message = msg}), ARGV[5])
+  fail_with_end(KEYS[1], KEYS[2], 'cancelled', msg, ARGV[5])
   expire(ARGV[6], KEYS[1], KEYS[2])
   ack(KEYS[4], ARGV[1]); return {0}
 end
 if attempt > tonumber(ARGV[3]) then
   local msg = 'the job was lost with its worker ' .. (attempt - 1) .. ' times; it is in the dead-letter list'
   redis.call('HSET', KEYS[1], 'state', 'failed', 'finished', at, 'error_code', 'worker_lost', 'error_message', msg)
-  append(KEYS[1], KEYS[2], 'error', cjson.encode({code = 'worker_lost', message = msg}), ARGV[5])
+  fail_with_end(KEYS[1], KEYS[2], 'worker_lost', msg, ARGV[5])
   redis.call('ZADD', KEYS[7], tonumber(at), ARGV[4])
   expire(ARGV[6], KEYS[1], KEYS[2])
   ack(KEYS[4], ARGV[1]); return {-1}
@@ -109,7 +116,7 @@ return seq
 """
 
 # KEYS: job, ev, pv, qstream, img_0..img_n-1
-# ARGV: fence, outcome, data_json, ttl, maxlen, seeds_json, width, height, code, message, end_marker,
+# ARGV: fence, outcome, data_json, ttl, maxlen, seeds_json, width, height, code, message, end_json,
 #       image_0..image_n-1
 FINISH = _PRELUDE + """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -145,7 +152,7 @@ if state == 'queued' then
   redis.call('ZREM', KEYS[6], ARGV[2])
   local msg = 'the job was cancelled'
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', at, 'error_code', 'cancelled', 'error_message', msg)
-  append(KEYS[1], KEYS[2], 'error', cjson.encode({code = 'cancelled', message = msg}), ARGV[4])
+  fail_with_end(KEYS[1], KEYS[2], 'cancelled', msg, ARGV[4])
   expire(ARGV[3], KEYS[1], KEYS[2], KEYS[3])
   return 'cancelled'
 end

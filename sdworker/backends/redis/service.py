@@ -30,7 +30,7 @@ from sdworker.engine.parameters import model_label
 from sdworker.engine.protocol import EngineInfo
 from sdworker.errors import JobNotFinished, JobNotFound, NotReady, QueueFull
 from sdworker.events.bus import EventBus, Subscription
-from sdworker.events.types import is_terminal
+from sdworker.events.types import ends_stream
 from sdworker.jobs.inputs import check_inputs
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.protocol import FleetInfo
@@ -180,7 +180,7 @@ class RedisJobService:
             if sub is not None:
                 try:
                     while (event := await sub.next(timeout=self._settings.keepalive_seconds + 5)) is not None:
-                        if is_terminal(event):
+                        if ends_stream(event):
                             break
                 except TimeoutError:
                     pass

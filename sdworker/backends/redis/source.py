@@ -38,7 +38,7 @@ from sdworker.backends.redis.codec import event_fields, text, worker_record
 from sdworker.backends.redis.keys import GROUP, Keys
 from sdworker.backends.redis.service import EVENTS_MAXLEN, connect, redacted, ttl_ms
 from sdworker.engine.protocol import CancelToken, EngineInfo
-from sdworker.events.types import JobEvent, PreviewReady
+from sdworker.events.types import JobCompleted, JobEvent, JobFailed, PreviewReady, end_marker
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.protocol import Lease
 from sdworker.jobs.spec import JobSpec
@@ -82,13 +82,17 @@ class RedisLease:
 
     async def complete(self, images: tuple[bytes, ...], seeds: tuple[int, ...], width: int, height: int) -> bool:
         data = {"seed": seeds[0], "seeds": list(seeds), "width": width, "height": height, "images": len(images)}
-        return await self._finish("completed", data, images=images, seeds=seeds, width=width, height=height)
+        end = end_marker(JobCompleted(job_id=self.spec.job_id, images=(), seed=seeds[0], seeds=seeds, width=width,
+                                      height=height))
+        return await self._finish("completed", data, end.marker, images=images, seeds=seeds, width=width,
+                                  height=height)
 
     async def fail(self, code: str, message: str, *, cancelled: bool = False) -> bool:
         if cancelled and self._source.stopping:
             code, message = "shutting_down", "the worker is shutting down; the job was cancelled"
+        end = end_marker(JobFailed(job_id=self.spec.job_id, code=code, message=message))
         return await self._finish("cancelled" if cancelled else "failed", {"code": code, "message": message},
-                                  code=code, message=message)
+                                  end.marker, code=code, message=message)
 
     async def release(self) -> None:
         """Hand back now: the next worker takes it at once (no claim timeout), and it is not an attempt."""
@@ -113,7 +117,7 @@ class RedisLease:
         elif mode == "cancel":
             self.control.cancel()
 
-    async def _finish(self, outcome: str, data: dict[str, Any], *, images: tuple[bytes, ...] = (),
+    async def _finish(self, outcome: str, data: dict[str, Any], marker: str, *, images: tuple[bytes, ...] = (),
                       seeds: tuple[int, ...] = (), width: int = 0, height: int = 0, code: str = "",
                       message: str = "") -> bool:
         await self._flush()
@@ -122,7 +126,8 @@ class RedisLease:
         keys = [k.job(job_id), k.events(job_id), k.preview(job_id), k.queue(self.spec.model or "")]
         keys += [k.image(job_id, i) for i in range(len(images))]
         args: list[Any] = [self._fence, outcome, json.dumps(data), ttl_ms(self._source.settings),
-                           EVENTS_MAXLEN, json.dumps(list(seeds)), width, height, code, message, ""]
+                           EVENTS_MAXLEN, json.dumps(list(seeds)), width, height, code, message,
+                           json.dumps({"marker": marker})]
         args += list(images)
         deadline = time.monotonic() + FINISH_RETRY_SECONDS
         delay = 0.2
