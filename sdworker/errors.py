@@ -14,7 +14,9 @@ Tree::
     │   ├── InvalidImage (invalid_image, 422)        base64 or image bytes that do not decode
     │   ├── ImageTooLarge (image_too_large, 413)     declared pixel count above the limit
     │   ├── UnknownScheduler (unknown_scheduler, 422)
-    │   └── Unsupported (unsupported, 422)           a known field we do not implement (e.g. loras)
+    │   ├── Unsupported (unsupported, 422)           a known field we do not implement
+    │   ├── LoraNotFound (lora_not_found, 404)       a LoRA name not in --lora-dir
+    │   └── LoraIncompatible (lora_incompatible, 422) a LoRA for another architecture than the model's
     ├── BodyTooLarge (body_too_large, 413)
     ├── JobNotFound (job_not_found, 404)
     ├── JobNotFinished (job_not_finished, 409)       e.g. the image of a job still running
@@ -23,7 +25,8 @@ Tree::
     ├── JobCancelled (cancelled, 409)                terminal event of a cancelled job
     ├── GenerationFailed (generation_failed, 500)    the engine raised; message is safe
     └── ModelError (model_error, 400)                a model path that cannot be loaded
-        └── UnsafeCheckpoint (unsafe_checkpoint, 400)
+        ├── ModelNotFound (model_not_found, 404)     a model name not in the library
+        └── UnsafeCheckpoint (unsafe_checkpoint, 400) a pickle (.ckpt/.pt/.bin) model or LoRA
 """
 
 from __future__ import annotations
@@ -69,6 +72,15 @@ class Unsupported(InvalidRequest):
     code = "unsupported"
 
 
+class LoraNotFound(InvalidRequest):
+    code = "lora_not_found"
+    http_status = 404
+
+
+class LoraIncompatible(InvalidRequest):
+    code = "lora_incompatible"
+
+
 class BodyTooLarge(SdworkerError):
     code = "body_too_large"
     http_status = 413
@@ -111,6 +123,11 @@ class GenerationFailed(SdworkerError):
 class ModelError(SdworkerError):
     code = "model_error"
     http_status = 400
+
+
+class ModelNotFound(ModelError):
+    code = "model_not_found"
+    http_status = 404
 
 
 class UnsafeCheckpoint(ModelError):

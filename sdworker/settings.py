@@ -34,6 +34,15 @@ class Settings:
     taesd: str | None = None  # folder holding an AutoencoderTiny (e.g. madebyollin/taesd)
     cache_dir: Path = field(default_factory=_default_cache_dir)
 
+    # --- Model library (issue #10, engine side; the settings rewrite declares the same names) ---
+    models_dir: str | None = None  # diffusers folders and .safetensors checkpoints, any depth
+    default_model: str | None = None  # a name in the library; else --model when given, else the first
+    max_loaded_models: int = 1  # models kept in memory (least recently used leaves first)
+    taesdxl: str | None = None  # TAESD for SDXL latents (madebyollin/taesdxl); --taesd serves SD 1.x/2.x
+    lora_dir: str | None = None  # LoRA .safetensors files, by name (with or without the suffix)
+    embeddings_dir: str | None = None  # textual-inversion .safetensors, used by file name in prompts
+    # --- end of the model library block ---
+
     # HTTP
     host: str = "127.0.0.1"
     port: int = 7833
