@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdworker.engine.demo_model import CHECKPOINT_NAME
+from sdworker.engine.demo_model import CHECKPOINT_NAME, DEMO_VERSION
 from sdworker.engine.models import resolve_device, resolve_source
 from sdworker.errors import ModelError, UnsafeCheckpoint
 from sdworker.settings import Settings
@@ -64,7 +64,7 @@ def test_cuda_requested_without_cuda() -> None:
 
 
 def test_a_damaged_demo_cache_is_one_clear_error(tmp_path: Path) -> None:
-    (tmp_path / "demo-v1").mkdir()
-    (tmp_path / "demo-v1" / "half-written").write_text("x")  # no model_index.json: not a finished build
-    with pytest.raises(ModelError, match="delete a damaged demo-v1"):
+    (tmp_path / DEMO_VERSION).mkdir()
+    (tmp_path / DEMO_VERSION / "half-written").write_text("x")  # no README.txt: not a finished build
+    with pytest.raises(ModelError, match=f"delete a damaged {DEMO_VERSION}"):
         resolve_source(Settings(model="demo", cache_dir=tmp_path))
