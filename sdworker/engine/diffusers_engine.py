@@ -49,7 +49,7 @@ from sdworker.engine.schedulers import describe_scheduler
 from sdworker.engine.slots import ModelSlot, TaesdCache, build_slot
 from sdworker.engine.step_hook import StepCallback
 from sdworker.engine.x0 import X0Recorder
-from sdworker.errors import GenerationFailed, InvalidRequest, JobCancelled, NotReady, SdworkerError
+from sdworker.errors import GenerationFailed, InvalidRequest, JobCancelled, ModelNotFound, NotReady, SdworkerError
 from sdworker.imaging.decode import check_mask_matches
 from sdworker.settings import Settings
 
@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
 MAX_CLIP_SKIP = 12
+MAX_LORA_WEIGHT = 10.0
 
 
 class DiffusersEngine:
@@ -111,7 +112,10 @@ class DiffusersEngine:
     def list_models(self) -> tuple[ModelInfo, ...]:
         """Every model of the library, the default and the loaded ones marked."""
         library = self.library
-        default = library.default_name
+        try:
+            default: str | None = library.default_name
+        except ModelNotFound:  # an empty folder: nothing to mark
+            default = None
         loaded = self._loaded_names
         return tuple(
             ModelInfo(
@@ -135,8 +139,9 @@ class DiffusersEngine:
         """Check at submit time that the request's model and LoRAs (field and prompt tags) exist and fit
         each other, without loading anything: ``ModelNotFound`` (404, field ``model``), ``LoraNotFound``
         (404), ``LoraIncompatible``/``InvalidRequest``/``UnsafeCheckpoint`` (4xx, field ``loras`` or
-        ``prompt``), plus the engine's own field checks."""
-        _validate(request)
+        ``prompt``), and ``clip_skip`` and LoRA weights out of range. Images are not looked at (the API
+        calls this before decoding them)."""
+        _validate_library_fields(request)
         self._resolve(request)
 
     def _resolve(self, request: GenerationRequest) -> tuple[ModelEntry, list[tuple[LoraEntry, float]], str]:
@@ -356,11 +361,7 @@ def _validate(request: GenerationRequest) -> None:
         raise InvalidRequest(f"steps: {request.num_inference_steps} is below 1", field="steps")
     if request.num_images < 1:
         raise InvalidRequest(f"num_images: {request.num_images} is below 1", field="num_images")
-    if request.clip_skip is not None and not 1 <= request.clip_skip <= MAX_CLIP_SKIP:
-        raise InvalidRequest(f"clip_skip: {request.clip_skip} is not in 1..{MAX_CLIP_SKIP}", field="clip_skip")
-    for ref in request.loras:
-        if not -10.0 <= ref.weight <= 10.0:
-            raise InvalidRequest(f"loras: weight {ref.weight} of {ref.name!r} is not in -10..10", field="loras")
+    _validate_library_fields(request)
     if request.operation is Operation.TEXT_TO_IMAGE:
         return
     if request.init_image is None:
@@ -376,6 +377,17 @@ def _validate(request: GenerationRequest) -> None:
         if request.mask_image is None:
             raise InvalidRequest("mask_image: inpainting needs a mask image (white = repaint)", field="mask_image")
         check_mask_matches(request.init_image, request.mask_image)
+
+
+def _validate_library_fields(request: GenerationRequest) -> None:
+    if request.clip_skip is not None and not 1 <= request.clip_skip <= MAX_CLIP_SKIP:
+        raise InvalidRequest(f"clip_skip: {request.clip_skip} is not in 1..{MAX_CLIP_SKIP}", field="clip_skip")
+    for ref in request.loras:
+        if not -MAX_LORA_WEIGHT <= ref.weight <= MAX_LORA_WEIGHT:
+            raise InvalidRequest(
+                f"loras: weight {ref.weight} of {ref.name!r} is not in -{MAX_LORA_WEIGHT:g}..{MAX_LORA_WEIGHT:g}",
+                field="loras",
+            )
 
 
 def _resize(image: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:

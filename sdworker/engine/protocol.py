@@ -229,3 +229,25 @@ class Engine(Protocol):
     def close(self) -> None:
         """Free what the engine holds (GPU memory)."""
         ...
+
+    # The model library. Unlike ``generate``, these may be called from any thread (the API's) while a
+    # job runs: they read files' names and headers, never weights.
+
+    def list_models(self) -> tuple[ModelInfo, ...]:
+        """Every model the worker can serve, the default and the ones in memory marked."""
+        ...
+
+    def list_loras(self) -> tuple[LoraInfo, ...]:
+        """Every LoRA in the LoRA folder."""
+        ...
+
+    def refresh(self) -> None:
+        """Rescan the models (and embeddings) folders."""
+        ...
+
+    def validate_request(self, request: GenerationRequest) -> None:
+        """Refuse at submit time what ``generate`` would refuse about the model and LoRAs (names from
+        ``request.loras`` and the prompt's ``<lora:...>`` tags): ``ModelNotFound`` (404, field
+        ``model``), ``LoraNotFound`` (404), ``LoraIncompatible``, ``UnsafeCheckpoint``,
+        ``InvalidRequest`` (4xx, field ``loras`` or ``prompt``). Loads nothing."""
+        ...

@@ -150,3 +150,41 @@ def test_a_lora_for_another_architecture_is_refused_before_anything_loads(demo_e
 def test_the_loras_are_listed_with_format_and_family(demo_engine: DiffusersEngine) -> None:
     listed = {lora.name: (lora.format, lora.family) for lora in demo_engine.list_loras()}
     assert listed == {"demo-kohya": ("kohya", None), "demo-peft": ("peft", None), "demo-xl-peft": ("peft", "sdxl")}
+
+
+def test_an_sdxl_lora_equals_diffusers_on_both_text_encoders(demo_bundle: Path, demo_cache_dir: Path) -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    from sdworker.settings import Settings
+
+    engine = DiffusersEngine(Settings(model="demo", cache_dir=demo_cache_dir, device="cpu"))
+    request = GenerationRequest(PROMPT, model="demo-sdxl", loras=(LoraRef("demo-xl-peft", 0.9),), **BASE)
+    ours = pixels(engine.generate(request).images[0])
+    pipe = StableDiffusionXLPipeline.from_pretrained(demo_bundle / "models" / "demo-sdxl")
+    pipe.set_progress_bar_config(disable=True)
+    plain = pipe(PROMPT, num_inference_steps=2, width=64, height=64, guidance_scale=7.5,
+                 generator=torch.Generator("cpu").manual_seed(21)).images[0]
+    pipe.load_lora_weights(str(demo_bundle / "loras"), weight_name="demo-xl-peft.safetensors", adapter_name="x")
+    pipe.set_adapters(["x"], adapter_weights=[0.9])
+    assert pipe.text_encoder_2.peft_config  # the LoRA reached the second text encoder too
+    expected = pipe(PROMPT, num_inference_steps=2, width=64, height=64, guidance_scale=7.5,
+                    generator=torch.Generator("cpu").manual_seed(21)).images[0]
+    assert np.array_equal(ours, pixels(expected)) and not np.array_equal(ours, pixels(plain))
+    after = pixels(engine.generate(GenerationRequest(PROMPT, model="demo-sdxl", **BASE)).images[0])
+    assert np.array_equal(after, pixels(plain))
+
+
+def test_submit_time_checks_name_their_fields(demo_engine: DiffusersEngine) -> None:
+    from sdworker.errors import ModelNotFound
+
+    with pytest.raises(ModelNotFound) as missing:
+        demo_engine.validate_request(GenerationRequest(PROMPT, model="nope"))
+    assert (missing.value.field, missing.value.http_status) == ("model", 404)
+    with pytest.raises(InvalidRequest) as skip:
+        demo_engine.validate_request(GenerationRequest(PROMPT, clip_skip=0))
+    assert skip.value.field == "clip_skip"
+    with pytest.raises(InvalidRequest) as weight:
+        demo_engine.validate_request(GenerationRequest(PROMPT, loras=(LoraRef("demo-peft", 50.0),)))
+    assert weight.value.field == "loras"
+    demo_engine.validate_request(GenerationRequest(PROMPT + " <lora:demo-kohya:0.3>", model="demo-sd15",
+                                                   loras=(LoraRef("demo-peft.safetensors", 0.5),)))
