@@ -152,6 +152,7 @@ class DiffusersEngine:
         loras: list[tuple[LoraEntry, float]] = []
         for ref in merge_loras(request.loras, tags):
             field = "loras" if ref.name in from_field else "prompt"
+            _check_lora_weight(ref.name, ref.weight, field)
             lora = library.lora(ref.name, field=field)
             library.check_lora_fits(lora, entry, field=field)
             loras.append((lora, ref.weight))
@@ -383,11 +384,13 @@ def _validate_library_fields(request: GenerationRequest) -> None:
     if request.clip_skip is not None and not 1 <= request.clip_skip <= MAX_CLIP_SKIP:
         raise InvalidRequest(f"clip_skip: {request.clip_skip} is not in 1..{MAX_CLIP_SKIP}", field="clip_skip")
     for ref in request.loras:
-        if not -MAX_LORA_WEIGHT <= ref.weight <= MAX_LORA_WEIGHT:
-            raise InvalidRequest(
-                f"loras: weight {ref.weight} of {ref.name!r} is not in -{MAX_LORA_WEIGHT:g}..{MAX_LORA_WEIGHT:g}",
-                field="loras",
-            )
+        _check_lora_weight(ref.name, ref.weight, "loras")
+
+
+def _check_lora_weight(name: str, weight: float, field: str) -> None:
+    if not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:  # NaN fails too
+        limit = f"{MAX_LORA_WEIGHT:g}"
+        raise InvalidRequest(f"{field}: weight {weight} of LoRA {name!r} is not in -{limit}..{limit}", field=field)
 
 
 def _resize(image: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:

@@ -41,7 +41,8 @@ _CONTEXT_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _MAX_DEPTH = 4
 _CHECKPOINT_TO_K = re.compile(r"^model\.diffusion_model\..*attn2\.to_k\.weight$")
-_LORA_TO_K = re.compile(r"attn2[._]to_k(?:\.lora_A|\.lora_down|\.lora\.down|_lora\.down)\.weight$")
+# attn2's to_k down-projection in the peft, kohya and old diffusers ("processor.to_k_lora") layouts.
+_LORA_TO_K = re.compile(r"attn2(?:\.processor)?[._]to_k(?:\.lora_A|\.lora_down|\.lora\.down|_lora\.down)\.weight$")
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,3 +110,31 @@ def test_a_single_file_loads_offline_with_a_folder_of_its_family(models_dir: Pat
     # The hash is cached by path, size and mtime: a second engine lists it without loading anything.
     again = DiffusersEngine(Settings(models_dir=str(models_dir), cache_dir=tmp_path, device="cpu"))
     assert {m.name: m.sha256 for m in again.list_models()}["dreamshaper"] == digest
+
+
+@pytest.mark.parametrize(
+    ("key", "width", "family", "fmt"),
+    [
+        ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight", 768, "sd1", "kohya"),
+        ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight", 1024, "sd2", "peft"),
+        ("lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight", 2048, "sdxl", "kohya"),
+    ],
+)
+def test_published_lora_layouts_tell_their_family(tmp_path: Path, key: str, width: int, family: str, fmt: str) -> None:
+    from safetensors.torch import save_file
+
+    from sdworker.engine.library import ModelEntry
+    from sdworker.engine.models import ModelSource
+    from sdworker.errors import LoraIncompatible
+
+    (tmp_path / "loras").mkdir()
+    save_file({key: torch.zeros(4, width)}, str(tmp_path / "loras" / "style.safetensors"))
+    library = ModelLibrary(Settings(models_dir=str(tmp_path), lora_dir=str(tmp_path / "loras")))
+    lora = library.lora("style.safetensors")
+    assert (lora.name, lora.family, lora.format, lora.context_dim) == ("style", family, fmt, width)
+    sd15 = ModelEntry("sd15", "sd1", "file", ModelSource("single_file", "x"), 512, 768, None)
+    if family == "sd1":
+        library.check_lora_fits(lora, sd15)
+    else:
+        with pytest.raises(LoraIncompatible):
+            library.check_lora_fits(lora, sd15)
