@@ -125,6 +125,7 @@ def build_demo_components(seed: int = SEED) -> dict[str, Any]:
         pad_token_id=tokenizer.pad_token_id,
     )
     text_encoder: Any = CLIPTextModel(text_config)
+    _learned_final_norm(text_encoder)
     scheduler = PNDMScheduler.from_config(SCHEDULER_CONFIG)
     for module in (unet, vae, text_encoder):
         module.eval()
@@ -139,6 +140,22 @@ def build_demo_components(seed: int = SEED) -> dict[str, Any]:
         "image_encoder": None,
         "requires_safety_checker": False,
     }
+
+
+def _learned_final_norm(text_encoder: Any) -> None:
+    """Give the final layer norm a bias and gains like a trained CLIP's (fresh ones are 0 and 1).
+
+    With bias 0 every token's output has mean 0, and A1111's emphasis, which restores a chunk's mean
+    by multiplying with old mean / new mean, would divide rounding noise by rounding noise. Real CLIP's
+    norm has a learned bias, so this keeps the demo's prompt weighting as well-behaved as a real model's.
+    Draws from torch's global RNG: call it inside the caller's seeded section.
+    """
+    import torch
+
+    norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+    with torch.no_grad():
+        norm.bias.normal_(0.0, 0.5)
+        norm.weight.normal_(1.0, 0.1)
 
 
 def build_demo_taesd(seed: int = SEED) -> Any:

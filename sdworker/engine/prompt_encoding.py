@@ -239,10 +239,15 @@ def _token_ids(tokenizer: Any, text: str) -> list[int]:
 
 
 def apply_emphasis(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
-    """A1111's "Original" emphasis: scale each token's features, then restore the chunk's mean."""
+    """A1111's "Original" emphasis: scale each token's features, then restore the chunk's mean.
+
+    Where the weighted mean is 0 (A1111 would fill the image with NaN) the weighted features are kept
+    as they are: the one deviation from A1111, and only where its result is not a number.
+    """
     original_mean = z.mean()
     z = z * multipliers.reshape(1, -1, 1).expand(z.shape)
-    return z * (original_mean / z.mean())
+    ratio = original_mean / z.mean()
+    return z * ratio if torch.isfinite(ratio) else z
 
 
 @contextmanager

@@ -69,6 +69,9 @@ def test_a_weighted_long_prompt_equals_a1111s_rule(
     expected = reference(pipe, a1111_embeddings(pipe, segments, 2), a1111_embeddings(pipe, [("", 1.0)], 2))
     result = demo_engine.generate(GenerationRequest(prompt, **BASE))
     assert np.array_equal(pixels(result.images[0]), expected)
+    assert expected.std() > 5  # a picture, not a NaN-black square that would equal anything
+    plain = demo_engine.generate(GenerationRequest(prompt.replace("(", "").replace(":1.3)", "").strip("[]"), **BASE))
+    assert not np.array_equal(pixels(plain.images[0]), expected)  # the weights did something
 
 
 def test_a_plain_short_prompt_is_left_to_diffusers_and_our_encoding_agrees(
@@ -133,3 +136,32 @@ def test_sdxl_encodes_both_encoders_like_diffusers(demo_cache_dir: Path, negativ
         assert torch.equal(ours[key], expected), key
     weighted = sdxl.prompts.encode("a (photo:1.5) of a cat" + " and a dog" * 30, negative, None, torch.device("cpu"))
     assert weighted["prompt_embeds"].shape == (1, 154, 64) and weighted["pooled_prompt_embeds"].shape == (1, 32)
+
+
+@pytest.mark.parametrize("model", ["demo-sd15", "demo-sdxl"])
+def test_weighted_prompts_and_loras_serve_every_operation_and_batches(demo_cache_dir: Path, model: str) -> None:
+    from sdworker.engine.protocol import LoraRef, Operation
+
+    from .helpers import half_mask, init_image
+
+    engine = DiffusersEngine(Settings(model="demo", cache_dir=demo_cache_dir, device="cpu"))
+    lora = (LoraRef("demo-peft" if model == "demo-sd15" else "demo-xl-peft", 0.5),)
+    prompt = "a (photo:1.2) of a [cat]" + ", and a dog" * 30
+    for operation in Operation:
+        result = engine.generate(GenerationRequest(
+            prompt, model=model, operation=operation, negative_prompt="(blurry:1.4)", loras=lora, num_images=2,
+            init_image=init_image(), mask_image=half_mask(), strength=1.0, **BASE))
+        assert len(result.images) == 2 and result.seeds == (5, 6)
+        assert pixels(result.images[0]).std() > 5
+        assert not np.array_equal(pixels(result.images[0]), pixels(result.images[1]))
+
+
+def test_emphasis_restores_the_mean_and_never_makes_nan() -> None:
+    from sdworker.engine.prompt_encoding import apply_emphasis
+
+    z = torch.randn(1, 77, 8) + 0.3
+    weights = torch.ones(77)
+    weights[3:6] = 1.5
+    out = apply_emphasis(z, weights)
+    assert torch.allclose(out.mean(), z.mean()) and not torch.equal(out, z)
+    assert torch.isfinite(apply_emphasis(torch.zeros(1, 77, 8), weights)).all()
