@@ -83,15 +83,16 @@ class EmbeddingStore:
         self.refresh()
 
     def refresh(self) -> None:
-        self._paths.clear()
-        self._loaded.clear()
+        """Rescan the folder. Safe while another thread encodes: new tables replace the old ones whole."""
+        paths: dict[str, Path] = {}
         if self.folder is not None and self.folder.is_dir():
             for path in sorted(self.folder.iterdir()):
                 if path.suffix.lower() == ".safetensors" and path.is_file():
-                    self._paths[path.stem.lower()] = path
+                    paths[path.stem.lower()] = path
                 elif path.suffix.lower() in (".pt", ".bin"):
                     log.warning("embedding %s skipped: pickled embeddings are not loaded; use .safetensors", path)
-        names = sorted(self._paths, key=len, reverse=True)  # longest first: "bad-hands-5" before "bad"
+        names = sorted(paths, key=len, reverse=True)  # longest first: "bad-hands-5" before "bad"
+        self._paths, self._loaded = paths, {}
         self._pattern = (
             re.compile(r"(?<![\w-])(" + "|".join(re.escape(n) for n in names) + r")(?![\w-])", re.IGNORECASE)
             if names
