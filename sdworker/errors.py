@@ -19,9 +19,10 @@ Tree::
     │   └── LoraIncompatible (lora_incompatible, 422) a LoRA for another architecture than the model's
     ├── BodyTooLarge (body_too_large, 413)
     ├── JobNotFound (job_not_found, 404)
+    ├── ModelNotFound (model_not_found, 404)        a job names a model no live worker serves
     ├── JobNotFinished (job_not_finished, 409)       e.g. the image of a job still running
     ├── QueueFull (queue_full, 429)                  with ``retry_after_seconds``
-    ├── NotReady (not_ready, 503)                    model loading, worker dead, shutting down
+    ├── NotReady (not_ready, 503)                    model loading, worker dead, shutting down, Redis down
     ├── JobCancelled (cancelled, 409)                terminal event of a cancelled job
     ├── GenerationFailed (generation_failed, 500)    the engine raised; message is safe
     └── ModelError (model_error, 400)                a model path that cannot be loaded
@@ -88,6 +89,11 @@ class BodyTooLarge(SdworkerError):
 
 class JobNotFound(SdworkerError):
     code = "job_not_found"
+    http_status = 404
+
+
+class ModelNotFound(SdworkerError):
+    code = "model_not_found"
     http_status = 404
 
 

@@ -1,60 +1,59 @@
-"""Job routes. Thin: get the worker, make one call, shape the result."""
+"""Job routes. Thin: get the job service, make one call, shape the result."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
+from sdworker.api import deps
 from sdworker.api.schemas import JobRequest, to_draft
 from sdworker.api.sse import EventStreamResponse, event_frames
-from sdworker.api.views import job_detail, job_summary
-from sdworker.errors import InvalidRequest, JobNotFound
-from sdworker.jobs.worker import Worker
+from sdworker.api.views import job_detail, job_summary, submit_answer
+from sdworker.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-
-def _worker(request: Request) -> Worker:
-    worker: Worker = request.app.state.worker
-    return worker
+_EVENT_ID = re.compile(r"[0-9]{1,18}", re.ASCII)
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}", re.ASCII)
 
 
 @router.post("", status_code=202, summary="Submit a job")
-async def submit_job(body: JobRequest, request: Request, response: Response) -> dict[str, Any]:
-    worker = _worker(request)
-    record = await worker.service.submit(to_draft(body, worker.settings))
-    response.headers["Location"] = f"/v1/jobs/{record.job_id}"
-    position = worker.service.position(record.job_id)
-    return {
-        "job_id": record.job_id,
-        "sse_url": f"/v1/jobs/{record.job_id}/stream",
-        "status": "queued",
-        "queue_position": position,
-    }
+async def submit_job(
+    body: JobRequest,
+    request: Request,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(description="a retried submit with the same key runs no second job")]
+    = None,
+) -> dict[str, Any]:
+    key = _checked_idempotency_key(idempotency_key)
+    view = await deps.service(request).submit(
+        to_draft(body, deps.settings(request)), owner=deps.owner(request), idempotency_key=key
+    )
+    response.headers["Location"] = f"/v1/jobs/{view.job_id}"
+    return submit_answer(view)
 
 
 @router.get("", summary="Recent and queued jobs, newest first")
 async def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
-    service = _worker(request).service
-    return {"jobs": [job_summary(record, service) for record in service.records()[:limit]]}
+    views = await deps.service(request).list_jobs(owner=deps.owner(request), limit=limit)
+    return {"jobs": [job_summary(view) for view in views]}
 
 
 @router.get("/{job_id}", summary="A job's status, parameters and result")
 async def get_job(job_id: str, request: Request) -> dict[str, Any]:
-    service = _worker(request).service
-    return job_detail(service.get(job_id), service)
+    return job_detail(await deps.service(request).get(job_id, owner=deps.owner(request)))
 
 
 @router.delete("/{job_id}", summary="Cancel a job (idempotent: a finished job is returned unchanged)")
 async def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
-    service = _worker(request).service
-    return job_detail(service.cancel(job_id), service)
+    return job_detail(await deps.service(request).cancel(job_id, owner=deps.owner(request)))
 
 
 @router.get("/{job_id}/image", summary="The final PNG", response_class=Response)
 async def get_image(job_id: str, request: Request, index: Annotated[int, Query(ge=0, le=63)] = 0) -> Response:
-    png = _worker(request).service.image(job_id, index)
+    png = await deps.service(request).image(job_id, index, owner=deps.owner(request))
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
@@ -65,25 +64,34 @@ async def stream_job(
     last_event_id: Annotated[str | None, Header()] = None,
     last_event_id_query: Annotated[str | None, Query(alias="last_event_id")] = None,
 ) -> Response:
-    worker = _worker(request)
-    worker.service.get(job_id)  # 404 for an unknown job
-    if not worker.bus.knows(job_id):
-        raise JobNotFound(f"no event stream for job {job_id!r} (its result expired)", field="job_id")
     after = _event_id(last_event_id, "Last-Event-ID") or _event_id(last_event_id_query, "last_event_id")
-    if worker.bus.is_finished(job_id) and after >= worker.bus.last_seq(job_id):
+    subscription = await deps.service(request).open_stream(job_id, after, owner=deps.owner(request))
+    if subscription is None:
         return Response(status_code=204)  # nothing more will come: browsers stop reconnecting
-    gauge = worker.metrics.streams_open
+    settings = deps.settings(request)
+    gauge = request.app.state.metrics.streams_open
     return EventStreamResponse(
-        event_frames(worker.bus.subscribe(job_id, after), worker.settings.keepalive_seconds),
-        send_timeout_seconds=worker.settings.watcher_stall_seconds,
+        event_frames(subscription, settings.keepalive_seconds),
+        send_timeout_seconds=settings.watcher_stall_seconds,
         on_open=gauge.inc,
         on_close=gauge.dec,
     )
 
 
 def _event_id(value: str | None, field: str) -> int:
-    if value is None or value == "":
+    """Event ids are the integers we sent; anything else (``¹``, 4,000 digits) is the client's error."""
+    if value is None or value.strip() == "":
         return 0
-    if not value.strip().isdigit():
-        raise InvalidRequest(f"{field}: expected a non-negative integer event id, got {value[:40]!r}", field=field)
-    return int(value)
+    if not _EVENT_ID.fullmatch(value.strip()):
+        raise InvalidRequest(f"{field}: expected an event id (digits) we sent, got {value[:40]!r}", field=field)
+    return int(value.strip())
+
+
+def _checked_idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not _IDEMPOTENCY_KEY.fullmatch(value):
+        raise InvalidRequest(
+            "Idempotency-Key: 1-255 visible ASCII characters (e.g. a UUID)", field="Idempotency-Key"
+        )
+    return value

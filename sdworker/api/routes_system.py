@@ -12,15 +12,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
-from sdworker.api.views import iso
-from sdworker.jobs.worker import Worker
+from sdworker.api import deps
+from sdworker.api.views import iso, worker_view
 
 router = APIRouter(tags=["system"])
-
-
-def _worker(request: Request) -> Worker:
-    worker: Worker = request.app.state.worker
-    return worker
 
 
 @router.get("/health", summary="Liveness: the process answers")
@@ -28,22 +23,26 @@ async def health() -> dict[str, Any]:
     return {"status": "healthy", "timestamp": iso(time.time())}
 
 
-@router.get("/ready", summary="Readiness: 503 while the model loads, if the worker died or when shutting down")
+@router.get("/ready", summary="Readiness: 503 while loading, if the worker died, Redis is down, or shutting down")
 async def ready(request: Request) -> JSONResponse:
-    is_ready, reason = _worker(request).readiness()
+    is_ready, reason = await deps.node(request).readiness()
     if is_ready:
         return JSONResponse({"ready": True, "timestamp": iso(time.time())})
     return JSONResponse({"ready": False, "reason": reason, "timestamp": iso(time.time())}, status_code=503)
 
 
-@router.get("/v1/info", summary="Model, device, dtype, schedulers, limits and preview defaults")
+@router.get("/v1/info", summary="Model, device, dtype, schedulers, limits and preview defaults (of the fleet)")
 async def info(request: Request) -> dict[str, Any]:
-    worker = _worker(request)
-    s = worker.settings
-    engine = worker.service.engine_info
+    s = deps.settings(request)
+    fleet = await deps.service(request).fleet()
+    engine = fleet.engine
     return {
         "model": asdict(engine) if engine is not None else {"model": s.model, "loaded": False},
-        "ready": worker.readiness()[0],
+        "models": list(fleet.models),
+        "backend": fleet.backend,
+        "workers": [worker_view(w) for w in fleet.workers],
+        "queue_depth": fleet.queue_depth,
+        "ready": (await deps.node(request).readiness())[0],
         "limits": {
             "max_queue": s.max_queue,
             "max_steps": s.max_steps,
@@ -66,7 +65,8 @@ async def info(request: Request) -> dict[str, Any]:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    return Response(_worker(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    await deps.service(request).fleet()  # refreshes the fleet gauges in Redis mode
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/", include_in_schema=False)

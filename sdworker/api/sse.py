@@ -31,9 +31,11 @@ from sdworker.events.types import (
     JobEvent,
     JobFailed,
     JobQueued,
+    JobRetrying,
     JobStarted,
     PreviewReady,
     StepProgressed,
+    StreamNotice,
 )
 
 log = logging.getLogger(__name__)
@@ -87,9 +89,17 @@ def event_payload(event: JobEvent) -> tuple[str, dict[str, Any]]:
         case JobQueued(position=position):
             name = "queued"
             data = {"position": position}
-        case JobStarted():
+        case JobStarted(attempt=attempt, worker=worker):
             name = "started"
-            data = {}
+            data = {"attempt": attempt}
+            if worker is not None:
+                data["worker"] = worker
+        case JobRetrying(attempt=attempt, reason=reason):
+            name = "retrying"
+            data = {"attempt": attempt, "reason": reason}
+        case StreamNotice(code=code, message=message):
+            name = "notice"
+            data = {"code": code, "message": message}
         case _:
             raise TypeError(f"no wire form for {type(event).__name__}")
     return name, {"type": name, **data, "at": event.at}
@@ -100,7 +110,9 @@ def frame(event: JobEvent) -> bytes:
     """The wire bytes of one event. Cached: a fan-out to 1,000 watchers encodes each event (and its
     preview's base64) once, not 1,000 times; events are frozen, so equal events give equal frames."""
     name, data = event_payload(event)
-    return f"id: {event.seq}\nevent: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    body = f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+    # A transient notice (seq 0) carries no id: it must not move the client's Last-Event-ID.
+    return (f"id: {event.seq}\n{body}" if event.seq else body).encode()
 
 
 KEEPALIVE = b": keep-alive\n\n"

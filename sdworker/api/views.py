@@ -1,12 +1,15 @@
-"""JSON views of job records (what ``GET /v1/jobs`` and ``GET /v1/jobs/{id}`` answer)."""
+"""JSON views of jobs (what ``GET /v1/jobs`` and ``GET /v1/jobs/{id}`` answer). Wire names live here,
+not in the job layer."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from sdworker.jobs.service import JobService
-from sdworker.jobs.state import JobRecord, JobStatus
+from sdworker.engine.protocol import Operation
+from sdworker.jobs.spec import JobSpec
+from sdworker.jobs.state import JobStatus, JobView, WorkerInfo
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -15,33 +18,88 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def job_summary(record: JobRecord, service: JobService) -> dict[str, Any]:
-    job_id = record.job_id
+def submit_answer(view: JobView) -> dict[str, Any]:
+    """The 202 body of ``POST /v1/jobs`` (also for a repeated ``Idempotency-Key``)."""
+    return {
+        "job_id": view.job_id,
+        "sse_url": f"/v1/jobs/{view.job_id}/stream",
+        "status": view.status.value,
+        "queue_position": view.queue_position,
+    }
+
+
+def job_summary(view: JobView) -> dict[str, Any]:
+    job_id = view.job_id
     summary: dict[str, Any] = {
         "job_id": job_id,
-        "status": record.status.value,
-        "queue_position": service.position(job_id) if record.status is JobStatus.QUEUED else None,
-        "step": record.step,
-        "total": record.total,
-        "created_at": iso(record.spec.created_at),
-        "started_at": iso(record.started_at),
-        "finished_at": iso(record.finished_at),
+        "status": view.status.value,
+        "queue_position": view.queue_position if view.status is JobStatus.QUEUED else None,
+        "step": view.step,
+        "total": view.total,
+        "created_at": iso(view.spec.created_at),
+        "started_at": iso(view.started_at),
+        "finished_at": iso(view.finished_at),
         "sse_url": f"/v1/jobs/{job_id}/stream",
     }
-    if record.error_code is not None:
-        summary["error"] = {"code": record.error_code, "message": record.error_message}
+    if view.attempt > 1:
+        summary["attempt"] = view.attempt
+    if view.error_code is not None:
+        summary["error"] = {"code": view.error_code, "message": view.error_message}
     return summary
 
 
-def job_detail(record: JobRecord, service: JobService) -> dict[str, Any]:
-    detail = job_summary(record, service)
-    detail["parameters"] = record.spec.parameters()
-    detail["watchers"] = service.watchers(record.job_id)
-    detail["cancel_requested"] = record.cancel.cancelled
-    if record.status is JobStatus.COMPLETED:
-        detail["seed"] = record.seeds[0]
-        detail["seeds"] = list(record.seeds)
-        detail["width"], detail["height"] = record.width, record.height
-        detail["images"] = [f"/v1/jobs/{record.job_id}/image?index={i}" for i in range(len(record.images))]
-        detail["image_url"] = f"/v1/jobs/{record.job_id}/image"
+def job_detail(view: JobView) -> dict[str, Any]:
+    detail = job_summary(view)
+    detail["parameters"] = parameters(view.spec)
+    detail["watchers"] = view.watchers
+    detail["cancel_requested"] = view.cancel_requested
+    detail["attempt"] = view.attempt
+    if view.worker is not None:
+        detail["worker"] = view.worker
+    if view.status is JobStatus.COMPLETED:
+        detail["seed"] = view.seeds[0]
+        detail["seeds"] = list(view.seeds)
+        detail["width"], detail["height"] = view.width, view.height
+        detail["images"] = [f"/v1/jobs/{view.job_id}/image?index={i}" for i in range(view.image_count)]
+        detail["image_url"] = f"/v1/jobs/{view.job_id}/image"
     return detail
+
+
+def parameters(spec: JobSpec) -> dict[str, Any]:
+    """The job's parameters (no image bytes)."""
+    params: dict[str, Any] = {
+        "operation": spec.operation.value,
+        "prompt": spec.prompt,
+        "negative_prompt": spec.negative_prompt,
+        "steps": spec.num_inference_steps,
+        "guidance_scale": spec.guidance_scale,
+        "seed": spec.seed,
+        "width": spec.width,
+        "height": spec.height,
+        "scheduler": spec.scheduler,
+        "n": spec.num_images,
+        "preview": asdict(spec.preview),
+    }
+    if spec.operation is not Operation.TEXT_TO_IMAGE:
+        params["strength"] = spec.strength
+    for key in ("hive_id", "worker_id", "model"):
+        if getattr(spec, key) is not None:
+            params[key] = getattr(spec, key)
+    if spec.loras:
+        params["loras"] = [{"path": name, "strength": weight} for name, weight in spec.loras]
+    if spec.clip_skip is not None:
+        params["clip_skip"] = spec.clip_skip
+    return params
+
+
+def worker_view(worker: WorkerInfo) -> dict[str, Any]:
+    return {
+        "id": worker.id,
+        "model_id": worker.model,
+        "device": worker.device,
+        "status": worker.status,
+        "current_job": worker.current_job,
+        "last_seen": iso(worker.last_seen),
+        "implementation": "sdworker",
+        "version": worker.version,
+    }

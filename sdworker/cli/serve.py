@@ -85,7 +85,7 @@ def run_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,  # a safety net: after the drain no stream is left to wait for
         timeout_keep_alive=5,
     )
-    server = DrainingServer(config, drain=app.state.worker.drain)
+    server = DrainingServer(config, drain=app.state.node.drain)
     log.info("sdworker serving model %r on http://%s:%d", settings.model, settings.host, settings.port)
     server.run()
     return 0

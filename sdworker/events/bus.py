@@ -12,7 +12,11 @@ image at most.
 
 Each watcher has a bounded buffer. When it lags, progress and preview events are coalesced (the
 oldest dropped first, and an unread preview loses its image to a newer one); queued, started and
-terminal events are never dropped. A watcher that has had events waiting for ``stall_seconds``
+terminal events are never dropped.
+
+Both job backends fan out through this bus: the memory backend publishes into it (the bus numbers
+the events); the Redis backend's per-node reader ``accept``s events numbered in Redis, so a thousand
+watchers of one job on one node cost one Redis reader. A watcher that has had events waiting for ``stall_seconds``
 without taking any is disconnected (its stream ends) so it cannot pin memory forever.
 """
 
@@ -23,7 +27,6 @@ import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
 
 from sdworker.events.types import (
     COALESCIBLE_EVENTS,
@@ -121,21 +124,6 @@ class _Channel:
         self.finished = False
 
 
-class EventBusProtocol(Protocol):
-    """What the job layer and the API need from a bus; a Redis bus would be a second implementation."""
-
-    def open(self, job_id: str) -> None: ...
-    def publish(self, event: JobEvent) -> JobEvent | None: ...
-    def subscribe(self, job_id: str, after_seq: int = 0) -> Subscription: ...
-    def last_seq(self, job_id: str) -> int: ...
-    def is_finished(self, job_id: str) -> bool: ...
-    def watcher_count(self, job_id: str) -> int: ...
-    def total_watchers(self) -> int: ...
-    def forget(self, job_id: str) -> None: ...
-    def close_all(self) -> None: ...
-    def sweep(self) -> int: ...
-
-
 class EventBus:
     def __init__(
         self,
@@ -158,6 +146,13 @@ class EventBus:
     def open(self, job_id: str) -> None:
         self._channels.setdefault(job_id, _Channel())
 
+    def channels(self) -> list[str]:
+        return list(self._channels)
+
+    def subscriber_count(self, job_id: str) -> int:
+        channel = self._channels.get(job_id)
+        return len(channel.subscribers) if channel is not None else 0
+
     def publish(self, event: JobEvent) -> JobEvent | None:
         """Stamp ``seq`` and ``at``, record in history, fan out. Returns the stamped event, or None if
         the job is unknown or already finished (a late event after the terminal one is dropped)."""
@@ -167,15 +162,40 @@ class EventBus:
         channel.last_seq += 1
         stamped = dataclasses.replace(event, seq=channel.last_seq, at=self._wall_clock())
         self._record(channel, stamped)
+        self._fan_out(channel, stamped)
+        if is_terminal(stamped):
+            channel.finished = True
+        return stamped
+
+    def _fan_out(self, channel: _Channel, event: JobEvent) -> None:
         now = self.clock()
         for sub in list(channel.subscribers):
             if sub._is_stalled(now, self.stall_seconds):
                 self._drop(sub)
             else:
-                sub._push(stamped)
-        if is_terminal(stamped):
+                sub._push(event)
+
+    def accept(self, event: JobEvent) -> JobEvent | None:
+        """Record and fan out an event whose ``seq`` was stamped elsewhere (the Redis backend numbers
+        events in Redis, so every API node shows the same ids). Events at or below the channel's last
+        seq are duplicates and dropped; gaps are allowed (a trimmed history)."""
+        channel = self._channels.get(event.job_id)
+        if channel is None or channel.finished or event.seq <= channel.last_seq:
+            return None
+        channel.last_seq = event.seq
+        self._record(channel, event)
+        self._fan_out(channel, event)
+        if is_terminal(event):
             channel.finished = True
-        return stamped
+        return event
+
+    def notify(self, job_id: str, event: JobEvent) -> None:
+        """Push a transient event (``seq`` 0: no SSE id) to the job's current watchers only; it is not
+        recorded, so no replay ever repeats it."""
+        channel = self._channels.get(job_id)
+        if channel is not None:
+            for sub in list(channel.subscribers):
+                sub._push(event)
 
     def subscribe(self, job_id: str, after_seq: int = 0) -> Subscription:
         """A watcher that first gets every recorded event with ``seq > after_seq``, then live ones.

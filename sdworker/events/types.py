@@ -1,5 +1,7 @@
-"""One frozen, slotted record per event kind. Publishers build them with ``seq=0, at=0.0``; the bus
-stamps the job's next sequence number (the SSE ``id``) and the publish time when it accepts one.
+"""One frozen, slotted record per event kind. Publishers build them with ``seq=0, at=0.0``; the job
+backend stamps the job's next sequence number (the SSE ``id``) and the publish time when it accepts
+one: the in-memory bus counts per job; the Redis backend counts in the job's hash inside the same Lua
+script that appends the event, so ids are the same integers on every API node and across attempts.
 
 Consumers match on the class (``match event: case PreviewReady(): ...``), never on a string; only
 ``sdworker.api.sse`` turns them into wire names.
@@ -24,7 +26,26 @@ class JobQueued(JobEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobStarted(JobEvent):
-    pass
+    attempt: int = 1  # 2, 3... after a worker was lost (Redis mode)
+    worker: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRetrying(JobEvent):
+    """The attempt that ran the job was lost (its worker died or stalled past the claim time); the job
+    goes back to the queue and starts again from step 1 with the same seed."""
+
+    attempt: int  # the attempt about to run
+    reason: str  # worker_lost
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamNotice(JobEvent):
+    """Something a watcher should know that is not part of the job's history (never replayed, no id):
+    e.g. the API node lost Redis and the stream will resume when it returns."""
+
+    code: str
+    message: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,7 +84,7 @@ class JobFailed(JobEvent):
     message: str
 
 
-Event = JobQueued | JobStarted | StepProgressed | PreviewReady | JobCompleted | JobFailed
+Event = JobQueued | JobStarted | JobRetrying | StepProgressed | PreviewReady | JobCompleted | JobFailed | StreamNotice
 TERMINAL_EVENTS = (JobCompleted, JobFailed)
 # Events a lagging watcher may lose to a newer one; everything else is always delivered.
 COALESCIBLE_EVENTS = (StepProgressed, PreviewReady)

@@ -1,25 +1,40 @@
-"""Turn a ``JobDraft`` into an engine ``GenerationRequest``: decode its base64 images (pixel limit
-checked on the header first), check the mask against the image, settle the output size.
+"""Check a ``JobDraft``'s images at submit time: decode the base64 (pixel limit checked on the header
+first), open the image to learn its size and check the mask against it, settle the output size.
 
-CPU work that may take a while on a large image: the service runs it in a worker thread after it has
-reserved a queue slot."""
+The images travel on as the client's encoded bytes (a ``JobSpec`` is JSON-able data for either
+backend); the GPU side decodes them again after it claims the job. CPU work that may take a while on
+a large image: the service runs it in a worker thread after it has reserved a queue slot.
+"""
 
 from __future__ import annotations
 
-from sdworker.engine.protocol import GenerationRequest, Operation
+from dataclasses import dataclass
+
+from sdworker.engine.protocol import Operation
 from sdworker.errors import InvalidImage, InvalidRequest
-from sdworker.imaging.decode import check_mask_matches, decode_base64_image
+from sdworker.imaging.decode import check_mask_matches, decode_base64, decode_image_bytes
 from sdworker.jobs.spec import JobDraft
 
 DEFAULT_SIZE = 512
 
 
-def build_request(draft: JobDraft, *, max_pixels: int) -> GenerationRequest:
+@dataclass(frozen=True, slots=True)
+class CheckedInputs:
+    init_image: bytes | None
+    mask_image: bytes | None
+    width: int
+    height: int
+
+
+def check_inputs(draft: JobDraft, *, max_pixels: int, default_size: int = DEFAULT_SIZE) -> CheckedInputs:
+    init_bytes = mask_bytes = None
     init = mask = None
     if draft.init_image is not None:
-        init = decode_base64_image(draft.init_image, field=draft.init_image_field, max_pixels=max_pixels)
+        init_bytes = decode_base64(draft.init_image, field=draft.init_image_field)
+        init = decode_image_bytes(init_bytes, field=draft.init_image_field, max_pixels=max_pixels)
     if draft.mask_image is not None:
-        mask = decode_base64_image(draft.mask_image, field="mask_image", max_pixels=max_pixels, mode="L")
+        mask_bytes = decode_base64(draft.mask_image, field="mask_image")
+        mask = decode_image_bytes(mask_bytes, field="mask_image", max_pixels=max_pixels, mode="L")
         if init is not None:
             check_mask_matches(init, mask)
     width, height = draft.width, draft.height
@@ -31,24 +46,12 @@ def build_request(draft: JobDraft, *, max_pixels: int) -> GenerationRequest:
                 f"{draft.init_image_field}: image is {init.width}x{init.height}; it must be at least 8x8 pixels",
                 field=draft.init_image_field,
             )
-    width = DEFAULT_SIZE if width is None else width
-    height = DEFAULT_SIZE if height is None else height
+    width = default_size if width is None else width
+    height = default_size if height is None else height
     if width * height > max_pixels:
         raise InvalidRequest(
             f"width x height = {width}x{height} = {width * height} pixels; the limit is {max_pixels}", field="width"
         )
-    return GenerationRequest(
-        prompt=draft.prompt,
-        operation=draft.operation,
-        negative_prompt=draft.negative_prompt,
-        num_inference_steps=draft.num_inference_steps,
-        guidance_scale=draft.guidance_scale,
-        width=width,
-        height=height,
-        seed=draft.seed,
-        scheduler=draft.scheduler,
-        num_images=draft.num_images,
-        init_image=init,
-        mask_image=mask if draft.operation is Operation.INPAINT else None,
-        strength=draft.strength,
-    )
+    if draft.operation is not Operation.INPAINT:
+        mask_bytes = None
+    return CheckedInputs(init_bytes, mask_bytes, width, height)

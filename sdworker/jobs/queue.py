@@ -29,6 +29,8 @@ class JobQueueProtocol(Protocol):
     def reserve(self) -> Reservation: ...
     def release(self, reservation: Reservation) -> None: ...
     def put(self, reservation: Reservation, spec: JobSpec) -> int: ...
+    def put_front(self, spec: JobSpec) -> None: ...
+    def specs(self) -> list[JobSpec]: ...
     def remove(self, job_id: str) -> bool: ...
     def position(self, job_id: str) -> int | None: ...
     def job_ids(self) -> list[str]: ...
@@ -71,6 +73,11 @@ class InMemoryJobQueue:
         self._not_empty.set()
         return len(self._items)
 
+    def put_front(self, spec: JobSpec) -> None:
+        """A job handed back by its runner goes first again (no slot needed: it held one)."""
+        self._items.appendleft(spec)
+        self._not_empty.set()
+
     def remove(self, job_id: str) -> bool:
         for spec in self._items:
             if spec.job_id == job_id:
@@ -86,6 +93,9 @@ class InMemoryJobQueue:
 
     def job_ids(self) -> list[str]:
         return [spec.job_id for spec in self._items]
+
+    def specs(self) -> list[JobSpec]:
+        return list(self._items)
 
     async def get(self) -> JobSpec:
         while not self._items:

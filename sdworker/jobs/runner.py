@@ -1,4 +1,5 @@
-"""``JobRunner``: one thread for all GPU work, fed by an asyncio dispatch task.
+"""``JobRunner``: one thread for all GPU work, fed by an asyncio dispatch task that claims jobs from a
+``JobSource`` (the memory backend in ``serve``, Redis in ``worker``; the loop is the same for both).
 
 Threads, and why:
 
@@ -6,13 +7,15 @@ Threads, and why:
   ``engine.generate()``, one job at a time. Models are not thread-safe and a GPU runs one job well.
 - ``sdworker-encode`` (one thread): preview and final-image encoding, so PNG/JPEG work never sits on
   the denoising loop (Pillow releases the GIL while it encodes).
-- the event loop: the dispatch task takes a job off the queue, tells the JobService it started, and
-  awaits the executor's future. Steps and previews come back only through
-  ``loop.call_soon_threadsafe(service.record_event, event)``; nothing else crosses threads.
+- the event loop: the dispatch task claims a lease and awaits the executor's future. Steps and
+  previews come back only through ``loop.call_soon_threadsafe(lease.publish, event)``; nothing else
+  crosses threads.
 
-Cancellation is cooperative: ``JobService.cancel`` sets the job's ``CancelToken``; the engine checks
-it after every step and raises ``JobCancelled``. Shutdown (``stop``): take no further job, give the
-running one ``grace_seconds`` to finish, then cancel it (stops within one step) and wait for it.
+Cancellation is cooperative: the lease's ``control`` token is set by a cancel (memory: directly;
+Redis: a message the lease listens for); the engine checks it after every step and raises
+``JobCancelled``. Shutdown (``stop``): take no further job, give the running one ``grace_seconds`` to
+finish, then either cancel it (memory: nobody else could run it) or hand it back to the queue at once
+(Redis: another worker runs it; a hand-back is not an attempt).
 """
 
 from __future__ import annotations
@@ -20,23 +23,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sdworker.engine.protocol import Engine, GenerationRequest, GenerationResult
+from sdworker.engine.protocol import CancelToken, Engine, GenerationRequest, GenerationResult
 from sdworker.errors import JobCancelled, SdworkerError
-from sdworker.events.bus import EventBusProtocol
 from sdworker.events.types import JobEvent
 from sdworker.imaging.encode import encode_image, encode_png
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.progress import EncodeFn, StepReporter
-from sdworker.jobs.queue import JobQueueProtocol
-from sdworker.jobs.service import CANCELLED, JobService
+from sdworker.jobs.protocol import JobSource, Lease
 from sdworker.jobs.spec import JobSpec
-from sdworker.jobs.state import JobRecord
 
 log = logging.getLogger(__name__)
+
+CANCELLED = "cancelled"
+PngText = Callable[[JobSpec, GenerationRequest, GenerationResult, int], dict[str, str]]
 
 
 def _default_encode(pixels: Any, fmt: str, quality: int) -> bytes:
@@ -47,26 +50,26 @@ class JobRunner:
     def __init__(
         self,
         engine: Engine,
-        service: JobService,
-        queue: JobQueueProtocol,
-        bus: EventBusProtocol,
+        source: JobSource,
         metrics: ServiceMetrics,
         *,
+        max_pixels: int,
+        models: Collection[str] | None = None,
         encode: EncodeFn | None = None,
-        png_text: Callable[[JobSpec, GenerationResult, int], dict[str, str]] | None = None,
+        png_text: PngText | None = None,
     ) -> None:
         self._engine = engine
-        self._service = service
-        self._queue = queue
-        self._bus = bus
+        self._source = source
         self._metrics = metrics
+        self._max_pixels = max_pixels
+        self._models = models
         self._encode = encode or _default_encode
         self._png_text = png_text
         self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdworker-gpu")
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdworker-encode")
         self._main: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._current: JobRecord | None = None
+        self._current: Lease | None = None
         self._stopping = False
         self.state = "loading"  # loading | ready | failed | stopped
         self.reason: str | None = "the model is loading"
@@ -75,22 +78,32 @@ class JobRunner:
     def ready(self) -> bool:
         return self.state == "ready" and not self._stopping
 
+    @property
+    def current_job(self) -> str | None:
+        return self._current.spec.job_id if self._current is not None else None
+
     def start(self) -> None:
+        self._source.set_engine(None, state="loading", reason=self.reason)
         self._main = asyncio.get_running_loop().create_task(self._run(), name="sdworker-dispatch")
         self._main.add_done_callback(self._on_main_done)
 
-    async def stop(self, grace_seconds: float) -> None:
-        """Take no new job; let the running one finish within ``grace_seconds``, else cancel it."""
+    async def stop(self, grace_seconds: float, *, hand_back: bool = False) -> None:
+        """Take no new job; let the running one finish within ``grace_seconds``, then cancel it or
+        (``hand_back``) give it back to the queue at once."""
         self._stopping = True
         self.reason = "the server is shutting down"
+        self._source.set_engine(None, state="stopping", reason=self.reason)
         main = self._main
         if main is not None and not main.done():
             if self._current is None:
                 main.cancel()
             else:
                 done, _ = await asyncio.wait({main}, timeout=grace_seconds)
-                if not done and self._current is not None:
-                    self._current.cancel.cancel()
+                lease = self._current
+                if not done and lease is not None:
+                    if hand_back:
+                        await lease.release()
+                    lease.control.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(main), timeout=max(grace_seconds, 1.0) + 60.0)
         if self._tasks:
@@ -119,75 +132,83 @@ class JobRunner:
             log.exception("loading the model failed")
             self._die(f"loading the model failed: {type(exc).__name__}")
             return
-        self._service.engine_loaded(self._engine.info)
         self.state, self.reason = "ready", None
+        self._source.set_engine(self._engine.info, state="ready")
         while not self._stopping:
-            spec = await self._queue.get()
-            record = self._service.start(spec.job_id)
-            if record is None:
-                continue
-            self._current = record
-            try:
-                await self._run_job(loop, record)
-            finally:
-                self._current = None
+            leases = await self._source.claim(self._models, wait_seconds=1.0)
+            for index, lease in enumerate(leases):
+                if self._stopping:
+                    for rest in leases[index:]:
+                        await rest.release()
+                    break
+                self._current = lease
+                try:
+                    await self._run_job(loop, lease)
+                finally:
+                    self._current = None
 
-    async def _run_job(self, loop: asyncio.AbstractEventLoop, record: JobRecord) -> None:
-        spec = record.spec
+    async def _run_job(self, loop: asyncio.AbstractEventLoop, lease: Lease) -> None:
+        spec = lease.spec
 
         def publish(event: JobEvent) -> None:
-            loop.call_soon_threadsafe(self._service.record_event, event)
+            loop.call_soon_threadsafe(lease.publish, event)
 
         reporter = StepReporter(
             spec.job_id,
             spec.preview,
             publish=publish,
-            watcher_count=lambda: self._bus.watcher_count(spec.job_id),
+            watcher_count=lease.watchers,
             encoder=self._encoder,
             encode=self._encode,
             metrics=self._metrics,
         )
         try:
-            # Not cancellable from the loop: a job ends through its CancelToken, never mid-step.
-            result = await asyncio.shield(
-                loop.run_in_executor(self._gpu, self._generate, spec.request, reporter, record)
+            # Not cancellable from the loop: a job ends through its control token, never mid-step.
+            request, result = await asyncio.shield(
+                loop.run_in_executor(self._gpu, self._generate, spec, reporter, lease.control)
             )
         except JobCancelled:
-            self._service.fail(spec.job_id, CANCELLED, "the job was cancelled", cancelled=True)
+            if not lease.lost:
+                await lease.fail(CANCELLED, "the job was cancelled", cancelled=True)
             return
         except SdworkerError as exc:
-            self._service.fail(spec.job_id, exc.code, exc.message)
+            await lease.fail(exc.code, exc.message)
             return
         except Exception as exc:
             log.exception("job %s failed", spec.job_id)
-            self._service.fail(spec.job_id, "generation_failed", f"generation failed: {type(exc).__name__}")
+            await lease.fail("generation_failed", f"generation failed: {type(exc).__name__}")
             return
         # Encode the final PNGs on the encoder thread while the GPU thread moves on to the next job.
-        task = loop.create_task(self._finish(loop, spec, result))
+        task = loop.create_task(self._finish(loop, lease, request, result))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _generate(self, request: GenerationRequest, reporter: StepReporter, record: JobRecord) -> GenerationResult:
-        return self._engine.generate(request, on_step=reporter, cancel=record.cancel)
+    def _generate(
+        self, spec: JobSpec, reporter: StepReporter, control: CancelToken
+    ) -> tuple[GenerationRequest, GenerationResult]:
+        request = spec.to_request(max_pixels=self._max_pixels)
+        return request, self._engine.generate(request, on_step=reporter, cancel=control)
 
-    async def _finish(self, loop: asyncio.AbstractEventLoop, spec: JobSpec, result: GenerationResult) -> None:
+    async def _finish(
+        self, loop: asyncio.AbstractEventLoop, lease: Lease, request: GenerationRequest, result: GenerationResult
+    ) -> None:
         try:
-            pngs = await loop.run_in_executor(self._encoder, self._encode_final, spec, result)
+            pngs = await loop.run_in_executor(self._encoder, self._encode_final, lease.spec, request, result)
         except Exception as exc:
-            log.exception("encoding the result of job %s failed", spec.job_id)
-            self._service.fail(spec.job_id, "generation_failed", f"encoding the image failed: {type(exc).__name__}")
+            log.exception("encoding the result of job %s failed", lease.spec.job_id)
+            await lease.fail("generation_failed", f"encoding the image failed: {type(exc).__name__}")
             return
-        self._service.complete(spec.job_id, pngs, result.seeds, result.width, result.height)
+        await lease.complete(pngs, result.seeds, result.width, result.height)
 
-    def _encode_final(self, spec: JobSpec, result: GenerationResult) -> tuple[bytes, ...]:
+    def _encode_final(self, spec: JobSpec, request: GenerationRequest, result: GenerationResult) -> tuple[bytes, ...]:
         return tuple(
-            encode_png(image, self._png_text(spec, result, index) if self._png_text else None)
+            encode_png(image, self._png_text(spec, request, result, index) if self._png_text else None)
             for index, image in enumerate(result.images)
         )
 
     def _die(self, reason: str) -> None:
         self.state, self.reason = "failed", reason
-        self._service.worker_died(reason)
+        self._source.set_engine(None, state="failed", reason=reason)
 
     def _on_main_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self._stopping:

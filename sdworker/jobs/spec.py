@@ -1,12 +1,20 @@
 """What a job is asked to do, as frozen values. Built by the API from the wire schema; nothing here
-knows about pydantic or HTTP."""
+knows about pydantic or HTTP.
+
+``JobSpec`` is plain data that survives a trip through JSON (``to_dict``/``from_dict``): images are
+the client's encoded bytes, not decoded pictures, and the seed is always set (drawn at submit when the
+client gave none), so any worker that runs the job - the first, or another after the first died -
+makes the same pixels. The GPU side decodes the images after it claims the job (``to_request``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import base64
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sdworker.engine.protocol import GenerationRequest, Operation
+from sdworker.imaging.decode import decode_image_bytes
 from sdworker.previews.options import PreviewOptions
 
 
@@ -36,47 +44,78 @@ class JobDraft:
     preview: PreviewOptions = field(default_factory=PreviewOptions)
     hive_id: str | None = None
     worker_id: str | None = None
-    model: str | None = None  # informational: the worker serves the model it loaded
+    model: str | None = None  # None = the default model
+    loras: tuple[tuple[str, float], ...] = ()  # (name, weight)
+    clip_skip: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class JobSpec:
-    """A job ready to run: the engine request with decoded images, its preview options and bookkeeping."""
+    """A job ready to queue: JSON-able values, images as the client's encoded bytes."""
 
     job_id: str
-    request: GenerationRequest
+    prompt: str
+    operation: Operation
+    negative_prompt: str
+    num_inference_steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    seed: int
+    scheduler: str | None
+    num_images: int
+    strength: float
     preview: PreviewOptions
     created_at: float
+    init_image: bytes | None = None
+    init_image_field: str = "init_image"
+    mask_image: bytes | None = None
+    owner: str | None = None  # the API key's name that submitted it (None without auth)
+    model: str | None = None  # the model it runs on (resolved at submit)
     hive_id: str | None = None
     worker_id: str | None = None
-    model: str | None = None
+    loras: tuple[tuple[str, float], ...] = ()
+    clip_skip: int | None = None
 
-    def parameters(self) -> dict[str, Any]:
-        """The job's parameters as shown by ``GET /v1/jobs/{id}`` (no image bytes)."""
-        r = self.request
-        params: dict[str, Any] = {
-            "operation": r.operation.value,
-            "prompt": r.prompt,
-            "negative_prompt": r.negative_prompt,
-            "steps": r.num_inference_steps,
-            "guidance_scale": r.guidance_scale,
-            "seed": r.seed,
-            "width": r.width,
-            "height": r.height,
-            "scheduler": r.scheduler,
-            "n": r.num_images,
-            "preview": {
-                "every": self.preview.every,
-                "min_interval_ms": self.preview.min_interval_ms,
-                "method": self.preview.method,
-                "max_size": self.preview.max_size,
-                "format": self.preview.format,
-                "quality": self.preview.quality,
-            },
-        }
-        if r.operation is not Operation.TEXT_TO_IMAGE:
-            params["strength"] = r.strength
-        for key in ("hive_id", "worker_id", "model"):
-            if getattr(self, key) is not None:
-                params[key] = getattr(self, key)
-        return params
+    def to_request(self, *, max_pixels: int) -> GenerationRequest:
+        """The engine request, images decoded (GPU side, after the claim; the API checked them)."""
+        init = mask = None
+        if self.init_image is not None:
+            init = decode_image_bytes(self.init_image, field=self.init_image_field, max_pixels=max_pixels)
+        if self.mask_image is not None and self.operation is Operation.INPAINT:
+            mask = decode_image_bytes(self.mask_image, field="mask_image", max_pixels=max_pixels, mode="L")
+        return GenerationRequest(
+            prompt=self.prompt,
+            operation=self.operation,
+            negative_prompt=self.negative_prompt,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            width=self.width,
+            height=self.height,
+            seed=self.seed,
+            scheduler=self.scheduler,
+            num_images=self.num_images,
+            init_image=init,
+            mask_image=mask,
+            strength=self.strength,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["operation"] = self.operation.value
+        for key in ("init_image", "mask_image"):
+            value = getattr(self, key)
+            data[key] = base64.b64encode(value).decode("ascii") if value is not None else None
+        data["loras"] = [list(pair) for pair in self.loras]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        values = dict(data)
+        values["operation"] = Operation(values["operation"])
+        values["preview"] = PreviewOptions(**values["preview"])
+        for key in ("init_image", "mask_image"):
+            if values.get(key) is not None:
+                values[key] = base64.b64decode(values[key])
+        values["loras"] = tuple((str(name), float(weight)) for name, weight in values.get("loras") or ())
+        return cls(**values)

@@ -1,20 +1,62 @@
-"""Where job records live. In memory; finished jobs (and their images) are forgotten
-``result_ttl_seconds`` after they finish. Queued and running jobs are never expired."""
+"""The memory backend's job records. Finished jobs (and their images) are forgotten
+``result_ttl_seconds`` after they finish. Queued and running jobs are never expired.
+
+``JobRecord`` is mutable and lives on the event loop; only ``MemoryJobService`` writes it. What leaves
+the memory backend is always a frozen ``JobView``.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass, field
 
-from sdworker.jobs.state import JobRecord
+from sdworker.engine.protocol import CancelToken
+from sdworker.jobs.spec import JobSpec
+from sdworker.jobs.state import JobStatus, JobView
 
 
-class JobStoreProtocol(Protocol):
-    def add(self, record: JobRecord) -> None: ...
-    def get(self, job_id: str) -> JobRecord | None: ...
-    def records(self) -> list[JobRecord]: ...
-    def expire(self) -> list[str]: ...
+@dataclass(slots=True)
+class JobRecord:
+    spec: JobSpec
+    status: JobStatus = JobStatus.QUEUED
+    control: CancelToken = field(default_factory=CancelToken)
+    attempt: int = 0
+    step: int = 0
+    total: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    images: tuple[bytes, ...] = ()  # final PNGs
+    seeds: tuple[int, ...] = ()
+    width: int | None = None
+    height: int | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.spec.job_id
+
+    def view(self, *, position: int | None, watchers: int) -> JobView:
+        return JobView(
+            spec=self.spec,
+            status=self.status,
+            step=self.step,
+            total=self.total,
+            attempt=self.attempt,
+            queue_position=position,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            error_code=self.error_code,
+            error_message=self.error_message,
+            image_count=len(self.images),
+            seeds=self.seeds,
+            width=self.width,
+            height=self.height,
+            watchers=watchers,
+            cancel_requested=self.control.cancelled,
+            worker="local" if self.started_at is not None else None,
+        )
 
 
 class InMemoryJobStore:

@@ -107,8 +107,8 @@ async def test_drain_ends_queued_and_running_jobs_and_every_stream() -> None:
         streams = [asyncio.create_task(app.client.get(f"/v1/jobs/{j}/stream")) for j in (running, queued)]
         gate.set()
         await app.wait_status(running, "running")
-        worker = app.app.state.worker
-        drain = asyncio.create_task(worker.drain())
+        node = app.app.state.node
+        drain = asyncio.create_task(node.drain())
         await asyncio.sleep(0)
         assert (await app.client.get("/ready")).status_code == 503
         refused = await app.client.post("/v1/jobs", json={"prompt": "x", **SMALL})
@@ -120,7 +120,7 @@ async def test_drain_ends_queued_and_running_jobs_and_every_stream() -> None:
             assert last[1] == "error" and last[2]["code"] == "shutting_down", last
         assert (await app.status(running))["status"] == "cancelled"
         assert (await app.status(queued))["status"] == "cancelled"
-        assert worker.bus.total_watchers() == 0
+        assert node.service.bus.total_watchers() == 0
 
 
 async def test_drain_lets_a_running_job_finish_within_the_grace_period() -> None:
@@ -129,7 +129,7 @@ async def test_drain_lets_a_running_job_finish_within_the_grace_period() -> None
         job_id = await app.submit(steps=10)
         stream = asyncio.create_task(app.client.get(f"/v1/jobs/{job_id}/stream"))
         await app.wait_status(job_id, "running")
-        await asyncio.wait_for(app.app.state.worker.drain(), 10)
+        await asyncio.wait_for(app.app.state.node.drain(), 10)
         assert (await app.status(job_id))["status"] == "completed"
         assert parse_sse((await stream).text)[-1][1] == "complete"
         assert not engine.closed

@@ -1,0 +1,383 @@
+"""The memory backend: ``JobService`` and ``JobSource`` in one object, for one process
+(``sdworker serve`` without ``--redis``). The default, and what the job layer did before Redis.
+
+Everything runs on the event loop, so no lock is needed: the runner reaches it through its
+``MemoryLease`` (whose methods the runner calls on the loop; the GPU thread hops over with
+``loop.call_soon_threadsafe``). Every state change is also published on the bus, so watchers and
+``GET /v1/jobs/{id}`` agree.
+
+Where it rightly differs from Redis: a runner that dies fails its job (``worker_died``; there is no
+other worker to retry on), and there is no dead-letter list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Collection
+
+from sdworker.engine.parameters import model_label
+from sdworker.engine.protocol import CancelToken, EngineInfo
+from sdworker.errors import JobNotFinished, JobNotFound, NotReady
+from sdworker.events.bus import EventBus, Subscription
+from sdworker.events.types import JobCompleted, JobEvent, JobFailed, JobQueued, JobStarted, PreviewReady, StepProgressed
+from sdworker.jobs.inputs import check_inputs
+from sdworker.jobs.metrics import ServiceMetrics
+from sdworker.jobs.protocol import FleetInfo, Lease
+from sdworker.jobs.queue import InMemoryJobQueue
+from sdworker.jobs.spec import JobDraft, JobSpec
+from sdworker.jobs.state import JobStatus, JobView
+from sdworker.jobs.store import InMemoryJobStore, JobRecord
+from sdworker.jobs.submission import build_spec, check_against_engine, resolve_model
+from sdworker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SHUTTING_DOWN = "shutting_down"
+CANCELLED = "cancelled"
+HOUSEKEEPING_SECONDS = 1.0
+
+
+class MemoryLease:
+    """The runner's hold on one job. ``publish`` and the finishers run on the event loop."""
+
+    def __init__(self, service: MemoryJobService, record: JobRecord) -> None:
+        self._service = service
+        self._record = record
+        self.spec = record.spec
+        self.attempt = record.attempt
+        self.control: CancelToken = record.control
+        self._released = False
+
+    def publish(self, event: JobEvent) -> None:
+        if not self._released:
+            self._service._record_event(event)
+
+    def watchers(self) -> int:
+        return self._service.bus.watcher_count(self.spec.job_id)
+
+    @property
+    def lost(self) -> bool:
+        return self._released
+
+    async def complete(self, images: tuple[bytes, ...], seeds: tuple[int, ...], width: int, height: int) -> bool:
+        return not self._released and self._service._complete(self._record, images, seeds, width, height)
+
+    async def fail(self, code: str, message: str, *, cancelled: bool = False) -> bool:
+        return not self._released and self._service._fail(self._record, code, message, cancelled=cancelled)
+
+    async def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._service._hand_back(self._record)
+
+
+class MemoryJobService:
+    backend = "memory"
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        *,
+        clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock
+        self._new_id = new_id
+        self.bus = EventBus(stall_seconds=settings.watcher_stall_seconds)
+        self._store = InMemoryJobStore(settings.result_ttl_seconds, clock=clock)
+        self._queue = InMemoryJobQueue(settings.max_queue, retry_after_seconds=self.retry_after_seconds)
+        self._idempotency: dict[tuple[str | None, str], str] = {}
+        self._finished: dict[str, asyncio.Event] = {}
+        self._accepting = True
+        self._engine_info: EngineInfo | None = None
+        self._engine_state = "none"  # none (no runner) | loading | ready | failed | stopping
+        self._engine_reason: str | None = None
+        self._job_seconds = 0.0  # moving average, for Retry-After
+        self._housekeeping: asyncio.Task[None] | None = None
+        metrics.bind(queue_depth=lambda: len(self._queue), watchers=self.bus.total_watchers)
+
+    # --- API side -----------------------------------------------------------------------------
+
+    async def submit(
+        self, draft: JobDraft, *, owner: str | None = None, idempotency_key: str | None = None
+    ) -> JobView:
+        if idempotency_key is not None:
+            known = self._idempotency.get((owner, idempotency_key))
+            if known is not None and self._store.get(known) is not None:
+                return self._view(self._store.get(known))  # type: ignore[arg-type]
+        self._check_available()
+        check_against_engine(draft, self._engine_info)
+        model = self._resolve_model(draft.model)
+        reservation = self._queue.reserve()
+        try:
+            checked = await asyncio.to_thread(check_inputs, draft, max_pixels=self._settings.max_pixels)
+            self._check_available()
+        except BaseException:
+            self._queue.release(reservation)
+            raise
+        spec = build_spec(
+            draft, checked, job_id=self._new_id(), created_at=self._clock(), owner=owner, model=model
+        )
+        record = JobRecord(spec=spec, total=spec.num_inference_steps)
+        self._store.add(record)
+        self.bus.open(spec.job_id)
+        position = self._queue.put(reservation, spec)
+        if idempotency_key is not None:
+            self._idempotency[(owner, idempotency_key)] = spec.job_id
+        self._metrics.jobs_submitted.inc()
+        self.bus.publish(JobQueued(job_id=spec.job_id, position=position))
+        return self._view(record)
+
+    async def get(self, job_id: str, *, owner: str | None = None) -> JobView:
+        return self._view(self._record(job_id, owner))
+
+    async def list_jobs(self, *, owner: str | None = None, limit: int = 100) -> list[JobView]:
+        records = [r for r in reversed(self._store.records()) if owner is None or r.spec.owner == owner]
+        return [self._view(r) for r in records[:limit]]
+
+    async def cancel(self, job_id: str, *, owner: str | None = None) -> JobView:
+        record = self._record(job_id, owner)
+        if record.status is JobStatus.QUEUED and self._queue.remove(job_id):
+            self._finish(record, JobStatus.CANCELLED, CANCELLED, "the job was cancelled")
+            self._publish_positions()
+        elif record.status is JobStatus.RUNNING:
+            record.control.cancel()
+            record.status = JobStatus.CANCELLING
+        return self._view(record)
+
+    async def interrupt(self, job_id: str, *, owner: str | None = None) -> JobView:
+        record = self._record(job_id, owner)
+        if record.status is JobStatus.RUNNING:
+            record.control.interrupt()
+            return self._view(record)
+        return await self.cancel(job_id, owner=owner)
+
+    async def open_stream(self, job_id: str, after: int = 0, *, owner: str | None = None) -> Subscription | None:
+        self._record(job_id, owner)
+        if not self.bus.knows(job_id):
+            raise JobNotFound(f"no event stream for job {job_id!r} (its result expired)", field="job_id")
+        if self.bus.is_finished(job_id) and after >= self.bus.last_seq(job_id):
+            return None
+        return self.bus.subscribe(job_id, after)
+
+    async def wait(self, job_id: str, *, owner: str | None = None, timeout: float | None = None) -> JobView:
+        record = self._record(job_id, owner)
+        if not record.status.finished:
+            event = self._finished.setdefault(job_id, asyncio.Event())
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        return self._view(record)
+
+    async def image(self, job_id: str, index: int = 0, *, owner: str | None = None) -> bytes:
+        record = self._record(job_id, owner)
+        if record.status is not JobStatus.COMPLETED:
+            raise JobNotFinished(f"job {job_id} is {record.status.value}; it has no image", field="job_id")
+        if not 0 <= index < len(record.images):
+            raise JobNotFound(f"index must be in 0..{len(record.images) - 1}, got {index}", field="index")
+        return record.images[index]
+
+    async def fleet(self) -> FleetInfo:
+        model = self._settings.model
+        return FleetInfo(models=(model,), engine=self._engine_info, queue_depth=len(self._queue))
+
+    async def dead_letters(self, *, limit: int = 100) -> list[JobView]:
+        return []  # a lost job fails at once in memory mode: nothing is ever dead-lettered
+
+    async def requeue(self, job_id: str) -> JobView:
+        raise JobNotFound(f"no dead-lettered job {job_id!r} (memory mode keeps none)", field="job_id")
+
+    async def readiness(self) -> tuple[bool, str | None]:
+        if not self._accepting:
+            return False, "the server is shutting down"
+        if self._engine_state == "ready":
+            return True, None
+        if self._engine_state == "none":
+            return False, "no worker runs in this process"
+        return False, self._engine_reason or "not ready"
+
+    def retry_after_seconds(self) -> int:
+        return max(1, min(300, math.ceil(self._job_seconds or 5.0)))
+
+    async def start(self) -> None:
+        self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep(), name="sdworker-housekeeping")
+
+    async def drain(self, *, reject_queued: bool) -> None:
+        self._accepting = False
+        if reject_queued:
+            self._reject_queued(SHUTTING_DOWN, "the server is shutting down; the job was not started")
+
+    def close_streams(self) -> None:
+        self.bus.close_all()
+
+    async def close(self) -> None:
+        self.bus.close_all()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+
+    # --- GPU side (JobSource) ------------------------------------------------------------------
+
+    async def claim(
+        self, models: Collection[str] | None, *, limit: int = 1, wait_seconds: float = 1.0
+    ) -> list[Lease]:
+        try:
+            spec = await asyncio.wait_for(self._queue.get(), timeout=wait_seconds)
+        except TimeoutError:
+            return []
+        leases: list[Lease] = []
+        specs = [spec]
+        for other in self._queue.specs():
+            if len(specs) >= limit:
+                break
+            if _batchable(spec, other) and self._queue.remove(other.job_id):
+                specs.append(other)
+        for each in specs:
+            record = self._start(each.job_id)
+            if record is not None:
+                leases.append(MemoryLease(self, record))
+        self._publish_positions()
+        return leases
+
+    def set_engine(self, info: EngineInfo | None, *, state: str, reason: str | None = None) -> None:
+        self._engine_info = info if info is not None else self._engine_info
+        self._engine_state, self._engine_reason = state, reason
+        if state == "failed":
+            self._reject_queued("worker_failed", f"the worker cannot run jobs: {reason}")
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _record(self, job_id: str, owner: str | None) -> JobRecord:
+        record = self._store.get(job_id)
+        if record is None or (owner is not None and record.spec.owner != owner):
+            raise JobNotFound(f"no job {job_id!r} (unknown, or its result expired)", field="job_id")
+        return record
+
+    def _view(self, record: JobRecord) -> JobView:
+        position = self._queue.position(record.job_id) if record.status is JobStatus.QUEUED else None
+        return record.view(position=position, watchers=self.bus.watcher_count(record.job_id))
+
+    def _check_available(self) -> None:
+        if not self._accepting:
+            raise NotReady("the server is shutting down and accepts no new jobs")
+        if self._engine_state == "failed":
+            raise NotReady(f"the worker cannot run jobs: {self._engine_reason}")
+
+    def _resolve_model(self, requested: str | None) -> str:
+        model = self._settings.model
+        served = {model: model, model_label(model): model}
+        if self._engine_info is not None:
+            served.setdefault(self._engine_info.model, model)
+        return resolve_model(requested, served, model)
+
+    def _start(self, job_id: str) -> JobRecord | None:
+        record = self._store.get(job_id)
+        if record is None or record.status is not JobStatus.QUEUED:
+            return None
+        record.status = JobStatus.RUNNING
+        record.attempt += 1
+        record.started_at = self._clock()
+        self.bus.publish(JobStarted(job_id=job_id, attempt=record.attempt, worker="local"))
+        return record
+
+    def _record_event(self, event: JobEvent) -> None:
+        record = self._store.get(event.job_id)
+        if record is None or record.status not in (JobStatus.RUNNING, JobStatus.CANCELLING):
+            return
+        if isinstance(event, StepProgressed | PreviewReady):
+            record.step = max(record.step, event.step)
+            record.total = event.total
+        self.bus.publish(event)
+
+    def _complete(
+        self, record: JobRecord, images: tuple[bytes, ...], seeds: tuple[int, ...], width: int, height: int
+    ) -> bool:
+        if record.status.finished or self._store.get(record.job_id) is not record:
+            return False
+        record.images, record.seeds, record.width, record.height = images, seeds, width, height
+        record.step = record.total
+        self._finish(record, JobStatus.COMPLETED, None, None)
+        self.bus.publish(
+            JobCompleted(job_id=record.job_id, images=images, seed=seeds[0], seeds=seeds, width=width, height=height)
+        )
+        return True
+
+    def _fail(self, record: JobRecord, code: str, message: str, *, cancelled: bool) -> bool:
+        if record.status.finished:
+            return False
+        status = JobStatus.CANCELLED if cancelled else JobStatus.FAILED
+        if cancelled and not self._accepting:
+            code, message = SHUTTING_DOWN, "the server is shutting down; the job was cancelled"
+        self._finish(record, status, code, message)
+        return True
+
+    def _hand_back(self, record: JobRecord) -> None:
+        if record.status.finished:
+            return
+        record.status = JobStatus.QUEUED
+        record.attempt -= 1  # a hand-back is not an attempt
+        record.control = CancelToken()
+        self._queue.put_front(record.spec)
+        self._publish_positions()
+
+    def _finish(self, record: JobRecord, status: JobStatus, code: str | None, message: str | None) -> None:
+        record.status = status
+        record.finished_at = self._clock()
+        record.error_code, record.error_message = code, message
+        self._metrics.jobs_finished.labels(outcome=status.value).inc()
+        if record.started_at is not None:
+            seconds = record.finished_at - record.started_at
+            self._job_seconds = seconds if not self._job_seconds else 0.8 * self._job_seconds + 0.2 * seconds
+        if code is not None and message is not None:
+            self.bus.publish(JobFailed(job_id=record.job_id, code=code, message=message))
+        waiter = self._finished.pop(record.job_id, None)
+        if waiter is not None:
+            waiter.set()
+
+    def _reject_queued(self, code: str, message: str) -> None:
+        for job_id in self._queue.job_ids():
+            record = self._store.get(job_id)
+            self._queue.remove(job_id)
+            if record is not None:
+                self._finish(record, JobStatus.CANCELLED, code, message)
+
+    def _publish_positions(self) -> None:
+        for position, job_id in enumerate(self._queue.job_ids(), start=1):
+            self.bus.publish(JobQueued(job_id=job_id, position=position))
+
+    def _expire(self) -> None:
+        gone = set(self._store.expire())
+        for job_id in gone:
+            self.bus.forget(job_id)
+        if gone:
+            self._idempotency = {k: v for k, v in self._idempotency.items() if v not in gone}
+
+    async def _housekeep(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            try:
+                self._expire()
+                self.bus.sweep()
+            except Exception:
+                log.exception("housekeeping failed")
+
+
+def _batchable(first: JobSpec, other: JobSpec) -> bool:
+    """Jobs that can share one UNet call per step (cross-job batching)."""
+    return (
+        other.model == first.model
+        and (other.width, other.height) == (first.width, first.height)
+        and other.num_inference_steps == first.num_inference_steps
+        and other.scheduler == first.scheduler
+        and other.operation is first.operation
+        and not other.loras
+        and not first.loras
+    )
