@@ -19,14 +19,13 @@ Tree::
     │   └── LoraIncompatible (lora_incompatible, 422) a LoRA for another architecture than the model's
     ├── BodyTooLarge (body_too_large, 413)
     ├── JobNotFound (job_not_found, 404)
-    ├── ModelNotFound (model_not_found, 404)        a job names a model no live worker serves
+    ├── ModelNotFound (model_not_found, 404)        a model name not in the library / no live worker serves it
     ├── JobNotFinished (job_not_finished, 409)       e.g. the image of a job still running
     ├── QueueFull (queue_full, 429)                  with ``retry_after_seconds``
     ├── NotReady (not_ready, 503)                    model loading, worker dead, shutting down, Redis down
     ├── JobCancelled (cancelled, 409)                terminal event of a cancelled job
     ├── GenerationFailed (generation_failed, 500)    the engine raised; message is safe
     └── ModelError (model_error, 400)                a model path that cannot be loaded
-        ├── ModelNotFound (model_not_found, 404)     a model name not in the library
         └── UnsafeCheckpoint (unsafe_checkpoint, 400) a pickle (.ckpt/.pt/.bin) model or LoRA
 """
 
@@ -129,11 +128,6 @@ class GenerationFailed(SdworkerError):
 class ModelError(SdworkerError):
     code = "model_error"
     http_status = 400
-
-
-class ModelNotFound(ModelError):
-    code = "model_not_found"
-    http_status = 404
 
 
 class UnsafeCheckpoint(ModelError):
