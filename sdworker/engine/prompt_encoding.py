@@ -1,8 +1,8 @@
 """Prompts to text embeddings the A1111 way: no 77-token limit, attention weights, embeddings, clip skip.
 
 When a prompt needs none of it (no brackets/escapes/BREAK, no textual-inversion name, at most 75
-tokens, no clip skip) ``PromptEncoder.encode`` returns None and the pipeline encodes the text itself,
-so such a prompt gives exactly diffusers' (and so the previous version's) pixels. Otherwise, per
+tokens, no clip skip) ``PromptEncoder.needs_custom`` says so and the engine hands the text to the
+pipeline, so such a prompt gives exactly diffusers' (and so the previous version's) pixels. Otherwise, per
 text encoder, following AUTOMATIC1111's ``modules/sd_hijack_clip.py``:
 
 1. the prompt is parsed into (text, weight) runs (``prompt_syntax``) and tokenized without special
