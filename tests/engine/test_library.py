@@ -138,3 +138,16 @@ def test_published_lora_layouts_tell_their_family(tmp_path: Path, key: str, widt
     else:
         with pytest.raises(LoraIncompatible):
             library.check_lora_fits(lora, sd15)
+
+
+def test_previews_follow_the_family_of_the_model_that_runs(demo_bundle: Path, tmp_path: Path) -> None:
+    settings = Settings(models_dir=str(demo_bundle / "models"), cache_dir=tmp_path, device="cpu")
+    engine = DiffusersEngine(settings)
+    seen: list[Any] = []
+    for model in ("demo-sdxl", "demo-sd15"):
+        result = engine.generate(GenerationRequest("a cat", model=model, **BASE),
+                                 on_step=lambda view: seen.append(view.render_preview("auto", 32)))
+        slot = engine._slot(engine.library.model(model), None)
+        assert slot.decoders["latent2rgb"].family == result.family  # type: ignore[attr-defined]
+        assert "taesd" in slot.decoders  # each demo folder ships its own taesd/
+    assert all(p is not None and p.method == "taesd" for p in seen)
