@@ -14,18 +14,20 @@ Tree::
     │   ├── InvalidImage (invalid_image, 422)        base64 or image bytes that do not decode
     │   ├── ImageTooLarge (image_too_large, 413)     declared pixel count above the limit
     │   ├── UnknownScheduler (unknown_scheduler, 422)
-    │   ├── Unsupported (unsupported, 422)           a known field we do not implement (e.g. loras)
-    │   └── WrongWorker (wrong_worker, 422)          rbee's ``worker_id`` names another worker
+    │   ├── Unsupported (unsupported, 422)           a known field we do not implement
+    │   ├── WrongWorker (wrong_worker, 422)          rbee's ``worker_id`` names another worker
+    │   ├── LoraNotFound (lora_not_found, 404)       a LoRA name not in --lora-dir
+    │   └── LoraIncompatible (lora_incompatible, 422) a LoRA for another architecture than the model's
     ├── BodyTooLarge (body_too_large, 413)
     ├── JobNotFound (job_not_found, 404)
-    ├── ModelNotFound (model_not_found, 404)        a job names a model no live worker serves
+    ├── ModelNotFound (model_not_found, 404)        a model name not in the library / no live worker serves it
     ├── JobNotFinished (job_not_finished, 409)       e.g. the image of a job still running
     ├── QueueFull (queue_full, 429)                  with ``retry_after_seconds``
     ├── NotReady (not_ready, 503)                    model loading, worker dead, shutting down, Redis down
     ├── JobCancelled (cancelled, 409)                terminal event of a cancelled job
     ├── GenerationFailed (generation_failed, 500)    the engine raised; message is safe
     ├── ModelError (model_error, 400)                a model path that cannot be loaded
-    │   └── UnsafeCheckpoint (unsafe_checkpoint, 400)
+    │   └── UnsafeCheckpoint (unsafe_checkpoint, 400) a pickle (.ckpt/.pt/.bin) model or LoRA
     └── InvalidSettings (invalid_settings, 500)      a bad flag or SDWORKER_* value; the CLI exits 2
 """
 
@@ -76,6 +78,15 @@ class WrongWorker(InvalidRequest):
     """A job misrouted by rbee's queen: refused, not run on the wrong worker."""
 
     code = "wrong_worker"
+
+
+class LoraNotFound(InvalidRequest):
+    code = "lora_not_found"
+    http_status = 404
+
+
+class LoraIncompatible(InvalidRequest):
+    code = "lora_incompatible"
 
 
 class BodyTooLarge(SdworkerError):

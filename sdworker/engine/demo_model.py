@@ -1,4 +1,4 @@
-"""The demo model: a tiny random-weight Stable Diffusion 1.x-style model, built locally and seeded.
+"""The demo models: tiny random-weight Stable Diffusion 1.x and SDXL models, LoRAs and an embedding.
 
 It makes pictures of noise, but it runs every code path a real SD 1.x checkpoint runs (UNet with cross
 attention, an 8x VAE, a CLIP text encoder and tokenizer, PNDM like SD 1.5 ships) in well under a second
@@ -6,11 +6,24 @@ per image on a CPU, so tests and ``make run`` need no download. Sizes follow dif
 ``get_dummy_components`` for Stable Diffusion, except the VAE, which has four blocks so latents are 1/8
 of the image like the real one (previews and size checks then behave as they will on real models).
 
-Layout of the folder ``write_demo_model`` writes::
+Layout of the folder ``write_demo_model`` writes (the SD 1.x demo)::
 
     model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/   diffusers' layout
     demo.safetensors   the same weights in the original (A1111/LDM) single-checkpoint layout
     taesd/             a tiny random AutoencoderTiny for preview tests (save_pretrained layout)
+
+``write_demo_bundle`` (what ``sdworker demo-model DIR`` and ``--model demo`` use) lays out a models
+folder a worker serves as it is::
+
+    models/demo-sd15/     the folder above
+    models/demo-sdxl/     a tiny SDXL (two text encoders, diffusers' SDXL test sizes) with its own taesd/
+    loras/demo-peft.safetensors    a LoRA for demo-sd15 in the diffusers/peft key layout
+    loras/demo-kohya.safetensors   the same kind in kohya's layout (lora_unet_*, lora_te_*, alpha)
+    loras/demo-xl-peft.safetensors a LoRA for demo-sdxl (peft layout)
+    embeddings/demo-embedding.safetensors   a 2-vector textual inversion for demo-sd15 (A1111 layout)
+
+LoRA and embedding weights are random and NOT zero (peft initialises ``lora_B`` at zero, a LoRA that
+changes nothing), so tests can see each one change the image.
 
 Everything is seeded per component, so the bytes are the same on every build with the same library
 versions.
@@ -19,6 +32,7 @@ versions.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -27,7 +41,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-DEMO_VERSION = "demo-v1"
+DEMO_VERSION = "demo-v2"
+MODELS_DIR, LORAS_DIR, EMBEDDINGS_DIR = "models", "loras", "embeddings"
+DEMO_SD15, DEMO_SDXL = "demo-sd15", "demo-sdxl"
+DEMO_LORAS = {"demo-peft": (DEMO_SD15, "peft"), "demo-kohya": (DEMO_SD15, "kohya"), "demo-xl-peft": (DEMO_SDXL, "peft")}
+DEMO_EMBEDDING = "demo-embedding"
 CHECKPOINT_NAME = "demo.safetensors"
 TAESD_DIR = "taesd"
 SEED = 1234
@@ -107,6 +125,7 @@ def build_demo_components(seed: int = SEED) -> dict[str, Any]:
         pad_token_id=tokenizer.pad_token_id,
     )
     text_encoder: Any = CLIPTextModel(text_config)
+    _learned_final_norm(text_encoder)
     scheduler = PNDMScheduler.from_config(SCHEDULER_CONFIG)
     for module in (unet, vae, text_encoder):
         module.eval()
@@ -121,6 +140,22 @@ def build_demo_components(seed: int = SEED) -> dict[str, Any]:
         "image_encoder": None,
         "requires_safety_checker": False,
     }
+
+
+def _learned_final_norm(text_encoder: Any) -> None:
+    """Give the final layer norm a bias and gains like a trained CLIP's (fresh ones are 0 and 1).
+
+    With bias 0 every token's output has mean 0, and A1111's emphasis, which restores a chunk's mean
+    by multiplying with old mean / new mean, would divide rounding noise by rounding noise. Real CLIP's
+    norm has a learned bias, so this keeps the demo's prompt weighting as well-behaved as a real model's.
+    Draws from torch's global RNG: call it inside the caller's seeded section.
+    """
+    import torch
+
+    norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+    with torch.no_grad():
+        norm.bias.normal_(0.0, 0.5)
+        norm.weight.normal_(1.0, 0.1)
 
 
 def build_demo_taesd(seed: int = SEED) -> Any:
@@ -178,7 +213,12 @@ def _write_slow_tokenizer_files(tokenizer_dir: Path) -> None:
 
 
 def ensure_demo_model(cache_dir: Path) -> Path:
-    """The demo model under ``cache_dir/demo-v1``, built once.
+    """The SD 1.x demo model's diffusers folder (inside the demo bundle), built once."""
+    return ensure_demo_bundle(cache_dir) / MODELS_DIR / DEMO_SD15
+
+
+def ensure_demo_bundle(cache_dir: Path) -> Path:
+    """The demo bundle under ``cache_dir/demo-v2``, built once.
 
     Safe with several processes at once (pytest workers, a server and a CLI): each builds into its own
     temporary folder beside the target and renames it into place. ``rename`` of a directory is atomic,
@@ -186,18 +226,129 @@ def ensure_demo_model(cache_dir: Path) -> Path:
     """
     cache_dir = Path(cache_dir)
     target = cache_dir / DEMO_VERSION
-    if (target / "model_index.json").is_file():
+    if (target / _COMPLETE).is_file():
         return target
+    if target.exists():  # builds land by an atomic rename: a target without the marker is damaged
+        raise OSError(errno.ENOTEMPTY, f"{target} is an unfinished build")
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{DEMO_VERSION}-", dir=cache_dir))
     try:
-        write_demo_model(staging)
+        write_demo_bundle(staging)
         try:
             os.rename(staging, target)
         except OSError:
-            if not (target / "model_index.json").is_file():
+            if not (target / _COMPLETE).is_file():
                 raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(staging)
     return target
+
+
+_COMPLETE = "README.txt"  # written last: a bundle without it is a half-written one
+
+
+def build_demo_sdxl_components(seed: int = SEED) -> dict[str, Any]:
+    """A tiny SDXL (diffusers' own SDXL test sizes), fp32 on the CPU, seeded per component."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from sdworker.engine.clip_tokenizer import build_clip_tokenizer, vocab_size
+
+    tokenizer: Any = build_clip_tokenizer()
+    torch.manual_seed(seed + 10)
+    unet: Any = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64, norm_num_groups=1,
+    )
+    torch.manual_seed(seed + 11)
+    vae: Any = AutoencoderKL(**{**VAE_CONFIG, "scaling_factor": 0.13025})
+    config = CLIPTextConfig(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=vocab_size(),
+        projection_dim=32, hidden_act="gelu", bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed + 12)
+    text_encoder: Any = CLIPTextModel(config)
+    torch.manual_seed(seed + 13)
+    text_encoder_2: Any = CLIPTextModelWithProjection(config)
+    scheduler = EulerDiscreteScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="leading", steps_offset=1
+    )
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        module.eval()
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2,
+            "tokenizer": tokenizer, "tokenizer_2": build_clip_tokenizer(), "scheduler": scheduler}
+
+
+def build_demo_lora(
+    components: dict[str, Any], fmt: str, seed: int, rank: int = 4, scale: float = 0.2
+) -> dict[str, Any]:
+    """A LoRA for ``components``' attention projections (UNet and text encoders) with random non-zero
+    weights, in the ``peft`` (diffusers) or ``kohya`` key layout, as published LoRAs name their keys."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, Any] = {}
+    encoders = [("text_encoder", "lora_te1_" if "text_encoder_2" in components else "lora_te_"),
+                ("text_encoder_2", "lora_te2_")]
+    targets: list[tuple[str, str, Any]] = []
+    for name, module in components["unet"].named_modules():
+        if isinstance(module, torch.nn.Linear) and (name.endswith(("to_q", "to_k", "to_v", "to_out.0"))):
+            targets.append((f"unet.{name}", "lora_unet_" + name.replace(".", "_"), module))
+    for component, kohya_prefix in encoders:
+        encoder = components.get(component)
+        if encoder is None:
+            continue
+        for name, module in encoder.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.endswith(("q_proj", "k_proj", "v_proj", "out_proj")):
+                full = name if name.startswith("text_model.") else f"text_model.{name}"  # the published layout
+                targets.append((f"{component}.{full}", kohya_prefix + full.replace(".", "_"), module))
+    for peft_key, kohya_key, module in targets:
+        down = torch.randn(rank, module.in_features, generator=generator) * scale
+        up = torch.randn(module.out_features, rank, generator=generator) * scale
+        if fmt == "peft":
+            state[f"{peft_key}.lora_A.weight"], state[f"{peft_key}.lora_B.weight"] = down, up
+        else:
+            state[f"{kohya_key}.lora_down.weight"], state[f"{kohya_key}.lora_up.weight"] = down, up
+            state[f"{kohya_key}.alpha"] = torch.tensor(float(rank))
+    return state
+
+
+def write_demo_bundle(directory: Path) -> Path:
+    """The demo models, LoRAs and embedding in one folder (layout in the module docstring)."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    models = directory / MODELS_DIR
+    write_demo_model(models / DEMO_SD15)
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        sd15 = build_demo_components()
+        sdxl = build_demo_sdxl_components()
+        taesd = build_demo_taesd(SEED + 20)
+    pipe: Any = StableDiffusionXLPipeline(**sdxl)
+    pipe.save_pretrained(models / DEMO_SDXL, safe_serialization=True)
+    _write_slow_tokenizer_files(models / DEMO_SDXL / "tokenizer")
+    _write_slow_tokenizer_files(models / DEMO_SDXL / "tokenizer_2")
+    taesd.save_pretrained(models / DEMO_SDXL / TAESD_DIR, safe_serialization=True)
+    (directory / LORAS_DIR).mkdir(parents=True, exist_ok=True)
+    for index, (name, (model, fmt)) in enumerate(sorted(DEMO_LORAS.items())):
+        state = build_demo_lora(sd15 if model == DEMO_SD15 else sdxl, fmt, seed=SEED + 30 + index)
+        save_file(state, str(directory / LORAS_DIR / f"{name}.safetensors"), metadata={"format": "pt"})
+    (directory / EMBEDDINGS_DIR).mkdir(parents=True, exist_ok=True)
+    width = int(sd15["text_encoder"].config.hidden_size)
+    vectors = torch.randn(2, width, generator=torch.Generator().manual_seed(SEED + 40)) * 0.5
+    save_file({"emb_params": vectors}, str(directory / EMBEDDINGS_DIR / f"{DEMO_EMBEDDING}.safetensors"),
+              metadata={"format": "pt"})
+    (directory / _COMPLETE).write_text(
+        "sdworker demo bundle: serve it with `sdworker serve --models-dir models --lora-dir loras "
+        "--embeddings-dir embeddings` from this folder, or `--model demo`.\n",
+        encoding="utf-8",
+    )
+    return directory

@@ -1,10 +1,18 @@
-"""The diffusers engine: text-to-image, image-to-image and inpainting over one set of loaded weights.
+"""The diffusers engine: text-to-image, image-to-image and inpainting over a library of models.
 
-``DiffusersEngine(settings)`` is cheap; ``load()`` does the slow work. Each job gets a fresh scheduler
-(see ``schedulers``), CPU generators seeded ``seed, seed + 1, ...`` (so results equal diffusers' own
+``DiffusersEngine(settings)`` is cheap; ``load()`` loads the default model. Each job names a model of
+the library (``request.model``, None = the default); one that is not in memory is loaded first, and
+the least recently used one leaves when more than ``max_loaded_models`` would be held (it is dropped
+before the new one loads, so peak memory stays at the limit). Each job then gets its LoRAs activated
+(``lora``: exactly the job's, all others off), its prompt encoded (``prompt_encoding``: A1111's
+weights and long prompts; plain prompts go to diffusers unchanged), a fresh scheduler (see
+``schedulers``), CPU generators seeded ``seed, seed + 1, ...`` (so results equal diffusers' own
 pipeline called with ``torch.Generator("cpu").manual_seed(seed)``, on any device), and one step
 callback (``step_hook.StepCallback``: progress, previews, cancellation - its module docstring says how
 cancel stops the pipeline and why).
+
+The library (``ModelLibrary``) is torch-free and thread-safe: ``list_models``, ``list_loras``,
+``refresh`` and ``validate_request`` may be called from the API thread while a job runs.
 """
 
 from __future__ import annotations
@@ -12,64 +20,151 @@ from __future__ import annotations
 import gc
 import logging
 import random
+import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 import torch
 from PIL import Image
 
+from sdworker.engine.embeddings import EmbeddingStore
+from sdworker.engine.hashing import HashCache
+from sdworker.engine.library import NATIVE_SIZES, LoraEntry, ModelEntry, ModelLibrary
 from sdworker.engine.models import LoadedModel, ModelSource, build_pipelines, detect_family, load_model
+from sdworker.engine.prompt_syntax import extract_lora_tags, merge_loras
 from sdworker.engine.protocol import (
     CancelToken,
     EngineInfo,
     GenerationRequest,
     GenerationResult,
+    LoraInfo,
+    ModelInfo,
+    ModelLoadHook,
     Operation,
     StepHook,
 )
 from sdworker.engine.scheduler_names import SCHEDULER_NAMES
-from sdworker.engine.schedulers import SchedulerFactory, describe_scheduler
+from sdworker.engine.schedulers import describe_scheduler
+from sdworker.engine.slots import ModelSlot, TaesdCache, build_slot
 from sdworker.engine.step_hook import StepCallback
 from sdworker.engine.x0 import X0Recorder
-from sdworker.errors import GenerationFailed, InvalidRequest, JobCancelled, NotReady, SdworkerError
+from sdworker.errors import GenerationFailed, InvalidRequest, JobCancelled, ModelNotFound, NotReady, SdworkerError
 from sdworker.imaging.decode import check_mask_matches
-from sdworker.previews.decoders import PreviewDecoder, create_decoder, resolve_method
-from sdworker.previews.options import PreviewPixels
 from sdworker.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
+MAX_CLIP_SKIP = 12
+MAX_LORA_WEIGHT = 10.0
 
 
 class DiffusersEngine:
-    """The ``Engine`` protocol over diffusers. One caller thread at a time (the runner's GPU thread)."""
+    """The ``Engine`` protocol over diffusers. ``generate`` and ``load`` on one thread at a time (the
+    runner's GPU thread); the library methods from any thread."""
 
-    def __init__(self, settings: Settings, *, model_name: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        model_name: str | None = None,
+        fuse_loras: bool = False,
+        max_cached_loras: int = 8,
+    ) -> None:
         self.settings = settings
-        self.model_name = model_name or settings.model
-        self._model: LoadedModel | None = None
+        self.model_name = model_name
+        self.fuse_loras = fuse_loras
+        self.max_cached_loras = max_cached_loras
+        self._library: ModelLibrary | None = None
+        self._library_lock = threading.Lock()
+        self._embeddings: EmbeddingStore | None = None
+        self._hashes = HashCache(settings.cache_dir)
+        self._taesd = TaesdCache(settings)
+        self._slots: OrderedDict[str, ModelSlot] = OrderedDict()
+        self._loaded_names: frozenset[str] = frozenset()  # read by list_models from other threads
         self._info: EngineInfo | None = None
-        self._base_scheduler: Any = None
-        self._schedulers: SchedulerFactory | None = None
-        self._decoders: dict[str, PreviewDecoder] = {}
-        self._taesd: Any = None
-        self._preview_failed_logged = False
+        self._last: ModelSlot | None = None
 
     @classmethod
-    def from_pipeline(cls, pipe: Any, settings: Settings, model_name: str = "memory") -> DiffusersEngine:
-        """An engine over a pipeline built in memory (benchmarks), on the pipeline's device and dtype."""
-        engine = cls(settings, model_name=model_name)
-        device, dtype = pipe.device, pipe.unet.dtype
-        model = build_pipelines(pipe, detect_family(pipe), device, dtype, ModelSource("memory", model_name))
-        engine._finish_load(model)
+    def from_pipeline(cls, pipe: Any, settings: Settings, model_name: str = "memory", **kwargs: Any) -> DiffusersEngine:
+        """An engine over a pipeline built in memory (benchmarks, tests), on the pipeline's device and dtype.
+        Its library holds that one model (plus nothing else: ``--model``/``--models-dir`` are ignored)."""
+        engine = cls(settings, model_name=model_name, **kwargs)
+        family = detect_family(pipe)
+        context = pipe.unet.config.get("cross_attention_dim")
+        entry = ModelEntry(model_name, family, "memory", ModelSource("memory", model_name), NATIVE_SIZES[family],
+                           context if isinstance(context, int) else None, None)
+        engine._library = ModelLibrary(settings, memory=entry)
+        model = build_pipelines(pipe, family, pipe.device, pipe.unet.dtype, entry.source)
+        engine._finish_load(engine._add_slot(entry, model))
         return engine
+
+    # -- the library (any thread) -------------------------------------------------------------------
+
+    @property
+    def library(self) -> ModelLibrary:
+        with self._library_lock:
+            if self._library is None:
+                self._library = ModelLibrary(self.settings)
+            return self._library
+
+    def list_models(self) -> tuple[ModelInfo, ...]:
+        """Every model of the library, the default and the loaded ones marked."""
+        library = self.library
+        try:
+            default: str | None = library.default_name
+        except ModelNotFound:  # an empty folder: nothing to mark
+            default = None
+        loaded = self._loaded_names
+        return tuple(
+            ModelInfo(
+                name=e.name, family=e.family, kind=e.kind, path=e.source.location, native_size=e.native_size,
+                loaded=e.name in loaded, is_default=e.name == default,
+                sha256=self._hashes.cached(e.hash_file) if e.hash_file is not None else None,
+            )
+            for e in library.models()
+        )
+
+    def list_loras(self) -> tuple[LoraInfo, ...]:
+        return tuple(LoraInfo(e.name, str(e.path), e.family, e.format) for e in self.library.loras())
+
+    def refresh(self) -> None:
+        """Rescan the models folder and the embeddings folder."""
+        self.library.refresh()
+        if self._embeddings is not None:
+            self._embeddings.refresh()
+
+    def validate_request(self, request: GenerationRequest) -> None:
+        """Check at submit time that the request's model and LoRAs (field and prompt tags) exist and fit
+        each other, without loading anything: ``ModelNotFound`` (404, field ``model``), ``LoraNotFound``
+        (404), ``LoraIncompatible``/``InvalidRequest``/``UnsafeCheckpoint`` (4xx, field ``loras`` or
+        ``prompt``), and ``clip_skip`` and LoRA weights out of range. Images are not looked at (the API
+        calls this before decoding them)."""
+        _validate_library_fields(request)
+        self._resolve(request)
+
+    def _resolve(self, request: GenerationRequest) -> tuple[ModelEntry, list[tuple[LoraEntry, float]], str]:
+        library = self.library
+        entry = library.model(request.model)
+        prompt, tags = extract_lora_tags(request.prompt)
+        from_field = {r.name for r in merge_loras(request.loras, ())}
+        loras: list[tuple[LoraEntry, float]] = []
+        for ref in merge_loras(request.loras, tags):
+            field = "loras" if ref.name in from_field else "prompt"
+            _check_lora_weight(ref.name, ref.weight, field)
+            lora = library.lora(ref.name, field=field)
+            library.check_lora_fits(lora, entry, field=field)
+            loras.append((lora, ref.weight))
+        return entry, loras, prompt
 
     # -- Engine protocol ------------------------------------------------------------------------------
 
     def load(self) -> None:
-        if self._model is None:
-            self._finish_load(load_model(self.settings))
+        """Load the default model (slow)."""
+        if self._info is None:
+            entry = self.library.model(None)
+            self._finish_load(self._slot(entry, None))
 
     @property
     def info(self) -> EngineInfo:
@@ -79,27 +174,32 @@ class DiffusersEngine:
 
     @property
     def model(self) -> LoadedModel:
-        if self._model is None:
+        """The model of the last job (or the default one after ``load``)."""
+        if self._last is None:
             raise NotReady("the model is not loaded yet")
-        return self._model
+        return self._last.model
 
     def generate(
         self,
         request: GenerationRequest,
         on_step: StepHook | None = None,
         cancel: CancelToken | None = None,
+        on_model_load: ModelLoadHook | None = None,
     ) -> GenerationResult:
-        model = self.model
-        assert self._schedulers is not None  # set with the model
         _validate(request)
+        entry, loras, prompt = self._resolve(request)
         if cancel is not None:
             cancel.raise_if_cancelled()
-        scheduler, scheduler_name = self._schedulers.create(request.scheduler)
+        slot = self._slot(entry, on_model_load)
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        applied = slot.loras.activate(loras)
+        scheduler, scheduler_name = slot.schedulers.create(request.scheduler)
         seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED)
         seeds = tuple(seed + i for i in range(request.num_images))
-        pipe, kwargs = self._call_arguments(model, request, seeds)
+        pipe, kwargs = self._call_arguments(slot, request, prompt, seeds)
         recorder = X0Recorder(scheduler)
-        callback = StepCallback(on_step, cancel, recorder, self._render_preview)
+        callback = StepCallback(on_step, cancel, recorder, slot.render_preview)
         started = time.perf_counter()
         pipe.scheduler = scheduler
         completed = False
@@ -116,11 +216,12 @@ class DiffusersEngine:
             raise GenerationFailed(f"generation failed ({type(exc).__name__}); see the worker log") from exc
         finally:
             recorder.close()
-            pipe.scheduler = self._base_scheduler  # nothing keeps the job's scheduler (and its tensors)
+            pipe.scheduler = slot.base_scheduler  # nothing keeps the job's scheduler (and its tensors)
             del callback
+            kwargs.clear()  # the prompt embeddings
             # After a cancel or a failure, hand the unwound job's cached blocks back to the driver. Not after
             # a normal job: the next job would pay cudaMalloc again for the same blocks.
-            if not completed and model.device.type == "cuda":
+            if not completed and slot.model.device.type == "cuda":
                 gc.collect()
                 torch.cuda.empty_cache()
         return GenerationResult(
@@ -131,70 +232,99 @@ class DiffusersEngine:
             scheduler=scheduler_name,
             steps_run=int(getattr(pipe, "_num_timesteps", request.num_inference_steps)),
             seconds=time.perf_counter() - started,
+            model=slot.name,
+            model_hash=slot.short_hash,
+            family=slot.model.family,
+            loras=applied,
+            clip_skip=request.clip_skip,
         )
 
     def close(self) -> None:
-        self._model = None
-        self._decoders.clear()
-        self._taesd = None
-        self._base_scheduler = None
-        self._schedulers = None
+        for name in list(self._slots):
+            self._evict(name)
+        self._last = None
+        self._info = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
     # -- loading --------------------------------------------------------------------------------------
 
-    def _finish_load(self, model: LoadedModel) -> None:
-        self._model = model
-        self._base_scheduler = model.text_to_image.scheduler
-        self._schedulers = SchedulerFactory(self._base_scheduler)
-        self._taesd = self._load_taesd(model)
-        methods = ["latent2rgb", "vae"] + (["taesd"] if self._taesd is not None else [])
-        for method in methods:
-            try:
-                self._decoders[method] = create_decoder(
-                    method, family=model.family, vae=model.text_to_image.vae, taesd=self._taesd
-                )
-            except (KeyError, ValueError) as exc:
-                log.warning("preview method %s unavailable: %s", method, exc)
+    def _slot(self, entry: ModelEntry, on_model_load: ModelLoadHook | None) -> ModelSlot:
+        """The loaded model for ``entry``: from memory, or loaded now (evicting the least recently used)."""
+        slot = self._slots.get(entry.name)
+        if slot is not None:
+            self._slots.move_to_end(entry.name)
+            self._last = slot
+            return slot
+        while self._slots and len(self._slots) >= max(1, self.settings.max_loaded_models):
+            self._evict(next(iter(self._slots)))
+        _notify(on_model_load, entry.name, "started", 0.0)
+        started = time.perf_counter()
+        try:
+            config = None
+            if entry.kind == "file" and not self.settings.model_config_dir:
+                config = self.library.config_folder_for(entry)
+            model = load_model(self.settings, entry.source, model_config=config)
+            slot = self._add_slot(entry, model)
+        except BaseException:
+            _notify(on_model_load, entry.name, "failed", time.perf_counter() - started)
+            raise
+        _notify(on_model_load, entry.name, "finished", time.perf_counter() - started)
+        return slot
+
+    def _add_slot(self, entry: ModelEntry, model: LoadedModel) -> ModelSlot:
+        if model.family != entry.family:
+            self.library.update_family(entry.name, model.family)
+        if self._embeddings is None:
+            self._embeddings = EmbeddingStore(str(self.library.embeddings_dir) if self.library.embeddings_dir else None)
+        slot = build_slot(entry, model, taesd=self._taesd, embeddings=self._embeddings, hashes=self._hashes,
+                          fuse_loras=self.fuse_loras, max_cached_loras=self.max_cached_loras)
+        self._slots[entry.name] = slot
+        self._loaded_names = frozenset(self._slots)
+        self._last = slot
+        return slot
+
+    def _evict(self, name: str) -> None:
+        slot = self._slots.pop(name)
+        self._loaded_names = frozenset(self._slots)
+        if self._last is slot:
+            self._last = None
+        slot.close()
+        del slot
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.info("model %s left memory", name)
+
+    def _finish_load(self, slot: ModelSlot) -> None:
         self._info = EngineInfo(
-            model=self.model_name,
-            family=model.family,
-            device=str(model.device),
-            dtype=str(model.dtype).removeprefix("torch."),
+            model=slot.name,
+            family=slot.model.family,
+            device=str(slot.model.device),
+            dtype=str(slot.model.dtype).removeprefix("torch."),
             schedulers=SCHEDULER_NAMES,
-            default_scheduler=describe_scheduler(self._base_scheduler),
-            preview_methods=tuple(m for m in ("latent2rgb", "taesd", "vae") if m in self._decoders),
+            default_scheduler=describe_scheduler(slot.base_scheduler),
+            preview_methods=slot.preview_methods,
         )
-
-    def _load_taesd(self, model: LoadedModel) -> Any:
-        from pathlib import Path
-
-        from sdworker.engine.demo_model import TAESD_DIR
-        from sdworker.previews.taesd import load_taesd
-
-        path = self.settings.taesd
-        if path is None and model.source.is_demo:
-            path = str(Path(model.source.location) / TAESD_DIR)
-        if path is None:
-            return None
-        return load_taesd(path, model.device, model.dtype)
 
     # -- one job --------------------------------------------------------------------------------------
 
     def _call_arguments(
-        self, model: LoadedModel, request: GenerationRequest, seeds: tuple[int, ...]
+        self, slot: ModelSlot, request: GenerationRequest, prompt: str, seeds: tuple[int, ...]
     ) -> tuple[Any, dict[str, Any]]:
+        model = slot.model
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         kwargs: dict[str, Any] = {
-            "prompt": request.prompt,
-            "negative_prompt": request.negative_prompt or None,
             "num_inference_steps": request.num_inference_steps,
             "guidance_scale": request.guidance_scale,
             "num_images_per_prompt": request.num_images,
             "generator": generators[0] if len(generators) == 1 else generators,
         }
+        if slot.prompts.needs_custom(prompt, request.negative_prompt, request.clip_skip):
+            kwargs.update(slot.prompts.encode(prompt, request.negative_prompt, request.clip_skip, model.device))
+        else:
+            kwargs.update(prompt=prompt, negative_prompt=request.negative_prompt or None)
         size = (request.width, request.height)
         if request.operation is Operation.TEXT_TO_IMAGE:
             return model.text_to_image, {**kwargs, "width": request.width, "height": request.height}
@@ -213,21 +343,14 @@ class DiffusersEngine:
             "strength": request.strength,
         }
 
-    def _render_preview(self, method: str, max_size: int, latents: torch.Tensor, source: str) -> PreviewPixels | None:
-        if method == "none":
-            return None
-        resolved = resolve_method(method, taesd_available=self._taesd is not None)
-        decoder = self._decoders.get(resolved)
-        if decoder is None:
-            return None
-        try:
-            pixels = decoder.decode(latents, max_size)
-        except Exception:
-            if not self._preview_failed_logged:  # once: a broken decoder would fail every step
-                self._preview_failed_logged = True
-                log.warning("preview decode with %s failed; previews skipped", resolved, exc_info=True)
-            return None
-        return PreviewPixels(pixels=pixels, method=decoder.method, source=source)
+
+def _notify(hook: ModelLoadHook | None, name: str, phase: str, seconds: float) -> None:
+    if hook is None:
+        return
+    try:
+        hook(name, phase, seconds)
+    except Exception:  # a watcher's hook must never fail a load
+        log.warning("on_model_load hook failed", exc_info=True)
 
 
 def _validate(request: GenerationRequest) -> None:
@@ -239,6 +362,7 @@ def _validate(request: GenerationRequest) -> None:
         raise InvalidRequest(f"steps: {request.num_inference_steps} is below 1", field="steps")
     if request.num_images < 1:
         raise InvalidRequest(f"num_images: {request.num_images} is below 1", field="num_images")
+    _validate_library_fields(request)
     if request.operation is Operation.TEXT_TO_IMAGE:
         return
     if request.init_image is None:
@@ -254,6 +378,19 @@ def _validate(request: GenerationRequest) -> None:
         if request.mask_image is None:
             raise InvalidRequest("mask_image: inpainting needs a mask image (white = repaint)", field="mask_image")
         check_mask_matches(request.init_image, request.mask_image)
+
+
+def _validate_library_fields(request: GenerationRequest) -> None:
+    if request.clip_skip is not None and not 1 <= request.clip_skip <= MAX_CLIP_SKIP:
+        raise InvalidRequest(f"clip_skip: {request.clip_skip} is not in 1..{MAX_CLIP_SKIP}", field="clip_skip")
+    for ref in request.loras:
+        _check_lora_weight(ref.name, ref.weight, "loras")
+
+
+def _check_lora_weight(name: str, weight: float, field: str) -> None:
+    if not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:  # NaN fails too
+        limit = f"{MAX_LORA_WEIGHT:g}"
+        raise InvalidRequest(f"{field}: weight {weight} of LoRA {name!r} is not in -{limit}..{limit}", field=field)
 
 
 def _resize(image: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:

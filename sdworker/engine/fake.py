@@ -14,8 +14,19 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sdworker.engine.protocol import CancelToken, EngineInfo, GenerationRequest, GenerationResult, StepHook
-from sdworker.errors import GenerationFailed, ModelError, UnknownScheduler
+from sdworker.engine.prompt_syntax import extract_lora_tags, merge_loras
+from sdworker.engine.protocol import (
+    AppliedLora,
+    CancelToken,
+    EngineInfo,
+    GenerationRequest,
+    GenerationResult,
+    LoraInfo,
+    ModelInfo,
+    ModelLoadHook,
+    StepHook,
+)
+from sdworker.errors import GenerationFailed, LoraNotFound, ModelError, ModelNotFound, UnknownScheduler
 from sdworker.previews.options import PreviewPixels
 
 FAKE_SCHEDULERS = ("euler", "euler_a", "ddim", "dpmpp_2m")
@@ -83,7 +94,12 @@ class FakeEngine:
         preview_delay_seconds: float = 0.0,
         model: str = "fake",
         load_gate: threading.Event | None = None,
+        models: tuple[str, ...] = (),
+        loras: tuple[str, ...] = (),
+        model_load_seconds: float = 0.0,
     ) -> None:
+        """``models``: more model names in the fake library (``model`` is the default and first);
+        ``loras``: LoRA names it knows; ``model_load_seconds``: how long switching models takes."""
         self.step_seconds = step_seconds
         self.fail_at_step = fail_at_step
         self.load_seconds = load_seconds
@@ -92,6 +108,10 @@ class FakeEngine:
         self.preview_delay_seconds = preview_delay_seconds
         self.model = model
         self.load_gate = load_gate  # load() waits for it: tests queue jobs "while the model loads"
+        self.model_names = (model, *(m for m in models if m != model))
+        self.lora_names = loras
+        self.model_load_seconds = model_load_seconds
+        self.current_model = model
         self.loaded = False
         self.closed = False
         self.render_preview_calls = 0
@@ -119,11 +139,45 @@ class FakeEngine:
             preview_methods=self.preview_methods,
         )
 
+    def list_models(self) -> tuple[ModelInfo, ...]:
+        return tuple(
+            ModelInfo(name, "sd1", "folder", f"/fake/{name}", 512, loaded=name == self.current_model,
+                      is_default=name == self.model, sha256=f"{i:02d}" * 32)
+            for i, name in enumerate(self.model_names)
+        )
+
+    def list_loras(self) -> tuple[LoraInfo, ...]:
+        return tuple(LoraInfo(name, f"/fake/loras/{name}.safetensors", "sd1", "peft") for name in self.lora_names)
+
+    def refresh(self) -> None:
+        pass
+
+    def validate_request(self, request: GenerationRequest) -> None:
+        if request.model is not None and request.model not in self.model_names:
+            raise ModelNotFound(f"model: no model named {request.model!r}", field="model")
+        _, tags = extract_lora_tags(request.prompt)
+        for ref in merge_loras(request.loras, tags):
+            if ref.name not in self.lora_names:
+                raise LoraNotFound(f"loras: no LoRA named {ref.name!r}", field="loras")
+
     def generate(
-        self, request: GenerationRequest, on_step: StepHook | None = None, cancel: CancelToken | None = None
+        self,
+        request: GenerationRequest,
+        on_step: StepHook | None = None,
+        cancel: CancelToken | None = None,
+        on_model_load: ModelLoadHook | None = None,
     ) -> GenerationResult:
         if not self.loaded:
             raise GenerationFailed("the engine is not loaded")
+        self.validate_request(request)
+        wanted = request.model or self.model
+        if wanted != self.current_model:
+            if on_model_load is not None:
+                on_model_load(wanted, "started", 0.0)
+            time.sleep(self.model_load_seconds)
+            self.current_model = wanted
+            if on_model_load is not None:
+                on_model_load(wanted, "finished", self.model_load_seconds)
         if request.scheduler is not None and request.scheduler not in FAKE_SCHEDULERS:
             raise UnknownScheduler(f"unknown scheduler {request.scheduler!r}", field="scheduler")
         self.generate_calls += 1
@@ -153,6 +207,9 @@ class FakeEngine:
             scheduler=request.scheduler or FAKE_SCHEDULERS[0],
             steps_run=total,
             seconds=time.perf_counter() - started,
+            model=wanted,
+            loras=tuple(AppliedLora(r.name, r.weight, "0" * 12) for r in merge_loras(request.loras, ())),
+            clip_skip=request.clip_skip,
         )
 
     def close(self) -> None:

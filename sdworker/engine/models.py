@@ -84,7 +84,7 @@ def resolve_source(settings: Settings) -> ModelSource:
         except OSError as exc:
             raise ModelError(
                 f"model demo: cannot build it in {settings.cache_dir}: {exc.strerror or exc} "
-                "(set --cache-dir to a writable folder, or delete a damaged demo-v1 folder there)"
+                "(set --cache-dir to a writable folder, or delete a damaged demo-v2 folder there)"
             ) from exc
     path = Path(model).expanduser()
     if path.is_dir():
@@ -108,24 +108,29 @@ def resolve_source(settings: Settings) -> ModelSource:
     raise ModelError(f"model {model}: no such file or folder")
 
 
-def load_model(settings: Settings) -> LoadedModel:
-    """Load the model named by ``settings`` onto its device: slow, call once."""
-    source = resolve_source(settings)
+def load_model(
+    settings: Settings, source: ModelSource | None = None, *, model_config: str | None = None
+) -> LoadedModel:
+    """Load a model onto its device: slow. ``source`` defaults to what ``settings.model`` names;
+    ``model_config`` (a diffusers folder of the same architecture) defaults to ``--model-config``."""
+    source = source if source is not None else resolve_source(settings)
+    label = source.location if source.kind != "memory" else settings.model
     device, dtype = resolve_device(settings)
     _quiet_library_progress_bars()
+    config = model_config or (str(settings.model_config_dir) if settings.model_config_dir else None)
     try:
-        base = _load_base_pipeline(source, settings, dtype)
+        base = _load_base_pipeline(source, settings, dtype, config)
     except (ModelError, UnsafeCheckpoint):
         raise
     except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError, safetensors errors...
-        log.debug("loading %s failed", settings.model, exc_info=True)
-        raise ModelError(_load_failure(settings, source, exc)) from exc
+        log.debug("loading %s failed", label, exc_info=True)
+        raise ModelError(_load_failure(label, config, source, exc)) from exc
     family = detect_family(base)
     try:
         if device.type != "cpu":  # loaded on the CPU; .to() on the CPU only logs a warning per module
             base.to(device)
     except Exception as exc:
-        raise ModelError(f"model {settings.model}: cannot move it to {device}: {_first_line(exc)}") from exc
+        raise ModelError(f"model {label}: cannot move it to {device}: {_first_line(exc)}") from exc
     return build_pipelines(base, family, device, dtype, source)
 
 
@@ -179,7 +184,7 @@ def detect_family(pipe: Any) -> str:
     return "sd2" if cross == 1024 else "sd1"
 
 
-def _load_base_pipeline(source: ModelSource, settings: Settings, dtype: torch.dtype) -> Any:
+def _load_base_pipeline(source: ModelSource, settings: Settings, dtype: torch.dtype, model_config: str | None) -> Any:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     if source.kind in ("folder", "hub"):
@@ -196,10 +201,10 @@ def _load_base_pipeline(source: ModelSource, settings: Settings, dtype: torch.dt
     kwargs = {"dtype": dtype}
     if cls is StableDiffusionPipeline:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    if settings.model_config_dir:
-        if not Path(settings.model_config_dir).expanduser().is_dir():
-            raise ModelError(f"--model-config {settings.model_config_dir}: no such folder")
-        kwargs["config"] = str(Path(settings.model_config_dir).expanduser())
+    if model_config:
+        if not Path(model_config).expanduser().is_dir():
+            raise ModelError(f"--model-config {model_config}: no such folder")
+        kwargs["config"] = str(Path(model_config).expanduser())
     return cls.from_single_file(source.location, **kwargs)
 
 
@@ -222,17 +227,18 @@ def _checkpoint_is_sdxl(source: ModelSource) -> bool:
         raise ModelError(f"model {source.location}: not a readable safetensors file: {_first_line(exc)}") from exc
 
 
-def _load_failure(settings: Settings, source: ModelSource, exc: BaseException) -> str:
+def _load_failure(label: str, model_config: str | None, source: ModelSource, exc: BaseException) -> str:
     """One line saying what failed, with the likely fix where there is one."""
     reason = _first_line(exc)
     if source.kind == "hub":
-        return f"model {settings.model}: not a local file or folder, and loading it as a hub id failed: {reason}"
-    if source.kind in ("single_file", "pickle") and not settings.model_config_dir:
+        return f"model {label}: not a local file or folder, and loading it as a hub id failed: {reason}"
+    if source.kind in ("single_file", "pickle") and not model_config:
         return (
-            f"model {settings.model}: cannot load it: {reason} (to load a single file offline, pass "
-            "--model-config DIR: a diffusers folder of the same architecture, for its configs and tokenizer)"
+            f"model {label}: cannot load it: {reason} (to load a single file offline, pass "
+            "--model-config DIR: a diffusers folder of the same architecture, for its configs and tokenizer; "
+            "or put one of the same family in --models-dir)"
         )
-    return f"model {settings.model}: cannot load it: {reason}"
+    return f"model {label}: cannot load it: {reason}"
 
 
 def _first_line(exc: BaseException, limit: int = 300) -> str:

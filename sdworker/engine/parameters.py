@@ -19,6 +19,7 @@ def model_label(model: str) -> str:
 
 
 def image_parameters(request: GenerationRequest, result: GenerationResult, index: int, model: str) -> ImageParameters:
+    """``model`` is what the caller knows (``--model``); the model that ran (``result.model``) wins."""
     spec = SCHEDULERS.get(result.scheduler)
     strength = None if request.operation is Operation.TEXT_TO_IMAGE else request.strength
     return ImageParameters(
@@ -31,8 +32,11 @@ def image_parameters(request: GenerationRequest, result: GenerationResult, index
         seed=result.seeds[index],
         width=result.width,
         height=result.height,
-        model=model_label(model),
+        model=model_label(result.model or model),
         denoising_strength=strength,
+        model_hash=result.model_hash,
+        clip_skip=result.clip_skip,
+        lora_hashes=tuple((lora.name, lora.short_hash) for lora in result.loras if lora.short_hash),
     )
 
 

@@ -27,6 +27,15 @@ if TYPE_CHECKING:
     from sdworker.previews.options import PreviewPixels
 
 
+@dataclass(frozen=True, slots=True)
+class LoraRef:
+    """A LoRA to apply to one job: a name in the LoRA folder (with or without ``.safetensors``) and its
+    weight (1.0 = as trained; negative values invert it, as in A1111)."""
+
+    name: str
+    weight: float = 1.0
+
+
 class Operation(StrEnum):
     """What a job does. Values are the wire names of the reference design (snake_case form)."""
 
@@ -58,6 +67,18 @@ class GenerationRequest:
     init_image: Image.Image | None = None
     mask_image: Image.Image | None = None
     strength: float = 0.8
+    model: str | None = None  # a name from the model library; None = the default model
+    loras: tuple[LoraRef, ...] = ()  # merged with the prompt's <lora:name:w> tags; these weights win
+    clip_skip: int | None = None  # A1111's convention: 1 = the last layer (no skip), 2 = the penultimate
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedLora:
+    """A LoRA that ran, for the PNG text: name, weight and A1111's short hash (12 hex characters)."""
+
+    name: str
+    weight: float
+    short_hash: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +90,11 @@ class GenerationResult:
     scheduler: str  # the name actually used
     steps_run: int  # denoising steps actually run (fewer than requested for img2img/inpaint)
     seconds: float
+    model: str = ""  # the library name of the model that ran
+    model_hash: str | None = None  # A1111's short model hash (10 hex characters)
+    family: str = "sd1"  # sd1 | sd2 | sdxl: which preview coefficients / TAESD fit its latents
+    loras: tuple[AppliedLora, ...] = ()
+    clip_skip: int | None = None
 
     @property
     def seed(self) -> int:
@@ -115,6 +141,44 @@ class StepView(Protocol):
 
 
 StepHook = Callable[[StepView], None]
+
+# on_model_load(name, phase, seconds): phase "started" (seconds 0.0) then "finished" (seconds the load
+# took) or "failed". Called on the engine's thread; must return quickly (hand over to the event loop).
+ModelLoadHook = Callable[[str, str, float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One model of the library. ``kind``: folder (diffusers) | file (single .safetensors checkpoint).
+
+    ``sha256`` is the checkpoint file's (for a folder, its UNet weights file's) and ``short_hash`` its
+    first 10 characters, A1111's "Model hash"; both None until computed (at the model's first load, then
+    cached on disk by path, size and modification time). ``native_size``: the side the model was trained
+    at (512 SD 1.x, 768 SD 2.x v-models, 1024 SDXL; a diffusers folder says its own), the default size.
+    """
+
+    name: str
+    family: str
+    kind: str
+    path: str
+    native_size: int
+    loaded: bool = False
+    is_default: bool = False
+    sha256: str | None = None
+
+    @property
+    def short_hash(self) -> str | None:
+        return self.sha256[:10] if self.sha256 else None
+
+
+@dataclass(frozen=True, slots=True)
+class LoraInfo:
+    """One LoRA of the library. ``family`` (sd1 | sd2 | sdxl) when its shapes tell, else None."""
+
+    name: str
+    path: str
+    family: str | None
+    format: str  # peft (diffusers) | kohya | unknown
 
 
 class CancelToken:
@@ -168,12 +232,36 @@ class Engine(Protocol):
         request: GenerationRequest,
         on_step: StepHook | None = None,
         cancel: CancelToken | None = None,
+        on_model_load: ModelLoadHook | None = None,
     ) -> GenerationResult:
         """Run one generation. Raises ``JobCancelled`` when ``cancel`` is set (checked every step),
         ``InvalidRequest`` subclasses for requests this model cannot serve (e.g. unknown scheduler),
-        ``GenerationFailed`` for anything else with a message safe to show."""
+        ``GenerationFailed`` for anything else with a message safe to show. When ``request.model`` is
+        not in memory it is loaded first (``on_model_load`` hears when that starts and ends)."""
         ...
 
     def close(self) -> None:
         """Free what the engine holds (GPU memory)."""
+        ...
+
+    # The model library. Unlike ``generate``, these may be called from any thread (the API's) while a
+    # job runs: they read files' names and headers, never weights.
+
+    def list_models(self) -> tuple[ModelInfo, ...]:
+        """Every model the worker can serve, the default and the ones in memory marked."""
+        ...
+
+    def list_loras(self) -> tuple[LoraInfo, ...]:
+        """Every LoRA in the LoRA folder."""
+        ...
+
+    def refresh(self) -> None:
+        """Rescan the models (and embeddings) folders."""
+        ...
+
+    def validate_request(self, request: GenerationRequest) -> None:
+        """Refuse at submit time what ``generate`` would refuse about the model and LoRAs (names from
+        ``request.loras`` and the prompt's ``<lora:...>`` tags): ``ModelNotFound`` (404, field
+        ``model``), ``LoraNotFound`` (404), ``LoraIncompatible``, ``UnsafeCheckpoint``,
+        ``InvalidRequest`` (4xx, field ``loras`` or ``prompt``). Loads nothing."""
         ...

@@ -3,7 +3,7 @@
 
     a photo of a cat
     Negative prompt: blurry
-    Steps: 8, Sampler: Euler a, CFG scale: 7.5, Seed: 1234, Size: 64x64, Model: demo
+    Steps: 8, Sampler: Euler a, CFG scale: 7.5, Seed: 1234, Size: 64x64, Model hash: 1a2b3c4d5e, Model: demo
 
 The prompt may span lines; the negative line appears only when there is a negative prompt; the last
 line is ``Key: value`` pairs separated by ", ". A value holding a comma, colon or quote is written as
@@ -35,6 +35,9 @@ class ImageParameters:
     model: str
     schedule_type: str | None = None  # e.g. "Karras"
     denoising_strength: float | None = None  # image-to-image and inpainting only
+    model_hash: str | None = None  # A1111's 10-character short sha256
+    clip_skip: int | None = None  # written when above 1, as A1111 does
+    lora_hashes: tuple[tuple[str, str], ...] = ()  # (name, 12-character addnet hash), A1111's "Lora hashes"
 
 
 def format_parameters(p: ImageParameters) -> str:
@@ -42,9 +45,15 @@ def format_parameters(p: ImageParameters) -> str:
     if p.schedule_type:
         pairs.append(("Schedule type", p.schedule_type))
     pairs += [("CFG scale", _number(p.cfg_scale)), ("Seed", p.seed), ("Size", f"{p.width}x{p.height}")]
+    if p.model_hash:
+        pairs.append(("Model hash", p.model_hash))
     pairs.append(("Model", p.model))
     if p.denoising_strength is not None:
         pairs.append(("Denoising strength", _number(p.denoising_strength)))
+    if p.clip_skip is not None and p.clip_skip > 1:
+        pairs.append(("Clip skip", p.clip_skip))
+    if p.lora_hashes:
+        pairs.append(("Lora hashes", ", ".join(f"{name}: {digest}" for name, digest in p.lora_hashes)))
     lines = [p.prompt]
     if p.negative_prompt:
         lines.append(f"{_NEGATIVE} {p.negative_prompt}")

@@ -31,3 +31,11 @@ def reference_pipelines(demo_model_dir: Path) -> dict[str, Any]:
     for pipe in pipes.values():
         pipe.set_progress_bar_config(disable=True)
     return pipes
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(demo_cache_dir: Path) -> Path:
+    """The demo bundle: models/{demo-sd15,demo-sdxl}, loras/, embeddings/ (see engine/demo_model.py)."""
+    from sdworker.engine.demo_model import DEMO_VERSION
+
+    return demo_cache_dir / DEMO_VERSION

@@ -61,3 +61,21 @@ def test_service_bench_smoke(tmp_path: Path) -> None:
     assert watchers["job_status"] == "completed" and watchers["watcher_errors"] == 0
     assert watchers["watchers_with_every_terminal_event"] == 20
     assert len(watchers["terminal_event_ids"]) == 1  # every watcher saw the same complete event
+
+
+def test_models_bench_smoke(demo_cache_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "models.json"
+    argv = ["--cache-dir", str(demo_cache_dir), "--rounds", "1", "--steps", "2", "--json", str(out)]
+    assert load_bench("models").main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["models"] == ["demo-sd15", "demo-sdxl"] and result["loras"] == ["demo-kohya", "demo-peft"]
+    assert result["cold_load_s"] > 0 and result["s_per_step_unfused"] > 0
+    assert result["fused_drift_max_pixel"] >= 0
+
+
+def test_models_soak_smoke(demo_cache_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    argv = ["--cache-dir", str(demo_cache_dir), "--jobs", "10", "--every", "5", "--json", str(out)]
+    assert load_bench("soak_models").main(argv) == 0  # non-zero when a LoRA-free job's pixels drift
+    result = json.loads(out.read_text())
+    assert [s["jobs"] for s in result["samples"]] == [0, 5, 10] and result["plain_jobs_drifted"] == 0

@@ -44,7 +44,7 @@ def test_generate_writes_pngs_with_parameters_and_a_progress_bar(
             info = parse_parameters(image.text["parameters"])  # type: ignore[attr-defined]
         assert info["Prompt"] == "a photo of a cat" and info["Negative prompt"] == "blurry"
         assert (info["Steps"], info["Sampler"], info["CFG scale"]) == ("3", "Euler a", "6.5")
-        assert (info["Seed"], info["Size"], info["Model"]) == (str(1234 + i), "64x64", "demo")
+        assert (info["Seed"], info["Size"], info["Model"]) == (str(1234 + i), "64x64", "demo-sd15")
 
 
 def test_img2img_inpaint_and_previews(demo_cache_dir: Path, tmp_path: Path) -> None:

@@ -42,10 +42,14 @@ def test_layout_is_diffusers_sd1_plus_checkpoint_and_taesd(demo_model_dir: Path)
     assert taesd.config.latent_channels == 4
 
 
-def test_cli_writes_identical_bytes_every_time(demo_model_dir: Path, tmp_path: Path) -> None:
+def test_cli_writes_identical_bytes_every_time(demo_cache_dir: Path, tmp_path: Path) -> None:
     target = tmp_path / "again"
     assert main(["demo-model", str(target)]) == 0
-    assert _digests(target) == _digests(demo_model_dir)
+    assert _digests(target) == _digests(demo_cache_dir / DEMO_VERSION)
+    assert {p.relative_to(target).as_posix() for p in target.glob("*/*")} >= {
+        "models/demo-sd15", "models/demo-sdxl", "loras/demo-peft.safetensors", "loras/demo-kohya.safetensors",
+        "loras/demo-xl-peft.safetensors", "embeddings/demo-embedding.safetensors",
+    }
 
 
 def test_cli_refuses_a_non_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,23 +91,24 @@ def test_single_file_checkpoint_equals_folder(demo_model_dir: Path) -> None:
 
 
 def test_ensure_reuses_a_built_model(demo_cache_dir: Path, demo_model_dir: Path) -> None:
-    assert demo_model_dir == demo_cache_dir / DEMO_VERSION
+    assert demo_model_dir == demo_cache_dir / DEMO_VERSION / "models" / "demo-sd15"
     before = (demo_model_dir / "model_index.json").stat().st_mtime_ns
     assert ensure_demo_model(demo_cache_dir) == demo_model_dir
     assert (demo_model_dir / "model_index.json").stat().st_mtime_ns == before
 
 
 def test_ensure_tolerates_losing_the_rename_race(
-    demo_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    demo_cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another process finishes first: our rename fails, we use theirs and leave no staging folder."""
     cache = tmp_path / "cache"
+    bundle = demo_cache_dir / DEMO_VERSION
 
     def build_while_another_process_wins(directory: Path) -> Path:
-        shutil.copytree(demo_model_dir, directory, dirs_exist_ok=True)
-        shutil.copytree(demo_model_dir, cache / DEMO_VERSION)  # the other process's rename lands now
+        shutil.copytree(bundle, directory, dirs_exist_ok=True)
+        shutil.copytree(bundle, cache / DEMO_VERSION)  # the other process's rename lands now
         return directory
 
-    monkeypatch.setattr(demo_model, "write_demo_model", build_while_another_process_wins)
-    assert ensure_demo_model(cache) == cache / DEMO_VERSION
+    monkeypatch.setattr(demo_model, "write_demo_bundle", build_while_another_process_wins)
+    assert ensure_demo_model(cache) == cache / DEMO_VERSION / "models" / "demo-sd15"
     assert sorted(p.name for p in cache.iterdir()) == [DEMO_VERSION]

@@ -35,7 +35,8 @@ class CallCounter:
 
 def test_info_describes_the_loaded_demo(demo_engine: DiffusersEngine) -> None:
     info = demo_engine.info
-    assert (info.model, info.family, info.device, info.dtype) == ("demo", "sd1", "cpu", "float32")
+    # --model demo serves the demo bundle; its default model is the SD 1.x one.
+    assert (info.model, info.family, info.device, info.dtype) == ("demo-sd15", "sd1", "cpu", "float32")
     assert info.default_scheduler == "pndm"
     for name in ("euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "lms", "pndm", "unipc"):
         assert name in info.schedulers
@@ -125,7 +126,7 @@ def test_preview_method_none_gives_nothing(demo_engine: DiffusersEngine) -> None
 def test_a_failing_decoder_gives_no_preview_not_a_failed_job(
     demo_engine: DiffusersEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    decoder = demo_engine._decoders["latent2rgb"]
+    decoder = demo_engine._slot(demo_engine.library.model("demo-sd15"), None).decoders["latent2rgb"]
 
     def broken(latents: torch.Tensor, max_size: int) -> Any:
         raise RuntimeError("decoder broke")

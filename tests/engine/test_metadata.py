@@ -82,3 +82,20 @@ def test_text_without_settings_is_all_prompt() -> None:
 )
 def test_model_label(model: str, label: str) -> None:
     assert model_label(model) == label
+
+
+def test_model_hash_clip_skip_and_lora_hashes_in_a1111s_order_and_quoting() -> None:
+    from sdworker.engine.protocol import AppliedLora
+
+    request = GenerationRequest("a cat <lora:add_detail:0.5>", num_inference_steps=8)
+    loras = (AppliedLora("add_detail", 0.5, "7c6bad76eb54"), AppliedLora("x", 1.0, "0123456789ab"))
+    ran = GenerationResult(images=(), seeds=(1,), width=64, height=64, scheduler="euler", steps_run=8, seconds=1.0,
+                           model="dreamshaper_8", model_hash="879db523c3", clip_skip=2, loras=loras)
+    text = parameters_text(request, ran, 0, "/models")
+    assert text == (
+        "a cat <lora:add_detail:0.5>\n"
+        "Steps: 8, Sampler: Euler, CFG scale: 7.5, Seed: 1, Size: 64x64, Model hash: 879db523c3, "
+        'Model: dreamshaper_8, Clip skip: 2, Lora hashes: "add_detail: 7c6bad76eb54, x: 0123456789ab"'
+    )
+    parsed = parse_parameters(text)
+    assert parsed["Lora hashes"] == "add_detail: 7c6bad76eb54, x: 0123456789ab" and parsed["Model hash"] == "879db523c3"

@@ -1,0 +1,132 @@
+"""Churn soak: generations cycling 2 models x 4 LoRAs (plus a LoRA-free job per model) with
+max_loaded_models 1, so every model change evicts and reloads; resident memory printed every --every.
+
+    .venv/bin/python bench/soak_models.py                    # 200 jobs on the demo bundle
+    .venv/bin/python bench/soak_models.py --jobs 40 --every 10
+
+The demo bundle ships 2 LoRAs for demo-sd15 and 1 for demo-sdxl; the soak writes 4 per model (random,
+non-zero, peft and kohya layouts alternating for SD 1.x) into its own LoRA folder. Each LoRA-free job
+must give the same pixels every cycle (nothing leaks between jobs); the soak fails if one differs.
+A flat RSS after the first cycles means model and adapter memory is given back on eviction.
+Prints a table; writes JSON (--json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def write_loras(folder: Path) -> dict[str, list[str]]:
+    """4 LoRAs per demo model; returns model name -> LoRA names."""
+    import torch
+    from safetensors.torch import save_file
+
+    from sdworker.engine.demo_model import (
+        DEMO_SD15,
+        DEMO_SDXL,
+        build_demo_components,
+        build_demo_lora,
+        build_demo_sdxl_components,
+    )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    made: dict[str, list[str]] = {}
+    with torch.random.fork_rng(devices=[]):
+        components = {DEMO_SD15: build_demo_components(), DEMO_SDXL: build_demo_sdxl_components()}
+    for model, parts in components.items():
+        made[model] = []
+        for i in range(4):
+            fmt = "kohya" if model == DEMO_SD15 and i % 2 else "peft"
+            name = f"soak-{model}-{i}"
+            save_file(build_demo_lora(parts, fmt, seed=100 + i), str(folder / f"{name}.safetensors"))
+            made[model].append(name)
+    return made
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--every", type=int, default=20, help="print RSS every N jobs")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--json", default="bench/results/soak_models.json")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+
+    from sdworker.engine.demo_model import MODELS_DIR, ensure_demo_bundle
+    from sdworker.engine.diffusers_engine import DiffusersEngine
+    from sdworker.engine.protocol import GenerationRequest, LoraRef
+    from sdworker.settings import Settings
+
+    cache = Path(args.cache_dir or tempfile.mkdtemp(prefix="sdworker-soak-"))
+    bundle = ensure_demo_bundle(cache)
+    lora_dir = Path(tempfile.mkdtemp(prefix="sdworker-soak-loras-"))
+    per_model = write_loras(lora_dir)
+    plan: list[tuple[str, str | None]] = []
+    for model, names in per_model.items():
+        plan += [(model, name) for name in names] + [(model, None)]
+    engine = DiffusersEngine(Settings(models_dir=str(bundle / MODELS_DIR), lora_dir=str(lora_dir), cache_dir=cache,
+                                      device="cpu", max_loaded_models=1))
+    engine.load()
+    samples: list[dict[str, Any]] = [{"jobs": 0, "rss_mb": round(rss_mb(), 1), "seconds": 0.0}]
+    print(f"{'jobs':>6} {'RSS MB':>8} {'seconds':>8} {'loads':>6}")
+    print(f"{0:>6} {samples[0]['rss_mb']:>8.1f} {0.0:>8.1f} {0:>6}")
+    plain: dict[str, Any] = {}
+    loads = 0
+    drifted = 0
+    started = time.perf_counter()
+
+    def count(name: str, phase: str, seconds: float) -> None:
+        nonlocal loads
+        loads += phase == "finished"
+
+    for job in range(1, args.jobs + 1):
+        model, lora = plan[(job - 1) % len(plan)]
+        refs = (LoraRef(lora, 0.8),) if lora else ()
+        result = engine.generate(
+            GenerationRequest("a photo of a cat", model=model, loras=refs, num_inference_steps=args.steps,
+                              width=args.size, height=args.size, seed=7),
+            on_model_load=count,
+        )
+        if lora is None:
+            image = np.asarray(result.images[0])
+            if model in plain and not np.array_equal(plain[model], image):
+                drifted += 1
+            plain.setdefault(model, image)
+        del result
+        if job % args.every == 0:
+            gc.collect()
+            sample = {"jobs": job, "rss_mb": round(rss_mb(), 1), "seconds": round(time.perf_counter() - started, 1),
+                      "loads": loads}
+            samples.append(sample)
+            print(f"{job:>6} {sample['rss_mb']:>8.1f} {sample['seconds']:>8.1f} {loads:>6}")
+    growth = samples[-1]["rss_mb"] - samples[min(2, len(samples) - 1)]["rss_mb"]
+    print(f"RSS growth after warm-up: {growth:+.1f} MB; LoRA-free jobs that differed from their first: {drifted}")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"jobs": args.jobs, "samples": samples, "rss_growth_after_warmup_mb": growth,
+                               "model_loads": loads, "plain_jobs_drifted": drifted}, indent=2))
+    return 1 if drifted else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

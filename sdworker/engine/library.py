@@ -1,0 +1,395 @@
+"""The model library: what ``--models-dir``, ``--model`` and ``--lora-dir`` offer, found without loading.
+
+Everything here reads file names, JSON configs and safetensors *headers* only (a few KB), so the API
+thread can list models and check a request's ``model``/``loras`` at submit time while the engine
+thread generates. The library is thread-safe (one lock around its tables).
+
+Models: under ``--models-dir``, at any depth, a folder with ``model_index.json`` is a diffusers model
+(named by its path relative to the folder) and a ``.safetensors`` file is a single-file checkpoint
+(named by its relative path without the suffix); pickles (``.ckpt``...) are listed only with
+``--allow-unsafe-pickle``. ``--model`` adds one more (a path, a hub id or ``demo``; ``demo`` without
+``--models-dir`` means the demo bundle: both demo models, their LoRAs and the embedding). The family
+(sd1 | sd2 | sdxl) comes from ``model_index.json`` + the UNet config, or from a checkpoint's key names.
+
+LoRAs: a name is looked up as ``--lora-dir/<name>.safetensors`` after refusing absolute paths and
+``..``; a symlink that leads out of the folder, a pickle, or a file that is not a LoRA is refused with
+an error naming the request field. Its family is read from its key names and the width of its
+cross-attention (768 SD 1.x, 1024 SD 2.x, 2048 SDXL; the demo's tiny models have their own widths, which
+the fit check compares with the model's).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sdworker.engine.models import PICKLE_SUFFIXES, ModelSource, resolve_source
+from sdworker.engine.parameters import model_label
+from sdworker.engine.prompt_syntax import normalize_lora_name
+from sdworker.errors import InvalidRequest, LoraIncompatible, LoraNotFound, ModelError, ModelNotFound, UnsafeCheckpoint
+from sdworker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+NATIVE_SIZES = {"sd1": 512, "sd2": 768, "sdxl": 1024}
+_CONTEXT_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+_MAX_DEPTH = 4
+_CHECKPOINT_TO_K = re.compile(r"^model\.diffusion_model\..*attn2\.to_k\.weight$")
+# attn2's to_k down-projection in the peft, kohya and old diffusers ("processor.to_k_lora") layouts.
+_LORA_TO_K = re.compile(r"attn2(?:\.processor)?[._]to_k(?:\.lora_A|\.lora_down|\.lora\.down|_lora\.down)\.weight$")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    name: str
+    family: str  # sd1 | sd2 | sdxl (a guess for hub ids until loaded)
+    kind: str  # folder | file | hub | memory
+    source: ModelSource
+    native_size: int
+    context_dim: int | None  # the UNet's cross-attention width, when the files tell
+    hash_file: Path | None  # what the model hash is taken of
+
+
+@dataclass(frozen=True, slots=True)
+class LoraEntry:
+    name: str
+    path: Path
+    family: str | None
+    format: str  # peft | kohya | unknown
+    context_dim: int | None
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (tensor names -> dtype/shape/offsets), without the data."""
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if not 2 <= length <= _MAX_HEADER_BYTES:
+            raise ValueError("not a safetensors file (bad header length)")
+        header = json.loads(handle.read(length))
+    if not isinstance(header, dict):
+        raise ValueError("not a safetensors file (header is not a map)")
+    header.pop("__metadata__", None)
+    return header
+
+
+class ModelLibrary:
+    """Models and LoRAs by name. ``refresh()`` rescans; an unknown model name triggers one rescan."""
+
+    def __init__(self, settings: Settings, *, memory: ModelEntry | None = None) -> None:
+        """``memory``: a model built in memory (benchmarks, tests); it is then the default and ``--model``
+        is not looked at."""
+        self.settings = settings
+        self._lock = threading.RLock()
+        self._models: dict[str, ModelEntry] = {}
+        self._default: str | None = None
+        self._lora_cache: dict[tuple[str, int, int], LoraEntry] = {}
+        self._extra: ModelEntry | None = None  # --model, resolved once
+        self._memory = memory
+        self.models_dir, self.lora_dir, self.embeddings_dir = self._folders(settings, demo=memory is None)
+        self.refresh()
+
+    # -- folders -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _folders(settings: Settings, *, demo: bool) -> tuple[Path | None, Path | None, Path | None]:
+        def path(value: str | Path | None) -> Path | None:
+            return Path(value).expanduser() if value else None
+
+        models, loras, embeddings = path(settings.models_dir), path(settings.lora_dir), path(settings.embeddings_dir)
+        if demo and models is None and settings.model.strip() == "demo":
+            from sdworker.engine.demo_model import EMBEDDINGS_DIR, LORAS_DIR, MODELS_DIR, ensure_demo_bundle
+
+            try:
+                bundle = ensure_demo_bundle(settings.cache_dir)
+            except OSError as exc:
+                raise ModelError(
+                    f"model demo: cannot build it in {settings.cache_dir}: {exc.strerror or exc} "
+                    "(set --cache-dir to a writable folder, or delete a damaged demo folder there)"
+                ) from exc
+            models = bundle / MODELS_DIR
+            loras = loras or bundle / LORAS_DIR
+            embeddings = embeddings or bundle / EMBEDDINGS_DIR
+        return models, loras, embeddings
+
+    @property
+    def is_demo(self) -> bool:
+        return self._memory is None and self.settings.models_dir is None and self.settings.model.strip() == "demo"
+
+    # -- models --------------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Rescan the models folder (LoRAs are looked up per request, so they need no scan)."""
+        found: dict[str, ModelEntry] = {}
+        if self.models_dir is not None:
+            if not self.models_dir.is_dir():
+                raise ModelError(f"--models-dir {self.models_dir}: no such folder")
+            for entry in self._scan(self.models_dir, self.models_dir, 0):
+                found.setdefault(entry.name, entry)
+        extra = self._extra_model()
+        if extra is not None:
+            found.setdefault(extra.name, extra)
+        if self._memory is not None:
+            found[self._memory.name] = self._memory
+        with self._lock:
+            self._models = dict(sorted(found.items()))
+            self._default = self._pick_default()
+
+    def _extra_model(self) -> ModelEntry | None:
+        """``--model`` when it names something other than the demo bundle."""
+        if self.settings.model.strip() == "demo" or self._memory is not None:
+            return None
+        if self._extra is None:
+            source = resolve_source(self.settings)
+            name = model_label(self.settings.model)
+            if source.kind == "hub":
+                family = "sdxl" if "xl" in source.location.lower() else "sd1"
+                self._extra = ModelEntry(name, family, "hub", source, NATIVE_SIZES[family], None, None)
+            else:
+                self._extra = self._describe(Path(source.location), name, source)
+        return self._extra
+
+    def _pick_default(self) -> str | None:
+        wanted = self.settings.default_model
+        if wanted:
+            if wanted not in self._models:
+                raise ModelNotFound(f"--default-model {wanted}: not in the library ({self._names_hint()})")
+            return wanted
+        if self._memory is not None:
+            return self._memory.name
+        if self._extra is not None:
+            return self._extra.name
+        if self.is_demo:
+            from sdworker.engine.demo_model import DEMO_SD15
+
+            return DEMO_SD15
+        return next(iter(self._models), None)
+
+    def _scan(self, root: Path, folder: Path, depth: int) -> list[ModelEntry]:
+        entries: list[ModelEntry] = []
+        try:
+            children = sorted(folder.iterdir())
+        except OSError as exc:
+            log.warning("cannot read %s: %s", folder, exc)
+            return entries
+        for child in children:
+            if child.name.startswith("."):
+                continue
+            name = PurePosixPath(child.relative_to(root).as_posix())
+            try:
+                if child.is_dir():
+                    if (child / "model_index.json").is_file():
+                        entries.append(self._describe(child, str(name), ModelSource("folder", str(child))))
+                    elif depth < _MAX_DEPTH:
+                        entries.extend(self._scan(root, child, depth + 1))
+                elif child.suffix.lower() == ".safetensors":
+                    source = ModelSource("single_file", str(child))
+                    entries.append(self._describe(child, str(name.with_suffix("")), source))
+                elif child.suffix.lower() in PICKLE_SUFFIXES and self.settings.allow_unsafe_pickle:
+                    source = ModelSource("pickle", str(child))
+                    entries.append(self._describe(child, str(name.with_suffix("")), source))
+            except (OSError, ValueError) as exc:
+                log.warning("skipping %s: not a readable model (%s)", child, exc)
+        return entries
+
+    def _describe(self, path: Path, name: str, source: ModelSource) -> ModelEntry:
+        is_demo = self.is_demo and source.kind == "folder"
+        source = replace(source, is_demo=source.is_demo or is_demo)
+        if source.kind == "folder":
+            return _describe_folder(path, name, source)
+        if source.kind == "single_file":
+            return _describe_checkpoint(path, name, source)
+        return ModelEntry(name, "sd1", "file", source, NATIVE_SIZES["sd1"], None, path)  # a pickle: not opened
+
+    def models(self) -> list[ModelEntry]:
+        with self._lock:
+            return list(self._models.values())
+
+    @property
+    def default_name(self) -> str:
+        with self._lock:
+            if self._default is None:
+                where = f"--models-dir {self.models_dir}" if self.models_dir else "--model"
+                raise ModelNotFound(f"no model found ({where} has no diffusers folder or .safetensors file)")
+            return self._default
+
+    def model(self, name: str | None, *, field: str = "model") -> ModelEntry:
+        """The entry for ``name`` (None = the default). An unknown name rescans once, then 404s."""
+        wanted = name or self.default_name
+        with self._lock:
+            entry = self._models.get(wanted)
+        if entry is None:
+            self.refresh()
+            with self._lock:
+                entry = self._models.get(wanted)
+        if entry is None:
+            raise ModelNotFound(f"{field}: no model named {wanted!r} ({self._names_hint()})", field=field)
+        return entry
+
+    def update_family(self, name: str, family: str) -> None:
+        """What loading found (a hub id's family is a guess until then)."""
+        with self._lock:
+            entry = self._models.get(name)
+            if entry is not None and entry.family != family:
+                self._models[name] = replace(entry, family=family, native_size=NATIVE_SIZES[family])
+
+    def _names_hint(self) -> str:
+        names = list(self._models)
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        return f"known: {shown}" if names else "the library is empty"
+
+    # -- LoRAs ---------------------------------------------------------------------------------------
+
+    def loras(self) -> list[LoraEntry]:
+        if self.lora_dir is None or not self.lora_dir.is_dir():
+            return []
+        found: list[LoraEntry] = []
+        for path in sorted(self.lora_dir.rglob("*.safetensors")):
+            name = path.relative_to(self.lora_dir).with_suffix("").as_posix()
+            try:
+                found.append(self.lora(name))
+            except InvalidRequest as exc:
+                log.info("not listing %s: %s", path, exc.message)
+        return found
+
+    def lora(self, name: str, *, field: str = "loras") -> LoraEntry:
+        """The LoRA called ``name`` (with or without ``.safetensors``), refused with a 4xx naming ``field``
+        when the name leaves the folder, names a pickle, is missing or is not a LoRA."""
+        raw = name.strip()
+        parts = raw.replace("\\", "/").split("/")
+        if not raw or raw.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", raw) or ".." in parts or "\0" in raw:
+            raise InvalidRequest(
+                f"{field}: LoRA {name!r} is not a name inside the LoRA folder (no absolute paths, '~' or '..')",
+                field=field,
+            )
+        if PurePosixPath(raw).suffix.lower() in PICKLE_SUFFIXES:
+            raise UnsafeCheckpoint(
+                f"{field}: LoRA {name!r} is a pickle, which can run code when loaded; use its .safetensors file",
+                field=field,
+            )
+        if self.lora_dir is None:
+            raise LoraNotFound(f"{field}: LoRA {name!r}: this worker has no LoRA folder (--lora-dir)", field=field)
+        base = normalize_lora_name(raw.replace("\\", "/"))
+        path = self.lora_dir / f"{base}.safetensors"
+        if not path.is_file():
+            if any((self.lora_dir / f"{base}{suffix}").is_file() for suffix in PICKLE_SUFFIXES):
+                raise UnsafeCheckpoint(
+                    f"{field}: LoRA {name!r} exists only as a pickle, which we never load; convert it to .safetensors",
+                    field=field,
+                )
+            raise LoraNotFound(f"{field}: no LoRA named {base!r} in the LoRA folder", field=field)
+        root = self.lora_dir.resolve()
+        real = path.resolve()
+        if not real.is_relative_to(root):
+            raise InvalidRequest(f"{field}: LoRA {name!r} leads out of the LoRA folder (a symlink)", field=field)
+        stat = real.stat()
+        key = (str(real), stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            cached = self._lora_cache.get(key)
+        if cached is not None:
+            return replace(cached, name=base)
+        try:
+            header = read_safetensors_header(real)
+        except (OSError, ValueError) as exc:
+            raise InvalidRequest(
+                f"{field}: LoRA {base!r} is not a readable safetensors file ({exc})", field=field
+            ) from None
+        entry = _describe_lora(base, real, header)
+        if entry.format == "unknown":
+            raise InvalidRequest(f"{field}: {base!r} is not a LoRA (no lora_A/lora_down weights)", field=field)
+        with self._lock:
+            self._lora_cache[key] = entry
+        return entry
+
+    @staticmethod
+    def check_lora_fits(lora: LoraEntry, model: ModelEntry, *, field: str = "loras") -> None:
+        """Refuse a LoRA made for another architecture than ``model``'s (4xx naming ``field``)."""
+        if lora.context_dim is not None and model.context_dim is not None:
+            fits = lora.context_dim == model.context_dim
+        elif lora.family is not None and model.kind != "hub":
+            fits = lora.family == model.family
+        else:
+            return  # cannot tell before loading; diffusers' loader decides
+        if not fits:
+            what = lora.family or f"a cross-attention width of {lora.context_dim}"
+            raise LoraIncompatible(
+                f"{field}: LoRA {lora.name!r} is for {what}, not for model {model.name!r} ({model.family})",
+                field=field,
+            )
+
+    def config_folder_for(self, entry: ModelEntry) -> str | None:
+        """For a single-file checkpoint: a diffusers folder of the same family in the library, whose
+        configs and tokenizers let diffusers load the file offline."""
+        with self._lock:
+            for other in self._models.values():
+                if other.kind == "folder" and other.family == entry.family and other.context_dim == entry.context_dim:
+                    return other.source.location
+        return None
+
+
+def _describe_folder(path: Path, name: str, source: ModelSource) -> ModelEntry:
+    index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    unet = _read_json(path / "unet" / "config.json")
+    vae = _read_json(path / "vae" / "config.json")
+    context = unet.get("cross_attention_dim")
+    context_dim = context if isinstance(context, int) else None
+    family = "sdxl" if "XL" in str(index.get("_class_name", "")) else "sd2" if context_dim == 1024 else "sd1"
+    sample = unet.get("sample_size")
+    factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
+    native = int(sample) * factor if isinstance(sample, int) else NATIVE_SIZES[family]
+    weights = next(
+        (p for p in (path / "unet" / "diffusion_pytorch_model.safetensors",
+                     path / "unet" / "diffusion_pytorch_model.fp16.safetensors") if p.is_file()),
+        None,
+    )
+    return ModelEntry(name, family, "folder", source, native, context_dim, weights)
+
+
+def _describe_checkpoint(path: Path, name: str, source: ModelSource) -> ModelEntry:
+    header = read_safetensors_header(path)
+    keys = header.keys()
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        family = "sdxl"
+    elif any(k.startswith("cond_stage_model.model.") for k in keys):
+        family = "sd2"
+    else:
+        family = "sd1"
+    context_dim = next(
+        (int(v["shape"][1]) for k, v in header.items() if _CHECKPOINT_TO_K.match(k) and len(v.get("shape", [])) == 2),
+        None,
+    )
+    return ModelEntry(name, family, "file", source, NATIVE_SIZES[family], context_dim, path)
+
+
+def _describe_lora(name: str, path: Path, header: dict[str, Any]) -> LoraEntry:
+    keys = list(header)
+    if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
+        fmt = "kohya"
+    elif any(".lora_A." in k or ".lora_B." in k or ".lora.down." in k or "_lora.down." in k for k in keys):
+        fmt = "peft"
+    else:
+        fmt = "unknown"
+    context_dim = next(
+        (int(v["shape"][1]) for k, v in header.items() if _LORA_TO_K.search(k) and len(v.get("shape", [])) == 2),
+        None,
+    )
+    family: str | None = None
+    if any(k.startswith(("lora_te2_", "text_encoder_2.", "lora_unet_input_blocks", "lora_unet_output_blocks"))
+           for k in keys):
+        family = "sdxl"
+    elif context_dim is not None:
+        family = _CONTEXT_FAMILIES.get(context_dim)
+    return LoraEntry(name, path, family, fmt, context_dim)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,140 @@
+"""One loaded model and everything that belongs to it: schedulers, preview decoders, the prompt
+encoder and its LoRA adapters. Dropping the slot drops all of it (the engine's LRU evicts slots).
+
+Previews follow the model's family: latent2rgb coefficients per family, and a TAESD per family
+(``--taesd`` for SD 1.x/2.x latents, ``--taesdxl`` for SDXL's; a ``taesd/`` folder inside a diffusers
+model folder is used when the flag is not given, which is how the demo models ship theirs).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdworker.engine.embeddings import EmbeddingStore
+from sdworker.engine.hashing import HashCache
+from sdworker.engine.library import ModelEntry
+from sdworker.engine.lora import LoraAdapters
+from sdworker.engine.models import LoadedModel
+from sdworker.engine.prompt_encoding import PromptEncoder
+from sdworker.engine.schedulers import SchedulerFactory
+from sdworker.errors import ModelError
+from sdworker.previews.decoders import PreviewDecoder, create_decoder, resolve_method
+from sdworker.previews.options import PreviewPixels
+from sdworker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PREVIEW_ORDER = ("latent2rgb", "taesd", "vae")
+
+
+@dataclass(slots=True)
+class ModelSlot:
+    entry: ModelEntry
+    model: LoadedModel
+    base_scheduler: Any
+    schedulers: SchedulerFactory
+    decoders: dict[str, PreviewDecoder]
+    prompts: PromptEncoder
+    loras: LoraAdapters
+    sha256: str | None
+    preview_failed_logged: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def short_hash(self) -> str | None:
+        return self.sha256[:10] if self.sha256 else None
+
+    @property
+    def preview_methods(self) -> tuple[str, ...]:
+        return tuple(m for m in PREVIEW_ORDER if m in self.decoders)
+
+    def render_preview(self, method: str, max_size: int, latents: torch.Tensor, source: str) -> PreviewPixels | None:
+        if method == "none":
+            return None
+        resolved = resolve_method(method, taesd_available="taesd" in self.decoders)
+        decoder = self.decoders.get(resolved)
+        if decoder is None:
+            return None
+        try:
+            pixels = decoder.decode(latents, max_size)
+        except Exception:
+            if not self.preview_failed_logged:  # once: a broken decoder would fail every step
+                self.preview_failed_logged = True
+                log.warning("preview decode with %s failed; previews skipped", resolved, exc_info=True)
+            return None
+        return PreviewPixels(pixels=pixels, method=decoder.method, source=source)
+
+    def close(self) -> None:
+        self.decoders.clear()
+
+
+class TaesdCache:
+    """TAESD modules by folder, shared by the slots of one family (a few MB each)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._loaded: dict[tuple[str, str], Any] = {}
+
+    def for_model(self, model: LoadedModel) -> Any:
+        from sdworker.previews.taesd import load_taesd
+
+        path = self.settings.taesdxl if model.family == "sdxl" else self.settings.taesd
+        if path is None and model.source.kind == "folder":
+            own = Path(model.source.location) / "taesd"
+            path = str(own) if (own / "config.json").is_file() else None
+        if path is None:
+            return None
+        key = (path, f"{model.device}/{model.dtype}")
+        if key not in self._loaded:
+            try:
+                self._loaded[key] = load_taesd(path, model.device, model.dtype)
+            except ModelError:
+                if path in (self.settings.taesd, self.settings.taesdxl):
+                    raise  # a flag the user gave: say so
+                log.warning("TAESD in %s unusable; previews fall back to latent2rgb", path, exc_info=True)
+                self._loaded[key] = None
+        return self._loaded[key]
+
+
+def build_slot(
+    entry: ModelEntry,
+    model: LoadedModel,
+    *,
+    taesd: TaesdCache,
+    embeddings: EmbeddingStore | None,
+    hashes: HashCache,
+    fuse_loras: bool = False,
+    max_cached_loras: int = 8,
+) -> ModelSlot:
+    base_scheduler = model.text_to_image.scheduler
+    tiny = taesd.for_model(model)
+    decoders: dict[str, PreviewDecoder] = {}
+    for method in ("latent2rgb", "vae", *(["taesd"] if tiny is not None else [])):
+        try:
+            decoders[method] = create_decoder(method, family=model.family, vae=model.text_to_image.vae, taesd=tiny)
+        except (KeyError, ValueError) as exc:
+            log.warning("preview method %s unavailable: %s", method, exc)
+    sha256 = None
+    if entry.hash_file is not None:
+        try:
+            sha256 = hashes.get(entry.hash_file)
+        except OSError as exc:
+            log.warning("cannot hash %s: %s", entry.hash_file, exc)
+    return ModelSlot(
+        entry=entry,
+        model=model,
+        base_scheduler=base_scheduler,
+        schedulers=SchedulerFactory(base_scheduler),
+        decoders=decoders,
+        prompts=PromptEncoder(model.text_to_image, model.family, embeddings),
+        loras=LoraAdapters(model.text_to_image, entry.name, hashes, max_cached=max_cached_loras, fuse=fuse_loras),
+        sha256=sha256,
+    )

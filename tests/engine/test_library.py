@@ -1,0 +1,153 @@
+"""The model library: what a models folder offers, names, families, hashes; switching models per job."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+from sdworker.engine.demo_model import CHECKPOINT_NAME
+from sdworker.engine.diffusers_engine import DiffusersEngine
+from sdworker.engine.library import ModelLibrary
+from sdworker.engine.protocol import GenerationRequest
+from sdworker.errors import ModelNotFound
+from sdworker.settings import Settings
+
+from .helpers import pixels
+
+BASE: dict[str, Any] = {"num_inference_steps": 2, "width": 64, "height": 64, "seed": 8}
+
+
+@pytest.fixture
+def models_dir(demo_bundle: Path, tmp_path: Path) -> Path:
+    """A models folder as users keep one: a diffusers folder, a nested one, a single file, junk."""
+    root = tmp_path / "models"
+    (root / "xl").mkdir(parents=True)
+    (root / "sd15-folder").symlink_to(demo_bundle / "models" / "demo-sd15")
+    (root / "xl" / "tiny-xl").symlink_to(demo_bundle / "models" / "demo-sdxl")
+    shutil.copy(demo_bundle / "models" / "demo-sd15" / CHECKPOINT_NAME, root / "dreamshaper.safetensors")
+    (root / "old.ckpt").write_bytes(b"pickle")
+    (root / "notes.txt").write_text("hi")
+    return root
+
+
+def test_a_models_folder_is_scanned_by_name_family_and_kind(models_dir: Path, tmp_path: Path) -> None:
+    library = ModelLibrary(Settings(models_dir=str(models_dir), cache_dir=tmp_path))
+    found = {e.name: (e.family, e.kind, e.native_size) for e in library.models()}
+    # A single file's size comes from its family (512 for SD 1.x); a folder's from its own config (64).
+    assert found == {"dreamshaper": ("sd1", "file", 512), "sd15-folder": ("sd1", "folder", 64),
+                     "xl/tiny-xl": ("sdxl", "folder", 64)}
+    assert library.default_name == "dreamshaper"  # the first found, without --default-model
+    assert ModelLibrary(Settings(models_dir=str(models_dir), default_model="xl/tiny-xl")).default_name == "xl/tiny-xl"
+    with pytest.raises(ModelNotFound) as info:
+        library.model("nope")
+    assert (info.value.field, info.value.http_status) == ("model", 404)
+
+
+def test_an_unknown_name_rescans_and_refresh_finds_new_models(models_dir: Path, demo_bundle: Path) -> None:
+    library = ModelLibrary(Settings(models_dir=str(models_dir)))
+    (models_dir / "later").symlink_to(demo_bundle / "models" / "demo-sdxl")
+    assert library.model("later").family == "sdxl"  # not known at the scan: asked for, rescanned, found
+    (models_dir / "later").unlink()
+    library.refresh()
+    assert "later" not in {e.name for e in library.models()}
+
+
+def test_switching_models_gives_each_its_own_pixels(demo_bundle: Path, demo_cache_dir: Path, tmp_path: Path) -> None:
+    settings = Settings(models_dir=str(demo_bundle / "models"), cache_dir=tmp_path, device="cpu", max_loaded_models=1)
+    engine = DiffusersEngine(settings)
+    engine.load()
+    events: list[tuple[str, str]] = []
+    results = []
+    for model in ("demo-sdxl", None, "demo-sdxl", "demo-sd15"):
+        result = engine.generate(GenerationRequest("a cat", model=model, **BASE),
+                                 on_model_load=lambda name, phase, seconds: events.append((name, phase)))
+        results.append(result)
+    assert [r.model for r in results] == ["demo-sdxl", "demo-sd15", "demo-sdxl", "demo-sd15"]
+    assert [r.family for r in results] == ["sdxl", "sd1", "sdxl", "sd1"]
+    assert events == [(name, phase) for name in ("demo-sdxl", "demo-sd15") * 2 for phase in ("started", "finished")]
+    listed = {m.name: m for m in engine.list_models()}
+    assert listed["demo-sd15"].loaded and not listed["demo-sdxl"].loaded  # max_loaded_models = 1
+    assert listed["demo-sd15"].is_default
+    unet = demo_bundle / "models" / "demo-sdxl" / "unet" / "diffusion_pytorch_model.safetensors"
+    assert listed["demo-sdxl"].sha256 == hashlib.sha256(unet.read_bytes()).hexdigest()
+    assert results[0].model_hash == listed["demo-sdxl"].short_hash
+
+    def own(cls: Any, folder: str) -> np.ndarray:
+        pipe = cls.from_pretrained(demo_bundle / "models" / folder)
+        pipe.set_progress_bar_config(disable=True)
+        return pixels(pipe("a cat", num_inference_steps=2, width=64, height=64, guidance_scale=7.5,
+                           generator=torch.Generator("cpu").manual_seed(8)).images[0])
+
+    xl, sd15 = own(StableDiffusionXLPipeline, "demo-sdxl"), own(StableDiffusionPipeline, "demo-sd15")
+    for i, (result, expected) in enumerate(zip(results, (xl, sd15, xl, sd15), strict=True)):
+        assert np.array_equal(pixels(result.images[0]), expected), i
+
+
+def test_two_models_stay_loaded_with_max_two(demo_bundle: Path, tmp_path: Path) -> None:
+    settings = Settings(models_dir=str(demo_bundle / "models"), cache_dir=tmp_path, device="cpu", max_loaded_models=2)
+    engine = DiffusersEngine(settings)
+    events: list[str] = []
+    for model in ("demo-sd15", "demo-sdxl", "demo-sd15", "demo-sdxl"):
+        engine.generate(GenerationRequest("a cat", model=model, **BASE),
+                        on_model_load=lambda name, phase, seconds: events.append(f"{name} {phase}"))
+    assert events == ["demo-sd15 started", "demo-sd15 finished", "demo-sdxl started", "demo-sdxl finished"]
+    assert all(m.loaded for m in engine.list_models())
+
+
+def test_a_single_file_loads_offline_with_a_folder_of_its_family(models_dir: Path, tmp_path: Path) -> None:
+    engine = DiffusersEngine(Settings(models_dir=str(models_dir), cache_dir=tmp_path, device="cpu"))
+    result = engine.generate(GenerationRequest("a cat", model="dreamshaper", **BASE))
+    assert (result.model, result.family) == ("dreamshaper", "sd1")
+    digest = hashlib.sha256((models_dir / "dreamshaper.safetensors").read_bytes()).hexdigest()
+    assert result.model_hash == digest[:10]
+    # The hash is cached by path, size and mtime: a second engine lists it without loading anything.
+    again = DiffusersEngine(Settings(models_dir=str(models_dir), cache_dir=tmp_path, device="cpu"))
+    assert {m.name: m.sha256 for m in again.list_models()}["dreamshaper"] == digest
+
+
+@pytest.mark.parametrize(
+    ("key", "width", "family", "fmt"),
+    [
+        ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight", 768, "sd1", "kohya"),
+        ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight", 1024, "sd2", "peft"),
+        ("lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight", 2048, "sdxl", "kohya"),
+    ],
+)
+def test_published_lora_layouts_tell_their_family(tmp_path: Path, key: str, width: int, family: str, fmt: str) -> None:
+    from safetensors.torch import save_file
+
+    from sdworker.engine.library import ModelEntry
+    from sdworker.engine.models import ModelSource
+    from sdworker.errors import LoraIncompatible
+
+    (tmp_path / "loras").mkdir()
+    save_file({key: torch.zeros(4, width)}, str(tmp_path / "loras" / "style.safetensors"))
+    library = ModelLibrary(Settings(models_dir=str(tmp_path), lora_dir=str(tmp_path / "loras")))
+    lora = library.lora("style.safetensors")
+    assert (lora.name, lora.family, lora.format, lora.context_dim) == ("style", family, fmt, width)
+    sd15 = ModelEntry("sd15", "sd1", "file", ModelSource("single_file", "x"), 512, 768, None)
+    if family == "sd1":
+        library.check_lora_fits(lora, sd15)
+    else:
+        with pytest.raises(LoraIncompatible):
+            library.check_lora_fits(lora, sd15)
+
+
+def test_previews_follow_the_family_of_the_model_that_runs(demo_bundle: Path, tmp_path: Path) -> None:
+    settings = Settings(models_dir=str(demo_bundle / "models"), cache_dir=tmp_path, device="cpu")
+    engine = DiffusersEngine(settings)
+    seen: list[Any] = []
+    for model in ("demo-sdxl", "demo-sd15"):
+        result = engine.generate(GenerationRequest("a cat", model=model, **BASE),
+                                 on_step=lambda view: seen.append(view.render_preview("auto", 32)))
+        slot = engine._slot(engine.library.model(model), None)
+        assert slot.decoders["latent2rgb"].family == result.family  # type: ignore[attr-defined]
+        assert "taesd" in slot.decoders  # each demo folder ships its own taesd/
+    assert all(p is not None and p.method == "taesd" for p in seen)
