@@ -169,7 +169,8 @@ class Engine(Protocol):
         on_step: StepHook | None = None,
         cancel: CancelToken | None = None,
     ) -> GenerationResult:
-        """Run one generation. Raises ``JobCancelled`` when ``cancel`` is set (checked every step),
+        """Run one generation. Raises ``JobCancelled`` when ``cancel`` is set (checked every step); when
+        it was *interrupted* (``CancelToken.interrupt``) returns a normal result from the latents it has,
         ``InvalidRequest`` subclasses for requests this model cannot serve (e.g. unknown scheduler),
         ``GenerationFailed`` for anything else with a message safe to show."""
         ...
