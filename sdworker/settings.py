@@ -39,6 +39,9 @@ class Settings:
     port: int = 7833
     max_body_bytes: int = 32 * 1024 * 1024
     cors_origins: tuple[str, ...] = ("*",)
+    # The worker's own URL as clients reach it (behind a proxy or load balancer): absolute image URLs in
+    # OpenAI `response_format=url` answers. None = built from each request's Host.
+    public_url: str | None = None
 
     # Jobs
     max_queue: int = 32

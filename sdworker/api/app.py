@@ -23,9 +23,11 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from sdworker import __version__
+from sdworker.api.compat.openai_routes import router as openai_router
 from sdworker.api.errors import BodyLimitMiddleware, install_error_handlers
 from sdworker.api.routes_fleet import router as fleet_router
 from sdworker.api.routes_jobs import router as jobs_router
+from sdworker.api.routes_models import router as models_router
 from sdworker.api.routes_system import router as system_router
 from sdworker.engine.parameters import parameters_text
 from sdworker.engine.protocol import Engine, GenerationRequest, GenerationResult
@@ -87,12 +89,14 @@ def create_app(
     app.include_router(jobs_router)
     app.include_router(fleet_router)
     app.include_router(system_router)
+    app.include_router(models_router)
+    app.include_router(openai_router)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),
         allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
         allow_headers=["*"],
-        expose_headers=["Retry-After", "Location"],
+        expose_headers=["Retry-After", "Location", "x-should-retry"],
     )
     # Outermost, so an oversized body is refused before anything parses it.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(serve)
     serve.add_argument("--host", help="bind address (127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (7833)")
+    serve.add_argument(
+        "--public-url", dest="public_url", help="this worker's URL as clients reach it (for image URLs behind a proxy)"
+    )
     serve.add_argument("--max-queue", dest="max_queue", type=int, help="queued jobs before 429 (32)")
     serve.add_argument("--result-ttl-seconds", dest="result_ttl_seconds", type=float)
     serve.add_argument("--max-pixels", dest="max_pixels", type=int, help="width*height limit")
