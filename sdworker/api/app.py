@@ -23,6 +23,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from sdworker import __version__
+from sdworker.api.compat.a1111_routes import router as a1111_router
+from sdworker.api.compat.a1111_state import A1111State
 from sdworker.api.compat.openai_routes import router as openai_router
 from sdworker.api.errors import BodyLimitMiddleware, install_error_handlers
 from sdworker.api.routes_fleet import router as fleet_router
@@ -85,12 +87,14 @@ def create_app(
     app.state.service = service
     app.state.metrics = metrics
     app.state.settings = settings
+    app.state.a1111 = A1111State()  # A1111 clients' "global" state: the chosen checkpoint, progress
     install_error_handlers(app)
     app.include_router(jobs_router)
     app.include_router(fleet_router)
     app.include_router(system_router)
     app.include_router(models_router)
     app.include_router(openai_router)
+    app.include_router(a1111_router)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),
