@@ -14,10 +14,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdworker.api.compat.a1111_samplers import SamplerChoice
+from sdworker.api.schemas import preview_options
 from sdworker.engine.protocol import Operation
 from sdworker.errors import InvalidRequest
 from sdworker.jobs.spec import JobDraft
-from sdworker.previews.options import PreviewOptions
 from sdworker.settings import Settings
 
 _HONOURED_OVERRIDES = {"sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae", "samples_format"}
@@ -156,14 +156,7 @@ def to_draft(
         init_image=init_image,
         init_image_field="init_images",
         mask_image=mask_image,
-        preview=PreviewOptions(
-            every=settings.preview_every,
-            min_interval_ms=settings.preview_min_interval_ms,
-            method=settings.preview_method,
-            max_size=settings.preview_max_size,
-            format=settings.preview_format,
-            quality=settings.preview_quality,
-        ),
+        preview=preview_options(None, settings),
         model=model,
         clip_skip=int(clip_skip) if isinstance(clip_skip, int | float) and clip_skip > 1 else None,
     )

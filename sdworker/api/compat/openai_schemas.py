@@ -20,6 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sdworker.api.schemas import preview_options
 from sdworker.engine.protocol import Operation
 from sdworker.errors import InvalidRequest
 from sdworker.jobs.spec import JobDraft
@@ -28,15 +29,15 @@ from sdworker.settings import Settings
 
 # Steps per quality. OpenAI's own scale has no step counts; these are the usual SD 1.x/SDXL choices
 # from quick drafts to careful renders (auto = medium; dall-e's standard/hd = medium/high).
-QUALITY_STEPS = {"low": 12, "medium": 25, "high": 40, "auto": 25, "standard": 25, "hd": 40}
+QUALITY_STEPS = {"low": 12, "medium": 25, "high": 40, "xhigh": 50, "max": 60, "auto": 25, "standard": 25, "hd": 40}
 # What a response reports (OpenAI's strict clients accept only concrete values there, never "auto").
-QUALITY_REPORTED = {"low": "low", "medium": "medium", "high": "high", "auto": "medium", "standard": "medium",
-                    "hd": "high"}
+QUALITY_REPORTED = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "max",
+                    "auto": "medium", "standard": "medium", "hd": "high"}
 NATIVE_SIZE = {"sd1": 512, "sd2": 768, "sdxl": 1024}
 EDIT_STRENGTH = 0.8  # img2img without a mask; with a mask the masked part is repainted fully (1.0)
 _SIZE = re.compile(r"^\s*([0-9]{1,5})\s*[xX]\s*([0-9]{1,5})\s*$")
 
-Quality = Literal["low", "medium", "high", "auto", "standard", "hd"]
+Quality = Literal["low", "medium", "high", "xhigh", "max", "auto", "standard", "hd"]
 
 
 class ImagesRequest(BaseModel):
@@ -99,7 +100,7 @@ def to_draft(
         init_image=init_image,
         init_image_field="image",
         mask_image=mask_image,
-        preview=PreviewOptions(every=0),  # no previews unless streamed (``with_partial_images``)
+        preview=preview_options(None, settings),  # decoded only while someone watches the job
         model=model,
     )
 
