@@ -59,3 +59,14 @@ async def test_openai_errors_name_the_param_and_native_errors_keep_their_shape()
         assert missing.status_code == 400 and missing.json()["error"]["param"] == "image"
         native = await app.client.post("/v1/jobs", json={"prompt": "a cat", "steps": 0})
         assert native.status_code == 422 and native.json()["error"]["field"] == "steps"
+
+
+async def test_url_answers_use_the_public_url_and_unknown_models_run_on_the_default() -> None:
+    async with running_app(FakeEngine(), public_url="https://sd.example.org/worker/") as app:
+        body = {"prompt": "a cat", "size": "64x64", "response_format": "url", "model": "dall-e-3", "n": 2}
+        answer = (await app.client.post("/v1/images/generations?api-version=2024-02-01", json=body)).json()
+        job_id = answer["data"][0]["url"].split("/")[-2]
+        assert [item["url"] for item in answer["data"]] == [
+            f"https://sd.example.org/worker/v1/jobs/{job_id}/image?index={i}" for i in range(2)
+        ]
+        assert answer["model"] == "demo"
