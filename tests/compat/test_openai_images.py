@@ -142,7 +142,15 @@ def test_a_client_that_hangs_up_cancels_its_job(server: LiveServer, http: httpx.
     body = {"prompt": "long", "size": "256x256", "steps": 150}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.url + "/v1/images/generations", json=body, timeout=httpx.Timeout(60, read=1.5))
+    _wait_latest_job(http, "cancelled")
+    with httpx.stream("POST", server.url + "/v1/images/generations", json={**body, "stream": True}) as response:
+        assert response.status_code == 200
+        _wait_latest_job(http, "running")
+    _wait_latest_job(http, "cancelled")  # a stream that hangs up cancels its job too
+
+
+def _wait_latest_job(http: httpx.Client, status: str) -> None:
     deadline = time.monotonic() + 30
-    while (job := http.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0])["status"] != "cancelled":
+    while (job := http.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0])["status"] != status:
         assert time.monotonic() < deadline, job
-        time.sleep(0.1)
+        time.sleep(0.05)

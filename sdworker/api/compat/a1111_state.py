@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -118,11 +117,6 @@ class ProgressWatcher:
             if isinstance(event, PreviewReady):
                 self._preview = event.image
         return base64.b64encode(self._preview).decode("ascii") if self._preview else None
-
-    def close(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                self._sub.close()
 
 
 def _progress_body(job: JobView | None, job_count: int, image: str | None) -> dict[str, Any]:

@@ -82,7 +82,10 @@ async def run(request: Request, body: ImagesRequest, *, kind: str, edit: EditInp
             service, sub, kind=kind, rendering=rendering, targets=targets, owner=owner,
             keepalive_seconds=settings.keepalive_seconds,
         )
-        return EventStreamResponse(frames, send_timeout_seconds=settings.watcher_stall_seconds)
+        gauge = request.app.state.metrics.streams_open
+        return EventStreamResponse(
+            frames, send_timeout_seconds=settings.watcher_stall_seconds, on_open=gauge.inc, on_close=gauge.dec
+        )
     view = await wait_or_cancel(service, view.job_id, request, owner)
     urls = None
     if body.response_format == "url" and view.status is JobStatus.COMPLETED:

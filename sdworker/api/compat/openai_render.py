@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from PIL import Image
 
 from sdworker.api.sse import KEEPALIVE
@@ -115,7 +116,9 @@ async def stream_frames(
     finally:
         sub.close()
         if not finished:
-            with contextlib.suppress(Exception):
+            # Runs while the response is being cancelled (the client went away): shielded, or a
+            # backend whose cancel awaits the network (Redis) would be cancelled before it asked.
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await service.cancel(sub.job_id, owner=owner)
 
 

@@ -109,12 +109,13 @@ def with_partial_images(
     draft: JobDraft, partial_images: int, settings: Settings, fmt: str = "png"
 ) -> tuple[JobDraft, list[int]]:
     """Previews for a stream: one every ``total // (k + 1)`` steps, full size, in the output format, no
-    rate limit; and the steps at which each of the ``k`` partial images is due (evenly spread)."""
+    rate limit; and the steps at which each of the ``k`` partial images is due (evenly spread). No
+    previews at all for ``k == 0``."""
     total = draft.num_inference_steps
     if draft.operation is not Operation.TEXT_TO_IMAGE:
         total = max(1, int(draft.num_inference_steps * draft.strength))
-    if partial_images <= 0:
-        return draft, []
+    if partial_images <= 0:  # the stream is a watcher: without this, previews would be decoded for nobody
+        return replace(draft, preview=PreviewOptions(every=0)), []
     longest = max(draft.width or 512, draft.height or 512)
     preview = PreviewOptions(
         every=max(1, total // (partial_images + 1)),
