@@ -50,7 +50,7 @@ async def generate(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
     notes = {**ignored(body), **sampler.ignored}
     info = _info(body, view, pngs, sampler.sampler, sampler.schedule, known[0].model_name, known[0].hash10, notes)
     return {
-        "images": [base64.b64encode(png).decode("ascii") for png in pngs],
+        "images": [base64.b64encode(png).decode("ascii") for png in pngs] if body.send_images else [],
         "parameters": echoed(body),
         "info": json.dumps(info),
     }
