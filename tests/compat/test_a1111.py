@@ -101,8 +101,7 @@ def test_progress_shows_the_running_job_and_interrupt_returns_its_image(
     call.join(timeout=60)
     assert len(answers) == 1 and answers[0].image.size == (256, 256)  # 200 with the image it had
     job = _latest_job(http)
-    assert job["status"] == "completed" and job["step"] <= job["total"]
-    assert answers[0].info["job_id"] == job["job_id"]
+    assert job["status"] == "completed" and answers[0].info["job_id"] == job["job_id"]
     api.util_wait_for_ready(check_interval=0.1)
     assert api.get_progress()["progress"] == 0
 

@@ -45,7 +45,7 @@ def test_seed_in_extra_body_equals_a_native_job_pixel_for_pixel(client: openai.O
 
 def test_stream_shows_partial_images_while_the_job_runs(client: openai.OpenAI, http: httpx.Client) -> None:
     stream = client.images.generate(
-        prompt="a cat", size="128x128", stream=True, partial_images=2, extra_body={"steps": 60, "seed": 3}
+        prompt="a cat", size="128x128", stream=True, partial_images=2, extra_body={"steps": 90, "seed": 3}
     )
     kinds, progress = [], []
     for event in stream:
