@@ -25,6 +25,7 @@ Tree::
     ├── QueueFull (queue_full, 429)                  with ``retry_after_seconds``
     ├── NotReady (not_ready, 503)                    model loading, worker dead, shutting down, Redis down
     ├── JobCancelled (cancelled, 409)                terminal event of a cancelled job
+    ├── ClientGone (client_gone, 499)                a synchronous caller hung up; its job was cancelled
     ├── GenerationFailed (generation_failed, 500)    the engine raised; message is safe
     ├── ModelError (model_error, 400)                a model path that cannot be loaded
     │   └── UnsafeCheckpoint (unsafe_checkpoint, 400) a pickle (.ckpt/.pt/.bin) model or LoRA
@@ -126,6 +127,13 @@ class NotReady(SdworkerError):
 class JobCancelled(SdworkerError):
     code = "cancelled"
     http_status = 409
+
+
+class ClientGone(SdworkerError):
+    """The client of a synchronous call (OpenAI Images, A1111) hung up; nobody reads the answer."""
+
+    code = "client_gone"
+    http_status = 499
 
 
 class GenerationFailed(SdworkerError):

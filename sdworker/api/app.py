@@ -23,10 +23,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from sdworker import __version__
+from sdworker.api.compat.a1111_routes import router as a1111_router
+from sdworker.api.compat.a1111_state import A1111State
+from sdworker.api.compat.openai_routes import router as openai_router
 from sdworker.api.edge import install_edge
 from sdworker.api.errors import install_error_handlers
 from sdworker.api.routes_fleet import router as fleet_router
 from sdworker.api.routes_jobs import router as jobs_router
+from sdworker.api.routes_models import router as models_router
 from sdworker.api.routes_system import router as system_router
 from sdworker.engine.protocol import Engine
 from sdworker.jobs.heartbeat import QueenHeartbeat, WorkerCard
@@ -87,10 +91,14 @@ def create_app(
     app.state.service = service
     app.state.metrics = metrics
     app.state.settings = settings
+    app.state.a1111 = A1111State()  # A1111 clients' "global" state: the chosen checkpoint, progress
     install_error_handlers(app)
     app.include_router(jobs_router)
     app.include_router(fleet_router)
     app.include_router(system_router)
+    app.include_router(models_router)
+    app.include_router(openai_router)
+    app.include_router(a1111_router)
     # --- The HTTP edge (api/edge.py): Host/Origin/CORS/content-type guard, body limit, offline
     # /docs, documented error answers. Everything about the edge stays in this one call.
     install_edge(app, settings)

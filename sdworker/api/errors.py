@@ -9,6 +9,12 @@ allowed range; malformed JSON (also not UTF-8) is 400 ``invalid_json``; a body a
 ``body_too_large`` (checked on Content-Length and on the bytes actually received); a 405 names in
 ``Allow`` every method of the path. Anything else is our bug: ``api/guard.py`` logs it once with a
 bounded traceback and answers 500 ``internal_error``, and the service keeps serving.
+
+The compat front doors get the same errors in their clients' shapes, chosen here by path (``dialect``):
+``/v1/images/*`` and ``/v1/models`` answer OpenAI's ``{"error": {"message", "type", "param", "code"}}``
+(a 422 becomes 400, as OpenAI reports bad values; every 5xx carries ``x-should-retry: false`` so the
+SDK does not run a long GPU job again); ``/sdapi/*`` answers A1111's ``{"error", "detail", "body",
+"errors"}``. ``code`` stays ours in both.
 """
 
 from __future__ import annotations
@@ -42,8 +48,37 @@ def error_body(code: str, message: str, field: str | None = None, **extra: Any) 
     return {"error": inner, "code": code, "message": message}
 
 
-def error_response(code: str, message: str, status: int, field: str | None = None, **extra: Any) -> JSONResponse:
+def error_response(
+    code: str, message: str, status: int, field: str | None = None, *, path: str = "", **extra: Any
+) -> JSONResponse:
+    match dialect(path):
+        case "openai":
+            status = 400 if status == 422 else status
+            body: dict[str, Any] = {
+                "error": {"message": message, "type": _openai_type(status), "param": field, "code": code}
+            }
+            headers = {"x-should-retry": "false"} if status >= 500 else None
+            return JSONResponse(body, status_code=status, headers=headers)
+        case "a1111":
+            return JSONResponse({"error": code, "detail": message, "body": None, "errors": message}, status_code=status)
     return JSONResponse(error_body(code, message, field, **extra), status_code=status)
+
+
+def dialect(path: str) -> str:
+    """Whose error shape a path speaks: ``openai``, ``a1111`` or ours (``native``)."""
+    if path.startswith("/v1/images/") or path == "/v1/models":
+        return "openai"
+    if path.startswith("/sdapi/"):
+        return "a1111"
+    return "native"
+
+
+def _openai_type(status: int) -> str:
+    if status >= 500:
+        return "server_error"
+    return {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}.get(
+        status, "invalid_request_error"
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -55,7 +90,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 async def _sdworker_error(request: Request, exc: SdworkerError) -> JSONResponse:
-    response = error_response(exc.code, exc.message, exc.http_status, exc.field)
+    response = error_response(exc.code, exc.message, exc.http_status, exc.field, path=request.url.path)
     if isinstance(exc, QueueFull):
         response.headers["Retry-After"] = str(exc.retry_after_seconds)
     return response
@@ -65,9 +100,13 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     if exc.status_code == 400:
         # The only 400 HTTPException is FastAPI's own when a JSON body cannot be read at all (not
         # UTF-8, say); our routes raise SdworkerError. It is the client's malformed JSON.
-        return error_response("invalid_json", "body: malformed JSON (not UTF-8 text, or unreadable)", 400, "body")
+        return error_response(
+            "invalid_json", "body: malformed JSON (not UTF-8 text, or unreadable)", 400, "body", path=request.url.path
+        )
     codes = {404: "not_found", 405: "method_not_allowed"}
-    response = error_response(codes.get(exc.status_code, "http_error"), str(exc.detail), exc.status_code)
+    response = error_response(
+        codes.get(exc.status_code, "http_error"), str(exc.detail), exc.status_code, path=request.url.path
+    )
     for key, value in (exc.headers or {}).items():
         response.headers[key] = value
     if exc.status_code == 405:
@@ -96,7 +135,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     if first.get("type") == "json_invalid":
         ctx = first.get("ctx")
         detail = ctx.get("error", "cannot parse") if isinstance(ctx, dict) else "cannot parse"
-        return error_response("invalid_json", f"body: malformed JSON ({detail})", 400, "body")
+        return error_response("invalid_json", f"body: malformed JSON ({detail})", 400, "body", path=request.url.path)
     loc = [str(part) for part in first.get("loc", ())]
     in_body = bool(loc) and loc[0] == "body"
     path = loc[1:] if in_body else loc[1:] if len(loc) > 1 else loc
@@ -106,7 +145,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         message = f"{field}: unknown field"
     elif first.get("type") != "missing" and "input" in first:
         message += f" (got {_short(first['input'])})"
-    allowed = _allowed(path) if in_body else None
+    allowed = _allowed(path) if in_body and dialect(request.url.path) == "native" else None
     if allowed:
         message += f"; allowed: {allowed}"
     extra: dict[str, Any] = {"allowed": allowed} if allowed else {}
@@ -114,7 +153,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         extra["errors"] = [
             {"field": ".".join(str(p) for p in e.get("loc", ())[1:]), "message": e.get("msg")} for e in errors[:10]
         ]
-    return error_response("invalid_request", message, 422, field, **extra)
+    return error_response("invalid_request", message, 422, field, path=request.url.path, **extra)
 
 
 def _short(value: Any) -> str:
@@ -210,7 +249,11 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(
-            "body_too_large", f"body: the request body is above the limit of {self.max_body_bytes} bytes", 413, "body"
+            "body_too_large",
+            f"body: the request body is above the limit of {self.max_body_bytes} bytes",
+            413,
+            "body",
+            path=scope.get("path", ""),
         )
         response.headers["Connection"] = "close"
         await response(scope, receive, send)

@@ -128,7 +128,9 @@ class EdgeGuard:
         except Exception as exc:  # our bug: log it once, answer 500, keep serving
             _log_internal_error(scope, exc)
             if not started:
-                response = error_response("internal_error", "internal error; it has been logged", 500)
+                response = error_response(
+                    "internal_error", "internal error; it has been logged", 500, path=scope.get("path", "")
+                )
                 await response(scope, receive, send)
 
     def _host_allowed(self, host: str) -> bool:
@@ -230,7 +232,7 @@ def _without_body(send: Send) -> Send:
 async def _refuse(
     scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str, field: str | None = None
 ) -> None:
-    response = error_response(code, message, status, field)
+    response = error_response(code, message, status, field, path=scope.get("path", ""))
     response.headers["Connection"] = "close"
     await response(scope, receive, send)
 

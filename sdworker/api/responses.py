@@ -17,6 +17,8 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from sdworker.api.errors import dialect
+
 
 class ErrorDetail(BaseModel):
     code: str
@@ -65,6 +67,36 @@ ROUTE_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
 }
 
 
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    """The OpenAI dialect's error (``/v1/images/*``, ``/v1/models``): what the ``openai`` SDK parses."""
+
+    error: OpenAIErrorDetail
+
+
+class A1111ErrorBody(BaseModel):
+    """The A1111 dialect's error (``/sdapi/*``)."""
+
+    error: str
+    detail: str
+    body: Any = None
+    errors: str | None = None
+
+
+# The compat front doors answer these beyond the edge's, in their own error shapes (api/errors.py).
+DIALECT_ERRORS = {
+    "openai": (400, 404, 413, 415, 429, 499, 503),
+    "a1111": (404, 413, 415, 422, 429, 499, 503),
+}
+DESCRIPTIONS_EXTRA = {499: "The client hung up before the job finished; the job was cancelled"}
+
+
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route decorator: each status with its description and ``ErrorBody``."""
     return {status: {"model": ErrorBody, "description": DESCRIPTIONS[status]} for status in statuses}
@@ -80,27 +112,31 @@ def document_errors(app: FastAPI) -> None:
         schema = generate()
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")["$defs"])
-        components["ErrorBody"] = {
-            k: v for k, v in ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}").items()
-            if k != "$defs"
-        }
+        for model in (ErrorBody, OpenAIErrorBody, A1111ErrorBody):
+            full = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(full.get("$defs", {}))
+            components[model.__name__] = {k: v for k, v in full.items() if k != "$defs"}
+        names = {"native": "ErrorBody", "openai": "OpenAIErrorBody", "a1111": "A1111ErrorBody"}
         for path, operations in schema.get("paths", {}).items():
+            kind = dialect(path)
+            ref = {"$ref": f"#/components/schemas/{names[kind]}"}
             for method, operation in operations.items():
-                statuses = sorted({*EDGE_ERRORS, *ROUTE_ERRORS.get((method, path), ())})
+                extra = DIALECT_ERRORS.get(kind, ROUTE_ERRORS.get((method, path), ()))
+                statuses = sorted({*EDGE_ERRORS, *extra})
                 answers = operation.setdefault("responses", {})
                 for status in statuses:
                     if str(status) in answers and status != 422:
                         continue  # the route declared its own body for this status
                     answers[str(status)] = {
-                        "description": DESCRIPTIONS[status],
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+                        "description": DESCRIPTIONS.get(status) or DESCRIPTIONS_EXTRA[status],
+                        "content": {"application/json": {"schema": ref}},
                     }
+                if kind == "openai":
+                    answers.pop("422", None)  # OpenAI reports refused values as 400
                 if answers.get("422", {}).get("content", {}).get("application/json", {}).get("schema", {}).get(
                     "$ref"
                 ) == "#/components/schemas/HTTPValidationError":
-                    answers["422"]["content"]["application/json"]["schema"] = {
-                        "$ref": "#/components/schemas/ErrorBody"
-                    }
+                    answers["422"]["content"]["application/json"]["schema"] = ref
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
         app.openapi_schema = schema

@@ -47,7 +47,7 @@ from sdworker.engine.protocol import (
 from sdworker.engine.scheduler_names import SCHEDULER_NAMES
 from sdworker.engine.schedulers import describe_scheduler
 from sdworker.engine.slots import ModelSlot, TaesdCache, build_slot
-from sdworker.engine.step_hook import StepCallback
+from sdworker.engine.step_hook import Interrupted, StepCallback
 from sdworker.engine.x0 import X0Recorder
 from sdworker.errors import GenerationFailed, InvalidRequest, JobCancelled, ModelNotFound, NotReady, SdworkerError
 from sdworker.imaging.decode import check_mask_matches
@@ -203,8 +203,12 @@ class DiffusersEngine:
         started = time.perf_counter()
         pipe.scheduler = scheduler
         completed = False
+        steps_run: int | None = None
         try:
-            output = pipe(**kwargs, callback_on_step_end=callback, output_type="pil")
+            try:
+                images = pipe(**kwargs, callback_on_step_end=callback, output_type="pil").images
+            except Interrupted as stop:  # A1111's interrupt: finish with the latents we have
+                images, steps_run = _decode_latents(pipe, stop.latents), stop.steps_done
             completed = True
         except (JobCancelled, SdworkerError):
             raise
@@ -225,12 +229,12 @@ class DiffusersEngine:
                 gc.collect()
                 torch.cuda.empty_cache()
         return GenerationResult(
-            images=tuple(output.images),
+            images=tuple(images),
             seeds=seeds,
             width=request.width,
             height=request.height,
             scheduler=scheduler_name,
-            steps_run=int(getattr(pipe, "_num_timesteps", request.num_inference_steps)),
+            steps_run=steps_run or int(getattr(pipe, "_num_timesteps", request.num_inference_steps)),
             seconds=time.perf_counter() - started,
             model=slot.name,
             model_hash=slot.short_hash,
@@ -351,6 +355,23 @@ def _notify(hook: ModelLoadHook | None, name: str, phase: str, seconds: float) -
         hook(name, phase, seconds)
     except Exception:  # a watcher's hook must never fail a load
         log.warning("on_model_load hook failed", exc_info=True)
+
+
+def _decode_latents(pipe: Any, latents: torch.Tensor) -> list[Image.Image]:
+    """What the pipeline's own end does with its final latents, for an interrupted job's latents."""
+    vae = pipe.vae
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    with torch.no_grad():
+        if upcast:  # SDXL's VAE overflows in float16; its pipeline decodes in float32 too
+            vae.to(torch.float32)
+        try:
+            scaled = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
+            pixels = vae.decode(scaled, return_dict=False)[0]
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+    images: list[Image.Image] = pipe.image_processor.postprocess(pixels, output_type="pil")
+    return images
 
 
 def _validate(request: GenerationRequest) -> None:

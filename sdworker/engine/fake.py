@@ -193,6 +193,9 @@ class FakeEngine:
                 raise GenerationFailed(f"the fake engine failed at step {step}")
             if on_step is not None:
                 on_step(_FakeStepView(self, seed, step, total, request.width, request.height))
+            if cancel is not None and cancel.interrupted:
+                total = step  # A1111's interrupt: finish with what we have
+                break
             if cancel is not None:
                 cancel.raise_if_cancelled()
         seeds = tuple(seed + i for i in range(request.num_images))

@@ -234,7 +234,8 @@ class Engine(Protocol):
         cancel: CancelToken | None = None,
         on_model_load: ModelLoadHook | None = None,
     ) -> GenerationResult:
-        """Run one generation. Raises ``JobCancelled`` when ``cancel`` is set (checked every step),
+        """Run one generation. Raises ``JobCancelled`` when ``cancel`` is set (checked every step); when
+        it was *interrupted* (``CancelToken.interrupt``) returns a normal result from the latents it has,
         ``InvalidRequest`` subclasses for requests this model cannot serve (e.g. unknown scheduler),
         ``GenerationFailed`` for anything else with a message safe to show. When ``request.model`` is
         not in memory it is loaded first (``on_model_load`` hears when that starts and ends)."""

@@ -15,6 +15,10 @@ still runs the full VAE decode and returns an image nobody wants, and it is a fl
 pipeline object that the next job would have to reset. A cancel therefore stops within one step:
 the step that is running finishes (a UNet call cannot be interrupted from Python), then nothing more.
 
+An *interrupt* (A1111's, ``CancelToken.interrupt``) leaves the loop the same way, raising
+``Interrupted`` with the latents it has; the engine decodes those with the VAE and returns a normal
+result, so the job completes with the image as it stood.
+
 Cost when nobody watches: no preview requested means no tensor is touched here, nothing is synced
 with the GPU, and x0 is never computed (it is computed lazily, only when a preview asks).
 """
@@ -76,6 +80,20 @@ class DiffusersStepView:
         return self._renderer(method, max_size, self._latents, "latents")
 
 
+class Interrupted(Exception):
+    """Raised by the step callback when the job was *interrupted* (A1111's interrupt, not a cancel).
+
+    Carries the latents to finish with: the model's predicted x0 where the scheduler gives one (what
+    A1111 decodes: its samplers keep ``denoised`` as the last latent), else the current latents. The
+    engine catches it in ``generate`` and decodes them with the VAE into a normal result.
+    """
+
+    def __init__(self, latents: Any, steps_done: int) -> None:
+        super().__init__("interrupted")
+        self.latents = latents
+        self.steps_done = steps_done
+
+
 class StepCallback:
     """diffusers' ``callback_on_step_end`` for one job: report, preview on request, cancel by raising.
 
@@ -106,6 +124,9 @@ class StepCallback:
         if self.on_step is not None:
             total = getattr(pipe, "_num_timesteps", None) or len(pipe.scheduler.timesteps)
             self.on_step(DiffusersStepView(index + 1, int(total), tensors["latents"], self.recorder, self.renderer))
+        if self.cancel is not None and self.cancel.interrupted:
+            x0 = self.recorder.predicted_x0() if self.recorder is not None else None
+            raise Interrupted(x0 if x0 is not None else tensors["latents"], self.steps_done)
         if self.cancel is not None and self.cancel.cancelled:
             raise JobCancelled("the job was cancelled")
         return tensors

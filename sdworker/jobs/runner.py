@@ -74,6 +74,8 @@ class JobRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._current: Lease | None = None
         self._stopping = False
+        self._hand_back = False
+        self._grace_over = False
         self._listeners: list[Callable[[], None]] = []
         self.state = "loading"  # loading | ready | failed | stopped
         self.reason: str | None = "the model is loading"
@@ -114,27 +116,34 @@ class JobRunner:
 
     async def stop(self, grace_seconds: float, *, hand_back: bool = False) -> None:
         """Take no new job; let the running one finish within ``grace_seconds``, then cancel it or
-        (``hand_back``) give it back to the queue at once."""
+        (``hand_back``) give it back to the queue at once.
+
+        The dispatch task is never cancelled while it may be inside ``claim``: a job claimed at that
+        moment would be held by nobody. It is left to return (``claim`` waits at most a second); a job
+        it claimed just then runs within the grace like any other, or is stopped once the grace is over.
+        """
         self._stopping = True
+        self._hand_back = hand_back
         self.reason = "the server is shutting down"
         await self._source.set_engine(None, state="stopping", reason=self.reason)
         self._changed()
         main = self._main
         if main is not None and not main.done():
-            if self._current is None:
-                main.cancel()
-            else:
-                done, _ = await asyncio.wait({main}, timeout=grace_seconds)
-                lease = self._current
-                if not done and lease is not None:
-                    if hand_back:
-                        await lease.release()
-                    lease.control.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(main), timeout=max(grace_seconds, 1.0) + 60.0)
+            done, _ = await asyncio.wait({main}, timeout=grace_seconds)
+            if not done:
+                self._grace_over = True
+                if self._current is not None:
+                    await self._stop_lease(self._current)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(main), timeout=max(grace_seconds, 1.0) + 60.0)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=30.0)
         self.state = "stopped"
+
+    async def _stop_lease(self, lease: Lease) -> None:
+        if self._hand_back:
+            await lease.release()
+        lease.control.cancel()
 
     async def close(self, timeout_seconds: float = 10.0) -> None:
         """Free the engine on its own thread (it is not thread-safe), then let both threads go. If the
@@ -165,11 +174,9 @@ class JobRunner:
         self._changed()
         while not self._stopping:
             leases = await self._source.claim(self._models, wait_seconds=1.0)
-            for index, lease in enumerate(leases):
-                if self._stopping:
-                    for rest in leases[index:]:
-                        await rest.release()
-                    break
+            for lease in leases:
+                if self._grace_over:
+                    await self._stop_lease(lease)  # claimed as the grace ran out: handed back or cancelled
                 self._current = lease
                 self._changed()
                 try:

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from sdworker.api.errors import dialect
 from sdworker.api.guard import host_patterns
 from sdworker.api.responses import ROUTE_ERRORS
 from sdworker.settings import Settings
@@ -189,10 +190,13 @@ async def test_openapi_lists_the_errors_routes_really_return() -> None:
     assert {"404", "409"} <= set(operations[("get", "/v1/jobs/{job_id}/image")]["responses"])
     ready = operations[("get", "/ready")]["responses"]["503"]["content"]["application/json"]["schema"]
     assert ready == {"$ref": "#/components/schemas/Readiness"}
+    # Each dialect documents its own error body: ours, OpenAI's (/v1/images, /v1/models), A1111's (/sdapi).
+    bodies = {"native": "ErrorBody", "openai": "OpenAIErrorBody", "a1111": "A1111ErrorBody"}
     for key, operation in operations.items():
         for status, answer in operation["responses"].items():
             if status.startswith(("4", "5")) and key != ("get", "/ready"):
-                assert answer["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+                expected = {"$ref": f"#/components/schemas/{bodies[dialect(key[1])]}"}
+                assert answer["content"]["application/json"]["schema"] == expected, (key, status)
     assert "HTTPValidationError" not in schema["components"]["schemas"]
 
 
