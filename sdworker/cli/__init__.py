@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--preview-method", dest="preview_method", default=None)
     gen.add_argument("--preview-format", dest="preview_format", default=None)
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.add_argument("--url", default=None, help="run on the sdworker at this URL (also SDWORKER_URL)")
 
     demo = sub.add_parser("demo-model", help="write the tiny random-weight demo model to DIR")
     demo.add_argument("dir")
@@ -87,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_serve(args)
         if args.command == "generate":
+            from sdworker.cli.remote import remote_url, run_remote_generate
+
+            if url := remote_url(args):
+                return run_remote_generate(args, url)
             from sdworker.cli.generate import run_generate
 
             return run_generate(args)
