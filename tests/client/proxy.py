@@ -36,6 +36,8 @@ class TcpProxy:
             sock.close()
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() (close alone does not)
         self._listener.close()
         self.cut()
         self._thread.join(timeout=5)
