@@ -10,10 +10,14 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from sdworker import __version__
+from sdworker.cli.extras import missing_worker_package
 from sdworker.errors import SdworkerError
-from sdworker.settings import Settings
+
+if TYPE_CHECKING:  # imported when used: a client-only install has no server settings' packages
+    from sdworker.settings import Settings
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -104,10 +108,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        if (message := missing_worker_package(exc, args.command)) is None:
+            raise
+        print(f"sdworker: error: {message}", file=sys.stderr)
+        return 2
     return 2
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by every flag that names a setting and was given."""
+    from sdworker.settings import Settings
+
     names = {f.name for f in dataclasses.fields(Settings)}
     return Settings.from_env(**{k: v for k, v in vars(args).items() if k in names})
