@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from sdworker import __version__
+from sdworker.cli.extras import missing_worker_package
 from sdworker.cli.flags import add_setting_flags, settings_from_args
 from sdworker.errors import SdworkerError
 
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--preview-method", dest="preview_method", default=None)
     gen.add_argument("--preview-format", dest="preview_format", default=None)
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.add_argument("--url", default=None, help="run on the sdworker at this URL (also SDWORKER_URL)")
 
     demo = sub.add_parser("demo-model", help="write the tiny random-weight demo model to DIR")
     demo.add_argument("dir")
@@ -78,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("api", "worker"):
             return _run_fleet_node(args)
         if args.command == "generate":
+            from sdworker.cli.remote import remote_url, run_remote_generate
+
+            if url := remote_url(args):
+                return run_remote_generate(args, url)
             from sdworker.cli.generate import run_generate
 
             return run_generate(args)
@@ -90,6 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        if (message := missing_worker_package(exc, args.command)) is None:
+            raise
+        print(f"sdworker: error: {message}", file=sys.stderr)
+        return 2
     return 2
 
 

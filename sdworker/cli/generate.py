@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from sdworker.cli.outputs import output_paths
 from sdworker.engine.protocol import GenerationRequest, Operation, StepView
 from sdworker.engine.scheduler_names import get_spec
 from sdworker.errors import InvalidRequest
@@ -124,13 +125,6 @@ def build_request(args: argparse.Namespace, settings: Settings) -> GenerationReq
         mask_image=mask,
         strength=strength,
     )
-
-
-def output_paths(output: Path, count: int) -> list[Path]:
-    """``out.png`` for one image; ``out-0.png``, ``out-1.png``, ... for several."""
-    if count == 1:
-        return [output]
-    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
 
 
 def _default_side(init: Any, axis: int) -> int:
