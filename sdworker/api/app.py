@@ -68,6 +68,7 @@ def create_app(
             engine, source, metrics, max_pixels=settings.max_pixels, models=models, encode=encode,
             png_text=png_text_for(settings),
         )
+        runner.fail_on_death = service.backend == "memory"  # a fleet retries the job elsewhere
     node = Node(settings, service, runner, source)
     if settings.queen_url and runner is not None:
         node.heartbeat = _queen_heartbeat(settings, node)

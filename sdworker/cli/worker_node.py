@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 
 from sdworker.backends.redis.service import redacted
@@ -28,11 +29,17 @@ def run_worker(args: argparse.Namespace) -> int:
     if not settings.redis_url:
         raise InvalidRequest("sdworker worker needs --redis URL (or SDWORKER_REDIS_URL)", field="redis_url")
     configure_logging(args)
-    asyncio.run(_work(settings))
+    dead = asyncio.run(_work(settings))
+    if dead:
+        # The GPU thread died or is stuck: exit non-zero for the supervisor, without the interpreter
+        # joining that thread forever.
+        logging.shutdown()
+        os._exit(70)
     return 0
 
 
-async def _work(settings: Settings) -> None:
+async def _work(settings: Settings) -> bool:
+    """Runs until a signal or the death of the generation thread; True if it died."""
     from sdworker.backends.redis.source import RedisJobSource
     from sdworker.engine.diffusers_engine import DiffusersEngine
     from sdworker.jobs.metrics import ServiceMetrics
@@ -45,6 +52,7 @@ async def _work(settings: Settings) -> None:
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    runner.on_death.append(lambda reason: stop.set())  # its job's lease expires: the fleet retries it
     signals = 0
 
     def on_signal() -> None:
@@ -66,3 +74,4 @@ async def _work(settings: Settings) -> None:
     with contextlib.suppress(Exception):
         await runner.close()
     await source.close()
+    return runner.dead
