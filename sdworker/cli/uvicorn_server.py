@@ -89,6 +89,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings, log_level: str) -> uvicorn.
     - bodies are bounded by the app (``max_body_bytes``), streams by the job layer.
     """
     GuardedH11Protocol.header_timeout_seconds = settings.header_timeout_seconds
+    GuardedH11Protocol.max_head_bytes = MAX_HEAD_BYTES
     return uvicorn.Config(
         app,
         host=settings.host,
