@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from pathlib import Path
 
 import httpx
 import pytest
+
+from sdworker.client import Client
+from sdworker.client.errors import Unauthorized
 
 from .chromium import CHROMIUM, CHROMIUM_ARGS
 from .server import LiveServer, free_port
@@ -16,6 +20,8 @@ from .server import LiveServer, free_port
 pytestmark = [pytest.mark.live, pytest.mark.browser, pytest.mark.slow]
 
 KEY = "live-test-key-0123456789"
+FILE_KEY = "file-key-0123456789abcd"
+ROTATED_KEY = "rotated-key-0123456789ab"
 JOB = {"prompt": "a red cube", "width": 64, "height": 64, "steps": 4, "scheduler": "euler"}
 PAGE = """<!DOCTYPE html><html><body><div id="events"></div><img id="final">
 <script>
@@ -33,8 +39,11 @@ async def test_signed_urls_work_in_chromium(demo_cache_dir: Path, tmp_path: Path
     if not CHROMIUM.exists():
         pytest.skip(f"no Chromium at {CHROMIUM}")
     playwright_api = pytest.importorskip("playwright.async_api")
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(FILE_KEY + "\n")
     server = LiveServer(
-        demo_cache_dir, free_port(), "--api-key", KEY, "--cors-origins", "*", log_path=tmp_path / "log"
+        demo_cache_dir, free_port(), "--api-key", KEY, "--api-keys-file", str(keys_file), "--cors-origins", "*",
+        log_path=tmp_path / "log",
     )
     try:
         await asyncio.to_thread(server.wait_ready)
@@ -61,7 +70,23 @@ async def test_signed_urls_work_in_chromium(demo_cache_dir: Path, tmp_path: Path
                 finally:
                     await browser.close()
             assert events is not None and "complete;" in events
-            # The server log never shows the key.
-            assert KEY not in server.log()
+            # The reference Python client sends its key on every request, the stream included.
+            with Client(server.url, api_key=KEY) as sdk:
+                assert len(sdk.generate(**JOB).pngs) == 1
+            with Client(server.url) as sdk, pytest.raises(Unauthorized):
+                sdk.submit(**JOB)
+            # The keys file is re-read on SIGHUP: a rotated key works, the old one no longer.
+            info = "/v1/info"
+            assert (await client.get(info, headers={"Authorization": f"Bearer {FILE_KEY}"})).status_code == 200
+            keys_file.write_text(ROTATED_KEY + "\n")
+            server.process.send_signal(signal.SIGHUP)
+            async with asyncio.timeout(30):
+                while (await client.get(info, headers={"Authorization": f"Bearer {ROTATED_KEY}"})).status_code != 200:
+                    await asyncio.sleep(0.1)
+            assert (await client.get(info, headers={"Authorization": f"Bearer {FILE_KEY}"})).status_code == 401
+            assert (await client.get(info, headers={"Authorization": f"Bearer {KEY}"})).status_code == 200
+            # The server log never shows a key.
+            for key in (KEY, FILE_KEY, ROTATED_KEY):
+                assert key not in server.log()
     finally:
         server.stop()
