@@ -100,6 +100,16 @@ async def test_signed_urls_open_one_job_until_they_expire() -> None:
         assert (await c.get(f"/v1/jobs/{'0' * 32}/stream?token={live}")).status_code == 404
 
 
+async def test_openai_image_urls_are_signed() -> None:
+    async with running_app(**AUTH) as app:
+        body = {"prompt": "a cat", "size": "64x64", "response_format": "url"}
+        answer = await app.client.post("/v1/images/generations", json=body, headers=bearer(ALICE))
+        assert answer.status_code == 200, answer.text
+        url = answer.json()["data"][0]["url"]
+        assert "token=" in url
+        assert (await app.client.get(url)).headers["content-type"] == "image/png"  # no key needed
+
+
 async def test_cancel_not_yet_taken_effect_answers_202() -> None:
     async with running_app(FakeEngine(step_seconds=0.2), **AUTH) as app:
         c = app.client
