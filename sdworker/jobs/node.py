@@ -68,7 +68,7 @@ class Node:
     @property
     def must_exit_hard(self) -> bool:
         """The GPU thread is stuck or dead: the interpreter would wait on it forever at exit."""
-        return self.runner is not None and self.runner.dead
+        return self.runner is not None and (self.runner.dead or self.runner.abandoned)
 
     def _runner_died(self, reason: str) -> None:
         log.critical("%s: draining, then exiting for a restart", reason)

@@ -80,7 +80,8 @@ class JobRunner:
         self._listeners: list[Callable[[], None]] = []
         self.fail_on_death = False  # create_app: True in memory mode (see _thread_died)
         self.on_death: list[Callable[[str], None]] = []
-        self.dead = False  # the GPU thread died or is stuck: nothing may wait on it any more
+        self.dead = False  # the GPU thread died (_thread_died)
+        self.abandoned = False  # the GPU thread was stuck at shutdown and left behind (_abandon)
         self.state = "loading"  # loading | ready | failed | stopped
         self.reason: str | None = "the model is loading"
 
@@ -149,12 +150,12 @@ class JobRunner:
         """The job did not stop within ``STOP_SECONDS`` of its cancel: the step is stuck inside the
         engine (a hung kernel, a deadlock) and no cancel token reaches it. End the job from here so
         its watchers get their terminal event (memory: ``shutting_down``; a fleet: handed back), and
-        mark the GPU thread dead so nothing waits on it again (``close`` skips the engine; the CLI
+        mark the GPU thread abandoned so nothing waits on it again (``close`` skips the engine; the CLI
         exits hard once the streams are ended, as the interpreter would join the thread forever)."""
         lease = self._current
         log.error("the running job did not stop within %.0f s of its cancel; abandoning the GPU thread",
                   STOP_SECONDS)
-        self.dead = True
+        self.abandoned = True
         if lease is not None:
             if self._hand_back:
                 await lease.release()
@@ -173,7 +174,7 @@ class JobRunner:
         """Free the engine on its own thread (it is not thread-safe), then let both threads go. If the
         GPU thread is stuck (a model still loading), give up after ``timeout_seconds``."""
         loop = asyncio.get_running_loop()
-        if self.dead:
+        if self.dead or self.abandoned:
             timeout_seconds = 0.1  # the GPU thread is stuck or broken: queue nothing behind it
         try:
             await asyncio.wait_for(loop.run_in_executor(self._gpu, self._engine.close), timeout_seconds)
