@@ -6,6 +6,8 @@
 const KEY = "sdworker.apiKey";
 const TOKENS = "sdworker.tokens";
 const plainFetch = window.fetch.bind(window);
+let asking = null;
+let declined = false;
 
 function sameOrigin(input) {
   const url = new URL(typeof input === "string" ? input : input.url, location.href);
@@ -20,11 +22,16 @@ async function authedFetch(input, init = {}) {
     return plainFetch(input, { ...init, headers });
   };
   let res = await send(sessionStorage.getItem(KEY));
-  if (res.status === 401) {
-    const key = window.prompt("This worker needs an API key:");
+  if (res.status === 401 && !declined) {
+    // One prompt at a time: the page's polls would otherwise stack a dialog each.
+    asking = asking || Promise.resolve(window.prompt("This worker needs an API key:"));
+    const key = ((await asking) || "").trim();
+    asking = null;
     if (key) {
-      sessionStorage.setItem(KEY, key.trim());
-      res = await send(key.trim());
+      sessionStorage.setItem(KEY, key);
+      res = await send(key);
+    } else {
+      declined = true; // asked once; a reload asks again
     }
   }
   return res;
