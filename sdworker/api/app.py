@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from sdworker import __version__
-from sdworker.api.auth import AuthMiddleware, KeyRing, install_reload
+from sdworker.api.auth import AuthMiddleware, KeyRing, install_reload, url_signer
 from sdworker.api.compat.a1111_routes import router as a1111_router
 from sdworker.api.compat.a1111_state import A1111State
 from sdworker.api.compat.openai_routes import router as openai_router
@@ -33,7 +33,7 @@ from sdworker.api.routes_fleet import router as fleet_router
 from sdworker.api.routes_jobs import router as jobs_router
 from sdworker.api.routes_models import router as models_router
 from sdworker.api.routes_system import router as system_router
-from sdworker.api.signing import JobLinks, UrlSigner
+from sdworker.api.signing import JobLinks
 from sdworker.engine.protocol import Engine
 from sdworker.jobs.heartbeat import QueenHeartbeat, WorkerCard
 from sdworker.jobs.memory import MemoryJobService
@@ -75,7 +75,7 @@ def create_app(
         runner.listen(node.heartbeat.changed)
 
     keys = KeyRing(settings)
-    signer = UrlSigner(settings.signing_secret)
+    signer = url_signer(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

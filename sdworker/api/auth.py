@@ -94,6 +94,14 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
+def url_signer(settings: Settings) -> UrlSigner:
+    """The signer of job URLs. In a fleet every API node must share ``--signing-secret``: a URL
+    signed by one node is followed to another; a generated secret is this process's alone."""
+    if settings.has_auth() and settings.redis_url and not settings.signing_secret:
+        log.warning("no --signing-secret in a fleet: signed stream and image URLs work only on this API node")
+    return UrlSigner(settings.signing_secret)
+
+
 def install_reload(ring: KeyRing) -> None:
     """Re-read the keys on SIGHUP (the main thread's loop only: tests run the app elsewhere)."""
     with contextlib.suppress(RuntimeError, ValueError, NotImplementedError, AttributeError):
