@@ -203,8 +203,8 @@ def latency(api: str, memory_url: str, args: argparse.Namespace) -> dict[str, An
     through_redis = asyncio.run(one_stream_latency(api, args))
     asyncio.run(one_stream_latency(memory_url, _warm(args)))
     in_memory = asyncio.run(one_stream_latency(memory_url, args))
-    return {name: {"events": len(values), "p50_ms": 1000 * percentile(values, 50),
-                   "p99_ms": 1000 * percentile(values, 99)}
+    return {name: {"events": len(values), "p50_ms": 1000 * percentile(values, 0.50),
+                   "p99_ms": 1000 * percentile(values, 0.99)}
             for name, values in (("redis", through_redis), ("memory", in_memory))}
 
 
@@ -243,8 +243,8 @@ async def spread_watchers(apis: list[str], args: argparse.Namespace) -> dict[str
         "nodes": len(apis),
         "got_terminal": len(terminal),
         "errors": sum(1 for r in results if isinstance(r, BaseException)),
-        "terminal_p50_ms": 1000 * percentile(delays, 50) if delays else None,
-        "terminal_p99_ms": 1000 * percentile(delays, 99) if delays else None,
+        "terminal_p50_ms": 1000 * percentile(delays, 0.50) if delays else None,
+        "terminal_p99_ms": 1000 * percentile(delays, 0.99) if delays else None,
     }
 
 
