@@ -1,4 +1,8 @@
-"""A worker dies, pauses or is stopped mid-job: the job still ends exactly once (issue #9)."""
+"""A worker dies, pauses or is stopped mid-job: the job still ends exactly once (issue #9).
+
+In this order on purpose: the tests that only pause workers first, then SIGKILL (which starts one
+replacement), then SIGTERM (the last test: its worker need not be replaced). A worker takes ~10 s
+to start."""
 
 from __future__ import annotations
 
@@ -41,33 +45,8 @@ async def _finished(client: httpx.AsyncClient, base: str, job_id: str, timeout: 
     return dict(await until(check, timeout, f"{job_id} to finish"))
 
 
-async def test_sigkill_mid_job_another_worker_finishes_it_with_the_same_pixels(fleet: Fleet) -> None:
-    fleet.wait_workers(2)
-    a, b = fleet.apis[0].url, fleet.apis[1].url
-    async with httpx.AsyncClient(timeout=30) as client:
-        job_id = await submit(client, a, steps=250, seed=1234)
-        watchers = [Watcher(), Watcher()]
-        tasks = [asyncio.create_task(watch(client, f"{base}/v1/jobs/{job_id}/stream", w))
-                 for base, w in zip((a, b), watchers, strict=True)]
-        victim = fleet.by_id(await _running_on(client, a, job_id, attempt=1))
-        victim.signal(signal.SIGKILL)
-        fleet.worker()  # its replacement, for the next tests (starts while this one runs)
-        await asyncio.wait_for(asyncio.gather(*tasks), 120)
-        view = await _finished(client, a, job_id)
-        assert view["status"] == "completed" and view["attempt"] == 2 and view["worker"] != victim.worker_id
-        for w in watchers:
-            names = w.names()
-            assert w.count("complete") == 1 and names[-2:] == ["complete", "end"], names
-            retry = next(e for e in w.events if e.name == "retrying")
-            assert retry.data["attempt"] == 2 and retry.data["reason"] == "worker_lost"
-            after = names[names.index("retrying"):]
-            assert after[1] == "started" and "progress" in after, after
-            assert w.ids() == sorted(set(w.ids())), "ids repeat or go back"
-        assert watchers[0].ids() == watchers[1].ids(), "both nodes stream the same events and ids"
-        # The same spec and seed, undisturbed: the same pixels as the retried run.
-        again = await submit(client, b, steps=250, seed=1234)
-        await _finished(client, b, again)
-        assert np.array_equal(await _pixels(client, a, job_id), await _pixels(client, b, again))
+async def _logged(proc: object, text: str) -> bool:
+    return text in proc.log()  # type: ignore[attr-defined]
 
 
 async def test_a_paused_worker_cannot_publish_a_second_result(fleet: Fleet) -> None:
@@ -92,30 +71,6 @@ async def test_a_paused_worker_cannot_publish_a_second_result(fleet: Fleet) -> N
         # The zombie noticed it was fenced off and ran no second result into the job.
         await until(lambda: _logged(zombie, "lease lost"), 30, "the zombie to notice")
         assert (await job(client, a, job_id))["status"] == "completed"
-
-
-async def _logged(proc: object, text: str) -> bool:
-    return text in proc.log()  # type: ignore[attr-defined]
-
-
-async def test_sigterm_hands_the_job_back_without_counting_an_attempt(fleet: Fleet) -> None:
-    fleet.wait_workers(2)
-    a = fleet.apis[0].url
-    async with httpx.AsyncClient(timeout=30) as client:
-        job_id = await submit(client, a, steps=400, seed=9)
-        watcher = Watcher()
-        task = asyncio.create_task(watch(client, f"{a}/v1/jobs/{job_id}/stream", watcher))
-        leaving = fleet.by_id(await _running_on(client, a, job_id, attempt=1))
-        leaving.signal(signal.SIGTERM)  # grace 1 s: the job needs several, so it is handed back
-        fleet.worker()
-        await asyncio.wait_for(task, 120)
-        view = await _finished(client, a, job_id)
-        assert view["status"] == "completed" and view["attempt"] == 1 and view["worker"] != leaving.worker_id
-        retry = next(e for e in watcher.events if e.name == "retrying")
-        # handed_back (not worker_lost): the other worker took it at once, not after the claim time
-        assert (retry.data["attempt"], retry.data["reason"]) == (1, "handed_back")
-        assert watcher.count("complete") == 1
-        assert leaving.process.wait(30) == 0
 
 
 async def test_after_max_attempts_the_job_is_dead_lettered_and_can_be_requeued(fleet: Fleet) -> None:
@@ -155,3 +110,51 @@ async def test_after_max_attempts_the_job_is_dead_lettered_and_can_be_requeued(f
         await client.delete(f"{a}/v1/jobs/{new_id}")
         assert job_id not in [d["job_id"] for d in (await client.get(f"{a}/v1/dead")).json()["jobs"]]
         await _finished(client, a, new_id)
+
+
+async def test_sigkill_mid_job_another_worker_finishes_it_with_the_same_pixels(fleet: Fleet) -> None:
+    fleet.wait_workers(2)
+    a, b = fleet.apis[0].url, fleet.apis[1].url
+    async with httpx.AsyncClient(timeout=30) as client:
+        job_id = await submit(client, a, steps=150, seed=1234)
+        watchers = [Watcher(), Watcher()]
+        tasks = [asyncio.create_task(watch(client, f"{base}/v1/jobs/{job_id}/stream", w))
+                 for base, w in zip((a, b), watchers, strict=True)]
+        victim = fleet.by_id(await _running_on(client, a, job_id, attempt=1))
+        victim.signal(signal.SIGKILL)
+        fleet.worker()  # its replacement, for the next tests (starts while this one runs)
+        await asyncio.wait_for(asyncio.gather(*tasks), 120)
+        view = await _finished(client, a, job_id)
+        assert view["status"] == "completed" and view["attempt"] == 2 and view["worker"] != victim.worker_id
+        for w in watchers:
+            names = w.names()
+            assert w.count("complete") == 1 and names[-2:] == ["complete", "end"], names
+            retry = next(e for e in w.events if e.name == "retrying")
+            assert retry.data["attempt"] == 2 and retry.data["reason"] == "worker_lost"
+            after = names[names.index("retrying"):]
+            assert after[1] == "started" and "progress" in after, after
+            assert w.ids() == sorted(set(w.ids())), "ids repeat or go back"
+        assert watchers[0].ids() == watchers[1].ids(), "both nodes stream the same events and ids"
+        # The same spec and seed, undisturbed: the same pixels as the retried run.
+        again = await submit(client, b, steps=150, seed=1234)
+        await _finished(client, b, again)
+        assert np.array_equal(await _pixels(client, a, job_id), await _pixels(client, b, again))
+
+
+async def test_sigterm_hands_the_job_back_without_counting_an_attempt(fleet: Fleet) -> None:
+    fleet.wait_workers(2)
+    a = fleet.apis[0].url
+    async with httpx.AsyncClient(timeout=30) as client:
+        job_id = await submit(client, a, steps=400, seed=9)
+        watcher = Watcher()
+        task = asyncio.create_task(watch(client, f"{a}/v1/jobs/{job_id}/stream", watcher))
+        leaving = fleet.by_id(await _running_on(client, a, job_id, attempt=1))
+        leaving.signal(signal.SIGTERM)  # grace 1 s: the job needs several, so it is handed back
+        await asyncio.wait_for(task, 120)
+        view = await _finished(client, a, job_id)
+        assert view["status"] == "completed" and view["attempt"] == 1 and view["worker"] != leaving.worker_id
+        retry = next(e for e in watcher.events if e.name == "retrying")
+        # handed_back (not worker_lost): the other worker took it at once, not after the claim time
+        assert (retry.data["attempt"], retry.data["reason"]) == (1, "handed_back")
+        assert watcher.count("complete") == 1
+        assert leaving.process.wait(30) == 0
