@@ -112,6 +112,7 @@ class MemoryJobService:
         self._idempotency: dict[tuple[str | None, str], str] = {}
         self._finished: dict[str, asyncio.Event] = {}
         self._accepting = True
+        self._claims_stopped = asyncio.Event()
         self._engine_info: EngineInfo | None = None
         self._engine_state = "none"  # none (no runner) | loading | ready | failed | stopping
         self._engine_reason: str | None = None
@@ -247,12 +248,19 @@ class MemoryJobService:
     async def claim(
         self, models: Collection[str] | None, *, limit: int = 1, wait_seconds: float = 1.0
     ) -> list[Lease]:
+        # Wait for a job, a shutdown (stop_claiming) or the timeout, whichever comes first. Cancelling
+        # the queue's get is safe: it takes a job only after its last await.
+        getter = asyncio.ensure_future(self._queue.get())
+        stopper = asyncio.ensure_future(self._claims_stopped.wait())
         try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel (and so a shutdown).
-            async with asyncio.timeout(wait_seconds):
-                spec = await self._queue.get()
-        except TimeoutError:
+            await asyncio.wait({getter, stopper}, timeout=wait_seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not getter.done():
+                getter.cancel()
+        if getter.cancelled() or not getter.done():
             return []
+        spec = getter.result()
         leases: list[Lease] = []
         specs = [spec]
         for other in self._queue.specs():
@@ -266,6 +274,9 @@ class MemoryJobService:
                 leases.append(MemoryLease(self, record))
         self._publish_positions()
         return leases
+
+    def stop_claiming(self) -> None:
+        self._claims_stopped.set()
 
     async def set_engine(self, info: EngineInfo | None, *, state: str, reason: str | None = None) -> None:
         self._engine_info = info if info is not None else self._engine_info

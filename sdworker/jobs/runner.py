@@ -128,6 +128,7 @@ class JobRunner:
         it claimed just then runs within the grace like any other, or is stopped once the grace is over.
         """
         self._stopping = True
+        self._source.stop_claiming()
         self._hand_back = hand_back
         self.reason = "the server is shutting down"
         await self._source.set_engine(None, state="stopping", reason=self.reason)

@@ -274,6 +274,11 @@ class RedisJobSource:
             log.warning("could not register with Redis yet; retrying in the background")
         self._registered.set()
 
+    def stop_claiming(self) -> None:
+        """A blocked XREADGROUP returns within its one-second wait; cancelling it could orphan a job
+        that Redis had just handed over, so it is not cancelled."""
+        self.stopping = True
+
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
