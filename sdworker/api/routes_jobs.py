@@ -77,11 +77,17 @@ async def stream_job(
         return Response(status_code=204)  # nothing more will come: browsers stop reconnecting
     settings = deps.settings(request)
     gauge = request.app.state.metrics.streams_open
+    def closed() -> None:
+        # Also when the response never got to start (the client left before the headers): the frame
+        # generator then never ran, so its own cleanup would not release the subscription.
+        gauge.dec()
+        subscription.close()
+
     return EventStreamResponse(
         event_frames(subscription, settings.keepalive_seconds),
         send_timeout_seconds=settings.watcher_stall_seconds,
         on_open=gauge.inc,
-        on_close=gauge.dec,
+        on_close=closed,
     )
 
 

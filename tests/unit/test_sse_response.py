@@ -4,6 +4,7 @@ subscription released however the stream ends."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from sdworker.api.sse import KEEPALIVE, EventStreamResponse, event_frames
@@ -80,4 +81,23 @@ async def test_client_disconnect_ends_the_response_and_releases_the_subscription
     assert bus.watcher_count("j") == 1
     hang_up.set()
     await asyncio.wait_for(task, 2)
+    assert bus.watcher_count("j") == 0
+
+
+async def test_a_response_that_never_starts_still_releases_the_subscription() -> None:
+    """The client left before the headers went out: the frame generator never ran, so only the
+    response's ``on_close`` (which the stream route wires to ``subscription.close``) can release it."""
+    bus = make_bus()
+    sub = bus.subscribe("j")
+    assert bus.watcher_count("j") == 1
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        raise OSError("the client is gone")
+
+    response = EventStreamResponse(event_frames(sub, 15.0), send_timeout_seconds=1.0, on_close=sub.close)
+    with contextlib.suppress(OSError):
+        await response({"type": "http"}, receive, send)  # type: ignore[arg-type]
     assert bus.watcher_count("j") == 0
