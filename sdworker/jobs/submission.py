@@ -8,7 +8,7 @@ from typing import Protocol
 
 from sdworker.engine.prompt_syntax import extract_lora_tags, normalize_lora_name
 from sdworker.engine.protocol import EngineInfo, GenerationRequest, LoraInfo, LoraRef, ModelInfo
-from sdworker.errors import LoraNotFound, ModelNotFound, UnknownScheduler, Unsupported
+from sdworker.errors import LoraIncompatible, LoraNotFound, ModelNotFound, UnknownScheduler, Unsupported
 from sdworker.jobs.inputs import CheckedInputs
 from sdworker.jobs.spec import JobDraft, JobSpec
 
@@ -57,18 +57,24 @@ def check_against_library(
     return chosen.name, chosen.native_size
 
 
-def check_lora_names(draft: JobDraft, known: set[str]) -> None:
+def check_lora_names(draft: JobDraft, loras: tuple[LoraInfo, ...], family: str | None) -> None:
     """An API node without the engine (Redis mode): every LoRA the draft names (``loras`` and the
-    prompt's ``<lora:...>`` tags) must be one some live worker lists; the worker that claims the job
-    checks the rest (escapes, pickles, family) with its engine, as ``validate_request`` does."""
-    from_field = [normalize_lora_name(name) for name, _ in draft.loras]
+    prompt's ``<lora:...>`` tags) must be one some live worker lists, for the model's family where
+    both are known; the worker that claims the job checks the rest (escapes, pickles) with its engine,
+    as ``validate_request`` does."""
+    known = {lora.name: lora for lora in loras}
+    from_field = {normalize_lora_name(name) for name, _ in draft.loras}
     _, tags = extract_lora_tags(draft.prompt)
-    for name in from_field:
-        if name not in known:
-            raise LoraNotFound(f"loras: no LoRA named {name!r} ({_names(known)})", field="loras")
-    for ref in tags:
-        if ref.name not in known:
-            raise LoraNotFound(f"prompt: <lora:{ref.name}> names no LoRA ({_names(known)})", field="prompt")
+    refs = [*(normalize_lora_name(name) for name, _ in draft.loras), *(ref.name for ref in tags)]
+    for name in refs:
+        field = "loras" if name in from_field else "prompt"
+        lora = known.get(name)
+        if lora is None:
+            raise LoraNotFound(f"{field}: no LoRA named {name!r} ({_names(set(known))})", field=field)
+        if family is not None and lora.family is not None and lora.family != family:
+            raise LoraIncompatible(
+                f"{field}: LoRA {name!r} is for {lora.family} models; the job's model is {family}", field=field
+            )
 
 
 def _names(known: set[str]) -> str:

@@ -131,7 +131,8 @@ class RedisJobService:
         model = resolve_model(draft.model, served, default)
         check_against_engine(draft, engines.get(model))
         if fleet.library:  # workers list their LoRAs: refuse unknown names here, not as a failed job
-            check_lora_names(draft, {lora.name for lora in fleet.loras})
+            served_model = _library_entry(model, fleet)
+            check_lora_names(draft, fleet.loras, served_model.family if served_model else None)
         if fleet.queue_depth >= self._settings.max_queue:
             raise self._queue_full()
         checked = await asyncio.to_thread(
@@ -445,18 +446,23 @@ def _libraries(fleet: FleetInfo) -> dict[str, tuple[tuple[ModelInfo, ...], tuple
     return dict(fleet.extra.get("libraries", {}))  # type: ignore[call-overload]
 
 
-def _native_size(model: str, fleet: FleetInfo) -> int:
-    """The default width/height of a job on ``model``: its native size where a worker listed it (for a
-    worker's ``--model`` name, that worker's default model), else 512."""
+def _library_entry(model: str, fleet: FleetInfo) -> ModelInfo | None:
+    """What workers listed about ``model`` (for a worker's ``--model`` name: its default model)."""
     for entry in fleet.library:
         if entry.name == model:
-            return entry.native_size
+            return entry
     for worker in fleet.workers:
         if worker.model == model:
             for entry in _libraries(fleet).get(worker.id, ((), ()))[0]:
                 if entry.is_default:
-                    return entry.native_size
-    return DEFAULT_SIZE
+                    return entry
+    return None
+
+
+def _native_size(model: str, fleet: FleetInfo) -> int:
+    """The default width/height of a job on ``model``: its native size where a worker listed it."""
+    entry = _library_entry(model, fleet)
+    return entry.native_size if entry is not None else DEFAULT_SIZE
 
 
 def _b64(data: bytes | None) -> str | None:
