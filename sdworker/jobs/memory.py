@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Collection
 
 from sdworker.engine.parameters import model_label
-from sdworker.engine.protocol import CancelToken, EngineInfo
+from sdworker.engine.protocol import CancelToken, EngineInfo, LoraInfo, ModelInfo
 from sdworker.errors import JobNotFinished, JobNotFound, NotReady
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import (
@@ -203,16 +203,16 @@ class MemoryJobService:
         return record.images[index]
 
     async def fleet(self) -> FleetInfo:
-        if self._library is not None:
+        # ``models`` stays --model's name (what the compat doors list and hash); ``library`` has the rest.
+        models: tuple[ModelInfo, ...] = ()
+        loras: tuple[LoraInfo, ...] = ()
+        if self._library is not None and self._engine_state == "ready":
             library = self._library
             models, loras = await asyncio.to_thread(lambda: (library.list_models(), library.list_loras()))
-            if models:
-                return FleetInfo(
-                    models=tuple(m.name for m in models), engine=self._engine_info, queue_depth=len(self._queue),
-                    library=models, loras=loras,
-                )
         model = self._settings.model
-        return FleetInfo(models=(model,), engine=self._engine_info, queue_depth=len(self._queue))
+        return FleetInfo(
+            models=(model,), engine=self._engine_info, queue_depth=len(self._queue), library=models, loras=loras
+        )
 
     async def refresh_models(self) -> None:
         """Rescan the engine's folders (on a worker thread: it reads the disk; the library has its own
@@ -321,7 +321,12 @@ class MemoryJobService:
         aliases = frozenset({self._settings.model, model_label(self._settings.model)})
         if self._engine_info is not None:
             aliases |= {self._engine_info.model}
-        return await asyncio.to_thread(check_against_library, draft, self._library, aliases)
+        name, native_size = await asyncio.to_thread(check_against_library, draft, self._library, aliases)
+        if draft.model is None or draft.model in aliases:
+            # The default keeps --model's name, as before the library: the compat doors look its
+            # checkpoint hash up by it, and the runner hands the engine None (its default) for it.
+            return self._resolve_model(draft.model), native_size
+        return name, native_size
 
     def _resolve_model(self, requested: str | None) -> str:
         model = self._settings.model

@@ -30,7 +30,7 @@ def test_generate_returns_b64_png_on_the_default_model(client: openai.OpenAI) ->
     assert result.data is not None and len(result.data) == 2
     images = [Image.open(io.BytesIO(base64.b64decode(item.b64_json or ""))) for item in result.data]
     assert [(image.format, image.size) for image in images] == [("PNG", (64, 64))] * 2
-    assert result.model_extra is not None and result.model_extra["model"] == "demo-sd15"  # which model ran it
+    assert result.model_extra is not None and result.model_extra["model"] == "demo"  # which model ran it
     assert result.size == "64x64" and result.output_format == "png" and result.quality == "medium"
 
 

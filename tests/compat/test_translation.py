@@ -69,4 +69,4 @@ async def test_url_answers_use_the_public_url_and_unknown_models_run_on_the_defa
         assert [item["url"] for item in answer["data"]] == [
             f"https://sd.example.org/worker/v1/jobs/{job_id}/image?index={i}" for i in range(2)
         ]
-        assert answer["model"] == "fake"  # the library's default model, by its own name
+        assert answer["model"] == "demo"

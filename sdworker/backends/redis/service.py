@@ -240,7 +240,7 @@ class RedisJobService:
             await self._call(self._redis.hdel(self._keys.workers, *stale))
         library = _union(m for models, _ in libraries.values() for m in models)
         loras = _union(lora for _, each in libraries.values() for lora in each)
-        models = tuple(sorted({info.model for info, _ in workers} | {m.name for m in library}))
+        models = tuple(sorted({info.model for info, _ in workers}))  # what the compat doors list
         fleet = FleetInfo(
             models=models,
             engine=engine,
