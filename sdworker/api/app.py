@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from sdworker import __version__
+from sdworker.api.auth import AuthMiddleware, KeyRing, install_reload, url_signer
 from sdworker.api.compat.a1111_routes import router as a1111_router
 from sdworker.api.compat.a1111_state import A1111State
 from sdworker.api.compat.openai_routes import router as openai_router
@@ -32,6 +33,7 @@ from sdworker.api.routes_fleet import router as fleet_router
 from sdworker.api.routes_jobs import router as jobs_router
 from sdworker.api.routes_models import router as models_router
 from sdworker.api.routes_system import router as system_router
+from sdworker.api.signing import JobLinks
 from sdworker.engine.parameters import model_label
 from sdworker.engine.protocol import Engine
 from sdworker.jobs.heartbeat import QueenHeartbeat, WorkerCard
@@ -69,6 +71,7 @@ def create_app(
             engine, source, metrics, max_pixels=settings.max_pixels, models=models, encode=encode,
             png_text=png_text_for(settings), default_aliases=(settings.model, model_label(settings.model)),
         )
+        runner.fail_on_death = service.backend == "memory"  # a fleet retries the job elsewhere
     attach = getattr(source, "attach_library", None)
     if engine is not None and attach is not None and source is not service:
         attach(engine)  # a Redis worker lists its library in the registry (memory: attached above)
@@ -77,8 +80,12 @@ def create_app(
         node.heartbeat = _queen_heartbeat(settings, node)
         runner.listen(node.heartbeat.changed)
 
+    keys = KeyRing(settings)
+    signer = url_signer(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        install_reload(keys)
         await node.start()
         try:
             yield
@@ -98,6 +105,8 @@ def create_app(
     app.state.metrics = metrics
     app.state.settings = settings
     app.state.a1111 = A1111State()  # A1111 clients' "global" state: the chosen checkpoint, progress
+    # Authentication (api/auth.py): the caller's owner name for deps.owner, and signed job URLs.
+    app.state.links = JobLinks(signer if keys.enabled else None, settings.result_ttl_seconds)
     install_error_handlers(app)
     app.include_router(jobs_router)
     app.include_router(fleet_router)
@@ -105,6 +114,7 @@ def create_app(
     app.include_router(models_router)
     app.include_router(openai_router)
     app.include_router(a1111_router)
+    app.add_middleware(AuthMiddleware, ring=keys, signer=signer, metrics_public=settings.metrics_public)
     # --- The HTTP edge (api/edge.py): Host/Origin/CORS/content-type guard, body limit, offline
     # /docs, documented error answers. Everything about the edge stays in this one call.
     install_edge(app, settings)

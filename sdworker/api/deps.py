@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
+from sdworker.api.signing import LinkFn
 from sdworker.jobs.node import Node
 from sdworker.jobs.protocol import JobService
 from sdworker.settings import Settings
@@ -28,3 +29,9 @@ def owner(request: Request) -> str | None:
     """The caller's identity: an API key's name once authentication is on (None = sees every job)."""
     value = getattr(request.state, "owner", None)
     return value if isinstance(value, str) else None
+
+
+def links(request: Request) -> LinkFn:
+    """Job URLs as the caller can follow them: signed when the caller authenticated (api/signing.py)."""
+    fn: LinkFn = request.app.state.links
+    return fn

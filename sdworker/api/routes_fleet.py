@@ -18,11 +18,14 @@ async def list_workers(request: Request) -> dict[str, Any]:
     return {"workers": [worker_view(w) for w in fleet.workers], "backend": fleet.backend}
 
 
-@router.get("/v1/dead", summary="Jobs that ran out of attempts (worker_lost), newest first")
+@router.get("/v1/dead", summary="Jobs that ran out of attempts (worker_lost), newest first (admin key)")
 async def list_dead(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
-    return {"jobs": [job_summary(view) for view in await deps.service(request).dead_letters(limit=limit)]}
+    views = await deps.service(request).dead_letters(limit=limit)
+    return {"jobs": [job_summary(view, deps.links(request)) for view in views]}
 
 
-@router.post("/v1/dead/{job_id}/requeue", status_code=202, summary="Run a dead-lettered job again (a new job)")
+@router.post(
+    "/v1/dead/{job_id}/requeue", status_code=202, summary="Run a dead-lettered job again (a new job; admin key)"
+)
 async def requeue_dead(job_id: str, request: Request) -> dict[str, Any]:
-    return submit_answer(await deps.service(request).requeue(job_id))
+    return submit_answer(await deps.service(request).requeue(job_id), deps.links(request))

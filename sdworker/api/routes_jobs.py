@@ -12,6 +12,7 @@ from sdworker.api.schemas import JobRequest, to_draft
 from sdworker.api.sse import EventStreamResponse, event_frames
 from sdworker.api.views import job_detail, job_summary, submit_answer
 from sdworker.errors import InvalidRequest
+from sdworker.jobs.state import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -32,23 +33,29 @@ async def submit_job(
         to_draft(body, deps.settings(request)), owner=deps.owner(request), idempotency_key=key
     )
     response.headers["Location"] = f"/v1/jobs/{view.job_id}"
-    return submit_answer(view)
+    return submit_answer(view, deps.links(request))
 
 
 @router.get("", summary="Recent and queued jobs, newest first")
 async def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     views = await deps.service(request).list_jobs(owner=deps.owner(request), limit=limit)
-    return {"jobs": [job_summary(view) for view in views]}
+    return {"jobs": [job_summary(view, deps.links(request)) for view in views]}
 
 
 @router.get("/{job_id}", summary="A job's status, parameters and result")
 async def get_job(job_id: str, request: Request) -> dict[str, Any]:
-    return job_detail(await deps.service(request).get(job_id, owner=deps.owner(request)))
+    return job_detail(await deps.service(request).get(job_id, owner=deps.owner(request)), deps.links(request))
 
 
-@router.delete("/{job_id}", summary="Cancel a job (idempotent: a finished job is returned unchanged)")
-async def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
-    return job_detail(await deps.service(request).cancel(job_id, owner=deps.owner(request)))
+@router.delete(
+    "/{job_id}",
+    summary="Cancel a job (idempotent: a finished job is returned unchanged; 202 while it is cancelling)",
+)
+async def cancel_job(job_id: str, request: Request, response: Response) -> dict[str, Any]:
+    view = await deps.service(request).cancel(job_id, owner=deps.owner(request))
+    if view.status is JobStatus.CANCELLING:
+        response.status_code = 202  # asked, not yet taken effect: the stream's terminal event says how it ended
+    return job_detail(view, deps.links(request))
 
 
 @router.get("/{job_id}/image", summary="The final PNG", response_class=Response)

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
+from sdworker.api.signing import LinkFn, plain_link
 from sdworker.engine.protocol import Operation
 from sdworker.jobs.spec import JobSpec
 from sdworker.jobs.state import JobStatus, JobView, WorkerInfo
@@ -18,17 +19,18 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def submit_answer(view: JobView) -> dict[str, Any]:
-    """The 202 body of ``POST /v1/jobs`` (also for a repeated ``Idempotency-Key``)."""
+def submit_answer(view: JobView, link: LinkFn = plain_link) -> dict[str, Any]:
+    """The 202 body of ``POST /v1/jobs`` (also for a repeated ``Idempotency-Key``). ``link`` signs the
+    URLs for an authenticated caller (``deps.links``)."""
     return {
         "job_id": view.job_id,
-        "sse_url": f"/v1/jobs/{view.job_id}/stream",
+        "sse_url": link(view, f"/v1/jobs/{view.job_id}/stream"),
         "status": view.status.value,
         "queue_position": view.queue_position,
     }
 
 
-def job_summary(view: JobView) -> dict[str, Any]:
+def job_summary(view: JobView, link: LinkFn = plain_link) -> dict[str, Any]:
     job_id = view.job_id
     summary: dict[str, Any] = {
         "job_id": job_id,
@@ -39,7 +41,7 @@ def job_summary(view: JobView) -> dict[str, Any]:
         "created_at": iso(view.spec.created_at),
         "started_at": iso(view.started_at),
         "finished_at": iso(view.finished_at),
-        "sse_url": f"/v1/jobs/{job_id}/stream",
+        "sse_url": link(view, f"/v1/jobs/{job_id}/stream"),
     }
     if view.attempt > 1:
         summary["attempt"] = view.attempt
@@ -48,8 +50,8 @@ def job_summary(view: JobView) -> dict[str, Any]:
     return summary
 
 
-def job_detail(view: JobView) -> dict[str, Any]:
-    detail = job_summary(view)
+def job_detail(view: JobView, link: LinkFn = plain_link) -> dict[str, Any]:
+    detail = job_summary(view, link)
     detail["parameters"] = parameters(view.spec)
     detail["watchers"] = view.watchers
     detail["cancel_requested"] = view.cancel_requested
@@ -60,8 +62,8 @@ def job_detail(view: JobView) -> dict[str, Any]:
         detail["seed"] = view.seeds[0]
         detail["seeds"] = list(view.seeds)
         detail["width"], detail["height"] = view.width, view.height
-        detail["images"] = [f"/v1/jobs/{view.job_id}/image?index={i}" for i in range(view.image_count)]
-        detail["image_url"] = f"/v1/jobs/{view.job_id}/image"
+        detail["images"] = [link(view, f"/v1/jobs/{view.job_id}/image?index={i}") for i in range(view.image_count)]
+        detail["image_url"] = link(view, f"/v1/jobs/{view.job_id}/image")
     return detail
 
 

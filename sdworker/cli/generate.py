@@ -15,6 +15,7 @@ from typing import Any
 
 from sdworker.cli.outputs import output_paths
 from sdworker.engine.protocol import GenerationRequest, Operation, StepView
+from sdworker.engine.request_checks import check_strength
 from sdworker.engine.scheduler_names import get_spec
 from sdworker.errors import InvalidRequest
 from sdworker.imaging.decode import check_mask_matches, read_image_file
@@ -91,8 +92,6 @@ def build_request(args: argparse.Namespace, settings: Settings) -> GenerationReq
     if args.mask and not args.init_image:
         raise InvalidRequest("--mask needs --init-image (the image to inpaint)", field="mask")
     strength = 0.8 if args.strength is None else args.strength
-    if not 0.0 < strength <= 1.0:
-        raise InvalidRequest(f"--strength {strength}: must be in (0, 1]", field="strength")
     if Path(args.output).suffix.lower() != ".png":
         raise InvalidRequest(f"-o {args.output}: images are written as PNG; name the file .png", field="output")
     init = mask = None
@@ -108,8 +107,7 @@ def build_request(args: argparse.Namespace, settings: Settings) -> GenerationReq
         if value < 8 or value % 8:
             raise InvalidRequest(f"{flag} {value}: must be a positive multiple of 8", field=flag.strip("-"))
     operation = Operation.INPAINT if mask else Operation.IMAGE_TO_IMAGE if init else Operation.TEXT_TO_IMAGE
-    if operation is not Operation.TEXT_TO_IMAGE and int(args.steps * strength) < 1:
-        raise InvalidRequest(f"--strength {strength} with --steps {args.steps} leaves no step to run", field="strength")
+    check_strength(operation, strength, args.steps, strength_field="--strength", steps_field="--steps")
     return GenerationRequest(
         prompt=args.prompt,
         operation=operation,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -88,6 +89,7 @@ def uvicorn_config(app: ASGIApp, settings: Settings, log_level: str) -> uvicorn.
     - bodies are bounded by the app (``max_body_bytes``), streams by the job layer.
     """
     GuardedH11Protocol.header_timeout_seconds = settings.header_timeout_seconds
+    GuardedH11Protocol.max_head_bytes = MAX_HEAD_BYTES
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -104,5 +106,15 @@ def uvicorn_config(app: ASGIApp, settings: Settings, log_level: str) -> uvicorn.
 
 def serve_app(app: FastAPI, settings: Settings, level: str) -> None:
     """Run ``app`` under uvicorn, draining the node on the first exit signal."""
-    server = DrainingServer(uvicorn_config(app, settings, level.lower()), drain=app.state.node.drain)
+    node = app.state.node
+    server = DrainingServer(uvicorn_config(app, settings, level.lower()), drain=node.drain)
+    node.request_exit = lambda: server.handle_exit(signal.SIGTERM, None)
     server.run()
+    if node.must_exit_hard:
+        # Every stream has ended; only the stuck or dead GPU thread is left, and the interpreter would
+        # join it forever at exit. Exit now, with the node's code (non-zero if the thread died).
+        log.warning("exiting without waiting for the generation thread (code %d)", node.exit_code)
+        logging.shutdown()
+        os._exit(node.exit_code)
+    if node.exit_code:
+        raise SystemExit(node.exit_code)

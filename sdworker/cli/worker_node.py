@@ -12,13 +12,18 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+from typing import TYPE_CHECKING
 
 from sdworker.backends.redis.service import redacted
 from sdworker.cli.flags import settings_from_args
 from sdworker.cli.uvicorn_server import configure_logging
 from sdworker.errors import InvalidRequest
 from sdworker.settings import Settings
+
+if TYPE_CHECKING:
+    from sdworker.jobs.runner import JobRunner  # imported lazily in _work: it pulls in the engine
 
 log = logging.getLogger("sdworker.worker")
 
@@ -28,11 +33,17 @@ def run_worker(args: argparse.Namespace) -> int:
     if not settings.redis_url:
         raise InvalidRequest("sdworker worker needs --redis URL (or SDWORKER_REDIS_URL)", field="redis_url")
     configure_logging(args)
-    asyncio.run(_work(settings))
+    runner = asyncio.run(_work(settings))
+    if runner.dead or runner.abandoned:
+        # The GPU thread died (exit non-zero for the supervisor) or was stuck at shutdown: exit
+        # without the interpreter joining that thread forever.
+        logging.shutdown()
+        os._exit(70 if runner.dead else 0)
     return 0
 
 
-async def _work(settings: Settings) -> None:
+async def _work(settings: Settings) -> JobRunner:
+    """Runs until a signal or the death of the generation thread; the runner, to say how it ended."""
     from sdworker.backends.redis.source import RedisJobSource
     from sdworker.engine.diffusers_engine import DiffusersEngine
     from sdworker.engine.parameters import model_label
@@ -49,6 +60,7 @@ async def _work(settings: Settings) -> None:
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    runner.on_death.append(lambda reason: stop.set())  # its job's lease expires: the fleet retries it
     signals = 0
 
     def on_signal() -> None:
@@ -70,3 +82,4 @@ async def _work(settings: Settings) -> None:
     with contextlib.suppress(Exception):
         await runner.close()
     await source.close()
+    return runner

@@ -44,6 +44,7 @@ from sdworker.engine.protocol import (
     Operation,
     StepHook,
 )
+from sdworker.engine.request_checks import check_strength
 from sdworker.engine.scheduler_names import SCHEDULER_NAMES
 from sdworker.engine.schedulers import describe_scheduler
 from sdworker.engine.slots import ModelSlot, TaesdCache, build_slot
@@ -388,13 +389,7 @@ def _validate(request: GenerationRequest) -> None:
         return
     if request.init_image is None:
         raise InvalidRequest(f"init_image: {request.operation.value} needs an init image", field="init_image")
-    if not 0.0 < request.strength <= 1.0:
-        raise InvalidRequest(f"strength: {request.strength} is not in (0, 1]", field="strength")
-    if int(request.num_inference_steps * request.strength) < 1:
-        raise InvalidRequest(
-            f"strength: {request.strength} x {request.num_inference_steps} steps leaves no step to run",
-            field="strength",
-        )
+    check_strength(request.operation, request.strength, request.num_inference_steps)
     if request.operation is Operation.INPAINT:
         if request.mask_image is None:
             raise InvalidRequest("mask_image: inpainting needs a mask image (white = repaint)", field="mask_image")

@@ -26,8 +26,15 @@ from sdworker.engine.protocol import (
     ModelLoadHook,
     StepHook,
 )
+from sdworker.engine.request_checks import check_strength
 from sdworker.errors import GenerationFailed, LoraNotFound, ModelError, ModelNotFound, UnknownScheduler
 from sdworker.previews.options import PreviewPixels
+
+
+class GenerationThreadDied(BaseException):
+    """What the fake engine raises to stand for a dying generation thread: not an ``Exception``, so
+    only the runner's last-resort handler sees it."""
+
 
 FAKE_SCHEDULERS = ("euler", "euler_a", "ddim", "dpmpp_2m")
 
@@ -97,9 +104,14 @@ class FakeEngine:
         models: tuple[str, ...] = (),
         loras: tuple[str, ...] = (),
         model_load_seconds: float = 0.0,
+        fatal_at_step: int | None = None,
+        stuck_at_step: int | None = None,
     ) -> None:
         """``models``: more model names in the fake library (``model`` is the default and first);
-        ``loras``: LoRA names it knows; ``model_load_seconds``: how long switching models takes."""
+        ``loras``: LoRA names it knows; ``model_load_seconds``: how long switching models takes;
+        ``fatal_at_step``: the generation thread dies there (``GenerationThreadDied``, a
+        BaseException, as a CUDA fatal or an interpreter-level error would escape every ``except
+        Exception``); ``stuck_at_step``: the step blocks until ``unstick`` is set (a hung kernel)."""
         self.step_seconds = step_seconds
         self.fail_at_step = fail_at_step
         self.load_seconds = load_seconds
@@ -116,6 +128,9 @@ class FakeEngine:
         self.closed = False
         self.render_preview_calls = 0
         self.generate_calls = 0
+        self.fatal_at_step = fatal_at_step
+        self.stuck_at_step = stuck_at_step
+        self.unstick = threading.Event()
         self._lock = threading.Lock()
 
     def load(self) -> None:
@@ -153,6 +168,7 @@ class FakeEngine:
         pass
 
     def validate_request(self, request: GenerationRequest) -> None:
+        check_strength(request.operation, request.strength, request.num_inference_steps)
         if request.model is not None and request.model not in self.model_names:
             raise ModelNotFound(f"model: no model named {request.model!r}", field="model")
         _, tags = extract_lora_tags(request.prompt)
@@ -193,6 +209,10 @@ class FakeEngine:
                 time.sleep(self.step_seconds)
             if self.fail_at_step == step:
                 raise GenerationFailed(f"the fake engine failed at step {step}")
+            if self.fatal_at_step == step:
+                raise GenerationThreadDied(f"the fake engine's thread died at step {step}")
+            if self.stuck_at_step == step:
+                self.unstick.wait()
             if on_step is not None:
                 on_step(_FakeStepView(self, seed, step, total, request.width, request.height))
             if cancel is not None and cancel.interrupted:

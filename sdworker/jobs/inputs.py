@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdworker.engine.protocol import Operation
+from sdworker.engine.request_checks import check_strength
 from sdworker.errors import InvalidImage, InvalidRequest
 from sdworker.imaging.decode import check_mask_matches, decode_base64, decode_image_bytes
 from sdworker.jobs.spec import JobDraft
@@ -27,6 +28,7 @@ class CheckedInputs:
 
 
 def check_inputs(draft: JobDraft, *, max_pixels: int, default_size: int = DEFAULT_SIZE) -> CheckedInputs:
+    check_strength(draft.operation, draft.strength, draft.num_inference_steps)
     init_bytes = mask_bytes = None
     init = mask = None
     if draft.init_image is not None:

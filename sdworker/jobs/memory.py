@@ -19,6 +19,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Collection
+from dataclasses import replace
 
 from sdworker.engine.parameters import model_label
 from sdworker.engine.protocol import CancelToken, EngineInfo, LoraInfo, ModelInfo
@@ -107,7 +108,12 @@ class MemoryJobService:
         self._clock = clock
         self._new_id = new_id
         self.bus = EventBus(stall_seconds=settings.watcher_stall_seconds)
-        self._store = InMemoryJobStore(settings.result_ttl_seconds, clock=clock)
+        self._store = InMemoryJobStore(
+            settings.result_ttl_seconds,
+            clock=clock,
+            max_results=settings.max_results,
+            max_result_bytes=settings.max_result_bytes,
+        )
         self._queue = InMemoryJobQueue(settings.max_queue, retry_after_seconds=self.retry_after_seconds)
         self._idempotency: dict[tuple[str | None, str], str] = {}
         self._finished: dict[str, asyncio.Event] = {}
@@ -359,6 +365,11 @@ class MemoryJobService:
     ) -> bool:
         if record.status.finished or self._store.get(record.job_id) is not record:
             return False
+        if record.status is JobStatus.CANCELLING:
+            # Cancelled after the runner's last look at its token (same loop turn as the answer
+            # "cancelling" the caller got): the cancel wins.
+            self._fail(record, CANCELLED, "the job was cancelled", cancelled=True)
+            return False
         record.images, record.seeds, record.width, record.height = images, seeds, width, height
         record.step = record.total
         self._finish(record, JobStatus.COMPLETED, None, None)
@@ -388,6 +399,8 @@ class MemoryJobService:
     def _finish(self, record: JobRecord, status: JobStatus, code: str | None, message: str | None) -> None:
         record.status = status
         record.finished_at = self._clock()
+        # The input images (up to max_body_bytes each) are not needed once the job has run.
+        record.spec = replace(record.spec, init_image=None, mask_image=None)
         record.error_code, record.error_message = code, message
         self._metrics.jobs_finished.labels(outcome=status.value).inc()
         if record.started_at is not None:
@@ -398,6 +411,7 @@ class MemoryJobService:
         waiter = self._finished.pop(record.job_id, None)
         if waiter is not None:
             waiter.set()
+        self._drop(self._store.trim(keep=record.job_id))
 
     def _publish_outcome(self, terminal: JobCompleted | JobFailed) -> None:
         """The terminal event and, right after it in the same loop turn, the end marker (rbee's
@@ -417,7 +431,10 @@ class MemoryJobService:
             self.bus.publish(JobQueued(job_id=job_id, position=position))
 
     def _expire(self) -> None:
-        gone = set(self._store.expire())
+        self._drop(self._store.expire())
+
+    def _drop(self, ids: list[str]) -> None:
+        gone = set(ids)
         for job_id in gone:
             self.bus.forget(job_id)
         if gone:

@@ -34,6 +34,9 @@ class ServiceMetrics:
         )
         self.watchers = Gauge("sdworker_sse_watchers", "Watchers subscribed to job events", registry=r)
         self.streams_open = Gauge("sdworker_sse_streams_open", "SSE responses in progress", registry=r)
+        self.fleet_workers = Gauge(
+            "sdworker_fleet_workers", "Live workers of the fleet by status (Redis mode)", ["status"], registry=r
+        )
         for outcome in ("completed", "failed", "cancelled"):
             self.jobs_finished.labels(outcome=outcome)
         for result in ("sent", "skipped_busy", "failed"):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from sdworker.jobs.heartbeat import QueenHeartbeat
 from sdworker.jobs.protocol import JobService, JobSource
@@ -30,6 +31,8 @@ from sdworker.jobs.runner import JobRunner
 from sdworker.settings import Settings
 
 log = logging.getLogger(__name__)
+
+EXIT_WORKER_DIED = 70  # EX_SOFTWARE: a supervisor restarts the process
 
 
 class Node:
@@ -48,6 +51,12 @@ class Node:
         self.source = source
         self.heartbeat = heartbeat  # create_app sets it after the node exists (it reads worker_status)
         self._drain: asyncio.Task[None] | None = None
+        # A dead generation thread: the process should exit non-zero after a drain, so its supervisor
+        # restarts it. ``request_exit`` is how the CLI's server is asked to (set by serve_app).
+        self.exit_code = 0
+        self.request_exit: Callable[[], None] | None = None
+        if runner is not None:
+            runner.on_death.append(self._runner_died)
 
     async def start(self) -> None:
         await self.service.start()
@@ -55,6 +64,17 @@ class Node:
             self.runner.start()
         if self.heartbeat is not None:
             self.heartbeat.start()
+
+    @property
+    def must_exit_hard(self) -> bool:
+        """The GPU thread is stuck or dead: the interpreter would wait on it forever at exit."""
+        return self.runner is not None and (self.runner.dead or self.runner.abandoned)
+
+    def _runner_died(self, reason: str) -> None:
+        log.critical("%s: draining, then exiting for a restart", reason)
+        self.exit_code = EXIT_WORKER_DIED
+        if self.request_exit is not None:
+            self.request_exit()
 
     def worker_status(self) -> str:
         """rbee's status of this node's worker (what the heartbeat reports)."""

@@ -21,7 +21,6 @@ finish, then either cancel it (memory: nobody else could run it) or hand it back
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Collection
@@ -43,6 +42,8 @@ from sdworker.settings import Settings
 log = logging.getLogger(__name__)
 
 CANCELLED = "cancelled"
+# After the grace and the cancel, how long a running job gets to stop before it is abandoned.
+STOP_SECONDS = 2.0
 PngText = Callable[[JobSpec, GenerationRequest, GenerationResult, int], dict[str, str]]
 
 
@@ -83,6 +84,10 @@ class JobRunner:
         self._hand_back = False
         self._grace_over = False
         self._listeners: list[Callable[[], None]] = []
+        self.fail_on_death = False  # create_app: True in memory mode (see _thread_died)
+        self.on_death: list[Callable[[str], None]] = []
+        self.dead = False  # the GPU thread died (_thread_died)
+        self.abandoned = False  # the GPU thread was stuck at shutdown and left behind (_abandon)
         self.state = "loading"  # loading | ready | failed | stopped
         self.reason: str | None = "the model is loading"
 
@@ -140,11 +145,31 @@ class JobRunner:
                 self._grace_over = True
                 if self._current is not None:
                     await self._stop_lease(self._current)
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(main), timeout=max(grace_seconds, 1.0) + 60.0)
+                done, _ = await asyncio.wait({main}, timeout=STOP_SECONDS)
+                if not done:
+                    await self._abandon()
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=30.0)
+            await asyncio.wait(self._tasks, timeout=STOP_SECONDS)
         self.state = "stopped"
+
+    async def _abandon(self) -> None:
+        """The job did not stop within ``STOP_SECONDS`` of its cancel: the step is stuck inside the
+        engine (a hung kernel, a deadlock) and no cancel token reaches it. End the job from here so
+        its watchers get their terminal event (memory: ``shutting_down``; a fleet: handed back), and
+        mark the GPU thread abandoned so nothing waits on it again (``close`` skips the engine; the CLI
+        exits hard once the streams are ended, as the interpreter would join the thread forever)."""
+        lease = self._current
+        log.error("the running job did not stop within %.0f s of its cancel; abandoning the GPU thread",
+                  STOP_SECONDS)
+        self.abandoned = True
+        if lease is not None:
+            if self._hand_back:
+                await lease.release()
+            else:
+                await lease.fail(CANCELLED, "the job was cancelled", cancelled=True)
+        main = self._main
+        if main is not None and not main.done():
+            main.cancel()
 
     async def _stop_lease(self, lease: Lease) -> None:
         if self._hand_back:
@@ -155,6 +180,8 @@ class JobRunner:
         """Free the engine on its own thread (it is not thread-safe), then let both threads go. If the
         GPU thread is stuck (a model still loading), give up after ``timeout_seconds``."""
         loop = asyncio.get_running_loop()
+        if self.dead or self.abandoned:
+            timeout_seconds = 0.1  # the GPU thread is stuck or broken: queue nothing behind it
         try:
             await asyncio.wait_for(loop.run_in_executor(self._gpu, self._engine.close), timeout_seconds)
         except Exception:
@@ -182,7 +209,7 @@ class JobRunner:
         await self._source.set_engine(self._engine.info, state="ready")
         self.state, self.reason = "ready", None
         self._changed()
-        while not self._stopping:
+        while not self._stopping and not self.dead:
             leases = await self._source.claim(self._models, wait_seconds=1.0)
             for lease in leases:
                 if self._grace_over:
@@ -233,6 +260,11 @@ class JobRunner:
             log.exception("job %s failed", spec.job_id)
             await lease.fail("generation_failed", f"generation failed: {type(exc).__name__}")
             return
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the generation thread died: see _thread_died
+            await self._thread_died(lease, exc)
+            return
         # Encode the final PNGs on the encoder thread while the GPU thread moves on to the next job.
         task = loop.create_task(self._finish(loop, lease, request, result))
         self._tasks.add(task)
@@ -260,6 +292,12 @@ class JobRunner:
             log.exception("encoding the result of job %s failed", lease.spec.job_id)
             await lease.fail("generation_failed", f"encoding the image failed: {type(exc).__name__}")
             return
+        if lease.control.cancelled and not lease.control.interrupted:
+            # A cancel that arrived while the last step or the PNG encode ran: the caller was told
+            # "cancelling", so the job ends cancelled, never "cancel requested" then completed. (An
+            # interrupt, A1111's, asks for the image it has: that one completes.)
+            await lease.fail(CANCELLED, "the job was cancelled", cancelled=True)
+            return
         await lease.complete(pngs, result.seeds, result.width, result.height)
 
     def _encode_final(self, spec: JobSpec, request: GenerationRequest, result: GenerationResult) -> tuple[bytes, ...]:
@@ -267,6 +305,22 @@ class JobRunner:
             encode_png(image, self._png_text(spec, request, result, index) if self._png_text else None)
             for index, image in enumerate(result.images)
         )
+
+    async def _thread_died(self, lease: Lease, exc: BaseException) -> None:
+        """A ``BaseException`` out of the engine (a fatal CUDA error, ``SystemExit`` in the thread, an
+        interpreter-level failure): the GPU thread cannot be trusted with another job. The running job
+        fails with ``worker_died`` when nobody else can run it (``fail_on_death``: memory mode); in a
+        fleet its lease is left to expire, so another worker takes it over (an attempt, so a job that
+        kills every worker ends dead-lettered). Then this runner stops taking jobs (``/ready`` 503) and
+        tells ``on_death`` (the node drains and the process exits non-zero for its supervisor)."""
+        reason = f"the generation thread died: {type(exc).__name__}"
+        log.critical("%s (job %s)", reason, lease.spec.job_id, exc_info=exc)
+        self.dead = True
+        if self.fail_on_death:
+            await lease.fail("worker_died", f"{reason}; the worker restarts")
+        await self._die(reason)
+        for callback in self.on_death:
+            callback(reason)
 
     async def _die(self, reason: str) -> None:
         self.state, self.reason = "failed", reason

@@ -1,5 +1,9 @@
 """The memory backend's job records. Finished jobs (and their images) are forgotten
-``result_ttl_seconds`` after they finish. Queued and running jobs are never expired.
+``result_ttl_seconds`` after they finish, and sooner, oldest finished first, when more than
+``max_results`` of them or more than ``max_result_bytes`` of their PNGs are kept (so a burst of jobs
+cannot grow memory without bound within one TTL). The newest finished job is always kept, even alone
+above the byte bound: its watchers and its caller are about to ask for it. Queued and running jobs are
+never dropped.
 
 ``JobRecord`` is mutable and lives on the event loop; only ``MemoryJobService`` writes it. What leaves
 the memory backend is always a frozen ``JobView``.
@@ -60,8 +64,17 @@ class JobRecord:
 
 
 class InMemoryJobStore:
-    def __init__(self, ttl_seconds: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        ttl_seconds: float,
+        clock: Callable[[], float] = time.time,
+        *,
+        max_results: int = 1_000_000,
+        max_result_bytes: int = 1 << 62,
+    ) -> None:
         self.ttl_seconds = ttl_seconds
+        self.max_results = max_results
+        self.max_result_bytes = max_result_bytes
         self._clock = clock
         self._records: dict[str, JobRecord] = {}
 
@@ -85,4 +98,24 @@ class InMemoryJobStore:
         ]
         for job_id in gone:
             del self._records[job_id]
+        return gone
+
+    def trim(self, keep: str) -> list[str]:
+        """Drop the oldest finished jobs above ``max_results`` / ``max_result_bytes``, never ``keep``
+        (the job that just finished); their ids."""
+        finished = sorted(
+            (r for r in self._records.values() if r.finished_at is not None and r.job_id != keep),
+            key=lambda r: r.finished_at or 0.0,
+        )
+        kept = self._records.get(keep)
+        count = len(finished) + (kept is not None)
+        total = sum(sum(len(png) for png in r.images) for r in finished)
+        total += sum(len(png) for png in kept.images) if kept is not None else 0
+        gone = []
+        while finished and (count > self.max_results or total > self.max_result_bytes):
+            oldest = finished.pop(0)
+            count -= 1
+            total -= sum(len(png) for png in oldest.images)
+            del self._records[oldest.job_id]
+            gone.append(oldest.job_id)
         return gone

@@ -129,7 +129,7 @@ async def test_bodyless_posts_and_deletes_need_no_content_type() -> None:
     async with running_app() as app:
         job_id = await app.submit(steps=50)
         cancelled = await app.client.delete(f"/v1/jobs/{job_id}")
-        assert cancelled.status_code == 200
+        assert cancelled.status_code in (200, 202)  # 202: cancelling, not yet taken effect
 
 
 async def test_head_works_where_get_does() -> None:

@@ -75,7 +75,6 @@ async def test_cancel_a_full_queue_and_cancelling_generate(url: str) -> None:
         assert jobs[0].status == "cancelled" and jobs[0].job_id not in (blocker.job_id, queued[0].job_id)
 
 
-@pytest.mark.xfail(strict=False, reason="server side lands with the job-layer rework")
 async def test_the_same_idempotency_key_twice_gives_one_job_async(url: str) -> None:
     async with AsyncClient(url) as client:
         before = len(await client.list())

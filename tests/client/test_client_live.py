@@ -73,7 +73,6 @@ def test_a_cut_stream_resumes_with_last_event_id_and_loses_nothing(url: str, pro
     assert [e.id for e in received] == replay  # nothing missing, nothing twice, in order
 
 
-@pytest.mark.xfail(strict=False, reason="server side lands with the job-layer rework")
 def test_the_same_idempotency_key_twice_gives_one_job(url: str) -> None:
     with Client(url) as client:
         before = len(client.list())
@@ -90,7 +89,7 @@ def test_cancel_ends_the_stream_with_the_cancelled_code(url: str) -> None:
         for event in events:
             if isinstance(event, JobStarted):
                 break
-        assert job.cancel().status in ("running", "cancelled")
+        assert job.cancel().status in ("cancelling", "cancelled")  # stopping within a step, or stopped
         with pytest.raises(JobCancelled) as raised:
             for _ in events:
                 pass

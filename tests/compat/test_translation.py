@@ -55,7 +55,8 @@ async def test_openai_errors_name_the_param_and_native_errors_keep_their_shape()
         bad = await app.client.post("/v1/images/generations", json={"prompt": "a cat", "quality": "ultra"})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "quality"
         assert bad.json()["error"]["type"] == "invalid_request_error"
-        missing = await app.client.post("/v1/images/edits", data={"prompt": "a cat"})
+        # multipart, as the SDK sends it (a urlencoded form is refused at the edge: 415)
+        missing = await app.client.post("/v1/images/edits", files={"prompt": (None, "a cat")})
         assert missing.status_code == 400 and missing.json()["error"]["param"] == "image"
         native = await app.client.post("/v1/jobs", json={"prompt": "a cat", "steps": 0})
         assert native.status_code == 422 and native.json()["error"]["field"] == "steps"

@@ -90,7 +90,8 @@ async def run(request: Request, body: ImagesRequest, *, kind: str, edit: EditInp
     urls = None
     if body.response_format == "url" and view.status is JobStatus.COMPLETED:
         base = (settings.public_url or str(request.base_url)).rstrip("/")
-        urls = [f"{base}/v1/jobs/{view.job_id}/image?index={index}" for index in range(view.image_count)]
+        link = deps.links(request)  # signed for an authenticated caller: the URL is fetched without a key
+        urls = [base + link(view, f"/v1/jobs/{view.job_id}/image?index={index}") for index in range(view.image_count)]
     pngs = [] if urls is not None else await finished_images(service, view, owner)
     return JSONResponse(await images_response(pngs, rendering, model=view.spec.model, urls=urls))
 

@@ -3,6 +3,7 @@
 // service replays what was missed. Other jobs made from this page are polled (one EventSource each
 // would use up the browser's six connections per host) and kept in sessionStorage for the strip.
 
+import { rememberSignedUrl } from "./auth.js";
 import { clearErrors, clearFieldError, reportHttpError, showFormError } from "./errors.js";
 import { cancelJob, focus } from "./follow.js";
 import {
@@ -146,7 +147,8 @@ async function submit(event) {
     await reportHttpError(res);
     return;
   }
-  const { job_id: id } = await res.json();
+  const { job_id: id, sse_url: sseUrl } = await res.json();
+  rememberSignedUrl(id, sseUrl || "");
   const job = {
     id, prompt: body.prompt, mode: mode(), status: "submitted", position: null, step: 0,
     total: body.steps || null, seed: null, width: body.width || 512, height: body.height || 512, message: "",

@@ -2,6 +2,7 @@
 // it/s, then the final image, a cancellation or an error. EventSource reconnects by itself with
 // Last-Event-ID after a lost connection; the service answers 204 once the stream is over.
 
+import { signedUrl } from "./auth.js";
 import { describeError, showFormError } from "./errors.js";
 import { $, ACTIVE, hashJobId, hooks, imageUrl, jobById, mimeOf, saveJobs, seedFromRaw, setStatus, setText, state } from "./state.js";
 
@@ -57,7 +58,7 @@ function resetStage(job) {
 }
 
 function openStream(job) {
-  const es = new EventSource(`/v1/jobs/${encodeURIComponent(job.id)}/stream`);
+  const es = new EventSource(signedUrl(job.id, `/v1/jobs/${encodeURIComponent(job.id)}/stream`));
   state.stream = es;
   const on = (name, fn) =>
     es.addEventListener(name, (e) => {

@@ -1,5 +1,7 @@
 // Shared state of the page and the small helpers every part uses.
 
+import { signedUrl } from "./auth.js";
+
 export const $ = (id) => document.getElementById(id);
 export const ACTIVE = new Set(["submitted", "queued", "running"]);
 const STORE_KEY = "sdworker.jobs";
@@ -73,5 +75,5 @@ export function plural(n, word) {
 }
 
 export function imageUrl(id) {
-  return `/v1/jobs/${encodeURIComponent(id)}/image`;
+  return signedUrl(id, `/v1/jobs/${encodeURIComponent(id)}/image`);
 }

@@ -51,6 +51,7 @@ class StreamHub:
         self._reader_id: int | None = None
         self._blocked = False
         self._task: asyncio.Task[None] | None = None
+        self._loading: dict[str, asyncio.Task[None]] = {}
         self._down_since: float | None = None
 
     def start(self) -> None:
@@ -65,8 +66,8 @@ class StreamHub:
             await self._clear_advertised()
 
     async def subscribe(self, job_id: str, after: int) -> Subscription | None:
-        if not self._bus.knows(job_id):
-            await self._load(job_id)
+        if job_id in self._loading or not self._bus.knows(job_id):
+            await self._load_once(job_id)
         if self._bus.is_finished(job_id) and after >= self._bus.last_seq(job_id):
             return None
         sub = self._bus.subscribe(job_id, after)
@@ -74,6 +75,16 @@ class StreamHub:
         if not self._bus.is_finished(job_id):
             await self._advertise(job_id)
         return sub
+
+    async def _load_once(self, job_id: str) -> None:
+        """Many watchers arriving at once for a job new to this node share one history load (one
+        ``XRANGE``), instead of each loading it on its own connection."""
+        task = self._loading.get(job_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load(job_id), name=f"sdworker-load-{job_id}")
+            self._loading[job_id] = task
+            task.add_done_callback(lambda _: self._loading.pop(job_id, None))
+        await asyncio.shield(task)
 
     async def _load(self, job_id: str) -> None:
         entries = await self._redis.xrange(self._keys.events(job_id), "-", "+")

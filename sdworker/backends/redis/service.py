@@ -14,6 +14,8 @@ import contextlib
 import json
 import logging
 import math
+import os
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Iterable
@@ -44,17 +46,30 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 EVENTS_MAXLEN = 4096  # a job writes about 2 events per step; steps are capped far below this
 FLEET_CACHE_SECONDS = 1.0
+POOL_CONNECTIONS = 4  # per client; see connect()
 
 
-def connect(url: str, *, timeout_seconds: float = 5.0, single: bool = False) -> Any:
-    """A client whose calls fail after ``timeout_seconds`` instead of hanging on a dead server."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_connect_timeout=timeout_seconds,
-        socket_timeout=None if single else timeout_seconds,
-        health_check_interval=30,
-        single_connection_client=single,
+def connect(url: str, *, name: str, timeout_seconds: float = 5.0, single: bool = False) -> Any:
+    """A client whose calls fail after ``timeout_seconds`` instead of hanging on a dead server.
+
+    The shared client's pool is bounded (``POOL_CONNECTIONS``) and blocking: a burst of requests
+    (200 watchers opening their streams at once) waits a moment for a connection instead of opening
+    one each, so a node holds a few Redis connections whatever its load. Commands take well under a
+    millisecond; a connection not free within ``timeout_seconds`` is a 503 like any Redis failure.
+    Every connection carries ``name`` (``CLIENT SETNAME``), so ``CLIENT LIST`` shows which node or
+    worker holds it."""
+    options: dict[str, Any] = {
+        "socket_connect_timeout": timeout_seconds,
+        "socket_timeout": None if single else timeout_seconds,
+        "health_check_interval": 30,
+        "client_name": re.sub(r"[^A-Za-z0-9_.:-]", "_", name)[:100],
+    }
+    if single:
+        return aioredis.Redis.from_url(url, single_connection_client=True, **options)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=POOL_CONNECTIONS, timeout=timeout_seconds, **options
     )
+    return aioredis.Redis(connection_pool=pool)
 
 
 def redacted(url: str) -> str:
@@ -83,9 +98,10 @@ class RedisJobService:
         self._settings = settings
         self._metrics = metrics
         self._keys = Keys(settings.redis_prefix)
-        self._redis = connect(settings.redis_url)
-        self._reader = connect(settings.redis_url, single=True)
         self.node_id = node_id or uuid.uuid4().hex[:12]
+        name = f"sdworker-api-{os.getpid()}-{self.node_id}"
+        self._redis = connect(settings.redis_url, name=name)
+        self._reader = connect(settings.redis_url, name=name, single=True)
         self.bus = EventBus(stall_seconds=settings.watcher_stall_seconds)
         self._hub = StreamHub(self._redis, self._reader, self._keys, self.bus, self.node_id)
         self._submit = self._redis.register_script(scripts.SUBMIT)
@@ -252,6 +268,8 @@ class RedisJobService:
             loras=loras,
         )
         self._fleet = (now, fleet)
+        for status in ("starting", "ready", "busy", "stopping", "failed"):
+            self._metrics.fleet_workers.labels(status=status).set(sum(1 for w in fleet.workers if w.status == status))
         return fleet
 
     async def refresh_models(self) -> None:

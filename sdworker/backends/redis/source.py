@@ -222,9 +222,10 @@ class RedisJobSource:
         self.worker_id = settings.worker_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.consumer = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"  # unique per process, even for a reused id
         self._device = device
-        self._redis = connect(settings.redis_url)
-        self._blocking = connect(settings.redis_url, single=True)  # XREADGROUP BLOCK: no socket timeout
-        self._listener = connect(settings.redis_url, single=True)  # pub/sub: waits indefinitely
+        name = f"sdworker-worker-{self.worker_id}"
+        self._redis = connect(settings.redis_url, name=name)
+        self._blocking = connect(settings.redis_url, name=name, single=True)  # XREADGROUP BLOCK: no socket timeout
+        self._listener = connect(settings.redis_url, name=name, single=True)  # pub/sub: waits indefinitely
         self.publish_script = self._redis.register_script(scripts.PUBLISH)
         self.finish_script = self._redis.register_script(scripts.FINISH)
         self.heartbeat_script = self._redis.register_script(scripts.HEARTBEAT)

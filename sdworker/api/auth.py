@@ -1,0 +1,187 @@
+"""Who is calling: API keys, owners and signed URLs, checked once for every request.
+
+With ``--api-key`` (repeatable, ``SDWORKER_API_KEYS``, ``--api-keys-file``) or ``--admin-api-key``
+set, every route needs ``Authorization: Bearer <key>`` except ``/health``, ``/ready``, the page's
+static files (``/``, ``/page/*``) and the API description (``/docs``, ``/openapi.json``: no data),
+and ``/metrics`` when ``--metrics-public``. A1111 clients can only send HTTP Basic, so ``/sdapi/*``
+also takes ``Basic`` with the key as the password. ``GET`` of one job's stream or image also takes
+the ``token`` query parameter of a signed URL (``api/signing.py``): EventSource and ``<img src>``
+cannot send headers. A 401 answers in the path's dialect (``api/errors.py``) with ``WWW-Authenticate``.
+
+The caller's identity goes into ``request.state.owner`` (read by ``deps.owner``): for a key, a stable
+non-secret name derived from it (``key-`` + 16 hex of a SHA-256), the same on every node and after a
+restart; ``None`` for an admin key (sees every job) and for a signed URL (the path names the job the
+token was signed for). Keys are compared as SHA-256 digests with ``hmac.compare_digest`` (constant
+time, whatever the length), and never logged: a reload logs only how many keys it read.
+
+The key ring is re-read on SIGHUP (``install_reload``), so a rotated ``--api-keys-file`` takes effect
+without a restart; a file that cannot be read then keeps the keys we had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import logging
+import signal
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from sdworker.api.errors import error_response
+from sdworker.api.signing import SIGNED_PATH, UrlSigner
+from sdworker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/", "/docs", "/openapi.json", "/favicon.ico"})
+PUBLIC_PREFIXES = ("/page/", "/docs/")
+ADMIN_PREFIXES = ("/v1/dead",)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    owner: str | None  # None = sees every job
+    kind: str  # "off" (auth off) | "key" | "admin" | "token" (a signed URL)
+
+
+OFF = Identity(None, "off")
+
+
+def owner_name(key: str) -> str:
+    """A key's owner name: stable, short, and useless for finding the key."""
+    return "key-" + hashlib.sha256(b"sdworker owner\0" + key.encode()).hexdigest()[:16]
+
+
+class KeyRing:
+    """The accepted keys, as digests. ``identify`` walks every key so the time taken does not say
+    which (or whether a prefix) matched."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._keys: tuple[tuple[bytes, Identity], ...] = ()
+        self.enabled = settings.has_auth()
+        self.reload()
+
+    def reload(self) -> None:
+        try:
+            users = self._settings.all_api_keys()
+        except OSError as exc:
+            log.warning("API keys file unreadable (%s); keeping the %d keys we had", type(exc).__name__,
+                        len(self._keys))
+            return
+        keys = [(_digest(k), Identity(owner_name(k), "key")) for k in users]
+        keys += [(_digest(k), Identity(None, "admin")) for k in self._settings.admin_api_keys]
+        self._keys = tuple(keys)
+        if self.enabled:
+            log.info("API keys loaded: %d user, %d admin", len(users), len(self._settings.admin_api_keys))
+
+    def identify(self, key: str) -> Identity | None:
+        candidate = _digest(key)
+        found = None
+        for digest, identity in self._keys:
+            if hmac.compare_digest(candidate, digest) and found is None:
+                found = identity
+        return found
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+
+def url_signer(settings: Settings) -> UrlSigner:
+    """The signer of job URLs. In a fleet every API node must share ``--signing-secret``: a URL
+    signed by one node is followed to another; a generated secret is this process's alone."""
+    if settings.has_auth() and settings.redis_url and not settings.signing_secret:
+        log.warning("no --signing-secret in a fleet: signed stream and image URLs work only on this API node")
+    return UrlSigner(settings.signing_secret)
+
+
+def install_reload(ring: KeyRing) -> None:
+    """Re-read the keys on SIGHUP (the main thread's loop only: tests run the app elsewhere)."""
+    with contextlib.suppress(RuntimeError, ValueError, NotImplementedError, AttributeError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, ring.reload)
+
+
+class AuthMiddleware:
+    """Sets ``scope["state"]["owner"]``/``["auth"]`` or answers 401/403. Inside the edge guard, so a
+    bad Host or a CORS preflight is answered before keys are asked for."""
+
+    def __init__(self, app: ASGIApp, ring: KeyRing, signer: UrlSigner, metrics_public: bool) -> None:
+        self.app = app
+        self.ring = ring
+        self.signer = signer
+        self.metrics_public = metrics_public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        if not self.ring.enabled or self._public(scope["path"]) or scope["method"] == "OPTIONS":
+            state["owner"], state["auth"] = None, "off"
+            await self.app(scope, receive, send)
+            return
+        identity, problem = self._identify(scope)
+        if identity is None:
+            await self._refuse(scope, receive, send, 401, "unauthorized", problem)
+            return
+        if scope["path"].startswith(ADMIN_PREFIXES) and identity.kind != "admin":
+            await self._refuse(scope, receive, send, 403, "forbidden", "this route needs an admin API key")
+            return
+        state["owner"], state["auth"] = identity.owner, identity.kind
+        await self.app(scope, receive, send)
+
+    def _public(self, path: str) -> bool:
+        return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or (
+            path == "/metrics" and self.metrics_public
+        )
+
+    def _identify(self, scope: Scope) -> tuple[Identity | None, str]:
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        path: str = scope["path"]
+        if header is not None:
+            scheme, _, credentials = header.decode("latin-1").strip().partition(" ")
+            key = None
+            if scheme.lower() == "bearer":
+                key = credentials.strip()
+            elif scheme.lower() == "basic" and path.startswith("/sdapi/"):
+                key = _basic_password(credentials.strip())
+            if not key:
+                return None, "Authorization: expected 'Bearer <API key>'" + (
+                    " or HTTP Basic with the key as password" if path.startswith("/sdapi/") else ""
+                )
+            identity = self.ring.identify(key)
+            return (identity, "") if identity else (None, "the API key is not valid")
+        signed = SIGNED_PATH.fullmatch(path)
+        if signed is not None and scope["method"] in ("GET", "HEAD"):
+            tokens = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
+            if tokens:
+                if self.signer.verify(signed.group(1), tokens[0]):
+                    return Identity(None, "token"), ""
+                return None, "token: the signed URL is not valid for this job or has expired"
+        return None, "an API key is needed: send 'Authorization: Bearer <API key>'"
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str) -> None:
+        path = scope["path"]
+        response = error_response(code, message, status, path=path)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = (
+                'Basic realm="sdworker", Bearer realm="sdworker"' if path.startswith("/sdapi/")
+                else 'Bearer realm="sdworker"'
+            )
+        await response(scope, receive, send)
+
+
+def _basic_password(credentials: str) -> str | None:
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    _, colon, password = decoded.partition(":")
+    return password if colon else decoded

@@ -1,0 +1,135 @@
+"""API keys over HTTP: 401 in each dialect, owners, signed URLs, admin routes (both backends)."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+from sdworker.api.auth import owner_name
+from sdworker.api.signing import UrlSigner
+from sdworker.engine.fake import FakeEngine
+
+from .helpers import SMALL, parse_sse, running_app
+
+ALICE = "alice-key-0123456789"
+BOB = "bob-key-0123456789ab"
+ADMIN = "admin-key-0123456789"
+SECRET = "signing-secret-0123456789"
+AUTH = {"api_keys": (ALICE, BOB), "admin_api_keys": (ADMIN,), "signing_secret": SECRET}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_every_route_but_health_ready_and_page_needs_a_key() -> None:
+    async with running_app(**AUTH) as app:
+        c = app.client
+        for path in ("/health", "/ready", "/", "/page/app.js", "/docs"):
+            assert (await c.get(path)).status_code == 200, path
+        for path in ("/v1/jobs", "/v1/info", "/metrics", "/v1/workers"):
+            answer = await c.get(path)
+            assert answer.status_code == 401, path
+            assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+            assert answer.json()["code"] == "unauthorized"
+            assert ALICE not in answer.text
+        assert (await c.get("/v1/info", headers=bearer("wrong-key-0123456789"))).status_code == 401
+        assert (await c.get("/v1/info", headers=bearer(ALICE))).status_code == 200
+        # OpenAI and A1111 dialects
+        openai = await c.get("/v1/models")
+        assert openai.status_code == 401 and openai.json()["error"]["type"] == "authentication_error"
+        a1111 = await c.get("/sdapi/v1/sd-models")
+        assert a1111.status_code == 401 and a1111.json()["error"] == "unauthorized"
+        assert "Basic" in a1111.headers["WWW-Authenticate"]
+        basic = base64.b64encode(f"user:{ALICE}".encode()).decode()
+        assert (await c.get("/sdapi/v1/sd-models", headers={"Authorization": f"Basic {basic}"})).status_code == 200
+        # Basic is for A1111 clients only
+        assert (await c.get("/v1/info", headers={"Authorization": f"Basic {basic}"})).status_code == 401
+
+
+async def test_metrics_public_and_auth_off() -> None:
+    async with running_app(**AUTH, metrics_public=True) as app:
+        assert (await app.client.get("/metrics")).status_code == 200
+    async with running_app() as app:  # auth off: an empty Basic header (A1111 clients) is fine
+        assert (await app.client.get("/sdapi/v1/sd-models", headers={"Authorization": "Basic "})).status_code == 200
+
+
+async def test_a_job_belongs_to_its_key() -> None:
+    async with running_app(**AUTH) as app:
+        c = app.client
+        answer = await c.post("/v1/jobs", json={"prompt": "a cat", **SMALL}, headers=bearer(ALICE))
+        assert answer.status_code == 202
+        job_id = answer.json()["job_id"]
+        done = await _wait_done(app, job_id, ALICE)
+        for method, path in (("GET", ""), ("GET", "/image"), ("GET", "/stream"), ("DELETE", "")):
+            assert (await c.request(method, f"/v1/jobs/{job_id}{path}", headers=bearer(BOB))).status_code == 404
+        assert (await c.get("/v1/jobs", headers=bearer(BOB))).json()["jobs"] == []
+        assert [j["job_id"] for j in (await c.get("/v1/jobs", headers=bearer(ALICE))).json()["jobs"]] == [job_id]
+        assert [j["job_id"] for j in (await c.get("/v1/jobs", headers=bearer(ADMIN))).json()["jobs"]] == [job_id]
+        assert (await c.get(f"/v1/jobs/{job_id}", headers=bearer(ADMIN))).status_code == 200
+        assert done["status"] == "completed"
+        # the owner is a name derived from the key, never the key
+        assert owner_name(ALICE) != ALICE and ALICE not in str(done)
+        # admin only
+        assert (await c.get("/v1/dead", headers=bearer(ALICE))).status_code == 403
+        assert (await c.get("/v1/dead", headers=bearer(ADMIN))).status_code == 200
+
+
+async def test_signed_urls_open_one_job_until_they_expire() -> None:
+    async with running_app(**AUTH) as app:
+        c = app.client
+        submitted = (await c.post("/v1/jobs", json={"prompt": "a cat", **SMALL}, headers=bearer(ALICE))).json()
+        sse_url = submitted["sse_url"]
+        assert "token=" in sse_url
+        stream = await c.get(sse_url)  # no header: the token is the key
+        assert stream.status_code == 200
+        assert parse_sse(stream.text)[-2][1] == "complete"
+        done = await _wait_done(app, submitted["job_id"], ALICE)
+        assert "token=" in done["image_url"]
+        assert (await c.get(done["image_url"])).headers["content-type"] == "image/png"
+        # the token is for that job only, and only for stream/image
+        other = (await c.post("/v1/jobs", json={"prompt": "a dog", **SMALL}, headers=bearer(BOB))).json()
+        token = sse_url.split("token=")[1]
+        assert (await c.get(f"/v1/jobs/{other['job_id']}/stream?token={token}")).status_code == 401
+        assert (await c.get(f"/v1/jobs/{submitted['job_id']}?token={token}")).status_code == 401
+        # an expired token (same secret) is refused
+        expired = UrlSigner(SECRET).token(submitted["job_id"], time.time() - 1)
+        assert (await c.get(f"/v1/jobs/{submitted['job_id']}/stream?token={expired}")).status_code == 401
+        # ...and a token outlives no result: a job dropped is 404 even with a valid token
+        live = UrlSigner(SECRET).token("0" * 32, time.time() + 60)
+        assert (await c.get(f"/v1/jobs/{'0' * 32}/stream?token={live}")).status_code == 404
+
+
+async def test_openai_image_urls_are_signed() -> None:
+    async with running_app(**AUTH) as app:
+        body = {"prompt": "a cat", "size": "64x64", "response_format": "url"}
+        answer = await app.client.post("/v1/images/generations", json=body, headers=bearer(ALICE))
+        assert answer.status_code == 200, answer.text
+        url = answer.json()["data"][0]["url"]
+        assert "token=" in url
+        assert (await app.client.get(url)).headers["content-type"] == "image/png"  # no key needed
+
+
+async def test_cancel_not_yet_taken_effect_answers_202() -> None:
+    async with running_app(FakeEngine(step_seconds=0.2), **AUTH) as app:
+        c = app.client
+        job_id = (await c.post("/v1/jobs", json={"prompt": "a", **SMALL, "steps": 20}, headers=bearer(ALICE))).json()[
+            "job_id"
+        ]
+        await app.wait_for(lambda: _running(app, job_id))
+        answer = await c.delete(f"/v1/jobs/{job_id}", headers=bearer(ALICE))
+        assert (answer.status_code, answer.json()["status"]) in ((202, "cancelling"), (200, "cancelled"))
+
+
+async def _running(app, job_id: str) -> bool:  # type: ignore[no-untyped-def]
+    answer = await app.client.get(f"/v1/jobs/{job_id}", headers=bearer(ALICE))
+    return bool(answer.json()["status"] == "running")
+
+
+async def _wait_done(app, job_id: str, key: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    async def done() -> bool:
+        answer = await app.client.get(f"/v1/jobs/{job_id}", headers=bearer(key))
+        return bool(answer.json()["status"] in ("completed", "failed", "cancelled"))
+
+    await app.wait_for(done)
+    return dict((await app.client.get(f"/v1/jobs/{job_id}", headers=bearer(key))).json())

@@ -1,0 +1,28 @@
+"""``bench/scale.py`` end to end at toy size (its own redis-server, api nodes and workers): it keeps
+running and writes what it prints. No timing is asserted; the benchmark reports speed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.engine.test_bench import load_bench
+
+pytestmark = pytest.mark.live
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_scale_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    argv = ["--jobs", "2", "--steps", "2", "--size", "64", "--watchers", "20", "--latency-steps", "4"]
+    assert load_bench("scale").main([*argv, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    throughput = result["throughput"]
+    assert sum(throughput["workers_1"]["jobs_by_worker"].values()) == 2
+    assert sum(throughput["workers_2"]["jobs_by_worker"].values()) == 2 and throughput["ratio"] > 0
+    assert set(result["latency"]) == {"redis", "memory"}
+    assert all(row["events"] >= 4 for row in result["latency"].values())
+    assert result["watchers"]["got_terminal"] == 20 and result["watchers"]["errors"] == 0
