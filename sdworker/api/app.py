@@ -34,6 +34,7 @@ from sdworker.api.routes_jobs import router as jobs_router
 from sdworker.api.routes_models import router as models_router
 from sdworker.api.routes_system import router as system_router
 from sdworker.api.signing import JobLinks
+from sdworker.engine.parameters import model_label
 from sdworker.engine.protocol import Engine
 from sdworker.jobs.heartbeat import QueenHeartbeat, WorkerCard
 from sdworker.jobs.memory import MemoryJobService
@@ -59,6 +60,8 @@ def create_app(
     if service is None:
         memory = MemoryJobService(settings, metrics)
         service, source = memory, memory
+        if engine is not None:
+            memory.attach_library(engine)
     runner = None
     if engine is not None:
         if source is None:
@@ -66,9 +69,12 @@ def create_app(
         models = None if service.backend == "memory" else (settings.model,)
         runner = JobRunner(
             engine, source, metrics, max_pixels=settings.max_pixels, models=models, encode=encode,
-            png_text=png_text_for(settings),
+            png_text=png_text_for(settings), default_aliases=(settings.model, model_label(settings.model)),
         )
         runner.fail_on_death = service.backend == "memory"  # a fleet retries the job elsewhere
+    attach = getattr(source, "attach_library", None)
+    if engine is not None and attach is not None and source is not service:
+        attach(engine)  # a Redis worker lists its library in the registry (memory: attached above)
     node = Node(settings, service, runner, source)
     if settings.queen_url and runner is not None:
         node.heartbeat = _queen_heartbeat(settings, node)

@@ -1,5 +1,9 @@
-"""``GET /v1/models`` in OpenAI's list shape: every model this worker (or fleet) serves. Its own
-module so the models work can grow it (load state, LoRAs, details) without touching the compat doors."""
+"""The model library over HTTP: ``GET /v1/models`` (OpenAI's list shape, each entry with the library's
+details), ``GET /v1/loras`` and ``POST /v1/models/refresh``. One ``/v1/models`` route serves our API
+and the OpenAI door alike (OpenAI clients read ``id`` and ignore the rest).
+
+Memory mode lists this process's engine; Redis mode the union of what live workers registered (a
+worker from before the library registered only its model name: that entry has no details)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from sdworker.api import deps
+from sdworker.engine.protocol import LoraInfo, ModelInfo
 
 router = APIRouter(tags=["models"])
 
@@ -15,8 +20,41 @@ router = APIRouter(tags=["models"])
 @router.get("/v1/models", summary="Models this worker (or fleet) serves, in OpenAI's list shape")
 async def list_models(request: Request) -> dict[str, Any]:
     fleet = await deps.service(request).fleet()
+    if fleet.library:
+        return {"object": "list", "data": [library_entry(model) for model in fleet.library]}
     return {"object": "list", "data": [model_entry(model) for model in fleet.models]}
+
+
+@router.get("/v1/loras", summary="LoRAs a job may name in `loras` or as <lora:name:weight> in its prompt")
+async def list_loras(request: Request) -> dict[str, Any]:
+    fleet = await deps.service(request).fleet()
+    return {"object": "list", "data": [lora_entry(lora) for lora in fleet.loras]}
+
+
+@router.post("/v1/models/refresh", summary="Rescan the models, LoRA and embeddings folders")
+async def refresh_models(request: Request) -> dict[str, Any]:
+    service = deps.service(request)
+    await service.refresh_models()
+    return await list_models(request)
 
 
 def model_entry(model: str) -> dict[str, Any]:
     return {"id": model, "object": "model", "owned_by": "sdworker", "created": 0, "loaded": True}
+
+
+def library_entry(model: ModelInfo) -> dict[str, Any]:
+    return {
+        "id": model.name,
+        "object": "model",
+        "owned_by": "sdworker",
+        "created": 0,
+        "architecture": model.family,
+        "hash": model.short_hash,  # A1111's 10 characters; null until the model's first load
+        "loaded": model.loaded,
+        "native_size": model.native_size,
+        "default": model.is_default,
+    }
+
+
+def lora_entry(lora: LoraInfo) -> dict[str, Any]:
+    return {"name": lora.name, "family": lora.family, "format": lora.format}

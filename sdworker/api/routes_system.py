@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from sdworker.api import deps
+from sdworker.api.routes_models import library_entry, lora_entry
 from sdworker.api.views import iso, worker_view
 
 router = APIRouter(tags=["system"])
@@ -51,6 +52,8 @@ async def info(request: Request) -> dict[str, Any]:
     return {
         "model": asdict(engine) if engine is not None else {"model": s.model, "loaded": False},
         "models": list(fleet.models),
+        "library": [library_entry(m) for m in fleet.library],
+        "loras": [lora_entry(lora) for lora in fleet.loras],
         "backend": fleet.backend,
         "workers": [worker_view(w) for w in fleet.workers],
         "queue_depth": fleet.queue_depth,

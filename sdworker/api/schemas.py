@@ -8,12 +8,13 @@ are checked in ``to_draft`` with the same kind of error, naming the field and th
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdworker.engine.prompt_syntax import normalize_lora_name
 from sdworker.engine.protocol import Operation
-from sdworker.errors import InvalidRequest, Unsupported, WrongWorker
+from sdworker.errors import InvalidRequest, WrongWorker
 from sdworker.jobs.spec import JobDraft
 from sdworker.previews.options import PreviewOptions
 from sdworker.settings import Settings
@@ -34,6 +35,7 @@ OperationName = Literal[
 ]
 _TEXT = 20_000  # characters; CLIP reads 77 tokens, this only stops absurd bodies early
 _NAME = 256
+_MAX_LORAS = 16
 
 
 class PreviewRequest(BaseModel):
@@ -49,6 +51,15 @@ class PreviewRequest(BaseModel):
     quality: int | None = Field(None, ge=1, le=100, description="JPEG/WebP quality")
 
 
+class LoraRequest(BaseModel):
+    """One LoRA of a job (rbee's shape): its name in the LoRA folder and its weight."""
+
+    model_config = _STRICT
+
+    path: str = Field(min_length=1, max_length=_NAME, description="a name of GET /v1/loras")
+    strength: float = Field(1.0, ge=-10.0, le=10.0, description="1.0 = as trained; negative inverts it")
+
+
 class JobRequest(BaseModel):
     """The body of ``POST /v1/jobs`` (rbee's fields; diffusers' names where rbee has none)."""
 
@@ -60,8 +71,10 @@ class JobRequest(BaseModel):
     steps: int = Field(20, ge=1, le=10_000, description="denoising steps (the server caps with --max-steps)")
     guidance_scale: float = Field(7.5, ge=0.0, le=50.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    width: int | None = Field(None, ge=8, le=16_384, multiple_of=8, description="default 512, or the image's width")
-    height: int | None = Field(None, ge=8, le=16_384, multiple_of=8, description="default 512, or the image's")
+    width: int | None = Field(
+        None, ge=8, le=16_384, multiple_of=8, description="default: the model's native size, or the image's"
+    )
+    height: int | None = Field(None, ge=8, le=16_384, multiple_of=8, description="as width")
     scheduler: str | None = Field(None, min_length=1, max_length=64)
     n: int = Field(1, ge=1, le=64, description="number of images (the server caps with --max-images)")
     input_image: str | None = Field(None, min_length=1, description="img2img: base64 image (or init_image)")
@@ -73,21 +86,21 @@ class JobRequest(BaseModel):
     # those served); `worker_id` must name this worker when it was started with --worker-id.
     hive_id: str | None = Field(None, max_length=_NAME)
     worker_id: str | None = Field(None, max_length=_NAME)
-    model: str | None = Field(None, max_length=_NAME)
-    loras: list[Any] | None = Field(None, description="not supported yet: only an empty list is accepted")
+    model: str | None = Field(None, max_length=_NAME, description="a model of GET /v1/models; default: the default")
+    loras: list[LoraRequest] | None = Field(
+        None, max_length=_MAX_LORAS, description="LoRAs of GET /v1/loras with their weights (also <lora:name:w>)"
+    )
+    clip_skip: int | None = Field(None, ge=1, le=12, description="A1111's: 1 = last CLIP layer, 2 = penultimate")
 
 
 def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
     operation = OPERATION_NAMES[body.operation]
-    if body.loras:
-        raise Unsupported("loras: LoRA is not supported by this worker yet; send an empty list", field="loras")
     _check_worker(body.worker_id, settings.worker_id)
     _check_range("steps", body.steps, 1, settings.max_steps)
     _check_range("n", body.n, 1, settings.max_images)
     width, height = body.width, body.height
     if operation is Operation.TEXT_TO_IMAGE:
         _refuse_images(body, ("input_image", "init_image", "mask_image"), "image_generation")
-        width, height = width or 512, height or 512
     if width is not None and height is not None and width * height > settings.max_pixels:
         raise InvalidRequest(
             f"width x height: {width}x{height} = {width * height} pixels is above the limit of "
@@ -120,7 +133,17 @@ def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
         hive_id=body.hive_id,
         worker_id=body.worker_id,
         model=body.model,
+        loras=_loras(body.loras),
+        clip_skip=body.clip_skip,
     )
+
+
+def _loras(loras: list[LoraRequest] | None) -> tuple[tuple[str, float], ...]:
+    names = [normalize_lora_name(lora.path) for lora in loras or ()]
+    for name in names:
+        if names.count(name) > 1:
+            raise InvalidRequest(f"loras: {name!r} is listed twice; give each LoRA once", field="loras")
+    return tuple((lora.path, lora.strength) for lora in loras or ())
 
 
 def preview_options(preview: PreviewRequest | None, settings: Settings) -> PreviewOptions:

@@ -1,7 +1,8 @@
 """Server-Sent Events: the only place that turns events into wire frames, and the streaming response.
 
 Frames keep the reference design's names and fields (``progress``, ``preview``, ``complete``,
-``error`` with ``type`` repeating the name) and add ``queued``/``started``, ``id:`` lines (the bus's
+``error`` with ``type`` repeating the name) and add ``queued``/``started``, ``loading_model`` (the job's
+model is loaded first: ``model``, ``phase`` started/finished/failed, ``seconds``), ``id:`` lines (the bus's
 sequence number, for ``Last-Event-ID``), preview ``width``/``height``/``method`` and ``at`` (the
 publish time, epoch seconds). A client that does not know a field or an event ignores it.
 
@@ -41,6 +42,7 @@ from sdworker.events.types import (
     JobQueued,
     JobRetrying,
     JobStarted,
+    ModelLoading,
     PreviewReady,
     StepProgressed,
     StreamNotice,
@@ -105,6 +107,9 @@ def event_payload(event: JobEvent) -> tuple[str, dict[str, Any]]:
         case JobRetrying(attempt=attempt, reason=reason):
             name = "retrying"
             data = {"attempt": attempt, "reason": reason}
+        case ModelLoading(model=model, phase=phase, seconds=seconds):
+            name = "loading_model"
+            data = {"model": model, "phase": phase, "seconds": round(seconds, 3)}
         case StreamNotice(code=code, message=message):
             name = "notice"
             data = {"code": code, "message": message}

@@ -46,13 +46,17 @@ async def _work(settings: Settings) -> JobRunner:
     """Runs until a signal or the death of the generation thread; the runner, to say how it ended."""
     from sdworker.backends.redis.source import RedisJobSource
     from sdworker.engine.diffusers_engine import DiffusersEngine
+    from sdworker.engine.parameters import model_label
     from sdworker.jobs.metrics import ServiceMetrics
     from sdworker.jobs.runner import JobRunner, png_text_for
 
     source = RedisJobSource(settings)
+    engine = DiffusersEngine(settings)
+    source.attach_library(engine)
     runner = JobRunner(
-        DiffusersEngine(settings), source, ServiceMetrics(), max_pixels=settings.max_pixels,
+        engine, source, ServiceMetrics(), max_pixels=settings.max_pixels,
         models=(settings.model,), png_text=png_text_for(settings),
+        default_aliases=(settings.model, model_label(settings.model)),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

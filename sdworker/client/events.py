@@ -42,6 +42,15 @@ class JobStarted(JobEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ModelLoading(JobEvent):
+    """The server loads the job's model before its first step (``loading_model``)."""
+
+    model: str
+    phase: str  # started | finished | failed
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StepProgressed(JobEvent):
     step: int  # 1-based
     total: int
@@ -83,7 +92,7 @@ class OtherEvent(JobEvent):
     data: Any
 
 
-Event = JobQueued | JobStarted | StepProgressed | PreviewReady | JobCompleted | OtherEvent
+Event = JobQueued | JobStarted | ModelLoading | StepProgressed | PreviewReady | JobCompleted | OtherEvent
 
 
 def _open(data: bytes) -> Image.Image:
@@ -174,6 +183,8 @@ def _known(name: str, f: dict[str, Any], base: dict[str, Any]) -> Event:
         return JobQueued(**base, position=int(position) if position is not None else None)
     if name == "started":
         return JobStarted(**base)
+    if name == "loading_model":
+        return ModelLoading(**base, model=str(f["model"]), phase=str(f["phase"]), seconds=float(f["seconds"]))
     if name in ("progress", "preview"):
         step, total = int(f["step"]), int(f["total"])
         percent = float(f.get("percent", 100.0 * step / total if total else 0.0))

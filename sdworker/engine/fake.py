@@ -172,9 +172,11 @@ class FakeEngine:
         if request.model is not None and request.model not in self.model_names:
             raise ModelNotFound(f"model: no model named {request.model!r}", field="model")
         _, tags = extract_lora_tags(request.prompt)
+        from_field = {r.name for r in merge_loras(request.loras, ())}
         for ref in merge_loras(request.loras, tags):
             if ref.name not in self.lora_names:
-                raise LoraNotFound(f"loras: no LoRA named {ref.name!r}", field="loras")
+                field = "loras" if ref.name in from_field else "prompt"  # as the diffusers engine says
+                raise LoraNotFound(f"{field}: no LoRA named {ref.name!r}", field=field)
 
     def generate(
         self,

@@ -54,6 +54,17 @@ class StreamNotice(JobEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ModelLoading(JobEvent):
+    """The job's model is being loaded before its first step (it was not in memory): ``phase``
+    ``started`` (seconds 0.0), then ``finished`` (seconds the load took) or ``failed``. Recorded in
+    history, so a watcher who joins late still sees why the job took longer to start."""
+
+    model: str
+    phase: str  # started | finished | failed
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StepProgressed(JobEvent):
     step: int  # 1-based
     total: int
@@ -99,8 +110,8 @@ class JobEnded(JobEvent):
 
 
 Event = (
-    JobQueued | JobStarted | JobRetrying | StepProgressed | PreviewReady | JobCompleted | JobFailed | JobEnded
-    | StreamNotice
+    JobQueued | JobStarted | JobRetrying | ModelLoading | StepProgressed | PreviewReady | JobCompleted | JobFailed
+    | JobEnded | StreamNotice
 )
 TERMINAL_EVENTS = (JobCompleted, JobFailed)
 # Events a lagging watcher may lose to a newer one; everything else is always delivered.

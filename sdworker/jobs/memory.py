@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 
 from sdworker.engine.parameters import model_label
-from sdworker.engine.protocol import CancelToken, EngineInfo
+from sdworker.engine.protocol import CancelToken, EngineInfo, LoraInfo, ModelInfo
 from sdworker.errors import JobNotFinished, JobNotFound, NotReady
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import (
@@ -35,14 +35,20 @@ from sdworker.events.types import (
     StepProgressed,
     end_marker,
 )
-from sdworker.jobs.inputs import check_inputs
+from sdworker.jobs.inputs import DEFAULT_SIZE, check_inputs
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.protocol import FleetInfo, Lease
 from sdworker.jobs.queue import InMemoryJobQueue
 from sdworker.jobs.spec import JobDraft, JobSpec
 from sdworker.jobs.state import JobStatus, JobView
 from sdworker.jobs.store import InMemoryJobStore, JobRecord
-from sdworker.jobs.submission import build_spec, check_against_engine, resolve_model
+from sdworker.jobs.submission import (
+    ModelLibrary,
+    build_spec,
+    check_against_engine,
+    check_against_library,
+    resolve_model,
+)
 from sdworker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -118,6 +124,7 @@ class MemoryJobService:
         self._engine_reason: str | None = None
         self._job_seconds = 0.0  # moving average, for Retry-After
         self._housekeeping: asyncio.Task[None] | None = None
+        self._library: ModelLibrary | None = None
         metrics.bind(queue_depth=lambda: len(self._queue), watchers=self.bus.total_watchers)
 
     # --- API side -----------------------------------------------------------------------------
@@ -131,10 +138,12 @@ class MemoryJobService:
                 return self._view(self._store.get(known))  # type: ignore[arg-type]
         self._check_available()
         check_against_engine(draft, self._engine_info)
-        model = self._resolve_model(draft.model)
+        model, default_size = await self._pick_model(draft)
         reservation = self._queue.reserve()
         try:
-            checked = await asyncio.to_thread(check_inputs, draft, max_pixels=self._settings.max_pixels)
+            checked = await asyncio.to_thread(
+                check_inputs, draft, max_pixels=self._settings.max_pixels, default_size=default_size
+            )
             self._check_available()
         except BaseException:
             self._queue.release(reservation)
@@ -201,8 +210,26 @@ class MemoryJobService:
         return record.images[index]
 
     async def fleet(self) -> FleetInfo:
+        # ``models`` stays --model's name (what the compat doors list and hash); ``library`` has the rest.
+        models: tuple[ModelInfo, ...] = ()
+        loras: tuple[LoraInfo, ...] = ()
+        if self._library is not None and self._engine_state == "ready":
+            library = self._library
+            models, loras = await asyncio.to_thread(lambda: (library.list_models(), library.list_loras()))
         model = self._settings.model
-        return FleetInfo(models=(model,), engine=self._engine_info, queue_depth=len(self._queue))
+        return FleetInfo(
+            models=(model,), engine=self._engine_info, queue_depth=len(self._queue), library=models, loras=loras
+        )
+
+    async def refresh_models(self) -> None:
+        """Rescan the engine's folders (on a worker thread: it reads the disk; the library has its own
+        lock, so a job running on the GPU thread meanwhile is safe)."""
+        if self._library is not None:
+            await asyncio.to_thread(self._library.refresh)
+
+    def attach_library(self, library: ModelLibrary) -> None:
+        """The engine of this process, for listing and for the model/LoRA checks at submit."""
+        self._library = library
 
     async def dead_letters(self, *, limit: int = 100) -> list[JobView]:
         return []  # a lost job fails at once in memory mode: nothing is ever dead-lettered
@@ -301,6 +328,22 @@ class MemoryJobService:
             raise NotReady("the server is shutting down and accepts no new jobs")
         if self._engine_state == "failed":
             raise NotReady(f"the worker cannot run jobs: {self._engine_reason}")
+
+    async def _pick_model(self, draft: JobDraft) -> tuple[str, int]:
+        """The model a job runs on and its native size (the default width/height). Until the engine
+        is ready its library is not consulted (the engine builds it while loading); the job then
+        gets ``--model`` and the engine checks the names when it runs."""
+        if self._library is None or self._engine_state != "ready":
+            return self._resolve_model(draft.model), DEFAULT_SIZE
+        aliases = frozenset({self._settings.model, model_label(self._settings.model)})
+        if self._engine_info is not None:
+            aliases |= {self._engine_info.model}
+        name, native_size = await asyncio.to_thread(check_against_library, draft, self._library, aliases)
+        if draft.model is None or draft.model in aliases:
+            # The default keeps --model's name, as before the library: the compat doors look its
+            # checkpoint hash up by it, and the runner hands the engine None (its default) for it.
+            return self._resolve_model(draft.model), native_size
+        return name, native_size
 
     def _resolve_model(self, requested: str | None) -> str:
         model = self._settings.model

@@ -19,7 +19,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sdworker.engine.protocol import CancelToken, EngineInfo
+from sdworker.engine.protocol import CancelToken, EngineInfo, LoraInfo, ModelInfo
 from sdworker.events.bus import Subscription
 from sdworker.events.types import JobEvent
 from sdworker.jobs.spec import JobDraft, JobSpec
@@ -36,6 +36,10 @@ class FleetInfo:
     queue_depth: int = 0
     backend: str = "memory"
     extra: dict[str, object] = field(default_factory=dict)
+    # The model library's details, when known (memory: the engine's; Redis: the union of what live
+    # workers registered). Empty = only the names in ``models`` are known.
+    library: tuple[ModelInfo, ...] = ()
+    loras: tuple[LoraInfo, ...] = ()
 
 
 class JobService(Protocol):
@@ -79,6 +83,11 @@ class JobService(Protocol):
     async def image(self, job_id: str, index: int = 0, *, owner: str | None = None) -> bytes: ...
 
     async def fleet(self) -> FleetInfo: ...
+
+    async def refresh_models(self) -> None:
+        """Rescan the models folders (memory: this process's engine; Redis: every live worker, through
+        a flag each one picks up at its next registry beat)."""
+        ...
 
     async def dead_letters(self, *, limit: int = 100) -> list[JobView]:
         """Jobs that ran out of attempts (Redis mode; always empty in memory mode)."""

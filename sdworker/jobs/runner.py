@@ -21,6 +21,7 @@ finish, then either cancel it (memory: nobody else could run it) or hand it back
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,7 @@ from typing import Any
 from sdworker.engine.parameters import parameters_text
 from sdworker.engine.protocol import CancelToken, Engine, GenerationRequest, GenerationResult
 from sdworker.errors import JobCancelled, SdworkerError
-from sdworker.events.types import JobEvent
+from sdworker.events.types import JobEvent, ModelLoading
 from sdworker.imaging.encode import encode_image, encode_png
 from sdworker.imaging.metadata import PNG_KEY
 from sdworker.jobs.metrics import ServiceMetrics
@@ -61,7 +62,11 @@ class JobRunner:
         models: Collection[str] | None = None,
         encode: EncodeFn | None = None,
         png_text: PngText | None = None,
+        default_aliases: Collection[str] = (),
     ) -> None:
+        """``default_aliases``: model names that mean the engine's default model (what ``--model``
+        said, e.g. ``demo``: a Redis queue is keyed by it, while the engine's library names the default
+        model by its own name)."""
         self._engine = engine
         self._source = source
         self._metrics = metrics
@@ -69,6 +74,7 @@ class JobRunner:
         self._models = models
         self._encode = encode or _default_encode
         self._png_text = png_text
+        self._default_aliases = frozenset(default_aliases)
         self._gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdworker-gpu")
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdworker-encode")
         self._main: asyncio.Task[None] | None = None
@@ -196,6 +202,10 @@ class JobRunner:
             log.exception("loading the model failed")
             await self._die(f"loading the model failed: {type(exc).__name__}")
             return
+        if self._models is not None:
+            # A fleet worker takes jobs for every model of its library too (they queue by name).
+            names = await loop.run_in_executor(None, self._library_names)
+            self._models = tuple(dict.fromkeys((*self._models, *names)))
         # Announced before this runner says ready, so an API node routes jobs to it from then on.
         await self._source.set_engine(self._engine.info, state="ready")
         self.state, self.reason = "ready", None
@@ -212,6 +222,13 @@ class JobRunner:
                 finally:
                     self._current = None
                     self._changed()
+
+    def _library_names(self) -> tuple[str, ...]:
+        try:
+            return tuple(model.name for model in self._engine.list_models())
+        except Exception:  # no library to list (an empty folder): the worker serves its --model only
+            log.warning("listing the model library failed", exc_info=True)
+            return ()
 
     async def _run_job(self, loop: asyncio.AbstractEventLoop, lease: Lease) -> None:
         spec = lease.spec
@@ -231,7 +248,7 @@ class JobRunner:
         try:
             # Not cancellable from the loop: a job ends through its control token, never mid-step.
             request, result = await asyncio.shield(
-                loop.run_in_executor(self._gpu, self._generate, spec, reporter, lease.control)
+                loop.run_in_executor(self._gpu, self._generate, spec, reporter, lease.control, publish)
             )
         except JobCancelled:
             if not lease.lost:
@@ -255,10 +272,17 @@ class JobRunner:
         task.add_done_callback(self._tasks.discard)
 
     def _generate(
-        self, spec: JobSpec, reporter: StepReporter, control: CancelToken
+        self, spec: JobSpec, reporter: StepReporter, control: CancelToken, publish: Callable[[JobEvent], None]
     ) -> tuple[GenerationRequest, GenerationResult]:
         request = spec.to_request(max_pixels=self._max_pixels)
-        return request, self._engine.generate(request, on_step=reporter, cancel=control)
+        if request.model in self._default_aliases:
+            request = dataclasses.replace(request, model=None)
+
+        def on_model_load(model: str, phase: str, seconds: float) -> None:
+            # On the GPU thread, like the step hook: hand the event over to the loop and return.
+            publish(ModelLoading(job_id=spec.job_id, model=model, phase=phase, seconds=seconds))
+
+        return request, self._engine.generate(request, on_step=reporter, cancel=control, on_model_load=on_model_load)
 
     async def _finish(
         self, loop: asyncio.AbstractEventLoop, lease: Lease, request: GenerationRequest, result: GenerationResult

@@ -13,7 +13,7 @@ import base64
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sdworker.engine.protocol import GenerationRequest, Operation
+from sdworker.engine.protocol import GenerationRequest, LoraRef, Operation
 from sdworker.imaging.decode import decode_image_bytes
 from sdworker.previews.options import PreviewOptions
 
@@ -98,6 +98,9 @@ class JobSpec:
             init_image=init,
             mask_image=mask,
             strength=self.strength,
+            model=self.model,
+            loras=tuple(LoraRef(name, weight) for name, weight in self.loras),
+            clip_skip=self.clip_skip,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,13 +4,81 @@ the images' check (``inputs``), the seed drawn, the model resolved, the spec bui
 from __future__ import annotations
 
 import secrets
+from typing import Protocol
 
-from sdworker.engine.protocol import EngineInfo
-from sdworker.errors import ModelNotFound, UnknownScheduler, Unsupported
+from sdworker.engine.prompt_syntax import extract_lora_tags, normalize_lora_name
+from sdworker.engine.protocol import EngineInfo, GenerationRequest, LoraInfo, LoraRef, ModelInfo
+from sdworker.errors import LoraIncompatible, LoraNotFound, ModelNotFound, UnknownScheduler, Unsupported
 from sdworker.jobs.inputs import CheckedInputs
 from sdworker.jobs.spec import JobDraft, JobSpec
 
 MAX_SEED = 2**32 - 1  # the engine's range; a drawn seed is reported back and reproduces the image
+
+
+class ModelLibrary(Protocol):
+    """The part of the engine the API side may call from any thread (it reads names and file headers,
+    never weights): the memory backend lists and validates against it at submit."""
+
+    def list_models(self) -> tuple[ModelInfo, ...]: ...
+
+    def list_loras(self) -> tuple[LoraInfo, ...]: ...
+
+    def refresh(self) -> None: ...
+
+    def validate_request(self, request: GenerationRequest) -> None: ...
+
+
+def library_request(draft: JobDraft, model: str | None) -> GenerationRequest:
+    """What ``Engine.validate_request`` looks at: the model, the LoRAs (field and prompt tags) and
+    ``clip_skip``; sizes and images are checked elsewhere."""
+    return GenerationRequest(
+        prompt=draft.prompt,
+        negative_prompt=draft.negative_prompt,
+        model=model,
+        loras=tuple(LoraRef(name, weight) for name, weight in draft.loras),
+        clip_skip=draft.clip_skip,
+    )
+
+
+def check_against_library(
+    draft: JobDraft, library: ModelLibrary, aliases: frozenset[str]
+) -> tuple[str, int]:
+    """The library model a draft runs on and its native size, after the engine's own submit checks
+    (``ModelNotFound`` naming ``model``, LoRA errors naming ``loras`` or ``prompt``). Names in
+    ``aliases`` (what ``--model`` said, e.g. ``demo``) mean the default model. May read the disk (an
+    unknown name rescans the folder): call it off the event loop."""
+    wanted = None if draft.model is None or draft.model in aliases else draft.model
+    library.validate_request(library_request(draft, wanted))
+    models = library.list_models()
+    chosen = next((m for m in models if m.name == wanted), None) if wanted else None
+    chosen = chosen or next((m for m in models if m.is_default), None) or (models[0] if models else None)
+    if chosen is None:
+        raise ModelNotFound("model: the model library is empty", field="model")
+    return chosen.name, chosen.native_size
+
+
+def check_lora_names(draft: JobDraft, loras: tuple[LoraInfo, ...], family: str | None) -> None:
+    """An API node without the engine (Redis mode): every LoRA the draft names (``loras`` and the
+    prompt's ``<lora:...>`` tags) must be one some live worker lists, for the model's family where
+    both are known; the worker that claims the job checks the rest (escapes, pickles) with its engine,
+    as ``validate_request`` does."""
+    known = {lora.name: lora for lora in loras}
+    from_field = {normalize_lora_name(name) for name, _ in draft.loras}
+    _, tags = extract_lora_tags(draft.prompt)
+    refs = [*(normalize_lora_name(name) for name, _ in draft.loras), *(ref.name for ref in tags)]
+    for name in refs:
+        field = "loras" if name in from_field else "prompt"
+        lora = known.get(name)
+        if lora is None:
+            raise LoraNotFound(f"{field}: no LoRA named {name!r} ({_names(set(known))})", field=field)
+        if family is not None and lora.family is not None and lora.family != family:
+            raise LoraIncompatible(
+                f"{field}: LoRA {name!r} is for {lora.family} models; the job's model is {family}", field=field
+            )
+
+
+def _names(known: set[str]) -> str:
+    return "available: " + (", ".join(sorted(known)) or "none")
 
 
 def draw_seed() -> int:

@@ -50,7 +50,12 @@ CASES: list[tuple[str, Any, int, str]] = [
     ("seed negative", {**OK, "seed": -1}, 422, "seed"),
     ("n above max_images", {**OK, "n": 9}, 422, "n"),
     ("unknown field", {**OK, "sampler_name": "euler"}, 422, "sampler_name"),
-    ("loras not empty", {**OK, "loras": [{"path": "x.safetensors", "strength": 1.0}]}, 422, "loras"),
+    ("unknown lora", {**OK, "loras": [{"path": "x.safetensors", "strength": 1.0}]}, 404, "loras"),
+    ("lora weight too big", {**OK, "loras": [{"path": "x", "strength": 11.0}]}, 422, "loras.0.strength"),
+    ("lora without path", {**OK, "loras": [{"strength": 1.0}]}, 422, "loras.0.path"),
+    ("unknown lora in the prompt", {**OK, "prompt": "a cat <lora:nope:0.5>"}, 404, "prompt"),
+    ("clip_skip 0", {**OK, "clip_skip": 0}, 422, "clip_skip"),
+    ("unknown model", {**OK, "model": "no-such-model"}, 404, "model"),
     ("unknown scheduler", {**OK, "scheduler": "warp_drive"}, 422, "scheduler"),
     (
         "strength zero",

@@ -6,7 +6,9 @@
 import { rememberSignedUrl } from "./auth.js";
 import { clearErrors, clearFieldError, reportHttpError, showFormError } from "./errors.js";
 import { cancelJob, focus } from "./follow.js";
-import { applyMode, bodyText, buildBody, maskEditor, mode, randomSeed, restoreForm, saveForm, setInputImage } from "./form.js";
+import {
+  addLoraRow, applyMode, bodyText, buildBody, maskEditor, mode, randomSeed, restoreForm, saveForm, setInputImage,
+} from "./form.js";
 import { $, ACTIVE, hashJobId, hooks, imageUrl, jobById, loadJobs, saveJobs, setText, state } from "./state.js";
 
 // ---------------------------------------------------------------- server info and readiness
@@ -50,6 +52,20 @@ function applyInfo(info) {
     sel.value = keep;
   }
 
+  // The model library (GET /v1/models' entries): the picker keeps what the person chose.
+  const library = Array.isArray(info.library) ? info.library : [];
+  if (library.length) {
+    const picker = $("model");
+    const chosen = picker.value || sessionModel();
+    picker.innerHTML = "";
+    picker.append(new Option("Default model", ""));
+    for (const m of library) {
+      const tag = [m.architecture, m.native_size && `${m.native_size} px`, m.default && "default"].filter(Boolean);
+      picker.append(new Option(`${m.id} (${tag.join(", ")})`, m.id));
+    }
+    picker.value = library.some((m) => m.id === chosen) ? chosen : "";
+  }
+
   const limits = info.limits || info;
   if (limits.max_steps) $("steps").max = limits.max_steps;
   if (!state.previewDefaultsApplied) {
@@ -66,6 +82,15 @@ function applyInfo(info) {
   const model = typeof info.model === "string" ? info.model : engine.model;
   const bits = [model && `model ${model}`, engine.family, pick("device"), pick("dtype")].filter(Boolean);
   serverStatus(bits.length ? `Ready · ${bits.join(" · ")}` : "Ready", false);
+}
+
+/** The model kept by saveForm across a reload (its options only exist once /v1/info answered). */
+function sessionModel() {
+  try {
+    return (JSON.parse(sessionStorage.getItem("sdworker.form") || "{}") || {}).model || "";
+  } catch (_) {
+    return "";
+  }
 }
 
 function serverStatus(text, bad) {
@@ -277,6 +302,7 @@ function init() {
     saveForm();
   };
   $("seed-dice").addEventListener("click", () => setSeed(randomSeed()));
+  $("lora-add").addEventListener("click", () => addLoraRow());
   $("seed-reuse").addEventListener("click", () => state.lastSeed !== null && setSeed(state.lastSeed));
   $("job-form").addEventListener("submit", submit);
   $("prompt").addEventListener("keydown", (e) => {

@@ -118,6 +118,11 @@ export function buildBody() {
     if (v !== undefined) body[id] = v;
   }
   if ($("scheduler").value) body.scheduler = $("scheduler").value;
+  if ($("model").value) body.model = $("model").value;
+  const loras = [...document.querySelectorAll("#lora-rows .lora-row")]
+    .map((row) => ({ path: row.querySelector(".lora-name").value, strength: Number(row.querySelector(".lora-weight").value) }))
+    .filter((lora) => lora.path);
+  if (loras.length) body.loras = loras;
   const preview = {
     every: numberField("preview-every"),
     min_interval_ms: numberField("preview-interval"),
@@ -197,4 +202,34 @@ export function restoreForm() {
   }
   $("preview-settings").open = !!values.previewOpen;
   return true;
+}
+
+// ---------------------------------------------------------------- LoRA rows
+
+/** One LoRA row: a LoRA of GET /v1/loras (from /v1/info), its weight, and a remove button. */
+export function addLoraRow(name = "", weight = 1) {
+  const row = document.createElement("div");
+  row.className = "lora-row seed-row";
+  const select = document.createElement("select");
+  select.className = "lora-name";
+  select.setAttribute("aria-label", "LoRA");
+  select.append(new Option("Choose a LoRA", ""));
+  for (const lora of (state.info && state.info.loras) || []) {
+    const family = lora.family ? ` (${lora.family})` : "";
+    select.append(new Option(`${lora.name}${family}`, lora.name));
+  }
+  select.value = name;
+  const input = document.createElement("input");
+  input.type = "number";
+  input.className = "lora-weight";
+  input.setAttribute("aria-label", "LoRA weight");
+  Object.assign(input, { min: -10, max: 10, step: 0.05, value: String(weight) });
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.className = "secondary lora-remove";
+  remove.textContent = "Remove";
+  remove.addEventListener("click", () => row.remove());
+  row.append(select, input, remove);
+  $("lora-rows").append(row);
+  return row;
 }

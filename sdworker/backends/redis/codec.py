@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sdworker.engine.protocol import EngineInfo, Operation
+from sdworker.engine.protocol import EngineInfo, LoraInfo, ModelInfo, Operation
 from sdworker.events.types import (
     JobCompleted,
     JobEnded,
@@ -16,6 +16,7 @@ from sdworker.events.types import (
     JobQueued,
     JobRetrying,
     JobStarted,
+    ModelLoading,
     PreviewReady,
     StepProgressed,
 )
@@ -49,6 +50,8 @@ def event_fields(event: JobEvent) -> tuple[str, dict[str, Any], int, int, bytes 
             return "preview", data, event.step, event.total, event.image
         case StepProgressed(step=step, total=total):
             return "progress", {"step": step, "total": total}, step, total, None
+        case ModelLoading(model=model, phase=phase, seconds=seconds):
+            return "loading_model", {"model": model, "phase": phase, "seconds": seconds}, 0, 0, None
         case _:
             raise TypeError(f"a worker does not publish {type(event).__name__}")
 
@@ -70,6 +73,9 @@ def decode_event(
             return JobStarted(**base, attempt=int(data.get("attempt", 1)), worker=data.get("worker"))
         case "retrying":
             return JobRetrying(**base, attempt=int(data["attempt"]), reason=str(data["reason"]))
+        case "loading_model":
+            return ModelLoading(**base, model=str(data["model"]), phase=str(data["phase"]),
+                                seconds=float(data["seconds"]))
         case "progress":
             return StepProgressed(**base, step=int(data["step"]), total=int(data["total"]))
         case "preview":
@@ -130,7 +136,7 @@ def job_view(fields: dict[bytes, bytes], *, position: int | None, watchers: int)
     )
 
 
-def worker_record(info: WorkerInfo, engine: EngineInfo | None) -> str:
+def worker_record(info: WorkerInfo, engine: EngineInfo | None, library: dict[str, Any] | None = None) -> str:
     record: dict[str, Any] = {
         "id": info.id,
         "model": info.model,
@@ -152,7 +158,36 @@ def worker_record(info: WorkerInfo, engine: EngineInfo | None) -> str:
             "preview_methods": list(engine.preview_methods),
             "operations": [op.value for op in engine.operations],
         }
+    if library is not None:
+        record["library"] = library
     return json.dumps(record)
+
+
+def library_record(models: tuple[ModelInfo, ...], loras: tuple[LoraInfo, ...]) -> dict[str, Any]:
+    """A worker's model library as its registry entry lists it (names and headers' facts, no paths)."""
+    return {
+        "models": [
+            {"name": m.name, "family": m.family, "kind": m.kind, "native_size": m.native_size, "loaded": m.loaded,
+             "default": m.is_default, "sha256": m.sha256}
+            for m in models
+        ],
+        "loras": [{"name": lora.name, "family": lora.family, "format": lora.format} for lora in loras],
+    }
+
+
+def parse_library(raw: bytes) -> tuple[tuple[ModelInfo, ...], tuple[LoraInfo, ...]]:
+    """The library of a registry entry; empty for a worker that registered none (an older one)."""
+    library = json.loads(raw).get("library") or {}
+    models = tuple(
+        ModelInfo(str(m["name"]), str(m["family"]), str(m.get("kind", "")), "", int(m["native_size"]),
+                  loaded=bool(m.get("loaded")), is_default=bool(m.get("default")), sha256=m.get("sha256"))
+        for m in library.get("models", ())
+    )
+    loras = tuple(
+        LoraInfo(str(lora["name"]), "", lora.get("family"), str(lora.get("format", "unknown")))
+        for lora in library.get("loras", ())
+    )
+    return models, loras
 
 
 def parse_worker(raw: bytes) -> tuple[WorkerInfo, EngineInfo | None]:

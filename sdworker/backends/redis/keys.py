@@ -52,5 +52,10 @@ class Keys:
         return f"{self.prefix}:idem:{owner or '-'}:{key}"
 
     @property
+    def models_refresh(self) -> str:
+        """When an API node last asked the workers to rescan their model folders (epoch seconds)."""
+        return f"{self.prefix}:models:refresh"
+
+    @property
     def control(self) -> str:
         return f"{self.prefix}:ctl"

@@ -18,27 +18,27 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from sdworker.backends.redis import scripts
-from sdworker.backends.redis.codec import job_view, parse_worker, text
+from sdworker.backends.redis.codec import job_view, parse_library, parse_worker, text
 from sdworker.backends.redis.hub import StreamHub
 from sdworker.backends.redis.keys import Keys
 from sdworker.engine.parameters import model_label
-from sdworker.engine.protocol import EngineInfo
+from sdworker.engine.protocol import EngineInfo, LoraInfo, ModelInfo
 from sdworker.errors import JobNotFinished, JobNotFound, NotReady, QueueFull
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import ends_stream
-from sdworker.jobs.inputs import check_inputs
+from sdworker.jobs.inputs import DEFAULT_SIZE, check_inputs
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.protocol import FleetInfo
 from sdworker.jobs.spec import JobDraft
 from sdworker.jobs.state import JobStatus, JobView, WorkerInfo
-from sdworker.jobs.submission import build_spec, check_against_engine, resolve_model
+from sdworker.jobs.submission import build_spec, check_against_engine, check_lora_names, resolve_model
 from sdworker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -128,19 +128,32 @@ class RedisJobService:
         fleet = await self.fleet(fresh=True)
         served: dict[str, str] = {}
         engines: dict[str, EngineInfo] = {}
+        worker_models: set[str] = set()
+        libraries = _libraries(fleet)
         for worker, engine in self._live_workers_with_engines(fleet):
             served.setdefault(worker.model, worker.model)
             served.setdefault(model_label(worker.model), worker.model)
+            worker_models.add(worker.model)
+            # A worker also serves every model of its library: jobs for one queue under its name.
+            for entry in libraries.get(worker.id, ((), ()))[0]:
+                served.setdefault(entry.name, entry.name)
+                if engine is not None:
+                    engines.setdefault(entry.name, engine)
             if engine is not None:
                 engines.setdefault(worker.model, engine)
         default = self._settings.default_model if self._settings.default_model in served else None
-        default = default or (sorted(set(served.values()))[0] if served else None)
+        default = default or (sorted(worker_models)[0] if worker_models else None)
         self._refuse_failed_only(draft.model or default, served, fleet)
         model = resolve_model(draft.model, served, default)
         check_against_engine(draft, engines.get(model))
+        if fleet.library:  # workers list their LoRAs: refuse unknown names here, not as a failed job
+            served_model = _library_entry(model, fleet)
+            check_lora_names(draft, fleet.loras, served_model.family if served_model else None)
         if fleet.queue_depth >= self._settings.max_queue:
             raise self._queue_full()
-        checked = await asyncio.to_thread(check_inputs, draft, max_pixels=self._settings.max_pixels)
+        checked = await asyncio.to_thread(
+            check_inputs, draft, max_pixels=self._settings.max_pixels, default_size=_native_size(model, fleet)
+        )
         job_id = uuid.uuid4().hex
         spec = build_spec(draft, checked, job_id=job_id, created_at=time.time(), owner=owner, model=model)
         position = await self._call(
@@ -229,28 +242,41 @@ class RedisJobService:
         workers = []
         engine: EngineInfo | None = None
         stale = []
+        libraries = {}
         for worker_id, value in raw.items():
             info, worker_engine = parse_worker(value)
             if time.time() - info.last_seen > window:
                 stale.append(worker_id)
                 continue
             workers.append((info, worker_engine))
+            if info.status not in ("stopping", "failed"):
+                libraries[info.id] = parse_library(value)
             engine = engine or worker_engine
         if stale and any(time.time() - parse_worker(raw[w])[0].last_seen > 24 * 3600 for w in stale):
             await self._call(self._redis.hdel(self._keys.workers, *stale))
-        models = tuple(sorted({info.model for info, _ in workers}))
+        library = _union(m for models, _ in libraries.values() for m in models)
+        loras = _union(lora for _, each in libraries.values() for lora in each)
+        models = tuple(sorted({info.model for info, _ in workers}))  # what the compat doors list
         fleet = FleetInfo(
             models=models,
             engine=engine,
             workers=tuple(info for info, _ in workers),
             queue_depth=int(depth),
             backend="redis",
-            extra={"engines": {info.model: e for info, e in workers if e is not None}},
+            extra={"engines": {info.model: e for info, e in workers if e is not None}, "libraries": libraries},
+            library=library,
+            loras=loras,
         )
         self._fleet = (now, fleet)
         for status in ("starting", "ready", "busy", "stopping", "failed"):
             self._metrics.fleet_workers.labels(status=status).set(sum(1 for w in fleet.workers if w.status == status))
         return fleet
+
+    async def refresh_models(self) -> None:
+        """Per worker: set the refresh flag; each live worker rescans its folders at its next registry
+        beat (``lease_heartbeat_seconds``) and lists what it found. Answers before they have."""
+        await self._call(self._redis.set(self._keys.models_refresh, repr(time.time())))
+        self._fleet = None
 
     async def dead_letters(self, *, limit: int = 100) -> list[JobView]:
         return await self._views(self._keys.dead, owner=None, limit=limit)
@@ -421,6 +447,40 @@ class RedisJobService:
         for worker in fleet.workers:
             if worker.status == "failed" and (model is None or model in (worker.model, model_label(worker.model))):
                 raise NotReady(f"the worker cannot run jobs: {worker.reason or 'it failed'}")
+
+
+N = TypeVar("N", ModelInfo, LoraInfo)
+
+
+def _union(entries: Iterable[N]) -> tuple[N, ...]:
+    """One entry per name (the first worker's), sorted by name."""
+    found: dict[str, N] = {}
+    for entry in entries:
+        found.setdefault(entry.name, entry)
+    return tuple(found[name] for name in sorted(found))
+
+
+def _libraries(fleet: FleetInfo) -> dict[str, tuple[tuple[ModelInfo, ...], tuple[LoraInfo, ...]]]:
+    return dict(fleet.extra.get("libraries", {}))  # type: ignore[call-overload]
+
+
+def _library_entry(model: str, fleet: FleetInfo) -> ModelInfo | None:
+    """What workers listed about ``model`` (for a worker's ``--model`` name: its default model)."""
+    for entry in fleet.library:
+        if entry.name == model:
+            return entry
+    for worker in fleet.workers:
+        if worker.model == model:
+            for entry in _libraries(fleet).get(worker.id, ((), ()))[0]:
+                if entry.is_default:
+                    return entry
+    return None
+
+
+def _native_size(model: str, fleet: FleetInfo) -> int:
+    """The default width/height of a job on ``model``: its native size where a worker listed it."""
+    entry = _library_entry(model, fleet)
+    return entry.native_size if entry is not None else DEFAULT_SIZE
 
 
 def _b64(data: bytes | None) -> str | None:

@@ -34,7 +34,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from sdworker import __version__
 from sdworker.backends.redis import scripts
-from sdworker.backends.redis.codec import event_fields, text, worker_record
+from sdworker.backends.redis.codec import event_fields, library_record, text, worker_record
 from sdworker.backends.redis.keys import GROUP, Keys
 from sdworker.backends.redis.service import EVENTS_MAXLEN, connect, redacted, ttl_ms
 from sdworker.engine.protocol import CancelToken, EngineInfo
@@ -43,6 +43,7 @@ from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.protocol import Lease
 from sdworker.jobs.spec import JobSpec
 from sdworker.jobs.state import WorkerInfo
+from sdworker.jobs.submission import ModelLibrary
 from sdworker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -241,6 +242,8 @@ class RedisJobSource:
         self._tasks: list[asyncio.Task[None]] = []
         self._registered = asyncio.Event()
         self._down_logged = False
+        self._library: ModelLibrary | None = None
+        self._refreshed_at = 0.0
 
     # --- JobSource ---------------------------------------------------------------------------------
 
@@ -369,6 +372,26 @@ class RedisJobSource:
         self._registered.set()
         return lease
 
+    def attach_library(self, library: ModelLibrary) -> None:
+        """The engine's model library: listed in this worker's registry entry (so API nodes list and
+        check names), rescanned when an API node sets the refresh flag."""
+        self._library = library
+
+    async def _library_entry(self) -> dict[str, Any] | None:
+        library = self._library
+        if library is None or self._engine is None:
+            return None  # listed once the engine is loaded (it builds the library while loading)
+        asked = text(await self._redis.get(self.keys.models_refresh))
+        try:
+            if asked is not None and float(asked) > self._refreshed_at:
+                self._refreshed_at = float(asked)
+                await asyncio.to_thread(library.refresh)
+            models, loras = await asyncio.to_thread(lambda: (library.list_models(), library.list_loras()))
+        except Exception:  # a folder gone or unreadable: keep registering (the job's own check reports it)
+            log.warning("listing the model library failed", exc_info=True)
+            return None
+        return library_record(models, loras)
+
     async def _register(self) -> None:
         current = next(iter(self._leases), None)
         status = self._state
@@ -376,7 +399,8 @@ class RedisJobSource:
             status = "busy"
         info = WorkerInfo(id=self.worker_id, model=self.settings.model, device=self._device_name(), status=status,
                           current_job=current, last_seen=time.time(), version=__version__, reason=self._reason)
-        await self._redis.hset(self.keys.workers, self.worker_id, worker_record(info, self._engine))
+        library = await self._library_entry()
+        await self._redis.hset(self.keys.workers, self.worker_id, worker_record(info, self._engine, library))
 
     async def _register_loop(self) -> None:
         interval = self.settings.lease_heartbeat_seconds
