@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pytest
-
 from sdworker.engine.fake import FakeEngine
 from sdworker.engine.protocol import LoraInfo, ModelInfo
 
@@ -74,10 +72,6 @@ async def test_a_job_picks_its_model_and_gets_its_native_size_and_a_loading_even
 
 
 async def test_unknown_models_and_loras_are_4xx_naming_the_field_and_queue_nothing() -> None:
-    if backend_name() == "redis":
-        # Open (wiring branch): on Redis this test passes alone but hangs past pytest's timeout when it
-        # runs after other Redis tests of this module; not yet understood, so not run there for now.
-        pytest.skip("intermittent hang on the Redis backend after other tests; under investigation")
     async with running_app(library_engine()) as app:
         cases = [
             ({"model": "nope"}, 404, "model_not_found", "model"),

@@ -59,9 +59,13 @@ class StreamHub:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: on Python 3.11 a cancel that meets a timeout's expiry can be lost, so a second
+            # cancel follows instead of waiting forever.
+            for _ in range(3):
+                self._task.cancel()
+                done, _ = await asyncio.wait({self._task}, timeout=1.0)
+                if done:
+                    break
         with contextlib.suppress(Exception):
             await self._clear_advertised()
 

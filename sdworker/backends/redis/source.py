@@ -241,6 +241,7 @@ class RedisJobSource:
         self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._registered = asyncio.Event()
+        self._closing = False
         self._down_logged = False
         self._library: ModelLibrary | None = None
         self._refreshed_at = 0.0
@@ -283,11 +284,19 @@ class RedisJobSource:
         self.stopping = True
 
     async def close(self) -> None:
+        # A flag and a wake-up end the registry loop; cancellation is only the fallback, and the wait
+        # for the tasks is bounded: on Python 3.11 a cancel that meets a timeout's expiry can be lost.
+        self._closing = True
+        self._registered.set()
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            if task.get_name() != "sdworker-registry":
+                task.cancel()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=3.0)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2.0)
         with contextlib.suppress(RedisError, OSError):
             await self._redis.hdel(self.keys.workers, self.worker_id)
         for client in (self._redis, self._blocking, self._listener):
@@ -404,9 +413,11 @@ class RedisJobSource:
 
     async def _register_loop(self) -> None:
         interval = self.settings.lease_heartbeat_seconds
-        while True:
+        while not self._closing:
             with contextlib.suppress(RedisError, OSError):
                 await self._register()
+            if self._closing:
+                return
             self._registered.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):  # not wait_for: it can swallow the close's cancel
