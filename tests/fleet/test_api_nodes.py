@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
 
 import httpx
 import redis
@@ -101,9 +100,7 @@ async def _status(client: httpx.AsyncClient, base: str, job_id: str, status: str
 
 def test_an_api_node_never_loads_torch_and_answers_health_at_once(fleet: Fleet) -> None:
     node = fleet.apis[0]
-    started = time.monotonic()
-    assert httpx.get(node.url + "/health", timeout=5).status_code == 200
-    assert time.monotonic() - started < 5  # a bound against hangs, not a speed claim
+    assert httpx.get(node.url + "/health", timeout=5).status_code == 200  # the timeout guards a hang
     with open(f"/proc/{node.pid}/maps") as maps:
         libraries = maps.read()
     assert "libtorch" not in libraries and "torch/lib" not in libraries
