@@ -14,7 +14,7 @@ No torch here: latents are typed ``Any`` so the job layer can import this module
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -142,6 +142,17 @@ class StepView(Protocol):
 
 StepHook = Callable[[StepView], None]
 
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One job of a cross-job batch (``Engine.generate_batch``): its request, its own step hook (its
+    progress and previews) and its own cancel token (cancelling it leaves the others running)."""
+
+    request: GenerationRequest
+    on_step: StepHook | None = None
+    cancel: CancelToken | None = None
+
+
 # on_model_load(name, phase, seconds): phase "started" (seconds 0.0) then "finished" (seconds the load
 # took) or "failed". Called on the engine's thread; must return quickly (hand over to the event loop).
 ModelLoadHook = Callable[[str, str, float], None]
@@ -239,6 +250,16 @@ class Engine(Protocol):
         ``InvalidRequest`` subclasses for requests this model cannot serve (e.g. unknown scheduler),
         ``GenerationFailed`` for anything else with a message safe to show. When ``request.model`` is
         not in memory it is loaded first (``on_model_load`` hears when that starts and ends)."""
+        ...
+
+    def generate_batch(
+        self, items: Sequence[BatchItem], on_model_load: ModelLoadHook | None = None
+    ) -> list[GenerationResult | Exception]:
+        """Run several jobs, sharing one UNet call per step where they can (same model, size, step
+        count and scheduler, text-to-image, no LoRA); the others run one after another. Each job keeps
+        its own generator (its pixels equal its solo ``generate``), its own hook and its own cancel:
+        the returned list holds, per item and in order, its result or the exception ``generate``
+        would have raised for it (``JobCancelled``, ``InvalidRequest``, ``GenerationFailed``)."""
         ...
 
     def close(self) -> None:
