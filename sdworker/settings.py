@@ -77,7 +77,9 @@ class Settings(BaseSettings):
     # Speed
     compile: bool = Field(False, description="torch.compile the UNet (slow first job per size)")
     compile_sizes: tuple[str, ...] = Field((), description="WxH sizes to compile ahead, e.g. 512x512,1024x1024")
-    max_batch: int = Field(1, ge=1, le=64, description="jobs of the same shape run together as one batch")
+    max_batch: int | None = Field(
+        None, ge=1, le=64, description="jobs of the same shape run together as one batch (default: 1 on CPU, 4 on CUDA)"
+    )
     batch_wait_ms: int = Field(20, ge=0, le=10_000, description="how long a batch waits for more jobs")
 
     # HTTP

@@ -70,6 +70,7 @@ def create_app(
         runner = JobRunner(
             engine, source, metrics, max_pixels=settings.max_pixels, models=models, encode=encode,
             png_text=png_text_for(settings), default_aliases=(settings.model, model_label(settings.model)),
+            max_batch=settings.max_batch, batch_wait_ms=settings.batch_wait_ms,
         )
         runner.fail_on_death = service.backend == "memory"  # a fleet retries the job elsewhere
     attach = getattr(source, "attach_library", None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image
 from sdworker.engine.prompt_syntax import extract_lora_tags, merge_loras
 from sdworker.engine.protocol import (
     AppliedLora,
+    BatchItem,
     CancelToken,
     EngineInfo,
     GenerationRequest,
@@ -128,6 +130,7 @@ class FakeEngine:
         self.closed = False
         self.render_preview_calls = 0
         self.generate_calls = 0
+        self.batches: list[tuple[str, ...]] = []  # the prompts of each generate_batch call
         self.fatal_at_step = fatal_at_step
         self.stuck_at_step = stuck_at_step
         self.unstick = threading.Event()
@@ -236,6 +239,20 @@ class FakeEngine:
             loras=tuple(AppliedLora(r.name, r.weight, "0" * 12) for r in merge_loras(request.loras, ())),
             clip_skip=request.clip_skip,
         )
+
+    def generate_batch(
+        self, items: Sequence[BatchItem], on_model_load: ModelLoadHook | None = None
+    ) -> list[GenerationResult | Exception]:
+        """The jobs one after another (nothing to share without a UNet), each outcome caught as the
+        protocol says; ``batches`` records what the runner handed over together."""
+        self.batches.append(tuple(item.request.prompt for item in items))
+        outcomes: list[GenerationResult | Exception] = []
+        for item in items:
+            try:
+                outcomes.append(self.generate(item.request, item.on_step, item.cancel, on_model_load))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
     def close(self) -> None:
         self.closed = True

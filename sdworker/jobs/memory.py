@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 
 from sdworker.engine.parameters import model_label
-from sdworker.engine.protocol import CancelToken, EngineInfo, LoraInfo, ModelInfo
+from sdworker.engine.protocol import CancelToken, EngineInfo, LoraInfo, ModelInfo, Operation
 from sdworker.errors import JobNotFinished, JobNotFound, NotReady
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import (
@@ -288,18 +288,37 @@ class MemoryJobService:
         if getter.cancelled() or not getter.done():
             return []
         spec = getter.result()
-        leases: list[Lease] = []
-        specs = [spec]
+        return self._lease([spec, *self._take_partners(spec, limit - 1)])
+
+    async def claim_partners(self, first: JobSpec, *, limit: int, wait_seconds: float) -> list[Lease]:
+        specs = self._take_partners(first, limit)
+        if not specs and wait_seconds > 0 and not self._claims_stopped.is_set():
+            await self._queue.wait_put(wait_seconds)
+            specs = self._take_partners(first, limit)
+        return self._lease(specs)
+
+    @property
+    def batches(self) -> bool:
+        return True
+
+    def _take_partners(self, first: JobSpec, limit: int) -> list[JobSpec]:
+        """Queued jobs batchable with ``first``, in queue order, removed from the queue."""
+        taken: list[JobSpec] = []
         for other in self._queue.specs():
-            if len(specs) >= limit:
+            if len(taken) >= limit:
                 break
-            if _batchable(spec, other) and self._queue.remove(other.job_id):
-                specs.append(other)
+            if _batchable(first, other) and self._queue.remove(other.job_id):
+                taken.append(other)
+        return taken
+
+    def _lease(self, specs: list[JobSpec]) -> list[Lease]:
+        leases: list[Lease] = []
         for each in specs:
             record = self._start(each.job_id)
             if record is not None:
                 leases.append(MemoryLease(self, record))
-        self._publish_positions()
+        if specs:
+            self._publish_positions()
         return leases
 
     def stop_claiming(self) -> None:
@@ -462,13 +481,24 @@ class MemoryJobService:
 
 
 def _batchable(first: JobSpec, other: JobSpec) -> bool:
-    """Jobs that can share one UNet call per step (cross-job batching)."""
+    """Jobs that can share one UNet call per step (cross-job batching): text-to-image of the same
+    model, size, step count, scheduler and clip skip, with guidance on and no LoRA. The engine has the
+    last word (a prompt whose encoding has another length runs alone); this only keeps jobs that
+    could never share out of a batch, so they are not claimed early and made to wait."""
     return (
-        other.model == first.model
+        first.operation is Operation.TEXT_TO_IMAGE
+        and other.operation is Operation.TEXT_TO_IMAGE
+        and other.model == first.model
         and (other.width, other.height) == (first.width, first.height)
         and other.num_inference_steps == first.num_inference_steps
         and other.scheduler == first.scheduler
-        and other.operation is first.operation
-        and not other.loras
-        and not first.loras
+        and other.clip_skip == first.clip_skip
+        and first.guidance_scale > 1.0
+        and other.guidance_scale > 1.0
+        and not _has_loras(first)
+        and not _has_loras(other)
     )
+
+
+def _has_loras(spec: JobSpec) -> bool:
+    return bool(spec.loras) or "<lora:" in spec.prompt.lower()

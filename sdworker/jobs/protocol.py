@@ -164,6 +164,17 @@ class JobSource(Protocol):
         ``retrying`` then ``started`` for a job whose earlier attempt was lost)."""
         ...
 
+    async def claim_partners(self, first: JobSpec, *, limit: int, wait_seconds: float) -> list[Lease]:
+        """Up to ``limit`` queued jobs that could share ``first``'s UNet calls, waiting at most
+        ``wait_seconds`` for one to arrive (the runner calls this in short slices until its
+        ``--batch-wait-ms`` are over). A source that cannot batch (``batches`` False) returns []."""
+        ...
+
+    @property
+    def batches(self) -> bool:
+        """Whether ``claim``/``claim_partners`` can hand out several jobs to run as one batch."""
+        ...
+
     async def set_engine(self, info: EngineInfo | None, *, state: str, reason: str | None = None) -> None:
         """The runner's engine state (loading | ready | failed | stopping): readiness, worker registry."""
         ...

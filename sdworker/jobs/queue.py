@@ -8,6 +8,7 @@ once, without decoding megabytes of base64) and released if decoding fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -35,6 +36,7 @@ class JobQueueProtocol(Protocol):
     def position(self, job_id: str) -> int | None: ...
     def job_ids(self) -> list[str]: ...
     async def get(self) -> JobSpec: ...
+    async def wait_put(self, timeout_seconds: float) -> None: ...
     def __len__(self) -> int: ...
 
 
@@ -45,6 +47,7 @@ class InMemoryJobQueue:
         self._items: deque[JobSpec] = deque()
         self._reserved = 0
         self._not_empty = asyncio.Event()
+        self._put = asyncio.Event()  # set by every put: wakes a runner waiting for batch partners
 
     def __len__(self) -> int:
         return len(self._items)
@@ -71,12 +74,14 @@ class InMemoryJobQueue:
         self._reserved -= 1
         self._items.append(spec)
         self._not_empty.set()
+        self._put.set()
         return len(self._items)
 
     def put_front(self, spec: JobSpec) -> None:
         """A job handed back by its runner goes first again (no slot needed: it held one)."""
         self._items.appendleft(spec)
         self._not_empty.set()
+        self._put.set()
 
     def remove(self, job_id: str) -> bool:
         for spec in self._items:
@@ -102,3 +107,11 @@ class InMemoryJobQueue:
             self._not_empty.clear()
             await self._not_empty.wait()
         return self._items.popleft()
+
+    async def wait_put(self, timeout_seconds: float) -> None:
+        """Return after the next ``put`` or ``timeout_seconds``, whichever comes first. A put that
+        came before the call is not waited for: callers look at ``specs()`` first."""
+        self._put.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_seconds):
+                await self._put.wait()

@@ -11,6 +11,12 @@ Threads, and why:
   previews come back only through ``loop.call_soon_threadsafe(lease.publish, event)``; nothing else
   crosses threads.
 
+Cross-job batching (``max_batch`` > 1): after claiming a job the dispatch task asks the source for
+queued jobs that could share its UNet calls, for at most ``batch_wait_ms`` by the runner's clock (a
+lone job waits no longer than that; with nobody queued at claim time and a wait of 0 it waits not at
+all), then hands the whole group to ``engine.generate_batch``. Each job keeps its own lease, events,
+cancel token and result; the engine decides which of them really share a UNet call.
+
 Cancellation is cooperative: the lease's ``control`` token is set by a cancel (memory: directly;
 Redis: a message the lease listens for); the engine checks it after every step and raises
 ``JobCancelled``. Shutdown (``stop``): take no further job, give the running one ``grace_seconds`` to
@@ -23,12 +29,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sdworker.engine.parameters import parameters_text
-from sdworker.engine.protocol import CancelToken, Engine, GenerationRequest, GenerationResult
+from sdworker.engine.protocol import BatchItem, CancelToken, Engine, GenerationRequest, GenerationResult
 from sdworker.errors import JobCancelled, SdworkerError
 from sdworker.events.types import JobEvent, ModelLoading
 from sdworker.imaging.encode import encode_image, encode_png
@@ -44,6 +51,10 @@ log = logging.getLogger(__name__)
 CANCELLED = "cancelled"
 # After the grace and the cancel, how long a running job gets to stop before it is abandoned.
 STOP_SECONDS = 2.0
+# The batch wait is taken in slices this long, so the runner's clock decides when it is over.
+PARTNER_POLL_SECONDS = 0.005
+# --max-batch unset: how many jobs share a UNet call on a CUDA device (1 elsewhere: a CPU is busy at 1).
+CUDA_AUTO_BATCH = 4
 PngText = Callable[[JobSpec, GenerationRequest, GenerationResult, int], dict[str, str]]
 
 
@@ -63,10 +74,14 @@ class JobRunner:
         encode: EncodeFn | None = None,
         png_text: PngText | None = None,
         default_aliases: Collection[str] = (),
+        max_batch: int | None = 1,
+        batch_wait_ms: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``default_aliases``: model names that mean the engine's default model (what ``--model``
         said, e.g. ``demo``: a Redis queue is keyed by it, while the engine's library names the default
-        model by its own name)."""
+        model by its own name). ``max_batch`` None: 1 on CPU, ``CUDA_AUTO_BATCH`` on CUDA (decided once
+        the engine says its device). ``clock``: seconds, for the batch wait (tests inject one)."""
         self._engine = engine
         self._source = source
         self._metrics = metrics
@@ -79,7 +94,11 @@ class JobRunner:
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdworker-encode")
         self._main: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._current: Lease | None = None
+        self._running: list[Lease] = []  # the job(s) on the GPU thread now
+        self._max_batch = max_batch
+        self._batch_limit = max_batch or 1
+        self._batch_wait_seconds = batch_wait_ms / 1000.0
+        self._clock = clock
         self._stopping = False
         self._hand_back = False
         self._grace_over = False
@@ -97,7 +116,12 @@ class JobRunner:
 
     @property
     def current_job(self) -> str | None:
-        return self._current.spec.job_id if self._current is not None else None
+        return self._running[0].spec.job_id if self._running else None
+
+    @property
+    def batch_limit(self) -> int:
+        """How many jobs may run as one batch (``max_batch``, resolved once the engine is loaded)."""
+        return self._batch_limit
 
     @property
     def status(self) -> str:
@@ -108,7 +132,7 @@ class JobRunner:
             return "starting"
         if self.state == "failed":
             return "error"
-        return "busy" if self._current is not None else "ready"
+        return "busy" if self._running else "ready"
 
     def listen(self, callback: Callable[[], None]) -> None:
         """``callback()`` on the event loop whenever ``status`` may have changed (heartbeats)."""
@@ -144,8 +168,8 @@ class JobRunner:
             done, _ = await asyncio.wait({main}, timeout=grace_seconds)
             if not done:
                 self._grace_over = True
-                if self._current is not None:
-                    await self._stop_lease(self._current)
+                for lease in list(self._running):
+                    await self._stop_lease(lease)
                 done, _ = await asyncio.wait({main}, timeout=STOP_SECONDS)
                 if not done:
                     await self._abandon()
@@ -159,11 +183,10 @@ class JobRunner:
         its watchers get their terminal event (memory: ``shutting_down``; a fleet: handed back), and
         mark the GPU thread abandoned so nothing waits on it again (``close`` skips the engine; the CLI
         exits hard once the streams are ended, as the interpreter would join the thread forever)."""
-        lease = self._current
         log.error("the running job did not stop within %.0f s of its cancel; abandoning the GPU thread",
                   STOP_SECONDS)
         self.abandoned = True
-        if lease is not None:
+        for lease in list(self._running):
             if self._hand_back:
                 await lease.release()
             else:
@@ -207,21 +230,47 @@ class JobRunner:
             names = await loop.run_in_executor(None, self._library_names)
             self._models = tuple(dict.fromkeys((*self._models, *names)))
         # Announced before this runner says ready, so an API node routes jobs to it from then on.
-        await self._source.set_engine(self._engine.info, state="ready")
+        info = self._engine.info
+        if not self._source.batches:
+            self._batch_limit = 1
+        elif self._max_batch is None:
+            self._batch_limit = CUDA_AUTO_BATCH if info.device.startswith("cuda") else 1
+        await self._source.set_engine(info, state="ready")
         self.state, self.reason = "ready", None
         self._changed()
         while not self._stopping and not self.dead:
-            leases = await self._source.claim(self._models, wait_seconds=1.0)
-            for lease in leases:
-                if self._grace_over:
+            leases = await self._source.claim(self._models, limit=self._batch_limit, wait_seconds=1.0)
+            if not leases:
+                continue
+            if len(leases) < self._batch_limit and self._batch_wait_seconds > 0:
+                leases += await self._wait_for_partners(leases[0].spec, self._batch_limit - len(leases))
+            if self._grace_over:
+                for lease in leases:
                     await self._stop_lease(lease)  # claimed as the grace ran out: handed back or cancelled
-                self._current = lease
+            self._running = leases
+            self._changed()
+            try:
+                if len(leases) == 1:
+                    await self._run_job(loop, leases[0])
+                else:
+                    await self._run_batch(loop, leases)
+            finally:
+                self._running = []
                 self._changed()
-                try:
-                    await self._run_job(loop, lease)
-                finally:
-                    self._current = None
-                    self._changed()
+
+    async def _wait_for_partners(self, first: JobSpec, limit: int) -> list[Lease]:
+        """Jobs that arrive within ``batch_wait_ms`` (by ``clock``) and can share ``first``'s batch.
+        Stops early when the batch is full or a shutdown begins."""
+        deadline = self._clock() + self._batch_wait_seconds
+        partners: list[Lease] = []
+        while len(partners) < limit and not self._stopping:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                break
+            partners += await self._source.claim_partners(
+                first, limit=limit - len(partners), wait_seconds=min(remaining, PARTNER_POLL_SECONDS)
+            )
+        return partners
 
     def _library_names(self) -> tuple[str, ...]:
         try:
@@ -236,47 +285,120 @@ class JobRunner:
         def publish(event: JobEvent) -> None:
             loop.call_soon_threadsafe(lease.publish, event)
 
-        reporter = StepReporter(
-            spec.job_id,
-            spec.preview,
+        reporter = self._reporter(lease, publish)
+        try:
+            # Not cancellable from the loop: a job ends through its control token, never mid-step.
+            request, result = await asyncio.shield(
+                loop.run_in_executor(self._gpu, self._generate, spec, reporter, lease.control, publish)
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._settle(loop, lease, None, exc)
+            return
+        except BaseException as exc:  # the generation thread died: see _thread_died
+            await self._thread_died([lease], exc)
+            return
+        await self._settle(loop, lease, request, result)
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, leases: list[Lease]) -> None:
+        """Several jobs in one ``engine.generate_batch`` call; each ends on its own outcome."""
+        reporters: list[StepReporter] = []
+        for lease in leases:
+            def publish(event: JobEvent, lease: Lease = lease) -> None:
+                loop.call_soon_threadsafe(lease.publish, event)
+
+            reporters.append(self._reporter(lease, publish))
+
+        def publish_all(event: JobEvent) -> None:
+            for lease in leases:
+                loop.call_soon_threadsafe(lease.publish, dataclasses.replace(event, job_id=lease.spec.job_id))
+
+        try:
+            outcomes = await asyncio.shield(
+                loop.run_in_executor(self._gpu, self._generate_batch, leases, reporters, publish_all)
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # generate_batch reports per job; this is a bug of ours
+            log.exception("a batch of %d jobs failed", len(leases))
+            outcomes = [(None, exc) for _ in leases]
+        except BaseException as exc:  # the generation thread died: see _thread_died
+            await self._thread_died(leases, exc)
+            return
+        for lease, (request, outcome) in zip(leases, outcomes, strict=True):
+            await self._settle(loop, lease, request, outcome)
+
+    async def _settle(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        lease: Lease,
+        request: GenerationRequest | None,
+        outcome: GenerationResult | BaseException,
+    ) -> None:
+        """End a job on what its generation gave: a result (encoded and completed in a task, so the
+        GPU thread moves on to the next job while the PNGs are made) or the error it raised."""
+        if isinstance(outcome, JobCancelled):
+            if not lease.lost:
+                await lease.fail(CANCELLED, "the job was cancelled", cancelled=True)
+        elif isinstance(outcome, SdworkerError):
+            await lease.fail(outcome.code, outcome.message)
+        elif isinstance(outcome, BaseException):
+            log.error("job %s failed", lease.spec.job_id, exc_info=outcome)
+            await lease.fail("generation_failed", f"generation failed: {type(outcome).__name__}")
+        elif request is not None:
+            task = loop.create_task(self._finish(loop, lease, request, outcome))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _reporter(self, lease: Lease, publish: Callable[[JobEvent], None]) -> StepReporter:
+        return StepReporter(
+            lease.spec.job_id,
+            lease.spec.preview,
             publish=publish,
             watcher_count=lease.watchers,
             encoder=self._encoder,
             encode=self._encode,
             metrics=self._metrics,
         )
-        try:
-            # Not cancellable from the loop: a job ends through its control token, never mid-step.
-            request, result = await asyncio.shield(
-                loop.run_in_executor(self._gpu, self._generate, spec, reporter, lease.control, publish)
-            )
-        except JobCancelled:
-            if not lease.lost:
-                await lease.fail(CANCELLED, "the job was cancelled", cancelled=True)
-            return
-        except SdworkerError as exc:
-            await lease.fail(exc.code, exc.message)
-            return
-        except Exception as exc:
-            log.exception("job %s failed", spec.job_id)
-            await lease.fail("generation_failed", f"generation failed: {type(exc).__name__}")
-            return
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # the generation thread died: see _thread_died
-            await self._thread_died(lease, exc)
-            return
-        # Encode the final PNGs on the encoder thread while the GPU thread moves on to the next job.
-        task = loop.create_task(self._finish(loop, lease, request, result))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+    def _request(self, spec: JobSpec) -> GenerationRequest:
+        request = spec.to_request(max_pixels=self._max_pixels)
+        if request.model in self._default_aliases:
+            request = dataclasses.replace(request, model=None)
+        return request
+
+    def _generate_batch(
+        self, leases: list[Lease], reporters: list[StepReporter], publish_all: Callable[[JobEvent], None]
+    ) -> list[tuple[GenerationRequest | None, GenerationResult | BaseException]]:
+        """On the GPU thread: decode each job's request (a bad one fails alone), run the rest together."""
+        requests: list[GenerationRequest | None] = []
+        outcomes: list[GenerationResult | BaseException] = []
+        items: list[BatchItem] = []
+        for lease, reporter in zip(leases, reporters, strict=True):
+            try:
+                request = self._request(lease.spec)
+            except Exception as exc:
+                requests.append(None)
+                outcomes.append(exc)
+                continue
+            requests.append(request)
+            outcomes.append(JobCancelled("not run"))  # replaced below
+            items.append(BatchItem(request, on_step=reporter, cancel=lease.control))
+
+        def on_model_load(model: str, phase: str, seconds: float) -> None:
+            publish_all(ModelLoading(job_id="", model=model, phase=phase, seconds=seconds))
+
+        results = iter(self._engine.generate_batch(items, on_model_load=on_model_load) if items else [])
+        for index, request in enumerate(requests):
+            if request is not None:
+                outcomes[index] = next(results)
+        return list(zip(requests, outcomes, strict=True))
 
     def _generate(
         self, spec: JobSpec, reporter: StepReporter, control: CancelToken, publish: Callable[[JobEvent], None]
     ) -> tuple[GenerationRequest, GenerationResult]:
-        request = spec.to_request(max_pixels=self._max_pixels)
-        if request.model in self._default_aliases:
-            request = dataclasses.replace(request, model=None)
+        request = self._request(spec)
 
         def on_model_load(model: str, phase: str, seconds: float) -> None:
             # On the GPU thread, like the step hook: hand the event over to the loop and return.
@@ -307,7 +429,7 @@ class JobRunner:
             for index, image in enumerate(result.images)
         )
 
-    async def _thread_died(self, lease: Lease, exc: BaseException) -> None:
+    async def _thread_died(self, leases: list[Lease], exc: BaseException) -> None:
         """A ``BaseException`` out of the engine (a fatal CUDA error, ``SystemExit`` in the thread, an
         interpreter-level failure): the GPU thread cannot be trusted with another job. The running job
         fails with ``worker_died`` when nobody else can run it (``fail_on_death``: memory mode); in a
@@ -315,10 +437,11 @@ class JobRunner:
         kills every worker ends dead-lettered). Then this runner stops taking jobs (``/ready`` 503) and
         tells ``on_death`` (the node drains and the process exits non-zero for its supervisor)."""
         reason = f"the generation thread died: {type(exc).__name__}"
-        log.critical("%s (job %s)", reason, lease.spec.job_id, exc_info=exc)
+        log.critical("%s (job %s)", reason, ", ".join(lease.spec.job_id for lease in leases), exc_info=exc)
         self.dead = True
         if self.fail_on_death:
-            await lease.fail("worker_died", f"{reason}; the worker restarts")
+            for lease in leases:
+                await lease.fail("worker_died", f"{reason}; the worker restarts")
         await self._die(reason)
         for callback in self.on_death:
             callback(reason)

@@ -265,6 +265,16 @@ class RedisJobSource:
             return []
         return [lease] if lease is not None else []
 
+    async def claim_partners(self, first: JobSpec, *, limit: int, wait_seconds: float) -> list[Lease]:
+        return []  # cross-job batching is not done from Redis yet (see ``batches``)
+
+    @property
+    def batches(self) -> bool:
+        """False: a Redis worker runs one job at a time. Taking partners from a model's stream would
+        claim jobs that may not fit the batch, and holding those back delays them on a fleet where
+        another worker is idle; batching here needs a per-shape queue (not built yet)."""
+        return False
+
     async def set_engine(self, info: EngineInfo | None, *, state: str, reason: str | None = None) -> None:
         self._engine = info if info is not None else self._engine
         self._state = {"loading": "starting", "failed": "failed"}.get(state, state)
