@@ -23,17 +23,22 @@ import random
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from PIL import Image
 
+from sdworker.engine.batch import BatchJob, can_batch_on, denoise, failure, prepare_job
+from sdworker.engine.batch_plan import BatchKey, batch_key, group_positions
+from sdworker.engine.decoding import decode_latents
 from sdworker.engine.embeddings import EmbeddingStore
 from sdworker.engine.hashing import HashCache
 from sdworker.engine.library import NATIVE_SIZES, LoraEntry, ModelEntry, ModelLibrary
 from sdworker.engine.models import LoadedModel, ModelSource, build_pipelines, detect_family, load_model
 from sdworker.engine.prompt_syntax import extract_lora_tags, merge_loras
 from sdworker.engine.protocol import (
+    BatchItem,
     CancelToken,
     EngineInfo,
     GenerationRequest,
@@ -209,7 +214,7 @@ class DiffusersEngine:
             try:
                 images = pipe(**kwargs, callback_on_step_end=callback, output_type="pil").images
             except Interrupted as stop:  # A1111's interrupt: finish with the latents we have
-                images, steps_run = _decode_latents(pipe, stop.latents), stop.steps_done
+                images, steps_run = decode_latents(pipe, stop.latents), stop.steps_done
             completed = True
         except (JobCancelled, SdworkerError):
             raise
@@ -243,6 +248,77 @@ class DiffusersEngine:
             loras=applied,
             clip_skip=request.clip_skip,
         )
+
+    def generate_batch(
+        self, items: Sequence[BatchItem], on_model_load: ModelLoadHook | None = None
+    ) -> list[GenerationResult | Exception]:
+        """Run several jobs; those that can share one UNet call per step do (``batch_plan`` says which:
+        SD 1.x/2.x text-to-image, same model, size, steps and scheduler, no LoRA, guidance > 1; SDXL
+        runs alone), in one loop per group (``batch``: each job's own generators, scheduler, guidance,
+        hook and cancel, so its pixels equal its solo run). The others run one after another through
+        ``generate``, and so does a group of one. Groups run in the order of their first item. Returns,
+        per item and in order, its result or the exception ``generate`` would have raised for it."""
+        keys: list[BatchKey | None] = []
+        prompts: list[str] = []
+        for item in items:
+            try:  # a request with a mistake runs alone: generate reports the mistake as it always does
+                _validate(item.request)
+                entry, loras, prompt = self._resolve(item.request)
+                keys.append(None if loras else batch_key(item.request, entry.name, entry.family))
+            except Exception:
+                keys.append(None)
+                prompt = item.request.prompt
+            prompts.append(prompt)
+        outcomes: dict[int, GenerationResult | Exception] = {}
+        for group in group_positions(keys):
+            if len(group) > 1:
+                outcomes.update(self._generate_group(items, group, prompts, on_model_load))
+            else:
+                outcomes[group[0]] = self._generate_alone(items[group[0]], on_model_load)
+        return [outcomes[position] for position in range(len(items))]
+
+    def _generate_alone(self, item: BatchItem, on_model_load: ModelLoadHook | None) -> GenerationResult | Exception:
+        try:
+            return self.generate(item.request, item.on_step, item.cancel, on_model_load)
+        except Exception as exc:  # already mapped by generate (or a validation error): the item's outcome
+            return exc
+
+    def _generate_group(
+        self, items: Sequence[BatchItem], group: list[int], prompts: list[str], on_model_load: ModelLoadHook | None
+    ) -> dict[int, GenerationResult | Exception]:
+        outcomes: dict[int, GenerationResult | Exception] = {}
+        try:
+            slot = self._slot(self.library.model(items[group[0]].request.model), on_model_load)
+            applied = slot.loras.activate([])  # none of the group has a LoRA; an earlier job's go off
+        except Exception as exc:  # as generate would fail each of them
+            return {position: failure(exc) for position in group}
+        started = time.perf_counter()
+        jobs: dict[int, BatchJob] = {}
+        for position in group:
+            item = items[position]
+            seed = item.request.seed if item.request.seed is not None else random.randint(0, MAX_SEED)
+            try:
+                if item.cancel is not None:
+                    item.cancel.raise_if_cancelled()
+                jobs[position] = prepare_job(slot, item, prompts[position], seed, started)
+            except Exception as exc:
+                outcomes[position] = failure(exc)
+        if not can_batch_on(slot):
+            jobs = {}
+        by_length: dict[int, list[int]] = {}
+        for position, job in jobs.items():
+            by_length.setdefault(job.sequence_length, []).append(position)
+        for positions in by_length.values():
+            if len(positions) > 1:
+                denoise(slot.model.text_to_image, [jobs[p] for p in positions])
+                outcomes.update({p: jobs[p].outcome(slot, applied) for p in positions})
+        for position in group:  # what could not share: alone, in order
+            if position not in outcomes:
+                outcomes[position] = self._generate_alone(items[position], on_model_load)
+        if slot.model.device.type == "cuda" and any(isinstance(o, Exception) for o in outcomes.values()):
+            gc.collect()  # as generate does after a cancel or a failure: hand the cached blocks back
+            torch.cuda.empty_cache()
+        return outcomes
 
     def close(self) -> None:
         for name in list(self._slots):
@@ -356,23 +432,6 @@ def _notify(hook: ModelLoadHook | None, name: str, phase: str, seconds: float) -
         hook(name, phase, seconds)
     except Exception:  # a watcher's hook must never fail a load
         log.warning("on_model_load hook failed", exc_info=True)
-
-
-def _decode_latents(pipe: Any, latents: torch.Tensor) -> list[Image.Image]:
-    """What the pipeline's own end does with its final latents, for an interrupted job's latents."""
-    vae = pipe.vae
-    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-    with torch.no_grad():
-        if upcast:  # SDXL's VAE overflows in float16; its pipeline decodes in float32 too
-            vae.to(torch.float32)
-        try:
-            scaled = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
-            pixels = vae.decode(scaled, return_dict=False)[0]
-        finally:
-            if upcast:
-                vae.to(torch.float16)
-    images: list[Image.Image] = pipe.image_processor.postprocess(pixels, output_type="pil")
-    return images
 
 
 def _validate(request: GenerationRequest) -> None:
