@@ -32,6 +32,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,7 @@ class BatchJob:
     callback: StepCallback
     recorder: X0Recorder
     started: float
+    position: int = 0  # in the caller's list of items
     images: list[Image.Image] | None = None
     error: Exception | None = None
     steps_run: int = 0
@@ -104,6 +106,41 @@ class BatchJob:
             loras=applied,
             clip_skip=request.clip_skip,
         )
+
+
+def run_group(
+    slot: ModelSlot,
+    applied: tuple[AppliedLora, ...],
+    members: list[tuple[int, BatchItem, str, int]],
+    alone: Callable[[BatchItem], GenerationResult | Exception],
+) -> dict[int, GenerationResult | Exception]:
+    """Outcomes by position for a group ``batch_plan`` keyed together: (position, item, prompt without
+    LoRA tags, seed) on the loaded ``slot`` (LoRAs off). Jobs whose prompts encode to one length share a loop;
+    one left on its own, or a model that cannot batch, goes to ``alone`` (``generate``), in order."""
+    outcomes: dict[int, GenerationResult | Exception] = {}
+    by_length: dict[int, list[BatchJob]] = {}
+    if can_batch_on(slot):
+        started = time.perf_counter()
+        for position, item, prompt, seed in members:
+            try:
+                if item.cancel is not None:
+                    item.cancel.raise_if_cancelled()
+                job = prepare_job(slot, item, prompt, seed, started)
+            except Exception as exc:  # this job's problem (encoding, cancelled before its start)
+                outcomes[position] = failure(exc)
+                continue
+            job.position = position
+            by_length.setdefault(job.sequence_length, []).append(job)
+    for jobs in by_length.values():
+        if len(jobs) > 1:
+            denoise(slot.model.text_to_image, jobs)
+            outcomes.update({job.position: job.outcome(slot, applied) for job in jobs})
+        else:
+            jobs[0].recorder.close()  # prepared for nothing: it runs alone below
+    for position, item, _, _ in members:
+        if position not in outcomes:
+            outcomes[position] = alone(item)
+    return outcomes
 
 
 def can_batch_on(slot: ModelSlot) -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from sdworker.engine.batch import BatchJob, can_batch_on, denoise, failure, prepare_job
+from sdworker.engine.batch import failure, run_group
 from sdworker.engine.batch_plan import BatchKey, batch_key, group_positions
 from sdworker.engine.decoding import decode_latents
 from sdworker.engine.embeddings import EmbeddingStore
@@ -49,21 +49,18 @@ from sdworker.engine.protocol import (
     Operation,
     StepHook,
 )
-from sdworker.engine.request_checks import check_strength
+from sdworker.engine.request_checks import check_library_fields, check_lora_weight, check_request
 from sdworker.engine.scheduler_names import SCHEDULER_NAMES
 from sdworker.engine.schedulers import describe_scheduler
 from sdworker.engine.slots import ModelSlot, TaesdCache, build_slot
 from sdworker.engine.step_hook import Interrupted, StepCallback
 from sdworker.engine.x0 import X0Recorder
-from sdworker.errors import GenerationFailed, InvalidRequest, JobCancelled, ModelNotFound, NotReady, SdworkerError
-from sdworker.imaging.decode import check_mask_matches
+from sdworker.errors import GenerationFailed, JobCancelled, ModelNotFound, NotReady, SdworkerError
 from sdworker.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
-MAX_CLIP_SKIP = 12
-MAX_LORA_WEIGHT = 10.0
 
 
 class DiffusersEngine:
@@ -147,7 +144,7 @@ class DiffusersEngine:
         (404), ``LoraIncompatible``/``InvalidRequest``/``UnsafeCheckpoint`` (4xx, field ``loras`` or
         ``prompt``), and ``clip_skip`` and LoRA weights out of range. Images are not looked at (the API
         calls this before decoding them)."""
-        _validate_library_fields(request)
+        check_library_fields(request)
         self._resolve(request)
 
     def _resolve(self, request: GenerationRequest) -> tuple[ModelEntry, list[tuple[LoraEntry, float]], str]:
@@ -158,7 +155,7 @@ class DiffusersEngine:
         loras: list[tuple[LoraEntry, float]] = []
         for ref in merge_loras(request.loras, tags):
             field = "loras" if ref.name in from_field else "prompt"
-            _check_lora_weight(ref.name, ref.weight, field)
+            check_lora_weight(ref.name, ref.weight, field)
             lora = library.lora(ref.name, field=field)
             library.check_lora_fits(lora, entry, field=field)
             loras.append((lora, ref.weight))
@@ -192,7 +189,7 @@ class DiffusersEngine:
         cancel: CancelToken | None = None,
         on_model_load: ModelLoadHook | None = None,
     ) -> GenerationResult:
-        _validate(request)
+        check_request(request)
         entry, loras, prompt = self._resolve(request)
         if cancel is not None:
             cancel.raise_if_cancelled()
@@ -201,7 +198,7 @@ class DiffusersEngine:
             cancel.raise_if_cancelled()
         applied = slot.loras.activate(loras)
         scheduler, scheduler_name = slot.schedulers.create(request.scheduler)
-        seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED)
+        seed = _seed(request)
         seeds = tuple(seed + i for i in range(request.num_images))
         pipe, kwargs = self._call_arguments(slot, request, prompt, seeds)
         recorder = X0Recorder(scheduler)
@@ -262,7 +259,7 @@ class DiffusersEngine:
         prompts: list[str] = []
         for item in items:
             try:  # a request with a mistake runs alone: generate reports the mistake as it always does
-                _validate(item.request)
+                check_request(item.request)
                 entry, loras, prompt = self._resolve(item.request)
                 keys.append(None if loras else batch_key(item.request, entry.name, entry.family))
             except Exception:
@@ -286,35 +283,13 @@ class DiffusersEngine:
     def _generate_group(
         self, items: Sequence[BatchItem], group: list[int], prompts: list[str], on_model_load: ModelLoadHook | None
     ) -> dict[int, GenerationResult | Exception]:
-        outcomes: dict[int, GenerationResult | Exception] = {}
         try:
             slot = self._slot(self.library.model(items[group[0]].request.model), on_model_load)
             applied = slot.loras.activate([])  # none of the group has a LoRA; an earlier job's go off
         except Exception as exc:  # as generate would fail each of them
             return {position: failure(exc) for position in group}
-        started = time.perf_counter()
-        jobs: dict[int, BatchJob] = {}
-        for position in group:
-            item = items[position]
-            seed = item.request.seed if item.request.seed is not None else random.randint(0, MAX_SEED)
-            try:
-                if item.cancel is not None:
-                    item.cancel.raise_if_cancelled()
-                jobs[position] = prepare_job(slot, item, prompts[position], seed, started)
-            except Exception as exc:
-                outcomes[position] = failure(exc)
-        if not can_batch_on(slot):
-            jobs = {}
-        by_length: dict[int, list[int]] = {}
-        for position, job in jobs.items():
-            by_length.setdefault(job.sequence_length, []).append(position)
-        for positions in by_length.values():
-            if len(positions) > 1:
-                denoise(slot.model.text_to_image, [jobs[p] for p in positions])
-                outcomes.update({p: jobs[p].outcome(slot, applied) for p in positions})
-        for position in group:  # what could not share: alone, in order
-            if position not in outcomes:
-                outcomes[position] = self._generate_alone(items[position], on_model_load)
+        members = [(p, items[p], prompts[p], _seed(items[p].request)) for p in group]
+        outcomes = run_group(slot, applied, members, lambda item: self._generate_alone(item, on_model_load))
         if slot.model.device.type == "cuda" and any(isinstance(o, Exception) for o in outcomes.values()):
             gc.collect()  # as generate does after a cancel or a failure: hand the cached blocks back
             torch.cuda.empty_cache()
@@ -434,38 +409,8 @@ def _notify(hook: ModelLoadHook | None, name: str, phase: str, seconds: float) -
         log.warning("on_model_load hook failed", exc_info=True)
 
 
-def _validate(request: GenerationRequest) -> None:
-    """Checks the engine needs whoever the caller is (the API validates earlier, with its own limits)."""
-    for name, value in (("width", request.width), ("height", request.height)):
-        if value < 8 or value % 8:
-            raise InvalidRequest(f"{name}: {value} is not a positive multiple of 8", field=name)
-    if request.num_inference_steps < 1:
-        raise InvalidRequest(f"steps: {request.num_inference_steps} is below 1", field="steps")
-    if request.num_images < 1:
-        raise InvalidRequest(f"num_images: {request.num_images} is below 1", field="num_images")
-    _validate_library_fields(request)
-    if request.operation is Operation.TEXT_TO_IMAGE:
-        return
-    if request.init_image is None:
-        raise InvalidRequest(f"init_image: {request.operation.value} needs an init image", field="init_image")
-    check_strength(request.operation, request.strength, request.num_inference_steps)
-    if request.operation is Operation.INPAINT:
-        if request.mask_image is None:
-            raise InvalidRequest("mask_image: inpainting needs a mask image (white = repaint)", field="mask_image")
-        check_mask_matches(request.init_image, request.mask_image)
-
-
-def _validate_library_fields(request: GenerationRequest) -> None:
-    if request.clip_skip is not None and not 1 <= request.clip_skip <= MAX_CLIP_SKIP:
-        raise InvalidRequest(f"clip_skip: {request.clip_skip} is not in 1..{MAX_CLIP_SKIP}", field="clip_skip")
-    for ref in request.loras:
-        _check_lora_weight(ref.name, ref.weight, "loras")
-
-
-def _check_lora_weight(name: str, weight: float, field: str) -> None:
-    if not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:  # NaN fails too
-        limit = f"{MAX_LORA_WEIGHT:g}"
-        raise InvalidRequest(f"{field}: weight {weight} of LoRA {name!r} is not in -{limit}..{limit}", field=field)
+def _seed(request: GenerationRequest) -> int:
+    return request.seed if request.seed is not None else random.randint(0, MAX_SEED)
 
 
 def _resize(image: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:
