@@ -67,8 +67,8 @@ class BatchJob:
     step_kwargs: dict[str, Any]  # eta/generator, where this scheduler's step takes them
     callback: StepCallback
     recorder: X0Recorder
-    started: float
-    position: int = 0  # in the caller's list of items
+    position: int  # in the caller's list of items
+    started: float  # the group's start: a job's ``seconds`` is the wall time it waited for its images
     images: list[Image.Image] | None = None
     error: Exception | None = None
     steps_run: int = 0
@@ -125,11 +125,10 @@ def run_group(
             try:
                 if item.cancel is not None:
                     item.cancel.raise_if_cancelled()
-                job = prepare_job(slot, item, prompt, seed, started)
+                job = prepare_job(slot, position, item, prompt, seed, started)
             except Exception as exc:  # this job's problem (encoding, cancelled before its start)
                 outcomes[position] = failure(exc)
                 continue
-            job.position = position
             by_length.setdefault(job.sequence_length, []).append(job)
     for jobs in by_length.values():
         if len(jobs) > 1:
@@ -150,7 +149,9 @@ def can_batch_on(slot: ModelSlot) -> bool:
     return slot.model.family != "sdxl" and config.get("time_cond_proj_dim") is None
 
 
-def prepare_job(slot: ModelSlot, item: BatchItem, prompt: str, seed: int, started: float) -> BatchJob:
+def prepare_job(
+    slot: ModelSlot, position: int, item: BatchItem, prompt: str, seed: int, started: float
+) -> BatchJob:
     """Everything ``StableDiffusionPipeline.__call__`` makes before its loop, for this job alone."""
     request = item.request
     pipe = slot.model.text_to_image
@@ -197,6 +198,7 @@ def prepare_job(slot: ModelSlot, item: BatchItem, prompt: str, seed: int, starte
         step_kwargs=step_kwargs,
         callback=StepCallback(item.on_step, item.cancel, recorder, slot.render_preview),
         recorder=recorder,
+        position=position,
         started=started,
     )
 

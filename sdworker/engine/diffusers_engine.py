@@ -11,6 +11,10 @@ pipeline called with ``torch.Generator("cpu").manual_seed(seed)``, on any device
 callback (``step_hook.StepCallback``: progress, previews, cancellation - its module docstring says how
 cancel stops the pipeline and why).
 
+``generate_batch`` runs several jobs; those that can share one UNet call per step (``batch_plan``) run
+in one denoising loop of our own (``batch``) that keeps each job's generators, scheduler, guidance,
+hook and cancel, so each job's pixels equal its solo ``generate``; the others go through ``generate``.
+
 The library (``ModelLibrary``) is torch-free and thread-safe: ``list_models``, ``list_loras``,
 ``refresh`` and ``validate_request`` may be called from the API thread while a job runs.
 """

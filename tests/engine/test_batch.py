@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from sdworker.engine.protocol import (
 )
 from sdworker.errors import GenerationFailed, JobCancelled, UnknownScheduler
 from sdworker.previews.options import PreviewPixels
+from sdworker.settings import Settings
 
 from .helpers import pixels
 
@@ -223,3 +225,17 @@ def test_long_prompts_batch_with_prompts_of_their_own_length(
     assert unet_rows == [4] * STEPS + [2] * STEPS  # the two long ones together; the short one alone
     for request, outcome in zip(requests, outcomes, strict=True):
         assert_solo_pixels(demo_engine, request, outcome)
+
+
+def test_a_v_prediction_model_batches_like_its_solo_runs(demo_model_dir: Path) -> None:
+    """SD 2.x's v-models: the schedulers read ``prediction_type``; the shared loop needs nothing more."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(demo_model_dir, safety_checker=None)
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    engine = DiffusersEngine.from_pipeline(pipe, Settings(device="cpu"), model_name="demo-v")
+    requests = three_jobs(scheduler="dpmpp_2m")
+    outcomes = engine.generate_batch([BatchItem(r) for r in requests])
+    for request, outcome in zip(requests, outcomes, strict=True):
+        assert_solo_pixels(engine, request, outcome)
+        assert outcome.model == "demo-v"  # type: ignore[union-attr]
