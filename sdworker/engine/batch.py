@@ -41,7 +41,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from sdworker.engine.decoding import decode_latents, decode_like_pipeline
+from sdworker.engine.decoding import decode_latents, decode_like_pipeline, decode_like_xl_pipeline
 from sdworker.engine.protocol import AppliedLora, BatchItem, GenerationRequest, GenerationResult
 from sdworker.engine.step_hook import Interrupted, StepCallback
 from sdworker.engine.x0 import X0Recorder
@@ -63,6 +63,8 @@ class BatchJob:
     scheduler_name: str
     prompt_embeds: torch.Tensor  # (num_images, tokens, features), as encode_prompt returns them
     negative_prompt_embeds: torch.Tensor
+    pooled: tuple[torch.Tensor, torch.Tensor] | None  # SDXL's (negative, positive) pooled embeddings
+    time_ids: torch.Tensor | None  # SDXL's size conditioning, one row (the same for uncond and cond)
     latents: torch.Tensor
     step_kwargs: dict[str, Any]  # eta/generator, where this scheduler's step takes them
     callback: StepCallback
@@ -145,8 +147,7 @@ def run_group(
 def can_batch_on(slot: ModelSlot) -> bool:
     """Models whose UNet takes guidance as an embedding (LCM: ``time_cond_proj_dim``) run no
     classifier-free guidance in the pipeline: a different row layout, so they run alone."""
-    config = slot.model.text_to_image.unet.config
-    return slot.model.family != "sdxl" and config.get("time_cond_proj_dim") is None
+    return slot.model.text_to_image.unet.config.get("time_cond_proj_dim") is None
 
 
 def prepare_job(
@@ -159,17 +160,7 @@ def prepare_job(
     seeds = tuple(seed + i for i in range(request.num_images))
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     generator: Any = generators[0] if len(generators) == 1 else generators  # as generate passes it
-    with torch.no_grad():
-        if slot.prompts.needs_custom(prompt, request.negative_prompt, request.clip_skip):
-            encoded = slot.prompts.encode(prompt, request.negative_prompt, request.clip_skip, slot.model.device)
-            positive, negative = pipe.encode_prompt(
-                None, device, request.num_images, True, None,
-                prompt_embeds=encoded["prompt_embeds"], negative_prompt_embeds=encoded["negative_prompt_embeds"],
-            )
-        else:
-            positive, negative = pipe.encode_prompt(
-                prompt, device, request.num_images, True, request.negative_prompt or None
-            )
+    positive, negative, pooled = _encode(slot, request, prompt, device)
     scheduler, scheduler_name = slot.schedulers.create(request.scheduler)
     scheduler.set_timesteps(request.num_inference_steps, device=device)  # retrieve_timesteps, then latents
     shape = (
@@ -180,6 +171,15 @@ def prepare_job(
     )
     latents = randn_tensor(shape, generator=generator, device=device, dtype=positive.dtype)
     latents = latents * scheduler.init_noise_sigma
+    time_ids = None
+    if pooled is not None:  # SDXL: original and target size = the output size, no crop (the defaults)
+        projection = pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None else None
+        size = (request.height, request.width)
+        time_ids = pipe._get_add_time_ids(size, (0, 0), size, dtype=positive.dtype,
+                                          text_encoder_projection_dim=projection or int(pooled[1].shape[-1]))
+        time_ids = time_ids.to(device)
+        if hasattr(scheduler, "set_begin_index"):  # the SDXL pipeline does, just before its loop
+            scheduler.set_begin_index(0)
     recorder = X0Recorder(scheduler)  # wraps step; its signature stays visible to the check below
     accepts = set(inspect.signature(scheduler.step).parameters)
     step_kwargs: dict[str, Any] = {}
@@ -194,6 +194,8 @@ def prepare_job(
         scheduler_name=scheduler_name,
         prompt_embeds=positive,
         negative_prompt_embeds=negative,
+        pooled=pooled,
+        time_ids=time_ids,
         latents=latents,
         step_kwargs=step_kwargs,
         callback=StepCallback(item.on_step, item.cancel, recorder, slot.render_preview),
@@ -201,6 +203,27 @@ def prepare_job(
         position=position,
         started=started,
     )
+
+
+def _encode(
+    slot: ModelSlot, request: GenerationRequest, prompt: str, device: Any
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The pipeline's ``encode_prompt`` with what ``generate`` passes the pipeline: the texts, or the
+    A1111-style encoder's embeddings in their place. (positive, negative, SDXL's pooled pair)."""
+    pipe = slot.model.text_to_image
+    texts: tuple[str | None, str | None] = (prompt, request.negative_prompt or None)
+    given: dict[str, Any] = {}
+    if slot.prompts.needs_custom(prompt, request.negative_prompt, request.clip_skip):
+        given = slot.prompts.encode(prompt, request.negative_prompt, request.clip_skip, slot.model.device)
+        texts = (None, None)
+    with torch.no_grad():
+        if slot.model.family == "sdxl":
+            positive, negative, pooled, negative_pooled = pipe.encode_prompt(
+                texts[0], None, device, request.num_images, True, texts[1], **given
+            )
+            return positive, negative, (negative_pooled, pooled)
+        positive, negative = pipe.encode_prompt(texts[0], device, request.num_images, True, texts[1], **given)
+    return positive, negative, None
 
 
 def denoise(pipe: Any, jobs: list[BatchJob]) -> None:
@@ -211,7 +234,7 @@ def denoise(pipe: Any, jobs: list[BatchJob]) -> None:
             _loop(pipe, active)
             for job in list(active):
                 active.remove(job)
-                _decode(job, decode_like_pipeline, pipe, job.latents)
+                _decode(job, decode_like_xl_pipeline if job.pooled else decode_like_pipeline, pipe, job.latents)
     except Exception as exc:  # the shared part failed: every job still in the loop fails with it
         log.exception("batched generation failed")
         for job in active:
@@ -227,7 +250,7 @@ def _loop(pipe: Any, active: list[BatchJob]) -> None:
     timesteps = active[0].scheduler.timesteps
     # StepCallback reads the step count where diffusers keeps it, on the pipeline (``_num_timesteps``).
     progress = SimpleNamespace(_num_timesteps=len(timesteps))
-    embeddings = _embeddings(active)
+    embeddings, added_cond_kwargs = _conditioning(active)
     for i, t in enumerate(timesteps):
         scaled = [job.scheduler.scale_model_input(job.latents, job.scheduler.timesteps[i]) for job in active]
         noise_pred = pipe.unet(
@@ -236,7 +259,7 @@ def _loop(pipe: Any, active: list[BatchJob]) -> None:
             encoder_hidden_states=embeddings,
             timestep_cond=None,
             cross_attention_kwargs=None,
-            added_cond_kwargs=None,
+            added_cond_kwargs=added_cond_kwargs,
             return_dict=False,
         )[0]
         uncond_rows, cond_rows = noise_pred.chunk(2)
@@ -255,14 +278,22 @@ def _loop(pipe: Any, active: list[BatchJob]) -> None:
                 active.remove(job)
             if not active:
                 return
-            embeddings = _embeddings(active)  # the others go on with a smaller batch from the next step
+            embeddings, added_cond_kwargs = _conditioning(active)  # the others go on, a smaller batch
     for job in active:
         job.steps_run = len(timesteps)
 
 
-def _embeddings(jobs: list[BatchJob]) -> torch.Tensor:
-    """``[uncond of every job..., cond of every job...]``: the pipeline's ``cat([negative, positive])``."""
-    return torch.cat([job.negative_prompt_embeds for job in jobs] + [job.prompt_embeds for job in jobs])
+def _conditioning(jobs: list[BatchJob]) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """The UNet's text conditioning for these jobs' rows, ``[uncond of every job..., cond of every
+    job...]``: the pipeline's ``cat([negative, positive])`` (SDXL: its pooled embeddings the same way,
+    and its size conditioning, one row per UNet row: all equal, as the group has one size)."""
+    embeddings = torch.cat([job.negative_prompt_embeds for job in jobs] + [job.prompt_embeds for job in jobs])
+    pooled = [job.pooled for job in jobs if job.pooled is not None]
+    time_ids = [job.time_ids.repeat(job.rows, 1) for job in jobs if job.time_ids is not None]
+    if not pooled:
+        return embeddings, None
+    text_embeds = torch.cat([negative for negative, _ in pooled] + [positive for _, positive in pooled])
+    return embeddings, {"text_embeds": text_embeds, "time_ids": torch.cat(time_ids + time_ids)}
 
 
 def _report(pipe: Any, job: BatchJob, progress: Any, index: int, t: Any) -> bool:

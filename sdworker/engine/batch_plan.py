@@ -11,9 +11,9 @@ What runs alone (through ``generate``), and why:
   extra input channels; batching them is possible but not done yet;
 - a job with a LoRA (``loras`` or a ``<lora:...>`` tag): the adapters apply to every row of a call;
 - ``guidance_scale <= 1``: the pipeline then runs no classifier-free guidance (one row per image, no
-  negative prompt), a different row layout; rare enough to run alone;
-- SDXL: its UNet also takes per-row pooled text embeddings and size conditioning (``time_ids``); not
-  done yet.
+  negative prompt), a different row layout; rare enough to run alone.
+
+SD 1.x, SD 2.x (v-prediction too: the schedulers handle it) and SDXL batch alike.
 
 The engine adds the one condition that needs the loaded model: the prompt embeddings must have the same
 sequence length (a long or weighted prompt encoded A1111's way is 77 x chunks tokens).
@@ -42,14 +42,14 @@ class BatchKey:
     clip_skip: int | None
 
 
-def batch_key(request: GenerationRequest, model: str | None = None, family: str | None = None) -> BatchKey | None:
+def batch_key(request: GenerationRequest, model: str | None = None) -> BatchKey | None:
     """The key of a job that can batch, or None when it must run alone (see the module docstring).
 
-    ``model`` and ``family`` are what the engine resolved; without them the request's own model name is
-    used. A request with a mistake (unknown scheduler, bad LoRA tag) gets None: run alone, ``generate``
+    ``model`` is the name the engine resolved; without it the request's own model name is used. A
+    request with a mistake (unknown scheduler, bad LoRA tag) gets None: it runs alone, and ``generate``
     reports the mistake as it always does.
     """
-    if family == "sdxl" or request.operation is not Operation.TEXT_TO_IMAGE or not request.guidance_scale > 1:
+    if request.operation is not Operation.TEXT_TO_IMAGE or not request.guidance_scale > 1:
         return None
     if request.loras:
         return None

@@ -254,8 +254,8 @@ class DiffusersEngine:
         self, items: Sequence[BatchItem], on_model_load: ModelLoadHook | None = None
     ) -> list[GenerationResult | Exception]:
         """Run several jobs; those that can share one UNet call per step do (``batch_plan`` says which:
-        SD 1.x/2.x text-to-image, same model, size, steps and scheduler, no LoRA, guidance > 1; SDXL
-        runs alone), in one loop per group (``batch``: each job's own generators, scheduler, guidance,
+        text-to-image, same model, size, steps and scheduler, no LoRA, guidance > 1; SDXL too), in one
+        loop per group (``batch``: each job's own generators, scheduler, guidance,
         hook and cancel, so its pixels equal its solo run). The others run one after another through
         ``generate``, and so does a group of one. Groups run in the order of their first item. Returns,
         per item and in order, its result or the exception ``generate`` would have raised for it."""
@@ -265,7 +265,7 @@ class DiffusersEngine:
             try:  # a request with a mistake runs alone: generate reports the mistake as it always does
                 check_request(item.request)
                 entry, loras, prompt = self._resolve(item.request)
-                keys.append(None if loras else batch_key(item.request, entry.name, entry.family))
+                keys.append(None if loras else batch_key(item.request, entry.name))
             except Exception:
                 keys.append(None)
                 prompt = item.request.prompt

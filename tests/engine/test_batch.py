@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -61,18 +62,26 @@ def assert_solo_pixels(engine: DiffusersEngine, request: GenerationRequest, resu
     assert (result.loras, result.clip_skip, result.width, result.height) == ((), request.clip_skip, 64, 64)
 
 
-@pytest.fixture
-def unet_rows(demo_engine: DiffusersEngine) -> Iterator[list[int]]:
-    """The batch size of every UNet call while the test runs (a forward pre-hook, removed after)."""
+@contextmanager
+def counting_rows(unet: Any) -> Iterator[list[int]]:
+    """The batch size of every call of ``unet`` while inside (a forward pre-hook, removed after)."""
     rows: list[int] = []
-    unet = demo_engine.model.text_to_image.unet
 
     def count(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         rows.append(int((args[0] if args else kwargs["sample"]).shape[0]))
 
     handle = unet.register_forward_pre_hook(count, with_kwargs=True)
-    yield rows
-    handle.remove()
+    try:
+        yield rows
+    finally:
+        handle.remove()
+
+
+@pytest.fixture
+def unet_rows(demo_engine: DiffusersEngine) -> Iterator[list[int]]:
+    """The batch size of every UNet call of the default model while the test runs."""
+    with counting_rows(demo_engine.model.text_to_image.unet) as rows:
+        yield rows
 
 
 def test_three_jobs_share_one_unet_call_per_step_and_keep_their_solo_pixels(
@@ -94,6 +103,24 @@ def test_ancestral_and_sde_jobs_draw_step_noise_from_their_own_generators(
     outcomes = demo_engine.generate_batch([BatchItem(r) for r in requests])
     for request, outcome in zip(requests, outcomes, strict=True):
         assert_solo_pixels(demo_engine, request, outcome)
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "euler_a"])
+def test_sdxl_jobs_share_a_unet_call_with_their_pooled_embeddings_and_size_conditioning(
+    demo_engine: DiffusersEngine, scheduler: str
+) -> None:
+    requests = three_jobs(model="demo-sdxl", scheduler=scheduler)
+    requests[2] = replace(requests[2], num_images=2)
+    try:
+        demo_engine.generate(requests[0])  # loads the SDXL model, to count its UNet's calls
+        with counting_rows(demo_engine.model.text_to_image.unet) as unet_rows:
+            outcomes = demo_engine.generate_batch([BatchItem(r) for r in requests])
+        assert unet_rows == [8] * STEPS
+        for request, outcome in zip(requests, outcomes, strict=True):
+            assert_solo_pixels(demo_engine, request, outcome)
+            assert outcome.family == "sdxl"  # type: ignore[union-attr]
+    finally:
+        demo_engine.generate(GenerationRequest("back to the default", **SMALL))  # the next tests' model
 
 
 def test_a_cancelled_job_leaves_the_batch_and_the_others_finish(
@@ -209,7 +236,6 @@ def test_which_requests_can_share_a_unet_call() -> None:
         replace(cat, operation=Operation.IMAGE_TO_IMAGE),
     ):
         assert not can_share_unet(cat, other), other
-    assert batch_key(cat, "demo-sdxl", "sdxl") is None
     keys = [batch_key(cat), None, batch_key(replace(cat, width=128)), batch_key(cat)]
     assert group_positions(keys) == [[0, 3], [1], [2]]
 
