@@ -116,9 +116,10 @@ def run_group(
     members: list[tuple[int, BatchItem, str, int]],
     alone: Callable[[BatchItem], GenerationResult | Exception],
 ) -> dict[int, GenerationResult | Exception]:
-    """Outcomes by position for a group ``batch_plan`` keyed together: (position, item, prompt without
-    LoRA tags, seed) on the loaded ``slot`` (LoRAs off). Jobs whose prompts encode to one length share a loop;
-    one left on its own, or a model that cannot batch, goes to ``alone`` (``generate``), in order."""
+    """Outcomes by position for a group ``batch_plan`` keyed together, members given as (position,
+    item, prompt without LoRA tags, seed), on the loaded ``slot`` (LoRAs off). Jobs whose prompts
+    encode to one length share a loop; one left on its own, or a model that cannot batch, goes to
+    ``alone`` (``generate``), in order."""
     outcomes: dict[int, GenerationResult | Exception] = {}
     by_length: dict[int, list[BatchJob]] = {}
     if can_batch_on(slot):
@@ -153,7 +154,7 @@ def can_batch_on(slot: ModelSlot) -> bool:
 def prepare_job(
     slot: ModelSlot, position: int, item: BatchItem, prompt: str, seed: int, started: float
 ) -> BatchJob:
-    """Everything ``StableDiffusionPipeline.__call__`` makes before its loop, for this job alone."""
+    """Everything ``StableDiffusion(XL)Pipeline.__call__`` makes before its loop, for this job alone."""
     request = item.request
     pipe = slot.model.text_to_image
     device = pipe._execution_device

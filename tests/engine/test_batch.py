@@ -265,3 +265,19 @@ def test_a_v_prediction_model_batches_like_its_solo_runs(demo_model_dir: Path) -
     for request, outcome in zip(requests, outcomes, strict=True):
         assert_solo_pixels(engine, request, outcome)
         assert outcome.model == "demo-v"  # type: ignore[union-attr]
+
+
+def test_a_failing_hook_or_an_early_cancel_ends_only_that_job(demo_engine: DiffusersEngine) -> None:
+    requests = three_jobs()
+    early = CancelToken()
+    early.cancel()
+
+    def broken(view: StepView) -> None:
+        raise KeyError("a watcher's bug")
+
+    outcomes = demo_engine.generate_batch(
+        [BatchItem(requests[0], broken), BatchItem(requests[1], cancel=early), BatchItem(requests[2])]
+    )
+    assert isinstance(outcomes[0], GenerationFailed) and "KeyError" in str(outcomes[0])
+    assert isinstance(outcomes[1], JobCancelled)
+    assert_solo_pixels(demo_engine, requests[2], outcomes[2])
