@@ -255,10 +255,11 @@ class DiffusersEngine:
     ) -> list[GenerationResult | Exception]:
         """Run several jobs; those that can share one UNet call per step do (``batch_plan`` says which:
         text-to-image, same model, size, steps and scheduler, no LoRA, guidance > 1; SDXL too), in one
-        loop per group (``batch``: each job's own generators, scheduler, guidance,
-        hook and cancel, so its pixels equal its solo run). The others run one after another through
-        ``generate``, and so does a group of one. Groups run in the order of their first item. Returns,
-        per item and in order, its result or the exception ``generate`` would have raised for it."""
+        loop per group (``batch``: each job's own generators, scheduler, guidance, hook and cancel, so
+        its pixels equal its solo run). The others run one after another through ``generate``, and so
+        does a group of one. Groups run in the order of their first item. Returns, per item and in
+        order, its result or the exception ``generate`` would have raised for it; never raises for one
+        job's problem."""
         keys: list[BatchKey | None] = []
         prompts: list[str] = []
         for item in items:
