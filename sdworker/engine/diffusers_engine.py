@@ -11,6 +11,10 @@ pipeline called with ``torch.Generator("cpu").manual_seed(seed)``, on any device
 callback (``step_hook.StepCallback``: progress, previews, cancellation - its module docstring says how
 cancel stops the pipeline and why).
 
+``generate_batch`` runs several jobs; those that can share one UNet call per step (``batch_plan``) run
+in one denoising loop of our own (``batch``) that keeps each job's generators, scheduler, guidance,
+hook and cancel, so each job's pixels equal its solo ``generate``; the others go through ``generate``.
+
 The library (``ModelLibrary``) is torch-free and thread-safe: ``list_models``, ``list_loras``,
 ``refresh`` and ``validate_request`` may be called from the API thread while a job runs.
 """
@@ -23,17 +27,22 @@ import random
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from PIL import Image
 
+from sdworker.engine.batch import failure, run_group
+from sdworker.engine.batch_plan import BatchKey, batch_key, group_positions
+from sdworker.engine.decoding import decode_latents
 from sdworker.engine.embeddings import EmbeddingStore
 from sdworker.engine.hashing import HashCache
 from sdworker.engine.library import NATIVE_SIZES, LoraEntry, ModelEntry, ModelLibrary
 from sdworker.engine.models import LoadedModel, ModelSource, build_pipelines, detect_family, load_model
 from sdworker.engine.prompt_syntax import extract_lora_tags, merge_loras
 from sdworker.engine.protocol import (
+    BatchItem,
     CancelToken,
     EngineInfo,
     GenerationRequest,
@@ -44,21 +53,18 @@ from sdworker.engine.protocol import (
     Operation,
     StepHook,
 )
-from sdworker.engine.request_checks import check_strength
+from sdworker.engine.request_checks import check_library_fields, check_lora_weight, check_request
 from sdworker.engine.scheduler_names import SCHEDULER_NAMES
 from sdworker.engine.schedulers import describe_scheduler
 from sdworker.engine.slots import ModelSlot, TaesdCache, build_slot
 from sdworker.engine.step_hook import Interrupted, StepCallback
 from sdworker.engine.x0 import X0Recorder
-from sdworker.errors import GenerationFailed, InvalidRequest, JobCancelled, ModelNotFound, NotReady, SdworkerError
-from sdworker.imaging.decode import check_mask_matches
+from sdworker.errors import GenerationFailed, JobCancelled, ModelNotFound, NotReady, SdworkerError
 from sdworker.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
-MAX_CLIP_SKIP = 12
-MAX_LORA_WEIGHT = 10.0
 
 
 class DiffusersEngine:
@@ -142,7 +148,7 @@ class DiffusersEngine:
         (404), ``LoraIncompatible``/``InvalidRequest``/``UnsafeCheckpoint`` (4xx, field ``loras`` or
         ``prompt``), and ``clip_skip`` and LoRA weights out of range. Images are not looked at (the API
         calls this before decoding them)."""
-        _validate_library_fields(request)
+        check_library_fields(request)
         self._resolve(request)
 
     def _resolve(self, request: GenerationRequest) -> tuple[ModelEntry, list[tuple[LoraEntry, float]], str]:
@@ -153,7 +159,7 @@ class DiffusersEngine:
         loras: list[tuple[LoraEntry, float]] = []
         for ref in merge_loras(request.loras, tags):
             field = "loras" if ref.name in from_field else "prompt"
-            _check_lora_weight(ref.name, ref.weight, field)
+            check_lora_weight(ref.name, ref.weight, field)
             lora = library.lora(ref.name, field=field)
             library.check_lora_fits(lora, entry, field=field)
             loras.append((lora, ref.weight))
@@ -187,7 +193,7 @@ class DiffusersEngine:
         cancel: CancelToken | None = None,
         on_model_load: ModelLoadHook | None = None,
     ) -> GenerationResult:
-        _validate(request)
+        check_request(request)
         entry, loras, prompt = self._resolve(request)
         if cancel is not None:
             cancel.raise_if_cancelled()
@@ -196,7 +202,7 @@ class DiffusersEngine:
             cancel.raise_if_cancelled()
         applied = slot.loras.activate(loras)
         scheduler, scheduler_name = slot.schedulers.create(request.scheduler)
-        seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED)
+        seed = _seed(request)
         seeds = tuple(seed + i for i in range(request.num_images))
         pipe, kwargs = self._call_arguments(slot, request, prompt, seeds)
         recorder = X0Recorder(scheduler)
@@ -209,7 +215,7 @@ class DiffusersEngine:
             try:
                 images = pipe(**kwargs, callback_on_step_end=callback, output_type="pil").images
             except Interrupted as stop:  # A1111's interrupt: finish with the latents we have
-                images, steps_run = _decode_latents(pipe, stop.latents), stop.steps_done
+                images, steps_run = decode_latents(pipe, stop.latents), stop.steps_done
             completed = True
         except (JobCancelled, SdworkerError):
             raise
@@ -243,6 +249,56 @@ class DiffusersEngine:
             loras=applied,
             clip_skip=request.clip_skip,
         )
+
+    def generate_batch(
+        self, items: Sequence[BatchItem], on_model_load: ModelLoadHook | None = None
+    ) -> list[GenerationResult | Exception]:
+        """Run several jobs; those that can share one UNet call per step do (``batch_plan`` says which:
+        text-to-image, same model, size, steps and scheduler, no LoRA, guidance > 1; SDXL too), in one
+        loop per group (``batch``: each job's own generators, scheduler, guidance, hook and cancel, so
+        its pixels equal its solo run). The others run one after another through ``generate``, and so
+        does a group of one. Groups run in the order of their first item. Returns, per item and in
+        order, its result or the exception ``generate`` would have raised for it; never raises for one
+        job's problem."""
+        keys: list[BatchKey | None] = []
+        prompts: list[str] = []
+        for item in items:
+            try:  # a request with a mistake runs alone: generate reports the mistake as it always does
+                check_request(item.request)
+                entry, loras, prompt = self._resolve(item.request)
+                keys.append(None if loras else batch_key(item.request, entry.name))
+            except Exception:
+                keys.append(None)
+                prompt = item.request.prompt
+            prompts.append(prompt)
+        outcomes: dict[int, GenerationResult | Exception] = {}
+        for group in group_positions(keys):
+            if len(group) > 1:
+                outcomes.update(self._generate_group(items, group, prompts, on_model_load))
+            else:
+                outcomes[group[0]] = self._generate_alone(items[group[0]], on_model_load)
+        return [outcomes[position] for position in range(len(items))]
+
+    def _generate_alone(self, item: BatchItem, on_model_load: ModelLoadHook | None) -> GenerationResult | Exception:
+        try:
+            return self.generate(item.request, item.on_step, item.cancel, on_model_load)
+        except Exception as exc:  # already mapped by generate (or a validation error): the item's outcome
+            return exc
+
+    def _generate_group(
+        self, items: Sequence[BatchItem], group: list[int], prompts: list[str], on_model_load: ModelLoadHook | None
+    ) -> dict[int, GenerationResult | Exception]:
+        try:
+            slot = self._slot(self.library.model(items[group[0]].request.model), on_model_load)
+            applied = slot.loras.activate([])  # none of the group has a LoRA; an earlier job's go off
+        except Exception as exc:  # as generate would fail each of them
+            return {position: failure(exc) for position in group}
+        members = [(p, items[p], prompts[p], _seed(items[p].request)) for p in group]
+        outcomes = run_group(slot, applied, members, lambda item: self._generate_alone(item, on_model_load))
+        if slot.model.device.type == "cuda" and any(isinstance(o, Exception) for o in outcomes.values()):
+            gc.collect()  # as generate does after a cancel or a failure: hand the cached blocks back
+            torch.cuda.empty_cache()
+        return outcomes
 
     def close(self) -> None:
         for name in list(self._slots):
@@ -358,55 +414,8 @@ def _notify(hook: ModelLoadHook | None, name: str, phase: str, seconds: float) -
         log.warning("on_model_load hook failed", exc_info=True)
 
 
-def _decode_latents(pipe: Any, latents: torch.Tensor) -> list[Image.Image]:
-    """What the pipeline's own end does with its final latents, for an interrupted job's latents."""
-    vae = pipe.vae
-    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-    with torch.no_grad():
-        if upcast:  # SDXL's VAE overflows in float16; its pipeline decodes in float32 too
-            vae.to(torch.float32)
-        try:
-            scaled = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
-            pixels = vae.decode(scaled, return_dict=False)[0]
-        finally:
-            if upcast:
-                vae.to(torch.float16)
-    images: list[Image.Image] = pipe.image_processor.postprocess(pixels, output_type="pil")
-    return images
-
-
-def _validate(request: GenerationRequest) -> None:
-    """Checks the engine needs whoever the caller is (the API validates earlier, with its own limits)."""
-    for name, value in (("width", request.width), ("height", request.height)):
-        if value < 8 or value % 8:
-            raise InvalidRequest(f"{name}: {value} is not a positive multiple of 8", field=name)
-    if request.num_inference_steps < 1:
-        raise InvalidRequest(f"steps: {request.num_inference_steps} is below 1", field="steps")
-    if request.num_images < 1:
-        raise InvalidRequest(f"num_images: {request.num_images} is below 1", field="num_images")
-    _validate_library_fields(request)
-    if request.operation is Operation.TEXT_TO_IMAGE:
-        return
-    if request.init_image is None:
-        raise InvalidRequest(f"init_image: {request.operation.value} needs an init image", field="init_image")
-    check_strength(request.operation, request.strength, request.num_inference_steps)
-    if request.operation is Operation.INPAINT:
-        if request.mask_image is None:
-            raise InvalidRequest("mask_image: inpainting needs a mask image (white = repaint)", field="mask_image")
-        check_mask_matches(request.init_image, request.mask_image)
-
-
-def _validate_library_fields(request: GenerationRequest) -> None:
-    if request.clip_skip is not None and not 1 <= request.clip_skip <= MAX_CLIP_SKIP:
-        raise InvalidRequest(f"clip_skip: {request.clip_skip} is not in 1..{MAX_CLIP_SKIP}", field="clip_skip")
-    for ref in request.loras:
-        _check_lora_weight(ref.name, ref.weight, "loras")
-
-
-def _check_lora_weight(name: str, weight: float, field: str) -> None:
-    if not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:  # NaN fails too
-        limit = f"{MAX_LORA_WEIGHT:g}"
-        raise InvalidRequest(f"{field}: weight {weight} of LoRA {name!r} is not in -{limit}..{limit}", field=field)
+def _seed(request: GenerationRequest) -> int:
+    return request.seed if request.seed is not None else random.randint(0, MAX_SEED)
 
 
 def _resize(image: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:

@@ -6,8 +6,12 @@ refused the same way, with the same message, wherever it comes in; each caller n
 
 from __future__ import annotations
 
-from sdworker.engine.protocol import Operation
+from sdworker.engine.protocol import GenerationRequest, Operation
 from sdworker.errors import InvalidRequest
+from sdworker.imaging.decode import check_mask_matches
+
+MAX_CLIP_SKIP = 12
+MAX_LORA_WEIGHT = 10.0
 
 
 def check_strength(
@@ -30,3 +34,37 @@ def check_strength(
             f"(their product must be at least 1)",
             field=strength_field.lstrip("-"),
         )
+
+
+def check_request(request: GenerationRequest) -> None:
+    """The checks the engine makes whoever the caller is (the API validates earlier, with its own limits)."""
+    for name, value in (("width", request.width), ("height", request.height)):
+        if value < 8 or value % 8:
+            raise InvalidRequest(f"{name}: {value} is not a positive multiple of 8", field=name)
+    if request.num_inference_steps < 1:
+        raise InvalidRequest(f"steps: {request.num_inference_steps} is below 1", field="steps")
+    if request.num_images < 1:
+        raise InvalidRequest(f"num_images: {request.num_images} is below 1", field="num_images")
+    check_library_fields(request)
+    if request.operation is Operation.TEXT_TO_IMAGE:
+        return
+    if request.init_image is None:
+        raise InvalidRequest(f"init_image: {request.operation.value} needs an init image", field="init_image")
+    check_strength(request.operation, request.strength, request.num_inference_steps)
+    if request.operation is Operation.INPAINT:
+        if request.mask_image is None:
+            raise InvalidRequest("mask_image: inpainting needs a mask image (white = repaint)", field="mask_image")
+        check_mask_matches(request.init_image, request.mask_image)
+
+
+def check_library_fields(request: GenerationRequest) -> None:
+    if request.clip_skip is not None and not 1 <= request.clip_skip <= MAX_CLIP_SKIP:
+        raise InvalidRequest(f"clip_skip: {request.clip_skip} is not in 1..{MAX_CLIP_SKIP}", field="clip_skip")
+    for ref in request.loras:
+        check_lora_weight(ref.name, ref.weight, "loras")
+
+
+def check_lora_weight(name: str, weight: float, field: str) -> None:
+    if not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:  # NaN fails too
+        limit = f"{MAX_LORA_WEIGHT:g}"
+        raise InvalidRequest(f"{field}: weight {weight} of LoRA {name!r} is not in -{limit}..{limit}", field=field)

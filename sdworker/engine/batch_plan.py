@@ -1,0 +1,93 @@
+"""Which jobs may share one UNet call per step (cross-job batching), torch-free.
+
+Jobs share a call when every row of the batch runs the same network at the same timestep with the same
+latent shape: the same model, width and height, step count and scheduler (so the same timesteps), and
+the same UNet weights (no LoRA: adapters are switched per job for the whole UNet). What stays per job -
+prompt, negative prompt, seed, guidance scale, number of images - lives in that job's own rows.
+
+What runs alone (through ``generate``), and why:
+
+- image-to-image and inpainting: their timesteps depend on ``strength`` and the inpainting UNet takes
+  extra input channels; batching them is possible but not done yet;
+- a job with a LoRA (``loras`` or a ``<lora:...>`` tag): the adapters apply to every row of a call;
+- ``guidance_scale <= 1``: the pipeline then runs no classifier-free guidance (one row per image, no
+  negative prompt), a different row layout; rare enough to run alone.
+
+SD 1.x, SD 2.x (v-prediction too: the schedulers handle it) and SDXL batch alike.
+
+The engine adds the one condition that needs the loaded model: the prompt embeddings must have the same
+sequence length (a long or weighted prompt encoded A1111's way is 77 x chunks tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sdworker.engine.prompt_syntax import extract_lora_tags
+from sdworker.engine.protocol import GenerationRequest, Operation
+from sdworker.engine.scheduler_names import get_spec
+from sdworker.errors import SdworkerError
+
+
+@dataclass(frozen=True, slots=True)
+class BatchKey:
+    """Jobs with equal keys can share a UNet call (given prompt embeddings of one length)."""
+
+    model: str | None  # the library name; None = the default model (before the engine resolves it)
+    width: int
+    height: int
+    num_inference_steps: int
+    scheduler: str | None  # our canonical name; None = the model's own
+    clip_skip: int | None
+
+
+def batch_key(request: GenerationRequest, model: str | None = None) -> BatchKey | None:
+    """The key of a job that can batch, or None when it must run alone (see the module docstring).
+
+    ``model`` is the name the engine resolved; without it the request's own model name is used. A
+    request with a mistake (unknown scheduler, bad LoRA tag) gets None: it runs alone, and ``generate``
+    reports the mistake as it always does.
+    """
+    if request.operation is not Operation.TEXT_TO_IMAGE or not request.guidance_scale > 1:
+        return None
+    if request.loras:
+        return None
+    try:
+        _, tags = extract_lora_tags(request.prompt)
+        scheduler = None if request.scheduler is None else get_spec(request.scheduler).name
+    except SdworkerError:
+        return None
+    if tags:
+        return None
+    return BatchKey(
+        model=model if model is not None else request.model,
+        width=request.width,
+        height=request.height,
+        num_inference_steps=request.num_inference_steps,
+        scheduler=scheduler,
+        clip_skip=request.clip_skip,
+    )
+
+
+def can_share_unet(a: GenerationRequest, b: GenerationRequest) -> bool:
+    """Whether two requests could share one UNet call per step, judged from the requests alone (a
+    runner picking jobs to batch). The engine still splits them when their prompts encode to different
+    lengths, and compares models after resolving names (None and the default's name are one model)."""
+    key = batch_key(a)
+    return key is not None and key == batch_key(b)
+
+
+def group_positions(keys: Sequence[BatchKey | None]) -> list[list[int]]:
+    """Positions grouped by key, groups ordered by their first position; a None key is a group of one."""
+    groups: list[list[int]] = []
+    by_key: dict[BatchKey, list[int]] = {}
+    for position, key in enumerate(keys):
+        if key is None:
+            groups.append([position])
+        elif key in by_key:
+            by_key[key].append(position)
+        else:
+            by_key[key] = [position]
+            groups.append(by_key[key])
+    return groups
