@@ -1,12 +1,21 @@
-"""Seconds per denoising step: DiffusersEngine.generate against a direct call of the same diffusers
-pipeline, interleaved (direct, engine, direct, engine, ...) in one process, same model, seed and steps.
+"""Engine speed: (1) what the engine adds over raw diffusers, (2) jobs per second, eager vs compiled
+(``--compile``), one job at a time and in cross-job batches of 2, 4, 8.
 
-    .venv/bin/python bench/engine.py --arch demo                     # seconds, CPU
-    .venv/bin/python bench/engine.py --arch sd15 --size 256 --steps 4 --rounds 3
+    .venv/bin/python bench/engine.py --arch demo                                  # CPU, seconds
+    .venv/bin/python bench/engine.py --arch sd15 --size 256 --steps 4 --rounds 3 --compile
+    .venv/bin/python bench/engine.py --arch sd15 --size 512 --device cuda --dtype float16 --compile --batches 1 2 4 8
+    .venv/bin/python bench/engine.py --arch sdxl --size 1024 --device cuda --dtype float16 --compile --batches 1 2 4
 
-The engine runs with a no-op step hook, as the job runner always passes one, and no previews: what
-it adds over diffusers is a fresh scheduler per job, the recording ``scheduler.step`` wrapper and the
-step callback. Target: engine / direct <= 1.02. Prints a table; writes JSON (--json).
+(1) ``direct`` calls the diffusers pipeline, ``engine`` calls ``DiffusersEngine.generate`` with a
+no-op step hook (the runner always passes one), interleaved (direct, engine, engine, direct, ...) in
+one process, same model, seed and steps. Target: engine / direct <= 1.02.
+
+(2) For each mode (``eager``; ``compiled`` with ``--compile``: a second engine over a second copy of
+the same weights, compiled for the one size) and each batch size N: N jobs with different seeds and
+prompts, through ``generate`` (N = 1, what the runner does for a lone job) or ``generate_batch``.
+Reported per batch: jobs/s, seconds per job, seconds per denoising step (the batch's), it/s, and the
+ratio of jobs/s to raw diffusers' (one job at a time). Everything is interleaved round by round.
+Target (issue #12): >= 1.25x raw diffusers' jobs/s. Prints tables; writes JSON (--json).
 """
 
 from __future__ import annotations
@@ -17,23 +26,29 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
-DEFAULT_SIZE = {"demo": 64, "sd15": 256}
+DEFAULT_SIZE = {"demo": 64, "sd15": 256, "sdxl": 1024}
+PROMPTS = ("a photo of an astronaut riding a horse", "a watercolour of a lighthouse at dusk",
+           "a bowl of ramen, studio lighting", "a red fox in fresh snow")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--arch", choices=("demo", "sd15"), default="demo")
-    parser.add_argument("--size", type=int, default=None, help="image side in px (demo 64, sd15 256)")
+    parser.add_argument("--arch", choices=("demo", "sd15", "sdxl"), default="demo")
+    parser.add_argument("--size", type=int, default=None, help="image side in px (demo 64, sd15 256, sdxl 1024)")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4], help="jobs per batch to time")
+    parser.add_argument("--compile", action="store_true", help="also time a compiled engine (slow to start)")
+    parser.add_argument("--cache-dir", default=None, help="compile cache folder (default: a temporary one)")
     parser.add_argument("--json", default="bench/results/engine.json")
     args = parser.parse_args(argv)
 
@@ -42,81 +57,179 @@ def main(argv: list[str] | None = None) -> int:
     from bench.archs import ARCHS
     from sdworker.engine.diffusers_engine import DiffusersEngine
     from sdworker.engine.models import resolve_device
-    from sdworker.engine.protocol import GenerationRequest, StepView
     from sdworker.settings import Settings
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = Settings(model=args.arch, device=args.device, dtype=args.dtype)
-    device, dtype = resolve_device(settings)
     size = args.size or DEFAULT_SIZE[args.arch]
+    cache_dir = Path(args.cache_dir) if args.cache_dir else Path(tempfile_dir())
+    base = {"model": args.arch, "device": args.device, "dtype": args.dtype, "cache_dir": cache_dir,
+            "max_batch": max(args.batches)}
+    settings = Settings(**base)
+    device, dtype = resolve_device(settings)
+
+    def build() -> Any:
+        pipe = ARCHS[args.arch]()
+        if device.type != "cpu" or dtype != torch.float32:  # built as fp32 on the CPU
+            pipe.to(device=device, dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
     started = time.perf_counter()
-    pipe = ARCHS[args.arch]()
-    if device.type != "cpu" or dtype != torch.float32:  # built as fp32 on the CPU
-        pipe.to(device=device, dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = build()
     build_seconds = time.perf_counter() - started
-    engine = DiffusersEngine.from_pipeline(pipe, settings, model_name=args.arch)
-    prompt, seed = "a photo of an astronaut riding a horse", 1234
+    engines = {"eager": DiffusersEngine.from_pipeline(pipe, settings, model_name=args.arch)}
+    compile_seconds = None
+    if args.compile:
+        started = time.perf_counter()
+        compiled = Settings(**base, compile=True, compile_sizes=(f"{size}x{size}",))
+        engines["compiled"] = DiffusersEngine.from_pipeline(build(), compiled, model_name=args.arch)
+        compile_seconds = time.perf_counter() - started  # the build, the compile and its warm-up
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def direct() -> float:
-        sync()
-        t = time.perf_counter()
-        pipe(prompt, num_inference_steps=args.steps, width=size, height=size,
-             generator=torch.Generator("cpu").manual_seed(seed))
-        sync()
-        return time.perf_counter() - t
-
-    def no_op(view: StepView) -> None:
-        return None
-
-    request = GenerationRequest(prompt, num_inference_steps=args.steps, width=size, height=size, seed=seed)
-
-    def through_engine() -> float:
-        sync()
-        t = time.perf_counter()
-        engine.generate(request, on_step=no_op)
-        sync()
-        return time.perf_counter() - t
-
-    direct(), through_engine()  # warm-up: allocator, kernels, caches
-    loop_steps = int(getattr(pipe, "_num_timesteps", args.steps))  # PNDM runs one more than asked
-    times: dict[str, list[float]] = {"direct": [], "engine": []}
-    runs = {"direct": direct, "engine": through_engine}
-    for round_index in range(args.rounds):
-        # A B, then B A: whichever runs second in a pair meets the allocator and caches the first left.
-        order = ("direct", "engine") if round_index % 2 == 0 else ("engine", "direct")
-        for name in order:
-            times[name].append(runs[name]() / loop_steps)
-    direct_s, engine_s = statistics.median(times["direct"]), statistics.median(times["engine"])
-    direct_min, engine_min = min(times["direct"]), min(times["engine"])
-    hook_us = added_python_per_step_us()
+    timer = Timer(sync)
     result: dict[str, Any] = {
-        "arch": args.arch, "size": size, "steps": args.steps, "loop_steps": loop_steps, "rounds": args.rounds,
+        "arch": args.arch, "size": size, "steps": args.steps, "rounds": args.rounds,
         "device": str(device), "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "build_seconds": round(build_seconds, 2),
-        "direct_s_per_step": times["direct"], "engine_s_per_step": times["engine"],
-        "direct_median_s_per_step": direct_s, "engine_median_s_per_step": engine_s,
-        "overhead_ratio": engine_s / direct_s,
-        "overhead_ratio_of_minima": engine_min / direct_min,
-        "engine_python_us_per_step": hook_us,
-        "note": "seconds per denoising-loop iteration, whole call (text encoder + loop + VAE decode) / loop steps",
+        "build_seconds": round(build_seconds, 2), "compile_seconds": compile_seconds,
     }
-    print(f"{'arch':6} {'size':>5} {'steps':>5} {'device':8} {'direct s/step':>14} {'engine s/step':>14} "
-          f"{'ratio':>7} {'ratio(min)':>10} {'hook us/step':>12}")
-    print(f"{args.arch:6} {size:5d} {loop_steps:5d} {result['device']:8} {direct_s:14.4f} {engine_s:14.4f} "
-          f"{result['overhead_ratio']:7.3f} {result['overhead_ratio_of_minima']:10.3f} {hook_us:12.1f}")
+    result |= overhead(args, pipe, engines["eager"], size, timer)
+    result["throughput"] = throughput(args, pipe, engines, size, timer)
+    print_tables(result)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="sdworker-bench-")
+
+
+class Timer:
+    """Wall seconds of a call, with the device synchronised on both sides."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self.sync = sync
+
+    def __call__(self, run: Callable[[], Any]) -> float:
+        self.sync()
+        started = time.perf_counter()
+        run()
+        self.sync()
+        return time.perf_counter() - started
+
+
+def direct_call(args: argparse.Namespace, pipe: Any, size: int, prompt: str, seed: int) -> Callable[[], Any]:
+    import torch
+
+    return lambda: pipe(prompt, num_inference_steps=args.steps, width=size, height=size,
+                        generator=torch.Generator("cpu").manual_seed(seed))
+
+
+def overhead(args: argparse.Namespace, pipe: Any, engine: Any, size: int, timer: Timer) -> dict[str, Any]:
+    """Seconds per loop step of the same job: raw diffusers vs ``engine.generate``."""
+    from sdworker.engine.protocol import GenerationRequest, StepView
+
+    def no_op(view: StepView) -> None:
+        return None
+
+    prompt, seed = PROMPTS[0], 1234
+    request = GenerationRequest(prompt, num_inference_steps=args.steps, width=size, height=size, seed=seed)
+    runs = {"direct": direct_call(args, pipe, size, prompt, seed),
+            "engine": lambda: engine.generate(request, on_step=no_op)}
+    timer(runs["direct"]), timer(runs["engine"])  # warm-up: allocator, kernels, caches
+    loop_steps = int(getattr(pipe, "_num_timesteps", args.steps))  # PNDM runs one more than asked
+    times: dict[str, list[float]] = {"direct": [], "engine": []}
+    for round_index in range(args.rounds):
+        # A B, then B A: whichever runs second in a pair meets the allocator and caches the first left.
+        order = ("direct", "engine") if round_index % 2 == 0 else ("engine", "direct")
+        for name in order:
+            times[name].append(timer(runs[name]) / loop_steps)
+    direct_s, engine_s = statistics.median(times["direct"]), statistics.median(times["engine"])
+    return {
+        "loop_steps": loop_steps,
+        "direct_s_per_step": times["direct"], "engine_s_per_step": times["engine"],
+        "direct_median_s_per_step": direct_s, "engine_median_s_per_step": engine_s,
+        "overhead_ratio": engine_s / direct_s,
+        "overhead_ratio_of_minima": min(times["engine"]) / min(times["direct"]),
+        "engine_python_us_per_step": added_python_per_step_us(),
+        "note": "seconds per denoising-loop iteration, whole call (text encoder + loop + VAE decode) / loop steps",
+    }
+
+
+def throughput(
+    args: argparse.Namespace, pipe: Any, engines: dict[str, Any], size: int, timer: Timer
+) -> list[dict[str, Any]]:
+    """Jobs per second per (mode, batch size), against raw diffusers one job at a time."""
+    from sdworker.engine.protocol import BatchItem, GenerationRequest, StepView
+
+    def no_op(view: StepView) -> None:
+        return None
+
+    def requests(count: int) -> list[GenerationRequest]:
+        return [GenerationRequest(PROMPTS[i % len(PROMPTS)], num_inference_steps=args.steps, width=size,
+                                  height=size, seed=1000 + i, guidance_scale=6.0 + i % 3) for i in range(count)]
+
+    def job_runner(engine: Any, count: int) -> Callable[[], Any]:
+        batch = requests(count)
+        if count == 1:
+            return lambda: engine.generate(batch[0], on_step=no_op)
+
+        def run() -> None:
+            outcomes = engine.generate_batch([BatchItem(r, on_step=no_op) for r in batch])
+            failed = [o for o in outcomes if isinstance(o, BaseException)]
+            if failed:
+                raise RuntimeError(f"a batch job failed: {failed[0]!r}")
+
+        return run
+
+    runs: dict[tuple[str, int], Callable[[], Any]] = {("direct", 1): direct_call(args, pipe, size, PROMPTS[0], 1000)}
+    for mode, engine in engines.items():
+        for count in args.batches:
+            runs[(mode, count)] = job_runner(engine, count)
+    for run in runs.values():
+        timer(run)  # warm-up: each shape once (a compiled engine warmed its own at load)
+    times: dict[tuple[str, int], list[float]] = {key: [] for key in runs}
+    keys = list(runs)
+    for round_index in range(args.rounds):
+        shift = round_index % len(keys)
+        for key in keys[shift:] + keys[:shift]:  # rotate the order each round
+            times[key].append(timer(runs[key]))
+    direct_jobs_per_s = 1.0 / statistics.median(times[("direct", 1)])
+    loop_steps = int(getattr(pipe, "_num_timesteps", args.steps))
+    rows = []
+    for (mode, count), seconds in times.items():
+        median = statistics.median(seconds)
+        rows.append({
+            "mode": mode, "batch": count, "seconds": seconds, "median_s_per_batch": median,
+            "jobs_per_s": count / median, "s_per_job": median / count, "s_per_step": median / loop_steps,
+            "it_per_s": loop_steps / median, "images_per_s": count / median,
+            "vs_direct": (count / median) / direct_jobs_per_s,
+        })
+    return rows
+
+
+def print_tables(result: dict[str, Any]) -> None:
+    print(f"{'arch':6} {'size':>5} {'steps':>5} {'device':8} {'direct s/step':>14} {'engine s/step':>14} "
+          f"{'ratio':>7} {'ratio(min)':>10} {'hook us/step':>12}")
+    print(f"{result['arch']:6} {result['size']:5d} {result['loop_steps']:5d} {result['device']:8} "
+          f"{result['direct_median_s_per_step']:14.4f} {result['engine_median_s_per_step']:14.4f} "
+          f"{result['overhead_ratio']:7.3f} {result['overhead_ratio_of_minima']:10.3f} "
+          f"{result['engine_python_us_per_step']:12.1f}")
+    print()
+    print(f"{'mode':9} {'batch':>5} {'jobs/s':>9} {'s/job':>9} {'s/step':>9} {'it/s':>8} {'vs direct':>9}")
+    for row in result["throughput"]:
+        print(f"{row['mode']:9} {row['batch']:5d} {row['jobs_per_s']:9.3f} {row['s_per_job']:9.3f} "
+              f"{row['s_per_step']:9.4f} {row['it_per_s']:8.2f} {row['vs_direct']:8.2f}x")
 
 
 def added_python_per_step_us(iterations: int = 20000) -> float:

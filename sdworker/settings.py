@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     compile: bool = Field(False, description="torch.compile the UNet (slow first job per size)")
     compile_sizes: tuple[str, ...] = Field((), description="WxH sizes to compile ahead, e.g. 512x512,1024x1024")
     max_batch: int | None = Field(
-        None, ge=1, le=64, description="jobs of the same shape run together as one batch (default: 1 on CPU, 4 on CUDA)"
+        None, ge=1, le=64, description="jobs of the same shape run together as one batch"
     )
     batch_wait_ms: int = Field(20, ge=0, le=10_000, description="how long a batch waits for more jobs")
 

@@ -112,6 +112,8 @@ def _default_text(name: str) -> str:
     info = Settings.model_fields[name]
     if name == "cache_dir":
         return "~/.cache/sdworker"
+    if name == "max_batch":
+        return "1 on CPU, 4 on CUDA"
     value = info.get_default(call_default_factory=True)
     if value is None or value == ():
         return "none"

@@ -390,8 +390,8 @@ class JobRunner:
             publish_all(ModelLoading(job_id="", model=model, phase=phase, seconds=seconds))
 
         results = iter(self._engine.generate_batch(items, on_model_load=on_model_load) if items else [])
-        for index, request in enumerate(requests):
-            if request is not None:
+        for index, decoded in enumerate(requests):
+            if decoded is not None:
                 outcomes[index] = next(results)
         return list(zip(requests, outcomes, strict=True))
 

@@ -25,12 +25,16 @@ def load_bench(name: str) -> Any:
 def test_engine_bench_smoke(tmp_path: Path) -> None:
     module = load_bench("engine")
     out = tmp_path / "engine.json"
-    assert module.main(["--arch", "demo", "--steps", "2", "--rounds", "1", "--json", str(out)]) == 0
+    argv = ["--arch", "demo", "--steps", "2", "--rounds", "1", "--batches", "1", "2"]
+    assert module.main([*argv, "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["arch"] == "demo" and result["device"] == "cpu"
     assert len(result["direct_s_per_step"]) == len(result["engine_s_per_step"]) == 1
     assert result["overhead_ratio"] > 0
     assert isinstance(result["engine_python_us_per_step"], float)  # how large is the benchmark's to report
+    rows = {(row["mode"], row["batch"]): row for row in result["throughput"]}
+    assert set(rows) == {("direct", 1), ("eager", 1), ("eager", 2)}
+    assert all(len(row["seconds"]) == 1 and row["jobs_per_s"] > 0 for row in rows.values())
 
 
 def test_previews_bench_smoke(tmp_path: Path) -> None:
