@@ -26,8 +26,12 @@ Decisions, each made here so the engine and the pipelines stay unaware of it:
   peft never touches. It equals the UNet whenever the UNet computes with its base weights alone: no
   adapter active, or the active set fused into the weights (``LoraAdapters.unet_is_base``). Jobs with
   an active unfused LoRA run eager; every other job, before or after any LoRA, runs the one graph.
-- **Each model its own graph.** Every slot compiles its own shadow; the FX graph cache makes a second
-  model of the same architecture cheap (Inductor's output is keyed by the graph, not the weights).
+- **Model switches.** Every slot gets its own shadow and dispatcher. Dynamo guards on the module's
+  structure and config, not its identity, and passes the weights in as graph inputs: a second model of
+  the same architecture loaded the same way reuses the first one's compiled code (measured: no new
+  graph, warm-up in milliseconds). One whose config differs (even only in key order: a model built in
+  code against one loaded from a folder) compiles at its load, from the FX graph cache when it can.
+  Either way the compiling happens at load, never during a job.
 - **A persistent cache** under ``<cache_dir>/torch-compile`` (``compile_cache_dir``): a restart with
   the same model and sizes reuses Inductor's generated code instead of generating it again.
 
@@ -93,7 +97,6 @@ class CompiledUnet:
 
     eager: Callable[..., Any]
     compiled: Callable[..., Any]
-    shapes: dict[tuple[int, int, int], int]  # (latent height, latent width, prompt tokens) -> buckets index
     buckets: tuple[int, ...]
     added: tuple[str, ...]  # added_cond_kwargs keys the graph takes (SDXL: text_embeds, time_ids)
     dtype: torch.dtype
@@ -204,7 +207,7 @@ def compile_unet(
     handle = CompiledUnet(
         eager=unet.forward,
         compiled=torch.compile(shadow.forward, dynamic=False, fullgraph=fullgraph),
-        shapes={}, buckets=tuple(sorted(buckets)), added=added, dtype=unet.dtype, allowed=allowed,
+        buckets=tuple(sorted(buckets)), added=added, dtype=unet.dtype, allowed=allowed,
     )
     _raise_recompile_limit(len(handle.buckets) * len(sizes))
     started = time.perf_counter()
@@ -266,7 +269,8 @@ def use_sdpa(module: Any) -> int:
 def apply_compile(
     pipe: Any, *, sizes: Iterable[str], max_batch: int, cache_dir: Path, allowed: Callable[[], bool]
 ) -> CompiledUnet | None:
-    """Everything ``--compile`` does to one loaded model's pipeline (see the module docstring)."""
+    """Everything ``--compile`` does to one loaded model's pipeline (see the module docstring). It
+    changes the pipeline's UNet and VAE in place: an eager engine to compare with needs its own pipeline."""
     for module in (pipe.unet, pipe.vae):
         module.to(memory_format=torch.channels_last)
         if use_sdpa(module):

@@ -140,13 +140,26 @@ def test_another_model_of_the_architecture_reuses_the_graph_with_its_own_weights
     torch.testing.assert_close(ours, expected, rtol=1e-3, atol=1e-4)
 
 
+def test_fused_loras_run_compiled(
+    compiled: DiffusersEngine, models_dir: Path, demo_bundle: Path, tmp_path: Path
+) -> None:
+    """With ``fuse_loras`` the active LoRA is in the shared weights themselves, so its jobs run the graph."""
+    fused = DiffusersEngine(settings(models_dir, demo_bundle, compiled.settings.cache_dir, compile=True,
+                                     compile_sizes=("64x64",)), fuse_loras=True)
+    reference = DiffusersEngine(settings(models_dir, demo_bundle, tmp_path), fuse_loras=True)
+    before, lora = graphs(), (LoraRef("demo-peft", 0.8),)
+    ours = generate(fused, loras=lora)
+    assert handle(fused).compiled_calls == BASE["num_inference_steps"] and handle(fused).eager_calls == 0
+    assert psnr(ours, generate(reference, loras=lora)) >= 40.0 and graphs() == before
+
+
 def test_padded_rows_equal_unpadded_rows(demo_bundle: Path) -> None:
     """Padding to a bucket and slicing back leaves each row's result alone (checked without compiling:
     the dispatcher's padding runs the same with the eager forward in place of the compiled one)."""
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(demo_bundle / "models" / "demo-sd15" / "unet").eval()
-    dispatcher = CompiledUnet(eager=unet.forward, compiled=shadow_module(unet).forward, shapes={}, buckets=(4,),
+    dispatcher = CompiledUnet(eager=unet.forward, compiled=shadow_module(unet).forward, buckets=(4,),
                               added=(), dtype=unet.dtype, warmed={(4, 8, 8, 77)})
     sample, context = torch.randn(2, 4, 8, 8), torch.randn(2, 77, unet.config.cross_attention_dim)
     with torch.no_grad():
