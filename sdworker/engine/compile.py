@@ -147,18 +147,24 @@ class CompiledUnet:
         # One timestep form for every scheduler (0-d int64, 0-d float, per-row): the UNet's first act is
         # ``timesteps.float()`` in its time projection, so float32 per row computes the same numbers, and
         # the graph sees one dtype and shape instead of recompiling per scheduler.
-        steps = torch.as_tensor(timestep, device=sample.device).to(torch.float32).reshape(-1).expand(rows)
-        out = self.compiled(
-            _pad(sample, bucket), _pad(steps, bucket), encoder_hidden_states=_pad(context, bucket),
-            added_cond_kwargs={k: _pad(v, bucket) for k, v in added.items()} if self.added else None,
-            return_dict=False,
-        )[0]
+        # Dynamo guards on the grad mode and on each input's dispatch keys, which differ for inference
+        # tensors: a caller in ``torch.inference_mode()`` would compile the graph twice more. The graph
+        # was warmed under no_grad, so it always runs so, on ordinary tensors (``_pad`` copies the rest).
+        with torch.inference_mode(False), torch.no_grad():
+            steps = torch.as_tensor(timestep, device=sample.device).to(torch.float32).reshape(-1).expand(rows)
+            out = self.compiled(
+                _pad(sample, bucket), _pad(steps, bucket), encoder_hidden_states=_pad(context, bucket),
+                added_cond_kwargs={k: _pad(v, bucket) for k, v in added.items()} if self.added else None,
+                return_dict=False,
+            )[0]
         return out[:rows] if bucket != rows else out
 
 
 def _pad(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     """``tensor`` with its last row repeated up to ``rows`` rows, contiguous (the graph is specialised
-    on strides too: an expanded or sliced input would not match it)."""
+    on strides too: an expanded or sliced input would not match it) and not an inference tensor."""
+    if tensor.is_inference():
+        tensor = tensor.clone()  # outside inference mode (see _run): an ordinary tensor
     missing = rows - tensor.shape[0]
     if missing > 0:
         tensor = torch.cat([tensor, tensor[-1:].expand(missing, *tensor.shape[1:])])

@@ -140,6 +140,16 @@ def test_another_model_of_the_architecture_reuses_the_graph_with_its_own_weights
     torch.testing.assert_close(ours, expected, rtol=1e-3, atol=1e-4)
 
 
+def test_inference_mode_callers_run_the_same_graph(compiled: DiffusersEngine) -> None:
+    """Dynamo guards on grad mode and on inference tensors' dispatch keys; the dispatcher hides both."""
+    unet, first, before = compiled.model.text_to_image.unet, handle(compiled), graphs()
+    calls = first.compiled_calls
+    with torch.inference_mode():
+        sample, context = torch.randn(2, 4, 8, 8), torch.randn(2, 77, unet.config.cross_attention_dim)
+        out = unet(sample, torch.tensor(999), context, return_dict=False)[0]
+    assert out.shape == sample.shape and first.compiled_calls == calls + 1 and graphs() == before
+
+
 def test_fused_loras_run_compiled(
     compiled: DiffusersEngine, models_dir: Path, demo_bundle: Path, tmp_path: Path
 ) -> None:
