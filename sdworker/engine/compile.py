@@ -191,7 +191,8 @@ def compile_unet(
 ) -> CompiledUnet | None:
     """Compile ``unet``'s forward for latent ``sizes`` ((height, width) in latents) and row ``buckets``,
     warm every combination, and install the dispatcher as ``unet.forward``. Returns the handle (call
-    counts, warm-up seconds), or None when the UNet takes inputs this module cannot build for warm-up.
+    counts, warm-up seconds), or None, the UNet left eager, when it takes inputs this module cannot
+    build for warm-up or the compile fails.
     Usable on its own (``bench``): ``compile_unet(pipe.unet, [(64, 64)], cache_dir=...)``."""
     sizes = list(sizes)
     config = unet.config
@@ -217,10 +218,16 @@ def compile_unet(
     )
     _raise_recompile_limit(len(handle.buckets) * len(sizes))
     started = time.perf_counter()
-    for height, width in sizes:
-        for rows in handle.buckets:
-            handle.warmed.add((rows, height, width, tokens))
-            _warm(handle, unet, rows, height, width, tokens)
+    try:
+        for height, width in sizes:
+            for rows in handle.buckets:
+                handle.warmed.add((rows, height, width, tokens))
+                _warm(handle, unet, rows, height, width, tokens)
+    except Exception:
+        # No C++ compiler, a graph break under fullgraph, an Inductor bug: the model still serves, eager,
+        # and the log says why (an error, not a warning: --compile was asked for and is not in effect).
+        log.error("compile: the UNet could not be compiled; it runs eager", exc_info=True)
+        return None
     handle.warm_seconds = time.perf_counter() - started
     handle.compiled_calls = 0
     unet.forward = handle
@@ -248,8 +255,9 @@ _compiled_shapes = 0
 
 def _raise_recompile_limit(shapes: int) -> None:
     """Dynamo keeps at most ``recompile_limit`` graphs per code object, and every UNet of a process
-    shares ``UNet2DConditionModel.forward``'s code: each model's warmed shapes count against it. Past
-    the limit dynamo would silently run eager, so the limit grows with what was compiled."""
+    shares its forward's code (diffusers' LoRA-scale wrapper around it): each model's warmed shapes
+    count against it. Past the limit dynamo would silently run eager, so the limit grows with what was
+    compiled."""
     global _compiled_shapes
     _compiled_shapes += shapes
     config = torch._dynamo.config

@@ -179,6 +179,21 @@ def test_padded_rows_equal_unpadded_rows(demo_bundle: Path) -> None:
     torch.testing.assert_close(padded, plain, rtol=1e-4, atol=1e-5)
 
 
+def test_a_failing_compile_leaves_the_unet_eager(demo_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffusers import UNet2DConditionModel
+
+    def broken(fn: Any, **options: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    unet = UNet2DConditionModel.from_pretrained(demo_bundle / "models" / "demo-sd15" / "unet").eval()
+    assert compile_unet(unet, [(8, 8)]) is None
+    assert "forward" not in vars(unet)  # the class's own forward, untouched
+
+
 def test_buckets_and_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert batch_buckets(1) == (2,) and batch_buckets(3) == (2, 4, 8) and batch_buckets(8) == (2, 4, 8, 16)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "elsewhere")  # restored after the test
