@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # System packages the test suite needs: Debian's Chromium (browser tests drive it with Playwright; no
-# browser download) and redis-server (the Redis backend is tested against a real one). Installed with
-# apt-get when missing and we are root; otherwise say what to do.
+# browser download), redis-server (the Redis backend is tested against a real one) and a C++ compiler
+# (torch.compile's Inductor builds its CPU kernels with one; tests/engine/test_compile.py). Installed
+# with apt-get when missing and we are root; otherwise say what to do.
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v g++ >/dev/null 2>&1 || command -v c++ >/dev/null 2>&1 || missing+=(g++)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "system-deps: missing ${missing[*]}; run: sudo apt-get install -y ${missing[*]}" >&2

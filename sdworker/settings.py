@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     embeddings_dir: Path | None = Field(None, description="folder of textual-inversion embeddings")
 
     # Speed
-    compile: bool = Field(False, description="torch.compile the UNet (slow first job per size)")
+    compile: bool = Field(False, description="torch.compile the UNet for --compile-sizes at load (others run eager)")
     compile_sizes: tuple[str, ...] = Field((), description="WxH sizes to compile ahead, e.g. 512x512,1024x1024")
     max_batch: int | None = Field(
         None, ge=1, le=64, description="jobs of the same shape run together as one batch"

@@ -340,7 +340,7 @@ class DiffusersEngine:
         if self._embeddings is None:
             self._embeddings = EmbeddingStore(str(self.library.embeddings_dir) if self.library.embeddings_dir else None)
         slot = build_slot(entry, model, taesd=self._taesd, embeddings=self._embeddings, hashes=self._hashes,
-                          fuse_loras=self.fuse_loras, max_cached_loras=self.max_cached_loras)
+                          fuse_loras=self.fuse_loras, max_cached_loras=self.max_cached_loras, settings=self.settings)
         self._slots[entry.name] = slot
         self._loaded_names = frozenset(self._slots)
         self._last = slot

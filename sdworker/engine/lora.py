@@ -57,6 +57,13 @@ class LoraAdapters:
     def loaded(self) -> list[str]:
         return list(self._adapters)
 
+    @property
+    def unet_is_base(self) -> bool:
+        """True when the UNet computes with its base weights alone: no adapter active (disabled peft
+        layers compute ``base_layer(x)``), or the active set fused into those weights. ``--compile``
+        runs its graph, traced without peft layers, only then."""
+        return not self._active or self._fused == self._active
+
     def activate(self, loras: list[tuple[LoraEntry, float]], *, field: str = "loras") -> tuple[AppliedLora, ...]:
         """Make exactly ``loras`` active with their weights (none: every adapter off)."""
         wanted: list[tuple[str, float]] = []

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from sdworker.engine.compile import CompiledUnet, apply_compile
 from sdworker.engine.embeddings import EmbeddingStore
 from sdworker.engine.hashing import HashCache
 from sdworker.engine.library import ModelEntry
@@ -42,6 +43,7 @@ class ModelSlot:
     prompts: PromptEncoder
     loras: LoraAdapters
     sha256: str | None
+    compiled: CompiledUnet | None = None  # --compile: the UNet's dispatcher (call counts, warm-up time)
     preview_failed_logged: bool = False
 
     @property
@@ -113,7 +115,9 @@ def build_slot(
     hashes: HashCache,
     fuse_loras: bool = False,
     max_cached_loras: int = 8,
+    settings: Settings | None = None,
 ) -> ModelSlot:
+    """The slot of a freshly loaded model. ``settings`` carries ``--compile`` and its sizes (None: eager)."""
     base_scheduler = model.text_to_image.scheduler
     tiny = taesd.for_model(model)
     decoders: dict[str, PreviewDecoder] = {}
@@ -128,6 +132,12 @@ def build_slot(
             sha256 = hashes.get(entry.hash_file)
         except OSError as exc:
             log.warning("cannot hash %s: %s", entry.hash_file, exc)
+    loras = LoraAdapters(model.text_to_image, entry.name, hashes, max_cached=max_cached_loras, fuse=fuse_loras)
+    compiled = None
+    if settings is not None and settings.compile:
+        # After the LoRA loader exists, before any job: the compiled graph must see a UNet without adapters.
+        compiled = apply_compile(model.text_to_image, sizes=settings.compile_sizes, max_batch=settings.max_batch,
+                                 cache_dir=settings.cache_dir, allowed=lambda: loras.unet_is_base)
     return ModelSlot(
         entry=entry,
         model=model,
@@ -135,6 +145,7 @@ def build_slot(
         schedulers=SchedulerFactory(base_scheduler),
         decoders=decoders,
         prompts=PromptEncoder(model.text_to_image, model.family, embeddings),
-        loras=LoraAdapters(model.text_to_image, entry.name, hashes, max_cached=max_cached_loras, fuse=fuse_loras),
+        loras=loras,
         sha256=sha256,
+        compiled=compiled,
     )
