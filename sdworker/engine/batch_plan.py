@@ -29,6 +29,19 @@ from sdworker.engine.protocol import GenerationRequest, Operation
 from sdworker.engine.scheduler_names import get_spec
 from sdworker.errors import SdworkerError
 
+# --max-batch unset: how many jobs share a UNet call on a CUDA device. 1 elsewhere: a CPU is already
+# busy at batch 1 (bench/engine.py), and more rows only delay every job of the batch.
+CUDA_AUTO_BATCH = 4
+
+
+def resolve_max_batch(max_batch: int | None, device: str) -> int:
+    """``--max-batch`` as given, or when unset ``CUDA_AUTO_BATCH`` on a CUDA device and 1 elsewhere.
+    One rule for the runner (how many jobs it claims together) and ``--compile`` (which batch sizes it
+    compiles), so the two agree."""
+    if max_batch is not None:
+        return max_batch
+    return CUDA_AUTO_BATCH if device.startswith("cuda") else 1
+
 
 @dataclass(frozen=True, slots=True)
 class BatchKey:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from sdworker.engine.batch_plan import resolve_max_batch
 from sdworker.engine.compile import CompiledUnet, apply_compile
 from sdworker.engine.embeddings import EmbeddingStore
 from sdworker.engine.hashing import HashCache
@@ -136,7 +137,8 @@ def build_slot(
     compiled = None
     if settings is not None and settings.compile:
         # After the LoRA loader exists, before any job: the compiled graph must see a UNet without adapters.
-        compiled = apply_compile(model.text_to_image, sizes=settings.compile_sizes, max_batch=settings.max_batch,
+        max_batch = resolve_max_batch(settings.max_batch, str(model.device))
+        compiled = apply_compile(model.text_to_image, sizes=settings.compile_sizes, max_batch=max_batch,
                                  cache_dir=settings.cache_dir, allowed=lambda: loras.unet_is_base)
     return ModelSlot(
         entry=entry,

@@ -34,6 +34,7 @@ from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from sdworker.engine.batch_plan import resolve_max_batch
 from sdworker.engine.parameters import parameters_text
 from sdworker.engine.protocol import BatchItem, CancelToken, Engine, GenerationRequest, GenerationResult
 from sdworker.errors import JobCancelled, SdworkerError
@@ -53,8 +54,6 @@ CANCELLED = "cancelled"
 STOP_SECONDS = 2.0
 # The batch wait is taken in slices this long, so the runner's clock decides when it is over.
 PARTNER_POLL_SECONDS = 0.005
-# --max-batch unset: how many jobs share a UNet call on a CUDA device (1 elsewhere: a CPU is busy at 1).
-CUDA_AUTO_BATCH = 4
 PngText = Callable[[JobSpec, GenerationRequest, GenerationResult, int], dict[str, str]]
 
 
@@ -80,8 +79,8 @@ class JobRunner:
     ) -> None:
         """``default_aliases``: model names that mean the engine's default model (what ``--model``
         said, e.g. ``demo``: a Redis queue is keyed by it, while the engine's library names the default
-        model by its own name). ``max_batch`` None: 1 on CPU, ``CUDA_AUTO_BATCH`` on CUDA (decided once
-        the engine says its device). ``clock``: seconds, for the batch wait (tests inject one)."""
+        model by its own name). ``max_batch`` None: 1 on CPU, 4 on CUDA (``resolve_max_batch``, once the
+        engine says its device). ``clock``: seconds, for the batch wait (tests inject one)."""
         self._engine = engine
         self._source = source
         self._metrics = metrics
@@ -233,8 +232,8 @@ class JobRunner:
         info = self._engine.info
         if not self._source.batches:
             self._batch_limit = 1
-        elif self._max_batch is None:
-            self._batch_limit = CUDA_AUTO_BATCH if info.device.startswith("cuda") else 1
+        else:
+            self._batch_limit = resolve_max_batch(self._max_batch, info.device)
         await self._source.set_engine(info, state="ready")
         self.state, self.reason = "ready", None
         self._changed()
