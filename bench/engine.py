@@ -100,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     result |= overhead(args, pipe, engines["eager"], size, timer)
     result["throughput"] = throughput(args, pipe, engines, size, timer)
+    if "compiled" in engines:  # proof that the compiled graph ran (and how often the eager fallback did)
+        forward = engines["compiled"].model.text_to_image.unet.forward
+        result["compiled_unet_calls"] = getattr(forward, "compiled_calls", None)
+        result["eager_unet_calls"] = getattr(forward, "eager_calls", None)
+        result["warm_seconds"] = getattr(forward, "warm_seconds", None)
     print_tables(result)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -219,6 +224,9 @@ def throughput(
 
 
 def print_tables(result: dict[str, Any]) -> None:
+    if result.get("compile_seconds") is not None:
+        print(f"compiled engine: {result['compile_seconds']:.1f} s to build, compile and warm; UNet calls "
+              f"compiled {result.get('compiled_unet_calls')}, eager {result.get('eager_unet_calls')}")
     print(f"{'arch':6} {'size':>5} {'steps':>5} {'device':8} {'direct s/step':>14} {'engine s/step':>14} "
           f"{'ratio':>7} {'ratio(min)':>10} {'hook us/step':>12}")
     print(f"{result['arch']:6} {result['size']:5d} {result['loop_steps']:5d} {result['device']:8} "
