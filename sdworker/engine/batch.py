@@ -93,21 +93,8 @@ class BatchJob:
         """The job's result, with the fields ``generate`` fills, or its error."""
         if self.images is None:
             return self.error or GenerationFailed("generation failed (no image); see the worker log")
-        request = self.request
-        return GenerationResult(
-            images=tuple(self.images),
-            seeds=self.seeds,
-            width=request.width,
-            height=request.height,
-            scheduler=self.scheduler_name,
-            steps_run=self.steps_run,
-            seconds=self.seconds,
-            model=slot.name,
-            model_hash=slot.short_hash,
-            family=slot.model.family,
-            loras=applied,
-            clip_skip=request.clip_skip,
-        )
+        return slot.result(self.request, self.images, self.seeds, self.scheduler_name, self.steps_run, self.seconds,
+                           applied)
 
 
 def run_group(

@@ -235,20 +235,8 @@ class DiffusersEngine:
             if not completed and slot.model.device.type == "cuda":
                 gc.collect()
                 torch.cuda.empty_cache()
-        return GenerationResult(
-            images=tuple(images),
-            seeds=seeds,
-            width=request.width,
-            height=request.height,
-            scheduler=scheduler_name,
-            steps_run=steps_run or int(getattr(pipe, "_num_timesteps", request.num_inference_steps)),
-            seconds=time.perf_counter() - started,
-            model=slot.name,
-            model_hash=slot.short_hash,
-            family=slot.model.family,
-            loras=applied,
-            clip_skip=request.clip_skip,
-        )
+        steps_run = steps_run or int(getattr(pipe, "_num_timesteps", request.num_inference_steps))
+        return slot.result(request, images, seeds, scheduler_name, steps_run, time.perf_counter() - started, applied)
 
     def generate_batch(
         self, items: Sequence[BatchItem], on_model_load: ModelLoadHook | None = None

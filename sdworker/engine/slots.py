@@ -9,11 +9,13 @@ model folder is used when the flag is not given, which is how the demo models sh
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from sdworker.engine.batch_plan import resolve_max_batch
 from sdworker.engine.compile import CompiledUnet, apply_compile
@@ -23,6 +25,7 @@ from sdworker.engine.library import ModelEntry
 from sdworker.engine.lora import LoraAdapters
 from sdworker.engine.models import LoadedModel
 from sdworker.engine.prompt_encoding import PromptEncoder
+from sdworker.engine.protocol import AppliedLora, GenerationRequest, GenerationResult
 from sdworker.engine.schedulers import SchedulerFactory
 from sdworker.errors import ModelError
 from sdworker.previews.decoders import PreviewDecoder, create_decoder, resolve_method
@@ -74,6 +77,23 @@ class ModelSlot:
                 log.warning("preview decode with %s failed; previews skipped", resolved, exc_info=True)
             return None
         return PreviewPixels(pixels=pixels, method=decoder.method, source=source)
+
+    def result(
+        self,
+        request: GenerationRequest,
+        images: Sequence[Image.Image],
+        seeds: tuple[int, ...],
+        scheduler: str,
+        steps_run: int,
+        seconds: float,
+        loras: tuple[AppliedLora, ...],
+    ) -> GenerationResult:
+        """A finished job's result, with what this model says about itself (name, hash, family)."""
+        return GenerationResult(
+            images=tuple(images), seeds=seeds, width=request.width, height=request.height, scheduler=scheduler,
+            steps_run=steps_run, seconds=seconds, model=self.name, model_hash=self.short_hash,
+            family=self.model.family, loras=loras, clip_skip=request.clip_skip,
+        )
 
     def close(self) -> None:
         self.decoders.clear()
