@@ -142,7 +142,8 @@ def direct_call(args: argparse.Namespace, pipe: Any, size: int, prompt: str, see
 
 def overhead(args: argparse.Namespace, pipe: Any, engine: Any, size: int, timer: Timer) -> dict[str, Any]:
     """Seconds per loop step of the same job: raw diffusers vs ``engine.generate``."""
-    from sdworker.engine.protocol import GenerationRequest, StepView
+    from sdworker.domain.request import GenerationRequest
+    from sdworker.engine.protocol import StepView
 
     def no_op(view: StepView) -> None:
         return None
@@ -175,7 +176,8 @@ def throughput(
     args: argparse.Namespace, pipe: Any, engines: dict[str, Any], size: int, timer: Timer
 ) -> list[dict[str, Any]]:
     """Jobs per second per (mode, batch size), against raw diffusers one job at a time."""
-    from sdworker.engine.protocol import BatchItem, GenerationRequest, StepView
+    from sdworker.domain.request import GenerationRequest
+    from sdworker.engine.protocol import BatchItem, StepView
 
     def no_op(view: StepView) -> None:
         return None
@@ -245,7 +247,7 @@ def added_python_per_step_us(iterations: int = 20000) -> float:
     the recording ``scheduler.step`` wrapper plus the step callback with a no-op hook."""
     import torch
 
-    from sdworker.engine.protocol import CancelToken
+    from sdworker.domain.control import CancelToken
     from sdworker.engine.step_hook import StepCallback
     from sdworker.engine.x0 import X0Recorder
 

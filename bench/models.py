@@ -61,9 +61,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
+    from sdworker.domain.request import GenerationRequest, LoraRef
     from sdworker.engine.diffusers_engine import DiffusersEngine
     from sdworker.engine.models import resolve_device
-    from sdworker.engine.protocol import GenerationRequest, LoraRef, StepView
+    from sdworker.engine.protocol import StepView
     from sdworker.errors import InvalidRequest
     from sdworker.settings import Settings
 
@@ -217,9 +218,10 @@ def sd15_step_costs(size: int, steps: int, rounds: int) -> dict[str, list[float]
     from safetensors.torch import save_file
 
     from bench.archs import build_sd15_pipeline
+    from sdworker.domain.request import GenerationRequest, LoraRef
     from sdworker.engine.demo_model import build_demo_lora
     from sdworker.engine.diffusers_engine import DiffusersEngine
-    from sdworker.engine.protocol import GenerationRequest, LoraRef, StepView
+    from sdworker.engine.protocol import StepView
     from sdworker.settings import Settings
 
     folder = Path(tempfile.mkdtemp(prefix="sdworker-bench-loras-"))

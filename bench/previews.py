@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench.archs` and `sdwork
 import torch  # noqa: E402
 from diffusers.models import AutoencoderTiny  # noqa: E402
 
-from sdworker.engine.protocol import GenerationRequest  # noqa: E402
+from sdworker.domain.request import GenerationRequest  # noqa: E402
 from sdworker.events.types import PreviewReady  # noqa: E402
 from sdworker.imaging.encode import encode_image  # noqa: E402
 from sdworker.jobs.metrics import ServiceMetrics  # noqa: E402

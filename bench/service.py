@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench.archs` and `sdwork
 
 import httpx  # noqa: E402
 
-from sdworker.engine.protocol import GenerationRequest  # noqa: E402
+from sdworker.domain.request import GenerationRequest  # noqa: E402
 from sdworker.settings import Settings  # noqa: E402
 
 PROMPT = "a photograph of an astronaut riding a horse"

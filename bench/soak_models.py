@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
+    from sdworker.domain.request import GenerationRequest, LoraRef
     from sdworker.engine.demo_model import MODELS_DIR, ensure_demo_bundle
     from sdworker.engine.diffusers_engine import DiffusersEngine
-    from sdworker.engine.protocol import GenerationRequest, LoraRef
     from sdworker.settings import Settings
 
     cache = Path(args.cache_dir or tempfile.mkdtemp(prefix="sdworker-soak-"))

@@ -34,7 +34,7 @@ from sdworker.api.routes_jobs import router as jobs_router
 from sdworker.api.routes_models import router as models_router
 from sdworker.api.routes_system import router as system_router
 from sdworker.api.signing import JobLinks
-from sdworker.engine.parameters import model_label
+from sdworker.domain.parameters import model_label
 from sdworker.engine.protocol import Engine
 from sdworker.jobs.heartbeat import QueenHeartbeat, WorkerCard
 from sdworker.jobs.memory import MemoryJobService

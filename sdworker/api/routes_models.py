@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from sdworker.api import deps
-from sdworker.engine.protocol import LoraInfo, ModelInfo
+from sdworker.domain.catalog import LoraInfo, ModelInfo
 
 router = APIRouter(tags=["models"])
 

@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdworker.engine.prompt_syntax import normalize_lora_name
-from sdworker.engine.protocol import Operation
+from sdworker.domain.prompt_syntax import normalize_lora_name
+from sdworker.domain.request import Operation
 from sdworker.errors import InvalidRequest, WrongWorker
 from sdworker.jobs.spec import JobDraft
 from sdworker.previews.options import PreviewOptions

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sdworker.api.signing import LinkFn, plain_link
-from sdworker.engine.protocol import Operation
+from sdworker.domain.request import Operation
 from sdworker.jobs.spec import JobSpec
 from sdworker.jobs.state import JobStatus, JobView, WorkerInfo
 

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from sdworker.cli.outputs import output_paths
-from sdworker.engine.protocol import GenerationRequest, Operation, StepView
-from sdworker.engine.request_checks import check_strength
-from sdworker.engine.scheduler_names import get_spec
+from sdworker.domain.checks import check_strength
+from sdworker.domain.request import GenerationRequest, Operation
+from sdworker.domain.scheduler_names import get_spec
+from sdworker.engine.protocol import StepView
 from sdworker.errors import InvalidRequest
 from sdworker.imaging.decode import check_mask_matches, read_image_file
 from sdworker.imaging.encode import encode_image, encode_png
@@ -36,9 +37,9 @@ def run_generate(args: argparse.Namespace) -> int:
     preview_config = _preview_config(args, settings)
 
     _quiet_libraries()
+    from sdworker.domain.parameters import parameters_text
     from sdworker.engine.diffusers_engine import DiffusersEngine
     from sdworker.engine.models import resolve_source
-    from sdworker.engine.parameters import parameters_text
 
     resolve_source(settings)  # a missing path or a refused pickle: one error line, before anything else
     engine = DiffusersEngine(settings)

@@ -45,8 +45,8 @@ def run_worker(args: argparse.Namespace) -> int:
 async def _work(settings: Settings) -> JobRunner:
     """Runs until a signal or the death of the generation thread; the runner, to say how it ended."""
     from sdworker.backends.redis.source import RedisJobSource
+    from sdworker.domain.parameters import model_label
     from sdworker.engine.diffusers_engine import DiffusersEngine
-    from sdworker.engine.parameters import model_label
     from sdworker.jobs.metrics import ServiceMetrics
     from sdworker.jobs.runner import JobRunner, png_text_for
 

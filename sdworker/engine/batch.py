@@ -41,8 +41,10 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from sdworker.domain.request import GenerationRequest
+from sdworker.domain.result import AppliedLora, GenerationResult
 from sdworker.engine.decoding import decode_latents, decode_like_pipeline, decode_like_xl_pipeline
-from sdworker.engine.protocol import AppliedLora, BatchItem, GenerationRequest, GenerationResult
+from sdworker.engine.protocol import BatchItem
 from sdworker.engine.step_hook import Interrupted, StepCallback
 from sdworker.engine.x0 import X0Recorder
 from sdworker.errors import GenerationFailed, JobCancelled, SdworkerError

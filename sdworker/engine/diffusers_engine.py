@@ -33,28 +33,21 @@ from typing import Any
 import torch
 from PIL import Image
 
+from sdworker.domain.batch_plan import BatchKey, batch_key, group_positions
+from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
+from sdworker.domain.checks import check_library_fields, check_lora_weight, check_request
+from sdworker.domain.control import CancelToken
+from sdworker.domain.prompt_syntax import extract_lora_tags, merge_loras
+from sdworker.domain.request import GenerationRequest, Operation
+from sdworker.domain.result import GenerationResult
+from sdworker.domain.scheduler_names import SCHEDULER_NAMES
 from sdworker.engine.batch import failure, run_group
-from sdworker.engine.batch_plan import BatchKey, batch_key, group_positions
 from sdworker.engine.decoding import decode_latents
 from sdworker.engine.embeddings import EmbeddingStore
 from sdworker.engine.hashing import HashCache
 from sdworker.engine.library import NATIVE_SIZES, LoraEntry, ModelEntry, ModelLibrary
 from sdworker.engine.models import LoadedModel, ModelSource, build_pipelines, detect_family, load_model
-from sdworker.engine.prompt_syntax import extract_lora_tags, merge_loras
-from sdworker.engine.protocol import (
-    BatchItem,
-    CancelToken,
-    EngineInfo,
-    GenerationRequest,
-    GenerationResult,
-    LoraInfo,
-    ModelInfo,
-    ModelLoadHook,
-    Operation,
-    StepHook,
-)
-from sdworker.engine.request_checks import check_library_fields, check_lora_weight, check_request
-from sdworker.engine.scheduler_names import SCHEDULER_NAMES
+from sdworker.engine.protocol import BatchItem, ModelLoadHook, StepHook
 from sdworker.engine.schedulers import describe_scheduler
 from sdworker.engine.slots import ModelSlot, TaesdCache, build_slot
 from sdworker.engine.step_hook import Interrupted, StepCallback

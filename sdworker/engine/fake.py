@@ -15,20 +15,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sdworker.engine.prompt_syntax import extract_lora_tags, merge_loras
-from sdworker.engine.protocol import (
-    AppliedLora,
-    BatchItem,
-    CancelToken,
-    EngineInfo,
-    GenerationRequest,
-    GenerationResult,
-    LoraInfo,
-    ModelInfo,
-    ModelLoadHook,
-    StepHook,
-)
-from sdworker.engine.request_checks import check_strength
+from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
+from sdworker.domain.checks import check_strength
+from sdworker.domain.control import CancelToken
+from sdworker.domain.prompt_syntax import extract_lora_tags, merge_loras
+from sdworker.domain.request import GenerationRequest
+from sdworker.domain.result import AppliedLora, GenerationResult
+from sdworker.engine.protocol import BatchItem, ModelLoadHook, StepHook
 from sdworker.errors import GenerationFailed, LoraNotFound, ModelError, ModelNotFound, UnknownScheduler
 from sdworker.previews.options import PreviewPixels
 

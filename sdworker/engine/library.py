@@ -28,9 +28,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from sdworker.domain.parameters import model_label
+from sdworker.domain.prompt_syntax import normalize_lora_name
 from sdworker.engine.models import PICKLE_SUFFIXES, ModelSource, resolve_source
-from sdworker.engine.parameters import model_label
-from sdworker.engine.prompt_syntax import normalize_lora_name
 from sdworker.errors import InvalidRequest, LoraIncompatible, LoraNotFound, ModelError, ModelNotFound, UnsafeCheckpoint
 from sdworker.settings import Settings
 

@@ -28,9 +28,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from sdworker.domain.result import AppliedLora
 from sdworker.engine.hashing import HashCache
 from sdworker.engine.library import LoraEntry
-from sdworker.engine.protocol import AppliedLora
 from sdworker.errors import LoraIncompatible
 
 log = logging.getLogger(__name__)

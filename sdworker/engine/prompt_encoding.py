@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
+from sdworker.domain.prompt_syntax import BREAK, parse_prompt_attention
 from sdworker.engine.embeddings import EmbeddingStore, TextualInversion
-from sdworker.engine.prompt_syntax import BREAK, parse_prompt_attention
 
 CHUNK_LENGTH = 75
 COMMA_BACKTRACK = 20  # A1111's default "comma_padding_backtrack"

@@ -13,104 +13,17 @@ No torch here: latents are typed ``Any`` so the job layer can import this module
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sdworker.errors import JobCancelled
+from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
+from sdworker.domain.control import CancelToken
+from sdworker.domain.request import GenerationRequest
+from sdworker.domain.result import GenerationResult
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from sdworker.previews.options import PreviewPixels
-
-
-@dataclass(frozen=True, slots=True)
-class LoraRef:
-    """A LoRA to apply to one job: a name in the LoRA folder (with or without ``.safetensors``) and its
-    weight (1.0 = as trained; negative values invert it, as in A1111)."""
-
-    name: str
-    weight: float = 1.0
-
-
-class Operation(StrEnum):
-    """What a job does. Values are the wire names of the reference design (snake_case form)."""
-
-    TEXT_TO_IMAGE = "image_generation"
-    IMAGE_TO_IMAGE = "image_transform"
-    INPAINT = "image_inpaint"
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationRequest:
-    """One generation, already validated. Parameter names follow diffusers'.
-
-    ``width``/``height`` are the output size (multiples of 8). For image-to-image and inpainting the
-    init image (and mask) are resized to that size when they differ. ``mask_image``: white = repaint.
-    ``seed`` None means "pick one"; the engine reports the seed it used. With ``num_images`` > 1,
-    image i uses seed ``seed + i`` so any one of them can be made again alone.
-    """
-
-    prompt: str
-    operation: Operation = Operation.TEXT_TO_IMAGE
-    negative_prompt: str = ""
-    num_inference_steps: int = 20
-    guidance_scale: float = 7.5
-    width: int = 512
-    height: int = 512
-    seed: int | None = None
-    scheduler: str | None = None  # None = the model's own
-    num_images: int = 1
-    init_image: Image.Image | None = None
-    mask_image: Image.Image | None = None
-    strength: float = 0.8
-    model: str | None = None  # a name from the model library; None = the default model
-    loras: tuple[LoraRef, ...] = ()  # merged with the prompt's <lora:name:w> tags; these weights win
-    clip_skip: int | None = None  # A1111's convention: 1 = the last layer (no skip), 2 = the penultimate
-
-
-@dataclass(frozen=True, slots=True)
-class AppliedLora:
-    """A LoRA that ran, for the PNG text: name, weight and A1111's short hash (12 hex characters)."""
-
-    name: str
-    weight: float
-    short_hash: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationResult:
-    images: tuple[Image.Image, ...]
-    seeds: tuple[int, ...]  # one per image
-    width: int
-    height: int
-    scheduler: str  # the name actually used
-    steps_run: int  # denoising steps actually run (fewer than requested for img2img/inpaint)
-    seconds: float
-    model: str = ""  # the library name of the model that ran
-    model_hash: str | None = None  # A1111's short model hash (10 hex characters)
-    family: str = "sd1"  # sd1 | sd2 | sdxl: which preview coefficients / TAESD fit its latents
-    loras: tuple[AppliedLora, ...] = ()
-    clip_skip: int | None = None
-
-    @property
-    def seed(self) -> int:
-        return self.seeds[0]
-
-
-@dataclass(frozen=True, slots=True)
-class EngineInfo:
-    model: str  # what the user named (path, hub id or "demo")
-    family: str  # sd1 | sd2 | sdxl
-    device: str
-    dtype: str
-    schedulers: tuple[str, ...]
-    default_scheduler: str
-    preview_methods: tuple[str, ...]  # decoders available here (subset of latent2rgb, taesd, vae)
-    operations: tuple[Operation, ...] = tuple(Operation)
 
 
 class StepView(Protocol):
@@ -156,74 +69,6 @@ class BatchItem:
 # on_model_load(name, phase, seconds): phase "started" (seconds 0.0) then "finished" (seconds the load
 # took) or "failed". Called on the engine's thread; must return quickly (hand over to the event loop).
 ModelLoadHook = Callable[[str, str, float], None]
-
-
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    """One model of the library. ``kind``: folder (diffusers) | file (single .safetensors checkpoint).
-
-    ``sha256`` is the checkpoint file's (for a folder, its UNet weights file's) and ``short_hash`` its
-    first 10 characters, A1111's "Model hash"; both None until computed (at the model's first load, then
-    cached on disk by path, size and modification time). ``native_size``: the side the model was trained
-    at (512 SD 1.x, 768 SD 2.x v-models, 1024 SDXL; a diffusers folder says its own), the default size.
-    """
-
-    name: str
-    family: str
-    kind: str
-    path: str
-    native_size: int
-    loaded: bool = False
-    is_default: bool = False
-    sha256: str | None = None
-
-    @property
-    def short_hash(self) -> str | None:
-        return self.sha256[:10] if self.sha256 else None
-
-
-@dataclass(frozen=True, slots=True)
-class LoraInfo:
-    """One LoRA of the library. ``family`` (sd1 | sd2 | sdxl) when its shapes tell, else None."""
-
-    name: str
-    path: str
-    family: str | None
-    format: str  # peft (diffusers) | kohya | unknown
-
-
-class CancelToken:
-    """Set from any thread; read by the engine after every denoising step.
-
-    Two ways to stop: ``cancel`` (the job ends with no image) and ``interrupt`` (A1111's: stop at the
-    next step and finish with what the latents hold now; an engine that cannot, cancels). Either one
-    makes ``cancelled`` true, so an engine that only knows cancel still stops.
-    """
-
-    __slots__ = ("_event", "_interrupt")
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._interrupt = False
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    def interrupt(self) -> None:
-        self._interrupt = True
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-    @property
-    def interrupted(self) -> bool:
-        return self._interrupt and self._event.is_set()
-
-    def raise_if_cancelled(self) -> None:
-        if self._event.is_set():
-            raise JobCancelled("the job was cancelled")
 
 
 class Engine(Protocol):

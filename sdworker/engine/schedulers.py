@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from sdworker.engine.scheduler_names import SCHEDULER_SPECS, get_spec
+from sdworker.domain.scheduler_names import SCHEDULER_SPECS, get_spec
 
 
 def create_scheduler(name: str | None, model_scheduler: Any) -> tuple[Any, str]:

@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from sdworker.engine.batch_plan import resolve_max_batch
+from sdworker.domain.batch_plan import resolve_max_batch
+from sdworker.domain.request import GenerationRequest
+from sdworker.domain.result import AppliedLora, GenerationResult
 from sdworker.engine.compile import CompiledUnet, apply_compile
 from sdworker.engine.embeddings import EmbeddingStore
 from sdworker.engine.hashing import HashCache
@@ -25,7 +27,6 @@ from sdworker.engine.library import ModelEntry
 from sdworker.engine.lora import LoraAdapters
 from sdworker.engine.models import LoadedModel
 from sdworker.engine.prompt_encoding import PromptEncoder
-from sdworker.engine.protocol import AppliedLora, GenerationRequest, GenerationResult
 from sdworker.engine.schedulers import SchedulerFactory
 from sdworker.errors import ModelError
 from sdworker.previews.decoders import PreviewDecoder, create_decoder, resolve_method

@@ -29,7 +29,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sdworker.engine.protocol import CancelToken, StepHook
+from sdworker.domain.control import CancelToken
+from sdworker.engine.protocol import StepHook
 from sdworker.engine.x0 import X0Recorder
 from sdworker.errors import JobCancelled
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sdworker.engine.protocol import Operation
-from sdworker.engine.request_checks import check_strength
+from sdworker.domain.checks import check_strength
+from sdworker.domain.request import Operation
 from sdworker.errors import InvalidImage, InvalidRequest
 from sdworker.imaging.decode import check_mask_matches, decode_base64, decode_image_bytes
 from sdworker.jobs.spec import JobDraft

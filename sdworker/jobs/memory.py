@@ -21,8 +21,10 @@ import uuid
 from collections.abc import Callable, Collection
 from dataclasses import replace
 
-from sdworker.engine.parameters import model_label
-from sdworker.engine.protocol import CancelToken, EngineInfo, LoraInfo, ModelInfo, Operation
+from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
+from sdworker.domain.control import CancelToken
+from sdworker.domain.parameters import model_label
+from sdworker.domain.request import Operation
 from sdworker.errors import JobNotFinished, JobNotFound, NotReady
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import (

@@ -19,7 +19,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sdworker.engine.protocol import CancelToken, EngineInfo, LoraInfo, ModelInfo
+from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
+from sdworker.domain.control import CancelToken
 from sdworker.events.bus import Subscription
 from sdworker.events.types import JobEvent
 from sdworker.jobs.spec import JobDraft, JobSpec

@@ -34,9 +34,12 @@ from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sdworker.engine.batch_plan import resolve_max_batch
-from sdworker.engine.parameters import parameters_text
-from sdworker.engine.protocol import BatchItem, CancelToken, Engine, GenerationRequest, GenerationResult
+from sdworker.domain.batch_plan import resolve_max_batch
+from sdworker.domain.control import CancelToken
+from sdworker.domain.parameters import parameters_text
+from sdworker.domain.request import GenerationRequest
+from sdworker.domain.result import GenerationResult
+from sdworker.engine.protocol import BatchItem, Engine
 from sdworker.errors import JobCancelled, SdworkerError
 from sdworker.events.types import JobEvent, ModelLoading
 from sdworker.imaging.encode import encode_image, encode_png

@@ -13,7 +13,7 @@ import base64
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sdworker.engine.protocol import GenerationRequest, LoraRef, Operation
+from sdworker.domain.request import GenerationRequest, LoraRef, Operation
 from sdworker.imaging.decode import decode_image_bytes
 from sdworker.previews.options import PreviewOptions
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sdworker.engine.protocol import CancelToken
+from sdworker.domain.control import CancelToken
 from sdworker.jobs.spec import JobSpec
 from sdworker.jobs.state import JobStatus, JobView
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import secrets
 from typing import Protocol
 
-from sdworker.engine.prompt_syntax import extract_lora_tags, normalize_lora_name
-from sdworker.engine.protocol import EngineInfo, GenerationRequest, LoraInfo, LoraRef, ModelInfo
+from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
+from sdworker.domain.prompt_syntax import extract_lora_tags, normalize_lora_name
+from sdworker.domain.request import GenerationRequest, LoraRef
 from sdworker.errors import LoraIncompatible, LoraNotFound, ModelNotFound, UnknownScheduler, Unsupported
 from sdworker.jobs.inputs import CheckedInputs
 from sdworker.jobs.spec import JobDraft, JobSpec

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from sdworker.domain.catalog import LoraInfo, ModelInfo
 from sdworker.engine.fake import FakeEngine
-from sdworker.engine.protocol import LoraInfo, ModelInfo
 
 from .helpers import backend_name, parse_sse, running_app
 

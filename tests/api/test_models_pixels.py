@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdworker.engine.protocol import Engine, GenerationRequest, LoraRef
+from sdworker.domain.request import GenerationRequest, LoraRef
+from sdworker.engine.protocol import Engine
 from sdworker.imaging.metadata import PNG_KEY, parse_parameters
 from sdworker.settings import Settings
 

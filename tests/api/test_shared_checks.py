@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
+from sdworker.domain.request import GenerationRequest, Operation
 from sdworker.engine.fake import FakeEngine
-from sdworker.engine.protocol import GenerationRequest, Operation
 from sdworker.errors import InvalidRequest
 
 from .helpers import png_b64, running_app

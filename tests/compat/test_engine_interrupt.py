@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sdworker.domain.control import CancelToken
+from sdworker.domain.request import GenerationRequest
 from sdworker.engine.diffusers_engine import DiffusersEngine
 from sdworker.engine.fake import FakeEngine
-from sdworker.engine.protocol import CancelToken, Engine, GenerationRequest, StepView
+from sdworker.engine.protocol import Engine, StepView
 from sdworker.errors import JobCancelled
 from sdworker.settings import Settings
 

@@ -12,17 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdworker.engine.batch_plan import batch_key, can_share_unet, group_positions
+from sdworker.domain.batch_plan import batch_key, can_share_unet, group_positions
+from sdworker.domain.control import CancelToken
+from sdworker.domain.request import GenerationRequest, LoraRef, Operation
+from sdworker.domain.result import GenerationResult
 from sdworker.engine.diffusers_engine import DiffusersEngine
-from sdworker.engine.protocol import (
-    BatchItem,
-    CancelToken,
-    GenerationRequest,
-    GenerationResult,
-    LoraRef,
-    Operation,
-    StepView,
-)
+from sdworker.engine.protocol import BatchItem, StepView
 from sdworker.errors import GenerationFailed, JobCancelled, UnknownScheduler
 from sdworker.previews.options import PreviewPixels
 from sdworker.settings import Settings

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sdworker.domain.request import GenerationRequest
 from sdworker.engine.diffusers_engine import DiffusersEngine
-from sdworker.engine.protocol import GenerationRequest
 from sdworker.settings import Settings
 from tests.api.helpers import parse_sse, running_app
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from sdworker.domain.request import GenerationRequest, LoraRef
 from sdworker.engine.compile import CompiledUnet, batch_buckets, compile_cache_dir, compile_unet, shadow_module
 from sdworker.engine.diffusers_engine import DiffusersEngine
-from sdworker.engine.protocol import GenerationRequest, LoraRef
 from sdworker.settings import Settings
 
 from .helpers import pixels

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from sdworker.domain.control import CancelToken
+from sdworker.domain.request import GenerationRequest
 from sdworker.engine.diffusers_engine import DiffusersEngine
-from sdworker.engine.protocol import CancelToken, GenerationRequest, StepView
+from sdworker.engine.protocol import StepView
 from sdworker.errors import JobCancelled
 from sdworker.settings import Settings
 

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from sdworker.domain.control import CancelToken
+from sdworker.domain.request import GenerationRequest, Operation
 from sdworker.engine.diffusers_engine import DiffusersEngine
-from sdworker.engine.protocol import CancelToken, GenerationRequest, Operation, StepView
+from sdworker.engine.protocol import StepView
 from sdworker.errors import InvalidImage, InvalidRequest, JobCancelled, UnknownScheduler
 
 from .helpers import half_mask, init_image

@@ -12,10 +12,10 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+from sdworker.domain.request import GenerationRequest
 from sdworker.engine.demo_model import CHECKPOINT_NAME
 from sdworker.engine.diffusers_engine import DiffusersEngine
 from sdworker.engine.library import ModelLibrary
-from sdworker.engine.protocol import GenerationRequest
 from sdworker.errors import ModelNotFound
 from sdworker.settings import Settings
 

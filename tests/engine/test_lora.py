@@ -11,9 +11,9 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
+from sdworker.domain.parameters import parameters_text
+from sdworker.domain.request import GenerationRequest, LoraRef
 from sdworker.engine.diffusers_engine import DiffusersEngine
-from sdworker.engine.parameters import parameters_text
-from sdworker.engine.protocol import GenerationRequest, LoraRef
 from sdworker.errors import InvalidRequest, LoraIncompatible, LoraNotFound, UnsafeCheckpoint
 from sdworker.imaging.metadata import parse_parameters
 

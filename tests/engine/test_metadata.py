@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sdworker.engine.parameters import model_label, parameters_text
-from sdworker.engine.protocol import GenerationRequest, GenerationResult, Operation
+from sdworker.domain.parameters import model_label, parameters_text
+from sdworker.domain.request import GenerationRequest, Operation
+from sdworker.domain.result import GenerationResult
 from sdworker.imaging.metadata import ImageParameters, format_parameters, parse_parameters
 
 
@@ -85,7 +86,7 @@ def test_model_label(model: str, label: str) -> None:
 
 
 def test_model_hash_clip_skip_and_lora_hashes_in_a1111s_order_and_quoting() -> None:
-    from sdworker.engine.protocol import AppliedLora
+    from sdworker.domain.result import AppliedLora
 
     request = GenerationRequest("a cat <lora:add_detail:0.5>", num_inference_steps=8)
     loras = (AppliedLora("add_detail", 0.5, "7c6bad76eb54"), AppliedLora("x", 1.0, "0123456789ab"))

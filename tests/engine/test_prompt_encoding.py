@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from sdworker.domain.request import GenerationRequest
 from sdworker.engine.diffusers_engine import DiffusersEngine
-from sdworker.engine.protocol import GenerationRequest
 from sdworker.settings import Settings
 
 from .helpers import pixels
@@ -140,7 +140,7 @@ def test_sdxl_encodes_both_encoders_like_diffusers(demo_cache_dir: Path, negativ
 
 @pytest.mark.parametrize("model", ["demo-sd15", "demo-sdxl"])
 def test_weighted_prompts_and_loras_serve_every_operation_and_batches(demo_cache_dir: Path, model: str) -> None:
-    from sdworker.engine.protocol import LoraRef, Operation
+    from sdworker.domain.request import LoraRef, Operation
 
     from .helpers import half_mask, init_image
 

@@ -10,8 +10,8 @@ from diffusers import (
     PNDMScheduler,
 )
 
+from sdworker.domain.scheduler_names import SCHEDULER_NAMES, a1111_name, get_spec
 from sdworker.engine.demo_model import SCHEDULER_CONFIG
-from sdworker.engine.scheduler_names import SCHEDULER_NAMES, a1111_name, get_spec
 from sdworker.engine.schedulers import SchedulerFactory, describe_scheduler
 from sdworker.errors import UnknownScheduler
 

@@ -16,9 +16,9 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from sdworker.domain.request import GenerationRequest, Operation
 from sdworker.engine.clip_tokenizer import build_clip_tokenizer, vocab_size
 from sdworker.engine.diffusers_engine import DiffusersEngine
-from sdworker.engine.protocol import GenerationRequest, Operation
 from sdworker.settings import Settings
 
 from .helpers import half_mask, init_image, pixels

@@ -19,8 +19,8 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from sdworker.domain.request import GenerationRequest, Operation
 from sdworker.engine.diffusers_engine import DiffusersEngine
-from sdworker.engine.protocol import GenerationRequest, Operation
 
 from .helpers import half_mask, init_image, pixels
 

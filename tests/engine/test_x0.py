@@ -15,9 +15,10 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from sdworker.domain.request import GenerationRequest
+from sdworker.domain.scheduler_names import SCHEDULER_NAMES
 from sdworker.engine.diffusers_engine import DiffusersEngine
-from sdworker.engine.protocol import GenerationRequest, StepView
-from sdworker.engine.scheduler_names import SCHEDULER_NAMES
+from sdworker.engine.protocol import StepView
 from sdworker.engine.x0 import X0Recorder, alpha_x0
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from sdworker.engine.prompt_syntax import (
+from sdworker.domain.prompt_syntax import (
     extract_lora_tags,
     has_special_syntax,
     merge_loras,
     parse_prompt_attention,
 )
-from sdworker.engine.protocol import LoraRef
+from sdworker.domain.request import LoraRef
 from sdworker.errors import InvalidRequest
 
 # The examples of AUTOMATIC1111's modules/prompt_parser.py (parse_prompt_attention's doctest), verbatim.

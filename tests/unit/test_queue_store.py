@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from sdworker.engine.protocol import Operation
+from sdworker.domain.request import Operation
 from sdworker.errors import QueueFull
 from sdworker.jobs.queue import InMemoryJobQueue
 from sdworker.jobs.spec import JobSpec

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sdworker.engine.protocol import Operation
+from sdworker.domain.request import Operation
 from sdworker.jobs.spec import JobSpec
 from sdworker.jobs.state import JobStatus
 from sdworker.jobs.store import InMemoryJobStore, JobRecord

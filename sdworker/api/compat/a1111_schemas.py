@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdworker.api.compat.a1111_samplers import SamplerChoice
 from sdworker.api.schemas import preview_options
-from sdworker.engine.protocol import Operation
+from sdworker.domain.request import Operation
 from sdworker.errors import InvalidRequest
 from sdworker.jobs.spec import JobDraft
 from sdworker.settings import Settings

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sdworker.engine.checkpoint_hash import checkpoint_sha256
-from sdworker.engine.parameters import model_label
+from sdworker.domain.checkpoint_hash import checkpoint_sha256
+from sdworker.domain.parameters import model_label
 from sdworker.errors import ModelNotFound
 from sdworker.events.bus import Subscription
 from sdworker.events.types import PreviewReady

@@ -22,7 +22,7 @@ from sdworker.api.compat.openai_schemas import (
     with_partial_images,
 )
 from sdworker.api.sse import EventStreamResponse
-from sdworker.engine.parameters import model_label
+from sdworker.domain.parameters import model_label
 from sdworker.errors import InvalidRequest, JobNotFound
 from sdworker.imaging.decode import decode_base64
 from sdworker.imaging.masks import mask_from_alpha

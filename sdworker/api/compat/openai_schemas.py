@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sdworker.api.schemas import preview_options
-from sdworker.engine.protocol import Operation
+from sdworker.domain.request import Operation
 from sdworker.errors import InvalidRequest
 from sdworker.jobs.spec import JobDraft
 from sdworker.previews.options import PreviewOptions

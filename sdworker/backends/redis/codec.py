@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sdworker.engine.protocol import EngineInfo, LoraInfo, ModelInfo, Operation
+from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
+from sdworker.domain.request import Operation
 from sdworker.events.types import (
     JobCompleted,
     JobEnded,

@@ -28,8 +28,8 @@ from sdworker.backends.redis import scripts
 from sdworker.backends.redis.codec import job_view, parse_library, parse_worker, text
 from sdworker.backends.redis.hub import StreamHub
 from sdworker.backends.redis.keys import Keys
-from sdworker.engine.parameters import model_label
-from sdworker.engine.protocol import EngineInfo, LoraInfo, ModelInfo
+from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
+from sdworker.domain.parameters import model_label
 from sdworker.errors import JobNotFinished, JobNotFound, NotReady, QueueFull
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import ends_stream

@@ -37,7 +37,8 @@ from sdworker.backends.redis import scripts
 from sdworker.backends.redis.codec import event_fields, library_record, text, worker_record
 from sdworker.backends.redis.keys import GROUP, Keys
 from sdworker.backends.redis.service import EVENTS_MAXLEN, connect, redacted, ttl_ms
-from sdworker.engine.protocol import CancelToken, EngineInfo
+from sdworker.domain.catalog import EngineInfo
+from sdworker.domain.control import CancelToken
 from sdworker.events.types import JobCompleted, JobEvent, JobFailed, PreviewReady, end_marker
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.protocol import Lease

@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sdworker.engine.prompt_syntax import extract_lora_tags
-from sdworker.engine.protocol import GenerationRequest, Operation
-from sdworker.engine.scheduler_names import get_spec
+from sdworker.domain.prompt_syntax import extract_lora_tags
+from sdworker.domain.request import GenerationRequest, Operation
+from sdworker.domain.scheduler_names import get_spec
 from sdworker.errors import SdworkerError
 
 # --max-batch unset: how many jobs share a UNet call on a CUDA device. 1 elsewhere: a CPU is already

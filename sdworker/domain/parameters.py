@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import PurePath
 
-from sdworker.engine.protocol import GenerationRequest, GenerationResult, Operation
-from sdworker.engine.scheduler_names import SCHEDULERS
+from sdworker.domain.request import GenerationRequest, Operation
+from sdworker.domain.result import GenerationResult
+from sdworker.domain.scheduler_names import SCHEDULERS
 from sdworker.imaging.metadata import ImageParameters, format_parameters
 
 

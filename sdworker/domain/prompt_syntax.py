@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from sdworker.engine.protocol import LoraRef
+from sdworker.domain.request import LoraRef
 from sdworker.errors import InvalidRequest
 
 # Marks a BREAK in parse_prompt_attention's output (A1111 uses the same pair).

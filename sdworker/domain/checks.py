@@ -6,7 +6,7 @@ refused the same way, with the same message, wherever it comes in; each caller n
 
 from __future__ import annotations
 
-from sdworker.engine.protocol import GenerationRequest, Operation
+from sdworker.domain.request import GenerationRequest, Operation
 from sdworker.errors import InvalidRequest
 from sdworker.imaging.decode import check_mask_matches
 

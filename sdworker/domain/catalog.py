@@ -1,0 +1,53 @@
+"""What a worker serves: its engine, its models and LoRAs, as the API lists them. Torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sdworker.domain.request import Operation
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    model: str  # what the user named (path, hub id or "demo")
+    family: str  # sd1 | sd2 | sdxl
+    device: str
+    dtype: str
+    schedulers: tuple[str, ...]
+    default_scheduler: str
+    preview_methods: tuple[str, ...]  # decoders available here (subset of latent2rgb, taesd, vae)
+    operations: tuple[Operation, ...] = tuple(Operation)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One model of the library. ``kind``: folder (diffusers) | file (single .safetensors checkpoint).
+
+    ``sha256`` is the checkpoint file's (for a folder, its UNet weights file's) and ``short_hash`` its
+    first 10 characters, A1111's "Model hash"; both None until computed (at the model's first load, then
+    cached on disk by path, size and modification time). ``native_size``: the side the model was trained
+    at (512 SD 1.x, 768 SD 2.x v-models, 1024 SDXL; a diffusers folder says its own), the default size.
+    """
+
+    name: str
+    family: str
+    kind: str
+    path: str
+    native_size: int
+    loaded: bool = False
+    is_default: bool = False
+    sha256: str | None = None
+
+    @property
+    def short_hash(self) -> str | None:
+        return self.sha256[:10] if self.sha256 else None
+
+
+@dataclass(frozen=True, slots=True)
+class LoraInfo:
+    """One LoRA of the library. ``family`` (sd1 | sd2 | sdxl) when its shapes tell, else None."""
+
+    name: str
+    path: str
+    family: str | None
+    format: str  # peft (diffusers) | kohya | unknown
