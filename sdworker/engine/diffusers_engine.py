@@ -28,6 +28,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -35,10 +36,10 @@ from PIL import Image
 
 from sdworker.domain.batch_plan import BatchKey, batch_key, group_positions
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
-from sdworker.domain.checks import check_library_fields, check_lora_weight, check_request
+from sdworker.domain.checks import check_library_fields, check_lora_weight, check_request, decoded_inputs
 from sdworker.domain.control import CancelToken
 from sdworker.domain.prompt_syntax import extract_lora_tags, merge_loras
-from sdworker.domain.request import GenerationRequest, Operation
+from sdworker.domain.request import GenerationRequest, Operation, settle_size
 from sdworker.domain.result import GenerationResult
 from sdworker.domain.scheduler_names import SCHEDULER_NAMES
 from sdworker.engine.batch import failure, run_group
@@ -188,6 +189,8 @@ class DiffusersEngine:
     ) -> GenerationResult:
         check_request(request)
         entry, loras, prompt = self._resolve(request)
+        init, mask = decoded_inputs(request, max_pixels=self.settings.max_pixels)
+        request = settle_size(request, entry.native_size, init.size if init is not None else None)
         if cancel is not None:
             cancel.raise_if_cancelled()
         slot = self._slot(entry, on_model_load)
@@ -197,7 +200,7 @@ class DiffusersEngine:
         scheduler, scheduler_name = slot.schedulers.create(request.scheduler)
         seed = _seed(request)
         seeds = tuple(seed + i for i in range(request.num_images))
-        pipe, kwargs = self._call_arguments(slot, request, prompt, seeds)
+        pipe, kwargs = self._call_arguments(slot, request, prompt, seeds, init, mask)
         recorder = X0Recorder(scheduler)
         callback = StepCallback(on_step, cancel, recorder, slot.render_preview)
         started = time.perf_counter()
@@ -243,10 +246,13 @@ class DiffusersEngine:
         job's problem."""
         keys: list[BatchKey | None] = []
         prompts: list[str] = []
-        for item in items:
+        items = list(items)
+        for position, item in enumerate(items):
             try:  # a request with a mistake runs alone: generate reports the mistake as it always does
                 check_request(item.request)
                 entry, loras, prompt = self._resolve(item.request)
+                if item.request.operation is Operation.TEXT_TO_IMAGE:  # the others run alone anyway
+                    item = items[position] = replace(item, request=settle_size(item.request, entry.native_size))
                 keys.append(None if loras else batch_key(item.request, entry.name))
             except Exception:
                 keys.append(None)
@@ -353,7 +359,13 @@ class DiffusersEngine:
     # -- one job --------------------------------------------------------------------------------------
 
     def _call_arguments(
-        self, slot: ModelSlot, request: GenerationRequest, prompt: str, seeds: tuple[int, ...]
+        self,
+        slot: ModelSlot,
+        request: GenerationRequest,
+        prompt: str,
+        seeds: tuple[int, ...],
+        init: Image.Image | None,
+        mask: Image.Image | None,
     ) -> tuple[Any, dict[str, Any]]:
         model = slot.model
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
@@ -367,19 +379,19 @@ class DiffusersEngine:
             kwargs.update(slot.prompts.encode(prompt, request.negative_prompt, request.clip_skip, model.device))
         else:
             kwargs.update(prompt=prompt, negative_prompt=request.negative_prompt or None)
+        assert request.width is not None and request.height is not None  # settled in generate
         size = (request.width, request.height)
         if request.operation is Operation.TEXT_TO_IMAGE:
             return model.text_to_image, {**kwargs, "width": request.width, "height": request.height}
-        assert request.init_image is not None  # _validate checked
-        image = _resize(request.init_image.convert("RGB"), size, Image.Resampling.LANCZOS)
+        assert init is not None  # check_request: img2img and inpaint have an init image
+        image = _resize(init.convert("RGB"), size, Image.Resampling.LANCZOS)
         if request.operation is Operation.IMAGE_TO_IMAGE:
             return model.image_to_image, {**kwargs, "image": image, "strength": request.strength}
-        assert request.mask_image is not None
-        mask = _resize(request.mask_image.convert("L"), size, Image.Resampling.BILINEAR)
+        assert mask is not None
         return model.inpaint, {
             **kwargs,
             "image": image,
-            "mask_image": mask,
+            "mask_image": _resize(mask, size, Image.Resampling.BILINEAR),
             "width": request.width,
             "height": request.height,
             "strength": request.strength,
