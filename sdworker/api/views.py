@@ -20,6 +20,10 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _seconds(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else round(max(0.0, end - start), 3)
+
+
 def submit_answer(view: JobView, link: LinkFn = plain_link) -> dict[str, Any]:
     """The 202 body of ``POST /v1/jobs`` (also for a repeated ``Idempotency-Key``). ``link`` signs the
     URLs for an authenticated caller (``deps.links``)."""
@@ -42,6 +46,9 @@ def job_summary(view: JobView, link: LinkFn = plain_link) -> dict[str, Any]:
         "created_at": iso(view.spec.created_at),
         "started_at": iso(view.started_at),
         "finished_at": iso(view.finished_at),
+        # RunPod's delayTime / executionTime: what an integrator charts per job.
+        "queue_seconds": _seconds(view.spec.created_at, view.started_at),
+        "run_seconds": _seconds(view.started_at, view.finished_at),
         "sse_url": link(view, f"/v1/jobs/{job_id}/stream"),
     }
     if view.attempt > 1:
