@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     header_timeout_seconds: Seconds = Field(
         10.0, description="a connection whose request line and headers take longer is closed"
     )
+    body_timeout_seconds: Seconds = Field(
+        30.0, description="a request body must arrive within this (plus min-rate time for its bytes), else 408"
+    )
+    body_min_rate_bytes: int = Field(
+        1024, ge=1, le=1024 * MiB, description="each byte received extends the body deadline by 1/this seconds"
+    )
 
     # Auth
     api_keys: tuple[str, ...] = Field((), repr=False, description="API keys for job routes (repeat the flag)")

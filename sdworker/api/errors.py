@@ -19,6 +19,7 @@ SDK does not run a long GPU job again); ``/sdapi/*`` answers A1111's ``{"error",
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import types
@@ -207,11 +208,21 @@ def _union_args(annotation: Any) -> tuple[Any, ...]:
 
 class BodyLimitMiddleware:
     """413 for a body above ``max_body_bytes``: refused on Content-Length before reading, and counted
-    while reading (a chunked body has no Content-Length). The body is then replayed to the app."""
+    while reading (a chunked body has no Content-Length). The body is then replayed to the app.
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    A body also has a deadline, answered ``408 request_timeout`` (and the connection closed): it must
+    arrive within ``body_timeout_seconds`` plus ``1 / body_min_rate_bytes`` seconds per byte received
+    (Apache's ``mod_reqtimeout`` rule). Without it a client that stops mid-body, or sends a byte every
+    few seconds against a large Content-Length, holds a connection and its file descriptor forever:
+    uvicorn has no body timeout, and a slow upload at any real rate keeps extending its own deadline."""
+
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, body_timeout_seconds: float = 30.0, body_min_rate_bytes: int = 1024
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_seconds = body_timeout_seconds
+        self.body_min_rate_bytes = body_min_rate_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -223,8 +234,15 @@ class BodyLimitMiddleware:
             return
         chunks: list[bytes] = []
         size = 0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         while True:
-            message = await receive()
+            deadline = started + self.body_timeout_seconds + size / self.body_min_rate_bytes
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                await self._too_slow(scope, receive, send, size)
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -246,6 +264,18 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _too_slow(self, scope: Scope, receive: Receive, send: Send, received: int) -> None:
+        response = error_response(
+            "request_timeout",
+            f"body: not received in time ({received} bytes arrived; a body gets {self.body_timeout_seconds:g} s plus "
+            f"1 s per {self.body_min_rate_bytes} bytes)",
+            408,
+            "body",
+            path=scope.get("path", ""),
+        )
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(
