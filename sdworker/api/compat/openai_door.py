@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from sdworker.api import deps
 from sdworker.api.compat.jobs import finished_images, wait_or_cancel
@@ -29,6 +30,7 @@ from sdworker.imaging.masks import mask_from_alpha
 from sdworker.jobs.state import JobStatus
 
 _FILE_FIELDS = ("image", "image[]", "mask")
+MAX_FILES = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +44,10 @@ async def read_edit_form(request: Request) -> EditInputs:
     """``images.edit``'s multipart body: ``image`` or repeated ``image[]`` (the first is edited), an
     optional ``mask`` (transparent = repaint; converted to ours), the rest as string fields."""
     settings = deps.settings(request)
-    form = await request.form(max_files=32, max_fields=200, max_part_size=settings.max_body_bytes)
+    try:
+        form = await request.form(max_files=MAX_FILES, max_fields=200, max_part_size=settings.max_body_bytes)
+    except HTTPException as exc:  # Starlette's multipart limits and parse errors: the client's form
+        raise InvalidRequest(f"body: {exc.detail} (a multipart form: image, mask, text fields)", field="body") from None
     images = [*form.getlist("image"), *form.getlist("image[]")]
     if not images:
         raise InvalidRequest("image: required (a PNG, WebP or JPEG file)", field="image")
