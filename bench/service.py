@@ -6,8 +6,11 @@
    POST to the ``complete`` event received (queueing, the step hook, PNG encoding and transfer
    included). Target: ratio of medians <= 1.02.
 2. **1,000 watchers**: raw asyncio SSE clients on one job (held in the queue behind a blocker until
-   all are subscribed): every watcher must get every terminal event; delay from publish (the event's
-   ``at`` stamp, set by the bus) to receipt, p50/p99; the server's RSS before, at peak and after.
+   all are subscribed): every watcher must get ``complete`` and ``end``; delay from publish (the
+   event's ``at`` stamp, set by the bus) to receipt, p50/p99, for ``complete`` and for the ``end`` that
+   follows it (goal: p99 under 250 ms); ``/health`` latency sampled on its own connection every 20 ms
+   while the 1,000 connect (goal: under 100 ms: health must not wait behind stream set-up); the
+   server's RSS before, at peak and after.
 
     .venv/bin/python bench/service.py                       # demo model, 256 px (about 2 min)
     .venv/bin/python bench/service.py --arch sd15 --size 256 --steps 20 --rounds 3
@@ -251,13 +254,30 @@ async def watch(
                 block, buffer = buffer.split(b"\n\n", 1)
                 fields = dict(line.split(": ", 1) for line in block.decode().split("\n") if ": " in line)
                 if "event" in fields:
-                    at = float(json.loads(fields["data"]).get("at", 0.0))
+                    # ``end`` carries rbee's marker, not JSON: its delay is counted from the terminal
+                    # event's publish time (the stream's last frame after the job is done).
+                    if fields["event"] == "end":
+                        at = events[-1][2] if events else received
+                    else:
+                        at = float(json.loads(fields["data"]).get("at", 0.0))
                     events.append((int(fields["id"]), fields["event"], at, received))
-                    if fields["event"] in ("complete", "error"):
+                    if fields["event"] == "end":
                         return events
     finally:
         writer.close()
     return events
+
+
+async def sample_health(url: str, connected: asyncio.Event, latencies_ms: list[float]) -> None:
+    """GET /health on a connection of its own every 20 ms until every watcher is connected."""
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        while not connected.is_set():
+            started = time.perf_counter()
+            answer = await client.get("/health")
+            latencies_ms.append((time.perf_counter() - started) * 1000)
+            if answer.status_code != 200:
+                raise RuntimeError(f"/health answered {answer.status_code}")
+            await asyncio.sleep(0.02)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -278,6 +298,8 @@ async def many_watchers(url: str, port: int, pid: int, args: argparse.Namespace)
         rss_before = rss_mb(pid)
         connected = asyncio.Event()
         counter = [0]
+        health_ms: list[float] = []
+        health_task = asyncio.create_task(sample_health(url, connected, health_ms))
         started = time.perf_counter()
         tasks = [
             asyncio.create_task(
@@ -286,6 +308,7 @@ async def many_watchers(url: str, port: int, pid: int, args: argparse.Namespace)
             for _ in range(args.watchers)
         ]
         await asyncio.wait_for(connected.wait(), 300)
+        await health_task
         while (await client.get(f"/v1/jobs/{job_id}")).json()["watchers"] < args.watchers:
             await asyncio.sleep(0.05)
         connect_seconds = time.perf_counter() - started
@@ -307,10 +330,13 @@ async def many_watchers(url: str, port: int, pid: int, args: argparse.Namespace)
     lists = [r for r in results if isinstance(r, list)]
     failures = len(results) - len(lists)
     terminal_ids = {e[0] for events in lists for e in events if e[1] in ("complete", "error")}
-    got_terminal = sum(1 for events in lists if events and events[-1][1] == "complete")
+    got_terminal = sum(
+        1 for events in lists if [e[1] for e in events[-2:]] == ["complete", "end"]
+    )
     live = [(e[1], e[3] - e[2]) for events in lists for e in events if e[1] != "queued"]
     all_delays = [d * 1000 for _, d in live]
     terminal_delays = [d * 1000 for name, d in live if name == "complete"]
+    end_delays = [d * 1000 for name, d in live if name == "end"]
     previews = sum(1 for events in lists for e in events if e[1] == "preview")
     return {
         "watchers": args.watchers,
@@ -325,6 +351,12 @@ async def many_watchers(url: str, port: int, pid: int, args: argparse.Namespace)
         "delay_ms_p99": percentile(all_delays, 0.99),
         "terminal_delay_ms_p50": percentile(terminal_delays, 0.5),
         "terminal_delay_ms_p99": percentile(terminal_delays, 0.99),
+        "end_delay_ms_p50": percentile(end_delays, 0.5),
+        "end_delay_ms_p99": percentile(end_delays, 0.99),
+        "health_during_connect_samples": len(health_ms),
+        "health_during_connect_ms_p50": percentile(health_ms, 0.5),
+        "health_during_connect_ms_p99": percentile(health_ms, 0.99),
+        "health_during_connect_ms_max": max(health_ms, default=float("nan")),
         "server_rss_mb_before": rss_before,
         "server_rss_mb_connected": rss_connected,
         "server_rss_mb_peak": peak[0],
@@ -362,7 +394,7 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"\n| {w['watchers']} SSE watchers, one job ({c['watch_steps']} steps, previews every step) | value |")
         print("|---|---|")
         rows = [
-            ("watchers that got the terminal event", f"{w['watchers_with_every_terminal_event']} / {w['watchers']}"),
+            ("watchers that got complete and end", f"{w['watchers_with_every_terminal_event']} / {w['watchers']}"),
             ("watcher errors", w["watcher_errors"]),
             ("distinct terminal event ids", w["terminal_event_ids"]),
             ("events received (all watchers)", w["events_received"]),
@@ -372,6 +404,15 @@ def print_table(result: dict[str, Any]) -> None:
             (
                 "publish -> receipt p50 / p99, complete (ms)",
                 f"{w['terminal_delay_ms_p50']:.1f} / {w['terminal_delay_ms_p99']:.1f}",
+            ),
+            (
+                "complete publish -> end receipt p50 / p99 (ms)",
+                f"{w['end_delay_ms_p50']:.1f} / {w['end_delay_ms_p99']:.1f}",
+            ),
+            (
+                f"/health during the connect burst p50 / p99 / max (ms, {w['health_during_connect_samples']} samples)",
+                f"{w['health_during_connect_ms_p50']:.1f} / {w['health_during_connect_ms_p99']:.1f}"
+                f" / {w['health_during_connect_ms_max']:.1f}",
             ),
             (
                 "server RSS before / connected / peak / after (MB)",
