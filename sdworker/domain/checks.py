@@ -69,9 +69,10 @@ def check_job(request: GenerationRequest, limits: Limits, names: Mapping[str, st
         pixels = request.width * request.height
         raise refuse("width", f"{request.width}x{request.height} = {pixels} pixels; the limit is {limits.max_pixels}")
     if not 1 <= request.num_inference_steps <= limits.max_steps:
-        raise refuse("num_inference_steps", f"{request.num_inference_steps} is not in 1..{limits.max_steps}")
+        steps = request.num_inference_steps
+        raise refuse("num_inference_steps", f"{steps} is out of range; allowed 1..{limits.max_steps}")
     if not 1 <= request.num_images <= limits.max_images:
-        raise refuse("num_images", f"{request.num_images} is not in 1..{limits.max_images}")
+        raise refuse("num_images", f"{request.num_images} is out of range; allowed 1..{limits.max_images}")
     if request.seed is not None and not 0 <= request.seed <= MAX_SEED - (request.num_images - 1):
         count = request.num_images
         last = "" if count == 1 else f" (with {count} images the last seed, seed + {count - 1}, must be in range too)"

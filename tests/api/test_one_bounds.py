@@ -153,6 +153,10 @@ async def test_a1111_checks_the_size_before_it_decodes_or_resizes_the_init_image
         await assert_refused(await app.client.post("/sdapi/v1/img2img", json=body), "width", app)
         with_mask = {**body, "init_images": [png_b64(64, 64)], "mask": png_b64(64, 64)}
         await assert_refused(await app.client.post("/sdapi/v1/img2img", json=with_mask), "width", app)
+        # The OpenAI edit's mask, too: not converted before the size is checked.
+        files = {"image": ("x.png", base64.b64decode(png_b64(64, 64))), "mask": ("m.png", b"not an image")}
+        edit = await app.client.post("/v1/images/edits", data={"prompt": "a", "size": "16384x16384"}, files=files)
+        await assert_refused(edit, "size", app)
 
 
 async def test_a1111_bounds_are_the_native_ones() -> None:
