@@ -6,8 +6,11 @@
    POST to the ``complete`` event received (queueing, the step hook, PNG encoding and transfer
    included). Target: ratio of medians <= 1.02.
 2. **1,000 watchers**: raw asyncio SSE clients on one job (held in the queue behind a blocker until
-   all are subscribed): every watcher must get every terminal event; delay from publish (the event's
-   ``at`` stamp, set by the bus) to receipt, p50/p99; the server's RSS before, at peak and after.
+   all are subscribed): every watcher must get ``complete`` and ``end``; delay from publish (the
+   event's ``at`` stamp, set by the bus) to receipt, p50/p99, for ``complete`` and for the ``end`` that
+   follows it (goal: p99 under 250 ms); ``/health`` latency sampled on its own connection every 20 ms
+   while the 1,000 connect (goal: under 100 ms: health must not wait behind stream set-up); the
+   server's RSS before, at peak and after.
 
     .venv/bin/python bench/service.py                       # demo model, 256 px (about 2 min)
     .venv/bin/python bench/service.py --arch sd15 --size 256 --steps 20 --rounds 3
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import platform
 import resource
@@ -247,17 +251,73 @@ async def watch(
                     break
                 buffer += data
             received = time.time()
-            while b"\n\n" in buffer:
-                block, buffer = buffer.split(b"\n\n", 1)
-                fields = dict(line.split(": ", 1) for line in block.decode().split("\n") if ": " in line)
-                if "event" in fields:
-                    at = float(json.loads(fields["data"]).get("at", 0.0))
-                    events.append((int(fields["id"]), fields["event"], at, received))
-                    if fields["event"] in ("complete", "error"):
-                        return events
+            while (cut := buffer.find(b"\n\n")) >= 0:
+                block, buffer = buffer[:cut], buffer[cut + 2 :]
+                name = frame_field(block, b"event: ")
+                if name is None:
+                    continue
+                # ``end`` carries rbee's marker, not JSON: its delay is counted from the terminal
+                # event's publish time (the stream's last frame after the job is done).
+                at = (events[-1][2] if events else received) if name == "end" else publish_time(block)
+                events.append((int(frame_field(block, b"id: ") or 0), name, at, received))
+                if name == "end":
+                    return events
     finally:
         writer.close()
     return events
+
+
+def sample_health(url: str, stop: Any, out: Any) -> None:
+    """In a process of its own (the watchers' client loop must not delay it): GET /health on one
+    connection every 20 ms until ``stop`` is set; sends the latencies (ms) through ``out``."""
+    latencies: list[float] = []
+    with httpx.Client(base_url=url, timeout=60) as client:
+        while not stop.is_set():
+            started = time.perf_counter()
+            answer = client.get("/health")
+            latencies.append((time.perf_counter() - started) * 1000)
+            if answer.status_code != 200:
+                latencies.append(float("inf"))
+            time.sleep(0.02)
+    out.send(latencies)
+
+
+def watcher_process(port: int, path: str, count: int, out: Any) -> None:
+    """``count`` raw SSE watchers in one client process: sends "ready" once started (its imports must
+    not compete with the server during the burst), connects on "go", sends "connected" once all are
+    subscribed, then every watcher's events (or the error's text)."""
+    out.send("ready")
+    if out.recv() != "go":
+        return
+
+    async def run() -> list[Any]:
+        connected = asyncio.Event()
+        counter = [0]
+        tasks = [asyncio.create_task(watch("127.0.0.1", port, path, connected, counter, count)) for _ in range(count)]
+        await asyncio.wait_for(connected.wait(), 300)
+        out.send("connected")
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        return [r if isinstance(r, list) else repr(r) for r in results]
+
+    out.send(asyncio.run(run()))
+
+
+def frame_field(block: bytes, prefix: bytes) -> str | None:
+    """A small field (``id``, ``event``) of one SSE frame, without decoding the frame."""
+    start = 0 if block.startswith(prefix) else block.find(b"\n" + prefix) + 1
+    if start == 0 and not block.startswith(prefix):
+        return None
+    start += len(prefix)
+    end = block.find(b"\n", start)
+    return block[start : end if end >= 0 else len(block)].decode()
+
+
+def publish_time(block: bytes) -> float:
+    """The frame's ``at`` (the server writes it last) read from the bytes' tail: a ``complete`` frame
+    carries a base64 PNG, and 1,000 decodes and JSON parses of it in these client processes would be
+    counted as the server's delivery delay."""
+    start = block.rfind(b'"at":')
+    return float(block[start + 5 : block.rfind(b"}")]) if start >= 0 else 0.0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -276,19 +336,38 @@ async def many_watchers(url: str, port: int, pid: int, args: argparse.Namespace)
             "job_id"
         ]
         rss_before = rss_mb(pid)
-        connected = asyncio.Event()
-        counter = [0]
+        # The watchers run in --client-processes processes, /health in one more: a single client loop
+        # reading 1,000 streams would add its own lag to every number here.
+        context = multiprocessing.get_context("spawn")
+        stop_health = context.Event()
+        health_in, health_out = context.Pipe(duplex=False)
+        health = context.Process(target=sample_health, args=(url, stop_health, health_out))
+        health.start()
+        shares = [args.watchers // args.client_processes + (i < args.watchers % args.client_processes)
+                  for i in range(args.client_processes)]
+        pipes, procs = [], []
+        for share in shares:
+            ours, theirs = context.Pipe()
+            proc = context.Process(target=watcher_process, args=(port, f"/v1/jobs/{job_id}/stream", share, theirs))
+            proc.start()
+            pipes.append(ours)
+            procs.append(proc)
+        for pipe in pipes:
+            if not await asyncio.to_thread(pipe.poll, 120) or pipe.recv() != "ready":
+                raise RuntimeError("a watcher process did not start")
+        await asyncio.sleep(1.0)  # the health sampler is up and answering before the burst starts
         started = time.perf_counter()
-        tasks = [
-            asyncio.create_task(
-                watch("127.0.0.1", port, f"/v1/jobs/{job_id}/stream", connected, counter, args.watchers)
-            )
-            for _ in range(args.watchers)
-        ]
-        await asyncio.wait_for(connected.wait(), 300)
+        for pipe in pipes:
+            pipe.send("go")
+        for pipe in pipes:
+            if not await asyncio.to_thread(pipe.poll, 300) or pipe.recv() != "connected":
+                raise RuntimeError("a watcher process did not connect")
         while (await client.get(f"/v1/jobs/{job_id}")).json()["watchers"] < args.watchers:
             await asyncio.sleep(0.05)
         connect_seconds = time.perf_counter() - started
+        stop_health.set()
+        health_ms: list[float] = await asyncio.to_thread(health_in.recv)
+        health.join()
         rss_connected = rss_mb(pid)
         peak = [rss_connected]
 
@@ -299,7 +378,9 @@ async def many_watchers(url: str, port: int, pid: int, args: argparse.Namespace)
 
         sampler = asyncio.create_task(sample())
         await client.delete(f"/v1/jobs/{blocker}")
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+        results = [item for pipe in pipes for item in await asyncio.to_thread(pipe.recv)]
+        for proc in procs:
+            proc.join()
         sampler.cancel()
         await asyncio.sleep(1.0)
         rss_after = rss_mb(pid)
@@ -307,10 +388,13 @@ async def many_watchers(url: str, port: int, pid: int, args: argparse.Namespace)
     lists = [r for r in results if isinstance(r, list)]
     failures = len(results) - len(lists)
     terminal_ids = {e[0] for events in lists for e in events if e[1] in ("complete", "error")}
-    got_terminal = sum(1 for events in lists if events and events[-1][1] == "complete")
+    got_terminal = sum(
+        1 for events in lists if [e[1] for e in events[-2:]] == ["complete", "end"]
+    )
     live = [(e[1], e[3] - e[2]) for events in lists for e in events if e[1] != "queued"]
     all_delays = [d * 1000 for _, d in live]
     terminal_delays = [d * 1000 for name, d in live if name == "complete"]
+    end_delays = [d * 1000 for name, d in live if name == "end"]
     previews = sum(1 for events in lists for e in events if e[1] == "preview")
     return {
         "watchers": args.watchers,
@@ -325,6 +409,13 @@ async def many_watchers(url: str, port: int, pid: int, args: argparse.Namespace)
         "delay_ms_p99": percentile(all_delays, 0.99),
         "terminal_delay_ms_p50": percentile(terminal_delays, 0.5),
         "terminal_delay_ms_p99": percentile(terminal_delays, 0.99),
+        "end_delay_ms_p50": percentile(end_delays, 0.5),
+        "end_delay_ms_p99": percentile(end_delays, 0.99),
+        "health_during_connect_samples": len(health_ms),
+        "health_during_connect_ms_p50": percentile(health_ms, 0.5),
+        "health_during_connect_ms_p99": percentile(health_ms, 0.99),
+        "health_during_connect_ms_max": max(health_ms, default=float("nan")),
+        "client_processes": args.client_processes,
         "server_rss_mb_before": rss_before,
         "server_rss_mb_connected": rss_connected,
         "server_rss_mb_peak": peak[0],
@@ -362,7 +453,7 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"\n| {w['watchers']} SSE watchers, one job ({c['watch_steps']} steps, previews every step) | value |")
         print("|---|---|")
         rows = [
-            ("watchers that got the terminal event", f"{w['watchers_with_every_terminal_event']} / {w['watchers']}"),
+            ("watchers that got complete and end", f"{w['watchers_with_every_terminal_event']} / {w['watchers']}"),
             ("watcher errors", w["watcher_errors"]),
             ("distinct terminal event ids", w["terminal_event_ids"]),
             ("events received (all watchers)", w["events_received"]),
@@ -372,6 +463,15 @@ def print_table(result: dict[str, Any]) -> None:
             (
                 "publish -> receipt p50 / p99, complete (ms)",
                 f"{w['terminal_delay_ms_p50']:.1f} / {w['terminal_delay_ms_p99']:.1f}",
+            ),
+            (
+                "complete publish -> end receipt p50 / p99 (ms)",
+                f"{w['end_delay_ms_p50']:.1f} / {w['end_delay_ms_p99']:.1f}",
+            ),
+            (
+                f"/health during the connect burst p50 / p99 / max (ms, {w['health_during_connect_samples']} samples)",
+                f"{w['health_during_connect_ms_p50']:.1f} / {w['health_during_connect_ms_p99']:.1f}"
+                f" / {w['health_during_connect_ms_max']:.1f}",
             ),
             (
                 "server RSS before / connected / peak / after (MB)",
@@ -403,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--watchers", type=int, default=1000)
     parser.add_argument("--watch-steps", dest="watch_steps", type=int, default=10)
+    parser.add_argument("--client-processes", dest="client_processes", type=int, default=4,
+                        help="processes the watchers' clients run in")
     parser.add_argument("--skip", choices=("compare", "watchers"), action="append", default=[])
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "service.json"))
     args = parser.parse_args(argv)

@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     header_timeout_seconds: Seconds = Field(
         10.0, description="a connection whose request line and headers take longer is closed"
     )
+    body_timeout_seconds: Seconds = Field(
+        30.0, description="a request body must arrive within this (plus min-rate time for its bytes), else 408"
+    )
+    body_min_rate_bytes: int = Field(
+        1024, ge=1, le=1024 * MiB, description="each byte received extends the body deadline by 1/this seconds"
+    )
 
     # Auth
     api_keys: tuple[str, ...] = Field((), repr=False, description="API keys for job routes (repeat the flag)")
@@ -184,9 +190,8 @@ class Settings(BaseSettings):
     @classmethod
     def _check_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for key in value:
-            if len(key) < 16 or not key.isprintable() or " " in key:
-                # Never echo the key itself.
-                raise ValueError("each API key must be at least 16 printable characters without spaces")
+            if api_key_problem(key):
+                raise ValueError(API_KEY_RULE)  # never echo the key itself
         return value
 
     @field_validator("cors_origins")
@@ -254,10 +259,25 @@ class Settings(BaseSettings):
     # -- helpers ------------------------------------------------------------------------------------
 
     def all_api_keys(self) -> tuple[str, ...]:
-        """``api_keys`` plus the keys in ``api_keys_file`` (read when asked: the file may rotate)."""
+        """``api_keys`` plus the keys in ``api_keys_file``, read when asked (the file may rotate: a
+        SIGHUP re-reads it) and held to the same rule as ``--api-key`` at every read, start-up or
+        reload. ``KeysFileError`` (naming the file and line, never a key) for an unreadable file, one
+        without keys, or a key that breaks the rule."""
         keys = list(self.api_keys)
-        if self.api_keys_file is not None:
-            keys += [line.strip() for line in self.api_keys_file.read_text().splitlines() if line.strip()]
+        path = self.api_keys_file
+        if path is not None:
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise KeysFileError(f"--api-keys-file {path}: cannot read it ({reason})") from None
+            from_file = [(number, line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
+            if not from_file:
+                raise KeysFileError(f"--api-keys-file {path}: holds no key (one key per line)")
+            for number, key in from_file:
+                if api_key_problem(key):
+                    raise KeysFileError(f"--api-keys-file {path}: line {number}: {API_KEY_RULE}")
+            keys += [key for _, key in from_file]
         return tuple(keys)
 
     def has_auth(self) -> bool:
@@ -265,6 +285,19 @@ class Settings(BaseSettings):
 
     def redacted_redis_url(self) -> str | None:
         return redact_url(self.redis_url) if self.redis_url else None
+
+
+class KeysFileError(ValueError):
+    """The API keys file cannot be used (the CLI turns it into ``InvalidSettings``; a reload keeps the
+    keys it had). The message names the file and the line, never a key."""
+
+
+API_KEY_RULE = "each API key must be at least 16 printable characters without spaces"
+
+
+def api_key_problem(key: str) -> bool:
+    """True when ``key`` breaks ``API_KEY_RULE`` (one rule for flags, variables and the keys file)."""
+    return len(key) < 16 or not key.isprintable() or " " in key
 
 
 CPU_MAX_PIXELS = 1024 * 1024

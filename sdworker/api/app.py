@@ -107,6 +107,7 @@ def create_app(
     app.state.settings = settings
     app.state.a1111 = A1111State()  # A1111 clients' "global" state: the chosen checkpoint, progress
     # Authentication (api/auth.py): the caller's owner name for deps.owner, and signed job URLs.
+    app.state.keys = keys  # SIGHUP reloads it (install_reload); tests call reload() the same way
     app.state.links = JobLinks(signer if keys.enabled else None, settings.result_ttl_seconds)
     install_error_handlers(app)
     app.include_router(jobs_router)

@@ -15,7 +15,8 @@ token was signed for). Keys are compared as SHA-256 digests with ``hmac.compare_
 time, whatever the length), and never logged: a reload logs only how many keys it read.
 
 The key ring is re-read on SIGHUP (``install_reload``), so a rotated ``--api-keys-file`` takes effect
-without a restart; a file that cannot be read then keeps the keys we had.
+without a restart; a file that cannot be read, holds no key or a key shorter than the start-up
+rule allows (``Settings.all_api_keys``) keeps the keys we had, and the log says why.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from urllib.parse import parse_qs
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sdworker.api.errors import error_response
-from sdworker.api.signing import SIGNED_PATH, UrlSigner
-from sdworker.settings import Settings
+from sdworker.api.signing import SIGNED_PATH, UrlSigner, key_id
+from sdworker.settings import KeysFileError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ ADMIN_PREFIXES = ("/v1/dead",)
 class Identity:
     owner: str | None  # None = sees every job
     kind: str  # "off" (auth off) | "key" | "admin" | "token" (a signed URL)
+    key_id: str | None = None  # the API key's fingerprint (signing.key_id): the URLs it is given name it
 
 
 OFF = Identity(None, "off")
@@ -65,21 +67,26 @@ class KeyRing:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._keys: tuple[tuple[bytes, Identity], ...] = ()
+        self._key_ids: frozenset[str | None] = frozenset()
         self.enabled = settings.has_auth()
         self.reload()
 
     def reload(self) -> None:
         try:
             users = self._settings.all_api_keys()
-        except OSError as exc:
-            log.warning("API keys file unreadable (%s); keeping the %d keys we had", type(exc).__name__,
-                        len(self._keys))
+        except KeysFileError as exc:  # the start-up check, at every reload: a bad file changes nothing
+            log.error("API keys not reloaded, keeping the %d keys we had: %s", len(self._keys), exc)
             return
-        keys = [(_digest(k), Identity(owner_name(k), "key")) for k in users]
-        keys += [(_digest(k), Identity(None, "admin")) for k in self._settings.admin_api_keys]
+        keys = [(_digest(k), Identity(owner_name(k), "key", key_id(k))) for k in users]
+        keys += [(_digest(k), Identity(None, "admin", key_id(k))) for k in self._settings.admin_api_keys]
         self._keys = tuple(keys)
+        self._key_ids = frozenset(identity.key_id for _, identity in keys)
         if self.enabled:
             log.info("API keys loaded: %d user, %d admin", len(users), len(self._settings.admin_api_keys))
+
+    def accepts_key_id(self, key: str) -> bool:
+        """Whether the key a signed URL was minted for is still one of ours (a revoked key's URLs die)."""
+        return key in self._key_ids
 
     def identify(self, key: str) -> Identity | None:
         candidate = _digest(key)
@@ -134,7 +141,7 @@ class AuthMiddleware:
         if scope["path"].startswith(ADMIN_PREFIXES) and identity.kind != "admin":
             await self._refuse(scope, receive, send, 403, "forbidden", "this route needs an admin API key")
             return
-        state["owner"], state["auth"] = identity.owner, identity.kind
+        state["owner"], state["auth"], state["key_id"] = identity.owner, identity.kind, identity.key_id
         await self.app(scope, receive, send)
 
     def _public(self, path: str) -> bool:
@@ -162,9 +169,10 @@ class AuthMiddleware:
         if signed is not None and scope["method"] in ("GET", "HEAD"):
             tokens = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
             if tokens:
-                if self.signer.verify(signed.group(1), tokens[0]):
+                minted_for = self.signer.verify(signed.group(1), tokens[0])
+                if minted_for is not None and self.ring.accepts_key_id(minted_for):
                     return Identity(None, "token"), ""
-                return None, "token: the signed URL is not valid for this job or has expired"
+                return None, "token: the signed URL is not valid for this job, has expired, or its API key was revoked"
         return None, "an API key is needed: send 'Authorization: Bearer <API key>'"
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from sdworker.api.signing import LinkFn
+from sdworker.api.signing import JobLinks, LinkFn
 from sdworker.jobs.node import Node
 from sdworker.jobs.protocol import JobService
 from sdworker.settings import Settings
@@ -33,5 +33,6 @@ def owner(request: Request) -> str | None:
 
 def links(request: Request) -> LinkFn:
     """Job URLs as the caller can follow them: signed when the caller authenticated (api/signing.py)."""
-    fn: LinkFn = request.app.state.links
-    return fn
+    job_links: JobLinks = request.app.state.links
+    key = getattr(request.state, "key_id", None)
+    return job_links.for_key(key if isinstance(key, str) else None)

@@ -5,7 +5,8 @@
 (``field`` only when one field is to blame; the top-level copies of ``code``/``message`` serve
 clients that read a flat error). ``SdworkerError`` maps by its own ``code``/``http_status``;
 pydantic's validation errors become 422 ``invalid_request`` naming the field, the value and the
-allowed range; malformed JSON (also not UTF-8) is 400 ``invalid_json``; a body above ``max_body_bytes`` is 413
+allowed range; malformed JSON (also not UTF-8: UTF-16/32 bodies are refused, a UTF-8 BOM is ignored) is 400
+``invalid_json``; a body above ``max_body_bytes`` is 413
 ``body_too_large`` (checked on Content-Length and on the bytes actually received); a 405 names in
 ``Allow`` every method of the path. Anything else is our bug: ``api/guard.py`` logs it once with a
 bounded traceback and answers 500 ``internal_error``, and the service keeps serving.
@@ -19,6 +20,7 @@ SDK does not run a long GPU job again); ``/sdapi/*`` answers A1111's ``{"error",
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import types
@@ -205,13 +207,33 @@ def _union_args(annotation: Any) -> tuple[Any, ...]:
     return (annotation,)
 
 
+def _json_not_utf8(scope: Scope, body: bytes) -> bool:
+    """A JSON body in UTF-16 or UTF-32 (which Python's ``json.loads`` would silently accept): its BOM,
+    or a NUL among the first four bytes (JSON text starts with an ASCII character; UTF-8 JSON has no
+    raw NUL anywhere). A UTF-8 byte order mark is ignored, as RFC 8259 section 8.1 allows."""
+    media_type = dict(scope["headers"]).get(b"content-type", b"").partition(b";")[0].strip().lower()
+    if media_type != b"application/json":
+        return False
+    return body.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in body[:4]
+
+
 class BodyLimitMiddleware:
     """413 for a body above ``max_body_bytes``: refused on Content-Length before reading, and counted
-    while reading (a chunked body has no Content-Length). The body is then replayed to the app."""
+    while reading (a chunked body has no Content-Length). The body is then replayed to the app.
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    A body also has a deadline, answered ``408 request_timeout`` (and the connection closed): it must
+    arrive within ``body_timeout_seconds`` plus ``1 / body_min_rate_bytes`` seconds per byte received
+    (Apache's ``mod_reqtimeout`` rule). Without it a client that stops mid-body, or sends a byte every
+    few seconds against a large Content-Length, holds a connection and its file descriptor forever:
+    uvicorn has no body timeout, and a slow upload at any real rate keeps extending its own deadline."""
+
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, body_timeout_seconds: float = 30.0, body_min_rate_bytes: int = 1024
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_seconds = body_timeout_seconds
+        self.body_min_rate_bytes = body_min_rate_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -223,8 +245,15 @@ class BodyLimitMiddleware:
             return
         chunks: list[bytes] = []
         size = 0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         while True:
-            message = await receive()
+            deadline = started + self.body_timeout_seconds + size / self.body_min_rate_bytes
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                await self._too_slow(scope, receive, send, size)
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -236,6 +265,9 @@ class BodyLimitMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if _json_not_utf8(scope, body):
+            await self._not_utf8(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -246,6 +278,25 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _not_utf8(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            "invalid_json", "body: JSON must be UTF-8 (RFC 8259); this body is UTF-16 or UTF-32", 400, "body",
+            path=scope.get("path", ""),
+        )
+        await response(scope, receive, send)
+
+    async def _too_slow(self, scope: Scope, receive: Receive, send: Send, received: int) -> None:
+        response = error_response(
+            "request_timeout",
+            f"body: not received in time ({received} bytes arrived; a body gets {self.body_timeout_seconds:g} s plus "
+            f"1 s per {self.body_min_rate_bytes} bytes)",
+            408,
+            "body",
+            path=scope.get("path", ""),
+        )
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from sdworker.api.errors import dialect
+from sdworker.settings import Settings
 
 
 class ErrorDetail(BaseModel):
@@ -140,6 +141,44 @@ def document_errors(app: FastAPI) -> None:
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
         app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+# (schema component, property) -> the setting that bounds it on this server. The wire schemas carry the
+# widest bound any server accepts; the served description says this server's own, so a client (or
+# schemathesis) generated from it never sends a value the server then refuses. One bound no schema
+# can state: A1111's ``batch_size x n_iter`` must be at most ``--max-images`` as well.
+SERVER_LIMITS = {
+    ("JobRequest", "steps"): "max_steps",
+    ("JobRequest", "n"): "max_images",
+    ("ImagesRequest", "steps"): "max_steps",
+    ("ImagesRequest", "n"): "max_images",
+    ("Txt2ImgRequest", "steps"): "max_steps",
+    ("Txt2ImgRequest", "batch_size"): "max_images",
+    ("Txt2ImgRequest", "n_iter"): "max_images",
+    ("Img2ImgRequest", "steps"): "max_steps",
+    ("Img2ImgRequest", "batch_size"): "max_images",
+    ("Img2ImgRequest", "n_iter"): "max_images",
+}
+
+
+def document_limits(app: FastAPI, settings: Settings) -> None:
+    """Make ``app.openapi()`` state this server's ``--max-steps`` and ``--max-images`` as maxima."""
+    generate: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        components = schema.get("components", {}).get("schemas", {})
+        for (component, name), setting in SERVER_LIMITS.items():
+            prop = components.get(component, {}).get("properties", {}).get(name)
+            if prop is None:
+                continue
+            limit = getattr(settings, setting)
+            for option in [prop, *prop.get("anyOf", ())]:
+                if option.get("type") == "integer":
+                    option["maximum"] = min(option.get("maximum", limit), limit)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

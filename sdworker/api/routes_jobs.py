@@ -17,6 +17,7 @@ from sdworker.jobs.state import JobStatus
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _EVENT_ID = re.compile(r"[0-9]{1,18}", re.ASCII)
+EVENT_ID_PATTERN = r"^\s*[0-9]{0,18}\s*$"  # in the schema: what _event_id accepts (blank = from the start)
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}", re.ASCII)
 
 
@@ -50,6 +51,7 @@ async def get_job(job_id: str, request: Request) -> dict[str, Any]:
 @router.delete(
     "/{job_id}",
     summary="Cancel a job (idempotent: a finished job is returned unchanged; 202 while it is cancelling)",
+    responses={202: {"description": "Asked to stop: the job is cancelling (its stream's last event says how it ends)"}},
 )
 async def cancel_job(job_id: str, request: Request, response: Response) -> dict[str, Any]:
     view = await deps.service(request).cancel(job_id, owner=deps.owner(request))
@@ -64,12 +66,22 @@ async def get_image(job_id: str, request: Request, index: Annotated[int, Query(g
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.get("/{job_id}/stream", summary="Server-Sent Events of a job", response_class=Response)
+@router.get(
+    "/{job_id}/stream",
+    summary="Server-Sent Events of a job",
+    response_class=Response,
+    responses={
+        200: {"description": "The job's events", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        204: {"description": "Nothing more will come (the stream ended before Last-Event-ID)"},
+    },
+)
 async def stream_job(
     job_id: str,
     request: Request,
-    last_event_id: Annotated[str | None, Header()] = None,
-    last_event_id_query: Annotated[str | None, Query(alias="last_event_id")] = None,
+    last_event_id: Annotated[str | None, Header(json_schema_extra={"pattern": EVENT_ID_PATTERN})] = None,
+    last_event_id_query: Annotated[
+        str | None, Query(alias="last_event_id", json_schema_extra={"pattern": EVENT_ID_PATTERN})
+    ] = None,
 ) -> Response:
     after = _event_id(last_event_id, "Last-Event-ID") or _event_id(last_event_id_query, "last_event_id")
     subscription = await deps.service(request).open_stream(job_id, after, owner=deps.owner(request))

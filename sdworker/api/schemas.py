@@ -2,9 +2,9 @@
 
 Pydantic lives here only: ``to_draft`` turns a ``JobRequest`` into a ``JobDraft`` (the job's one
 ``GenerationRequest`` plus preview options and rbee's bookkeeping) before anything is enqueued.
-Static bounds are on the fields (strict types, no NaN/Infinity, unknown fields rejected); limits
-that depend on the server's settings (max steps, max images, max pixels) are checked in ``to_draft``
-with the same kind of error, naming the field and the allowed range.
+Static bounds are on the fields (strict types, no NaN/Infinity, unknown fields rejected); then the
+one check every door's job passes (``domain.checks.check_job``: the server's limits, seed range, text
+that is not text) runs in ``to_draft``, naming the field and the allowed range.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdworker.domain.checks import MAX_SEED, Limits, check_job
 from sdworker.domain.prompt_syntax import normalize_lora_name
 from sdworker.domain.request import GenerationRequest, InputImage, LoraRef, Operation
 from sdworker.errors import InvalidRequest, WrongWorker
@@ -37,6 +38,12 @@ OperationName = Literal[
 _TEXT = 20_000  # characters; CLIP reads 77 tokens, this only stops absurd bodies early
 _NAME = 256
 _MAX_LORAS = 16
+# Our field names as the native wire spells them (errors name what the client sent).
+NATIVE_NAMES = {"num_inference_steps": "steps", "num_images": "n"}
+
+
+def job_limits(settings: Settings) -> Limits:
+    return Limits(max_steps=settings.max_steps, max_images=settings.max_images, max_pixels=settings.max_pixels)
 
 
 class PreviewRequest(BaseModel):
@@ -71,7 +78,7 @@ class JobRequest(BaseModel):
     negative_prompt: str = Field("", max_length=_TEXT)
     steps: int = Field(20, ge=1, le=10_000, description="denoising steps (the server caps with --max-steps)")
     guidance_scale: float = Field(7.5, ge=0.0, le=50.0)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="0..2^64-1; image i uses seed + i")
     width: int | None = Field(
         None, ge=8, le=16_384, multiple_of=8, description="default: the model's native size, or the image's"
     )
@@ -97,17 +104,9 @@ class JobRequest(BaseModel):
 def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
     operation = OPERATION_NAMES[body.operation]
     _check_worker(body.worker_id, settings.worker_id)
-    _check_range("steps", body.steps, 1, settings.max_steps)
-    _check_range("n", body.n, 1, settings.max_images)
     width, height = body.width, body.height
     if operation is Operation.TEXT_TO_IMAGE:
         _refuse_images(body, ("input_image", "init_image", "mask_image"), "image_generation")
-    if width is not None and height is not None and width * height > settings.max_pixels:
-        raise InvalidRequest(
-            f"width x height: {width}x{height} = {width * height} pixels is above the limit of "
-            f"{settings.max_pixels} pixels",
-            field="width",
-        )
     init_field, init_image = _init_image(body, operation)
     if operation is Operation.IMAGE_TO_IMAGE:
         _refuse_images(body, ("mask_image",), "image_transform (use image_inpaint)")
@@ -133,6 +132,7 @@ def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
         loras=_loras(body.loras),
         clip_skip=body.clip_skip,
     )
+    check_job(request, job_limits(settings), NATIVE_NAMES)
     return JobDraft(
         request, preview=preview_options(body.preview, settings), hive_id=body.hive_id, worker_id=body.worker_id
     )
@@ -186,7 +186,3 @@ def _check_worker(requested: str | None, ours: str | None) -> None:
             field="worker_id",
         )
 
-
-def _check_range(field: str, value: int, low: int, high: int) -> None:
-    if not low <= value <= high:
-        raise InvalidRequest(f"{field}: {value} is out of range; allowed {low}..{high}", field=field)

@@ -18,13 +18,12 @@ import argparse
 import ipaddress
 import sys
 import typing
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from sdworker.errors import InvalidSettings
-from sdworker.settings import Settings, describe_error, env_name, unknown_env_names
+from sdworker.settings import KeysFileError, Settings, describe_error, env_name, unknown_env_names
 
 FLAG_NAMES = {
     "model_config_dir": "--model-config",
@@ -41,6 +40,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "speed": ("compile", "compile_sizes", "max_batch", "batch_wait_ms"),
     "HTTP": (
         "host", "port", "max_body_bytes", "cors_origins", "allowed_hosts", "public_url", "header_timeout_seconds",
+        "body_timeout_seconds", "body_min_rate_bytes",
     ),
     "auth": ("api_keys", "api_keys_file", "admin_api_keys", "signing_secret", "allow_no_auth", "metrics_public"),
     "jobs": (
@@ -169,13 +169,8 @@ def check_exposure(settings: Settings) -> None:
 
 def check_files(settings: Settings) -> None:
     """Files named by settings that are read later: a missing one is a start-up error, not a 500."""
-    path: Path | None = settings.api_keys_file
-    if path is not None:
+    if settings.api_keys_file is not None:
         try:
-            keys = settings.all_api_keys()
-        except OSError as exc:
-            raise InvalidSettings(f"--api-keys-file {path}: cannot read it ({exc.strerror})") from None
-        if not keys:
-            raise InvalidSettings(f"--api-keys-file {path}: holds no key (one key per line)")
-        if any(len(key) < 16 or " " in key for key in keys):
-            raise InvalidSettings(f"--api-keys-file {path}: each key must be at least 16 characters without spaces")
+            settings.all_api_keys()  # the same check a SIGHUP reload makes
+        except KeysFileError as exc:
+            raise InvalidSettings(str(exc)) from None

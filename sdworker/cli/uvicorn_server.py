@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -75,6 +76,26 @@ def configure_logging(args: argparse.Namespace) -> str:
     return level
 
 
+class TokenFreeAccessLog(logging.Filter):
+    """Takes the query string's ``token`` out of uvicorn's access log lines: a signed URL's token
+    opens a job's stream and images without a key, so the log must not hand it to whoever reads the
+    logs. The path and the other parameters stay (``?token=<redacted>&index=0``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn.access logs (client, method, full path with query, HTTP version, status).
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "token=" in args[2]:
+            record.args = (*args[:2], redact_token(args[2]), *args[3:])
+        return True
+
+
+_TOKEN_PARAM = re.compile(r"([?&]token=)[^&#]*", re.IGNORECASE)
+
+
+def redact_token(path: str) -> str:
+    return _TOKEN_PARAM.sub(r"\1<redacted>", path)
+
+
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers; browsers send a few KiB, big cookies up to ~16 KiB
 
 
@@ -86,11 +107,12 @@ def uvicorn_config(app: ASGIApp, settings: Settings, log_level: str) -> uvicorn.
     - ``GuardedH11Protocol`` closes a connection whose request head has not fully arrived within
       ``header_timeout_seconds`` (uvicorn has no such timeout: slowloris connections trickling
       headers would stay open forever);
-    - bodies are bounded by the app (``max_body_bytes``), streams by the job layer.
+    - bodies are bounded by the app (``max_body_bytes``, a deadline), streams by the job layer;
+    - the access log never shows a signed URL's token (``TokenFreeAccessLog``).
     """
     GuardedH11Protocol.header_timeout_seconds = settings.header_timeout_seconds
     GuardedH11Protocol.max_head_bytes = MAX_HEAD_BYTES
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -102,6 +124,12 @@ def uvicorn_config(app: ASGIApp, settings: Settings, log_level: str) -> uvicorn.
         timeout_keep_alive=5,
         server_header=False,
     )
+    # After uvicorn's own logging set-up (in Config's constructor), which would not keep a filter
+    # installed earlier on a logger it configures.
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, TokenFreeAccessLog) for f in access.filters):
+        access.addFilter(TokenFreeAccessLog())
+    return config
 
 
 def serve_app(app: FastAPI, settings: Settings, level: str) -> None:

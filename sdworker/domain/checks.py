@@ -6,6 +6,10 @@ refused the same way, with the same message, wherever it comes in; each caller n
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 from PIL import Image
 
 from sdworker.domain.request import GenerationRequest, Operation
@@ -14,6 +18,86 @@ from sdworker.imaging.decode import check_mask_matches
 
 MAX_CLIP_SKIP = 12
 MAX_LORA_WEIGHT = 10.0
+MAX_SEED = 2**64 - 1  # rbee sends a u64; torch's ``manual_seed`` takes 0..2^64-1
+MAX_PROMPT_CHARS = 20_000  # CLIP reads 77 tokens; this only stops absurd bodies early
+MAX_NAME_CHARS = 256
+MAX_SIDE = 16_384
+MAX_GUIDANCE = 50.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A server's limits on what one job may ask (``--max-steps``, ``--max-images``, ``--max-pixels``)."""
+
+    max_steps: int
+    max_images: int
+    max_pixels: int
+
+
+def check_job(request: GenerationRequest, limits: Limits, names: Mapping[str, str] | None = None) -> None:
+    """The one set of bounds every door's job passes before it is queued or its images decoded.
+
+    Each door translates its own syntax (A1111's ``seed: -1``, OpenAI's ``size``) into a
+    ``GenerationRequest`` and calls this, so no door lets through more than the native one.
+    ``names`` maps our field names to the door's wire names (``num_images`` -> ``batch_size``), so the
+    error names the field the client sent. Images are checked later, once sizes are known to be sane.
+    """
+    wire = dict(names or {})
+
+    def name(field: str) -> str:
+        return wire.get(field, field)
+
+    def refuse(field: str, problem: str) -> InvalidRequest:
+        return InvalidRequest(f"{name(field)}: {problem}", field=name(field))
+
+    texts = [("prompt", request.prompt, MAX_PROMPT_CHARS), ("negative_prompt", request.negative_prompt,
+             MAX_PROMPT_CHARS), ("scheduler", request.scheduler, MAX_NAME_CHARS), ("model", request.model,
+             MAX_NAME_CHARS)]
+    texts += [("loras", ref.name, MAX_NAME_CHARS) for ref in request.loras]
+    for field, text, longest in texts:
+        if text is None:
+            continue
+        if len(text) > longest:
+            raise refuse(field, f"{len(text)} characters; the limit is {longest}")
+        problem = text_problem(text)
+        if problem:
+            raise refuse(field, problem)
+    for field, side in (("width", request.width), ("height", request.height)):
+        if side is not None and not (8 <= side <= MAX_SIDE and side % 8 == 0):
+            raise refuse(field, f"{side} is not a multiple of 8 in 8..{MAX_SIDE}")
+    if request.width is not None and request.height is not None and request.width * request.height > limits.max_pixels:
+        pixels = request.width * request.height
+        raise refuse("width", f"{request.width}x{request.height} = {pixels} pixels; the limit is {limits.max_pixels}")
+    if not 1 <= request.num_inference_steps <= limits.max_steps:
+        steps = request.num_inference_steps
+        raise refuse("num_inference_steps", f"{steps} is out of range; allowed 1..{limits.max_steps}")
+    if not 1 <= request.num_images <= limits.max_images:
+        raise refuse("num_images", f"{request.num_images} is out of range; allowed 1..{limits.max_images}")
+    if request.seed is not None and not 0 <= request.seed <= MAX_SEED - (request.num_images - 1):
+        count = request.num_images
+        last = "" if count == 1 else f" (with {count} images the last seed, seed + {count - 1}, must be in range too)"
+        raise refuse("seed", f"{request.seed} is not in 0..{MAX_SEED}{last}")
+    if not (math.isfinite(request.guidance_scale) and 0.0 <= request.guidance_scale <= MAX_GUIDANCE):
+        raise refuse("guidance_scale", f"{request.guidance_scale} is not in 0..{MAX_GUIDANCE:g}")
+    if request.clip_skip is not None and not 1 <= request.clip_skip <= MAX_CLIP_SKIP:
+        raise refuse("clip_skip", f"{request.clip_skip} is not in 1..{MAX_CLIP_SKIP}")
+    for ref in request.loras:
+        check_lora_weight(ref.name, ref.weight, name("loras"))
+    check_strength(request.operation, request.strength, request.num_inference_steps,
+                   strength_field=name("strength"), steps_field=name("num_inference_steps"))
+
+
+def text_problem(text: str) -> str | None:
+    """Why a string cannot reach the job: a NUL byte (C libraries and PNG text chunks cut there) or a lone
+    UTF-16 surrogate (JSON's ``\\ud800``: not text at all; the PNG metadata, the tokenizer and JSON
+    encoding fail on it deep inside the job). None when it is fine."""
+    if "\x00" in text:
+        return "contains a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone UTF-16 surrogate (not valid Unicode text)"
+    return None
 
 
 def check_strength(

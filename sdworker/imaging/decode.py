@@ -7,14 +7,24 @@ import base64
 import binascii
 import io
 import re
+import struct
 import warnings
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from sdworker.errors import ImageTooLarge, InvalidImage
 
 _DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,")
 _FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+# What Pillow raises on hostile bytes besides OSError: ValueError (a text chunk above MAX_TEXT_CHUNK,
+# a bad mode), SyntaxError (a broken PNG chunk), EOFError, struct.error, IndexError, KeyError,
+# TypeError and ZeroDivisionError from format plugins reading fields they never validated. Only the
+# client's bytes are read inside these ``try`` blocks, so each of these is a bad image, not our bug
+# (tests/unit/test_decode_fuzz.py mutates thousands of files to find the next one).
+PILLOW_FAILURES: tuple[type[Exception], ...] = (
+    OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError, ZeroDivisionError,
+    Image.DecompressionBombError,  # while loading: a frame larger than the header said
+)
 
 
 def decode_base64(data: str, *, field: str) -> bytes:
@@ -38,6 +48,7 @@ def decode_image_bytes(data: bytes, *, field: str, max_pixels: int, mode: str = 
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=_FORMATS)
+            width, height = image.size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         # Pillow refuses headers above its own bomb limit before telling the size; that limit (about
         # 89 M pixels) is far above any max_pixels a worker uses, so this is "too large" too.
@@ -45,9 +56,8 @@ def decode_image_bytes(data: bytes, *, field: str, max_pixels: int, mode: str = 
             f"{field}: the image header declares more than {Image.MAX_IMAGE_PIXELS} pixels; the limit is {max_pixels}",
             field=field,
         ) from None
-    except (UnidentifiedImageError, OSError):
+    except PILLOW_FAILURES:  # UnidentifiedImageError is an OSError
         raise InvalidImage(f"{field}: the bytes are not a readable image (PNG, JPEG, WebP, ...)", field=field) from None
-    width, height = image.size
     if width < 1 or height < 1:
         raise InvalidImage(f"{field}: image has no pixels", field=field)
     if width * height > max_pixels:
@@ -56,9 +66,9 @@ def decode_image_bytes(data: bytes, *, field: str, max_pixels: int, mode: str = 
         )
     try:
         image.load()
-    except (OSError, ValueError, Image.DecompressionBombError):
+        return _to_mode(image, mode)
+    except PILLOW_FAILURES:
         raise InvalidImage(f"{field}: the image data is truncated or corrupt", field=field) from None
-    return _to_mode(image, mode)
 
 
 def decode_base64_image(data: str, *, field: str, max_pixels: int, mode: str = "RGB") -> Image.Image:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import time
+from pathlib import Path
+
+import pytest
 
 from sdworker.api.auth import owner_name
-from sdworker.api.signing import UrlSigner
+from sdworker.api.signing import UrlSigner, key_id
 from sdworker.engine.fake import FakeEngine
 
 from .helpers import SMALL, parse_sse, running_app
@@ -15,6 +18,8 @@ ALICE = "alice-key-0123456789"
 BOB = "bob-key-0123456789ab"
 ADMIN = "admin-key-0123456789"
 SECRET = "signing-secret-0123456789"
+FILE_KEY = "file-key-0123456789abcd"
+OTHER_FILE_KEY = "other-file-key-0123456789"
 AUTH = {"api_keys": (ALICE, BOB), "admin_api_keys": (ADMIN,), "signing_secret": SECRET}
 
 
@@ -93,10 +98,10 @@ async def test_signed_urls_open_one_job_until_they_expire() -> None:
         assert (await c.get(f"/v1/jobs/{other['job_id']}/stream?token={token}")).status_code == 401
         assert (await c.get(f"/v1/jobs/{submitted['job_id']}?token={token}")).status_code == 401
         # an expired token (same secret) is refused
-        expired = UrlSigner(SECRET).token(submitted["job_id"], time.time() - 1)
+        expired = UrlSigner(SECRET).token(submitted["job_id"], time.time() - 1, key_id(ALICE))
         assert (await c.get(f"/v1/jobs/{submitted['job_id']}/stream?token={expired}")).status_code == 401
         # ...and a token outlives no result: a job dropped is 404 even with a valid token
-        live = UrlSigner(SECRET).token("0" * 32, time.time() + 60)
+        live = UrlSigner(SECRET).token("0" * 32, time.time() + 60, key_id(ALICE))
         assert (await c.get(f"/v1/jobs/{'0' * 32}/stream?token={live}")).status_code == 404
 
 
@@ -111,14 +116,15 @@ async def test_openai_image_urls_are_signed() -> None:
 
 
 async def test_cancel_not_yet_taken_effect_answers_202() -> None:
-    async with running_app(FakeEngine(step_seconds=0.2), **AUTH) as app:
+    # Steps of a second: the cancel cannot take effect (the next step) before DELETE answers.
+    async with running_app(FakeEngine(step_seconds=1.0), **AUTH) as app:
         c = app.client
         job_id = (await c.post("/v1/jobs", json={"prompt": "a", **SMALL, "steps": 20}, headers=bearer(ALICE))).json()[
             "job_id"
         ]
         await app.wait_for(lambda: _running(app, job_id))
         answer = await c.delete(f"/v1/jobs/{job_id}", headers=bearer(ALICE))
-        assert (answer.status_code, answer.json()["status"]) in ((202, "cancelling"), (200, "cancelled"))
+        assert (answer.status_code, answer.json()["status"]) == (202, "cancelling")
 
 
 async def _running(app, job_id: str) -> bool:  # type: ignore[no-untyped-def]
@@ -133,3 +139,34 @@ async def _wait_done(app, job_id: str, key: str) -> dict:  # type: ignore[no-unt
 
     await app.wait_for(done)
     return dict((await app.client.get(f"/v1/jobs/{job_id}", headers=bearer(key))).json())
+
+
+async def test_revoking_a_key_revokes_the_signed_urls_it_was_given(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"{FILE_KEY}\n{OTHER_FILE_KEY}\n")
+    async with running_app(api_keys_file=keys_file, signing_secret=SECRET) as app:
+        c = app.client
+        submitted = (await c.post("/v1/jobs", json={"prompt": "a cat", **SMALL}, headers=bearer(FILE_KEY))).json()
+        done = await _wait_done(app, submitted["job_id"], FILE_KEY)
+        assert (await c.get(done["image_url"])).status_code == 200
+        keys_file.write_text(f"{OTHER_FILE_KEY}\n")  # FILE_KEY revoked
+        app.app.state.keys.reload()  # what SIGHUP runs
+        assert (await c.get(done["image_url"])).status_code == 401
+        assert (await c.get(submitted["sse_url"])).status_code == 401
+
+
+async def test_a_reload_holds_the_keys_file_to_the_start_up_rule(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"{FILE_KEY}\n")
+    async with running_app(api_keys_file=keys_file) as app:
+        for bad in ("abc\n", f"{FILE_KEY}\nabc\n", "", "has a space in it 0123456789\n"):
+            keys_file.write_text(bad)
+            app.app.state.keys.reload()
+            for key in ("abc", "has a space in it 0123456789"):
+                assert (await app.client.get("/v1/info", headers=bearer(key))).status_code == 401
+            assert (await app.client.get("/v1/info", headers=bearer(FILE_KEY))).status_code == 200  # kept
+        assert "API keys not reloaded, keeping the 1 keys we had" in caplog.text
+        assert "line 2: each API key must be at least 16" in caplog.text
+        assert "has a space in it" not in caplog.text  # the log names lines, never keys

@@ -71,3 +71,18 @@ async def test_url_answers_use_the_public_url_and_unknown_models_run_on_the_defa
             f"https://sd.example.org/worker/v1/jobs/{job_id}/image?index={i}" for i in range(2)
         ]
         assert answer["model"] == "demo"
+
+
+# Written out, not read from QUALITY_STEPS: a changed step count must fail here.
+STEPS_BY_QUALITY = {"low": 12, "medium": 25, "high": 40, "xhigh": 50, "max": 60, "auto": 25, "standard": 25, "hd": 40}
+
+
+async def test_each_quality_without_steps_runs_its_step_count() -> None:
+    async with running_app(FakeEngine()) as app:
+        for quality, steps in [*STEPS_BY_QUALITY.items(), (None, 25)]:
+            body = {"prompt": "a cat", "size": "64x64", **({"quality": quality} if quality else {})}
+            answer = await app.client.post("/v1/images/generations", json=body)
+            assert answer.status_code == 200, answer.text
+            newest = (await app.client.get("/v1/jobs", params={"limit": 1})).json()["jobs"][0]
+            detail = (await app.client.get(f"/v1/jobs/{newest['job_id']}")).json()
+            assert detail["parameters"]["steps"] == steps, quality

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import io
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +18,14 @@ from PIL import Image
 from sdworker import __version__
 from sdworker.api import deps
 from sdworker.api.compat.a1111_samplers import choose
-from sdworker.api.compat.a1111_schemas import Img2ImgRequest, Txt2ImgRequest, echoed, ignored, to_draft
+from sdworker.api.compat.a1111_schemas import (
+    Img2ImgRequest,
+    Txt2ImgRequest,
+    check_texts,
+    echoed,
+    ignored,
+    to_draft,
+)
 from sdworker.api.compat.a1111_state import A1111State, checkpoints, find_checkpoint
 from sdworker.api.compat.jobs import finished_images, wait_or_cancel
 from sdworker.domain.request import InputImage
@@ -37,13 +45,16 @@ def a1111_state(request: Request) -> A1111State:
 
 async def generate(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
     service, settings, owner = deps.service(request), deps.settings(request), deps.owner(request)
+    check_texts(body.model_dump(exclude={"init_images", "mask"}))
     fleet = await service.fleet()
     sampler = choose(body.sampler_name or body.sampler_index, body.scheduler, _schedulers(fleet.engine))
     model = await _model(request, body, fleet.models)
-    init = mask = None
+    init, mask = _given_images(body)
+    # The job's bounds (sizes against --max-pixels first) before any image is decoded or resized.
+    draft = to_draft(body, settings, sampler=sampler, model=model, init_image=init, mask_image=mask)
     if isinstance(body, Img2ImgRequest):
         init, mask = await _img2img_inputs(body, settings.max_pixels)
-    draft = to_draft(body, settings, sampler=sampler, model=model, init_image=init, mask_image=mask)
+        draft = replace(draft, request=replace(draft.request, init_image=init, mask_image=mask))
     view = await service.submit(draft, owner=owner)
     view = await wait_or_cancel(service, view.job_id, request, owner)
     pngs = await finished_images(service, view, owner)
@@ -80,6 +91,15 @@ async def _model(request: Request, body: Txt2ImgRequest, models: tuple[str, ...]
         return find_checkpoint(known, wanted).model
     chosen = a1111_state(request).checkpoint
     return chosen if chosen in models else None
+
+
+def _given_images(body: Txt2ImgRequest) -> tuple[InputImage | None, InputImage | None]:
+    """The client's img2img images as given (base64 text, not decoded yet)."""
+    if not isinstance(body, Img2ImgRequest):
+        return None, None
+    if not body.init_images:
+        raise InvalidRequest("init_images: img2img needs at least one image (base64)", field="init_images")
+    return InputImage(body.init_images[0], "init_images"), InputImage(body.mask, "mask") if body.mask else None
 
 
 async def _img2img_inputs(body: Img2ImgRequest, max_pixels: int) -> tuple[InputImage, InputImage | None]:

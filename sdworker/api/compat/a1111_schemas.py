@@ -9,18 +9,27 @@ down to multiples of 8 (the latent grid), as A1111's own processing does.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdworker.api.compat.a1111_samplers import SamplerChoice
-from sdworker.api.schemas import preview_options
+from sdworker.api.schemas import job_limits, preview_options
+from sdworker.domain.checks import MAX_SEED, check_job, text_problem
 from sdworker.domain.request import GenerationRequest, InputImage, Operation
 from sdworker.errors import InvalidRequest
 from sdworker.jobs.spec import JobDraft
 from sdworker.settings import Settings
 
 _HONOURED_OVERRIDES = {"sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae", "samples_format"}
+CLIP_SKIP_FIELD = "override_settings.CLIP_stop_at_last_layers"
+# Our field names as A1111 spells them (errors name what the client sent).
+A1111_NAMES = {
+    "num_inference_steps": "steps", "num_images": "batch_size", "guidance_scale": "cfg_scale",
+    "strength": "denoising_strength", "scheduler": "sampler_name", "clip_skip": CLIP_SKIP_FIELD,
+    "model": "override_settings.sd_model_checkpoint",
+}
 
 
 class Txt2ImgRequest(BaseModel):
@@ -29,7 +38,7 @@ class Txt2ImgRequest(BaseModel):
     prompt: str | None = ""
     negative_prompt: str | None = ""
     styles: list[str] | None = None
-    seed: int = -1
+    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 = random; image i uses seed + i")
     subseed: int = -1
     subseed_strength: float = 0.0
     seed_resize_from_h: int = -1
@@ -123,42 +132,61 @@ def to_draft(
     init_image: InputImage | None = None,
     mask_image: InputImage | None = None,
 ) -> JobDraft:
-    """``init_image``/``mask_image``: prepared for img2img (fitted, mask white = repaint)."""
-    count = body.batch_size * body.n_iter
-    if count > settings.max_images:
-        raise InvalidRequest(
-            f"batch_size x n_iter: {body.batch_size} x {body.n_iter} = {count} images; "
-            f"this server's limit is {settings.max_images}",
-            field="batch_size",
-        )
-    if body.steps > settings.max_steps:
-        raise InvalidRequest(f"steps: {body.steps} is above this server's limit of {settings.max_steps}", field="steps")
+    """``init_image``/``mask_image``: the client's images as given (base64 text, unchecked): the job's
+    bounds (sizes, steps, images, seed, text) are checked here first, and only then may the door decode
+    and fit them (``with_images``). The image count is ``batch_size x n_iter``."""
     operation = Operation.TEXT_TO_IMAGE
     strength = 0.75
     if init_image is not None:
         operation = Operation.INPAINT if mask_image is not None else Operation.IMAGE_TO_IMAGE
         strength = body.denoising_strength if body.denoising_strength is not None else 0.75
-        if strength <= 0:
-            raise InvalidRequest("denoising_strength: must be above 0", field="denoising_strength")
-    clip_skip = (body.override_settings or {}).get("CLIP_stop_at_last_layers")
     request = GenerationRequest(
         prompt=body.prompt or "",
         operation=operation,
         negative_prompt=body.negative_prompt or "",
         num_inference_steps=body.steps,
         guidance_scale=body.cfg_scale,
-        seed=body.seed if body.seed >= 0 else None,
+        seed=None if body.seed == -1 else body.seed,
         width=max(8, body.width // 8 * 8),
         height=max(8, body.height // 8 * 8),
         scheduler=sampler.scheduler,
-        num_images=count,
+        num_images=body.batch_size * body.n_iter,
         strength=strength,
         init_image=init_image,
         mask_image=mask_image,
         model=model,
-        clip_skip=int(clip_skip) if isinstance(clip_skip, int | float) and clip_skip > 1 else None,
+        clip_skip=_clip_skip((body.override_settings or {}).get("CLIP_stop_at_last_layers")),
     )
+    check_job(request, job_limits(settings), A1111_NAMES)
     return JobDraft(request, preview=preview_options(None, settings))
+
+
+def _clip_skip(value: Any) -> int | None:
+    """A1111's ``CLIP_stop_at_last_layers``: a whole number (1 = the last layer, no skip); anything
+    else (text, 1e400, 2.5) is the client's error, named."""
+    if value is None:
+        return None
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and value == int(value)):
+        raise InvalidRequest(f"{CLIP_SKIP_FIELD}: expected a whole number 1..12, got {str(value)[:40]!r}",
+                             field=CLIP_SKIP_FIELD)
+    return None if int(value) == 1 else int(value)
+
+
+def check_texts(value: Any, path: str = "") -> None:
+    """Every string of a compat body, wherever it sits (``styles``, ``override_settings``, script args):
+    a lone surrogate or NUL would fail later, deep in the job or in the answer's JSON. Names the field."""
+    if isinstance(value, str):
+        problem = text_problem(value)
+        if problem:
+            raise InvalidRequest(f"{path or 'body'}: {problem}", field=path or "body")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_texts(str(key), path)  # a bad key is named by its parent
+            check_texts(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            check_texts(item, f"{path}.{index}" if path else str(index))
 
 
 def echoed(body: Txt2ImgRequest) -> dict[str, Any]:

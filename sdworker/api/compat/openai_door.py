@@ -4,11 +4,12 @@ streamed) comes back in OpenAI's shapes. The routes in ``openai_routes`` only ca
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from sdworker.api import deps
 from sdworker.api.compat.jobs import finished_images, wait_or_cancel
@@ -29,20 +30,24 @@ from sdworker.imaging.masks import mask_from_alpha
 from sdworker.jobs.state import JobStatus
 
 _FILE_FIELDS = ("image", "image[]", "mask")
+MAX_FILES = 32
 
 
 @dataclass(frozen=True, slots=True)
 class EditInputs:
     body: ImagesRequest
     image: InputImage
-    mask: InputImage | None  # ours (white = repaint)
+    mask: InputImage | None  # OpenAI's (transparent = repaint) until ``run`` converts it
 
 
 async def read_edit_form(request: Request) -> EditInputs:
     """``images.edit``'s multipart body: ``image`` or repeated ``image[]`` (the first is edited), an
     optional ``mask`` (transparent = repaint; converted to ours), the rest as string fields."""
     settings = deps.settings(request)
-    form = await request.form(max_files=32, max_fields=200, max_part_size=settings.max_body_bytes)
+    try:
+        form = await request.form(max_files=MAX_FILES, max_fields=200, max_part_size=settings.max_body_bytes)
+    except HTTPException as exc:  # Starlette's multipart limits and parse errors: the client's form
+        raise InvalidRequest(f"body: {exc.detail} (a multipart form: image, mask, text fields)", field="body") from None
     images = [*form.getlist("image"), *form.getlist("image[]")]
     if not images:
         raise InvalidRequest("image: required (a PNG, WebP or JPEG file)", field="image")
@@ -50,12 +55,9 @@ async def read_edit_form(request: Request) -> EditInputs:
     body = parse_fields(fields)
     image = await _file_bytes(images[0], "image")
     mask = form.get("mask")
-    mask_image = None
-    if mask is not None:
-        mask_png = await asyncio.to_thread(
-            mask_from_alpha, await _file_bytes(mask, "mask"), field="mask", max_pixels=settings.max_pixels
-        )
-        mask_image = InputImage(mask_png, "mask")
+    # The client's mask as sent (transparent = repaint): converted to ours in ``run``, after the job's
+    # bounds are checked, so nothing is decoded for a request that is refused anyway.
+    mask_image = InputImage(await _file_bytes(mask, "mask"), "mask") if mask is not None else None
     return EditInputs(body, InputImage(image, "image"), mask_image)
 
 
@@ -67,6 +69,10 @@ async def run(request: Request, body: ImagesRequest, *, kind: str, edit: EditInp
         body, settings, model=served_model(body.model, fleet.models), family=family,
         init_image=edit.image if edit else None, mask_image=edit.mask if edit else None,
     )
+    if edit is not None and edit.mask is not None:
+        limit = settings.max_pixels
+        ours = await asyncio.to_thread(mask_from_alpha, edit.mask.encoded(), field="mask", max_pixels=limit)
+        draft = replace(draft, request=replace(draft.request, mask_image=InputImage(ours, "mask")))
     fmt = body.output_format or "png"
     targets: list[int] = []
     if body.stream:

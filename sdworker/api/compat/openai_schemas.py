@@ -20,7 +20,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sdworker.api.schemas import preview_options
+from sdworker.api.schemas import job_limits, preview_options
+from sdworker.domain.checks import MAX_SEED, check_job
 from sdworker.domain.request import GenerationRequest, InputImage, Operation
 from sdworker.errors import InvalidRequest
 from sdworker.jobs.spec import JobDraft
@@ -36,6 +37,10 @@ QUALITY_REPORTED = {"low": "low", "medium": "medium", "high": "high", "xhigh": "
 NATIVE_SIZE = {"sd1": 512, "sd2": 768, "sdxl": 1024}
 EDIT_STRENGTH = 0.8  # img2img without a mask; with a mask the masked part is repainted fully (1.0)
 _SIZE = re.compile(r"^\s*([0-9]{1,5})\s*[xX]\s*([0-9]{1,5})\s*$")
+# What ``size`` may be, in the schema too (so a client generated from it never sends "" or "big").
+SIZE_PATTERN = r"^\s*([Aa][Uu][Tt][Oo]|[0-9]{1,5}\s*[xX]\s*[0-9]{1,5})\s*$"
+# Our field names as this door spells them (errors name what the client sent).
+OPENAI_NAMES = {"num_inference_steps": "steps", "num_images": "n", "width": "size", "height": "size"}
 
 Quality = Literal["low", "medium", "high", "xhigh", "max", "auto", "standard", "hd"]
 
@@ -48,7 +53,7 @@ class ImagesRequest(BaseModel):
     prompt: str = Field(min_length=1, max_length=32_000)
     model: str | None = Field(None, max_length=256)
     n: int = Field(1, ge=1, le=10)
-    size: str | None = Field(None, max_length=32, description="WxH (multiples of 8) or auto")
+    size: str | None = Field(None, max_length=32, pattern=SIZE_PATTERN, description="WxH (multiples of 8) or auto")
     quality: Quality | None = None
     response_format: Literal["b64_json", "url"] | None = None
     output_format: Literal["png", "jpeg", "webp"] | None = None
@@ -56,7 +61,7 @@ class ImagesRequest(BaseModel):
     stream: bool = False
     partial_images: int | None = Field(None, ge=0, le=3)
     # sdworker's own (extra_body)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     steps: int | None = Field(None, ge=1, le=10_000)
     negative_prompt: str = Field("", max_length=20_000)
     guidance_scale: float | None = Field(None, ge=0.0, le=50.0)
@@ -74,12 +79,8 @@ def to_draft(
     mask_image: InputImage | None = None,
 ) -> JobDraft:
     """``model`` is the served model to run on (None = the default); ``family`` sizes ``auto``."""
-    if body.n > settings.max_images:
-        raise InvalidRequest(f"n: {body.n} is above this server's limit of {settings.max_images}", field="n")
     steps = body.steps if body.steps is not None else min(QUALITY_STEPS[body.quality or "auto"], settings.max_steps)
-    if steps > settings.max_steps:
-        raise InvalidRequest(f"steps: {steps} is above this server's limit of {settings.max_steps}", field="steps")
-    width, height = _size(body.size, settings, native=None if init_image else NATIVE_SIZE.get(family or "", 512))
+    width, height = _size(body.size, native=None if init_image else NATIVE_SIZE.get(family or "", 512))
     operation = Operation.TEXT_TO_IMAGE
     strength = body.strength
     if init_image is not None:
@@ -101,6 +102,7 @@ def to_draft(
         mask_image=mask_image,
         model=model,
     )
+    check_job(request, job_limits(settings), OPENAI_NAMES)
     return JobDraft(request, preview=preview_options(None, settings))  # decoded only while someone watches
 
 
@@ -128,7 +130,7 @@ def with_partial_images(
     return replace(draft, preview=preview), targets
 
 
-def _size(size: str | None, settings: Settings, *, native: int | None) -> tuple[int | None, int | None]:
+def _size(size: str | None, *, native: int | None) -> tuple[int | None, int | None]:
     if size is None or size.strip().lower() == "auto":
         return native, native
     match = _SIZE.match(size)
@@ -137,10 +139,6 @@ def _size(size: str | None, settings: Settings, *, native: int | None) -> tuple[
     width, height = int(match[1]), int(match[2])
     if width < 8 or height < 8 or width % 8 or height % 8:
         raise InvalidRequest(f"size: {size!r}: width and height must be positive multiples of 8", field="size")
-    if width * height > settings.max_pixels:
-        raise InvalidRequest(
-            f"size: {size!r} is {width * height} pixels; this server's limit is {settings.max_pixels}", field="size"
-        )
     return width, height
 
 

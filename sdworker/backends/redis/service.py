@@ -21,6 +21,9 @@ from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from sdworker.backends.redis import scripts
@@ -46,6 +49,7 @@ T = TypeVar("T")
 EVENTS_MAXLEN = 4096  # a job writes about 2 events per step; steps are capped far below this
 FLEET_CACHE_SECONDS = 1.0
 POOL_CONNECTIONS = 4  # per client; see connect()
+HEALTH_CHECK_SECONDS = 5
 
 
 def connect(url: str, *, name: str, timeout_seconds: float = 5.0, single: bool = False) -> Any:
@@ -56,11 +60,18 @@ def connect(url: str, *, name: str, timeout_seconds: float = 5.0, single: bool =
     one each, so a node holds a few Redis connections whatever its load. Commands take well under a
     millisecond; a connection not free within ``timeout_seconds`` is a 503 like any Redis failure.
     Every connection carries ``name`` (``CLIENT SETNAME``), so ``CLIENT LIST`` shows which node or
-    worker holds it."""
+    worker holds it.
+
+    After a Redis restart every pooled connection is stale, and the first command on each would fail
+    (a 503 on every API node): a connection idle for ``HEALTH_CHECK_SECONDS`` is PINGed before use,
+    and a ``ConnectionError`` (the socket broke, so nothing of the command ran on the new server) is
+    retried once on a fresh connection. A timeout, where the server may have run the command, is
+    never retried: a retried submit must not queue a job twice."""
     options: dict[str, Any] = {
         "socket_connect_timeout": timeout_seconds,
         "socket_timeout": None if single else timeout_seconds,
-        "health_check_interval": 30,
+        "health_check_interval": HEALTH_CHECK_SECONDS,
+        "retry": Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
         "client_name": re.sub(r"[^A-Za-z0-9_.:-]", "_", name)[:100],
     }
     if single:
