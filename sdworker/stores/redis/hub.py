@@ -24,10 +24,10 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from sdworker.backends.redis.codec import decode_event, seq_of, text
-from sdworker.backends.redis.keys import Keys
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import JobEvent, StreamNotice, ends_stream
+from sdworker.stores.redis.codec import decode_event, seq_of, text
+from sdworker.stores.redis.keys import Keys
 
 log = logging.getLogger(__name__)
 
