@@ -251,3 +251,19 @@ async def _gone(service: JobService, job_id: str) -> bool:
     except JobNotFound:
         return True
     return False
+
+
+async def test_a_call_waiting_for_the_outcome_is_not_a_watcher(stores: Stores) -> None:
+    """The OpenAI and A1111 doors wait for the image; only a stream sees previews, so only a stream
+    makes the worker decode them."""
+    job_id = (await stores.service.submit(draft())).job_id
+    lease = await stores.claim_one()
+    waiting = asyncio.ensure_future(stores.service.wait(job_id))
+    sub = await stores.service.open_stream(job_id)
+    assert sub is not None
+    await _eventually(lambda: lease.watchers() == 1)
+    sub.close()
+    await _eventually(lambda: lease.watchers() == 0)
+    assert not waiting.done()
+    assert await lease.complete((png(),), (3,), 64, 64)
+    assert (await asyncio.wait_for(waiting, GUARD_SECONDS)).status is JobStatus.COMPLETED
