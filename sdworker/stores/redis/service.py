@@ -230,7 +230,8 @@ class RedisJobService:
             view = await self.get(job_id, owner=owner)
             if view.status.finished:
                 return view
-            sub = await self.open_stream(job_id, 0, owner=owner)
+            # Not counted as a watcher: a caller waiting for the outcome sees no preview.
+            sub = await self._call(self._hub.subscribe(job_id, 0, counted=False))
             if sub is not None:
                 try:
                     while (event := await sub.next(timeout=self._settings.keepalive_seconds + 5)) is not None:
