@@ -30,6 +30,7 @@ class Serve(Proc):
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
             ["serve", "--model", "demo", "--port", str(self.port), "--data-dir", str(data_dir), "--api-key", KEY,
+             "--store", "sqlite",
              "--max-steps", "3000", "--preview-min-interval-ms", "0", "--shutdown-grace-seconds", "1"],
             cache_dir=cache_dir, log_path=log_path,
         )
