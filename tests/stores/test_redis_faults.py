@@ -135,3 +135,22 @@ async def test_the_publish_script_refuses_a_stale_fence(request: pytest.FixtureR
         )
         assert seq == 0
         assert await source._redis.xlen(k.events(job_id)) == before
+
+
+async def test_a_worker_running_a_job_is_busy_in_the_registry(request: pytest.FixtureRequest, tmp_path: Any) -> None:
+    """(The fleet test accepted "ready" or "busy", so a worker that never said busy passed it.)"""
+    from tests.stores.test_conformance import _eventually, draft, open_stores, png
+
+    async with open_stores("redis", request, tmp_path) as stores:
+        service: Any = stores.service
+
+        async def status(expected: str, job: str | None) -> bool:
+            [worker] = (await service.fleet(fresh=True)).workers
+            return bool(worker.status == expected and worker.current_job == job)
+
+        await _eventually(lambda: status("ready", None))
+        job_id = (await stores.service.submit(draft())).job_id
+        lease = await stores.claim_one()
+        await _eventually(lambda: status("busy", job_id))
+        assert await lease.complete((png(),), (3,), 64, 64)
+        await _eventually(lambda: status("ready", None))
