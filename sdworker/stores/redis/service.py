@@ -212,8 +212,16 @@ class RedisJobService:
         fields = await self._call(self._redis.hgetall(self._keys.job(job_id)))
         return await self._view(job_id, fields, owner)
 
-    async def list_jobs(self, *, owner: str | None = None, limit: int = 100) -> list[JobView]:
-        return await self._views(self._keys.jobs, owner=owner, limit=limit)
+    async def list_jobs(
+        self, *, owner: str | None = None, limit: int = 100, before: str | None = None
+    ) -> list[JobView]:
+        start = 0
+        if before is not None:
+            rank = await self._call(self._redis.zrevrank(self._keys.jobs, before))
+            if rank is None:
+                return []
+            start = int(rank) + 1
+        return await self._views(self._keys.jobs, owner=owner, limit=limit, start=start)
 
     async def cancel(self, job_id: str, *, owner: str | None = None) -> JobView:
         return await self._control(job_id, "cancel", owner)
@@ -407,8 +415,8 @@ class RedisJobService:
             watchers = sum(int(c) for c in counts)
         return job_view(fields, position=position, watchers=watchers)
 
-    async def _views(self, index_key: str, *, owner: str | None, limit: int) -> list[JobView]:
-        ids = [text(i) or "" for i in await self._call(self._redis.zrevrange(index_key, 0, max(limit * 4, limit) - 1))]
+    async def _views(self, index_key: str, *, owner: str | None, limit: int, start: int = 0) -> list[JobView]:
+        ids = [text(i) or "" for i in await self._call(self._redis.zrevrange(index_key, start, start + limit * 4 - 1))]
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hgetall(self._keys.job(job_id))
