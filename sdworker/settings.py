@@ -131,6 +131,15 @@ class Settings(BaseSettings):
         30.0, ge=0, le=3600, allow_inf_nan=False, description="time the running job gets to finish on SIGTERM"
     )
 
+    # Storage (serve)
+    store: Literal["sqlite", "memory"] | None = Field(
+        None, description="where serve keeps jobs: sqlite (survives restarts, in --data-dir) or memory; none = sqlite"
+    )
+    data_dir: Path | None = Field(
+        None, description="SQLite store folder: jobs.db, outputs/, signing secret; none = ~/.local/share/sdworker"
+    )
+    keep_outputs: bool = Field(False, description="an expired job leaves its PNGs in the outputs folder (as A1111)")
+
     # Streams
     keepalive_seconds: Seconds = Field(15.0, description="SSE keep-alive comment interval")
     watcher_stall_seconds: Seconds = Field(30.0, description="a watcher that reads nothing for this long is dropped")
@@ -249,6 +258,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_together(self) -> Settings:
+        if self.store is not None and self.redis_url:
+            raise ValueError(f"store {self.store!r} and redis_url name two stores; give one (--store or --redis)")
         if self.lease_heartbeat_seconds * 2 > self.claim_idle_seconds:
             raise ValueError(
                 f"claim_idle_seconds ({self.claim_idle_seconds}) must be at least twice lease_heartbeat_seconds "

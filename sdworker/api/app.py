@@ -37,13 +37,15 @@ from sdworker.api.signing import JobLinks
 from sdworker.domain.parameters import model_label
 from sdworker.engine.protocol import Engine
 from sdworker.jobs.heartbeat import QueenHeartbeat, WorkerCard
-from sdworker.jobs.memory import MemoryJobService
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.node import Node
 from sdworker.jobs.progress import EncodeFn
 from sdworker.jobs.protocol import JobService, JobSource
 from sdworker.jobs.runner import JobRunner, png_text_for
+from sdworker.jobs.service import LocalJobService
+from sdworker.jobs.store import JobStore
 from sdworker.settings import Settings
+from sdworker.stores.memory import MemoryStore
 
 
 def create_app(
@@ -54,25 +56,28 @@ def create_app(
     source: JobSource | None = None,
     metrics: ServiceMetrics | None = None,
     encode: EncodeFn | None = None,
+    store: JobStore | None = None,
 ) -> FastAPI:
-    """``encode`` replaces the preview encoder (tests make it slow to show skipped previews)."""
+    """``encode`` replaces the preview encoder (tests make it slow to show skipped previews).
+    ``store``: where the local job service keeps jobs (default: memory; ``serve``: SQLite)."""
     metrics = metrics or ServiceMetrics()
     if service is None:
-        memory = MemoryJobService(settings, metrics)
-        service, source = memory, memory
+        local = LocalJobService(settings, metrics, store=store or MemoryStore())
+        service, source = local, local
         if engine is not None:
-            memory.attach_library(engine)
+            local.attach_library(engine)
     runner = None
     if engine is not None:
         if source is None:
             raise ValueError("an engine needs a job source to take jobs from")
-        models = None if service.backend == "memory" else (settings.model,)
+        in_process = service.backend != "redis"
+        models = None if in_process else (settings.model,)
         runner = JobRunner(
             engine, source, metrics, models=models, encode=encode,
             png_text=png_text_for(settings), default_aliases=(settings.model, model_label(settings.model)),
             max_batch=settings.max_batch, batch_wait_ms=settings.batch_wait_ms,
         )
-        runner.fail_on_death = service.backend == "memory"  # a fleet retries the job elsewhere
+        runner.fail_on_death = in_process  # a fleet retries the job elsewhere
     attach = getattr(source, "attach_library", None)
     if engine is not None and attach is not None and source is not service:
         attach(engine)  # a Redis worker lists its library in the registry (memory: attached above)

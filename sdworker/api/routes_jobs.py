@@ -38,9 +38,17 @@ async def submit_job(
 
 
 @router.get("", summary="Recent and queued jobs, newest first")
-async def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
-    views = await deps.service(request).list_jobs(owner=deps.owner(request), limit=limit)
-    return {"jobs": [job_summary(view, deps.links(request)) for view in views]}
+async def list_jobs(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[str | None, Query(max_length=64, description="the next page: jobs submitted before this one")]
+    = None,
+) -> dict[str, Any]:
+    views = await deps.service(request).list_jobs(owner=deps.owner(request), limit=limit, before=before)
+    answer: dict[str, Any] = {"jobs": [job_summary(view, deps.links(request)) for view in views]}
+    if len(views) == limit:
+        answer["next"] = f"/v1/jobs?limit={limit}&before={views[-1].job_id}"
+    return answer
 
 
 @router.get("/{job_id}", summary="A job's status, parameters and result")

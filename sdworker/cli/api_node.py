@@ -8,11 +8,11 @@ import argparse
 import logging
 
 from sdworker.api.app import create_app
-from sdworker.backends.redis.service import RedisJobService, redacted
 from sdworker.cli.flags import check_exposure, check_files, settings_from_args
 from sdworker.cli.uvicorn_server import configure_logging, serve_app
 from sdworker.errors import InvalidRequest
 from sdworker.jobs.metrics import ServiceMetrics
+from sdworker.stores.redis.service import RedisJobService, redacted
 
 log = logging.getLogger("sdworker.api")
 

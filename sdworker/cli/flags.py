@@ -47,6 +47,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "max_queue", "max_results", "max_result_bytes", "result_ttl_seconds", "max_pixels", "max_steps", "max_images",
         "shutdown_grace_seconds",
     ),
+    "storage": ("store", "data_dir", "keep_outputs"),
     "streams": ("keepalive_seconds", "watcher_stall_seconds"),
     "preview defaults": (
         "preview_method", "preview_every", "preview_min_interval_ms", "preview_max_size", "preview_format",
@@ -112,6 +113,8 @@ def _default_text(name: str) -> str:
     info = Settings.model_fields[name]
     if name == "cache_dir":
         return "~/.cache/sdworker"
+    if name == "data_dir":
+        return "~/.local/share/sdworker"
     if name == "max_batch":
         return "1 on CPU, 4 on CUDA"
     value = info.get_default(call_default_factory=True)

@@ -16,11 +16,11 @@ import os
 import signal
 from typing import TYPE_CHECKING
 
-from sdworker.backends.redis.service import redacted
 from sdworker.cli.flags import settings_from_args
 from sdworker.cli.uvicorn_server import configure_logging
 from sdworker.errors import InvalidRequest
 from sdworker.settings import Settings
+from sdworker.stores.redis.service import redacted
 
 if TYPE_CHECKING:
     from sdworker.jobs.runner import JobRunner  # imported lazily in _work: it pulls in the engine
@@ -44,11 +44,11 @@ def run_worker(args: argparse.Namespace) -> int:
 
 async def _work(settings: Settings) -> JobRunner:
     """Runs until a signal or the death of the generation thread; the runner, to say how it ended."""
-    from sdworker.backends.redis.source import RedisJobSource
     from sdworker.domain.parameters import model_label
     from sdworker.engine.diffusers_engine import DiffusersEngine
     from sdworker.jobs.metrics import ServiceMetrics
     from sdworker.jobs.runner import JobRunner, png_text_for
+    from sdworker.stores.redis.source import RedisJobSource
 
     source = RedisJobSource(settings)
     engine = DiffusersEngine(settings)

@@ -49,8 +49,10 @@ Clock = Callable[[], float]
 class Subscription:
     """One watcher's view of one job: the replay first, then live events, then the end (None)."""
 
-    def __init__(self, bus: EventBus, job_id: str, replay: list[JobEvent], *, max_buffer: int, finished: bool) -> None:
+    def __init__(self, bus: EventBus, job_id: str, replay: list[JobEvent], *, max_buffer: int, finished: bool,
+                 counted: bool = True) -> None:
         self.job_id = job_id
+        self.counted = counted  # a watcher who sees previews (not a synchronous call waiting for the end)
         self._bus = bus
         self._pending: deque[JobEvent] = deque(replay)
         # Replay is never trimmed: the limit leaves room for it plus max_buffer live events.
@@ -167,7 +169,7 @@ class EventBus:
 
     def subscriber_count(self, job_id: str) -> int:
         channel = self._channels.get(job_id)
-        return len(channel.subscribers) if channel is not None else 0
+        return _watching(channel) if channel is not None else 0
 
     def publish(self, event: JobEvent) -> JobEvent | None:
         """Stamp ``seq`` and ``at``, record in history, fan out. Returns the stamped event, or None if
@@ -212,15 +214,18 @@ class EventBus:
             for sub in list(channel.subscribers):
                 sub._push(event)
 
-    def subscribe(self, job_id: str, after_seq: int = 0) -> Subscription:
+    def subscribe(self, job_id: str, after_seq: int = 0, *, counted: bool = True) -> Subscription:
         """A watcher that first gets every recorded event with ``seq > after_seq``, then live ones.
-        Raises KeyError for an unknown job."""
+        ``counted`` False: a caller waiting only for the outcome (the OpenAI and A1111 doors), which
+        is no reason to decode previews, so it is left out of ``watcher_count``. Raises KeyError for an
+        unknown job."""
         channel = self._channels[job_id]
         replay = [e for e in channel.history if e.seq > after_seq]
-        sub = Subscription(self, job_id, replay, max_buffer=self.max_buffer, finished=channel.finished)
+        sub = Subscription(self, job_id, replay, max_buffer=self.max_buffer, finished=channel.finished,
+                           counted=counted)
         if not channel.finished:
             channel.subscribers.add(sub)
-            self._watchers[job_id] = len(channel.subscribers)
+            self._watchers[job_id] = _watching(channel)
         return sub
 
     def last_seq(self, job_id: str) -> int:
@@ -272,7 +277,7 @@ class EventBus:
         channel = self._channels.get(sub.job_id)
         if channel is not None and sub in channel.subscribers:
             channel.subscribers.discard(sub)
-            self._watchers[sub.job_id] = len(channel.subscribers)
+            self._watchers[sub.job_id] = _watching(channel)
 
     def _record(self, channel: _Channel, event: JobEvent) -> None:
         history = channel.history
@@ -291,3 +296,7 @@ class EventBus:
                     if channel.preview_index is not None and channel.preview_index > index:
                         channel.preview_index -= 1
                     break
+
+
+def _watching(channel: _Channel) -> int:
+    return sum(1 for sub in channel.subscribers if sub.counted)

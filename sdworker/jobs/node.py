@@ -111,6 +111,8 @@ class Node:
 
     async def _drain_now(self) -> None:
         grace = self.settings.shutdown_grace_seconds
+        # Only the memory store loses what it holds at exit: it ends the queued jobs and cancels the
+        # running one. SQLite and Redis keep them: the running job is handed back, the queue stays.
         local = self.service.backend == "memory"
         log.info("draining: no new jobs; waiting up to %.0f s for the running job", grace)
         beats = None

@@ -58,8 +58,10 @@ class JobService(Protocol):
 
     async def get(self, job_id: str, *, owner: str | None = None) -> JobView: ...
 
-    async def list_jobs(self, *, owner: str | None = None, limit: int = 100) -> list[JobView]:
-        """Newest first."""
+    async def list_jobs(
+        self, *, owner: str | None = None, limit: int = 100, before: str | None = None
+    ) -> list[JobView]:
+        """Newest first; ``before``: the page after that job (jobs submitted before it)."""
         ...
 
     async def cancel(self, job_id: str, *, owner: str | None = None) -> JobView:

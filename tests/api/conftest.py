@@ -1,5 +1,6 @@
-"""Every API test runs twice: on the memory backend and on the Redis backend (a real redis-server),
-so the two cannot drift. Where they rightly differ the test asks ``backend_name()`` and says why."""
+"""Every API test runs three times: on the memory store, the SQLite store (a real file in a temporary
+folder) and the Redis backend (a real redis-server), so they cannot drift. Where they rightly differ
+the test asks ``backend_name()`` and says why."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from tests.redis_server import RedisServer
 from . import helpers
 
 
-@pytest.fixture(params=["memory", "redis"], autouse=True)
+@pytest.fixture(params=["memory", "sqlite", "redis"], autouse=True)
 def backend(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
         helpers.BACKEND.update(name="redis", url=server.url)
     else:
-        helpers.BACKEND.update(name="memory", url=None)
+        helpers.BACKEND.update(name=request.param, url=None)
     try:
         yield request.param
     finally:

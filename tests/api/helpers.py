@@ -6,10 +6,13 @@ import asyncio
 import base64
 import io
 import json
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,12 +20,13 @@ from fastapi import FastAPI
 from PIL import Image
 
 from sdworker.api.app import create_app
-from sdworker.backends.redis.service import RedisJobService
-from sdworker.backends.redis.source import RedisJobSource
 from sdworker.engine.fake import FakeEngine
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.progress import EncodeFn
 from sdworker.settings import Settings
+from sdworker.stores.redis.service import RedisJobService
+from sdworker.stores.redis.source import RedisJobSource
+from sdworker.stores.sqlite import SqliteStore
 
 SMALL = {"steps": 3, "width": 64, "height": 64, "seed": 7}
 
@@ -56,7 +60,7 @@ class Running:
 
 
 # Which job backend ``running_app`` builds: set per test by the ``backend`` fixture (tests/api/conftest.py),
-# so every test here runs against the memory backend and against a real redis-server.
+# so every test here runs against the memory store, a real SQLite file and a real redis-server.
 BACKEND: dict[str, Any] = {"name": "memory", "url": None}
 
 # Short lease and claim times, so failure tests take seconds (production defaults are 5 s and 30 s).
@@ -86,8 +90,21 @@ async def running_app(
             metrics=metrics,
             encode=encode,
         )
+    elif BACKEND["name"] == "sqlite":
+        data_dir = Path(tempfile.mkdtemp(prefix="sdw-sqlite-"))
+        app = create_app(settings, engine, encode=encode, store=SqliteStore(data_dir))
     else:
         app = create_app(settings, engine, encode=encode)
+    try:
+        async with _serving(app, settings, engine, wait_ready) as running:
+            yield running
+    finally:
+        if BACKEND["name"] == "sqlite":
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@asynccontextmanager
+async def _serving(app: FastAPI, settings: Settings, engine: FakeEngine, wait_ready: bool) -> AsyncIterator[Running]:
     async with app.router.lifespan_context(app):
         # Like a real server, answer an unhandled error with a 500 instead of raising it into the test.
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)

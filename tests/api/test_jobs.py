@@ -241,3 +241,18 @@ async def test_an_unexpected_error_is_a_logged_500_and_the_service_keeps_serving
         assert response.status_code == 500
         assert response.json()["error"]["code"] == "internal_error" and "bug" not in response.text
         assert (await app.wait_status(await app.submit(), "completed"))["status"] == "completed"
+
+
+async def test_the_job_list_is_paged_newest_first() -> None:
+    async with running_app() as app:
+        ids = [await app.submit(seed=n) for n in range(5)]
+        seen: list[str] = []
+        url: str | None = "/v1/jobs?limit=2"
+        pages = 0
+        while url is not None:
+            answer = (await app.client.get(url)).json()
+            seen += [job["job_id"] for job in answer["jobs"]]
+            url = answer.get("next")
+            pages += 1
+        assert seen == list(reversed(ids)) and pages == 3
+        assert (await app.client.get("/v1/jobs?before=" + "x" * 65)).status_code == 422

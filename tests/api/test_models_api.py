@@ -94,5 +94,5 @@ async def test_the_compat_door_still_falls_back_to_the_default_model() -> None:
         body = {"prompt": "a cat", "model": "dall-e-3", "size": "64x64", "steps": 2, "seed": 1}
         response = await app.client.post("/v1/images/generations", json=body)
         assert response.status_code == 200, response.text
-        if backend_name() == "memory":
+        if backend_name() != "redis":  # the engine runs in this process
             assert app.engine.current_model == "fake"

@@ -40,26 +40,34 @@ async def _has(watcher: Watcher, count: int) -> bool:
     return len(watcher.ids()) >= count
 
 
-def _node_connections(url: str, name: str) -> int:
-    clients = redis.Redis.from_url(url).client_list()
-    return sum(1 for c in clients if c.get("name", "").startswith(name))
+def _node_connections(client: redis.Redis, name: str) -> int:
+    return sum(1 for c in client.client_list() if c.get("name", "").startswith(name))
+
+
+def _connections_opened(client: redis.Redis) -> int:
+    """Every connection Redis ever accepted (a counter: nothing opened between two looks is missed)."""
+    return int(client.info("stats")["total_connections_received"])
 
 
 async def test_two_hundred_watchers_use_a_bounded_number_of_redis_connections(fleet: Fleet) -> None:
     fleet.wait_workers(1)
     node = fleet.apis[0]
     node_name = f"sdworker-api-{node.pid}"
+    looker = redis.Redis.from_url(fleet.redis.url)
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=None)) as client:
         job_id = await submit(client, node.url, steps=300, seed=4)
+        held = _node_connections(looker, node_name)
+        opened = _connections_opened(looker)
         watchers = [Watcher() for _ in range(200)]
         tasks = [asyncio.create_task(watch(client, f"{node.url}/v1/jobs/{job_id}/stream", w)) for w in watchers]
-        most = 0
-        while not all(t.done() for t in tasks):
-            most = max(most, await asyncio.to_thread(_node_connections, fleet.redis.url, node_name))
-            await asyncio.sleep(0.2)
         await asyncio.gather(*tasks)
-        most = max(most, _node_connections(fleet.redis.url, node_name))
-        assert 1 <= most <= 6, f"{most} Redis connections for one node's 200 watchers"
+        # The node's bounded pool may open a few more connections under the burst; 200 watchers
+        # opening one each would show here, however briefly they were held.
+        new = _connections_opened(looker) - opened
+        after = _node_connections(looker, node_name)
+        looker.close()
+        assert held >= 1 and held + new <= 8, f"{held} held + {new} opened for one node's 200 watchers"
+        assert after <= held + new
         for w in watchers:
             assert w.count("complete") == 1 and w.names()[-1] == "end"
         assert len({tuple(w.ids()) for w in watchers}) == 1, "every watcher got the same events"
@@ -83,11 +91,15 @@ async def test_the_fleet_is_described_and_unknown_models_are_refused(fleet: Flee
         assert {w.worker_id for w in live} <= set(by_id)
         for worker in live:
             entry = by_id[worker.worker_id]
-            assert entry["model_id"] == "demo" and entry["device"] == "cpu" and entry["status"] in ("ready", "busy")
+            assert entry["model_id"] == "demo" and entry["device"] == "cpu"
+            # A worker running a job says so (a job of an earlier test may still be running on it).
+            assert entry["status"] == ("busy" if entry["current_job"] else "ready"), entry
+        assert any(w["current_job"] == job_id and w["status"] == "busy" for w in workers), workers
         info = (await client.get(f"{a}/v1/info")).json()
         assert info["backend"] == "redis" and info["models"] == ["demo"] and len(info["workers"]) >= 2
         models = (await client.get(f"{a}/v1/models")).json()
-        assert [m["id"] for m in models["data"]] == ["demo"] or "demo" in str(models["data"])
+        ids = [m["id"] for m in models["data"]]
+        assert ids == ["demo-sd15", "demo-sdxl"], ids  # the demo library, as its workers registered it
         metrics = (await client.get(f"{a}/metrics")).text
         assert "sdworker_fleet_workers" in metrics and "sdworker_queue_depth" in metrics
         await client.delete(f"{a}/v1/jobs/{job_id}")

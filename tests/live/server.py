@@ -40,6 +40,8 @@ class LiveServer:
             "HF_HUB_OFFLINE": "1",
             "OMP_NUM_THREADS": "1",
             "PYTHONUNBUFFERED": "1",
+            # serve keeps jobs in SQLite by default, one serve per data folder: each server its own.
+            "SDWORKER_DATA_DIR": str(log_path.parent / f"data-{port}"),
         }
         command = [sys.executable, "-m", "sdworker", "serve", "--model", "demo", "--port", str(port), *args]
         self.log_path = log_path

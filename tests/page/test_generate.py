@@ -159,3 +159,25 @@ def test_a_lost_connection_says_reconnecting_and_recovers(ui: Any, proxy: Any) -
     assert any(m and int(m.group(1)) > 0 for m in resumed), "the browser resumed after its last event"
     ui.page.click("#cancel")
     ui.wait_status("^Cancelled")
+
+
+def test_a_new_page_shows_the_history_the_server_kept_newest_first(ui: Any, server: str) -> None:
+    """Jobs made elsewhere (another tab, yesterday's run before a restart) are in the strip of a page
+    that never saw them: the page reads the server's list."""
+    body = {"prompt": "history", "width": 64, "height": 64, "steps": 2, "preview": {"every": 0}}
+    ids = []
+    for seed in (1, 2):
+        job_id = httpx.post(f"{server}/v1/jobs", json={**body, "seed": seed}, timeout=10).json()["job_id"]
+        for _ in range(600):
+            if httpx.get(f"{server}/v1/jobs/{job_id}", timeout=10).json()["status"] == "completed":
+                break
+            ui.page.wait_for_timeout(100)
+        ids.append(job_id)
+    ui.open()  # a fresh browser context: nothing of these jobs in its storage
+    ui.page.wait_for_function(
+        "ids => ids.every(id => [...document.querySelectorAll('#strip img')].some(i => i.src.includes(id)))",
+        arg=ids, timeout=30_000,
+    )
+    sources = ui.page.eval_on_selector_all("#strip img", "els => els.map(e => e.getAttribute('src'))")
+    where = [next(i for i, src in enumerate(sources) if job_id in src) for job_id in ids]
+    assert where[1] < where[0], sources  # newest first

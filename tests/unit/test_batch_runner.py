@@ -17,12 +17,13 @@ from typing import Any
 from sdworker.domain.request import GenerationRequest
 from sdworker.engine.fake import FakeEngine
 from sdworker.events.types import JobCompleted, JobEvent, JobStarted, StepProgressed
-from sdworker.jobs.memory import MemoryJobService
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.runner import JobRunner
+from sdworker.jobs.service import LocalJobService
 from sdworker.jobs.spec import JobDraft
 from sdworker.jobs.state import JobStatus
 from sdworker.settings import Settings
+from sdworker.stores.memory import MemoryStore
 
 GUARD_SECONDS = 30.0  # a hang guard only: the tests wait on events, never on time
 
@@ -38,10 +39,10 @@ class ManualClock:
 @asynccontextmanager
 async def batching(
     engine: FakeEngine, *, max_batch: int, batch_wait_ms: int, clock: Callable[[], float]
-) -> AsyncIterator[tuple[MemoryJobService, JobRunner, list[JobEvent]]]:
+) -> AsyncIterator[tuple[LocalJobService, JobRunner, list[JobEvent]]]:
     settings = Settings(model="fake", preview_min_interval_ms=0)
     metrics = ServiceMetrics()
-    service = MemoryJobService(settings, metrics)
+    service = LocalJobService(settings, metrics, store=MemoryStore())
     seen: list[JobEvent] = []  # every event of every job, in the order the bus took them
     publish = service.bus.publish
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 from sdworker.api.sse import frame
-from sdworker.backends.redis.codec import decode_event, event_fields
 from sdworker.client.events import ModelLoading as ClientModelLoading
 from sdworker.client.events import ServerSentEvent, to_event
 from sdworker.events.types import ModelLoading
+from sdworker.stores.redis.codec import decode_event, event_fields
 
 
 def test_the_frame_the_redis_entry_and_the_client_agree() -> None:

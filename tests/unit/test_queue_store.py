@@ -11,7 +11,7 @@ from sdworker.errors import QueueFull
 from sdworker.jobs.queue import InMemoryJobQueue
 from sdworker.jobs.spec import JobSpec
 from sdworker.jobs.state import JobStatus
-from sdworker.jobs.store import InMemoryJobStore, JobRecord
+from sdworker.jobs.store import JobIndex, JobRecord
 from sdworker.previews.options import PreviewOptions
 
 
@@ -54,7 +54,7 @@ async def test_positions_removal_and_fifo_get() -> None:
 
 def test_store_forgets_only_finished_jobs_after_the_ttl() -> None:
     now = [1000.0]
-    store = InMemoryJobStore(ttl_seconds=60, clock=lambda: now[0])
+    store = JobIndex(ttl_seconds=60, clock=lambda: now[0])
     running = JobRecord(spec=spec("run"), status=JobStatus.RUNNING)
     done = JobRecord(spec=spec("done"), status=JobStatus.COMPLETED, finished_at=1000.0)
     for record in (running, done):

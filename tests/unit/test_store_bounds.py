@@ -1,11 +1,11 @@
-"""The memory store's bounds: finished jobs above max_results / max_result_bytes go, oldest first."""
+"""The job index's bounds: finished jobs above max_results / max_result_bytes go, oldest first."""
 
 from __future__ import annotations
 
 from sdworker.domain.request import GenerationRequest
 from sdworker.jobs.spec import JobSpec
 from sdworker.jobs.state import JobStatus
-from sdworker.jobs.store import InMemoryJobStore, JobRecord
+from sdworker.jobs.store import JobIndex, JobRecord
 from sdworker.previews.options import PreviewOptions
 
 
@@ -15,12 +15,12 @@ def record(job_id: str, finished_at: float | None, size: int = 10) -> JobRecord:
     done = finished_at is not None
     return JobRecord(
         spec=spec, status=JobStatus.COMPLETED if done else JobStatus.RUNNING, finished_at=finished_at,
-        images=(b"x" * size,) if done else (),
+        image_sizes=(size,) if done else (),
     )
 
 
 def test_count_bound_drops_the_oldest_finished_never_running_jobs() -> None:
-    store = InMemoryJobStore(3600, clock=lambda: 100.0, max_results=2)
+    store = JobIndex(3600, clock=lambda: 100.0, max_results=2)
     for job_id, at in (("a", 1.0), ("b", 2.0), ("run", None), ("c", 3.0)):
         store.add(record(job_id, at))
     assert store.trim(keep="c") == ["a"]
@@ -28,7 +28,7 @@ def test_count_bound_drops_the_oldest_finished_never_running_jobs() -> None:
 
 
 def test_byte_bound_keeps_the_job_that_just_finished() -> None:
-    store = InMemoryJobStore(3600, clock=lambda: 100.0, max_result_bytes=25)
+    store = JobIndex(3600, clock=lambda: 100.0, max_result_bytes=25)
     for job_id, at in (("a", 1.0), ("b", 2.0), ("c", 3.0)):
         store.add(record(job_id, at))
     assert store.trim(keep="c") == ["a"]  # 20 bytes left

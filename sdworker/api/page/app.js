@@ -266,6 +266,38 @@ function render() {
   }
 }
 
+// ---------------------------------------------------------------- history: the store's finished jobs
+
+// The server keeps finished jobs (SQLite: across restarts), so the strip starts with them, newest
+// first, a page at a time; "Older images" asks for the next page.
+let historyNext = "/v1/jobs?limit=24";
+
+async function loadHistory() {
+  if (!historyNext) return;
+  let res;
+  try {
+    res = await fetch(historyNext, { cache: "no-store" });
+  } catch (_) {
+    return;
+  }
+  if (!res.ok) return;
+  const body = await res.json();
+  historyNext = body.next || null;
+  $("history-more").hidden = !historyNext;
+  const older = [];
+  for (const j of body.jobs || []) {
+    if (j.status !== "completed" || jobById(j.job_id)) continue;
+    rememberSignedUrl(j.job_id, j.sse_url || "");
+    older.push({
+      id: j.job_id, prompt: "", mode: "", status: "completed", position: null, step: j.step, total: j.total,
+      seed: null, width: null, height: null, message: "",
+    });
+  }
+  if (!older.length) return;
+  state.jobs.unshift(...older.reverse()); // state.jobs is oldest first
+  render();
+}
+
 // ---------------------------------------------------------------- wiring
 
 function init() {
@@ -338,6 +370,8 @@ function init() {
   const id = hashJobId();
   if (id) focus(id);
   pollOthers();
+  loadHistory();
+  $("history-more").addEventListener("click", loadHistory);
 }
 
 async function useAsInput() {

@@ -24,10 +24,10 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from sdworker.backends.redis.codec import decode_event, seq_of, text
-from sdworker.backends.redis.keys import Keys
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import JobEvent, StreamNotice, ends_stream
+from sdworker.stores.redis.codec import decode_event, seq_of, text
+from sdworker.stores.redis.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,14 @@ class StreamHub:
         with contextlib.suppress(Exception):
             await self._clear_advertised()
 
-    async def subscribe(self, job_id: str, after: int) -> Subscription | None:
+    async def subscribe(self, job_id: str, after: int, *, counted: bool = True) -> Subscription | None:
         if job_id in self._loading or not self._bus.knows(job_id):
             await self._load_once(job_id)
         if self._bus.is_finished(job_id) and after >= self._bus.last_seq(job_id):
             return None
-        sub = self._bus.subscribe(job_id, after)
+        sub = self._bus.subscribe(job_id, after, counted=counted)
         self._idle_since.pop(job_id, None)
-        if not self._bus.is_finished(job_id):
+        if counted and not self._bus.is_finished(job_id):
             await self._advertise(job_id)
         return sub
 
@@ -91,9 +91,12 @@ class StreamHub:
         await asyncio.shield(task)
 
     async def _load(self, job_id: str) -> None:
+        # Everything that can fail comes before the channel opens: a failed load leaves nothing
+        # behind, so the next watcher loads again (an open channel without a reader would hang it).
         entries = await self._redis.xrange(self._keys.events(job_id), "-", "+")
+        events = await self._decode(job_id, entries)
         self._bus.open(job_id)
-        for event in await self._decode(job_id, entries):
+        for event in events:
             self._bus.accept(event)
         self._last[job_id] = seq_of(entries[-1][0]) if entries else 0
         if not self._bus.is_finished(job_id):
@@ -186,11 +189,14 @@ class StreamHub:
     async def _deliver(self, job_id: str, entries: list[Any]) -> None:
         if not entries or not self._bus.knows(job_id):
             return
-        self._last[job_id] = max(self._last.get(job_id, 0), seq_of(entries[-1][0]))
-        for event in await self._decode(job_id, entries):
+        # Deliver first, then advance: a Redis error while decoding leaves ``_last`` where it was, so
+        # the next read returns the same entries (the terminal event is never skipped).
+        events = await self._decode(job_id, entries)
+        for event in events:
             self._bus.accept(event)
-            if ends_stream(event):
-                await self._withdraw(job_id)
+        self._last[job_id] = max(self._last.get(job_id, 0), seq_of(entries[-1][0]))
+        if any(ends_stream(event) for event in events):
+            await self._withdraw(job_id)
 
     async def _advertise(self, job_id: str) -> None:
         count = self._bus.subscriber_count(job_id)

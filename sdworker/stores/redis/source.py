@@ -33,10 +33,6 @@ from typing import Any
 from redis.exceptions import RedisError, ResponseError
 
 from sdworker import __version__
-from sdworker.backends.redis import scripts
-from sdworker.backends.redis.codec import event_fields, library_record, text, worker_record
-from sdworker.backends.redis.keys import GROUP, Keys
-from sdworker.backends.redis.service import EVENTS_MAXLEN, connect, redacted, ttl_ms
 from sdworker.domain.catalog import EngineInfo
 from sdworker.domain.control import CancelToken
 from sdworker.events.types import JobCompleted, JobEvent, JobFailed, PreviewReady, end_marker
@@ -46,6 +42,10 @@ from sdworker.jobs.spec import JobSpec
 from sdworker.jobs.state import WorkerInfo
 from sdworker.jobs.submission import ModelLibrary
 from sdworker.settings import Settings
+from sdworker.stores.redis import scripts
+from sdworker.stores.redis.codec import event_fields, library_record, text, worker_record
+from sdworker.stores.redis.keys import GROUP, Keys
+from sdworker.stores.redis.service import EVENTS_MAXLEN, connect, redacted, ttl_ms
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,9 @@ class RedisLease:
         model = self.spec.request.model or ""
         try:
             await self._source.release_script(
-                keys=[k.job(self.spec.job_id), k.queue(model), k.queued, k.queued_model(model)],
-                args=[self._fence, self.spec.job_id],
+                keys=[k.job(self.spec.job_id), k.queue(model), k.queued, k.queued_model(model),
+                      k.events(self.spec.job_id), k.preview(self.spec.job_id)],
+                args=[self._fence, self.spec.job_id, ttl_ms(self._source.settings), EVENTS_MAXLEN],
             )
             await self._source.publish_positions(model)
         except (RedisError, OSError):

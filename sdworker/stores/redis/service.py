@@ -26,10 +26,6 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
-from sdworker.backends.redis import scripts
-from sdworker.backends.redis.codec import job_view, parse_library, parse_worker, text
-from sdworker.backends.redis.hub import StreamHub
-from sdworker.backends.redis.keys import Keys
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.parameters import model_label
 from sdworker.errors import JobNotFinished, JobNotFound, NotReady, QueueFull
@@ -42,8 +38,15 @@ from sdworker.jobs.spec import JobDraft
 from sdworker.jobs.state import JobStatus, JobView, WorkerInfo
 from sdworker.jobs.submission import build_spec, check_against_engine, check_lora_names, resolve_model
 from sdworker.settings import Settings
+from sdworker.stores.redis import scripts
+from sdworker.stores.redis.codec import job_view, parse_library, parse_worker, text
+from sdworker.stores.redis.hub import StreamHub
+from sdworker.stores.redis.keys import Keys
 
 log = logging.getLogger(__name__)
+
+PENDING = "pending:"  # an idempotency key whose first submit is still being accepted
+PENDING_MS = 30_000
 
 T = TypeVar("T")
 EVENTS_MAXLEN = 4096  # a job writes about 2 events per step; steps are capped far below this
@@ -130,11 +133,40 @@ class RedisJobService:
     ) -> JobView:
         if not self._accepting:
             raise NotReady("the server is shutting down and accepts no new jobs")
-        if idempotency_key is not None:
-            known = await self._call(self._redis.get(self._keys.idempotency(owner, idempotency_key)))
-            if known is not None:
-                with contextlib.suppress(JobNotFound):
-                    return await self.get(text(known) or "", owner=owner)
+        if idempotency_key is None:
+            return await self._submit_new(draft, owner, uuid.uuid4().hex)
+        return await self._submit_once(draft, owner, self._keys.idempotency(owner, idempotency_key))
+
+    async def _submit_once(self, draft: JobDraft, owner: str | None, key: str, tries: int = 3) -> JobView:
+        """The key is taken before anything else (``pending:<id>``, short-lived), so of two concurrent
+        submits with one key exactly one makes a job; the other waits for that job and returns it.
+        A key whose submit failed is freed; a key whose job expired is replaced."""
+        job_id = uuid.uuid4().hex
+        first = text(await self._call(self._redis.set(key, f"{PENDING}{job_id}", nx=True, get=True,
+                                                      px=PENDING_MS)))
+        if first is None:
+            try:
+                view = await self._submit_new(draft, owner, job_id)
+            except BaseException:
+                with contextlib.suppress(RedisError, OSError):
+                    if text(await self._redis.get(key)) == f"{PENDING}{job_id}":
+                        await self._redis.delete(key)
+                raise
+            await self._call(self._redis.set(key, job_id, px=ttl_ms(self._settings) + 3_600_000))
+            return view
+        deadline = time.monotonic() + PENDING_MS / 1000
+        while first is not None and first.startswith(PENDING) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the first submit is still checking its images
+            first = text(await self._call(self._redis.get(key)))
+        if first is not None and not first.startswith(PENDING):
+            with contextlib.suppress(JobNotFound):
+                return await self.get(first, owner=owner)
+            await self._call(self._redis.delete(key))  # its job expired: the key is free again
+        if tries <= 1:
+            raise NotReady("another submit with this Idempotency-Key is still being accepted; try again")
+        return await self._submit_once(draft, owner, key, tries - 1)
+
+    async def _submit_new(self, draft: JobDraft, owner: str | None, job_id: str) -> JobView:
         fleet = await self.fleet(fresh=True)
         served: dict[str, str] = {}
         engines: dict[str, EngineInfo] = {}
@@ -164,7 +196,6 @@ class RedisJobService:
         checked = await asyncio.to_thread(
             check_inputs, draft.request, max_pixels=self._settings.max_pixels, default_size=_native_size(model, fleet)
         )
-        job_id = uuid.uuid4().hex
         spec = build_spec(draft, checked, job_id=job_id, created_at=time.time(), owner=owner, model=model)
         position = await self._call(
             self._submit(
@@ -177,19 +208,13 @@ class RedisJobService:
                     self._keys.jobs,
                 ],
                 args=[job_id, json.dumps(spec.to_dict()), owner or "", model, spec.created_at,
-                      self._settings.max_queue, spec.request.num_inference_steps, EVENTS_MAXLEN],
+                      self._settings.max_queue, spec.request.num_inference_steps, EVENTS_MAXLEN,
+                      self._settings.max_results],
             )
         )
         if int(position) < 0:
             raise self._queue_full()
         await self._durable()
-        if idempotency_key is not None:
-            key = self._keys.idempotency(owner, idempotency_key)
-            first = await self._call(self._redis.set(key, job_id, nx=True, get=True,
-                                                     px=ttl_ms(self._settings) + 3_600_000))
-            if first is not None and text(first) != job_id:
-                await self.cancel(job_id)  # lost a race with the same key: keep the first job only
-                return await self.get(text(first) or "", owner=owner)
         self._metrics.jobs_submitted.inc()
         total = spec.request.num_inference_steps
         return JobView(spec=spec, status=JobStatus.QUEUED, total=total, queue_position=int(position))
@@ -198,8 +223,16 @@ class RedisJobService:
         fields = await self._call(self._redis.hgetall(self._keys.job(job_id)))
         return await self._view(job_id, fields, owner)
 
-    async def list_jobs(self, *, owner: str | None = None, limit: int = 100) -> list[JobView]:
-        return await self._views(self._keys.jobs, owner=owner, limit=limit)
+    async def list_jobs(
+        self, *, owner: str | None = None, limit: int = 100, before: str | None = None
+    ) -> list[JobView]:
+        start = 0
+        if before is not None:
+            rank = await self._call(self._redis.zrevrank(self._keys.jobs, before))
+            if rank is None:
+                return []
+            start = int(rank) + 1
+        return await self._views(self._keys.jobs, owner=owner, limit=limit, start=start)
 
     async def cancel(self, job_id: str, *, owner: str | None = None) -> JobView:
         return await self._control(job_id, "cancel", owner)
@@ -216,7 +249,8 @@ class RedisJobService:
             view = await self.get(job_id, owner=owner)
             if view.status.finished:
                 return view
-            sub = await self.open_stream(job_id, 0, owner=owner)
+            # Not counted as a watcher: a caller waiting for the outcome sees no preview.
+            sub = await self._call(self._hub.subscribe(job_id, 0, counted=False))
             if sub is not None:
                 try:
                     while (event := await sub.next(timeout=self._settings.keepalive_seconds + 5)) is not None:
@@ -392,8 +426,8 @@ class RedisJobService:
             watchers = sum(int(c) for c in counts)
         return job_view(fields, position=position, watchers=watchers)
 
-    async def _views(self, index_key: str, *, owner: str | None, limit: int) -> list[JobView]:
-        ids = [text(i) or "" for i in await self._call(self._redis.zrevrange(index_key, 0, max(limit * 4, limit) - 1))]
+    async def _views(self, index_key: str, *, owner: str | None, limit: int, start: int = 0) -> list[JobView]:
+        ids = [text(i) or "" for i in await self._call(self._redis.zrevrange(index_key, start, start + limit * 4 - 1))]
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hgetall(self._keys.job(job_id))

@@ -33,6 +33,43 @@ local function fail_with_end(job, ev, code, msg, maxlen)
   if code == 'cancelled' then marker = '[CANCELLED]' end
   return append(job, ev, 'end', cjson.encode({marker = marker}), maxlen)
 end
+local function strip_inputs(job)
+  -- A finished job does not need its input images (up to max_body_bytes each): the spec keeps null.
+  -- (JSON written by json.dumps; base64 has no braces, so %b{} spans exactly the image object.)
+  local spec = redis.call('HGET', job, 'spec')
+  if spec then
+    local stripped = string.gsub(spec, '"init_image":%s*%b{}', '"init_image": null')
+    stripped = string.gsub(stripped, '"mask_image":%s*%b{}', '"mask_image": null')
+    if stripped ~= spec then redis.call('HSET', job, 'spec', stripped) end
+  end
+end
+local function retire(job)
+  -- A job just finished: it joins <prefix>:done, and the oldest finished jobs above the job's 'keep'
+  -- (max_results at submit) go at once with all their keys and their place in the jobs index.
+  local prefix, id = string.match(job, '^(.*):job:([^:]+)$')
+  local keep = tonumber(redis.call('HGET', job, 'keep') or '0')
+  if (not prefix) or keep <= 0 then return end
+  local done = prefix .. ':done'
+  redis.call('ZADD', done, tonumber(at), id)
+  local excess = redis.call('ZCARD', done) - keep
+  if excess <= 0 then return end
+  local popped = redis.call('ZPOPMIN', done, excess)
+  for i = 1, #popped, 2 do
+    local old = prefix .. ':job:' .. popped[i]
+    local n = tonumber(redis.call('HGET', old, 'images') or '0')
+    for j = 0, n - 1 do redis.call('DEL', old .. ':img:' .. j) end
+    redis.call('DEL', old, old .. ':ev', old .. ':pv')
+    redis.call('ZREM', prefix .. ':jobs', popped[i])
+  end
+end
+local function cancel_now(job, ev, maxlen)
+  local msg = 'the job was cancelled'
+  redis.call('HSET', job, 'state', 'cancelled', 'finished', at, 'error_code', 'cancelled', 'error_message', msg)
+  strip_inputs(job)
+  local seq = fail_with_end(job, ev, 'cancelled', msg, maxlen)
+  retire(job)
+  return seq
+end
 local function ack(stream, entry)
   if entry then
     redis.call('XACK', stream, 'workers', entry)
@@ -42,12 +79,12 @@ end
 """
 
 # KEYS: job, ev, queued, queued_model, qstream, jobs
-# ARGV: job_id, spec_json, owner, model, created, max_queue, total, maxlen
+# ARGV: job_id, spec_json, owner, model, created, max_queue, total, maxlen, max_results
 SUBMIT = _PRELUDE + """
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6]) then return -1 end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempt', 0, 'fence', 0, 'seq', 0, 'spec', ARGV[2],
   'owner', ARGV[3], 'model', ARGV[4], 'created', ARGV[5], 'step', 0, 'total', ARGV[7], 'handback', 0,
-  'control', '')
+  'control', '', 'keep', ARGV[9])
 local entry = redis.call('XADD', KEYS[5], '*', 'job_id', ARGV[1])
 redis.call('HSET', KEYS[1], 'entry', entry)
 local score = tonumber(ARGV[5])
@@ -74,16 +111,16 @@ redis.call('ZREM', KEYS[5], ARGV[4])
 redis.call('ZREM', KEYS[6], ARGV[4])
 redis.call('DEL', KEYS[3])
 if state == 'cancelling' then
-  local msg = 'the job was cancelled'
-  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', at, 'error_code', 'cancelled', 'error_message', msg)
-  fail_with_end(KEYS[1], KEYS[2], 'cancelled', msg, ARGV[5])
+  cancel_now(KEYS[1], KEYS[2], ARGV[5])
   expire(ARGV[6], KEYS[1], KEYS[2])
   ack(KEYS[4], ARGV[1]); return {0}
 end
 if attempt > tonumber(ARGV[3]) then
   local msg = 'the job was lost with its worker ' .. (attempt - 1) .. ' times; it is in the dead-letter list'
   redis.call('HSET', KEYS[1], 'state', 'failed', 'finished', at, 'error_code', 'worker_lost', 'error_message', msg)
+  strip_inputs(KEYS[1])
   fail_with_end(KEYS[1], KEYS[2], 'worker_lost', msg, ARGV[5])
+  retire(KEYS[1])
   redis.call('ZADD', KEYS[7], tonumber(at), ARGV[4])
   expire(ARGV[6], KEYS[1], KEYS[2])
   ack(KEYS[4], ARGV[1]); return {-1}
@@ -123,6 +160,15 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if (state ~= 'running' and state ~= 'cancelling') or redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then
   return 0
 end
+if state == 'cancelling' and ARGV[2] == 'completed' then
+  -- The cancel was asked before this result was stored (e.g. while the worker flushed its outbox):
+  -- the cancel wins, as in every store.
+  cancel_now(KEYS[1], KEYS[2], ARGV[5])
+  expire(ARGV[4], KEYS[1], KEYS[2], KEYS[3])
+  ack(KEYS[4], redis.call('HGET', KEYS[1], 'entry'))
+  return 0
+end
+strip_inputs(KEYS[1])
 local n = #KEYS - 4
 for i = 1, n do redis.call('SET', KEYS[4 + i], ARGV[11 + i], 'PX', ARGV[4]) end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'finished', at, 'images', n)
@@ -137,6 +183,7 @@ else
 end
 if ARGV[11] ~= '' then seq = append(KEYS[1], KEYS[2], 'end', ARGV[11], ARGV[5]) end
 expire(ARGV[4], KEYS[1], KEYS[2], KEYS[3])
+retire(KEYS[1])
 ack(KEYS[4], redis.call('HGET', KEYS[1], 'entry'))
 return seq
 """
@@ -150,9 +197,7 @@ if state == 'queued' then
   ack(KEYS[4], redis.call('HGET', KEYS[1], 'entry'))
   redis.call('ZREM', KEYS[5], ARGV[2])
   redis.call('ZREM', KEYS[6], ARGV[2])
-  local msg = 'the job was cancelled'
-  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', at, 'error_code', 'cancelled', 'error_message', msg)
-  fail_with_end(KEYS[1], KEYS[2], 'cancelled', msg, ARGV[4])
+  cancel_now(KEYS[1], KEYS[2], ARGV[4])
   expire(ARGV[3], KEYS[1], KEYS[2], KEYS[3])
   return 'cancelled'
 end
@@ -194,11 +239,19 @@ for _, count in ipairs(redis.call('HVALS', KEYS[3])) do watchers = watchers + to
 return {1, redis.call('HGET', KEYS[1], 'control') or '', watchers}
 """
 
-# KEYS: job, qstream, queued, queued_model   ARGV: fence, job_id
-# Hand a running job back to the queue now (SIGTERM): not an attempt; the fence moves on.
-RELEASE = """
+# KEYS: job, qstream, queued, queued_model, ev, pv   ARGV: fence, job_id, ttl, maxlen
+# Hand a running job back to the queue now (SIGTERM): not an attempt; the fence moves on. A job being
+# cancelled is cancelled instead: nobody else would ever finish its cancel.
+RELEASE = _PRELUDE + """
 if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'cancelling' then
+  cancel_now(KEYS[1], KEYS[5], ARGV[4])
+  expire(ARGV[3], KEYS[1], KEYS[5], KEYS[6])
+  ack(KEYS[2], redis.call('HGET', KEYS[1], 'entry'))
+  return 2
+end
+if state ~= 'running' then return 0 end
 local old = redis.call('HGET', KEYS[1], 'entry')
 redis.call('XACK', KEYS[2], 'workers', old)
 redis.call('XDEL', KEYS[2], old)

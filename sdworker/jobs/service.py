@@ -1,8 +1,22 @@
-"""The memory backend: ``JobService`` and ``JobSource`` in one object, for one process
-(``sdworker serve`` without ``--redis``). The default, and what the job layer did before Redis.
+"""The job's life, written once: ``JobService`` and ``JobSource`` in one object for one process
+(``sdworker serve`` without ``--redis``), over a ``JobStore`` that only persists (memory or SQLite).
+
+The transitions and where each rule lives:
+
+- submit: the idempotency key is taken before the first await (two concurrent submits with one key
+  make one job), a queue slot is reserved before the images are decoded, the job is on the store
+  (durably) before its 202;
+- claim -> start: only a job still ``queued`` starts (a cancel that landed between the queue's pop
+  and the start wins);
+- publish/heartbeat: events of a running job are numbered by the bus and written through;
+- finish (``_complete``/``_fail``): a cancel asked before the result is stored wins; an interrupt
+  completes with the image so far; the input images are dropped; retention trims every index;
+- cancel/interrupt; release (hand-back: a ``cancelling`` job is cancelled, never left without an
+  owner); expire; retry after a restart (``reason: "restarted"``, counted against ``max_attempts``;
+  out of attempts = failed, which is this service's dead letter).
 
 Everything runs on the event loop, so no lock is needed: the runner reaches it through its
-``MemoryLease`` (whose methods the runner calls on the loop; the GPU thread hops over with
+``LocalLease`` (whose methods the runner calls on the loop; the GPU thread hops over with
 ``loop.call_soon_threadsafe``). Every state change is also published on the bus, so watchers and
 ``GET /v1/jobs/{id}`` agree.
 
@@ -32,10 +46,12 @@ from sdworker.events.types import (
     JobEvent,
     JobFailed,
     JobQueued,
+    JobRetrying,
     JobStarted,
     PreviewReady,
     StepProgressed,
     end_marker,
+    without_image,
 )
 from sdworker.jobs.inputs import DEFAULT_SIZE, check_inputs
 from sdworker.jobs.metrics import ServiceMetrics
@@ -43,7 +59,7 @@ from sdworker.jobs.protocol import FleetInfo, Lease
 from sdworker.jobs.queue import InMemoryJobQueue
 from sdworker.jobs.spec import JobDraft, JobSpec
 from sdworker.jobs.state import JobStatus, JobView
-from sdworker.jobs.store import InMemoryJobStore, JobRecord
+from sdworker.jobs.store import JobIndex, JobRecord, JobStore
 from sdworker.jobs.submission import (
     ModelLibrary,
     build_spec,
@@ -57,13 +73,14 @@ log = logging.getLogger(__name__)
 
 SHUTTING_DOWN = "shutting_down"
 CANCELLED = "cancelled"
+RESTARTED = "restarted"
 HOUSEKEEPING_SECONDS = 1.0
 
 
-class MemoryLease:
+class LocalLease:
     """The runner's hold on one job. ``publish`` and the finishers run on the event loop."""
 
-    def __init__(self, service: MemoryJobService, record: JobRecord) -> None:
+    def __init__(self, service: LocalJobService, record: JobRecord) -> None:
         self._service = service
         self._record = record
         self.spec = record.spec
@@ -94,23 +111,26 @@ class MemoryLease:
             self._service._hand_back(self._record)
 
 
-class MemoryJobService:
-    backend = "memory"
-
+class LocalJobService:
     def __init__(
         self,
         settings: Settings,
         metrics: ServiceMetrics,
         *,
+        store: JobStore,
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
+        """``store``: where jobs are kept (``sdworker.stores``). A durable store's jobs are loaded here
+        and resumed (``_resume``) before the runner's first claim."""
+        self.store = store
+        self.backend = store.name
         self._settings = settings
         self._metrics = metrics
         self._clock = clock
         self._new_id = new_id
         self.bus = EventBus(stall_seconds=settings.watcher_stall_seconds)
-        self._store = InMemoryJobStore(
+        self._store = JobIndex(
             settings.result_ttl_seconds,
             clock=clock,
             max_results=settings.max_results,
@@ -118,6 +138,9 @@ class MemoryJobService:
         )
         self._queue = InMemoryJobQueue(settings.max_queue, retry_after_seconds=self.retry_after_seconds)
         self._idempotency: dict[tuple[str | None, str], str] = {}
+        # Keys whose first submit is still between its check and its store write: a second submit with
+        # the key waits for the first one's answer instead of making a second job.
+        self._pending_keys: dict[tuple[str | None, str], asyncio.Future[JobView]] = {}
         self._finished: dict[str, asyncio.Event] = {}
         self._accepting = True
         self._claims_stopped = asyncio.Event()
@@ -128,16 +151,37 @@ class MemoryJobService:
         self._housekeeping: asyncio.Task[None] | None = None
         self._library: ModelLibrary | None = None
         metrics.bind(queue_depth=lambda: len(self._queue), watchers=self.bus.total_watchers)
+        self._resume()
 
     # --- API side -----------------------------------------------------------------------------
 
     async def submit(
         self, draft: JobDraft, *, owner: str | None = None, idempotency_key: str | None = None
     ) -> JobView:
-        if idempotency_key is not None:
-            known = self._idempotency.get((owner, idempotency_key))
-            if known is not None and self._store.get(known) is not None:
-                return self._view(self._store.get(known))  # type: ignore[arg-type]
+        if idempotency_key is None:
+            return await self._submit(draft, owner, None)
+        key = (owner, idempotency_key)
+        known = self._idempotency.get(key)
+        if known is not None and self._store.get(known) is not None:
+            return self._view(self._store.get(known))  # type: ignore[arg-type]
+        pending = self._pending_keys.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[JobView] = asyncio.get_running_loop().create_future()
+        self._pending_keys[key] = future
+        try:
+            view = await self._submit(draft, owner, idempotency_key)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a refused first submit is no error of the event loop
+            raise
+        else:
+            future.set_result(view)
+            return view
+        finally:
+            del self._pending_keys[key]
+
+    async def _submit(self, draft: JobDraft, owner: str | None, idempotency_key: str | None) -> JobView:
         self._check_available()
         check_against_engine(draft, self._engine_info)
         model, default_size = await self._pick_model(draft)
@@ -153,31 +197,46 @@ class MemoryJobService:
         spec = build_spec(
             draft, checked, job_id=self._new_id(), created_at=self._clock(), owner=owner, model=model
         )
-        record = JobRecord(spec=spec, total=spec.request.num_inference_steps)
+        record = JobRecord(spec=spec, total=spec.request.num_inference_steps, idempotency_key=idempotency_key)
+        try:
+            self.store.save(record, durable=True)  # on disk before the 202
+        except BaseException:
+            self._queue.release(reservation)
+            raise
         self._store.add(record)
         self.bus.open(spec.job_id)
         position = self._queue.put(reservation, spec)
         if idempotency_key is not None:
             self._idempotency[(owner, idempotency_key)] = spec.job_id
         self._metrics.jobs_submitted.inc()
-        self.bus.publish(JobQueued(job_id=spec.job_id, position=position))
+        self._emit(JobQueued(job_id=spec.job_id, position=position))
         return self._view(record)
 
     async def get(self, job_id: str, *, owner: str | None = None) -> JobView:
         return self._view(self._record(job_id, owner))
 
-    async def list_jobs(self, *, owner: str | None = None, limit: int = 100) -> list[JobView]:
+    async def list_jobs(
+        self, *, owner: str | None = None, limit: int = 100, before: str | None = None
+    ) -> list[JobView]:
+        """Newest first; ``before``: only jobs submitted before that job (the next page)."""
         records = [r for r in reversed(self._store.records()) if owner is None or r.spec.owner == owner]
+        if before is not None:
+            ids = [r.job_id for r in records]
+            records = records[ids.index(before) + 1:] if before in ids else []
         return [self._view(r) for r in records[:limit]]
 
     async def cancel(self, job_id: str, *, owner: str | None = None) -> JobView:
         record = self._record(job_id, owner)
-        if record.status is JobStatus.QUEUED and self._queue.remove(job_id):
+        if record.status is JobStatus.QUEUED:
+            # Also when the runner's claim has taken it off the queue but not started it yet: the
+            # start looks at the status and skips a job that is no longer queued.
+            self._queue.remove(job_id)
             self._finish(record, JobStatus.CANCELLED, CANCELLED, "the job was cancelled")
             self._publish_positions()
         elif record.status is JobStatus.RUNNING:
             record.control.cancel()
             record.status = JobStatus.CANCELLING
+            self.store.save(record)
         return self._view(record)
 
     async def interrupt(self, job_id: str, *, owner: str | None = None) -> JobView:
@@ -189,6 +248,8 @@ class MemoryJobService:
 
     async def open_stream(self, job_id: str, after: int = 0, *, owner: str | None = None) -> Subscription | None:
         self._record(job_id, owner)
+        if not self.bus.knows(job_id):
+            self._reopen_channel(job_id)
         if not self.bus.knows(job_id):
             raise JobNotFound(f"no event stream for job {job_id!r} (its result expired)", field="job_id")
         if self.bus.is_finished(job_id) and after >= self.bus.last_seq(job_id):
@@ -207,9 +268,12 @@ class MemoryJobService:
         record = self._record(job_id, owner)
         if record.status is not JobStatus.COMPLETED:
             raise JobNotFinished(f"job {job_id} is {record.status.value}; it has no image", field="job_id")
-        if not 0 <= index < len(record.images):
-            raise JobNotFound(f"index must be in 0..{len(record.images) - 1}, got {index}", field="index")
-        return record.images[index]
+        if not 0 <= index < len(record.image_sizes):
+            raise JobNotFound(f"index must be in 0..{len(record.image_sizes) - 1}, got {index}", field="index")
+        image = self.store.image(job_id, index)
+        if image is None:
+            raise JobNotFound(f"the image of job {job_id!r} is gone from the outputs folder", field="job_id")
+        return image
 
     async def fleet(self) -> FleetInfo:
         # ``models`` stays --model's name (what the compat doors list and hash); ``library`` has the rest.
@@ -220,7 +284,8 @@ class MemoryJobService:
             models, loras = await asyncio.to_thread(lambda: (library.list_models(), library.list_loras()))
         model = self._settings.model
         return FleetInfo(
-            models=(model,), engine=self._engine_info, queue_depth=len(self._queue), library=models, loras=loras
+            models=(model,), engine=self._engine_info, queue_depth=len(self._queue), library=models, loras=loras,
+            backend=self.backend,
         )
 
     async def refresh_models(self) -> None:
@@ -271,6 +336,7 @@ class MemoryJobService:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
+        self.store.close()
 
     # --- GPU side (JobSource) ------------------------------------------------------------------
 
@@ -318,7 +384,7 @@ class MemoryJobService:
         for each in specs:
             record = self._start(each.job_id)
             if record is not None:
-                leases.append(MemoryLease(self, record))
+                leases.append(LocalLease(self, record))
         if specs:
             self._publish_positions()
         return leases
@@ -380,7 +446,8 @@ class MemoryJobService:
         record.status = JobStatus.RUNNING
         record.attempt += 1
         record.started_at = self._clock()
-        self.bus.publish(JobStarted(job_id=job_id, attempt=record.attempt, worker="local"))
+        self.store.save(record)
+        self._emit(JobStarted(job_id=job_id, attempt=record.attempt, worker="local"))
         return record
 
     def _record_event(self, event: JobEvent) -> None:
@@ -390,7 +457,7 @@ class MemoryJobService:
         if isinstance(event, StepProgressed | PreviewReady):
             record.step = max(record.step, event.step)
             record.total = event.total
-        self.bus.publish(event)
+        self._emit(event)
 
     def _complete(
         self, record: JobRecord, images: tuple[bytes, ...], seeds: tuple[int, ...], width: int, height: int
@@ -402,7 +469,9 @@ class MemoryJobService:
             # "cancelling" the caller got): the cancel wins.
             self._fail(record, CANCELLED, "the job was cancelled", cancelled=True)
             return False
-        record.images, record.seeds, record.width, record.height = images, seeds, width, height
+        self.store.save_images(record, images)
+        record.image_sizes = tuple(len(png) for png in images)
+        record.seeds, record.width, record.height = seeds, width, height
         record.step = record.total
         self._finish(record, JobStatus.COMPLETED, None, None)
         self._publish_outcome(
@@ -422,9 +491,15 @@ class MemoryJobService:
     def _hand_back(self, record: JobRecord) -> None:
         if record.status.finished:
             return
+        if record.status is JobStatus.CANCELLING:
+            # The cancel was asked of the attempt now handed back: honour it, or nobody ever would.
+            self._fail(record, CANCELLED, "the job was cancelled", cancelled=True)
+            return
         record.status = JobStatus.QUEUED
         record.attempt -= 1  # a hand-back is not an attempt
         record.control = CancelToken()
+        record.step = 0
+        self.store.save(record, durable=True)
         self._queue.put_front(record.spec)
         self._publish_positions()
 
@@ -434,6 +509,7 @@ class MemoryJobService:
         # The input images (up to max_body_bytes each) are not needed once the job has run.
         record.spec = replace(record.spec, request=replace(record.spec.request, init_image=None, mask_image=None))
         record.error_code, record.error_message = code, message
+        self.store.save(record, durable=True)
         self._metrics.jobs_finished.labels(outcome=status.value).inc()
         if record.started_at is not None:
             seconds = record.finished_at - record.started_at
@@ -448,8 +524,8 @@ class MemoryJobService:
     def _publish_outcome(self, terminal: JobCompleted | JobFailed) -> None:
         """The terminal event and, right after it in the same loop turn, the end marker (rbee's
         ``[DONE]``/``[ERROR] ...``/``[CANCELLED]``): the last event of the stream."""
-        if self.bus.publish(terminal) is not None:
-            self.bus.publish(end_marker(terminal))
+        if self._emit(terminal) is not None:
+            self._emit(end_marker(terminal))
 
     def _reject_queued(self, code: str, message: str) -> None:
         for job_id in self._queue.job_ids():
@@ -460,7 +536,7 @@ class MemoryJobService:
 
     def _publish_positions(self) -> None:
         for position, job_id in enumerate(self._queue.job_ids(), start=1):
-            self.bus.publish(JobQueued(job_id=job_id, position=position))
+            self._emit(JobQueued(job_id=job_id, position=position))
 
     def _expire(self) -> None:
         self._drop(self._store.expire())
@@ -471,6 +547,57 @@ class MemoryJobService:
             self.bus.forget(job_id)
         if gone:
             self._idempotency = {k: v for k, v in self._idempotency.items() if v not in gone}
+            self.store.delete(gone)
+
+    def _emit(self, event: JobEvent) -> JobEvent | None:
+        """Number the event on the bus (fan-out, replay) and write it through to the store. A preview
+        is stored without its image (replay keeps only the latest preview's image anyway)."""
+        stamped = self.bus.publish(event)
+        if stamped is not None:
+            self.store.append_event(without_image(stamped) if isinstance(stamped, PreviewReady) else stamped)
+        return stamped
+
+    def _resume(self) -> None:
+        """Load a durable store's jobs (a restart, even after SIGKILL): finished jobs are served again,
+        queued ones run in their order, a job that was running is retried first, from step 1 with the
+        same seed (``retrying``, reason ``restarted``, counted against ``max_attempts``); one that was
+        being cancelled ends cancelled. Event channels of unfinished jobs are rebuilt now (their ids
+        continue), those of finished jobs when somebody asks for their stream."""
+        retried: list[JobSpec] = []
+        queued: list[JobSpec] = []
+        for stored in self.store.load():
+            record = stored.record
+            self._store.add(record)
+            if record.idempotency_key is not None:
+                self._idempotency[(record.spec.owner, record.idempotency_key)] = record.job_id
+            if record.status.finished:
+                continue
+            self.bus.open(record.job_id)
+            for event in stored.events:
+                self.bus.accept(event)
+            if record.status is JobStatus.QUEUED:
+                queued.append(record.spec)
+            elif record.status is JobStatus.CANCELLING:
+                self._fail(record, CANCELLED, "the job was cancelled", cancelled=True)
+            elif record.attempt >= self._settings.max_attempts:
+                self._fail(record, "worker_lost",
+                           f"the server stopped while the job ran, {record.attempt} times; it is not tried again",
+                           cancelled=False)
+            else:
+                record.status, record.step, record.started_at = JobStatus.QUEUED, 0, None
+                self.store.save(record, durable=True)
+                self._emit(JobRetrying(job_id=record.job_id, attempt=record.attempt + 1, reason=RESTARTED))
+                retried.append(record.spec)
+        for spec in [*retried, *queued]:
+            self._queue.restore(spec)
+
+    def _reopen_channel(self, job_id: str) -> None:
+        """A finished job's events from the store, for a stream asked after a restart."""
+        events = self.store.events(job_id)
+        if events:
+            self.bus.open(job_id)
+            for event in events:
+                self.bus.accept(event)
 
     async def _housekeep(self) -> None:
         while True:

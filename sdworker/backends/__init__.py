@@ -1,1 +1,0 @@
-"""Other implementations of the job layer's protocols (``sdworker.jobs.protocol``): Redis."""
