@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The torch pin first, alone: on this project's machines it resolves to the CPU wheel on disk.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q --progress-bar off -e '.[all,test]'
+	$(BIN)/python -m pip install -q --progress-bar off -e '.[all,test,docs]'
 	@rm -f $(VENV)/.deps-* && touch $@
 
 system-deps:

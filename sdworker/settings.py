@@ -96,6 +96,7 @@ class Settings(BaseSettings):
     header_timeout_seconds: Seconds = Field(
         10.0, description="a connection whose request line and headers take longer is closed"
     )
+    mcp: bool = Field(True, description="serve the MCP tools at /mcp (Streamable HTTP; --no-mcp: off)")
 
     # Auth
     api_keys: tuple[str, ...] = Field((), repr=False, description="API keys for job routes (repeat the flag)")
