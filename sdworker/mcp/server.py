@@ -15,6 +15,7 @@ from typing import Any
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
 
 from sdworker import __version__
 from sdworker.mcp.gateway import Gateway, ToolError
@@ -31,8 +32,11 @@ def build_server(gateway_for: Callable[[ServerRequestContext[Any]], Gateway], *,
     async def list_tools(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        openapi = await gateway_for(ctx).openapi()
-        return types.ListToolsResult(tools=tool_list(openapi, local_files=local_files))
+        try:
+            openapi = await gateway_for(ctx).openapi()
+            return types.ListToolsResult(tools=tool_list(openapi, local_files=local_files))
+        except ToolError as exc:  # e.g. the worker of `sdworker mcp` cannot be reached: say so, with its code
+            raise MCPError(types.INTERNAL_ERROR, f"{exc.code}: {exc.message}", {"code": exc.code}) from exc
 
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         arguments = params.arguments or {}

@@ -13,11 +13,14 @@ import httpx
 import mcp_types as types
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from sdworker.api.schemas import JobRequest
 from tests.api.helpers import png_b64
 from tests.mcp_tools.conftest import KEY, OTHER_KEY, Worker
 from tests.mcp_tools.session import http_client, inline_image, stdio_client, summary_of, text_of
+
+pytestmark = pytest.mark.live  # a real uvicorn (conftest.py): Streamable HTTP responses must stream
 
 Connect = Callable[..., AbstractAsyncContextManager[Client]]
 
@@ -187,3 +190,13 @@ async def test_without_the_key(worker: Worker, connect: Connect) -> None:
         async with connect(worker, None) as session:
             result = await session.call_tool("generate_image", {"prompt": "a cat", "steps": 2})
             assert result.is_error and text_of(result).startswith("unauthorized:")
+
+
+async def test_stdio_names_a_worker_it_cannot_reach() -> None:
+    from tests.live.server import free_port
+
+    async with stdio_client(f"http://127.0.0.1:{free_port()}", KEY) as session:
+        with pytest.raises(MCPError, match=r"cannot reach|connection"):
+            await session.list_tools()
+        result = await session.call_tool("get_job", {"job_id": "x"})
+        assert result.is_error and text_of(result).startswith("connection_lost:")
