@@ -22,7 +22,7 @@ run: $(STAMP)
 	$(BIN)/sdworker serve --model demo $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check sdworker tests bench
+	$(BIN)/ruff check sdworker tests bench scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
