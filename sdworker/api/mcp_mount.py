@@ -136,7 +136,8 @@ class McpMount:
         def gateway_for(ctx: ServerRequestContext[Any]) -> ServiceGateway:
             request = ctx.request
             owner = getattr(request.state, "owner", None) if isinstance(request, Request) else None
-            base_url = str(request.base_url) if isinstance(request, Request) else ""
+            # Links for the caller: --public-url behind a proxy, else the address the request came to.
+            base_url = settings.public_url or (str(request.base_url) if isinstance(request, Request) else "")
             return ServiceGateway(
                 service, settings, links, openapi, owner=owner if isinstance(owner, str) else None, base_url=base_url
             )
