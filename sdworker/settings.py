@@ -102,6 +102,7 @@ class Settings(BaseSettings):
     body_min_rate_bytes: int = Field(
         1024, ge=1, le=1024 * MiB, description="each byte received extends the body deadline by 1/this seconds"
     )
+    mcp: bool = Field(True, description="serve the MCP tools at /mcp (Streamable HTTP; --no-mcp: off)")
 
     # Auth
     api_keys: tuple[str, ...] = Field((), repr=False, description="API keys for job routes (repeat the flag)")

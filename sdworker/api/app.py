@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -29,6 +29,7 @@ from sdworker.api.compat.a1111_state import A1111State
 from sdworker.api.compat.openai_routes import router as openai_router
 from sdworker.api.edge import install_edge
 from sdworker.api.errors import install_error_handlers
+from sdworker.api.mcp_mount import McpMount
 from sdworker.api.routes_fleet import router as fleet_router
 from sdworker.api.routes_jobs import router as jobs_router
 from sdworker.api.routes_models import router as models_router
@@ -89,12 +90,17 @@ def create_app(
     keys = KeyRing(settings)
     signer = url_signer(settings)
 
+    mcp: McpMount | None = None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         install_reload(keys)
         await node.start()
         try:
-            yield
+            async with AsyncExitStack() as stack:
+                if mcp is not None:
+                    await stack.enter_async_context(mcp.run())
+                yield
         finally:
             await node.stop()
 
@@ -121,6 +127,9 @@ def create_app(
     app.include_router(models_router)
     app.include_router(openai_router)
     app.include_router(a1111_router)
+    if settings.mcp:  # /mcp: the MCP tools over Streamable HTTP (api/mcp_mount.py), behind the same keys
+        mcp = McpMount(service, settings, app.state.links, app.openapi)
+        app.router.routes.append(mcp.route)
     app.add_middleware(AuthMiddleware, ring=keys, signer=signer, metrics_public=settings.metrics_public)
     # --- The HTTP edge (api/edge.py): Host/Origin/CORS/content-type guard, body limit, offline
     # /docs, documented error answers. Everything about the edge stays in this one call.

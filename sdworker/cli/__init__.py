@@ -1,7 +1,8 @@
 """The ``sdworker`` command line. Parses flags, builds ``Settings`` and hands over; no business logic.
 
 Commands: ``serve`` (HTTP + one worker in one process), ``api`` and ``worker`` (the two halves of a
-Redis fleet), ``generate`` (one generation, PNGs out), ``demo-model``. Every setting has a flag and an
+Redis fleet), ``generate`` (one generation, PNGs out), ``mcp`` (an MCP server on stdio for a remote
+worker), ``demo-model``. Every setting has a flag and an
 environment variable ``SDWORKER_<NAME>`` (made from ``Settings`` by ``cli/flags.py``); a flag given on
 the command line wins over the environment, which wins over the default. A bad value, flag or
 variable, is one line on stderr and exit code 2, before anything loads.
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.add_argument("--url", default=None, help="run on the sdworker at this URL (also SDWORKER_URL)")
 
+    mcp = sub.add_parser("mcp", help="an MCP server on stdio that drives the sdworker at --url (for MCP hosts)")
+    mcp.add_argument("--url", default=None, help="the sdworker's URL (also SDWORKER_URL)")
+    mcp.add_argument("--api-key", dest="api_key", default=None, help="its API key (better: SDWORKER_API_KEY)")
+
     demo = sub.add_parser("demo-model", help="write the tiny random-weight demo model to DIR")
     demo.add_argument("dir")
     return parser
@@ -87,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sdworker.cli.generate import run_generate
 
             return run_generate(args)
+        if args.command == "mcp":
+            return _run_mcp(args)
         if args.command == "demo-model":
             from sdworker.cli.demo import run_demo_model
 
@@ -102,6 +109,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sdworker: error: {message}", file=sys.stderr)
         return 2
     return 2
+
+
+def _run_mcp(args: argparse.Namespace) -> int:
+    """``sdworker mcp``: client-only (``sdworker[mcp]``), like ``generate --url``."""
+    from sdworker.cli.remote import remote_url
+
+    url = remote_url(args)
+    if url is None:
+        print("sdworker: error: mcp: give the worker's URL with --url or SDWORKER_URL", file=sys.stderr)
+        return 2
+    from sdworker.mcp.stdio import run_stdio
+
+    return run_stdio(url, args.api_key)
 
 
 def _run_fleet_node(args: argparse.Namespace) -> int:

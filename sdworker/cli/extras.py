@@ -18,6 +18,8 @@ WORKER_MODULES = frozenset({
 def missing_worker_package(exc: ModuleNotFoundError, command: str) -> str | None:
     """The one-line message for ``exc``, or None when the missing module is not one of the extras'."""
     top = (exc.name or "").split(".")[0]
+    if command == "mcp" and top in ("mcp", "mcp_types"):
+        return f"`sdworker mcp` needs the MCP SDK (no module {top!r}): pip install 'sdworker[mcp]'"
     if top not in WORKER_MODULES:
         return None
     return (

@@ -41,6 +41,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "HTTP": (
         "host", "port", "max_body_bytes", "cors_origins", "allowed_hosts", "public_url", "header_timeout_seconds",
         "body_timeout_seconds", "body_min_rate_bytes",
+        "mcp",
     ),
     "auth": ("api_keys", "api_keys_file", "admin_api_keys", "signing_secret", "allow_no_auth", "metrics_public"),
     "jobs": (

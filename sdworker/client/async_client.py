@@ -210,6 +210,21 @@ class AsyncClient:
     async def info(self) -> ServerInfo:
         return ServerInfo.from_json(await self._json("GET", "/v1/info"))
 
+    async def models(self) -> builtins.list[dict[str, Any]]:
+        """``GET /v1/models``: each model's id, family (``architecture``), native size and ``default``."""
+        body = await self._json("GET", "/v1/models")
+        return list(body.get("data") or [])
+
+    async def loras(self) -> builtins.list[dict[str, Any]]:
+        """``GET /v1/loras``: the LoRAs a job may name, with their family."""
+        body = await self._json("GET", "/v1/loras")
+        return list(body.get("data") or [])
+
+    async def openapi(self) -> dict[str, Any]:
+        """The server's OpenAPI document (``/openapi.json``)."""
+        body: dict[str, Any] = await self._json("GET", "/openapi.json")
+        return body
+
     async def health(self) -> Health:
         body = await self._json("GET", "/health")
         return Health(status=str(body.get("status")), timestamp=body.get("timestamp"))

@@ -223,6 +223,19 @@ class Client:
     def info(self) -> ServerInfo:
         return ServerInfo.from_json(self._json("GET", "/v1/info"))
 
+    def models(self) -> builtins.list[dict[str, Any]]:
+        """``GET /v1/models``: each model's id, family (``architecture``), native size and ``default``."""
+        return list(self._json("GET", "/v1/models").get("data") or [])
+
+    def loras(self) -> builtins.list[dict[str, Any]]:
+        """``GET /v1/loras``: the LoRAs a job may name, with their family."""
+        return list(self._json("GET", "/v1/loras").get("data") or [])
+
+    def openapi(self) -> dict[str, Any]:
+        """The server's OpenAPI document (``/openapi.json``)."""
+        body: dict[str, Any] = self._json("GET", "/openapi.json")
+        return body
+
     def health(self) -> Health:
         body = self._json("GET", "/health")
         return Health(status=str(body.get("status")), timestamp=body.get("timestamp"))

@@ -156,3 +156,19 @@ def test_submit_sends_only_given_fields_and_one_idempotency_key_per_call() -> No
     assert first == second and key1 == key2
     assert first == {"prompt": "a cat", "steps": 4, "init_image": base64.b64encode(b"\x89PNG...").decode(),
                      "preview": {"every": 0}, "operation": "image_transform"}
+
+
+def test_models_loras_and_the_openapi_document() -> None:
+    answers = {
+        "/v1/models": {"object": "list", "data": [{"id": "demo", "architecture": "sd1", "default": True}]},
+        "/v1/loras": {"object": "list", "data": [{"name": "demo-peft", "family": "sd1", "format": "peft"}]},
+        "/openapi.json": {"openapi": "3.1.0", "paths": {}},
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=answers[request.url.path])
+
+    with mock(handler) as client:
+        assert client.models() == answers["/v1/models"]["data"]
+        assert client.loras() == answers["/v1/loras"]["data"]
+        assert client.openapi()["openapi"] == "3.1.0"
