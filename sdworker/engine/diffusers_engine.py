@@ -45,7 +45,7 @@ from sdworker.engine.batch import failure, run_group
 from sdworker.engine.decoding import decode_latents
 from sdworker.engine.embeddings import EmbeddingStore
 from sdworker.engine.hashing import HashCache
-from sdworker.engine.library import NATIVE_SIZES, LoraEntry, ModelEntry, ModelLibrary
+from sdworker.engine.library import LoraEntry, ModelEntry, ModelLibrary, native_size
 from sdworker.engine.models import LoadedModel, ModelSource, build_pipelines, detect_family, load_model
 from sdworker.engine.protocol import BatchItem, ModelLoadHook, StepHook
 from sdworker.engine.schedulers import describe_scheduler
@@ -93,7 +93,7 @@ class DiffusersEngine:
         engine = cls(settings, model_name=model_name, **kwargs)
         family = detect_family(pipe)
         context = pipe.unet.config.get("cross_attention_dim")
-        entry = ModelEntry(model_name, family, "memory", ModelSource("memory", model_name), NATIVE_SIZES[family],
+        entry = ModelEntry(model_name, family, "memory", ModelSource("memory", model_name), native_size(family),
                            context if isinstance(context, int) else None, None)
         engine._library = ModelLibrary(settings, memory=entry)
         model = build_pipelines(pipe, family, pipe.device, pipe.unet.dtype, entry.source)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from sdworker.domain.families import family_facts
 from sdworker.domain.parameters import model_label
 from sdworker.domain.prompt_syntax import normalize_lora_name
 from sdworker.engine.models import PICKLE_SUFFIXES, ModelSource, resolve_source
@@ -36,7 +37,6 @@ from sdworker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-NATIVE_SIZES = {"sd1": 512, "sd2": 768, "sdxl": 1024}
 _CONTEXT_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _MAX_DEPTH = 4
@@ -63,6 +63,10 @@ class LoraEntry:
     family: str | None
     format: str  # peft | kohya | unknown
     context_dim: int | None
+
+
+def native_size(family: str) -> int:
+    return family_facts(family).native_size
 
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:
@@ -149,7 +153,7 @@ class ModelLibrary:
             name = model_label(self.settings.model)
             if source.kind == "hub":
                 family = "sdxl" if "xl" in source.location.lower() else "sd1"
-                self._extra = ModelEntry(name, family, "hub", source, NATIVE_SIZES[family], None, None)
+                self._extra = ModelEntry(name, family, "hub", source, native_size(family), None, None)
             else:
                 self._extra = self._describe(Path(source.location), name, source)
         return self._extra
@@ -204,7 +208,7 @@ class ModelLibrary:
             return _describe_folder(path, name, source)
         if source.kind == "single_file":
             return _describe_checkpoint(path, name, source)
-        return ModelEntry(name, "sd1", "file", source, NATIVE_SIZES["sd1"], None, path)  # a pickle: not opened
+        return ModelEntry(name, "sd1", "file", source, native_size("sd1"), None, path)  # a pickle: not opened
 
     def models(self) -> list[ModelEntry]:
         with self._lock:
@@ -236,7 +240,7 @@ class ModelLibrary:
         with self._lock:
             entry = self._models.get(name)
             if entry is not None and entry.family != family:
-                self._models[name] = replace(entry, family=family, native_size=NATIVE_SIZES[family])
+                self._models[name] = replace(entry, family=family, native_size=native_size(family))
 
     def _names_hint(self) -> str:
         names = list(self._models)
@@ -341,7 +345,7 @@ def _describe_folder(path: Path, name: str, source: ModelSource) -> ModelEntry:
     family = "sdxl" if "XL" in str(index.get("_class_name", "")) else "sd2" if context_dim == 1024 else "sd1"
     sample = unet.get("sample_size")
     factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
-    native = int(sample) * factor if isinstance(sample, int) else NATIVE_SIZES[family]
+    native = int(sample) * factor if isinstance(sample, int) else native_size(family)
     weights = next(
         (p for p in (path / "unet" / "diffusion_pytorch_model.safetensors",
                      path / "unet" / "diffusion_pytorch_model.fp16.safetensors") if p.is_file()),
@@ -363,7 +367,7 @@ def _describe_checkpoint(path: Path, name: str, source: ModelSource) -> ModelEnt
         (int(v["shape"][1]) for k, v in header.items() if _CHECKPOINT_TO_K.match(k) and len(v.get("shape", [])) == 2),
         None,
     )
-    return ModelEntry(name, family, "file", source, NATIVE_SIZES[family], context_dim, path)
+    return ModelEntry(name, family, "file", source, native_size(family), context_dim, path)
 
 
 def _describe_lora(name: str, path: Path, header: dict[str, Any]) -> LoraEntry:

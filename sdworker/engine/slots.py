@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from sdworker.domain.batch_plan import resolve_max_batch
+from sdworker.domain.families import family_facts
 from sdworker.domain.request import GenerationRequest
 from sdworker.domain.result import AppliedLora, GenerationResult
 from sdworker.engine.compile import CompiledUnet, apply_compile
@@ -145,7 +146,8 @@ def build_slot(
     decoders: dict[str, PreviewDecoder] = {}
     for method in ("latent2rgb", "vae", *(["taesd"] if tiny is not None else [])):
         try:
-            decoders[method] = create_decoder(method, family=model.family, vae=model.text_to_image.vae, taesd=tiny)
+            decoders[method] = create_decoder(method, latent2rgb=family_facts(model.family).latent.coefficients,
+                                             vae=model.text_to_image.vae, taesd=tiny)
         except (KeyError, ValueError) as exc:
             log.warning("preview method %s unavailable: %s", method, exc)
     sha256 = None

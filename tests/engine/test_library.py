@@ -12,6 +12,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+from sdworker.domain.families import family_facts
 from sdworker.domain.request import GenerationRequest
 from sdworker.engine.demo_model import CHECKPOINT_NAME
 from sdworker.engine.diffusers_engine import DiffusersEngine
@@ -148,6 +149,7 @@ def test_previews_follow_the_family_of_the_model_that_runs(demo_bundle: Path, tm
         result = engine.generate(GenerationRequest("a cat", model=model, **BASE),
                                  on_step=lambda view: seen.append(view.render_preview("auto", 32)))
         slot = engine._slot(engine.library.model(model), None)
-        assert slot.decoders["latent2rgb"].family == result.family  # type: ignore[attr-defined]
+        coefficients = family_facts(result.family).latent.coefficients
+        assert slot.decoders["latent2rgb"].table == coefficients  # type: ignore[attr-defined]
         assert "taesd" in slot.decoders  # each demo folder ships its own taesd/
     assert all(p is not None and p.method == "taesd" for p in seen)
