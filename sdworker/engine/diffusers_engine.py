@@ -37,6 +37,7 @@ from sdworker.domain.batch_plan import BatchKey, batch_key, group_positions
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.checks import check_library_fields, check_lora_weight, check_request
 from sdworker.domain.control import CancelToken
+from sdworker.domain.families import family_facts
 from sdworker.domain.prompt_syntax import extract_lora_tags, merge_loras
 from sdworker.domain.request import GenerationRequest, Operation
 from sdworker.domain.result import GenerationResult
@@ -44,13 +45,14 @@ from sdworker.domain.scheduler_names import SCHEDULER_NAMES
 from sdworker.engine.batch import failure, run_group
 from sdworker.engine.decoding import decode_latents
 from sdworker.engine.embeddings import EmbeddingStore
+from sdworker.engine.families import flow_adapter, ignored_field_warnings, unpacking_renderer
 from sdworker.engine.hashing import HashCache
 from sdworker.engine.library import LoraEntry, ModelEntry, ModelLibrary, native_size
 from sdworker.engine.models import LoadedModel, ModelSource, build_pipelines, detect_family, load_model
 from sdworker.engine.protocol import BatchItem, ModelLoadHook, StepHook
 from sdworker.engine.schedulers import describe_scheduler
 from sdworker.engine.slots import ModelSlot, TaesdCache, build_slot
-from sdworker.engine.step_hook import Interrupted, StepCallback
+from sdworker.engine.step_hook import Interrupted, PreviewRenderer, StepCallback
 from sdworker.engine.x0 import X0Recorder
 from sdworker.errors import GenerationFailed, JobCancelled, ModelNotFound, NotReady, SdworkerError
 from sdworker.settings import Settings
@@ -147,6 +149,9 @@ class DiffusersEngine:
     def _resolve(self, request: GenerationRequest) -> tuple[ModelEntry, list[tuple[LoraEntry, float]], str]:
         library = self.library
         entry = library.model(request.model)
+        facts = family_facts(entry.family)
+        facts.check_size(request.width, request.height)
+        facts.check_scheduler(request.scheduler)
         prompt, tags = extract_lora_tags(request.prompt)
         from_field = {r.name for r in merge_loras(request.loras, ())}
         loras: list[tuple[LoraEntry, float]] = []
@@ -194,12 +199,25 @@ class DiffusersEngine:
         if cancel is not None:
             cancel.raise_if_cancelled()
         applied = slot.loras.activate(loras)
-        scheduler, scheduler_name = slot.schedulers.create(request.scheduler)
         seed = _seed(request)
         seeds = tuple(seed + i for i in range(request.num_images))
-        pipe, kwargs = self._call_arguments(slot, request, prompt, seeds)
+        adapter = flow_adapter(slot.model.family)
+        warnings: tuple[str, ...] = ()
+        if adapter is None:
+            scheduler, scheduler_name = slot.schedulers.create(request.scheduler)
+            pipe, kwargs = self._call_arguments(slot, request, prompt, seeds)
+            renderer: PreviewRenderer = slot.render_preview
+        else:
+            facts = family_facts(slot.model.family)
+            scheduler, _ = slot.schedulers.create(None)  # the family's own sampler (flow-matching Euler)
+            scheduler_name = facts.default_scheduler
+            prompt, syntax_removed = adapter.plain_prompt(prompt)
+            warnings = ignored_field_warnings(request, facts, entry.variant, syntax_removed=syntax_removed)
+            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            pipe, kwargs = adapter.call_arguments(slot.model, request, prompt, generators)
+            renderer = unpacking_renderer(slot.render_preview, adapter, request, pipe)
         recorder = X0Recorder(scheduler)
-        callback = StepCallback(on_step, cancel, recorder, slot.render_preview)
+        callback = StepCallback(on_step, cancel, recorder, renderer)
         started = time.perf_counter()
         pipe.scheduler = scheduler
         completed = False
@@ -208,7 +226,11 @@ class DiffusersEngine:
             try:
                 images = pipe(**kwargs, callback_on_step_end=callback, output_type="pil").images
             except Interrupted as stop:  # A1111's interrupt: finish with the latents we have
-                images, steps_run = decode_latents(pipe, stop.latents), stop.steps_done
+                if adapter is None:
+                    images = decode_latents(pipe, stop.latents)
+                else:
+                    images = adapter.decode(pipe, stop.latents, request.width, request.height)
+                steps_run = stop.steps_done
             completed = True
         except (JobCancelled, SdworkerError):
             raise
@@ -229,7 +251,8 @@ class DiffusersEngine:
                 gc.collect()
                 torch.cuda.empty_cache()
         steps_run = steps_run or int(getattr(pipe, "_num_timesteps", request.num_inference_steps))
-        return slot.result(request, images, seeds, scheduler_name, steps_run, time.perf_counter() - started, applied)
+        return slot.result(request, images, seeds, scheduler_name, steps_run, time.perf_counter() - started, applied,
+                           warnings)
 
     def generate_batch(
         self, items: Sequence[BatchItem], on_model_load: ModelLoadHook | None = None
@@ -247,7 +270,8 @@ class DiffusersEngine:
             try:  # a request with a mistake runs alone: generate reports the mistake as it always does
                 check_request(item.request)
                 entry, loras, prompt = self._resolve(item.request)
-                keys.append(None if loras else batch_key(item.request, entry.name))
+                batches = family_facts(entry.family).batching
+                keys.append(None if loras or not batches else batch_key(item.request, entry.name))
             except Exception:
                 keys.append(None)
                 prompt = item.request.prompt
@@ -307,7 +331,8 @@ class DiffusersEngine:
             config = None
             if entry.kind == "file" and not self.settings.model_config_dir:
                 config = self.library.config_folder_for(entry)
-            model = load_model(self.settings, entry.source, model_config=config)
+            model = load_model(self.settings, entry.source, model_config=config, family=_flow_family(entry),
+                               transformer_only=entry.transformer_only)
             slot = self._add_slot(entry, model)
         except BaseException:
             _notify(on_model_load, entry.name, "failed", time.perf_counter() - started)
@@ -384,6 +409,10 @@ class DiffusersEngine:
             "height": request.height,
             "strength": request.strength,
         }
+
+
+def _flow_family(entry: ModelEntry) -> str | None:
+    return entry.family if flow_adapter(entry.family) is not None else None
 
 
 def _notify(hook: ModelLoadHook | None, name: str, phase: str, seconds: float) -> None:

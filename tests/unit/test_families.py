@@ -21,7 +21,8 @@ def test_latent_coefficients_have_one_rgb_row_per_channel(facts: FamilyFacts) ->
 
 def test_native_sizes_and_multiples() -> None:
     assert [(f.name, f.native_size, f.size_multiple) for f in all_families()] == [
-        ("sd1", 512, 8), ("sd2", 768, 8), ("sdxl", 1024, 8), ("flux1", 1024, 16),
+        ("sd1", 512, 8), ("sd2", 768, 8), ("sdxl", 1024, 8), ("flux1", 1024, 16), ("sd3", 1024, 16),
+        ("zimage", 1024, 16),
     ]
 
 
@@ -58,3 +59,12 @@ def test_model_index_classes_map_to_families() -> None:
     assert family_for_index("StableDiffusionXLPipeline") is family_facts("sdxl")
     assert family_for_index("StableDiffusionPipeline") is family_facts("sd1")
     assert family_for_index("SomethingElse") is None
+
+
+def test_guidance_meaning_and_defaults_of_the_cfg_families() -> None:
+    sd3, zimage = family_facts("sd3"), family_facts("zimage")
+    assert sd3.guidance == zimage.guidance == "cfg" and "negative_prompt" not in sd3.ignored_fields
+    assert (sd3.defaults_for("large").steps, sd3.defaults_for("large").guidance) == (28, 3.5)
+    assert (sd3.defaults_for("turbo").steps, sd3.defaults_for("turbo").guidance) == (4, 0.0)
+    assert (zimage.defaults_for("turbo").steps, zimage.defaults_for("turbo").guidance) == (8, 0.0)
+    assert zimage.latent.factors == family_facts("flux1").latent.factors and zimage.latent.patch == 1
