@@ -25,6 +25,7 @@ folder a worker serves as it is::
                    a tiny FLUX.1, its transformer alone in one file, a kohya FLUX LoRA (``demo_flow``)
     models/demo-sd3/     a tiny SD 3.5 (``demo_sd3``)
     models/demo-zimage/  a tiny Z-Image (``demo_zimage``)
+    models/demo-qwenimage/   a tiny Qwen-Image (``demo_qwenimage``)
 
 LoRA and embedding weights are random and NOT zero (peft initialises ``lora_B`` at zero, a LoRA that
 changes nothing), so tests can see each one change the image.
@@ -330,6 +331,7 @@ def write_demo_bundle(directory: Path) -> Path:
     from safetensors.torch import save_file
 
     from sdworker.engine.demo_flow import write_demo_flux1
+    from sdworker.engine.demo_qwenimage import write_demo_qwenimage
     from sdworker.engine.demo_sd3 import write_demo_sd3
     from sdworker.engine.demo_zimage import write_demo_zimage
 
@@ -353,6 +355,7 @@ def write_demo_bundle(directory: Path) -> Path:
         write_demo_flux1(models, directory / LORAS_DIR, SEED + 100)
         write_demo_sd3(models, SEED + 200)
         write_demo_zimage(models, SEED + 300)
+        write_demo_qwenimage(models, SEED + 400)
     (directory / EMBEDDINGS_DIR).mkdir(parents=True, exist_ok=True)
     width = int(sd15["text_encoder"].config.hidden_size)
     vectors = torch.randn(2, width, generator=torch.Generator().manual_seed(SEED + 40)) * 0.5

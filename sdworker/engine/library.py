@@ -38,7 +38,8 @@ from sdworker.settings import Settings
 log = logging.getLogger(__name__)
 
 _CONTEXT_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
-TRANSFORMER_FAMILIES = frozenset({"flux1", "sd3", "zimage"})  # families whose LoRAs are told apart by key names alone
+# Families whose LoRAs are told apart by key names alone (no cross-attention width to compare).
+TRANSFORMER_FAMILIES = frozenset({"flux1", "sd3", "zimage", "qwenimage"})
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _MAX_DEPTH = 4
 _CHECKPOINT_TO_K = re.compile(r"^model\.diffusion_model\..*attn2\.to_k\.weight$")

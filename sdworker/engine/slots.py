@@ -147,7 +147,14 @@ def build_slot(
     base_scheduler = model.pipe.scheduler
     tiny = taesd.for_model(model)
     decoders: dict[str, PreviewDecoder] = {}
+    from sdworker.engine.families import flow_adapter
+
+    adapter = flow_adapter(model.family)
+    own = adapter.preview_decoders(model.pipe.vae) if adapter is not None else {}
     for method in ("latent2rgb", "vae", *(["taesd"] if tiny is not None else [])):
+        if method in own:
+            decoders[method] = own[method]
+            continue
         try:
             decoders[method] = create_decoder(method, latent2rgb=family_facts(model.family).latent.coefficients,
                                              vae=model.pipe.vae, taesd=tiny)

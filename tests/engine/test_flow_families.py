@@ -26,7 +26,9 @@ FAMILIES: dict[str, tuple[str, tuple[str, str, str]]] = {
     "sd3": ("demo-sd3", ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline",
                          "StableDiffusion3InpaintPipeline")),
     "zimage": ("demo-zimage", ("ZImagePipeline", "ZImageImg2ImgPipeline", "ZImageInpaintPipeline")),
+    "qwenimage": ("demo-qwenimage", ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline")),
 }
+GUIDANCE_ARGUMENT = {"qwenimage": "true_cfg_scale"}
 CALL: dict[str, Any] = {"width": 64, "height": 64, "num_inference_steps": 3, "guidance_scale": 4.5}
 
 
@@ -76,8 +78,11 @@ def test_pixels_equal_the_family_pipeline(
     )
     result = engine.generate(request)
     pipe = _reference(references, demo_bundle, family, index)
+    call = {**CALL, GUIDANCE_ARGUMENT.get(family, "guidance_scale"): CALL["guidance_scale"]}
+    if family in GUIDANCE_ARGUMENT:
+        del call["guidance_scale"]
     expected = pipe("a photo of a cat", negative_prompt="blurry", generator=torch.Generator("cpu").manual_seed(SEED),
-                    **CALL, **extra).images[0]
+                    **call, **extra).images[0]
     np.testing.assert_array_equal(pixels(result.images[0]), pixels(expected))
     assert (result.family, result.warnings) == (family, ())
 
@@ -101,11 +106,12 @@ def test_last_preview_is_the_final_image_and_mid_previews_beat_raw_latents(
 
     def on_step(view: Any) -> None:
         slot = engine._slot(engine.library.model(model), None)
-        raw = slot.decoders["vae"].decode(view.latents(), 64)
+        raw = slot.decoders["vae"].decode(ADAPTERS(family).unpack(view.latents(), 64, 64), 64)
         views.append((view.render_preview("vae", 64).pixels, raw))
 
     result = engine.generate(GenerationRequest("a cat", model=model, seed=SEED, width=64, height=64,
                                                num_inference_steps=4, guidance_scale=4.5), on_step=on_step)
+    assert all(view[0].shape == (64, 64, 3) for view in views)
     final = pixels(result.images[0]).astype(float)
     assert np.abs(views[-1][0].astype(float) - final).max() <= 2
     mid_preview, mid_raw = (a.astype(float) for a in views[1])
@@ -113,9 +119,16 @@ def test_last_preview_is_the_final_image_and_mid_previews_beat_raw_latents(
     assert family_facts(family).latent.channels == view_channels(engine, model)
 
 
+def ADAPTERS(family: str) -> Any:
+    from sdworker.engine.families import flow_adapter
+
+    return flow_adapter(family)
+
+
 def view_channels(engine: DiffusersEngine, model: str) -> int:
     slot = engine._slot(engine.library.model(model), None)
-    return int(slot.model.pipe.vae.config.latent_channels)
+    config = slot.model.pipe.vae.config
+    return int(config.get("latent_channels") or config.get("z_dim"))
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -22,7 +22,7 @@ def test_latent_coefficients_have_one_rgb_row_per_channel(facts: FamilyFacts) ->
 def test_native_sizes_and_multiples() -> None:
     assert [(f.name, f.native_size, f.size_multiple) for f in all_families()] == [
         ("sd1", 512, 8), ("sd2", 768, 8), ("sdxl", 1024, 8), ("flux1", 1024, 16), ("sd3", 1024, 16),
-        ("zimage", 1024, 16),
+        ("zimage", 1024, 16), ("qwenimage", 1328, 16),
     ]
 
 

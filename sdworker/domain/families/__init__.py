@@ -111,17 +111,18 @@ class FamilyFacts:
 
 
 def _registry() -> dict[str, FamilyFacts]:
-    from sdworker.domain.families import flux1, sd1, sd2, sd3, sdxl, zimage
+    from sdworker.domain.families import flux1, qwenimage, sd1, sd2, sd3, sdxl, zimage
 
-    return {f.name: f for f in (sd1.FACTS, sd2.FACTS, sdxl.FACTS, flux1.FACTS, sd3.FACTS, zimage.FACTS)}
+    modules = (sd1, sd2, sdxl, flux1, sd3, zimage, qwenimage)
+    return {module.FACTS.name: module.FACTS for module in modules}
 
 
 FAMILIES: dict[str, FamilyFacts] = {}
 
 
 def family_facts(name: str) -> FamilyFacts:
-    """The facts of family ``name`` (sd1 | sd2 | sdxl | flux1 | sd3 | zimage). ``KeyError`` for an unknown one: the
-    library only produces known names, so that is a programming error."""
+    """The facts of family ``name`` (sd1 | sd2 | sdxl | flux1 | sd3 | zimage | qwenimage). ``KeyError`` for
+    an unknown one: the library only produces known names, so that is a programming error."""
     if not FAMILIES:
         FAMILIES.update(_registry())
     return FAMILIES[name]

@@ -32,6 +32,10 @@ def flow_adapter(family: str) -> FlowAdapter | None:
         from sdworker.engine.families import zimage
 
         return zimage.ADAPTER
+    if family == "qwenimage":
+        from sdworker.engine.families import qwenimage
+
+        return qwenimage.ADAPTER
     return None
 
 

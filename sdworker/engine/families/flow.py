@@ -124,6 +124,10 @@ class FlowAdapter:
         """The loop's latents as ``(B, C, h, w)`` for previews."""
         return latents
 
+    def preview_decoders(self, vae: Any) -> dict[str, Any]:
+        """Preview decoders of the family's own that replace the generic ones (method -> decoder)."""
+        return {}
+
     def decode(self, pipe: Any, latents: torch.Tensor, width: int, height: int) -> list[Image.Image]:
         """What the pipeline does after its loop (for an interrupted job): unscale, shift, VAE, postprocess."""
         vae = pipe.vae
