@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sdworker.domain.families import family_facts
-from sdworker.domain.request import GenerationRequest, Operation
+from sdworker.domain.request import GenerationRequest, InputImage, Operation
 from sdworker.engine.diffusers_engine import DiffusersEngine
 from sdworker.errors import InvalidRequest
 from sdworker.settings import Settings
@@ -72,7 +72,9 @@ def test_pixels_equal_the_family_pipeline(
         extra["mask_image"] = half_mask()
     request = GenerationRequest(
         "a photo of a cat", operation=operation, negative_prompt="blurry", model=model, seed=SEED,
-        init_image=extra.get("image"), mask_image=extra.get("mask_image"), strength=extra.get("strength", 0.8),
+        init_image=InputImage.from_image(extra["image"]) if "image" in extra else None,
+        mask_image=InputImage.from_image(extra["mask_image"], "mask_image") if "mask_image" in extra else None,
+        strength=extra.get("strength", 0.8),
         **{"num_inference_steps": CALL["num_inference_steps"], "guidance_scale": CALL["guidance_scale"],
            "width": CALL["width"], "height": CALL["height"]},
     )

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdworker.domain.request import GenerationRequest, LoraRef, Operation
+from sdworker.domain.request import GenerationRequest, InputImage, LoraRef, Operation
 from sdworker.engine.diffusers_engine import DiffusersEngine
 from sdworker.engine.families import flux1
 from sdworker.errors import InvalidRequest, LoraIncompatible
@@ -64,14 +64,16 @@ def test_text_to_image_equals_flux_pipeline(flux_engine: DiffusersEngine, refere
 
 def test_image_to_image_equals_flux_img2img(flux_engine: DiffusersEngine, reference: dict[str, Any]) -> None:
     image = init_image()
-    result = _run(flux_engine, operation=Operation.IMAGE_TO_IMAGE, init_image=image, strength=0.6)
+    result = _run(flux_engine, operation=Operation.IMAGE_TO_IMAGE, init_image=InputImage.from_image(image),
+                  strength=0.6)
     expected = _reference(reference["img2img"], image=image, strength=0.6)
     np.testing.assert_array_equal(pixels(result.images[0]), expected)
 
 
 def test_inpaint_equals_flux_inpaint(flux_engine: DiffusersEngine, reference: dict[str, Any]) -> None:
     image, mask = init_image(), half_mask()
-    result = _run(flux_engine, operation=Operation.INPAINT, init_image=image, mask_image=mask, strength=0.9)
+    result = _run(flux_engine, operation=Operation.INPAINT, init_image=InputImage.from_image(image),
+                  mask_image=InputImage.from_image(mask, "mask_image"), strength=0.9)
     expected = _reference(reference["inpaint"], image=image, mask_image=mask, strength=0.9)
     np.testing.assert_array_equal(pixels(result.images[0]), expected)
 

@@ -86,9 +86,12 @@ class FamilyFacts:
     def defaults_for(self, variant: str = "") -> Defaults:
         return self.defaults.get(variant, self.defaults[""])
 
-    def check_size(self, width: int, height: int) -> None:
-        """The native API's rule: a size that is not a multiple of the family's is a 4xx naming the field."""
+    def check_size(self, width: int | None, height: int | None) -> None:
+        """The native API's rule: a size that is not a multiple of the family's is a 4xx naming the field
+        (None: not given, the model's native size or the init image's, rounded to the multiple)."""
         for name, value in (("width", width), ("height", height)):
+            if value is None:
+                continue
             if value < self.size_multiple or value % self.size_multiple:
                 raise InvalidRequest(
                     f"{name}: {value} is not a positive multiple of {self.size_multiple} "

@@ -59,10 +59,13 @@ def ignored_field_warnings(
 def unpacking_renderer(
     render_preview: PreviewRenderer, adapter: FlowAdapter, request: GenerationRequest, pipe: Any
 ) -> PreviewRenderer:
-    """Previews of a family whose loop holds packed latents: unpack to (B, C, h, w) first."""
+    """Previews of a family whose loop holds packed latents: unpack to (B, C, h, w) first. ``request``'s
+    size is settled."""
     factor = int(getattr(pipe, "vae_scale_factor", 8))
+    assert request.width is not None and request.height is not None
+    width, height = request.width, request.height
 
     def render(method: str, max_size: int, latents: torch.Tensor, source: str) -> Any:
-        return render_preview(method, max_size, adapter.unpack(latents, request.width, request.height, factor), source)
+        return render_preview(method, max_size, adapter.unpack(latents, width, height, factor), source)
 
     return render
