@@ -19,7 +19,7 @@ MAX_LORA_WEIGHT = 10.0
 def check_strength(
     operation: Operation,
     strength: float,
-    num_inference_steps: int,
+    num_inference_steps: int | None,
     *,
     strength_field: str = "strength",
     steps_field: str = "steps",
@@ -30,7 +30,7 @@ def check_strength(
         return
     if not 0.0 < strength <= 1.0:  # NaN fails too
         raise InvalidRequest(f"{strength_field}: {strength} is not in (0, 1]", field=strength_field.lstrip("-"))
-    if int(num_inference_steps * strength) < 1:
+    if num_inference_steps is not None and int(num_inference_steps * strength) < 1:  # None: settled later
         raise InvalidRequest(
             f"{strength_field} {strength} x {steps_field} {num_inference_steps} leaves no denoising step to run "
             f"(their product must be at least 1)",
@@ -44,7 +44,7 @@ def check_request(request: GenerationRequest) -> None:
     for name, value in (("width", request.width), ("height", request.height)):
         if value is not None and (value < 8 or value % 8):  # None = settled by the engine
             raise InvalidRequest(f"{name}: {value} is not a positive multiple of 8", field=name)
-    if request.num_inference_steps < 1:
+    if request.num_inference_steps is not None and request.num_inference_steps < 1:
         raise InvalidRequest(f"steps: {request.num_inference_steps} is below 1", field="steps")
     if request.num_images < 1:
         raise InvalidRequest(f"num_images: {request.num_images} is below 1", field="num_images")

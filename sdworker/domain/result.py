@@ -32,7 +32,9 @@ class GenerationResult:
     family: str = "sd1"  # sd1 | sd2 | sdxl | flux1: which preview coefficients / TAESD fit its latents
     loras: tuple[AppliedLora, ...] = ()
     clip_skip: int | None = None
-    warnings: tuple[str, ...] = ()  # what the model's family ignored of the request, said once each
+    warnings: tuple[str, ...] = ()
+    num_inference_steps: int | None = None  # what ran (the family's default when the request named none)
+    guidance_scale: float | None = None  # what the model's family ignored of the request, said once each
 
     @property
     def seed(self) -> int:

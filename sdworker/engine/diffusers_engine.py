@@ -40,7 +40,7 @@ from sdworker.domain.checks import check_library_fields, check_lora_weight, chec
 from sdworker.domain.control import CancelToken
 from sdworker.domain.families import family_facts
 from sdworker.domain.prompt_syntax import extract_lora_tags, merge_loras
-from sdworker.domain.request import GenerationRequest, Operation, settle_size
+from sdworker.domain.request import GenerationRequest, Operation, settle_defaults, settle_size
 from sdworker.domain.result import GenerationResult
 from sdworker.domain.scheduler_names import SCHEDULER_NAMES
 from sdworker.engine.batch import failure, run_group
@@ -123,6 +123,8 @@ class DiffusersEngine:
         return tuple(
             ModelInfo(
                 name=e.name, family=e.family, kind=e.kind, path=e.source.location, native_size=e.native_size,
+                variant=e.variant, default_steps=_defaults(e)[0], default_guidance=_defaults(e)[1],
+                size_multiple=family_facts(e.family).size_multiple,
                 loaded=e.name in loaded, is_default=e.name == default,
                 sha256=self._hashes.cached(e.hash_file) if e.hash_file is not None else None,
             )
@@ -192,8 +194,9 @@ class DiffusersEngine:
         cancel: CancelToken | None = None,
         on_model_load: ModelLoadHook | None = None,
     ) -> GenerationResult:
-        check_request(request)
         entry, loras, prompt = self._resolve(request)
+        request = settle_defaults(request, *_defaults(entry))
+        check_request(request)
         init, mask = decoded_inputs(request, max_pixels=self.settings.max_pixels)
         multiple = family_facts(entry.family).size_multiple  # an init image's size rounds down to the family's
         image_size = (init.size[0] // multiple * multiple, init.size[1] // multiple * multiple) if init else None
@@ -256,7 +259,7 @@ class DiffusersEngine:
             if not completed and slot.model.device.type == "cuda":
                 gc.collect()
                 torch.cuda.empty_cache()
-        steps_run = steps_run or int(getattr(pipe, "_num_timesteps", request.num_inference_steps))
+        steps_run = steps_run or int(getattr(pipe, "_num_timesteps", request.num_inference_steps or 0))
         return slot.result(request, images, seeds, scheduler_name, steps_run, time.perf_counter() - started, applied,
                            warnings)
 
@@ -277,8 +280,10 @@ class DiffusersEngine:
             try:  # a request with a mistake runs alone: generate reports the mistake as it always does
                 check_request(item.request)
                 entry, loras, prompt = self._resolve(item.request)
+                settled = settle_defaults(item.request, *_defaults(entry))
                 if item.request.operation is Operation.TEXT_TO_IMAGE:  # the others run alone anyway
-                    item = items[position] = replace(item, request=settle_size(item.request, entry.native_size))
+                    settled = settle_size(settled, entry.native_size)
+                item = items[position] = replace(item, request=settled)
                 batches = family_facts(entry.family).batching
                 keys.append(None if loras or not batches else batch_key(item.request, entry.name))
             except Exception:
@@ -428,6 +433,12 @@ class DiffusersEngine:
 
 def _flow_family(entry: ModelEntry) -> str | None:
     return entry.family if flow_adapter(entry.family) is not None else None
+
+
+def _defaults(entry: ModelEntry) -> tuple[int, float]:
+    """The steps and guidance a job on ``entry`` gets when it names none: its family's, per variant."""
+    defaults = family_facts(entry.family).defaults_for(entry.variant)
+    return defaults.steps, defaults.guidance
 
 
 def _notify(hook: ModelLoadHook | None, name: str, phase: str, seconds: float) -> None:

@@ -98,6 +98,7 @@ class ModelSlot:
             images=tuple(images), seeds=seeds, width=request.width, height=request.height, scheduler=scheduler,
             steps_run=steps_run, seconds=seconds, model=self.name, model_hash=self.short_hash,
             family=self.model.family, loras=loras, clip_skip=request.clip_skip, warnings=warnings,
+            num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
         )
 
     def close(self) -> None:

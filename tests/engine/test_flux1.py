@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from sdworker.domain.request import GenerationRequest, InputImage, LoraRef, Operation
 from sdworker.engine.diffusers_engine import DiffusersEngine
@@ -148,3 +149,23 @@ def test_family_rules_refuse_sizes_and_samplers_naming_the_field(flux_engine: Di
     with pytest.raises(InvalidRequest, match="FLUX") as sampler:
         flux_engine.validate_request(GenerationRequest("a cat", model="demo-flux1", scheduler="dpmpp_2m"))
     assert sampler.value.field == "scheduler"
+
+
+def test_cli_generate_with_a_flux_folder_equals_flux_pipeline(
+    flux_folder: Path, reference: dict[str, Any], demo_cache_dir: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``sdworker generate --model /path/to/flux``: the folder is detected as FLUX.1, steps and guidance left
+    out are dev's (28 at 3.5), the ignored negative prompt is a warning."""
+    from sdworker.cli import main
+
+    out = tmp_path / "flux.png"
+    code = main(["generate", "a photo of a cat", "--model", str(flux_folder), "-o", str(out), "--width", "64",
+                 "--height", "64", "--seed", str(SEED), "--negative", "blurry", "--cache-dir", str(demo_cache_dir),
+                 "--device", "cpu"])
+    assert code == 0
+    expected = reference["txt2img"]("a photo of a cat", generator=torch.Generator("cpu").manual_seed(SEED), width=64,
+                                    height=64, num_inference_steps=28, guidance_scale=3.5).images[0]
+    with Image.open(out) as image:
+        np.testing.assert_array_equal(pixels(image), pixels(expected))
+    assert "warning: negative_prompt: ignored" in capsys.readouterr().err

@@ -62,7 +62,7 @@ class QwenImageAdapter(FlowAdapter):
         mask: Image.Image | None = None,
     ) -> tuple[Any, dict[str, Any]]:
         pipe, kwargs = super().call_arguments(model, request, prompt, generators, init, mask)
-        if request.guidance_scale > 1 and "negative_prompt" not in kwargs:
+        if (request.guidance_scale or 0) > 1 and "negative_prompt" not in kwargs:
             kwargs["negative_prompt"] = " "  # the model card's empty negative: CFG still runs
         return pipe, kwargs
 
