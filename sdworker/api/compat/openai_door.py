@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from sdworker.api import deps
-from sdworker.api.compat.jobs import finished_images, wait_or_cancel
+from sdworker.api.compat.jobs import finished_images, library_entry, served_names, wait_or_cancel
 from sdworker.api.compat.openai_render import Rendering, images_response, stream_frames
 from sdworker.api.compat.openai_schemas import (
     QUALITY_REPORTED,
@@ -21,13 +21,11 @@ from sdworker.api.compat.openai_schemas import (
     with_partial_images,
 )
 from sdworker.api.sse import EventStreamResponse
-from sdworker.domain.catalog import ModelInfo
 from sdworker.domain.parameters import model_label
 from sdworker.domain.request import InputImage
 from sdworker.errors import InvalidRequest, JobNotFound
 from sdworker.imaging.decode import decode_base64
 from sdworker.imaging.masks import mask_from_alpha
-from sdworker.jobs.protocol import FleetInfo
 from sdworker.jobs.state import JobStatus
 
 _FILE_FIELDS = ("image", "image[]", "mask")
@@ -64,7 +62,7 @@ async def read_edit_form(request: Request) -> EditInputs:
 async def run(request: Request, body: ImagesRequest, *, kind: str, edit: EditInputs | None = None) -> Response:
     service, settings, owner = deps.service(request), deps.settings(request), deps.owner(request)
     fleet = await service.fleet()
-    model = served_model(body.model, fleet.models)
+    model = served_model(body.model, served_names(fleet))
     draft = to_draft(
         body, settings, model=model, entry=library_entry(model, fleet),
         init_image=edit.image if edit else None, mask_image=edit.mask if edit else None,
@@ -96,13 +94,6 @@ async def run(request: Request, body: ImagesRequest, *, kind: str, edit: EditInp
         urls = [base + link(view, f"/v1/jobs/{view.job_id}/image?index={index}") for index in range(view.image_count)]
     pngs = [] if urls is not None else await finished_images(service, view, owner)
     return JSONResponse(await images_response(pngs, rendering, model=view.spec.request.model, urls=urls))
-
-
-def library_entry(model: str | None, fleet: FleetInfo) -> ModelInfo | None:
-    """The library entry of ``model`` (None = the default) where the fleet lists its library."""
-    entries = fleet.library
-    return next((m for m in entries if m.name == model), None) if model else next(
-        (m for m in entries if m.is_default), None)
 
 
 def served_model(requested: str | None, models: tuple[str, ...]) -> str | None:
