@@ -140,7 +140,7 @@ class MemoryJobService:
                 return self._view(self._store.get(known))  # type: ignore[arg-type]
         self._check_available()
         check_against_engine(draft, self._engine_info)
-        model, default_size, defaults = await self._pick_model(draft)
+        model, default_size, defaults, entry = await self._pick_model(draft)
         reservation = self._queue.reserve()
         try:
             checked = await asyncio.to_thread(
@@ -152,7 +152,7 @@ class MemoryJobService:
             self._queue.release(reservation)
             raise
         spec = build_spec(
-            draft, checked, job_id=self._new_id(), created_at=self._clock(), owner=owner, model=model
+            draft, checked, job_id=self._new_id(), created_at=self._clock(), owner=owner, model=model, entry=entry
         )
         record = JobRecord(spec=spec, total=spec.request.num_inference_steps or 0)  # settled by check_inputs
         self._store.add(record)
@@ -351,13 +351,13 @@ class MemoryJobService:
         if self._engine_state == "failed":
             raise NotReady(f"the worker cannot run jobs: {self._engine_reason}")
 
-    async def _pick_model(self, draft: JobDraft) -> tuple[str, int, tuple[int, float]]:
+    async def _pick_model(self, draft: JobDraft) -> tuple[str, int, tuple[int, float], ModelInfo | None]:
         """The model a job runs on, its native size (the default width/height) and its family's default
         steps and guidance. Until the engine
         is ready its library is not consulted (the engine builds it while loading); the job then
         gets ``--model`` and the engine checks the names when it runs."""
         if self._library is None or self._engine_state != "ready":
-            return self._resolve_model(draft.request.model), DEFAULT_SIZE, DEFAULT_PARAMETERS
+            return self._resolve_model(draft.request.model), DEFAULT_SIZE, DEFAULT_PARAMETERS, None
         aliases = frozenset({self._settings.model, model_label(self._settings.model)})
         if self._engine_info is not None:
             aliases |= {self._engine_info.model}
@@ -366,8 +366,8 @@ class MemoryJobService:
         if draft.request.model is None or draft.request.model in aliases:
             # The default keeps --model's name, as before the library: the compat doors look its
             # checkpoint hash up by it, and the runner hands the engine None (its default) for it.
-            return self._resolve_model(draft.request.model), entry.native_size, defaults
-        return name, entry.native_size, defaults
+            return self._resolve_model(draft.request.model), entry.native_size, defaults, entry
+        return name, entry.native_size, defaults, entry
 
     def _resolve_model(self, requested: str | None) -> str:
         model = self._settings.model

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
-from sdworker.domain.families import family_facts
+from sdworker.domain.families import family_facts, request_warnings
 from sdworker.domain.prompt_syntax import extract_lora_tags, normalize_lora_name
 from sdworker.domain.request import GenerationRequest
 from sdworker.errors import LoraIncompatible, LoraNotFound, ModelNotFound, UnknownScheduler, Unsupported
@@ -132,6 +132,7 @@ def build_spec(
     created_at: float,
     owner: str | None,
     model: str | None,
+    entry: ModelInfo | None = None,
 ) -> JobSpec:
     """The spec to queue: ``checked`` is the draft's request after ``check_inputs`` (images as bytes,
     size settled); the seed is drawn here when the client gave none, so every attempt repeats it."""
@@ -144,4 +145,16 @@ def build_spec(
         owner=owner,
         hive_id=draft.hive_id,
         worker_id=draft.worker_id,
+        warnings=family_warnings(checked, entry),
     )
+
+
+def family_warnings(request: GenerationRequest, entry: ModelInfo | None) -> tuple[str, ...]:
+    """The job's ``warnings``: what ``entry``'s family ignores of ``request`` (none when unknown)."""
+    if entry is None:
+        return ()
+    try:
+        facts = family_facts(entry.family)
+    except KeyError:
+        return ()
+    return request_warnings(request, facts, entry.variant)

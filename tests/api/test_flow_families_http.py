@@ -94,6 +94,13 @@ async def test_a_mixed_queue_gives_each_job_its_family_pipeline_pixels(
         assert models["demo-qwenimage"]["defaults"]["guidance_scale"] == 4.0
         assert models["demo-sd15"]["defaults"]["steps"] == 20
 
+        warned = await app.client.post("/v1/jobs", json={"prompt": "a (cat:1.2)", "model": "demo-flux1", "steps": 1,
+                                                         "negative_prompt": "blurry", **SIZE})
+        job = await app.wait_status(warned.json()["job_id"], "completed", timeout=120)
+        assert [w.split(":")[0] for w in job["warnings"]] == ["negative_prompt", "prompt"], job
+        plain = await app.wait_status(ids[3], "completed", timeout=10)
+        assert plain["warnings"] == []
+
         wrong = await app.client.post("/v1/jobs", json={"prompt": "a cat", "model": "demo-flux1", "width": 72,
                                                         "height": 64})
         assert wrong.status_code == 422 and wrong.json()["error"]["field"] == "width", wrong.text

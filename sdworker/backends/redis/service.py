@@ -162,7 +162,8 @@ class RedisJobService:
             defaults=_defaults(model, fleet),
         )
         job_id = uuid.uuid4().hex
-        spec = build_spec(draft, checked, job_id=job_id, created_at=time.time(), owner=owner, model=model)
+        spec = build_spec(draft, checked, job_id=job_id, created_at=time.time(), owner=owner, model=model,
+                          entry=_library_entry(model, fleet))
         position = await self._call(
             self._submit(
                 keys=[

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sdworker.domain.prompt_syntax import extract_lora_tags, parse_prompt_attention
+from sdworker.domain.request import GenerationRequest
 from sdworker.errors import InvalidRequest
 
 Coefficients = tuple[tuple[float, ...], ...]
@@ -111,6 +113,27 @@ class FamilyFacts:
             f"it samples with {', '.join(self.schedulers)}",
             field=field,
         )
+
+
+def request_warnings(
+    request: GenerationRequest, facts: FamilyFacts, variant: str, *, syntax_removed: bool | None = None
+) -> tuple[str, ...]:
+    """One line per field the family ignores that the request set (the job's ``warnings``).
+    ``syntax_removed``: whether A1111 prompt syntax was removed (None: judged from the prompt here)."""
+    said: list[str] = []
+    if "negative_prompt" in facts.ignored_fields and request.negative_prompt.strip():
+        said.append(f"negative_prompt: ignored, {facts.label} has no classifier-free guidance pass")
+    if "clip_skip" in facts.ignored_fields and request.clip_skip is not None:
+        said.append(f"clip_skip: ignored, {facts.label} does not take it")
+    distilled_without = facts.guidance == "distilled" and facts.defaults_for(variant).guidance == 0  # schnell
+    if distilled_without and request.guidance_scale not in (None, 0, facts.defaults_for("").guidance):
+        said.append(f"guidance_scale: ignored, {facts.label} {variant} is distilled without guidance")
+    if syntax_removed is None:
+        prompt, _ = extract_lora_tags(request.prompt)
+        syntax_removed = facts.prompt_syntax == "plain" and parse_prompt_attention(prompt) != [(prompt, 1.0)]
+    if syntax_removed:
+        said.append(f"prompt: A1111 emphasis syntax removed, {facts.label}'s text encoders do not weight tokens")
+    return tuple(said)
 
 
 def _registry() -> dict[str, FamilyFacts]:

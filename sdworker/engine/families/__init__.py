@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from sdworker.domain.families import FamilyFacts
+from sdworker.domain.families import FamilyFacts, request_warnings
 from sdworker.domain.request import GenerationRequest
 from sdworker.engine.families.flow import FlowAdapter
 from sdworker.engine.step_hook import PreviewRenderer
@@ -42,18 +42,9 @@ def flow_adapter(family: str) -> FlowAdapter | None:
 def ignored_field_warnings(
     request: GenerationRequest, facts: FamilyFacts, variant: str, *, syntax_removed: bool
 ) -> tuple[str, ...]:
-    """One line per field the family ignores that the request set (the job's ``warnings``)."""
-    said: list[str] = []
-    if "negative_prompt" in facts.ignored_fields and request.negative_prompt.strip():
-        said.append(f"negative_prompt: ignored, {facts.label} has no classifier-free guidance pass")
-    if "clip_skip" in facts.ignored_fields and request.clip_skip is not None:
-        said.append(f"clip_skip: ignored, {facts.label} does not take it")
-    distilled_without = facts.guidance == "distilled" and facts.defaults_for(variant).guidance == 0  # schnell
-    if distilled_without and request.guidance_scale not in (0, facts.defaults_for("").guidance):
-        said.append(f"guidance_scale: ignored, {facts.label} {variant} is distilled without guidance")
-    if syntax_removed:
-        said.append(f"prompt: A1111 emphasis syntax removed, {facts.label}'s text encoders do not weight tokens")
-    return tuple(said)
+    """The job's ``warnings`` (``sdworker.domain.families.request_warnings``, which the job layer also
+    uses at submit)."""
+    return request_warnings(request, facts, variant, syntax_removed=syntax_removed)
 
 
 def unpacking_renderer(
