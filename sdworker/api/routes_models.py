@@ -53,6 +53,11 @@ def library_entry(model: ModelInfo) -> dict[str, Any]:
         "loaded": model.loaded,
         "native_size": model.native_size,
         "default": model.is_default,
+        "variant": model.variant or None,
+        # What a job gets when it leaves these out (its family's, sdworker.domain.families).
+        "defaults": {"steps": model.default_steps, "guidance_scale": model.default_guidance,
+                     "width": model.native_size, "height": model.native_size},
+        "size_multiple": model.size_multiple,
     }
 
 

@@ -76,8 +76,17 @@ class JobRequest(BaseModel):
     operation: OperationName = "image_generation"
     prompt: str = Field(min_length=1, max_length=_TEXT)
     negative_prompt: str = Field("", max_length=_TEXT)
-    steps: int = Field(20, ge=1, le=10_000, description="denoising steps (the server caps with --max-steps)")
-    guidance_scale: float = Field(7.5, ge=0.0, le=50.0)
+    steps: int | None = Field(
+        None, ge=1, le=10_000,
+        description="denoising steps (the server caps with --max-steps); default: the model family's "
+        "(SD 20, FLUX.1 dev 28, schnell 4, SD 3.5 28-40, Z-Image-Turbo 8, Qwen-Image 50)",
+    )
+    guidance_scale: float | None = Field(
+        None, ge=0.0, le=50.0,
+        description="default: the model family's. CFG for SD 1/2/XL, SD 3.5 and Z-Image; FLUX.1's distilled "
+        "guidance (one pass, negative_prompt and clip_skip ignored and listed in the job's warnings); "
+        "Qwen-Image's true CFG",
+    )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="0..2^64-1; image i uses seed + i")
     width: int | None = Field(
         None, ge=8, le=16_384, multiple_of=8, description="default: the model's native size, or the image's"

@@ -61,6 +61,7 @@ def job_summary(view: JobView, link: LinkFn = plain_link) -> dict[str, Any]:
 def job_detail(view: JobView, link: LinkFn = plain_link) -> dict[str, Any]:
     detail = job_summary(view, link)
     detail["parameters"] = parameters(view.spec)
+    detail["warnings"] = list(view.spec.warnings)  # what the model's family ignores of the request
     detail["watchers"] = view.watchers
     detail["cancel_requested"] = view.cancel_requested
     detail["attempt"] = view.attempt

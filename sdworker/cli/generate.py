@@ -67,6 +67,8 @@ def run_generate(args: argparse.Namespace) -> int:
         print(path)
     if not args.quiet:
         seeds = ", ".join(str(s) for s in result.seeds)
+        for warning in result.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         print(f"seed {seeds}; {result.steps_run} steps with {result.scheduler} in {result.seconds:.1f} s",
               file=sys.stderr)
     return 0
@@ -86,7 +88,7 @@ def build_request(args: argparse.Namespace, settings: Settings) -> GenerationReq
     """Validate every flag (one clear error naming it) and read the images; no model needed."""
     if args.scheduler is not None:
         get_spec(args.scheduler)  # UnknownScheduler lists the valid names
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise InvalidRequest(f"--steps {args.steps}: must be at least 1", field="steps")
     if args.n < 1:
         raise InvalidRequest(f"--n {args.n}: must be at least 1", field="n")

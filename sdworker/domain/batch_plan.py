@@ -62,6 +62,8 @@ def batch_key(request: GenerationRequest, model: str | None = None) -> BatchKey 
     request with a mistake (unknown scheduler, bad LoRA tag) gets None: it runs alone, and ``generate``
     reports the mistake as it always does.
     """
+    if request.num_inference_steps is None or request.guidance_scale is None:
+        return None  # not settled: runs alone, and generate settles it
     if request.operation is not Operation.TEXT_TO_IMAGE or not request.guidance_scale > 1:
         return None
     if request.loras or request.width is None or request.height is None:

@@ -37,6 +37,10 @@ class ModelInfo:
     loaded: bool = False
     is_default: bool = False
     sha256: str | None = None
+    variant: str = ""  # within a family (FLUX.1 dev | schnell...), what picks its defaults
+    default_steps: int = 20  # the family's (``sdworker.domain.families``): a job's steps when it names none
+    default_guidance: float = 7.5
+    size_multiple: int = 8
 
     @property
     def short_hash(self) -> str | None:

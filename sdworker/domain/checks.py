@@ -68,7 +68,7 @@ def check_job(request: GenerationRequest, limits: Limits, names: Mapping[str, st
     if request.width is not None and request.height is not None and request.width * request.height > limits.max_pixels:
         pixels = request.width * request.height
         raise refuse("width", f"{request.width}x{request.height} = {pixels} pixels; the limit is {limits.max_pixels}")
-    if not 1 <= request.num_inference_steps <= limits.max_steps:
+    if request.num_inference_steps is not None and not 1 <= request.num_inference_steps <= limits.max_steps:
         steps = request.num_inference_steps
         raise refuse("num_inference_steps", f"{steps} is out of range; allowed 1..{limits.max_steps}")
     if not 1 <= request.num_images <= limits.max_images:
@@ -77,14 +77,16 @@ def check_job(request: GenerationRequest, limits: Limits, names: Mapping[str, st
         count = request.num_images
         last = "" if count == 1 else f" (with {count} images the last seed, seed + {count - 1}, must be in range too)"
         raise refuse("seed", f"{request.seed} is not in 0..{MAX_SEED}{last}")
-    if not (math.isfinite(request.guidance_scale) and 0.0 <= request.guidance_scale <= MAX_GUIDANCE):
+    guidance = request.guidance_scale
+    if guidance is not None and not (math.isfinite(guidance) and 0.0 <= guidance <= MAX_GUIDANCE):
         raise refuse("guidance_scale", f"{request.guidance_scale} is not in 0..{MAX_GUIDANCE:g}")
     if request.clip_skip is not None and not 1 <= request.clip_skip <= MAX_CLIP_SKIP:
         raise refuse("clip_skip", f"{request.clip_skip} is not in 1..{MAX_CLIP_SKIP}")
     for ref in request.loras:
         check_lora_weight(ref.name, ref.weight, name("loras"))
-    check_strength(request.operation, request.strength, request.num_inference_steps,
-                   strength_field=name("strength"), steps_field=name("num_inference_steps"))
+    if request.num_inference_steps is not None:  # None: the family's default, checked once settled
+        check_strength(request.operation, request.strength, request.num_inference_steps,
+                       strength_field=name("strength"), steps_field=name("num_inference_steps"))
 
 
 def text_problem(text: str) -> str | None:
@@ -103,7 +105,7 @@ def text_problem(text: str) -> str | None:
 def check_strength(
     operation: Operation,
     strength: float,
-    num_inference_steps: int,
+    num_inference_steps: int | None,
     *,
     strength_field: str = "strength",
     steps_field: str = "steps",
@@ -114,7 +116,7 @@ def check_strength(
         return
     if not 0.0 < strength <= 1.0:  # NaN fails too
         raise InvalidRequest(f"{strength_field}: {strength} is not in (0, 1]", field=strength_field.lstrip("-"))
-    if int(num_inference_steps * strength) < 1:
+    if num_inference_steps is not None and int(num_inference_steps * strength) < 1:  # None: settled later
         raise InvalidRequest(
             f"{strength_field} {strength} x {steps_field} {num_inference_steps} leaves no denoising step to run "
             f"(their product must be at least 1)",
@@ -128,7 +130,7 @@ def check_request(request: GenerationRequest) -> None:
     for name, value in (("width", request.width), ("height", request.height)):
         if value is not None and (value < 8 or value % 8):  # None = settled by the engine
             raise InvalidRequest(f"{name}: {value} is not a positive multiple of 8", field=name)
-    if request.num_inference_steps < 1:
+    if request.num_inference_steps is not None and request.num_inference_steps < 1:
         raise InvalidRequest(f"steps: {request.num_inference_steps} is below 1", field="steps")
     if request.num_images < 1:
         raise InvalidRequest(f"num_images: {request.num_images} is below 1", field="num_images")

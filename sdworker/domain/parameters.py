@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import PurePath
+from typing import TypeVar
 
 from sdworker.domain.request import GenerationRequest, Operation
 from sdworker.domain.result import GenerationResult
 from sdworker.domain.scheduler_names import SCHEDULERS
 from sdworker.imaging.metadata import ImageParameters, format_parameters
+
+T = TypeVar("T")
+SD_DEFAULTS = (20, 7.5)  # steps and CFG a request without them ran with when nothing else says
 
 
 def model_label(model: str) -> str:
@@ -26,10 +30,10 @@ def image_parameters(request: GenerationRequest, result: GenerationResult, index
     return ImageParameters(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
-        steps=request.num_inference_steps,
+        steps=_first(request.num_inference_steps, result.num_inference_steps, SD_DEFAULTS[0]),
         sampler=spec.a1111_name if spec else result.scheduler,
         schedule_type=spec.schedule_type if spec else None,
-        cfg_scale=request.guidance_scale,
+        cfg_scale=_first(request.guidance_scale, result.guidance_scale, SD_DEFAULTS[1]),
         seed=result.seeds[index],
         width=result.width,
         height=result.height,
@@ -39,6 +43,11 @@ def image_parameters(request: GenerationRequest, result: GenerationResult, index
         clip_skip=result.clip_skip,
         lora_hashes=tuple((lora.name, lora.short_hash) for lora in result.loras if lora.short_hash),
     )
+
+
+def _first(*values: T | None) -> T:
+    """The first value given (a request's settled field, else what the engine says ran)."""
+    return next(v for v in values if v is not None)
 
 
 def parameters_text(request: GenerationRequest, result: GenerationResult, index: int, model: str) -> str:

@@ -83,8 +83,8 @@ class GenerationRequest:
     prompt: str
     operation: Operation = Operation.TEXT_TO_IMAGE
     negative_prompt: str = ""
-    num_inference_steps: int = 20
-    guidance_scale: float = 7.5
+    num_inference_steps: int | None = None  # None = the model family's default (``settle_defaults``)
+    guidance_scale: float | None = None  # None = the model family's default
     width: int | None = None
     height: int | None = None
     seed: int | None = None
@@ -96,6 +96,18 @@ class GenerationRequest:
     model: str | None = None  # a name from the model library; None = the default model
     loras: tuple[LoraRef, ...] = ()  # merged with the prompt's <lora:name:w> tags; these weights win
     clip_skip: int | None = None  # A1111's convention: 1 = the last layer (no skip), 2 = the penultimate
+
+
+def settle_defaults(request: GenerationRequest, steps: int, guidance: float) -> GenerationRequest:
+    """The request with ``num_inference_steps`` and ``guidance_scale`` set: what it asked, else the
+    model family's defaults (FLUX.1 dev 28 at 3.5, schnell 4 without guidance, SD 20 at 7.5...)."""
+    if request.num_inference_steps is not None and request.guidance_scale is not None:
+        return request
+    return replace(
+        request,
+        num_inference_steps=steps if request.num_inference_steps is None else request.num_inference_steps,
+        guidance_scale=guidance if request.guidance_scale is None else request.guidance_scale,
+    )
 
 
 def settle_size(

@@ -29,9 +29,12 @@ class GenerationResult:
     seconds: float
     model: str = ""  # the library name of the model that ran
     model_hash: str | None = None  # A1111's short model hash (10 hex characters)
-    family: str = "sd1"  # sd1 | sd2 | sdxl: which preview coefficients / TAESD fit its latents
+    family: str = "sd1"  # sd1 | sd2 | sdxl | flux1: which preview coefficients / TAESD fit its latents
     loras: tuple[AppliedLora, ...] = ()
     clip_skip: int | None = None
+    warnings: tuple[str, ...] = ()
+    num_inference_steps: int | None = None  # what ran (the family's default when the request named none)
+    guidance_scale: float | None = None  # what the model's family ignored of the request, said once each
 
     @property
     def seed(self) -> int:

@@ -21,6 +21,11 @@ folder a worker serves as it is::
     loras/demo-kohya.safetensors   the same kind in kohya's layout (lora_unet_*, lora_te_*, alpha)
     loras/demo-xl-peft.safetensors a LoRA for demo-sdxl (peft layout)
     embeddings/demo-embedding.safetensors   a 2-vector textual inversion for demo-sd15 (A1111 layout)
+    models/demo-flux1/, models/demo-flux1-transformer.safetensors, loras/demo-flux1-kohya.safetensors
+                   a tiny FLUX.1, its transformer alone in one file, a kohya FLUX LoRA (``demo_flow``)
+    models/demo-sd3/     a tiny SD 3.5 (``demo_sd3``)
+    models/demo-zimage/  a tiny Z-Image (``demo_zimage``)
+    models/demo-qwenimage/   a tiny Qwen-Image (``demo_qwenimage``)
 
 LoRA and embedding weights are random and NOT zero (peft initialises ``lora_B`` at zero, a LoRA that
 changes nothing), so tests can see each one change the image.
@@ -41,7 +46,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-DEMO_VERSION = "demo-v2"
+DEMO_VERSION = "demo-v3"
 MODELS_DIR, LORAS_DIR, EMBEDDINGS_DIR = "models", "loras", "embeddings"
 DEMO_SD15, DEMO_SDXL = "demo-sd15", "demo-sdxl"
 DEMO_LORAS = {"demo-peft": (DEMO_SD15, "peft"), "demo-kohya": (DEMO_SD15, "kohya"), "demo-xl-peft": (DEMO_SDXL, "peft")}
@@ -218,7 +223,7 @@ def ensure_demo_model(cache_dir: Path) -> Path:
 
 
 def ensure_demo_bundle(cache_dir: Path) -> Path:
-    """The demo bundle under ``cache_dir/demo-v2``, built once.
+    """The demo bundle under ``cache_dir/demo-v3``, built once.
 
     Safe with several processes at once (pytest workers, a server and a CLI): each builds into its own
     temporary folder beside the target and renames it into place. ``rename`` of a directory is atomic,
@@ -325,6 +330,11 @@ def write_demo_bundle(directory: Path) -> Path:
     from diffusers import StableDiffusionXLPipeline
     from safetensors.torch import save_file
 
+    from sdworker.engine.demo_flow import write_demo_flux1
+    from sdworker.engine.demo_qwenimage import write_demo_qwenimage
+    from sdworker.engine.demo_sd3 import write_demo_sd3
+    from sdworker.engine.demo_zimage import write_demo_zimage
+
     directory = Path(directory)
     models = directory / MODELS_DIR
     write_demo_model(models / DEMO_SD15)
@@ -341,6 +351,11 @@ def write_demo_bundle(directory: Path) -> Path:
     for index, (name, (model, fmt)) in enumerate(sorted(DEMO_LORAS.items())):
         state = build_demo_lora(sd15 if model == DEMO_SD15 else sdxl, fmt, seed=SEED + 30 + index)
         save_file(state, str(directory / LORAS_DIR / f"{name}.safetensors"), metadata={"format": "pt"})
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        write_demo_flux1(models, directory / LORAS_DIR, SEED + 100)
+        write_demo_sd3(models, SEED + 200)
+        write_demo_zimage(models, SEED + 300)
+        write_demo_qwenimage(models, SEED + 400)
     (directory / EMBEDDINGS_DIR).mkdir(parents=True, exist_ok=True)
     width = int(sd15["text_encoder"].config.hidden_size)
     vectors = torch.randn(2, width, generator=torch.Generator().manual_seed(SEED + 40)) * 0.5

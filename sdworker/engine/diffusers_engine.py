@@ -38,20 +38,22 @@ from sdworker.domain.batch_plan import BatchKey, batch_key, group_positions
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.checks import check_library_fields, check_lora_weight, check_request, decoded_inputs
 from sdworker.domain.control import CancelToken
+from sdworker.domain.families import family_facts
 from sdworker.domain.prompt_syntax import extract_lora_tags, merge_loras
-from sdworker.domain.request import GenerationRequest, Operation, settle_size
+from sdworker.domain.request import GenerationRequest, Operation, settle_defaults, settle_size
 from sdworker.domain.result import GenerationResult
 from sdworker.domain.scheduler_names import SCHEDULER_NAMES
 from sdworker.engine.batch import failure, run_group
 from sdworker.engine.decoding import decode_latents
 from sdworker.engine.embeddings import EmbeddingStore
+from sdworker.engine.families import flow_adapter, ignored_field_warnings, unpacking_renderer
 from sdworker.engine.hashing import HashCache
-from sdworker.engine.library import NATIVE_SIZES, LoraEntry, ModelEntry, ModelLibrary
+from sdworker.engine.library import LoraEntry, ModelEntry, ModelLibrary, native_size
 from sdworker.engine.models import LoadedModel, ModelSource, build_pipelines, detect_family, load_model
 from sdworker.engine.protocol import BatchItem, ModelLoadHook, StepHook
 from sdworker.engine.schedulers import describe_scheduler
 from sdworker.engine.slots import ModelSlot, TaesdCache, build_slot
-from sdworker.engine.step_hook import Interrupted, StepCallback
+from sdworker.engine.step_hook import Interrupted, PreviewRenderer, StepCallback
 from sdworker.engine.x0 import X0Recorder
 from sdworker.errors import GenerationFailed, JobCancelled, ModelNotFound, NotReady, SdworkerError
 from sdworker.settings import Settings
@@ -94,7 +96,7 @@ class DiffusersEngine:
         engine = cls(settings, model_name=model_name, **kwargs)
         family = detect_family(pipe)
         context = pipe.unet.config.get("cross_attention_dim")
-        entry = ModelEntry(model_name, family, "memory", ModelSource("memory", model_name), NATIVE_SIZES[family],
+        entry = ModelEntry(model_name, family, "memory", ModelSource("memory", model_name), native_size(family),
                            context if isinstance(context, int) else None, None)
         engine._library = ModelLibrary(settings, memory=entry)
         model = build_pipelines(pipe, family, pipe.device, pipe.unet.dtype, entry.source)
@@ -121,6 +123,8 @@ class DiffusersEngine:
         return tuple(
             ModelInfo(
                 name=e.name, family=e.family, kind=e.kind, path=e.source.location, native_size=e.native_size,
+                variant=e.variant, default_steps=_defaults(e)[0], default_guidance=_defaults(e)[1],
+                size_multiple=family_facts(e.family).size_multiple,
                 loaded=e.name in loaded, is_default=e.name == default,
                 sha256=self._hashes.cached(e.hash_file) if e.hash_file is not None else None,
             )
@@ -148,6 +152,9 @@ class DiffusersEngine:
     def _resolve(self, request: GenerationRequest) -> tuple[ModelEntry, list[tuple[LoraEntry, float]], str]:
         library = self.library
         entry = library.model(request.model)
+        facts = family_facts(entry.family)
+        facts.check_size(request.width, request.height)
+        facts.check_scheduler(request.scheduler)
         prompt, tags = extract_lora_tags(request.prompt)
         from_field = {r.name for r in merge_loras(request.loras, ())}
         loras: list[tuple[LoraEntry, float]] = []
@@ -187,22 +194,38 @@ class DiffusersEngine:
         cancel: CancelToken | None = None,
         on_model_load: ModelLoadHook | None = None,
     ) -> GenerationResult:
-        check_request(request)
         entry, loras, prompt = self._resolve(request)
+        request = settle_defaults(request, *_defaults(entry))
+        check_request(request)
         init, mask = decoded_inputs(request, max_pixels=self.settings.max_pixels)
-        request = settle_size(request, entry.native_size, init.size if init is not None else None)
+        multiple = family_facts(entry.family).size_multiple  # an init image's size rounds down to the family's
+        image_size = (init.size[0] // multiple * multiple, init.size[1] // multiple * multiple) if init else None
+        request = settle_size(request, entry.native_size, image_size)
         if cancel is not None:
             cancel.raise_if_cancelled()
         slot = self._slot(entry, on_model_load)
         if cancel is not None:
             cancel.raise_if_cancelled()
         applied = slot.loras.activate(loras)
-        scheduler, scheduler_name = slot.schedulers.create(request.scheduler)
         seed = _seed(request)
         seeds = tuple(seed + i for i in range(request.num_images))
-        pipe, kwargs = self._call_arguments(slot, request, prompt, seeds, init, mask)
+        adapter = flow_adapter(slot.model.family)
+        warnings: tuple[str, ...] = ()
+        if adapter is None:
+            scheduler, scheduler_name = slot.schedulers.create(request.scheduler)
+            pipe, kwargs = self._call_arguments(slot, request, prompt, seeds, init, mask)
+            renderer: PreviewRenderer = slot.render_preview
+        else:
+            facts = family_facts(slot.model.family)
+            scheduler, _ = slot.schedulers.create(None)  # the family's own sampler (flow-matching Euler)
+            scheduler_name = facts.default_scheduler
+            prompt, syntax_removed = adapter.plain_prompt(prompt)
+            warnings = ignored_field_warnings(request, facts, entry.variant, syntax_removed=syntax_removed)
+            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            pipe, kwargs = adapter.call_arguments(slot.model, request, prompt, generators, init, mask)
+            renderer = unpacking_renderer(slot.render_preview, adapter, request, pipe)
         recorder = X0Recorder(scheduler)
-        callback = StepCallback(on_step, cancel, recorder, slot.render_preview)
+        callback = StepCallback(on_step, cancel, recorder, renderer)
         started = time.perf_counter()
         pipe.scheduler = scheduler
         completed = False
@@ -211,7 +234,12 @@ class DiffusersEngine:
             try:
                 images = pipe(**kwargs, callback_on_step_end=callback, output_type="pil").images
             except Interrupted as stop:  # A1111's interrupt: finish with the latents we have
-                images, steps_run = decode_latents(pipe, stop.latents), stop.steps_done
+                if adapter is None:
+                    images = decode_latents(pipe, stop.latents)
+                else:
+                    assert request.width is not None and request.height is not None  # settled above
+                    images = adapter.decode(pipe, stop.latents, request.width, request.height)
+                steps_run = stop.steps_done
             completed = True
         except (JobCancelled, SdworkerError):
             raise
@@ -231,8 +259,9 @@ class DiffusersEngine:
             if not completed and slot.model.device.type == "cuda":
                 gc.collect()
                 torch.cuda.empty_cache()
-        steps_run = steps_run or int(getattr(pipe, "_num_timesteps", request.num_inference_steps))
-        return slot.result(request, images, seeds, scheduler_name, steps_run, time.perf_counter() - started, applied)
+        steps_run = steps_run or int(getattr(pipe, "_num_timesteps", request.num_inference_steps or 0))
+        return slot.result(request, images, seeds, scheduler_name, steps_run, time.perf_counter() - started, applied,
+                           warnings)
 
     def generate_batch(
         self, items: Sequence[BatchItem], on_model_load: ModelLoadHook | None = None
@@ -251,9 +280,12 @@ class DiffusersEngine:
             try:  # a request with a mistake runs alone: generate reports the mistake as it always does
                 check_request(item.request)
                 entry, loras, prompt = self._resolve(item.request)
+                settled = settle_defaults(item.request, *_defaults(entry))
                 if item.request.operation is Operation.TEXT_TO_IMAGE:  # the others run alone anyway
-                    item = items[position] = replace(item, request=settle_size(item.request, entry.native_size))
-                keys.append(None if loras else batch_key(item.request, entry.name))
+                    settled = settle_size(settled, entry.native_size)
+                item = items[position] = replace(item, request=settled)
+                batches = family_facts(entry.family).batching
+                keys.append(None if loras or not batches else batch_key(item.request, entry.name))
             except Exception:
                 keys.append(None)
                 prompt = item.request.prompt
@@ -313,7 +345,8 @@ class DiffusersEngine:
             config = None
             if entry.kind == "file" and not self.settings.model_config_dir:
                 config = self.library.config_folder_for(entry)
-            model = load_model(self.settings, entry.source, model_config=config)
+            model = load_model(self.settings, entry.source, model_config=config, family=_flow_family(entry),
+                               transformer_only=entry.transformer_only)
             slot = self._add_slot(entry, model)
         except BaseException:
             _notify(on_model_load, entry.name, "failed", time.perf_counter() - started)
@@ -396,6 +429,16 @@ class DiffusersEngine:
             "height": request.height,
             "strength": request.strength,
         }
+
+
+def _flow_family(entry: ModelEntry) -> str | None:
+    return entry.family if flow_adapter(entry.family) is not None else None
+
+
+def _defaults(entry: ModelEntry) -> tuple[int, float]:
+    """The steps and guidance a job on ``entry`` gets when it names none: its family's, per variant."""
+    defaults = family_facts(entry.family).defaults_for(entry.variant)
+    return defaults.steps, defaults.guidance
 
 
 def _notify(hook: ModelLoadHook | None, name: str, phase: str, seconds: float) -> None:

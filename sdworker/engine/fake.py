@@ -19,7 +19,7 @@ from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.checks import check_strength
 from sdworker.domain.control import CancelToken
 from sdworker.domain.prompt_syntax import extract_lora_tags, merge_loras
-from sdworker.domain.request import GenerationRequest, settle_size
+from sdworker.domain.request import GenerationRequest, settle_defaults, settle_size
 from sdworker.domain.result import AppliedLora, GenerationResult
 from sdworker.engine.protocol import BatchItem, ModelLoadHook, StepHook
 from sdworker.errors import GenerationFailed, LoraNotFound, ModelError, ModelNotFound, UnknownScheduler
@@ -33,6 +33,7 @@ class GenerationThreadDied(BaseException):
 
 FAKE_SCHEDULERS = ("euler", "euler_a", "ddim", "dpmpp_2m")
 FAKE_NATIVE_SIZE = 512
+FAKE_DEFAULTS = (20, 7.5)  # steps and guidance of a job that names none (SD 1.x's, as the fake models)
 
 
 class _FakeStepView:
@@ -165,6 +166,7 @@ class FakeEngine:
         pass
 
     def validate_request(self, request: GenerationRequest) -> None:
+        request = settle_defaults(request, *FAKE_DEFAULTS)
         check_strength(request.operation, request.strength, request.num_inference_steps)
         if request.model is not None and request.model not in self.model_names:
             raise ModelNotFound(f"model: no model named {request.model!r}", field="model")
@@ -197,8 +199,9 @@ class FakeEngine:
             raise UnknownScheduler(f"unknown scheduler {request.scheduler!r}", field="scheduler")
         self.generate_calls += 1
         started = time.perf_counter()
-        request = settle_size(request, FAKE_NATIVE_SIZE)
+        request = settle_defaults(settle_size(request, FAKE_NATIVE_SIZE), *FAKE_DEFAULTS)
         assert request.width is not None and request.height is not None
+        assert request.num_inference_steps is not None
         seed = request.seed if request.seed is not None else int(np.random.default_rng().integers(0, 2**32))
         total = request.num_inference_steps
         if request.init_image is not None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from sdworker.domain.families import family_facts, family_for_index
 from sdworker.domain.parameters import model_label
 from sdworker.domain.prompt_syntax import normalize_lora_name
 from sdworker.engine.models import PICKLE_SUFFIXES, ModelSource, resolve_source
@@ -36,8 +37,9 @@ from sdworker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-NATIVE_SIZES = {"sd1": 512, "sd2": 768, "sdxl": 1024}
 _CONTEXT_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+# Families whose LoRAs are told apart by key names alone (no cross-attention width to compare).
+TRANSFORMER_FAMILIES = frozenset({"flux1", "sd3", "zimage", "qwenimage"})
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _MAX_DEPTH = 4
 _CHECKPOINT_TO_K = re.compile(r"^model\.diffusion_model\..*attn2\.to_k\.weight$")
@@ -54,15 +56,21 @@ class ModelEntry:
     native_size: int
     context_dim: int | None  # the UNet's cross-attention width, when the files tell
     hash_file: Path | None  # what the model hash is taken of
+    variant: str = ""  # within a family: FLUX.1 dev | schnell | fill | kontext ("" = the family's default)
+    transformer_only: bool = False  # a single file holding only the transformer (completed from a folder)
 
 
 @dataclass(frozen=True, slots=True)
 class LoraEntry:
-    name: str
+    name: str  # family: sd1 | sd2 | sdxl | flux1 when its keys tell
     path: Path
     family: str | None
     format: str  # peft | kohya | unknown
     context_dim: int | None
+
+
+def native_size(family: str) -> int:
+    return family_facts(family).native_size
 
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:
@@ -149,7 +157,7 @@ class ModelLibrary:
             name = model_label(self.settings.model)
             if source.kind == "hub":
                 family = "sdxl" if "xl" in source.location.lower() else "sd1"
-                self._extra = ModelEntry(name, family, "hub", source, NATIVE_SIZES[family], None, None)
+                self._extra = ModelEntry(name, family, "hub", source, native_size(family), None, None)
             else:
                 self._extra = self._describe(Path(source.location), name, source)
         return self._extra
@@ -204,7 +212,7 @@ class ModelLibrary:
             return _describe_folder(path, name, source)
         if source.kind == "single_file":
             return _describe_checkpoint(path, name, source)
-        return ModelEntry(name, "sd1", "file", source, NATIVE_SIZES["sd1"], None, path)  # a pickle: not opened
+        return ModelEntry(name, "sd1", "file", source, native_size("sd1"), None, path)  # a pickle: not opened
 
     def models(self) -> list[ModelEntry]:
         with self._lock:
@@ -236,7 +244,7 @@ class ModelLibrary:
         with self._lock:
             entry = self._models.get(name)
             if entry is not None and entry.family != family:
-                self._models[name] = replace(entry, family=family, native_size=NATIVE_SIZES[family])
+                self._models[name] = replace(entry, family=family, native_size=native_size(family))
 
     def _names_hint(self) -> str:
         names = list(self._models)
@@ -309,6 +317,16 @@ class ModelLibrary:
     @staticmethod
     def check_lora_fits(lora: LoraEntry, model: ModelEntry, *, field: str = "loras") -> None:
         """Refuse a LoRA made for another architecture than ``model``'s (4xx naming ``field``)."""
+        if (model.family in TRANSFORMER_FAMILIES or lora.family in TRANSFORMER_FAMILIES) and model.kind != "hub":
+            if lora.family is None and lora.context_dim is None:
+                return  # a transformer LoRA whose names do not tell the family: diffusers' loader decides
+            if lora.family != model.family:
+                what = lora.family or "a UNet model"
+                raise LoraIncompatible(
+                    f"{field}: LoRA {lora.name!r} is for {what}, not for model {model.name!r} ({model.family})",
+                    field=field,
+                )
+            return
         if lora.context_dim is not None and model.context_dim is not None:
             fits = lora.context_dim == model.context_dim
         elif lora.family is not None and model.kind != "hub":
@@ -326,14 +344,21 @@ class ModelLibrary:
         """For a single-file checkpoint: a diffusers folder of the same family in the library, whose
         configs and tokenizers let diffusers load the file offline."""
         with self._lock:
-            for other in self._models.values():
-                if other.kind == "folder" and other.family == entry.family and other.context_dim == entry.context_dim:
-                    return other.source.location
-        return None
+            fits = [other for other in self._models.values() if other.kind == "folder"
+                    and other.family == entry.family and other.context_dim == entry.context_dim]
+        fits.sort(key=lambda other: other.variant != entry.variant)  # the same variant first (a Fill's config)
+        return fits[0].source.location if fits else None
 
 
 def _describe_folder(path: Path, name: str, source: ModelSource) -> ModelEntry:
     index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    facts = family_for_index(str(index.get("_class_name", "")))
+    if facts is not None and facts.name in TRANSFORMER_FAMILIES:
+        transformer = _read_json(path / "transformer" / "config.json")
+        own = path / "transformer" / "diffusion_pytorch_model.safetensors"
+        variant = transformer_variant(facts.name, index, transformer, path.name)
+        return ModelEntry(name, facts.name, "folder", source, facts.native_size, None,
+                          own if own.is_file() else None, variant=variant)
     unet = _read_json(path / "unet" / "config.json")
     vae = _read_json(path / "vae" / "config.json")
     context = unet.get("cross_attention_dim")
@@ -341,7 +366,7 @@ def _describe_folder(path: Path, name: str, source: ModelSource) -> ModelEntry:
     family = "sdxl" if "XL" in str(index.get("_class_name", "")) else "sd2" if context_dim == 1024 else "sd1"
     sample = unet.get("sample_size")
     factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
-    native = int(sample) * factor if isinstance(sample, int) else NATIVE_SIZES[family]
+    native = int(sample) * factor if isinstance(sample, int) else native_size(family)
     weights = next(
         (p for p in (path / "unet" / "diffusion_pytorch_model.safetensors",
                      path / "unet" / "diffusion_pytorch_model.fp16.safetensors") if p.is_file()),
@@ -350,9 +375,37 @@ def _describe_folder(path: Path, name: str, source: ModelSource) -> ModelEntry:
     return ModelEntry(name, family, "folder", source, native, context_dim, weights)
 
 
+def transformer_variant(family: str, index: dict[str, Any], transformer: dict[str, Any], folder: str) -> str:
+    """Which defaults a transformer model gets (``FamilyFacts.defaults``): FLUX.1 dev | schnell | fill |
+    kontext; SD 3.5 large | medium | turbo (turbo shows only in the name, as Stability names it);
+    Z-Image turbo (by name; an unnamed one gets Turbo's defaults too)."""
+    if family == "flux1":
+        return flux1_variant(index, transformer)
+    if family == "sd3":
+        if "turbo" in folder.lower():
+            return "turbo"
+        return {38: "large", 24: "medium"}.get(int(transformer.get("num_layers", 0) or 0), "")
+    if family == "zimage":
+        return "turbo" if "turbo" in folder.lower() else ""
+    return ""
+
+
+def flux1_variant(index: dict[str, Any], transformer: dict[str, Any]) -> str:
+    """dev (guidance input), schnell (none), fill (image + mask channels: 384 in), kontext (edit)."""
+    if "Kontext" in str(index.get("_class_name", "")):
+        return "kontext"
+    if transformer.get("in_channels") == 384:
+        return "fill"
+    return "dev" if transformer.get("guidance_embeds", True) else "schnell"
+
+
 def _describe_checkpoint(path: Path, name: str, source: ModelSource) -> ModelEntry:
     header = read_safetensors_header(path)
     keys = header.keys()
+    if _is_flux1_transformer(keys):
+        variant = _flux1_file_variant(header)
+        return ModelEntry(name, "flux1", "file", source, native_size("flux1"), None, path, variant=variant,
+                          transformer_only=not any(k.startswith(("vae.", "first_stage_model.")) for k in keys))
     if any(k.startswith("conditioner.embedders.1.") for k in keys):
         family = "sdxl"
     elif any(k.startswith("cond_stage_model.model.") for k in keys):
@@ -363,7 +416,27 @@ def _describe_checkpoint(path: Path, name: str, source: ModelSource) -> ModelEnt
         (int(v["shape"][1]) for k, v in header.items() if _CHECKPOINT_TO_K.match(k) and len(v.get("shape", [])) == 2),
         None,
     )
-    return ModelEntry(name, family, "file", source, NATIVE_SIZES[family], context_dim, path)
+    return ModelEntry(name, family, "file", source, native_size(family), context_dim, path)
+
+
+_FLUX1_BFL = re.compile(r"^(?:model\.diffusion_model\.)?double_blocks\.\d+\.img_attn\.")
+_FLUX1_DIFFUSERS = re.compile(r"^(?:transformer\.)?single_transformer_blocks\.\d+\.")
+
+
+def _is_flux1_transformer(keys: Any) -> bool:
+    """FLUX.1's transformer in BFL's layout (``double_blocks.N.img_attn``, optionally under
+    ``model.diffusion_model.``) or in diffusers' (``single_transformer_blocks.N``)."""
+    return any(_FLUX1_BFL.match(k) or _FLUX1_DIFFUSERS.match(k) for k in keys)
+
+
+def _flux1_file_variant(header: dict[str, Any]) -> str:
+    for key in ("img_in.weight", "model.diffusion_model.img_in.weight", "x_embedder.weight"):
+        shape = header.get(key, {}).get("shape", [])
+        if len(shape) == 2 and shape[1] == 384:
+            return "fill"
+    if any("guidance_in." in k or "guidance_embedder." in k for k in header):
+        return "dev"
+    return "schnell"
 
 
 def _describe_lora(name: str, path: Path, header: dict[str, Any]) -> LoraEntry:
@@ -379,7 +452,11 @@ def _describe_lora(name: str, path: Path, header: dict[str, Any]) -> LoraEntry:
         None,
     )
     family: str | None = None
-    if any(k.startswith(("lora_te2_", "text_encoder_2.", "lora_unet_input_blocks", "lora_unet_output_blocks"))
+    if any(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_",
+                         "transformer.single_transformer_blocks.", "diffusion_model.double_blocks.",
+                         "diffusion_model.single_blocks.")) for k in keys):
+        family = "flux1"
+    elif any(k.startswith(("lora_te2_", "text_encoder_2.", "lora_unet_input_blocks", "lora_unet_output_blocks"))
            for k in keys):
         family = "sdxl"
     elif context_dim is not None:

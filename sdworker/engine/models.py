@@ -39,15 +39,22 @@ class ModelSource:
 
 @dataclass(slots=True)
 class LoadedModel:
-    """Three pipelines over one set of modules (``unet``, ``vae``, text encoders are the same objects)."""
+    """Three pipelines over one set of modules (``unet``/``transformer``, ``vae``, text encoders are the
+    same objects). A pipeline is None where the model cannot run that operation (a FLUX.1 Fill model
+    only inpaints); ``pipe`` is the one the model was loaded as (its VAE, scheduler and LoRA loader)."""
 
     text_to_image: Any
     image_to_image: Any
     inpaint: Any
-    family: str  # sd1 | sd2 | sdxl
+    family: str  # sd1 | sd2 | sdxl | flux1
     device: torch.device
     dtype: torch.dtype
     source: ModelSource
+    base_pipe: Any = None  # when text_to_image is None
+
+    @property
+    def pipe(self) -> Any:
+        return self.text_to_image if self.base_pipe is None else self.base_pipe
 
 
 def resolve_device(settings: Settings) -> tuple[torch.device, torch.dtype]:
@@ -84,7 +91,7 @@ def resolve_source(settings: Settings) -> ModelSource:
         except OSError as exc:
             raise ModelError(
                 f"model demo: cannot build it in {settings.cache_dir}: {exc.strerror or exc} "
-                "(set --cache-dir to a writable folder, or delete a damaged demo-v2 folder there)"
+                "(set --cache-dir to a writable folder, or delete a damaged demo-v3 folder there)"
             ) from exc
     path = Path(model).expanduser()
     if path.is_dir():
@@ -109,28 +116,45 @@ def resolve_source(settings: Settings) -> ModelSource:
 
 
 def load_model(
-    settings: Settings, source: ModelSource | None = None, *, model_config: str | None = None
+    settings: Settings,
+    source: ModelSource | None = None,
+    *,
+    model_config: str | None = None,
+    family: str | None = None,
+    transformer_only: bool = False,
 ) -> LoadedModel:
     """Load a model onto its device: slow. ``source`` defaults to what ``settings.model`` names;
-    ``model_config`` (a diffusers folder of the same architecture) defaults to ``--model-config``."""
+    ``model_config`` (a diffusers folder of the same architecture) defaults to ``--model-config``.
+    ``family``: what the library found in the files (a transformer family loads through its adapter,
+    ``sdworker.engine.families``); None = a UNet family, told apart by the loaded pipeline."""
     source = source if source is not None else resolve_source(settings)
     label = source.location if source.kind != "memory" else settings.model
     device, dtype = resolve_device(settings)
     _quiet_library_progress_bars()
     config = model_config or (str(settings.model_config_dir) if settings.model_config_dir else None)
+    from sdworker.engine.families import flow_adapter
+
+    adapter = flow_adapter(family) if family is not None else None
     try:
-        base = _load_base_pipeline(source, settings, dtype, config)
+        if adapter is not None:
+            base = adapter.load_base(source, dtype, config, transformer_only=transformer_only,
+                                     use_safetensors=not settings.allow_unsafe_pickle)
+        else:
+            base = _load_base_pipeline(source, settings, dtype, config)
     except (ModelError, UnsafeCheckpoint):
         raise
     except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError, safetensors errors...
         log.debug("loading %s failed", label, exc_info=True)
         raise ModelError(_load_failure(label, config, source, exc)) from exc
-    family = detect_family(base)
+    family = family if adapter is not None and family is not None else detect_family(base)
     try:
         if device.type != "cpu":  # loaded on the CPU; .to() on the CPU only logs a warning per module
             base.to(device)
     except Exception as exc:
         raise ModelError(f"model {label}: cannot move it to {device}: {_first_line(exc)}") from exc
+    if adapter is not None:
+        built: LoadedModel = adapter.build(base, device, dtype, source)
+        return built
     return build_pipelines(base, family, device, dtype, source)
 
 

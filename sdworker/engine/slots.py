@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from sdworker.domain.batch_plan import resolve_max_batch
+from sdworker.domain.families import family_facts
 from sdworker.domain.request import GenerationRequest
 from sdworker.domain.result import AppliedLora, GenerationResult
 from sdworker.engine.compile import CompiledUnet, apply_compile
@@ -36,6 +37,7 @@ from sdworker.settings import Settings
 log = logging.getLogger(__name__)
 
 PREVIEW_ORDER = ("latent2rgb", "taesd", "vae")
+UNET_FAMILIES = frozenset({"sd1", "sd2", "sdxl"})
 
 
 @dataclass(slots=True)
@@ -88,13 +90,15 @@ class ModelSlot:
         steps_run: int,
         seconds: float,
         loras: tuple[AppliedLora, ...],
+        warnings: tuple[str, ...] = (),
     ) -> GenerationResult:
         """A finished job's result, with what this model says about itself (name, hash, family)."""
         assert request.width is not None and request.height is not None  # settled before the run
         return GenerationResult(
             images=tuple(images), seeds=seeds, width=request.width, height=request.height, scheduler=scheduler,
             steps_run=steps_run, seconds=seconds, model=self.name, model_hash=self.short_hash,
-            family=self.model.family, loras=loras, clip_skip=request.clip_skip,
+            family=self.model.family, loras=loras, clip_skip=request.clip_skip, warnings=warnings,
+            num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
         )
 
     def close(self) -> None:
@@ -111,7 +115,8 @@ class TaesdCache:
     def for_model(self, model: LoadedModel) -> Any:
         from sdworker.previews.taesd import load_taesd
 
-        path = self.settings.taesdxl if model.family == "sdxl" else self.settings.taesd
+        flags = {"sd1": self.settings.taesd, "sd2": self.settings.taesd, "sdxl": self.settings.taesdxl}
+        path = flags.get(model.family)
         if path is None and model.source.kind == "folder":
             own = Path(model.source.location) / "taesd"
             path = str(own) if (own / "config.json").is_file() else None
@@ -141,12 +146,20 @@ def build_slot(
     settings: Settings | None = None,
 ) -> ModelSlot:
     """The slot of a freshly loaded model. ``settings`` carries ``--compile`` and its sizes (None: eager)."""
-    base_scheduler = model.text_to_image.scheduler
+    base_scheduler = model.pipe.scheduler
     tiny = taesd.for_model(model)
     decoders: dict[str, PreviewDecoder] = {}
+    from sdworker.engine.families import flow_adapter
+
+    adapter = flow_adapter(model.family)
+    own = adapter.preview_decoders(model.pipe.vae) if adapter is not None else {}
     for method in ("latent2rgb", "vae", *(["taesd"] if tiny is not None else [])):
+        if method in own:
+            decoders[method] = own[method]
+            continue
         try:
-            decoders[method] = create_decoder(method, family=model.family, vae=model.text_to_image.vae, taesd=tiny)
+            decoders[method] = create_decoder(method, latent2rgb=family_facts(model.family).latent.coefficients,
+                                             vae=model.pipe.vae, taesd=tiny)
         except (KeyError, ValueError) as exc:
             log.warning("preview method %s unavailable: %s", method, exc)
     sha256 = None
@@ -155,9 +168,9 @@ def build_slot(
             sha256 = hashes.get(entry.hash_file)
         except OSError as exc:
             log.warning("cannot hash %s: %s", entry.hash_file, exc)
-    loras = LoraAdapters(model.text_to_image, entry.name, hashes, max_cached=max_cached_loras, fuse=fuse_loras)
+    loras = LoraAdapters(model.pipe, entry.name, hashes, max_cached=max_cached_loras, fuse=fuse_loras)
     compiled = None
-    if settings is not None and settings.compile:
+    if settings is not None and settings.compile and model.family in UNET_FAMILIES:
         # After the LoRA loader exists, before any job: the compiled graph must see a UNet without adapters.
         max_batch = resolve_max_batch(settings.max_batch, str(model.device))
         compiled = apply_compile(model.text_to_image, sizes=settings.compile_sizes, max_batch=max_batch,
@@ -168,7 +181,7 @@ def build_slot(
         base_scheduler=base_scheduler,
         schedulers=SchedulerFactory(base_scheduler),
         decoders=decoders,
-        prompts=PromptEncoder(model.text_to_image, model.family, embeddings),
+        prompts=PromptEncoder(model.pipe, model.family, embeddings),
         loras=loras,
         sha256=sha256,
         compiled=compiled,

@@ -13,7 +13,8 @@ When asked, x0 is, in order of preference:
 1. ``pred_original_sample`` where the scheduler returned it (Euler, Euler a, Heun, LMS, DDIM);
 2. the converted model output of the multistep solvers that predict x0 (DPM-Solver++, UniPC): their
    ``model_outputs[-1]`` after the step *is* x0;
-3. computed from the noise prediction: sigma schedulers ``x0 = x - sigma * eps``; alpha schedulers
+3. computed from the model output: flow matching (FLUX, SD3...) ``x0 = x_t - sigma * v``; sigma
+   schedulers ``x0 = x - sigma * eps``; alpha schedulers
    (PNDM, DDPM...) ``x0 = (x_t - sqrt(1 - a_t) * eps) / sqrt(a_t)`` (v-prediction variants too).
 
 With classifier-free guidance the recorded model output is the guided one, batch = number of images,
@@ -31,6 +32,9 @@ import torch
 _SIGMA_SCHEDULERS = frozenset(
     {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler", "HeunDiscreteScheduler"}
 )
+# Rectified flow (FLUX, SD3...): latents x_t = (1 - sigma) x0 + sigma noise, the model predicts the velocity
+# v = noise - x0, so x0 = x_t - sigma v.
+_FLOW_SCHEDULERS = frozenset({"FlowMatchEulerDiscreteScheduler"})
 _X0_SOLVERS = frozenset({"DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DPMSolverSinglestepScheduler"})
 
 
@@ -110,6 +114,11 @@ class X0Recorder:
         if record is None:
             return None
         prediction = str(self.scheduler.config.get("prediction_type", "epsilon"))
+        if self._class_name in _FLOW_SCHEDULERS:
+            if record.index is None:
+                return None
+            sigma = self.scheduler.sigmas[record.index].to(record.sample.device)
+            return record.sample.to(torch.float32) - sigma * record.model_output.to(torch.float32)
         if self._class_name in _SIGMA_SCHEDULERS:
             if record.index is None:
                 return None

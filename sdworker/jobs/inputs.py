@@ -11,17 +11,24 @@ from __future__ import annotations
 from dataclasses import replace
 
 from sdworker.domain.checks import check_strength
-from sdworker.domain.request import GenerationRequest, Operation, settle_size
+from sdworker.domain.request import GenerationRequest, Operation, settle_defaults, settle_size
 from sdworker.errors import InvalidImage, InvalidRequest
 from sdworker.imaging.decode import check_mask_matches
 
 DEFAULT_SIZE = 512
+DEFAULT_PARAMETERS = (20, 7.5)  # steps and guidance where the model is not known (SD 1.x's)
 
 
 def check_inputs(
-    request: GenerationRequest, *, max_pixels: int, default_size: int = DEFAULT_SIZE
+    request: GenerationRequest,
+    *,
+    max_pixels: int,
+    default_size: int = DEFAULT_SIZE,
+    defaults: tuple[int, float] = DEFAULT_PARAMETERS,
 ) -> GenerationRequest:
-    """The request with its images checked (bytes) and its size settled; a mask only for inpainting."""
+    """The request with its images checked (bytes), its size, steps and guidance settled (``defaults``:
+    the model family's steps and guidance); a mask only for inpainting."""
+    request = settle_defaults(request, *defaults)
     check_strength(request.operation, request.strength, request.num_inference_steps)
     init = mask = None
     if request.init_image is not None:

@@ -53,7 +53,7 @@ from sdworker.events.types import (
     end_marker,
     without_image,
 )
-from sdworker.jobs.inputs import DEFAULT_SIZE, check_inputs
+from sdworker.jobs.inputs import DEFAULT_PARAMETERS, DEFAULT_SIZE, check_inputs
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.protocol import FleetInfo, Lease
 from sdworker.jobs.queue import InMemoryJobQueue
@@ -184,20 +184,22 @@ class LocalJobService:
     async def _submit(self, draft: JobDraft, owner: str | None, idempotency_key: str | None) -> JobView:
         self._check_available()
         check_against_engine(draft, self._engine_info)
-        model, default_size = await self._pick_model(draft)
+        model, default_size, defaults, entry = await self._pick_model(draft)
         reservation = self._queue.reserve()
         try:
             checked = await asyncio.to_thread(
-                check_inputs, draft.request, max_pixels=self._settings.max_pixels, default_size=default_size
+                check_inputs, draft.request, max_pixels=self._settings.max_pixels, default_size=default_size,
+                defaults=defaults,
             )
             self._check_available()
         except BaseException:
             self._queue.release(reservation)
             raise
         spec = build_spec(
-            draft, checked, job_id=self._new_id(), created_at=self._clock(), owner=owner, model=model
+            draft, checked, job_id=self._new_id(), created_at=self._clock(), owner=owner, model=model, entry=entry
         )
-        record = JobRecord(spec=spec, total=spec.request.num_inference_steps, idempotency_key=idempotency_key)
+        # settled by check_inputs
+        record = JobRecord(spec=spec, total=spec.request.num_inference_steps or 0, idempotency_key=idempotency_key)
         try:
             self.store.save(record, durable=True)  # on disk before the 202
         except BaseException:
@@ -416,21 +418,23 @@ class LocalJobService:
         if self._engine_state == "failed":
             raise NotReady(f"the worker cannot run jobs: {self._engine_reason}")
 
-    async def _pick_model(self, draft: JobDraft) -> tuple[str, int]:
-        """The model a job runs on and its native size (the default width/height). Until the engine
+    async def _pick_model(self, draft: JobDraft) -> tuple[str, int, tuple[int, float], ModelInfo | None]:
+        """The model a job runs on, its native size (the default width/height) and its family's default
+        steps and guidance. Until the engine
         is ready its library is not consulted (the engine builds it while loading); the job then
         gets ``--model`` and the engine checks the names when it runs."""
         if self._library is None or self._engine_state != "ready":
-            return self._resolve_model(draft.request.model), DEFAULT_SIZE
+            return self._resolve_model(draft.request.model), DEFAULT_SIZE, DEFAULT_PARAMETERS, None
         aliases = frozenset({self._settings.model, model_label(self._settings.model)})
         if self._engine_info is not None:
             aliases |= {self._engine_info.model}
-        name, native_size = await asyncio.to_thread(check_against_library, draft, self._library, aliases)
+        name, entry = await asyncio.to_thread(check_against_library, draft, self._library, aliases)
+        defaults = (entry.default_steps, entry.default_guidance)
         if draft.request.model is None or draft.request.model in aliases:
             # The default keeps --model's name, as before the library: the compat doors look its
             # checkpoint hash up by it, and the runner hands the engine None (its default) for it.
-            return self._resolve_model(draft.request.model), native_size
-        return name, native_size
+            return self._resolve_model(draft.request.model), entry.native_size, defaults, entry
+        return name, entry.native_size, defaults, entry
 
     def _resolve_model(self, requested: str | None) -> str:
         model = self._settings.model

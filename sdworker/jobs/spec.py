@@ -42,6 +42,7 @@ class JobSpec:
     owner: str | None = None  # the API key's name that submitted it (None without auth)
     hive_id: str | None = None
     worker_id: str | None = None
+    warnings: tuple[str, ...] = ()  # what the model's family ignores of the request, said at submit
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = to_json(self)

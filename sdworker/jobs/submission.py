@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
+from sdworker.domain.families import family_facts, request_warnings
 from sdworker.domain.prompt_syntax import extract_lora_tags, normalize_lora_name
 from sdworker.domain.request import GenerationRequest
 from sdworker.errors import LoraIncompatible, LoraNotFound, ModelNotFound, UnknownScheduler, Unsupported
@@ -31,11 +32,11 @@ class ModelLibrary(Protocol):
 
 def check_against_library(
     draft: JobDraft, library: ModelLibrary, aliases: frozenset[str]
-) -> tuple[str, int]:
-    """The library model a draft runs on and its native size, after the engine's own submit checks
-    (``ModelNotFound`` naming ``model``, LoRA errors naming ``loras`` or ``prompt``). Names in
-    ``aliases`` (what ``--model`` said, e.g. ``demo``) mean the default model. May read the disk (an
-    unknown name rescans the folder): call it off the event loop."""
+) -> tuple[str, ModelInfo]:
+    """The library model a draft runs on (its name and entry: native size, family defaults), after the
+    engine's own submit checks (``ModelNotFound`` naming ``model``, LoRA errors naming ``loras`` or
+    ``prompt``). Names in ``aliases`` (what ``--model`` said, e.g. ``demo``) mean the default model. May
+    read the disk (an unknown name rescans the folder): call it off the event loop."""
     request = draft.request
     wanted = None if request.model is None or request.model in aliases else request.model
     # What ``Engine.validate_request`` looks at: the model, the LoRAs (field and prompt tags) and
@@ -46,7 +47,7 @@ def check_against_library(
     chosen = chosen or next((m for m in models if m.is_default), None) or (models[0] if models else None)
     if chosen is None:
         raise ModelNotFound("model: the model library is empty", field="model")
-    return chosen.name, chosen.native_size
+    return chosen.name, chosen
 
 
 def check_lora_names(draft: JobDraft, loras: tuple[LoraInfo, ...], family: str | None) -> None:
@@ -67,6 +68,19 @@ def check_lora_names(draft: JobDraft, loras: tuple[LoraInfo, ...], family: str |
             raise LoraIncompatible(
                 f"{field}: LoRA {name!r} is for {lora.family} models; the job's model is {family}", field=field
             )
+
+
+def check_family_rules(draft: JobDraft, entry: ModelInfo | None) -> None:
+    """An API node without the engine (Redis mode): the model family's size multiple and samplers, as
+    the engine's ``validate_request`` checks them (4xx naming ``width``/``height`` or ``scheduler``)."""
+    if entry is None:
+        return
+    try:
+        facts = family_facts(entry.family)
+    except KeyError:  # a family this node's version does not know: the worker checks when it runs
+        return
+    facts.check_size(draft.request.width, draft.request.height)
+    facts.check_scheduler(draft.request.scheduler)
 
 
 def _names(known: set[str]) -> str:
@@ -118,6 +132,7 @@ def build_spec(
     created_at: float,
     owner: str | None,
     model: str | None,
+    entry: ModelInfo | None = None,
 ) -> JobSpec:
     """The spec to queue: ``checked`` is the draft's request after ``check_inputs`` (images as bytes,
     size settled); the seed is drawn here when the client gave none, so every attempt repeats it."""
@@ -130,4 +145,16 @@ def build_spec(
         owner=owner,
         hive_id=draft.hive_id,
         worker_id=draft.worker_id,
+        warnings=family_warnings(checked, entry),
     )
+
+
+def family_warnings(request: GenerationRequest, entry: ModelInfo | None) -> tuple[str, ...]:
+    """The job's ``warnings``: what ``entry``'s family ignores of ``request`` (none when unknown)."""
+    if entry is None:
+        return ()
+    try:
+        facts = family_facts(entry.family)
+    except KeyError:
+        return ()
+    return request_warnings(request, facts, entry.variant)

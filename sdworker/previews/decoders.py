@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from sdworker.previews.latent2rgb import COEFFICIENTS, Latent2RGBDecoder
+from sdworker.previews.latent2rgb import Coefficients, Latent2RGBDecoder
 from sdworker.previews.options import DECODER_METHODS
 from sdworker.previews.pixels import LATENT_TO_IMAGE
 from sdworker.previews.taesd import TaesdDecoder
@@ -54,26 +54,27 @@ def resolve_method(method: str, *, taesd_available: bool) -> str:
 def create_decoder(
     method: str,
     *,
-    family: str,
+    latent2rgb: Coefficients | None,
     vae: AutoencoderKL | None,
     taesd: AutoencoderTiny | None,
 ) -> PreviewDecoder:
-    """Build the decoder for ``method`` (latent2rgb | taesd | vae, or auto) of a model of ``family``
-    (sd1 | sd2 | sdxl). Build once per model and reuse: decoders cache what they need per device.
+    """Build the decoder for ``method`` (latent2rgb | taesd | vae, or auto) of a model whose latent space
+    has the ``latent2rgb`` coefficients (its family's, ``sdworker.domain.families``). Build once per
+    model and reuse: decoders cache what they need per device.
 
     Raises ``KeyError`` for a method that is not a decoder (``none`` included: it decodes nothing)
-    and ``ValueError`` when the method needs a model that was not given or the family is unknown.
+    and ``ValueError`` when the method needs a model or coefficients that were not given.
     The engine checks availability at load, so these are programming errors, not client errors.
     """
     resolved = resolve_method(method, taesd_available=taesd is not None)
     if resolved not in DECODER_METHODS:
         raise KeyError(f"unknown preview decoder {method!r}; known: {', '.join(DECODER_METHODS)}")
-    if family not in COEFFICIENTS:
-        raise ValueError(f"unknown model family {family!r}; known: {', '.join(COEFFICIENTS)}")
     # The preview's size follows the image, and the image is the latents times the VAE's factor.
     image_factor = vae_image_factor(vae) if vae is not None else LATENT_TO_IMAGE
     if resolved == "latent2rgb":
-        return Latent2RGBDecoder(family, image_factor)
+        if latent2rgb is None:
+            raise ValueError("the latent2rgb preview needs coefficients for the model's latent space")
+        return Latent2RGBDecoder(latent2rgb, image_factor)
     if resolved == "taesd":
         if taesd is None:
             raise ValueError("the taesd preview needs a TAESD model (--taesd PATH)")

@@ -1,8 +1,8 @@
-"""The cheapest preview: a fixed linear projection of the 4 latent channels to RGB.
+"""The cheapest preview: a fixed linear projection of the latent channels to RGB.
 
 ``rgb = latents^T . F + bias`` per latent pixel, values about [-1, 1], then ``(x + 1) / 2 * 255``.
 It applies to the latents as the denoising loop holds them (not divided by the VAE scaling factor)
-and reads best on the predicted x0. One 4x3 matmul per latent pixel: about 50 k multiply-adds for a
+and reads best on the predicted x0. One Cx3 matmul per latent pixel: about 50 k multiply-adds for a
 512 px image, nothing next to a UNet step. The result is 1/8 of the image size; it is enlarged to
 the preview size on the CPU (see ``pixels``).
 """
@@ -15,33 +15,13 @@ import torch
 
 from sdworker.previews.pixels import LATENT_TO_IMAGE, preview_size, to_preview_pixels
 
-# Published coefficients. Source: ComfyUI, comfy/latent_formats.py (classes SD15 and SDXL,
-# attributes latent_rgb_factors / latent_rgb_factors_bias); rows are latent channels, columns R, G, B.
-# SD 2.x shares SD 1.x's VAE, hence its latent space and these numbers; SD 1.x/2.x have no bias.
-SD15_FACTORS = (
-    (0.3512, 0.2297, 0.3227),
-    (0.3250, 0.4974, 0.2350),
-    (-0.2829, 0.1762, 0.2721),
-    (-0.2120, -0.2616, -0.7177),
-)
-SD15_BIAS = (0.0, 0.0, 0.0)
-SDXL_FACTORS = (
-    (0.3651, 0.4232, 0.4341),
-    (-0.2533, -0.0042, 0.1068),
-    (0.1076, 0.1111, -0.0362),
-    (-0.3165, -0.2492, -0.2188),
-)
-SDXL_BIAS = (0.1084, -0.0175, -0.0011)
-
-COEFFICIENTS: dict[str, tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]] = {
-    "sd1": (SD15_FACTORS, SD15_BIAS),
-    "sd2": (SD15_FACTORS, SD15_BIAS),
-    "sdxl": (SDXL_FACTORS, SDXL_BIAS),
-}
+# (factors: one row of (R, G, B) per latent channel, bias (R, G, B)). The published sets live with
+# their families (sdworker.domain.families), which say which latent representation each expects.
+Coefficients = tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]
 
 
 class Latent2RGBDecoder:
-    """Linear latent -> RGB preview for one model family.
+    """Linear latent -> RGB preview for one latent space (C channels -> 3 colours).
 
     The projection always runs in float32 on the latents' device: fp16 is fine for the values, but
     CPU half matmuls are slow or missing, and upcasting a (4, h, w) slice costs nothing. The
@@ -50,18 +30,18 @@ class Latent2RGBDecoder:
 
     method = "latent2rgb"
 
-    def __init__(self, family: str, image_factor: int = LATENT_TO_IMAGE) -> None:
-        if family not in COEFFICIENTS:
-            raise ValueError(f"no latent2rgb coefficients for model family {family!r}; known: {sorted(COEFFICIENTS)}")
-        self.family = family
+    def __init__(self, coefficients: Coefficients, image_factor: int = LATENT_TO_IMAGE) -> None:
+        factors, bias = self.table = coefficients
+        if not factors or any(len(row) != 3 for row in factors) or len(bias) != 3:
+            raise ValueError("latent2rgb coefficients need one (R, G, B) row per latent channel and an RGB bias")
+        self.channels = len(factors)
         self.image_factor = image_factor
-        factors, bias = COEFFICIENTS[family]
-        self._factors = torch.tensor(factors, dtype=torch.float32)  # (4, 3)
+        self._factors = torch.tensor(factors, dtype=torch.float32)  # (C, 3)
         self._bias = torch.tensor(bias, dtype=torch.float32)  # (3,)
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def coefficients(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(factors (4, 3), bias (3,)) as float32 on ``device``, cached."""
+        """(factors (C, 3), bias (3,)) as float32 on ``device``, cached."""
         cached = self._on_device.get(device)
         if cached is None:
             cached = (self._factors.to(device), self._bias.to(device))
@@ -70,9 +50,9 @@ class Latent2RGBDecoder:
 
     @torch.inference_mode()
     def project(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, 4, h, w) -> (1, 3, h, w) float32 in about [-1, 1], on the latents' device (first image)."""
-        if latents.ndim != 4 or latents.shape[1] != 4:
-            raise ValueError(f"latent2rgb needs (B, 4, h, w) latents, got shape {tuple(latents.shape)}")
+        """(B, C, h, w) -> (1, 3, h, w) float32 in about [-1, 1], on the latents' device (first image)."""
+        if latents.ndim != 4 or latents.shape[1] != self.channels:
+            raise ValueError(f"latent2rgb needs (B, {self.channels}, h, w) latents, got shape {tuple(latents.shape)}")
         factors, bias = self.coefficients(latents.device)
         first = latents[0].float()  # a new tensor or a view we only read: the input is never mutated
         rgb = torch.einsum("chw,cr->rhw", first, factors) + bias[:, None, None]

@@ -19,8 +19,10 @@ from sdworker.previews.pixels import preview_size, to_preview_pixels
 
 
 def vae_image_factor(vae: AutoencoderKL) -> int:
-    """Pixels per latent side: the VAE halves the size between blocks (8 for every SD model)."""
-    return int(2 ** (len(vae.config["block_out_channels"]) - 1))
+    """Pixels per latent side: the VAE halves the size between blocks (8 for every SD model; a Wan-style
+    VAE names its blocks ``dim_mult``)."""
+    blocks = vae.config.get("block_out_channels") or vae.config.get("dim_mult") or (0, 0, 0, 0)
+    return int(2 ** (len(blocks) - 1))
 
 
 class VaeDecoder:

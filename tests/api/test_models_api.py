@@ -35,7 +35,8 @@ async def test_models_and_loras_are_listed_with_their_details() -> None:
         assert set(by_id) == {"fake", "xl"}
         assert by_id["fake"] == {
             "id": "fake", "object": "model", "owned_by": "sdworker", "created": 0, "architecture": "sd1",
-            "hash": "0000000000", "loaded": True, "native_size": 512, "default": True,
+            "hash": "0000000000", "loaded": True, "native_size": 512, "default": True, "variant": None,
+            "defaults": {"steps": 20, "guidance_scale": 7.5, "width": 512, "height": 512}, "size_multiple": 8,
         }
         assert by_id["xl"]["architecture"] == "sdxl" and by_id["xl"]["native_size"] == 96
         assert not by_id["xl"]["default"]

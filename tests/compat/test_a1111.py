@@ -108,13 +108,15 @@ def test_progress_shows_the_running_job_and_interrupt_returns_its_image(
 
 
 def test_models_options_and_png_info(api: webuiapi.WebUIApi, server: LiveServer, demo_cache_dir: Path) -> None:
-    unet = demo_cache_dir / "demo-v2" / "models" / "demo-sd15" / "unet" / "diffusion_pytorch_model.safetensors"
+    unet = demo_cache_dir / "demo-v3" / "models" / "demo-sd15" / "unet" / "diffusion_pytorch_model.safetensors"
     sha = hashlib.sha256(unet.read_bytes()).hexdigest()
     title = f"demo [{sha[:10]}]"
-    assert api.util_get_model_names() == [title]
+    # The served model first, then the library's other models (the FLUX.1, SD 3.5... demos).
+    names = api.util_get_model_names()
+    assert names[0] == title and "demo-flux1" in names and "demo-sd15" not in names, names
     assert api.get_sd_models()[0] == {"title": title, "model_name": "demo", "hash": sha[:10], "sha256": sha,
                                       "filename": "demo", "config": None}
-    api.util_set_model("demo")
+    api.util_set_model(title)  # by title: every demo model has "demo" in its name
     assert api.util_get_current_model() == title and api.get_options()["sd_checkpoint_hash"] == sha
     result = api.txt2img(prompt="a cat", override_settings={"sd_model_checkpoint": sha[:10]}, **SMALL)
     info = api.png_info(result.image)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+from sdworker.domain.families import family_facts
 from sdworker.domain.request import GenerationRequest
 from sdworker.engine.demo_model import CHECKPOINT_NAME
 from sdworker.engine.diffusers_engine import DiffusersEngine
@@ -60,7 +61,9 @@ def test_an_unknown_name_rescans_and_refresh_finds_new_models(models_dir: Path, 
 
 
 def test_switching_models_gives_each_its_own_pixels(demo_bundle: Path, demo_cache_dir: Path, tmp_path: Path) -> None:
-    settings = Settings(models_dir=str(demo_bundle / "models"), cache_dir=tmp_path, device="cpu", max_loaded_models=1)
+    # The bundle's first name is demo-flux1 now: name the default the test means.
+    settings = Settings(models_dir=str(demo_bundle / "models"), cache_dir=tmp_path, device="cpu", max_loaded_models=1,
+                        default_model="demo-sd15")
     engine = DiffusersEngine(settings)
     engine.load()
     events: list[tuple[str, str]] = []
@@ -98,7 +101,7 @@ def test_two_models_stay_loaded_with_max_two(demo_bundle: Path, tmp_path: Path) 
         engine.generate(GenerationRequest("a cat", model=model, **BASE),
                         on_model_load=lambda name, phase, seconds: events.append(f"{name} {phase}"))
     assert events == ["demo-sd15 started", "demo-sd15 finished", "demo-sdxl started", "demo-sdxl finished"]
-    assert all(m.loaded for m in engine.list_models())
+    assert {m.name for m in engine.list_models() if m.loaded} == {"demo-sd15", "demo-sdxl"}
 
 
 def test_a_single_file_loads_offline_with_a_folder_of_its_family(models_dir: Path, tmp_path: Path) -> None:
@@ -148,6 +151,7 @@ def test_previews_follow_the_family_of_the_model_that_runs(demo_bundle: Path, tm
         result = engine.generate(GenerationRequest("a cat", model=model, **BASE),
                                  on_step=lambda view: seen.append(view.render_preview("auto", 32)))
         slot = engine._slot(engine.library.model(model), None)
-        assert slot.decoders["latent2rgb"].family == result.family  # type: ignore[attr-defined]
+        coefficients = family_facts(result.family).latent.coefficients
+        assert slot.decoders["latent2rgb"].table == coefficients  # type: ignore[attr-defined]
         assert "taesd" in slot.decoders  # each demo folder ships its own taesd/
     assert all(p is not None and p.method == "taesd" for p in seen)

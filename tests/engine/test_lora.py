@@ -149,7 +149,8 @@ def test_a_lora_for_another_architecture_is_refused_before_anything_loads(demo_e
 
 def test_the_loras_are_listed_with_format_and_family(demo_engine: DiffusersEngine) -> None:
     listed = {lora.name: (lora.format, lora.family) for lora in demo_engine.list_loras()}
-    assert listed == {"demo-kohya": ("kohya", None), "demo-peft": ("peft", None), "demo-xl-peft": ("peft", "sdxl")}
+    assert listed == {"demo-kohya": ("kohya", None), "demo-peft": ("peft", None), "demo-xl-peft": ("peft", "sdxl"),
+                      "demo-flux1-kohya": ("kohya", "flux1")}
 
 
 def test_an_sdxl_lora_equals_diffusers_on_both_text_encoders(demo_bundle: Path, demo_cache_dir: Path) -> None:

@@ -14,16 +14,20 @@ from diffusers.models import AutoencoderKL, AutoencoderTiny
 from PIL import Image
 from torch.overrides import TorchFunctionMode
 
+from sdworker.domain.families import family_facts
 from sdworker.imaging.encode import encode_image
 from sdworker.previews.decoders import PreviewDecoder, create_decoder
 from sdworker.previews.vae import VaeDecoder
+
+SD1 = family_facts("sd1").latent.coefficients
+SDXL = family_facts("sdxl").latent.coefficients
 
 METHODS = ("latent2rgb", "taesd", "vae")
 MAGIC = {"jpeg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n", "webp": b"RIFF"}
 
 
 def _decoder(method: str, vae: AutoencoderKL, taesd: AutoencoderTiny) -> PreviewDecoder:
-    return create_decoder(method, family="sd1", vae=vae, taesd=taesd)
+    return create_decoder(method, latent2rgb=SD1, vae=vae, taesd=taesd)
 
 
 @pytest.mark.parametrize(
@@ -95,7 +99,7 @@ def test_vae_preview_is_the_vae_decode_scaled_back(
     with torch.no_grad():
         reference = demo_vae.decode(latents / demo_vae.config["scaling_factor"]).sample[0]
     expected = ((reference.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-    pixels = create_decoder("vae", family="sd1", vae=demo_vae, taesd=None).decode(latents, 64)
+    pixels = create_decoder("vae", latent2rgb=SD1, vae=demo_vae, taesd=None).decode(latents, 64)
     assert np.abs(pixels.astype(int) - expected.astype(int)).max() <= 1
     # ...and not the undivided latents, which would be a different picture.
     with torch.no_grad():
@@ -111,26 +115,28 @@ def test_taesd_preview_takes_the_loop_latents_directly(
     with torch.no_grad():
         reference = demo_taesd.decode(latents).sample[0]
     expected = ((reference.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-    pixels = create_decoder("taesd", family="sd1", vae=None, taesd=demo_taesd).decode(latents, 64)
+    pixels = create_decoder("taesd", latent2rgb=SD1, vae=None, taesd=demo_taesd).decode(latents, 64)
     assert np.abs(pixels.astype(int) - expected.astype(int)).max() <= 1
 
 
 def test_auto_is_taesd_when_loaded_else_latent2rgb(demo_vae: AutoencoderKL, demo_taesd: AutoencoderTiny) -> None:
-    assert create_decoder("auto", family="sd1", vae=demo_vae, taesd=demo_taesd).method == "taesd"
-    assert create_decoder("auto", family="sd1", vae=demo_vae, taesd=None).method == "latent2rgb"
+    assert create_decoder("auto", latent2rgb=SD1, vae=demo_vae, taesd=demo_taesd).method == "taesd"
+    assert create_decoder("auto", latent2rgb=SD1, vae=demo_vae, taesd=None).method == "latent2rgb"
 
 
 def test_unknown_method_or_missing_model_raises(demo_vae: AutoencoderKL) -> None:
     with pytest.raises(KeyError, match="bogus"):
-        create_decoder("bogus", family="sd1", vae=demo_vae, taesd=None)
+        create_decoder("bogus", latent2rgb=SD1, vae=demo_vae, taesd=None)
     with pytest.raises(KeyError):
-        create_decoder("none", family="sd1", vae=demo_vae, taesd=None)  # "none" decodes nothing
+        create_decoder("none", latent2rgb=SD1, vae=demo_vae, taesd=None)  # "none" decodes nothing
     with pytest.raises(ValueError, match="TAESD"):
-        create_decoder("taesd", family="sd1", vae=demo_vae, taesd=None)
+        create_decoder("taesd", latent2rgb=SD1, vae=demo_vae, taesd=None)
     with pytest.raises(ValueError, match="VAE"):
-        create_decoder("vae", family="sd1", vae=None, taesd=None)
-    with pytest.raises(ValueError, match="family"):
-        create_decoder("latent2rgb", family="flux", vae=None, taesd=None)
+        create_decoder("vae", latent2rgb=SD1, vae=None, taesd=None)
+    with pytest.raises(ValueError, match="coefficients"):
+        create_decoder("latent2rgb", latent2rgb=None, vae=None, taesd=None)
+    with pytest.raises(ValueError, match="coefficients"):
+        create_decoder("latent2rgb", latent2rgb=(((1.0, 0.0),), (0.0, 0.0, 0.0)), vae=None, taesd=None)
 
 
 class _ComputeProbe(TorchFunctionMode):
@@ -168,11 +174,11 @@ def test_fp16_vae_that_asks_for_upcasting_decodes_in_float32(
 ) -> None:
     # SDXL's VAE overflows in fp16 and says so with force_upcast; the preview must not show NaN grey.
     latents = make_latents(8, 8, seed=8)
-    expected = create_decoder("vae", family="sdxl", vae=demo_vae, taesd=None).decode(latents, 64)
+    expected = create_decoder("vae", latent2rgb=SDXL, vae=demo_vae, taesd=None).decode(latents, 64)
     half = copy.deepcopy(demo_vae)
     half.register_to_config(force_upcast=True)
     half = half.half()
-    decoder = create_decoder("vae", family="sdxl", vae=half, taesd=None)
+    decoder = create_decoder("vae", latent2rgb=SDXL, vae=half, taesd=None)
     assert isinstance(decoder, VaeDecoder) and decoder.needs_upcast
     with _ComputeProbe() as probe:
         pixels = decoder.decode(latents.half(), 64)

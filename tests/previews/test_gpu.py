@@ -10,7 +10,10 @@ import pytest
 import torch
 from diffusers.models import AutoencoderKL, AutoencoderTiny
 
+from sdworker.domain.families import family_facts
 from sdworker.previews.decoders import create_decoder
+
+SD1 = family_facts("sd1").latent.coefficients
 
 pytestmark = [
     pytest.mark.gpu,
@@ -27,10 +30,10 @@ def test_fp16_cuda_matches_fp32_cpu(
 ) -> None:
     cuda = torch.device("cuda")
     latents = make_latents(32, 48, seed=6)
-    on_cpu = create_decoder(method, family="sd1", vae=demo_vae, taesd=demo_taesd).decode(latents, 256)
+    on_cpu = create_decoder(method, latent2rgb=SD1, vae=demo_vae, taesd=demo_taesd).decode(latents, 256)
     vae_half = copy.deepcopy(demo_vae).to(cuda, torch.float16)
     taesd_half = copy.deepcopy(demo_taesd).to(cuda, torch.float16)
-    decoder = create_decoder(method, family="sd1", vae=vae_half, taesd=taesd_half)
+    decoder = create_decoder(method, latent2rgb=SD1, vae=vae_half, taesd=taesd_half)
     latents_half = latents.to(cuda, torch.float16)
     before = latents_half.clone()
     on_gpu = decoder.decode(latents_half, 256)

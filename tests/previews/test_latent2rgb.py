@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from sdworker.domain.families import family_facts
 from sdworker.previews.decoders import create_decoder
 from sdworker.previews.latent2rgb import Latent2RGBDecoder
+
+SD1 = family_facts("sd1").latent.coefficients
+SD2 = family_facts("sd2").latent.coefficients
+SDXL = family_facts("sdxl").latent.coefficients
 
 # One latent vector (channels 0..3) placed at pixel (row 3, column 5) of 8x8 latents.
 VECTOR = (0.5, -0.25, 1.0, -0.75)
@@ -31,7 +36,7 @@ def test_sd15_pixel_matches_hand_computation() -> None:
     expected = [_to_byte(red), _to_byte(green), _to_byte(blue)]
     assert expected == [124, 174, 244]
 
-    decoder = create_decoder("latent2rgb", family="sd1", vae=None, taesd=None)
+    decoder = create_decoder("latent2rgb", latent2rgb=SD1, vae=None, taesd=None)
     # max_size 8 on a 64 px image: the preview is exactly the latent grid, one pixel per latent.
     pixels = decoder.decode(_latents_with_vector(), max_size=8)
     assert pixels.shape == (8, 8, 3)
@@ -40,8 +45,8 @@ def test_sd15_pixel_matches_hand_computation() -> None:
 
 
 def test_sd2_uses_the_sd1_latent_space() -> None:
-    sd1 = create_decoder("latent2rgb", family="sd1", vae=None, taesd=None).decode(_latents_with_vector(), 8)
-    sd2 = create_decoder("latent2rgb", family="sd2", vae=None, taesd=None).decode(_latents_with_vector(), 8)
+    sd1 = create_decoder("latent2rgb", latent2rgb=SD1, vae=None, taesd=None).decode(_latents_with_vector(), 8)
+    sd2 = create_decoder("latent2rgb", latent2rgb=SD2, vae=None, taesd=None).decode(_latents_with_vector(), 8)
     np.testing.assert_array_equal(sd1, sd2)
 
 
@@ -52,7 +57,7 @@ def test_sdxl_pixel_includes_the_bias() -> None:
     expected = [_to_byte(red), _to_byte(green), _to_byte(blue)]
     assert expected == [217, 190, 168]
 
-    pixels = create_decoder("latent2rgb", family="sdxl", vae=None, taesd=None).decode(_latents_with_vector(), 8)
+    pixels = create_decoder("latent2rgb", latent2rgb=SDXL, vae=None, taesd=None).decode(_latents_with_vector(), 8)
     assert pixels[3, 5].tolist() == expected
     # A zero latent shows the bias alone: (0.1084, -0.0175, -0.0011) -> bytes.
     assert pixels[0, 0].tolist() == [_to_byte(0.1084), _to_byte(-0.0175), _to_byte(-0.0011)] == [141, 125, 127]
@@ -60,7 +65,7 @@ def test_sdxl_pixel_includes_the_bias() -> None:
 
 def test_upscaled_preview_keeps_a_uniform_colour_exactly() -> None:
     latents = torch.tensor(VECTOR).view(1, 4, 1, 1).expand(1, 4, 8, 12).contiguous()
-    pixels = create_decoder("latent2rgb", family="sd1", vae=None, taesd=None).decode(latents, max_size=256)
+    pixels = create_decoder("latent2rgb", latent2rgb=SD1, vae=None, taesd=None).decode(latents, max_size=256)
     assert pixels.shape == (64, 96, 3)  # a 64x96 image is smaller than 256: preview at image size
     assert (pixels == np.array([124, 174, 244], dtype=np.uint8)).all()
 
@@ -69,7 +74,7 @@ def test_values_are_clamped_not_wrapped() -> None:
     latents = torch.zeros(1, 4, 8, 8)
     latents[0, 3] = 100.0  # channel 3 is strongly negative in every colour
     latents[0, 3, 0, 0] = -100.0
-    pixels = create_decoder("latent2rgb", family="sd1", vae=None, taesd=None).decode(latents, 8)
+    pixels = create_decoder("latent2rgb", latent2rgb=SD1, vae=None, taesd=None).decode(latents, 8)
     assert pixels[1, 1].tolist() == [0, 0, 0]
     assert pixels[0, 0].tolist() == [255, 255, 255]
 
@@ -77,7 +82,7 @@ def test_values_are_clamped_not_wrapped() -> None:
 def test_decodes_only_the_first_image_and_leaves_the_input_alone() -> None:
     latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     before = latents.clone()
-    decoder = create_decoder("latent2rgb", family="sd1", vae=None, taesd=None)
+    decoder = create_decoder("latent2rgb", latent2rgb=SD1, vae=None, taesd=None)
     batch = decoder.decode(latents, 64)
     alone = decoder.decode(latents[0:1], 64)
     np.testing.assert_array_equal(batch, alone)
@@ -86,19 +91,29 @@ def test_decodes_only_the_first_image_and_leaves_the_input_alone() -> None:
 
 def test_half_precision_matches_float32_within_one_level() -> None:
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2))
-    decoder = create_decoder("latent2rgb", family="sdxl", vae=None, taesd=None)
+    decoder = create_decoder("latent2rgb", latent2rgb=SDXL, vae=None, taesd=None)
     full = decoder.decode(latents, 128).astype(int)
     half = decoder.decode(latents.half(), 128).astype(int)
     assert np.abs(full - half).max() <= 1
 
 
 def test_coefficients_are_built_once_per_device() -> None:
-    decoder = Latent2RGBDecoder("sd1")
+    decoder = Latent2RGBDecoder(SD1)
     first = decoder.coefficients(torch.device("cpu"))
     decoder.decode(torch.zeros(1, 4, 8, 8), 64)
     assert decoder.coefficients(torch.device("cpu"))[0] is first[0]
 
 
-def test_rejects_latents_that_are_not_four_channels() -> None:
+def test_rejects_latents_with_other_channels_than_its_coefficients() -> None:
     with pytest.raises(ValueError, match="4"):
-        Latent2RGBDecoder("sd1").decode(torch.zeros(1, 16, 8, 8), 64)
+        Latent2RGBDecoder(SD1).decode(torch.zeros(1, 16, 8, 8), 64)
+
+
+def test_flux1_projects_sixteen_channels_with_its_bias() -> None:
+    facts = family_facts("flux1").latent
+    latents = torch.zeros(1, 16, 4, 4)
+    latents[0, 0, 1, 2] = 1.0  # channel 0 alone: its row plus the bias
+    pixels = Latent2RGBDecoder(facts.coefficients).decode(latents, 4)
+    row, bias = facts.factors[0], facts.bias
+    assert pixels[1, 2].tolist() == [_to_byte(row[i] + bias[i]) for i in range(3)]
+    assert pixels[0, 0].tolist() == [_to_byte(b) for b in bias]

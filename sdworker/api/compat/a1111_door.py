@@ -23,11 +23,13 @@ from sdworker.api.compat.a1111_schemas import (
     Txt2ImgRequest,
     check_texts,
     echoed,
+    family_guidance,
+    family_sampler,
     ignored,
     to_draft,
 )
 from sdworker.api.compat.a1111_state import A1111State, checkpoints, find_checkpoint
-from sdworker.api.compat.jobs import finished_images, wait_or_cancel
+from sdworker.api.compat.jobs import finished_images, library_entry, served_names, wait_or_cancel
 from sdworker.domain.request import InputImage
 from sdworker.errors import InvalidRequest
 from sdworker.imaging.decode import decode_base64
@@ -47,11 +49,16 @@ async def generate(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
     service, settings, owner = deps.service(request), deps.settings(request), deps.owner(request)
     check_texts(body.model_dump(exclude={"init_images", "mask"}))
     fleet = await service.fleet()
+    model = await _model(request, body, served_names(fleet))
+    entry = library_entry(model, fleet)
+    family = entry.family if entry is not None else None
     sampler = choose(body.sampler_name or body.sampler_index, body.scheduler, _schedulers(fleet.engine))
-    model = await _model(request, body, fleet.models)
+    sampler = family_sampler(sampler, body, family)
+    guidance, family_notes = family_guidance(body, family)
     init, mask = _given_images(body)
     # The job's bounds (sizes against --max-pixels first) before any image is decoded or resized.
-    draft = to_draft(body, settings, sampler=sampler, model=model, init_image=init, mask_image=mask)
+    draft = to_draft(body, settings, sampler=sampler, model=model, init_image=init, mask_image=mask,
+                     guidance=guidance, multiple=entry.size_multiple if entry is not None else 8)
     if isinstance(body, Img2ImgRequest):
         init, mask = await _img2img_inputs(body, settings.max_pixels)
         draft = replace(draft, request=replace(draft.request, init_image=init, mask_image=mask))
@@ -59,7 +66,7 @@ async def generate(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
     view = await wait_or_cancel(service, view.job_id, request, owner)
     pngs = await finished_images(service, view, owner)
     known = await checkpoints((view.spec.request.model or settings.model,), settings.cache_dir)
-    notes = {**ignored(body), **sampler.ignored}
+    notes = {**ignored(body), **sampler.ignored, **family_notes}
     info = _info(body, view, pngs, sampler.sampler, sampler.schedule, known[0].model_name, known[0].hash10, notes)
     return {
         "images": [base64.b64encode(png).decode("ascii") for png in pngs] if body.send_images else [],
@@ -79,7 +86,7 @@ async def interrupt(request: Request) -> None:
 
 async def choose_checkpoint(request: Request, wanted: str) -> None:
     settings = deps.settings(request)
-    known = await checkpoints((await deps.service(request).fleet()).models, settings.cache_dir)
+    known = await checkpoints(served_names(await deps.service(request).fleet()), settings.cache_dir)
     a1111_state(request).checkpoint = find_checkpoint(known, wanted).model
 
 

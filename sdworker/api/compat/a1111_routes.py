@@ -14,6 +14,7 @@ from sdworker.api.compat import a1111_catalog as catalog
 from sdworker.api.compat import a1111_door as door
 from sdworker.api.compat.a1111_schemas import Img2ImgRequest, Txt2ImgRequest
 from sdworker.api.compat.a1111_state import Checkpoint, checkpoints
+from sdworker.api.compat.jobs import served_names
 
 router = APIRouter(prefix="/sdapi/v1", tags=["automatic1111"])
 
@@ -116,7 +117,7 @@ for _name in catalog.EMPTY_LISTS:
 
 
 async def _known(request: Request) -> list[Checkpoint]:
-    return await checkpoints((await deps.service(request).fleet()).models, deps.settings(request).cache_dir)
+    return await checkpoints(served_names(await deps.service(request).fleet()), deps.settings(request).cache_dir)
 
 
 async def _current(request: Request) -> Checkpoint:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sdworker.api.compat.a1111_samplers import SamplerChoice
 from sdworker.api.schemas import job_limits, preview_options
 from sdworker.domain.checks import MAX_SEED, check_job, text_problem
+from sdworker.domain.families import FamilyFacts, family_facts
 from sdworker.domain.request import GenerationRequest, InputImage, Operation
 from sdworker.errors import InvalidRequest
 from sdworker.jobs.spec import JobDraft
@@ -48,8 +49,9 @@ class Txt2ImgRequest(BaseModel):
     scheduler: str | None = None
     batch_size: int = Field(1, ge=1, le=64)
     n_iter: int = Field(1, ge=1, le=64)
-    steps: int = Field(50, ge=1, le=10_000)
-    cfg_scale: float = Field(7.0, ge=0.0, le=50.0)
+    steps: int | None = Field(None, ge=1, le=10_000)  # None: the model family's default
+    cfg_scale: float | None = Field(None, ge=0.0, le=50.0)  # CFG; None: the family's default
+    distilled_cfg_scale: float | None = Field(None, ge=0.0, le=50.0)  # Forge's: FLUX.1's distilled guidance
     width: int = Field(512, ge=8, le=16_384)
     height: int = Field(512, ge=8, le=16_384)
     restore_faces: bool | None = None
@@ -131,10 +133,14 @@ def to_draft(
     model: str | None,
     init_image: InputImage | None = None,
     mask_image: InputImage | None = None,
+    guidance: float | None = None,
+    multiple: int = 8,
 ) -> JobDraft:
     """``init_image``/``mask_image``: the client's images as given (base64 text, unchecked): the job's
     bounds (sizes, steps, images, seed, text) are checked here first, and only then may the door decode
-    and fit them (``with_images``). The image count is ``batch_size x n_iter``."""
+    and fit them (``with_images``). The image count is ``batch_size x n_iter``. ``guidance``: what the
+    model's family reads as guidance (``family_guidance``); ``multiple``: its size multiple, width and
+    height round down to it."""
     operation = Operation.TEXT_TO_IMAGE
     strength = 0.75
     if init_image is not None:
@@ -145,10 +151,10 @@ def to_draft(
         operation=operation,
         negative_prompt=body.negative_prompt or "",
         num_inference_steps=body.steps,
-        guidance_scale=body.cfg_scale,
+        guidance_scale=guidance,
         seed=None if body.seed == -1 else body.seed,
-        width=max(8, body.width // 8 * 8),
-        height=max(8, body.height // 8 * 8),
+        width=max(multiple, body.width // multiple * multiple),
+        height=max(multiple, body.height // multiple * multiple),
         scheduler=sampler.scheduler,
         num_images=body.batch_size * body.n_iter,
         strength=strength,
@@ -187,6 +193,47 @@ def check_texts(value: Any, path: str = "") -> None:
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             check_texts(item, f"{path}.{index}" if path else str(index))
+
+
+def family_guidance(body: Txt2ImgRequest, family: str | None) -> tuple[float | None, dict[str, str]]:
+    """The guidance a job gets and what the family ignores of the request, as Forge reads them: FLUX.1's
+    distilled guidance is ``distilled_cfg_scale`` (its ``cfg_scale`` would be a second, true-CFG pass,
+    which sdworker does not run); every other family's guidance is ``cfg_scale``."""
+    notes: dict[str, str] = {}
+    facts = _facts(family)
+    if facts is not None and facts.guidance == "distilled":
+        if body.cfg_scale not in (None, 1.0):
+            notes["cfg_scale"] = (f"{facts.label} has no CFG pass here; its guidance is distilled_cfg_scale "
+                                  f"({body.cfg_scale} ignored)")
+        if body.negative_prompt:
+            notes["negative_prompt"] = f"{facts.label} has no CFG pass; the negative prompt is ignored"
+        return body.distilled_cfg_scale, notes
+    if body.distilled_cfg_scale is not None:
+        label = facts.label if facts is not None else "this model"
+        notes["distilled_cfg_scale"] = f"{label} takes CFG (cfg_scale), not distilled guidance; ignored"
+    return body.cfg_scale, notes
+
+
+def family_sampler(choice: SamplerChoice, body: Txt2ImgRequest, family: str | None) -> SamplerChoice:
+    """A family with its own sampler (the flow-matching ones) runs it, listing another request's in
+    ``info.ignored``; the UNet families keep the A1111 mapping."""
+    facts = _facts(family)
+    if facts is None or facts.schedulers is None:
+        return choice
+    asked = body.sampler_name or body.sampler_index
+    notes = {}
+    if asked and asked.strip().lower() not in ("euler", "flow match euler"):
+        notes["sampler_name"] = f"{facts.label} samples with flow-matching Euler; {asked!r} was not used"
+    return SamplerChoice(None, "Euler", "Automatic", notes)
+
+
+def _facts(family: str | None) -> FamilyFacts | None:
+    if family is None:
+        return None
+    try:
+        return family_facts(family)
+    except KeyError:
+        return None
 
 
 def echoed(body: Txt2ImgRequest) -> dict[str, Any]:

@@ -7,8 +7,9 @@ import asyncio
 
 from fastapi import Request
 
+from sdworker.domain.catalog import ModelInfo
 from sdworker.errors import ClientGone, GenerationFailed, JobCancelled, QueueFull, SdworkerError
-from sdworker.jobs.protocol import JobService
+from sdworker.jobs.protocol import FleetInfo, JobService
 from sdworker.jobs.state import JobStatus, JobView
 
 DISCONNECT_POLL_SECONDS = 0.25
@@ -55,3 +56,18 @@ def _subclasses(cls: type[SdworkerError]) -> list[type[SdworkerError]]:
     for sub in cls.__subclasses__():
         found += [sub, *_subclasses(sub)]
     return found
+
+
+def library_entry(model: str | None, fleet: FleetInfo) -> ModelInfo | None:
+    """The library entry of ``model`` (None = the default) where the fleet lists its library."""
+    entries = fleet.library
+    return next((m for m in entries if m.name == model), None) if model else next(
+        (m for m in entries if m.is_default), None)
+
+
+def served_names(fleet: FleetInfo) -> tuple[str, ...]:
+    """What a compat door may run: the served models, then the library's other models (a FLUX.1 folder
+    beside the default SD one), each once (the default entry is the served ``--model`` already)."""
+    names = list(fleet.models)
+    names += [m.name for m in fleet.library if m.name not in names and not (m.is_default and names)]
+    return tuple(names)

@@ -12,7 +12,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from sdworker.api import deps
-from sdworker.api.compat.jobs import finished_images, wait_or_cancel
+from sdworker.api.compat.jobs import finished_images, library_entry, served_names, wait_or_cancel
 from sdworker.api.compat.openai_render import Rendering, images_response, stream_frames
 from sdworker.api.compat.openai_schemas import (
     QUALITY_REPORTED,
@@ -64,9 +64,9 @@ async def read_edit_form(request: Request) -> EditInputs:
 async def run(request: Request, body: ImagesRequest, *, kind: str, edit: EditInputs | None = None) -> Response:
     service, settings, owner = deps.service(request), deps.settings(request), deps.owner(request)
     fleet = await service.fleet()
-    family = fleet.engine.family if fleet.engine is not None else None
+    model = served_model(body.model, served_names(fleet))
     draft = to_draft(
-        body, settings, model=served_model(body.model, fleet.models), family=family,
+        body, settings, model=model, entry=library_entry(model, fleet),
         init_image=edit.image if edit else None, mask_image=edit.mask if edit else None,
     )
     if edit is not None and edit.mask is not None:

@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sdworker.api.schemas import job_limits, preview_options
+from sdworker.domain.catalog import ModelInfo
 from sdworker.domain.checks import MAX_SEED, check_job
 from sdworker.domain.request import GenerationRequest, InputImage, Operation
 from sdworker.errors import InvalidRequest
@@ -74,13 +75,19 @@ def to_draft(
     settings: Settings,
     *,
     model: str | None,
-    family: str | None,
+    entry: ModelInfo | None,
     init_image: InputImage | None = None,
     mask_image: InputImage | None = None,
 ) -> JobDraft:
-    """``model`` is the served model to run on (None = the default); ``family`` sizes ``auto``."""
-    steps = body.steps if body.steps is not None else min(QUALITY_STEPS[body.quality or "auto"], settings.max_steps)
-    width, height = _size(body.size, native=None if init_image else NATIVE_SIZE.get(family or "", 512))
+    """``model`` is the served model to run on (None = the default); ``entry`` its library entry where
+    known: its native size is ``auto``, its family's steps scale ``quality`` and its size multiple
+    rounds ``size`` down; its family's guidance is the default."""
+    steps = body.steps if body.steps is not None else min(quality_steps(body.quality, entry), settings.max_steps)
+    native = entry.native_size if entry is not None else NATIVE_SIZE.get("", 512)
+    width, height = _size(body.size, native=None if init_image else native)
+    multiple = entry.size_multiple if entry is not None else 8
+    width = None if width is None else max(multiple, width // multiple * multiple)
+    height = None if height is None else max(multiple, height // multiple * multiple)
     operation = Operation.TEXT_TO_IMAGE
     strength = body.strength
     if init_image is not None:
@@ -91,7 +98,7 @@ def to_draft(
         operation=operation,
         negative_prompt=body.negative_prompt,
         num_inference_steps=steps,
-        guidance_scale=7.5 if body.guidance_scale is None else body.guidance_scale,
+        guidance_scale=body.guidance_scale,  # None: the model family's
         seed=body.seed,
         width=width,
         height=height,
@@ -106,15 +113,25 @@ def to_draft(
     return JobDraft(request, preview=preview_options(None, settings))  # decoded only while someone watches
 
 
+def quality_steps(quality: str | None, entry: ModelInfo | None) -> int:
+    """Steps for OpenAI's ``quality``: the table (SD 1.x/SDXL's usual choices) for the UNet families;
+    for the others the same ratios of the family's default steps, medium = the default (FLUX.1 schnell:
+    low 2, medium 4, high 6; dev: 13 / 28 / 45)."""
+    table = QUALITY_STEPS[quality or "auto"]
+    if entry is None or entry.family in ("sd1", "sd2", "sdxl"):
+        return table
+    return max(1, round(entry.default_steps * table / QUALITY_STEPS["medium"]))
+
+
 def with_partial_images(
     draft: JobDraft, partial_images: int, settings: Settings, fmt: str = "png"
 ) -> tuple[JobDraft, list[int]]:
     """Previews for a stream: one every ``total // (k + 1)`` steps, full size, in the output format, no
     rate limit; and the steps at which each of the ``k`` partial images is due (evenly spread). No
     previews at all for ``k == 0``."""
-    total = draft.request.num_inference_steps
+    total = draft.request.num_inference_steps or QUALITY_STEPS["auto"]  # the door always sets it
     if draft.request.operation is not Operation.TEXT_TO_IMAGE:
-        total = max(1, int(draft.request.num_inference_steps * draft.request.strength))
+        total = max(1, int(total * draft.request.strength))
     if partial_images <= 0:  # the stream is a watcher: without this, previews would be decoded for nobody
         return replace(draft, preview=PreviewOptions(every=0)), []
     longest = max(draft.request.width or 512, draft.request.height or 512)

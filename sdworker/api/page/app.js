@@ -64,6 +64,8 @@ function applyInfo(info) {
       picker.append(new Option(`${m.id} (${tag.join(", ")})`, m.id));
     }
     picker.value = library.some((m) => m.id === chosen) ? chosen : "";
+    // Picking a model shows its own defaults (its family's steps and guidance, its native size).
+    picker.onchange = () => applyModelDefaults(library.find((m) => m.id === picker.value) || library.find((m) => m.default));
   }
 
   const limits = info.limits || info;
@@ -82,6 +84,16 @@ function applyInfo(info) {
   const model = typeof info.model === "string" ? info.model : engine.model;
   const bits = [model && `model ${model}`, engine.family, pick("device"), pick("dtype")].filter(Boolean);
   serverStatus(bits.length ? `Ready · ${bits.join(" · ")}` : "Ready", false);
+}
+
+/** Fill the size, steps and guidance fields with a library entry's defaults (GET /v1/models). */
+function applyModelDefaults(m) {
+  if (!m || !m.defaults) return;
+  const d = m.defaults;
+  for (const [id, value] of [["steps", d.steps], ["guidance_scale", d.guidance_scale], ["width", d.width], ["height", d.height]]) {
+    if (value !== undefined && value !== null) $(id).value = value;
+  }
+  if (m.size_multiple) for (const id of ["width", "height"]) $(id).step = m.size_multiple;
 }
 
 /** The model kept by saveForm across a reload (its options only exist once /v1/info answered). */

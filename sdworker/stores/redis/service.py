@@ -31,12 +31,18 @@ from sdworker.domain.parameters import model_label
 from sdworker.errors import JobNotFinished, JobNotFound, NotReady, QueueFull
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import ends_stream
-from sdworker.jobs.inputs import DEFAULT_SIZE, check_inputs
+from sdworker.jobs.inputs import DEFAULT_PARAMETERS, DEFAULT_SIZE, check_inputs
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.protocol import FleetInfo
 from sdworker.jobs.spec import JobDraft
 from sdworker.jobs.state import JobStatus, JobView, WorkerInfo
-from sdworker.jobs.submission import build_spec, check_against_engine, check_lora_names, resolve_model
+from sdworker.jobs.submission import (
+    build_spec,
+    check_against_engine,
+    check_family_rules,
+    check_lora_names,
+    resolve_model,
+)
 from sdworker.settings import Settings
 from sdworker.stores.redis import scripts
 from sdworker.stores.redis.codec import job_view, parse_library, parse_worker, text
@@ -191,12 +197,15 @@ class RedisJobService:
         if fleet.library:  # workers list their LoRAs: refuse unknown names here, not as a failed job
             served_model = _library_entry(model, fleet)
             check_lora_names(draft, fleet.loras, served_model.family if served_model else None)
+            check_family_rules(draft, served_model)
         if fleet.queue_depth >= self._settings.max_queue:
             raise self._queue_full()
         checked = await asyncio.to_thread(
-            check_inputs, draft.request, max_pixels=self._settings.max_pixels, default_size=_native_size(model, fleet)
+            check_inputs, draft.request, max_pixels=self._settings.max_pixels, default_size=_native_size(model, fleet),
+            defaults=_defaults(model, fleet),
         )
-        spec = build_spec(draft, checked, job_id=job_id, created_at=time.time(), owner=owner, model=model)
+        spec = build_spec(draft, checked, job_id=job_id, created_at=time.time(), owner=owner, model=model,
+                          entry=_library_entry(model, fleet))
         position = await self._call(
             self._submit(
                 keys=[
@@ -216,7 +225,7 @@ class RedisJobService:
             raise self._queue_full()
         await self._durable()
         self._metrics.jobs_submitted.inc()
-        total = spec.request.num_inference_steps
+        total = spec.request.num_inference_steps or 0  # settled by check_inputs
         return JobView(spec=spec, status=JobStatus.QUEUED, total=total, queue_position=int(position))
 
     async def get(self, job_id: str, *, owner: str | None = None) -> JobView:
@@ -513,6 +522,12 @@ def _library_entry(model: str, fleet: FleetInfo) -> ModelInfo | None:
                 if entry.is_default:
                     return entry
     return None
+
+
+def _defaults(model: str, fleet: FleetInfo) -> tuple[int, float]:
+    """Steps and guidance of a job on ``model`` that names none: its family's, where a worker listed it."""
+    entry = _library_entry(model, fleet)
+    return (entry.default_steps, entry.default_guidance) if entry is not None else DEFAULT_PARAMETERS
 
 
 def _native_size(model: str, fleet: FleetInfo) -> int:
