@@ -68,7 +68,7 @@ def create_app(
             raise ValueError("an engine needs a job source to take jobs from")
         models = None if service.backend == "memory" else (settings.model,)
         runner = JobRunner(
-            engine, source, metrics, max_pixels=settings.max_pixels, models=models, encode=encode,
+            engine, source, metrics, models=models, encode=encode,
             png_text=png_text_for(settings), default_aliases=(settings.model, model_label(settings.model)),
             max_batch=settings.max_batch, batch_wait_ms=settings.batch_wait_ms,
         )

@@ -1,9 +1,10 @@
 """Wire schemas of ``POST /v1/jobs`` and their conversion to frozen domain values.
 
-Pydantic lives here only: ``to_draft`` turns a ``JobRequest`` into a ``JobDraft`` (a frozen dataclass)
-before anything is enqueued. Static bounds are on the fields (strict types, no NaN/Infinity, unknown
-fields rejected); limits that depend on the server's settings (max steps, max images, max pixels)
-are checked in ``to_draft`` with the same kind of error, naming the field and the allowed range.
+Pydantic lives here only: ``to_draft`` turns a ``JobRequest`` into a ``JobDraft`` (the job's one
+``GenerationRequest`` plus preview options and rbee's bookkeeping) before anything is enqueued.
+Static bounds are on the fields (strict types, no NaN/Infinity, unknown fields rejected); limits
+that depend on the server's settings (max steps, max images, max pixels) are checked in ``to_draft``
+with the same kind of error, naming the field and the allowed range.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdworker.domain.prompt_syntax import normalize_lora_name
-from sdworker.domain.request import Operation
+from sdworker.domain.request import GenerationRequest, InputImage, LoraRef, Operation
 from sdworker.errors import InvalidRequest, WrongWorker
 from sdworker.jobs.spec import JobDraft
 from sdworker.previews.options import PreviewOptions
@@ -114,7 +115,7 @@ def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
         raise InvalidRequest(
             "mask_image: required for image_inpaint (base64 image, white = repaint)", field="mask_image"
         )
-    return JobDraft(
+    request = GenerationRequest(
         prompt=body.prompt,
         operation=operation,
         negative_prompt=body.negative_prompt,
@@ -126,24 +127,23 @@ def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
         scheduler=body.scheduler,
         num_images=body.n,
         strength=0.8 if body.strength is None else body.strength,
-        init_image=init_image,
-        init_image_field=init_field,
-        mask_image=body.mask_image,
-        preview=preview_options(body.preview, settings),
-        hive_id=body.hive_id,
-        worker_id=body.worker_id,
+        init_image=InputImage(init_image, init_field) if init_image is not None else None,
+        mask_image=InputImage(body.mask_image, "mask_image") if body.mask_image is not None else None,
         model=body.model,
         loras=_loras(body.loras),
         clip_skip=body.clip_skip,
     )
+    return JobDraft(
+        request, preview=preview_options(body.preview, settings), hive_id=body.hive_id, worker_id=body.worker_id
+    )
 
 
-def _loras(loras: list[LoraRequest] | None) -> tuple[tuple[str, float], ...]:
+def _loras(loras: list[LoraRequest] | None) -> tuple[LoraRef, ...]:
     names = [normalize_lora_name(lora.path) for lora in loras or ()]
     for name in names:
         if names.count(name) > 1:
             raise InvalidRequest(f"loras: {name!r} is listed twice; give each LoRA once", field="loras")
-    return tuple((lora.path, lora.strength) for lora in loras or ())
+    return tuple(LoraRef(lora.path, lora.strength) for lora in loras or ())
 
 
 def preview_options(preview: PreviewRequest | None, settings: Settings) -> PreviewOptions:

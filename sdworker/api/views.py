@@ -3,11 +3,12 @@ not in the job layer."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from typing import Any
 
 from sdworker.api.signing import LinkFn, plain_link
+from sdworker.domain.codec import to_json
 from sdworker.domain.request import Operation
 from sdworker.jobs.spec import JobSpec
 from sdworker.jobs.state import JobStatus, JobView, WorkerInfo
@@ -17,6 +18,10 @@ def iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _seconds(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else round(max(0.0, end - start), 3)
 
 
 def submit_answer(view: JobView, link: LinkFn = plain_link) -> dict[str, Any]:
@@ -41,6 +46,9 @@ def job_summary(view: JobView, link: LinkFn = plain_link) -> dict[str, Any]:
         "created_at": iso(view.spec.created_at),
         "started_at": iso(view.started_at),
         "finished_at": iso(view.finished_at),
+        # RunPod's delayTime / executionTime: what an integrator charts per job.
+        "queue_seconds": _seconds(view.spec.created_at, view.started_at),
+        "run_seconds": _seconds(view.started_at, view.finished_at),
         "sse_url": link(view, f"/v1/jobs/{job_id}/stream"),
     }
     if view.attempt > 1:
@@ -67,30 +75,28 @@ def job_detail(view: JobView, link: LinkFn = plain_link) -> dict[str, Any]:
     return detail
 
 
+# Wire names of request fields where the API's differ from the engine's (diffusers') names.
+_WIRE_NAMES = {"num_inference_steps": "steps", "num_images": "n"}
+_NOT_SHOWN = frozenset({"init_image", "mask_image"})  # bytes; gone once the job finished
+
+
 def parameters(spec: JobSpec) -> dict[str, Any]:
-    """The job's parameters (no image bytes)."""
-    params: dict[str, Any] = {
-        "operation": spec.operation.value,
-        "prompt": spec.prompt,
-        "negative_prompt": spec.negative_prompt,
-        "steps": spec.num_inference_steps,
-        "guidance_scale": spec.guidance_scale,
-        "seed": spec.seed,
-        "width": spec.width,
-        "height": spec.height,
-        "scheduler": spec.scheduler,
-        "n": spec.num_images,
-        "preview": asdict(spec.preview),
-    }
-    if spec.operation is not Operation.TEXT_TO_IMAGE:
-        params["strength"] = spec.strength
-    for key in ("hive_id", "worker_id", "model"):
+    """The job's parameters (no image bytes): every field of its request under its wire name, so a new
+    request field shows up here without an edit."""
+    request = spec.request
+    params: dict[str, Any] = {}
+    for item in fields(request):
+        value = getattr(request, item.name)
+        if item.name in _NOT_SHOWN:
+            continue
+        params[_WIRE_NAMES.get(item.name, item.name)] = to_json(value)
+    if request.operation is Operation.TEXT_TO_IMAGE:
+        del params["strength"]
+    params["loras"] = [{"path": ref.name, "strength": ref.weight} for ref in request.loras]
+    for key in ("hive_id", "worker_id"):
         if getattr(spec, key) is not None:
             params[key] = getattr(spec, key)
-    if spec.loras:
-        params["loras"] = [{"path": name, "strength": weight} for name, weight in spec.loras]
-    if spec.clip_skip is not None:
-        params["clip_skip"] = spec.clip_skip
+    params["preview"] = asdict(spec.preview)
     return params
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from sdworker.cli.outputs import output_paths
 from sdworker.domain.checks import check_strength
-from sdworker.domain.request import GenerationRequest, Operation
+from sdworker.domain.request import GenerationRequest, InputImage, Operation
 from sdworker.domain.scheduler_names import get_spec
 from sdworker.engine.protocol import StepView
 from sdworker.errors import InvalidRequest
@@ -120,8 +120,8 @@ def build_request(args: argparse.Namespace, settings: Settings) -> GenerationReq
         seed=args.seed,
         scheduler=get_spec(args.scheduler).name if args.scheduler else None,
         num_images=args.n,
-        init_image=init,
-        mask_image=mask,
+        init_image=InputImage.from_image(init, "--init-image") if init is not None else None,
+        mask_image=InputImage.from_image(mask, "--mask") if mask is not None else None,
         strength=strength,
     )
 

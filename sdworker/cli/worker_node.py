@@ -54,7 +54,7 @@ async def _work(settings: Settings) -> JobRunner:
     engine = DiffusersEngine(settings)
     source.attach_library(engine)
     runner = JobRunner(
-        engine, source, ServiceMetrics(), max_pixels=settings.max_pixels,
+        engine, source, ServiceMetrics(),
         models=(settings.model,), png_text=png_text_for(settings),
         default_aliases=(settings.model, model_label(settings.model)),
         max_batch=settings.max_batch, batch_wait_ms=settings.batch_wait_ms,

@@ -64,7 +64,7 @@ def batch_key(request: GenerationRequest, model: str | None = None) -> BatchKey 
     """
     if request.operation is not Operation.TEXT_TO_IMAGE or not request.guidance_scale > 1:
         return None
-    if request.loras:
+    if request.loras or request.width is None or request.height is None:
         return None
     try:
         _, tags = extract_lora_tags(request.prompt)

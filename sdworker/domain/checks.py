@@ -6,6 +6,8 @@ refused the same way, with the same message, wherever it comes in; each caller n
 
 from __future__ import annotations
 
+from PIL import Image
+
 from sdworker.domain.request import GenerationRequest, Operation
 from sdworker.errors import InvalidRequest
 from sdworker.imaging.decode import check_mask_matches
@@ -37,9 +39,10 @@ def check_strength(
 
 
 def check_request(request: GenerationRequest) -> None:
-    """The checks the engine makes whoever the caller is (the API validates earlier, with its own limits)."""
+    """The checks the engine makes whoever the caller is (the API validates earlier, with its own limits).
+    Images are checked when they are decoded (``decoded_inputs``)."""
     for name, value in (("width", request.width), ("height", request.height)):
-        if value < 8 or value % 8:
+        if value is not None and (value < 8 or value % 8):  # None = settled by the engine
             raise InvalidRequest(f"{name}: {value} is not a positive multiple of 8", field=name)
     if request.num_inference_steps < 1:
         raise InvalidRequest(f"steps: {request.num_inference_steps} is below 1", field="steps")
@@ -51,10 +54,8 @@ def check_request(request: GenerationRequest) -> None:
     if request.init_image is None:
         raise InvalidRequest(f"init_image: {request.operation.value} needs an init image", field="init_image")
     check_strength(request.operation, request.strength, request.num_inference_steps)
-    if request.operation is Operation.INPAINT:
-        if request.mask_image is None:
-            raise InvalidRequest("mask_image: inpainting needs a mask image (white = repaint)", field="mask_image")
-        check_mask_matches(request.init_image, request.mask_image)
+    if request.operation is Operation.INPAINT and request.mask_image is None:
+        raise InvalidRequest("mask_image: inpainting needs a mask image (white = repaint)", field="mask_image")
 
 
 def check_library_fields(request: GenerationRequest) -> None:
@@ -68,3 +69,16 @@ def check_lora_weight(name: str, weight: float, field: str) -> None:
     if not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:  # NaN fails too
         limit = f"{MAX_LORA_WEIGHT:g}"
         raise InvalidRequest(f"{field}: weight {weight} of LoRA {name!r} is not in -{limit}..{limit}", field=field)
+
+
+def decoded_inputs(request: GenerationRequest, *, max_pixels: int) -> tuple[Image.Image | None, Image.Image | None]:
+    """The init image and mask an operation uses, decoded (``InvalidImage`` naming the field when one is
+    unreadable or the mask's size differs)."""
+    init = mask = None
+    if request.operation is not Operation.TEXT_TO_IMAGE and request.init_image is not None:
+        init = request.init_image.decode(max_pixels=max_pixels)
+    if request.operation is Operation.INPAINT and request.mask_image is not None:
+        mask = request.mask_image.decode(max_pixels=max_pixels, mode="L")
+        if init is not None:
+            check_mask_matches(init, mask, field=request.mask_image.field)
+    return init, mask

@@ -1,11 +1,21 @@
-"""What a job asks for: the one type that carries a job's fields from the edge (the API's schemas,
-the CLI) through the job layer and the stores to the engine. Torch-free."""
+"""What a job asks for: ``GenerationRequest``, the one type that carries a job's fields from the edge
+(the API's schemas and compat doors, the CLI) through the job layer and its stores to the engine.
+Torch-free.
+
+Adding a field to a job means: the field here (with a default, so old stored jobs still load), the
+wire schema that fills it, the engine code that uses it, and tests. The job layer stores and forwards
+the whole request (``domain.codec`` turns it into JSON generically), the job's view lists it
+(``api/views.py``), the stores never name it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import io
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
+
+from sdworker.imaging.decode import decode_base64, decode_image_bytes
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -29,13 +39,45 @@ class Operation(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class GenerationRequest:
-    """One generation, already validated. Parameter names follow diffusers'.
+class InputImage:
+    """An image a job was given: the client's encoded file (PNG, JPEG, WebP, ...) and the wire field it
+    came in (errors name it). Jobs keep images encoded (JSON-able, small); the engine decodes them.
 
-    ``width``/``height`` are the output size (multiples of 8). For image-to-image and inpainting the
-    init image (and mask) are resized to that size when they differ. ``mask_image``: white = repaint.
-    ``seed`` None means "pick one"; the engine reports the seed it used. With ``num_images`` > 1,
-    image i uses seed ``seed + i`` so any one of them can be made again alone.
+    At the edge ``data`` may still be the client's base64 text: the job service reserves a queue slot
+    before it spends time on images (a full queue answers 429 without decoding 30 MB), then
+    ``checked`` turns it into bytes."""
+
+    data: bytes | str
+    field: str = "init_image"
+
+    def encoded(self) -> bytes:
+        """The file's bytes (strict base64 when still text; ``InvalidImage`` naming the field)."""
+        return self.data if isinstance(self.data, bytes) else decode_base64(self.data, field=self.field)
+
+    def checked(self) -> InputImage:
+        return self if isinstance(self.data, bytes) else InputImage(self.encoded(), self.field)
+
+    def decode(self, *, max_pixels: int, mode: str = "RGB") -> Image.Image:
+        return decode_image_bytes(self.encoded(), field=self.field, max_pixels=max_pixels, mode=mode)
+
+    @classmethod
+    def from_image(cls, image: Image.Image, field: str = "init_image") -> InputImage:
+        """A PIL image as a lossless PNG (the CLI, tests)."""
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return cls(buffer.getvalue(), field)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One generation. Parameter names follow diffusers'.
+
+    ``width``/``height`` are the output size (multiples of 8); None = the init image's size rounded down
+    to a multiple of 8, else the model's native size (``settle_size``). For image-to-image and inpainting
+    the init image (and mask) are resized to that size when they differ. ``mask_image``: white =
+    repaint. ``seed`` None means "pick one" (the job layer draws it at submit, so every attempt makes
+    the same pixels); the engine reports the seed it used. With ``num_images`` > 1, image i uses seed
+    ``seed + i`` so any one of them can be made again alone. ``model`` None = the default model.
     """
 
     prompt: str
@@ -43,14 +85,32 @@ class GenerationRequest:
     negative_prompt: str = ""
     num_inference_steps: int = 20
     guidance_scale: float = 7.5
-    width: int = 512
-    height: int = 512
+    width: int | None = None
+    height: int | None = None
     seed: int | None = None
     scheduler: str | None = None  # None = the model's own
     num_images: int = 1
-    init_image: Image.Image | None = None
-    mask_image: Image.Image | None = None
+    init_image: InputImage | None = None
+    mask_image: InputImage | None = None  # inpainting only
     strength: float = 0.8
     model: str | None = None  # a name from the model library; None = the default model
     loras: tuple[LoraRef, ...] = ()  # merged with the prompt's <lora:name:w> tags; these weights win
     clip_skip: int | None = None  # A1111's convention: 1 = the last layer (no skip), 2 = the penultimate
+
+
+def settle_size(
+    request: GenerationRequest, native_size: int, image_size: tuple[int, int] | None = None
+) -> GenerationRequest:
+    """The request with its output size set: what it asked, else ``image_size`` (the init image's,
+    rounded down to a multiple of 8), else the model's native size."""
+    if request.width is not None and request.height is not None:
+        return request
+    width, height = request.width, request.height
+    if image_size is not None:
+        width = width if width is not None else max(8, image_size[0] // 8 * 8)
+        height = height if height is not None else max(8, image_size[1] // 8 * 8)
+    return replace(
+        request,
+        width=native_size if width is None else width,
+        height=native_size if height is None else height,
+    )

@@ -28,6 +28,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -35,11 +36,11 @@ from PIL import Image
 
 from sdworker.domain.batch_plan import BatchKey, batch_key, group_positions
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
-from sdworker.domain.checks import check_library_fields, check_lora_weight, check_request
+from sdworker.domain.checks import check_library_fields, check_lora_weight, check_request, decoded_inputs
 from sdworker.domain.control import CancelToken
 from sdworker.domain.families import family_facts
 from sdworker.domain.prompt_syntax import extract_lora_tags, merge_loras
-from sdworker.domain.request import GenerationRequest, Operation
+from sdworker.domain.request import GenerationRequest, Operation, settle_size
 from sdworker.domain.result import GenerationResult
 from sdworker.domain.scheduler_names import SCHEDULER_NAMES
 from sdworker.engine.batch import failure, run_group
@@ -150,7 +151,8 @@ class DiffusersEngine:
         library = self.library
         entry = library.model(request.model)
         facts = family_facts(entry.family)
-        facts.check_size(request.width, request.height)
+        if request.width is not None and request.height is not None:  # else settled in generate
+            facts.check_size(request.width, request.height)
         facts.check_scheduler(request.scheduler)
         prompt, tags = extract_lora_tags(request.prompt)
         from_field = {r.name for r in merge_loras(request.loras, ())}
@@ -193,6 +195,11 @@ class DiffusersEngine:
     ) -> GenerationResult:
         check_request(request)
         entry, loras, prompt = self._resolve(request)
+        init, mask = decoded_inputs(request, max_pixels=self.settings.max_pixels)
+        request = settle_size(request, entry.native_size, init.size if init is not None else None)
+        assert request.width is not None and request.height is not None
+        width, height = request.width, request.height
+        family_facts(entry.family).check_size(width, height)
         if cancel is not None:
             cancel.raise_if_cancelled()
         slot = self._slot(entry, on_model_load)
@@ -205,7 +212,7 @@ class DiffusersEngine:
         warnings: tuple[str, ...] = ()
         if adapter is None:
             scheduler, scheduler_name = slot.schedulers.create(request.scheduler)
-            pipe, kwargs = self._call_arguments(slot, request, prompt, seeds)
+            pipe, kwargs = self._call_arguments(slot, request, prompt, seeds, init, mask)
             renderer: PreviewRenderer = slot.render_preview
         else:
             facts = family_facts(slot.model.family)
@@ -214,7 +221,7 @@ class DiffusersEngine:
             prompt, syntax_removed = adapter.plain_prompt(prompt)
             warnings = ignored_field_warnings(request, facts, entry.variant, syntax_removed=syntax_removed)
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-            pipe, kwargs = adapter.call_arguments(slot.model, request, prompt, generators)
+            pipe, kwargs = adapter.call_arguments(slot.model, request, prompt, generators, init, mask)
             renderer = unpacking_renderer(slot.render_preview, adapter, request, pipe)
         recorder = X0Recorder(scheduler)
         callback = StepCallback(on_step, cancel, recorder, renderer)
@@ -229,7 +236,7 @@ class DiffusersEngine:
                 if adapter is None:
                     images = decode_latents(pipe, stop.latents)
                 else:
-                    images = adapter.decode(pipe, stop.latents, request.width, request.height)
+                    images = adapter.decode(pipe, stop.latents, width, height)
                 steps_run = stop.steps_done
             completed = True
         except (JobCancelled, SdworkerError):
@@ -266,10 +273,13 @@ class DiffusersEngine:
         job's problem."""
         keys: list[BatchKey | None] = []
         prompts: list[str] = []
-        for item in items:
+        items = list(items)
+        for position, item in enumerate(items):
             try:  # a request with a mistake runs alone: generate reports the mistake as it always does
                 check_request(item.request)
                 entry, loras, prompt = self._resolve(item.request)
+                if item.request.operation is Operation.TEXT_TO_IMAGE:  # the others run alone anyway
+                    item = items[position] = replace(item, request=settle_size(item.request, entry.native_size))
                 batches = family_facts(entry.family).batching
                 keys.append(None if loras or not batches else batch_key(item.request, entry.name))
             except Exception:
@@ -378,7 +388,13 @@ class DiffusersEngine:
     # -- one job --------------------------------------------------------------------------------------
 
     def _call_arguments(
-        self, slot: ModelSlot, request: GenerationRequest, prompt: str, seeds: tuple[int, ...]
+        self,
+        slot: ModelSlot,
+        request: GenerationRequest,
+        prompt: str,
+        seeds: tuple[int, ...],
+        init: Image.Image | None,
+        mask: Image.Image | None,
     ) -> tuple[Any, dict[str, Any]]:
         model = slot.model
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
@@ -392,19 +408,19 @@ class DiffusersEngine:
             kwargs.update(slot.prompts.encode(prompt, request.negative_prompt, request.clip_skip, model.device))
         else:
             kwargs.update(prompt=prompt, negative_prompt=request.negative_prompt or None)
+        assert request.width is not None and request.height is not None  # settled in generate
         size = (request.width, request.height)
         if request.operation is Operation.TEXT_TO_IMAGE:
             return model.text_to_image, {**kwargs, "width": request.width, "height": request.height}
-        assert request.init_image is not None  # _validate checked
-        image = _resize(request.init_image.convert("RGB"), size, Image.Resampling.LANCZOS)
+        assert init is not None  # check_request: img2img and inpaint have an init image
+        image = _resize(init.convert("RGB"), size, Image.Resampling.LANCZOS)
         if request.operation is Operation.IMAGE_TO_IMAGE:
             return model.image_to_image, {**kwargs, "image": image, "strength": request.strength}
-        assert request.mask_image is not None
-        mask = _resize(request.mask_image.convert("L"), size, Image.Resampling.BILINEAR)
+        assert mask is not None
         return model.inpaint, {
             **kwargs,
             "image": image,
-            "mask_image": mask,
+            "mask_image": _resize(mask, size, Image.Resampling.BILINEAR),
             "width": request.width,
             "height": request.height,
             "strength": request.strength,

@@ -19,7 +19,7 @@ from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.checks import check_strength
 from sdworker.domain.control import CancelToken
 from sdworker.domain.prompt_syntax import extract_lora_tags, merge_loras
-from sdworker.domain.request import GenerationRequest
+from sdworker.domain.request import GenerationRequest, settle_size
 from sdworker.domain.result import AppliedLora, GenerationResult
 from sdworker.engine.protocol import BatchItem, ModelLoadHook, StepHook
 from sdworker.errors import GenerationFailed, LoraNotFound, ModelError, ModelNotFound, UnknownScheduler
@@ -32,6 +32,7 @@ class GenerationThreadDied(BaseException):
 
 
 FAKE_SCHEDULERS = ("euler", "euler_a", "ddim", "dpmpp_2m")
+FAKE_NATIVE_SIZE = 512
 
 
 class _FakeStepView:
@@ -152,7 +153,7 @@ class FakeEngine:
 
     def list_models(self) -> tuple[ModelInfo, ...]:
         return tuple(
-            ModelInfo(name, "sd1", "folder", f"/fake/{name}", 512, loaded=name == self.current_model,
+            ModelInfo(name, "sd1", "folder", f"/fake/{name}", FAKE_NATIVE_SIZE, loaded=name == self.current_model,
                       is_default=name == self.model, sha256=f"{i:02d}" * 32)
             for i, name in enumerate(self.model_names)
         )
@@ -196,6 +197,8 @@ class FakeEngine:
             raise UnknownScheduler(f"unknown scheduler {request.scheduler!r}", field="scheduler")
         self.generate_calls += 1
         started = time.perf_counter()
+        request = settle_size(request, FAKE_NATIVE_SIZE)
+        assert request.width is not None and request.height is not None
         seed = request.seed if request.seed is not None else int(np.random.default_rng().integers(0, 2**32))
         total = request.num_inference_steps
         if request.init_image is not None:

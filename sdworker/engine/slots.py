@@ -93,6 +93,7 @@ class ModelSlot:
         warnings: tuple[str, ...] = (),
     ) -> GenerationResult:
         """A finished job's result, with what this model says about itself (name, hash, family)."""
+        assert request.width is not None and request.height is not None  # settled before the run
         return GenerationResult(
             images=tuple(images), seeds=seeds, width=request.width, height=request.height, scheduler=scheduler,
             steps_run=steps_run, seconds=seconds, model=self.name, model_hash=self.short_hash,

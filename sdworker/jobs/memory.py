@@ -21,10 +21,10 @@ import uuid
 from collections.abc import Callable, Collection
 from dataclasses import replace
 
+from sdworker.domain.batch_plan import batch_key
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.control import CancelToken
 from sdworker.domain.parameters import model_label
-from sdworker.domain.request import Operation
 from sdworker.errors import JobNotFinished, JobNotFound, NotReady
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import (
@@ -144,7 +144,7 @@ class MemoryJobService:
         reservation = self._queue.reserve()
         try:
             checked = await asyncio.to_thread(
-                check_inputs, draft, max_pixels=self._settings.max_pixels, default_size=default_size
+                check_inputs, draft.request, max_pixels=self._settings.max_pixels, default_size=default_size
             )
             self._check_available()
         except BaseException:
@@ -153,7 +153,7 @@ class MemoryJobService:
         spec = build_spec(
             draft, checked, job_id=self._new_id(), created_at=self._clock(), owner=owner, model=model
         )
-        record = JobRecord(spec=spec, total=spec.num_inference_steps)
+        record = JobRecord(spec=spec, total=spec.request.num_inference_steps)
         self._store.add(record)
         self.bus.open(spec.job_id)
         position = self._queue.put(reservation, spec)
@@ -355,15 +355,15 @@ class MemoryJobService:
         is ready its library is not consulted (the engine builds it while loading); the job then
         gets ``--model`` and the engine checks the names when it runs."""
         if self._library is None or self._engine_state != "ready":
-            return self._resolve_model(draft.model), DEFAULT_SIZE
+            return self._resolve_model(draft.request.model), DEFAULT_SIZE
         aliases = frozenset({self._settings.model, model_label(self._settings.model)})
         if self._engine_info is not None:
             aliases |= {self._engine_info.model}
         name, native_size = await asyncio.to_thread(check_against_library, draft, self._library, aliases)
-        if draft.model is None or draft.model in aliases:
+        if draft.request.model is None or draft.request.model in aliases:
             # The default keeps --model's name, as before the library: the compat doors look its
             # checkpoint hash up by it, and the runner hands the engine None (its default) for it.
-            return self._resolve_model(draft.model), native_size
+            return self._resolve_model(draft.request.model), native_size
         return name, native_size
 
     def _resolve_model(self, requested: str | None) -> str:
@@ -432,7 +432,7 @@ class MemoryJobService:
         record.status = status
         record.finished_at = self._clock()
         # The input images (up to max_body_bytes each) are not needed once the job has run.
-        record.spec = replace(record.spec, init_image=None, mask_image=None)
+        record.spec = replace(record.spec, request=replace(record.spec.request, init_image=None, mask_image=None))
         record.error_code, record.error_message = code, message
         self._metrics.jobs_finished.labels(outcome=status.value).inc()
         if record.started_at is not None:
@@ -483,24 +483,9 @@ class MemoryJobService:
 
 
 def _batchable(first: JobSpec, other: JobSpec) -> bool:
-    """Jobs that can share one UNet call per step (cross-job batching): text-to-image of the same
-    model, size, step count, scheduler and clip skip, with guidance on and no LoRA. The engine has the
-    last word (a prompt whose encoding has another length runs alone); this only keeps jobs that
-    could never share out of a batch, so they are not claimed early and made to wait."""
-    return (
-        first.operation is Operation.TEXT_TO_IMAGE
-        and other.operation is Operation.TEXT_TO_IMAGE
-        and other.model == first.model
-        and (other.width, other.height) == (first.width, first.height)
-        and other.num_inference_steps == first.num_inference_steps
-        and other.scheduler == first.scheduler
-        and other.clip_skip == first.clip_skip
-        and first.guidance_scale > 1.0
-        and other.guidance_scale > 1.0
-        and not _has_loras(first)
-        and not _has_loras(other)
-    )
-
-
-def _has_loras(spec: JobSpec) -> bool:
-    return bool(spec.loras) or "<lora:" in spec.prompt.lower()
+    """Jobs that can share one UNet call per step (cross-job batching): ``batch_key``, the one rule the
+    engine uses too. The engine has the last word (a prompt whose encoding has another length runs
+    alone); this only keeps jobs that could never share out of a batch, so they are not claimed early
+    and made to wait."""
+    key = batch_key(first.request)
+    return key is not None and key == batch_key(other.request)

@@ -71,7 +71,6 @@ class JobRunner:
         source: JobSource,
         metrics: ServiceMetrics,
         *,
-        max_pixels: int,
         models: Collection[str] | None = None,
         encode: EncodeFn | None = None,
         png_text: PngText | None = None,
@@ -87,7 +86,6 @@ class JobRunner:
         self._engine = engine
         self._source = source
         self._metrics = metrics
-        self._max_pixels = max_pixels
         self._models = models
         self._encode = encode or _default_encode
         self._png_text = png_text
@@ -365,7 +363,7 @@ class JobRunner:
         )
 
     def _request(self, spec: JobSpec) -> GenerationRequest:
-        request = spec.to_request(max_pixels=self._max_pixels)
+        request = spec.request
         if request.model in self._default_aliases:
             request = dataclasses.replace(request, model=None)
         return request
@@ -468,6 +466,6 @@ def png_text_for(settings: Settings) -> PngText:
     """A1111's ``parameters`` chunk, so other tools read the settings back from the PNG."""
 
     def png_text(spec: JobSpec, request: GenerationRequest, result: GenerationResult, index: int) -> dict[str, str]:
-        return {PNG_KEY: parameters_text(request, result, index, spec.model or settings.model)}
+        return {PNG_KEY: parameters_text(request, result, index, spec.request.model or settings.model)}
 
     return png_text

@@ -4,13 +4,13 @@ the images' check (``inputs``), the seed drawn, the model resolved, the spec bui
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 from typing import Protocol
 
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.prompt_syntax import extract_lora_tags, normalize_lora_name
-from sdworker.domain.request import GenerationRequest, LoraRef
+from sdworker.domain.request import GenerationRequest
 from sdworker.errors import LoraIncompatible, LoraNotFound, ModelNotFound, UnknownScheduler, Unsupported
-from sdworker.jobs.inputs import CheckedInputs
 from sdworker.jobs.spec import JobDraft, JobSpec
 
 MAX_SEED = 2**32 - 1  # the engine's range; a drawn seed is reported back and reproduces the image
@@ -29,18 +29,6 @@ class ModelLibrary(Protocol):
     def validate_request(self, request: GenerationRequest) -> None: ...
 
 
-def library_request(draft: JobDraft, model: str | None) -> GenerationRequest:
-    """What ``Engine.validate_request`` looks at: the model, the LoRAs (field and prompt tags) and
-    ``clip_skip``; sizes and images are checked elsewhere."""
-    return GenerationRequest(
-        prompt=draft.prompt,
-        negative_prompt=draft.negative_prompt,
-        model=model,
-        loras=tuple(LoraRef(name, weight) for name, weight in draft.loras),
-        clip_skip=draft.clip_skip,
-    )
-
-
 def check_against_library(
     draft: JobDraft, library: ModelLibrary, aliases: frozenset[str]
 ) -> tuple[str, int]:
@@ -48,8 +36,11 @@ def check_against_library(
     (``ModelNotFound`` naming ``model``, LoRA errors naming ``loras`` or ``prompt``). Names in
     ``aliases`` (what ``--model`` said, e.g. ``demo``) mean the default model. May read the disk (an
     unknown name rescans the folder): call it off the event loop."""
-    wanted = None if draft.model is None or draft.model in aliases else draft.model
-    library.validate_request(library_request(draft, wanted))
+    request = draft.request
+    wanted = None if request.model is None or request.model in aliases else request.model
+    # What ``Engine.validate_request`` looks at: the model, the LoRAs (field and prompt tags) and
+    # ``clip_skip``; sizes and images are checked elsewhere (the images may still be base64 text).
+    library.validate_request(replace(request, model=wanted, init_image=None, mask_image=None))
     models = library.list_models()
     chosen = next((m for m in models if m.name == wanted), None) if wanted else None
     chosen = chosen or next((m for m in models if m.is_default), None) or (models[0] if models else None)
@@ -64,9 +55,9 @@ def check_lora_names(draft: JobDraft, loras: tuple[LoraInfo, ...], family: str |
     both are known; the worker that claims the job checks the rest (escapes, pickles) with its engine,
     as ``validate_request`` does."""
     known = {lora.name: lora for lora in loras}
-    from_field = {normalize_lora_name(name) for name, _ in draft.loras}
-    _, tags = extract_lora_tags(draft.prompt)
-    refs = [*(normalize_lora_name(name) for name, _ in draft.loras), *(ref.name for ref in tags)]
+    from_field = {normalize_lora_name(ref.name) for ref in draft.request.loras}
+    _, tags = extract_lora_tags(draft.request.prompt)
+    refs = [*(normalize_lora_name(ref.name) for ref in draft.request.loras), *(ref.name for ref in tags)]
     for name in refs:
         field = "loras" if name in from_field else "prompt"
         lora = known.get(name)
@@ -90,9 +81,10 @@ def check_against_engine(draft: JobDraft, info: EngineInfo | None) -> None:
     """Refuse what the engine cannot do, at submit (not as a failed job later)."""
     if info is None:
         return  # still loading: the engine checks again when the job runs
-    if draft.scheduler is not None and draft.scheduler not in info.schedulers:
+    scheduler = draft.request.scheduler
+    if scheduler is not None and scheduler not in info.schedulers:
         raise UnknownScheduler(
-            f"scheduler {draft.scheduler!r} is not one of: {', '.join(info.schedulers)}", field="scheduler"
+            f"scheduler {scheduler!r} is not one of: {', '.join(info.schedulers)}", field="scheduler"
         )
     method = draft.preview.method
     if method in ("taesd", "vae", "latent2rgb") and method not in info.preview_methods:
@@ -120,35 +112,22 @@ def resolve_model(requested: str | None, served: dict[str, str], default: str | 
 
 def build_spec(
     draft: JobDraft,
-    checked: CheckedInputs,
+    checked: GenerationRequest,
     *,
     job_id: str,
     created_at: float,
     owner: str | None,
     model: str | None,
 ) -> JobSpec:
+    """The spec to queue: ``checked`` is the draft's request after ``check_inputs`` (images as bytes,
+    size settled); the seed is drawn here when the client gave none, so every attempt repeats it."""
+    seed = checked.seed if checked.seed is not None else draw_seed()
     return JobSpec(
         job_id=job_id,
-        prompt=draft.prompt,
-        operation=draft.operation,
-        negative_prompt=draft.negative_prompt,
-        num_inference_steps=draft.num_inference_steps,
-        guidance_scale=draft.guidance_scale,
-        width=checked.width,
-        height=checked.height,
-        seed=draft.seed if draft.seed is not None else draw_seed(),
-        scheduler=draft.scheduler,
-        num_images=draft.num_images,
-        strength=draft.strength,
+        request=replace(checked, seed=seed, model=model),
         preview=draft.preview,
         created_at=created_at,
-        init_image=checked.init_image,
-        init_image_field=draft.init_image_field,
-        mask_image=checked.mask_image,
         owner=owner,
-        model=model,
         hive_id=draft.hive_id,
         worker_id=draft.worker_id,
-        loras=draft.loras,
-        clip_skip=draft.clip_skip,
     )

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+from datetime import datetime
 
 import httpx
+import pytest
 from PIL import Image
 
 from sdworker.engine.fake import FakeEngine
@@ -26,6 +28,11 @@ async def test_submit_status_list_and_image() -> None:
         assert status["step"] == status["total"] == 3
         assert status["parameters"]["prompt"] == "cat" and status["parameters"]["operation"] == "image_generation"
         assert status["seed"] == 7 and status["finished_at"] >= status["started_at"] >= status["created_at"]
+        started, finished, created = (
+            datetime.fromisoformat(status[key]).timestamp() for key in ("started_at", "finished_at", "created_at")
+        )
+        assert status["queue_seconds"] == pytest.approx(started - created, abs=0.002)
+        assert status["run_seconds"] == pytest.approx(finished - started, abs=0.002)
         image = await app.client.get(f"/v1/jobs/{job_id}/image")
         assert image.status_code == 200 and image.headers["content-type"] == "image/png"
         assert Image.open(io.BytesIO(image.content)).size == (64, 64)

@@ -55,7 +55,7 @@ async def test_input_images_are_not_kept_after_the_job() -> None:
         job_id = await app.submit(operation="image_transform", init_image=png_b64(64, 64), strength=0.5, steps=4)
         await app.wait_status(job_id, "completed")
         record = app.app.state.service._store.get(job_id)
-        assert record.spec.init_image is None and record.spec.mask_image is None
+        assert record.spec.request.init_image is None and record.spec.request.mask_image is None
 
 
 async def test_a_cancel_before_the_result_is_stored_wins() -> None:

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from sdworker.domain.request import GenerationRequest, Operation
+from sdworker.domain.request import GenerationRequest, InputImage, Operation
 from sdworker.engine.fake import FakeEngine
 from sdworker.errors import InvalidRequest
 
@@ -32,8 +32,8 @@ def test_the_engine_and_the_cli_refuse_it_too(tmp_path: object) -> None:
     from PIL import Image
 
     image = Image.new("RGB", (64, 64))
-    request = GenerationRequest(prompt="a", operation=Operation.IMAGE_TO_IMAGE, init_image=image, strength=0.01,
-                                num_inference_steps=2, width=64, height=64)
+    request = GenerationRequest(prompt="a", operation=Operation.IMAGE_TO_IMAGE, init_image=InputImage.from_image(image),
+                                strength=0.01, num_inference_steps=2, width=64, height=64)
     with pytest.raises(InvalidRequest, match="at least 1"):
         FakeEngine().validate_request(request)
     from sdworker.cli.generate import build_request

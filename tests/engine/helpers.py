@@ -6,6 +6,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from sdworker.domain.request import InputImage
+
 
 def init_image(size: int = 64, seed: int = 0) -> Image.Image:
     """A smooth colour gradient with some noise: an image with structure, the same every time."""
@@ -20,6 +22,15 @@ def half_mask(size: int = 64) -> Image.Image:
     mask = np.zeros((size, size), dtype=np.uint8)
     mask[:, : size // 2] = 255
     return Image.fromarray(mask, "L")
+
+
+def as_init(image: Image.Image) -> InputImage:
+    """An image as a job carries it: the encoded file (PNG) and its wire field."""
+    return InputImage.from_image(image, "init_image")
+
+
+def as_mask(image: Image.Image) -> InputImage:
+    return InputImage.from_image(image, "mask_image")
 
 
 def pixels(image: Image.Image) -> npt.NDArray[np.uint8]:

@@ -16,7 +16,7 @@ from sdworker.engine.diffusers_engine import DiffusersEngine
 from sdworker.engine.protocol import StepView
 from sdworker.errors import InvalidImage, InvalidRequest, JobCancelled, UnknownScheduler
 
-from .helpers import half_mask, init_image
+from .helpers import as_init, as_mask, half_mask, init_image
 
 SMALL: dict[str, Any] = {"num_inference_steps": 4, "width": 64, "height": 64, "seed": 7, "scheduler": "euler"}
 
@@ -150,18 +150,18 @@ def test_a_failing_decoder_gives_no_preview_not_a_failed_job(
         (GenerationRequest("x", num_inference_steps=2, width=64, height=0), InvalidRequest, "height"),
         (GenerationRequest("x", operation=Operation.IMAGE_TO_IMAGE, **SMALL), InvalidRequest, "init_image"),
         (
-            GenerationRequest("x", operation=Operation.INPAINT, init_image=init_image(64), **SMALL),
+            GenerationRequest("x", operation=Operation.INPAINT, init_image=as_init(init_image(64)), **SMALL),
             InvalidRequest,
             "mask_image",
         ),
         (
-            GenerationRequest("x", operation=Operation.INPAINT, init_image=init_image(64), mask_image=half_mask(32),
-                              **SMALL),
+            GenerationRequest("x", operation=Operation.INPAINT, init_image=as_init(init_image(64)),
+                              mask_image=as_mask(half_mask(32)), **SMALL),
             InvalidImage,
             "mask_image",
         ),
         (
-            GenerationRequest("x", operation=Operation.IMAGE_TO_IMAGE, init_image=init_image(64), strength=0.1,
+            GenerationRequest("x", operation=Operation.IMAGE_TO_IMAGE, init_image=as_init(init_image(64)), strength=0.1,
                               **SMALL),
             InvalidRequest,
             "strength",

@@ -18,7 +18,7 @@ from sdworker.engine.diffusers_engine import DiffusersEngine
 from sdworker.errors import InvalidRequest
 from sdworker.settings import Settings
 
-from .helpers import half_mask, init_image, pixels
+from .helpers import as_init, as_mask, half_mask, init_image, pixels
 
 SEED = 91
 # family -> (demo model, diffusers classes for text-to-image, image-to-image, inpaint)
@@ -72,7 +72,8 @@ def test_pixels_equal_the_family_pipeline(
         extra["mask_image"] = half_mask()
     request = GenerationRequest(
         "a photo of a cat", operation=operation, negative_prompt="blurry", model=model, seed=SEED,
-        init_image=extra.get("image"), mask_image=extra.get("mask_image"), strength=extra.get("strength", 0.8),
+        init_image=as_init(extra["image"]) if "image" in extra else None,
+        mask_image=as_mask(extra["mask_image"]) if "mask_image" in extra else None, strength=extra.get("strength", 0.8),
         **{"num_inference_steps": CALL["num_inference_steps"], "guidance_scale": CALL["guidance_scale"],
            "width": CALL["width"], "height": CALL["height"]},
     )

@@ -18,7 +18,7 @@ from sdworker.engine.families import flux1
 from sdworker.errors import InvalidRequest, LoraIncompatible
 from sdworker.settings import Settings
 
-from .helpers import half_mask, init_image, pixels
+from .helpers import as_init, as_mask, half_mask, init_image, pixels
 
 SEED = 77
 BASE: dict[str, Any] = {"width": 64, "height": 64, "num_inference_steps": 4, "guidance_scale": 3.5, "seed": SEED}
@@ -64,14 +64,15 @@ def test_text_to_image_equals_flux_pipeline(flux_engine: DiffusersEngine, refere
 
 def test_image_to_image_equals_flux_img2img(flux_engine: DiffusersEngine, reference: dict[str, Any]) -> None:
     image = init_image()
-    result = _run(flux_engine, operation=Operation.IMAGE_TO_IMAGE, init_image=image, strength=0.6)
+    result = _run(flux_engine, operation=Operation.IMAGE_TO_IMAGE, init_image=as_init(image), strength=0.6)
     expected = _reference(reference["img2img"], image=image, strength=0.6)
     np.testing.assert_array_equal(pixels(result.images[0]), expected)
 
 
 def test_inpaint_equals_flux_inpaint(flux_engine: DiffusersEngine, reference: dict[str, Any]) -> None:
     image, mask = init_image(), half_mask()
-    result = _run(flux_engine, operation=Operation.INPAINT, init_image=image, mask_image=mask, strength=0.9)
+    result = _run(flux_engine, operation=Operation.INPAINT, init_image=as_init(image), mask_image=as_mask(mask),
+                  strength=0.9)
     expected = _reference(reference["inpaint"], image=image, mask_image=mask, strength=0.9)
     np.testing.assert_array_equal(pixels(result.images[0]), expected)
 

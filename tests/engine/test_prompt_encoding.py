@@ -142,7 +142,7 @@ def test_sdxl_encodes_both_encoders_like_diffusers(demo_cache_dir: Path, negativ
 def test_weighted_prompts_and_loras_serve_every_operation_and_batches(demo_cache_dir: Path, model: str) -> None:
     from sdworker.domain.request import LoraRef, Operation
 
-    from .helpers import half_mask, init_image
+    from .helpers import as_init, as_mask, half_mask, init_image
 
     engine = DiffusersEngine(Settings(model="demo", cache_dir=demo_cache_dir, device="cpu"))
     lora = (LoraRef("demo-peft" if model == "demo-sd15" else "demo-xl-peft", 0.5),)
@@ -150,7 +150,7 @@ def test_weighted_prompts_and_loras_serve_every_operation_and_batches(demo_cache
     for operation in Operation:
         result = engine.generate(GenerationRequest(
             prompt, model=model, operation=operation, negative_prompt="(blurry:1.4)", loras=lora, num_images=2,
-            init_image=init_image(), mask_image=half_mask(), strength=1.0, **BASE))
+            init_image=as_init(init_image()), mask_image=as_mask(half_mask()), strength=1.0, **BASE))
         assert len(result.images) == 2 and result.seeds == (5, 6)
         assert pixels(result.images[0]).std() > 5
         assert not np.array_equal(pixels(result.images[0]), pixels(result.images[1]))

@@ -21,7 +21,7 @@ from sdworker.engine.clip_tokenizer import build_clip_tokenizer, vocab_size
 from sdworker.engine.diffusers_engine import DiffusersEngine
 from sdworker.settings import Settings
 
-from .helpers import half_mask, init_image, pixels
+from .helpers import as_init, as_mask, half_mask, init_image, pixels
 
 
 @pytest.fixture(scope="module")
@@ -72,5 +72,6 @@ def test_sdxl_through_the_engine(tiny_sdxl: Any) -> None:
     image, mask = init_image(64), half_mask(64)
     for operation in (Operation.IMAGE_TO_IMAGE, Operation.INPAINT):
         out = engine.generate(GenerationRequest("a cat", operation=operation, num_inference_steps=2, width=64,
-                                                height=64, seed=1, init_image=image, mask_image=mask, strength=1.0))
+                                                height=64, seed=1, init_image=as_init(image), mask_image=as_mask(mask),
+                                                strength=1.0))
         assert out.images[0].size == (64, 64)

@@ -22,7 +22,7 @@ from diffusers import (
 from sdworker.domain.request import GenerationRequest, Operation
 from sdworker.engine.diffusers_engine import DiffusersEngine
 
-from .helpers import half_mask, init_image, pixels
+from .helpers import as_init, as_mask, half_mask, init_image, pixels
 
 # Written out here, independently of sdworker.engine.schedulers: what each name must mean in diffusers.
 REFERENCE_SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
@@ -79,7 +79,7 @@ def test_image_to_image_equals_diffusers(
     seen: list[tuple[int, int]] = []
     result = demo_engine.generate(
         GenerationRequest(PROMPT, operation=Operation.IMAGE_TO_IMAGE, num_inference_steps=4, width=64, height=64,
-                          seed=SEED, scheduler=scheduler, init_image=image, strength=0.75),
+                          seed=SEED, scheduler=scheduler, init_image=as_init(image), strength=0.75),
         on_step=lambda view: seen.append((view.step, view.total)),
     )
     expected = reference(reference_pipelines["img2img"], scheduler, prompt=PROMPT, image=image,
@@ -97,7 +97,8 @@ def test_inpaint_equals_diffusers(
     image, mask = init_image(), half_mask()
     result = demo_engine.generate(
         GenerationRequest(PROMPT, operation=Operation.INPAINT, num_inference_steps=3, width=64, height=64,
-                          seed=SEED, scheduler=scheduler, init_image=image, mask_image=mask, strength=1.0)
+                          seed=SEED, scheduler=scheduler, init_image=as_init(image), mask_image=as_mask(mask),
+                          strength=1.0)
     )
     expected = reference(reference_pipelines["inpaint"], scheduler, prompt=PROMPT, image=image, mask_image=mask,
                          num_inference_steps=3, width=64, height=64, strength=1.0)
@@ -107,7 +108,7 @@ def test_inpaint_equals_diffusers(
 def test_init_image_of_another_size_is_resized_to_the_request(demo_engine: DiffusersEngine) -> None:
     result = demo_engine.generate(
         GenerationRequest(PROMPT, operation=Operation.IMAGE_TO_IMAGE, num_inference_steps=2, width=64, height=48,
-                          seed=SEED, init_image=init_image(96), strength=0.5)
+                          seed=SEED, init_image=as_init(init_image(96)), strength=0.5)
     )
     assert result.images[0].size == (64, 48)
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from sdworker.domain.request import GenerationRequest
 from sdworker.engine.fake import FakeEngine
 from sdworker.events.types import JobCompleted, JobEvent, JobStarted, StepProgressed
 from sdworker.jobs.memory import MemoryJobService
@@ -49,7 +50,7 @@ async def batching(
         return publish(event)
 
     service.bus.publish = tap  # type: ignore[method-assign]
-    runner = JobRunner(engine, service, metrics, max_pixels=settings.max_pixels,
+    runner = JobRunner(engine, service, metrics,
                        max_batch=max_batch, batch_wait_ms=batch_wait_ms, clock=clock)
     await service.start()
     runner.start()
@@ -72,7 +73,7 @@ def index_of(seen: list[JobEvent], kind: type[JobEvent], job_id: str) -> int:
 
 
 def draft(prompt: str, **fields: Any) -> JobDraft:
-    return JobDraft(prompt=prompt, **{"num_inference_steps": 2, "width": 64, "height": 64, **fields})
+    return JobDraft(GenerationRequest(prompt, **{"num_inference_steps": 2, "width": 64, "height": 64, **fields}))
 
 
 async def test_the_runner_waits_for_partners_until_its_clock_says_the_wait_is_over() -> None:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from sdworker.domain.request import Operation
+from sdworker.domain.request import GenerationRequest
 from sdworker.errors import QueueFull
 from sdworker.jobs.queue import InMemoryJobQueue
 from sdworker.jobs.spec import JobSpec
@@ -16,11 +16,8 @@ from sdworker.previews.options import PreviewOptions
 
 
 def spec(job_id: str) -> JobSpec:
-    return JobSpec(
-        job_id=job_id, prompt="p", operation=Operation.TEXT_TO_IMAGE, negative_prompt="", num_inference_steps=20,
-        guidance_scale=7.5, width=512, height=512, seed=1, scheduler=None, num_images=1, strength=0.8,
-        preview=PreviewOptions(), created_at=0.0,
-    )
+    request = GenerationRequest("p", width=512, height=512, seed=1)
+    return JobSpec(job_id=job_id, request=request, preview=PreviewOptions(), created_at=0.0)
 
 
 async def test_reservations_count_against_the_bound_and_can_be_released() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sdworker.domain.request import Operation
+from sdworker.domain.request import GenerationRequest
 from sdworker.jobs.spec import JobSpec
 from sdworker.jobs.state import JobStatus
 from sdworker.jobs.store import InMemoryJobStore, JobRecord
@@ -10,11 +10,8 @@ from sdworker.previews.options import PreviewOptions
 
 
 def record(job_id: str, finished_at: float | None, size: int = 10) -> JobRecord:
-    spec = JobSpec(
-        job_id=job_id, prompt="p", operation=Operation.TEXT_TO_IMAGE, negative_prompt="", num_inference_steps=2,
-        guidance_scale=7.5, width=64, height=64, seed=1, scheduler=None, num_images=1, strength=0.8,
-        preview=PreviewOptions(), created_at=0.0,
-    )
+    request = GenerationRequest("p", num_inference_steps=2, width=64, height=64, seed=1)
+    spec = JobSpec(job_id=job_id, request=request, preview=PreviewOptions(), created_at=0.0)
     done = finished_at is not None
     return JobRecord(
         spec=spec, status=JobStatus.COMPLETED if done else JobStatus.RUNNING, finished_at=finished_at,

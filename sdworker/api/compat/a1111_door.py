@@ -20,6 +20,7 @@ from sdworker.api.compat.a1111_samplers import choose
 from sdworker.api.compat.a1111_schemas import Img2ImgRequest, Txt2ImgRequest, echoed, ignored, to_draft
 from sdworker.api.compat.a1111_state import A1111State, checkpoints, find_checkpoint
 from sdworker.api.compat.jobs import finished_images, wait_or_cancel
+from sdworker.domain.request import InputImage
 from sdworker.errors import InvalidRequest
 from sdworker.imaging.decode import decode_base64
 from sdworker.imaging.masks import adjust_mask, fit_image
@@ -46,7 +47,7 @@ async def generate(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
     view = await service.submit(draft, owner=owner)
     view = await wait_or_cancel(service, view.job_id, request, owner)
     pngs = await finished_images(service, view, owner)
-    known = await checkpoints((view.spec.model or settings.model,), settings.cache_dir)
+    known = await checkpoints((view.spec.request.model or settings.model,), settings.cache_dir)
     notes = {**ignored(body), **sampler.ignored}
     info = _info(body, view, pngs, sampler.sampler, sampler.schedule, known[0].model_name, known[0].hash10, notes)
     return {
@@ -81,16 +82,16 @@ async def _model(request: Request, body: Txt2ImgRequest, models: tuple[str, ...]
     return chosen if chosen in models else None
 
 
-async def _img2img_inputs(body: Img2ImgRequest, max_pixels: int) -> tuple[str, str | None]:
+async def _img2img_inputs(body: Img2ImgRequest, max_pixels: int) -> tuple[InputImage, InputImage | None]:
     """The init image (and mask, white = repaint) fitted to the output size by ``resize_mode``, the mask
-    inverted and blurred as asked; base64 PNG. A plain img2img (``resize_mode`` 0, no mask) passes the
+    inverted and blurred as asked; PNG. A plain img2img (``resize_mode`` 0, no mask) passes the
     client's image through untouched (the engine resizes it)."""
     if not body.init_images:
         raise InvalidRequest("init_images: img2img needs at least one image (base64)", field="init_images")
     init = decode_base64(body.init_images[0], field="init_images")
     mask = decode_base64(body.mask, field="mask") if body.mask else None
     if mask is None and body.resize_mode in (0, 3):
-        return base64.b64encode(init).decode("ascii"), None
+        return InputImage(init, "init_images"), None
     size = (max(8, body.width // 8 * 8), max(8, body.height // 8 * 8))
     mode = body.resize_mode if body.resize_mode in (1, 2) else 0
 
@@ -105,8 +106,7 @@ async def _img2img_inputs(body: Img2ImgRequest, max_pixels: int) -> tuple[str, s
         return fitted, fit_image(adjusted, size, mode, field="mask", max_pixels=max_pixels)
 
     fitted, fitted_mask = await asyncio.to_thread(prepare)
-    encoded_mask = base64.b64encode(fitted_mask).decode("ascii") if fitted_mask is not None else None
-    return base64.b64encode(fitted).decode("ascii"), encoded_mask
+    return InputImage(fitted, "init_images"), InputImage(fitted_mask, "mask") if fitted_mask is not None else None
 
 
 def _schedulers(engine: Any) -> tuple[str, ...] | None:
@@ -131,12 +131,12 @@ def _info(
 ) -> dict[str, Any]:
     spec = view.spec
     count = len(pngs)
-    strength = spec.strength if isinstance(body, Img2ImgRequest) else body.denoising_strength
+    strength = spec.request.strength if isinstance(body, Img2ImgRequest) else body.denoising_strength
     return {
-        "prompt": spec.prompt,
-        "all_prompts": [spec.prompt] * count,
-        "negative_prompt": spec.negative_prompt,
-        "all_negative_prompts": [spec.negative_prompt] * count,
+        "prompt": spec.request.prompt,
+        "all_prompts": [spec.request.prompt] * count,
+        "negative_prompt": spec.request.negative_prompt,
+        "all_negative_prompts": [spec.request.negative_prompt] * count,
         "seed": view.seeds[0],
         "all_seeds": list(view.seeds),
         "subseed": body.subseed,
@@ -145,8 +145,8 @@ def _info(
         "width": view.width,
         "height": view.height,
         "sampler_name": sampler,
-        "cfg_scale": spec.guidance_scale,
-        "steps": spec.num_inference_steps,
+        "cfg_scale": spec.request.guidance_scale,
+        "steps": spec.request.num_inference_steps,
         "batch_size": body.batch_size,
         "restore_faces": False,
         "face_restoration_model": None,
@@ -162,7 +162,7 @@ def _info(
         "infotexts": [infotext(png) for png in pngs],
         "styles": [],
         "job_timestamp": _timestamp(view),
-        "clip_skip": spec.clip_skip or 1,
+        "clip_skip": spec.request.clip_skip or 1,
         "is_using_inpainting_conditioning": False,
         "version": f"sdworker {__version__}",
         "job_id": spec.job_id,

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdworker.api.compat.a1111_samplers import SamplerChoice
 from sdworker.api.schemas import preview_options
-from sdworker.domain.request import Operation
+from sdworker.domain.request import GenerationRequest, InputImage, Operation
 from sdworker.errors import InvalidRequest
 from sdworker.jobs.spec import JobDraft
 from sdworker.settings import Settings
@@ -120,10 +120,10 @@ def to_draft(
     *,
     sampler: SamplerChoice,
     model: str | None,
-    init_image: str | None = None,
-    mask_image: str | None = None,
+    init_image: InputImage | None = None,
+    mask_image: InputImage | None = None,
 ) -> JobDraft:
-    """``init_image``/``mask_image``: prepared base64 (fitted, mask white = repaint) for img2img."""
+    """``init_image``/``mask_image``: prepared for img2img (fitted, mask white = repaint)."""
     count = body.batch_size * body.n_iter
     if count > settings.max_images:
         raise InvalidRequest(
@@ -141,7 +141,7 @@ def to_draft(
         if strength <= 0:
             raise InvalidRequest("denoising_strength: must be above 0", field="denoising_strength")
     clip_skip = (body.override_settings or {}).get("CLIP_stop_at_last_layers")
-    return JobDraft(
+    request = GenerationRequest(
         prompt=body.prompt or "",
         operation=operation,
         negative_prompt=body.negative_prompt or "",
@@ -154,12 +154,11 @@ def to_draft(
         num_images=count,
         strength=strength,
         init_image=init_image,
-        init_image_field="init_images",
         mask_image=mask_image,
-        preview=preview_options(None, settings),
         model=model,
         clip_skip=int(clip_skip) if isinstance(clip_skip, int | float) and clip_skip > 1 else None,
     )
+    return JobDraft(request, preview=preview_options(None, settings))
 
 
 def echoed(body: Txt2ImgRequest) -> dict[str, Any]:

@@ -4,7 +4,6 @@ streamed) comes back in OpenAI's shapes. The routes in ``openai_routes`` only ca
 from __future__ import annotations
 
 import asyncio
-import base64
 from dataclasses import dataclass
 
 from fastapi import Request, Response
@@ -23,6 +22,7 @@ from sdworker.api.compat.openai_schemas import (
 )
 from sdworker.api.sse import EventStreamResponse
 from sdworker.domain.parameters import model_label
+from sdworker.domain.request import InputImage
 from sdworker.errors import InvalidRequest, JobNotFound
 from sdworker.imaging.decode import decode_base64
 from sdworker.imaging.masks import mask_from_alpha
@@ -34,8 +34,8 @@ _FILE_FIELDS = ("image", "image[]", "mask")
 @dataclass(frozen=True, slots=True)
 class EditInputs:
     body: ImagesRequest
-    image: str  # base64
-    mask: str | None  # base64, ours (white = repaint)
+    image: InputImage
+    mask: InputImage | None  # ours (white = repaint)
 
 
 async def read_edit_form(request: Request) -> EditInputs:
@@ -50,13 +50,13 @@ async def read_edit_form(request: Request) -> EditInputs:
     body = parse_fields(fields)
     image = await _file_bytes(images[0], "image")
     mask = form.get("mask")
-    mask_b64 = None
+    mask_image = None
     if mask is not None:
         mask_png = await asyncio.to_thread(
             mask_from_alpha, await _file_bytes(mask, "mask"), field="mask", max_pixels=settings.max_pixels
         )
-        mask_b64 = base64.b64encode(mask_png).decode("ascii")
-    return EditInputs(body, base64.b64encode(image).decode("ascii"), mask_b64)
+        mask_image = InputImage(mask_png, "mask")
+    return EditInputs(body, InputImage(image, "image"), mask_image)
 
 
 async def run(request: Request, body: ImagesRequest, *, kind: str, edit: EditInputs | None = None) -> Response:
@@ -72,7 +72,7 @@ async def run(request: Request, body: ImagesRequest, *, kind: str, edit: EditInp
     if body.stream:
         draft, targets = with_partial_images(draft, body.partial_images or 0, settings, fmt)
     view = await service.submit(draft, owner=owner)
-    size = f"{view.spec.width}x{view.spec.height}"
+    size = f"{view.spec.request.width}x{view.spec.request.height}"
     rendering = Rendering(fmt, body.output_compression, QUALITY_REPORTED[body.quality or "auto"], size)
     if body.stream:
         sub = await service.open_stream(view.job_id, 0, owner=owner)
@@ -93,7 +93,7 @@ async def run(request: Request, body: ImagesRequest, *, kind: str, edit: EditInp
         link = deps.links(request)  # signed for an authenticated caller: the URL is fetched without a key
         urls = [base + link(view, f"/v1/jobs/{view.job_id}/image?index={index}") for index in range(view.image_count)]
     pngs = [] if urls is not None else await finished_images(service, view, owner)
-    return JSONResponse(await images_response(pngs, rendering, model=view.spec.model, urls=urls))
+    return JSONResponse(await images_response(pngs, rendering, model=view.spec.request.model, urls=urls))
 
 
 def served_model(requested: str | None, models: tuple[str, ...]) -> str | None:

@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sdworker.api.schemas import preview_options
-from sdworker.domain.request import Operation
+from sdworker.domain.request import GenerationRequest, InputImage, Operation
 from sdworker.errors import InvalidRequest
 from sdworker.jobs.spec import JobDraft
 from sdworker.previews.options import PreviewOptions
@@ -70,8 +70,8 @@ def to_draft(
     *,
     model: str | None,
     family: str | None,
-    init_image: str | None = None,
-    mask_image: str | None = None,
+    init_image: InputImage | None = None,
+    mask_image: InputImage | None = None,
 ) -> JobDraft:
     """``model`` is the served model to run on (None = the default); ``family`` sizes ``auto``."""
     if body.n > settings.max_images:
@@ -85,7 +85,7 @@ def to_draft(
     if init_image is not None:
         operation = Operation.INPAINT if mask_image is not None else Operation.IMAGE_TO_IMAGE
         strength = strength if strength is not None else (1.0 if mask_image is not None else EDIT_STRENGTH)
-    return JobDraft(
+    request = GenerationRequest(
         prompt=body.prompt,
         operation=operation,
         negative_prompt=body.negative_prompt,
@@ -98,11 +98,10 @@ def to_draft(
         num_images=body.n,
         strength=0.8 if strength is None else strength,
         init_image=init_image,
-        init_image_field="image",
         mask_image=mask_image,
-        preview=preview_options(None, settings),  # decoded only while someone watches the job
         model=model,
     )
+    return JobDraft(request, preview=preview_options(None, settings))  # decoded only while someone watches
 
 
 def with_partial_images(
@@ -111,12 +110,12 @@ def with_partial_images(
     """Previews for a stream: one every ``total // (k + 1)`` steps, full size, in the output format, no
     rate limit; and the steps at which each of the ``k`` partial images is due (evenly spread). No
     previews at all for ``k == 0``."""
-    total = draft.num_inference_steps
-    if draft.operation is not Operation.TEXT_TO_IMAGE:
-        total = max(1, int(draft.num_inference_steps * draft.strength))
+    total = draft.request.num_inference_steps
+    if draft.request.operation is not Operation.TEXT_TO_IMAGE:
+        total = max(1, int(draft.request.num_inference_steps * draft.request.strength))
     if partial_images <= 0:  # the stream is a watcher: without this, previews would be decoded for nobody
         return replace(draft, preview=PreviewOptions(every=0)), []
-    longest = max(draft.width or 512, draft.height or 512)
+    longest = max(draft.request.width or 512, draft.request.height or 512)
     preview = PreviewOptions(
         every=max(1, total // (partial_images + 1)),
         min_interval_ms=0,

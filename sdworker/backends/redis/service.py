@@ -9,7 +9,6 @@ before ``submit`` returns. Redis errors become ``NotReady`` (503) with a clear m
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -143,8 +142,8 @@ class RedisJobService:
                 engines.setdefault(worker.model, engine)
         default = self._settings.default_model if self._settings.default_model in served else None
         default = default or (sorted(worker_models)[0] if worker_models else None)
-        self._refuse_failed_only(draft.model or default, served, fleet)
-        model = resolve_model(draft.model, served, default)
+        self._refuse_failed_only(draft.request.model or default, served, fleet)
+        model = resolve_model(draft.request.model, served, default)
         check_against_engine(draft, engines.get(model))
         if fleet.library:  # workers list their LoRAs: refuse unknown names here, not as a failed job
             served_model = _library_entry(model, fleet)
@@ -152,7 +151,7 @@ class RedisJobService:
         if fleet.queue_depth >= self._settings.max_queue:
             raise self._queue_full()
         checked = await asyncio.to_thread(
-            check_inputs, draft, max_pixels=self._settings.max_pixels, default_size=_native_size(model, fleet)
+            check_inputs, draft.request, max_pixels=self._settings.max_pixels, default_size=_native_size(model, fleet)
         )
         job_id = uuid.uuid4().hex
         spec = build_spec(draft, checked, job_id=job_id, created_at=time.time(), owner=owner, model=model)
@@ -167,7 +166,7 @@ class RedisJobService:
                     self._keys.jobs,
                 ],
                 args=[job_id, json.dumps(spec.to_dict()), owner or "", model, spec.created_at,
-                      self._settings.max_queue, spec.num_inference_steps, EVENTS_MAXLEN],
+                      self._settings.max_queue, spec.request.num_inference_steps, EVENTS_MAXLEN],
             )
         )
         if int(position) < 0:
@@ -181,7 +180,8 @@ class RedisJobService:
                 await self.cancel(job_id)  # lost a race with the same key: keep the first job only
                 return await self.get(text(first) or "", owner=owner)
         self._metrics.jobs_submitted.inc()
-        return JobView(spec=spec, status=JobStatus.QUEUED, total=spec.num_inference_steps, queue_position=int(position))
+        total = spec.request.num_inference_steps
+        return JobView(spec=spec, status=JobStatus.QUEUED, total=total, queue_position=int(position))
 
     async def get(self, job_id: str, *, owner: str | None = None) -> JobView:
         fields = await self._call(self._redis.hgetall(self._keys.job(job_id)))
@@ -287,14 +287,7 @@ class RedisJobService:
             raise JobNotFound(f"no dead-lettered job {job_id!r}", field="job_id")
         old = await self.get(job_id)
         spec = old.spec
-        draft = JobDraft(
-            prompt=spec.prompt, operation=spec.operation, negative_prompt=spec.negative_prompt,
-            num_inference_steps=spec.num_inference_steps, guidance_scale=spec.guidance_scale, seed=spec.seed,
-            width=spec.width, height=spec.height, scheduler=spec.scheduler, num_images=spec.num_images,
-            strength=spec.strength, init_image=_b64(spec.init_image), init_image_field=spec.init_image_field,
-            mask_image=_b64(spec.mask_image), preview=spec.preview, hive_id=spec.hive_id, worker_id=spec.worker_id,
-            model=spec.model, loras=spec.loras, clip_skip=spec.clip_skip,
-        )
+        draft = JobDraft(spec.request, preview=spec.preview, hive_id=spec.hive_id, worker_id=spec.worker_id)
         view = await self.submit(draft, owner=spec.owner)
         await self._call(self._redis.zrem(self._keys.dead, job_id))
         return view
@@ -413,7 +406,7 @@ class RedisJobService:
         view = await self.get(job_id, owner=owner)
         if view.status.finished:
             return view
-        model = view.spec.model or ""
+        model = view.spec.request.model or ""
         state = await self._call(
             self._cancel(
                 keys=[
@@ -482,6 +475,3 @@ def _native_size(model: str, fleet: FleetInfo) -> int:
     entry = _library_entry(model, fleet)
     return entry.native_size if entry is not None else DEFAULT_SIZE
 
-
-def _b64(data: bytes | None) -> str | None:
-    return base64.b64encode(data).decode("ascii") if data is not None else None

@@ -102,7 +102,7 @@ class RedisLease:
             return
         self._lost = True
         k = self._source.keys
-        model = self.spec.model or ""
+        model = self.spec.request.model or ""
         try:
             await self._source.release_script(
                 keys=[k.job(self.spec.job_id), k.queue(model), k.queued, k.queued_model(model)],
@@ -125,7 +125,7 @@ class RedisLease:
         await self._flush()
         k = self._source.keys
         job_id = self.spec.job_id
-        keys = [k.job(job_id), k.events(job_id), k.preview(job_id), k.queue(self.spec.model or "")]
+        keys = [k.job(job_id), k.events(job_id), k.preview(job_id), k.queue(self.spec.request.model or "")]
         keys += [k.image(job_id, i) for i in range(len(images))]
         args: list[Any] = [self._fence, outcome, json.dumps(data), ttl_ms(self._source.settings),
                            EVENTS_MAXLEN, json.dumps(list(seeds)), width, height, code, message,
@@ -187,7 +187,7 @@ class RedisLease:
         while not self._lost:
             try:
                 result = await self._source.heartbeat_script(
-                    keys=[k.job(job_id), k.queue(self.spec.model or ""), k.watchers(job_id)],
+                    keys=[k.job(job_id), k.queue(self.spec.request.model or ""), k.watchers(job_id)],
                     args=[self._fence, self._entry, self._source.consumer],
                 )
                 if not int(result[0]):

@@ -61,8 +61,10 @@ def unpacking_renderer(
 ) -> PreviewRenderer:
     """Previews of a family whose loop holds packed latents: unpack to (B, C, h, w) first."""
     factor = int(getattr(pipe, "vae_scale_factor", 8))
+    assert request.width is not None and request.height is not None  # settled before the run
+    width, height = request.width, request.height
 
     def render(method: str, max_size: int, latents: torch.Tensor, source: str) -> Any:
-        return render_preview(method, max_size, adapter.unpack(latents, request.width, request.height, factor), source)
+        return render_preview(method, max_size, adapter.unpack(latents, width, height, factor), source)
 
     return render

@@ -81,7 +81,13 @@ class FlowAdapter:
         return " ".join(" ".join(t.strip() for t, w in runs if (t, w) != BREAK and t.strip()).split()), True
 
     def call_arguments(
-        self, model: LoadedModel, request: GenerationRequest, prompt: str, generators: list[torch.Generator]
+        self,
+        model: LoadedModel,
+        request: GenerationRequest,
+        prompt: str,
+        generators: list[torch.Generator],
+        init: Image.Image | None = None,
+        mask: Image.Image | None = None,
     ) -> tuple[Any, dict[str, Any]]:
         """The pipeline for ``request.operation`` and its keyword arguments, as one would call diffusers."""
         kwargs: dict[str, Any] = {
@@ -105,14 +111,14 @@ class FlowAdapter:
             )
         if request.operation is Operation.TEXT_TO_IMAGE:
             return pipe, kwargs
-        assert request.init_image is not None
+        assert init is not None and request.width is not None and request.height is not None
         size = (request.width, request.height)
-        kwargs["image"] = _resize(request.init_image.convert("RGB"), size, Image.Resampling.LANCZOS)
+        kwargs["image"] = _resize(init.convert("RGB"), size, Image.Resampling.LANCZOS)
         kwargs["strength"] = request.strength
         if request.operation is Operation.IMAGE_TO_IMAGE:
             return pipe, kwargs
-        assert request.mask_image is not None
-        kwargs["mask_image"] = _resize(request.mask_image.convert("L"), size, Image.Resampling.BILINEAR)
+        assert mask is not None
+        kwargs["mask_image"] = _resize(mask.convert("L"), size, Image.Resampling.BILINEAR)
         return pipe, kwargs
 
     def missing_reason(self, model: LoadedModel) -> str:

@@ -53,9 +53,15 @@ class QwenImageAdapter(FlowAdapter):
         return ": it is an edit model (Qwen-Image-Edit); running edit models is not supported yet"
 
     def call_arguments(
-        self, model: LoadedModel, request: GenerationRequest, prompt: str, generators: list[torch.Generator]
+        self,
+        model: LoadedModel,
+        request: GenerationRequest,
+        prompt: str,
+        generators: list[torch.Generator],
+        init: Image.Image | None = None,
+        mask: Image.Image | None = None,
     ) -> tuple[Any, dict[str, Any]]:
-        pipe, kwargs = super().call_arguments(model, request, prompt, generators)
+        pipe, kwargs = super().call_arguments(model, request, prompt, generators, init, mask)
         if request.guidance_scale > 1 and "negative_prompt" not in kwargs:
             kwargs["negative_prompt"] = " "  # the model card's empty negative: CFG still runs
         return pipe, kwargs
