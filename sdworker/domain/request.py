@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from sdworker.domain.hires import HiresFix
 from sdworker.imaging.decode import decode_base64, decode_image_bytes
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class GenerationRequest:
     model: str | None = None  # a name from the model library; None = the default model
     loras: tuple[LoraRef, ...] = ()  # merged with the prompt's <lora:name:w> tags; these weights win
     clip_skip: int | None = None  # A1111's convention: 1 = the last layer (no skip), 2 = the penultimate
+    hires: HiresFix | None = None  # text-to-image only: a second pass at a larger size (``domain.hires``)
 
 
 def settle_size(

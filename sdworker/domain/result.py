@@ -33,6 +33,7 @@ class GenerationResult:
     loras: tuple[AppliedLora, ...] = ()
     clip_skip: int | None = None
     warnings: tuple[str, ...] = ()  # what the model's family ignored of the request, said once each
+    first_pass_size: tuple[int, int] | None = None  # a hires fix's first pass (width, height); A1111's "Size"
 
     @property
     def seed(self) -> int:

@@ -52,6 +52,10 @@ class _FakeStepView:
     def total(self) -> int:
         return self._total
 
+    @property
+    def pass_number(self) -> int:
+        return 1
+
     def latents(self) -> Any:
         return np.full((1, 4, self._height // 8, self._width // 8), self._step / self._total, dtype=np.float32)
 

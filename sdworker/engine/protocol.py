@@ -35,6 +35,11 @@ class StepView(Protocol):
     @property
     def total(self) -> int: ...
 
+    @property
+    def pass_number(self) -> int:
+        """1, or 2 in a hires fix's second pass; ``step`` and ``total`` count both passes as one job."""
+        ...
+
     def latents(self) -> Any:
         """The latents as the loop holds them after this step (a torch tensor, batch first)."""
         ...

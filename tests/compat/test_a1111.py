@@ -69,6 +69,32 @@ def test_txt2img_equals_a_native_job_pixel_for_pixel(
     assert np.array_equal(ours, native)
 
 
+def test_hires_fix_equals_the_native_job_and_is_written_as_a1111_writes_it(
+    api: webuiapi.WebUIApi, http: httpx.Client
+) -> None:
+    result = api.txt2img(prompt="a red cube", enable_hr=True, hr_scale=1.5, hr_second_pass_steps=3,
+                         denoising_strength=0.6, hr_prompt="a blue cube", sampler_name="Euler", width=64, height=64,
+                         steps=3, seed=11)
+    assert result.image.size == (96, 96) and "enable_hr" not in result.info["ignored"]
+    native = native_pixels(http, prompt="a red cube", seed=11, steps=3, guidance_scale=7.0, scheduler="euler",
+                           width=64, height=64, hires={"scale": 1.5, "steps": 3, "strength": 0.6,
+                                                       "upscaler": "Latent", "prompt": "a blue cube"})
+    assert np.array_equal(np.asarray(result.image.convert("RGB")), native)
+    text = result.info["infotexts"][0]
+    assert ("Size: 64x64" in text and "Denoising strength: 0.6, Hires upscale: 1.5, Hires steps: 3, "
+            "Hires upscaler: Latent, Hires prompt: a blue cube" in text), text
+    assert [m["name"] for m in api.get_latent_upscale_modes()][:2] == ["Latent", "Latent (antialiased)"]
+    assert {"None", "Lanczos", "Nearest"} <= {u["name"] for u in api.get_upscalers()}
+
+
+@pytest.mark.parametrize(("extra", "field"), [({"hr_upscaler": "4x-UltraSharp"}, "hr_upscaler"),
+                                              ({"hr_scale": 4.0}, "hr_scale")])
+def test_bad_hires_fields_are_named(http: httpx.Client, extra: dict[str, Any], field: str) -> None:
+    body = {"prompt": "x", "enable_hr": True, "width": 512, "height": 512, "steps": 2, **extra}
+    answer = http.post("/sdapi/v1/txt2img", json=body)
+    assert answer.status_code == 422 and field in answer.text, answer.text
+
+
 def test_img2img_and_inpaint(api: webuiapi.WebUIApi, http: httpx.Client) -> None:
     source = Image.new("RGB", (80, 64), (200, 120, 40))
     result = api.img2img(images=[source], prompt="a door", denoising_strength=0.5, **{**SMALL, "steps": 4})
@@ -124,7 +150,7 @@ def test_models_options_and_png_info(api: webuiapi.WebUIApi, server: LiveServer,
     with httpx.Client(base_url=server.url + "/sdapi/v1") as raw:
         assert raw.post("/options").json() is None  # no body at all
         assert raw.post("/interrupt").json() == {}
-        for route in ("upscalers", "sd-vae", "loras", "latent-upscale-modes"):
+        for route in ("sd-vae", "loras"):
             assert raw.get("/" + route).json() == [], route
         assert raw.get("/scripts").json() == {"txt2img": [], "img2img": []}
         assert raw.get("/memory").json()["ram"]["total"] > 0
