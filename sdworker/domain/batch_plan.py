@@ -64,8 +64,8 @@ def batch_key(request: GenerationRequest, model: str | None = None) -> BatchKey 
     """
     if request.operation is not Operation.TEXT_TO_IMAGE or not request.guidance_scale > 1:
         return None
-    if request.loras or request.width is None or request.height is None:
-        return None
+    if request.loras or request.width is None or request.height is None or request.hires is not None:
+        return None  # a hires fix has a second pass the shared loop does not run
     try:
         _, tags = extract_lora_tags(request.prompt)
         scheduler = None if request.scheduler is None else get_spec(request.scheduler).name

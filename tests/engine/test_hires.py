@@ -15,8 +15,9 @@ from PIL import Image
 
 from sdworker.domain.hires import HiresFix
 from sdworker.domain.request import GenerationRequest, Operation
+from sdworker.domain.result import GenerationResult
 from sdworker.engine.diffusers_engine import DiffusersEngine
-from sdworker.engine.protocol import StepView
+from sdworker.engine.protocol import BatchItem, StepView
 from sdworker.errors import InvalidRequest
 
 from .helpers import as_init, init_image, pixels
@@ -62,8 +63,9 @@ def by_hand(
 
 
 def hires_request(hires: HiresFix, *, steps: int = 6, **kwargs: Any) -> GenerationRequest:
-    return GenerationRequest(PROMPT, negative_prompt="blurry", num_inference_steps=steps, guidance_scale=7.5,
-                             width=SIZE, height=SIZE, seed=SEED, hires=hires, **kwargs)
+    fields: dict[str, Any] = {"negative_prompt": "blurry", "num_inference_steps": steps, "guidance_scale": 7.5,
+                              "width": SIZE, "height": SIZE, "seed": SEED, "hires": hires, **kwargs}
+    return GenerationRequest(PROMPT, **fields)
 
 
 @pytest.mark.parametrize(
@@ -119,6 +121,14 @@ def test_progress_counts_both_passes_as_one_job(demo_engine: DiffusersEngine) ->
     assert result.steps_run == total
     assert seen == [(1, s, total) for s in range(1, 7)] + [(2, s, total) for s in range(7, 10)]
     assert previews == [(64, 64), (128, 128)]  # each pass previews its own size
+
+
+def test_hires_jobs_never_share_a_batch_loop(demo_engine: DiffusersEngine) -> None:
+    jobs = [hires_request(HiresFix(strength=0.5), steps=2, seed=SEED + i) for i in range(2)]
+    batched = demo_engine.generate_batch([BatchItem(job) for job in jobs])
+    for job, outcome in zip(jobs, batched, strict=True):
+        assert isinstance(outcome, GenerationResult) and outcome.images[0].size == (128, 128)
+        np.testing.assert_array_equal(pixels(outcome.images[0]), pixels(demo_engine.generate(job).images[0]))
 
 
 def test_resize_to_both_sides_crops_the_centre(demo_engine: DiffusersEngine) -> None:
