@@ -24,6 +24,7 @@ from fastapi import FastAPI
 
 from sdworker import __version__
 from sdworker.api.auth import AuthMiddleware, KeyRing, install_reload, url_signer
+from sdworker.api.compat.a1111_controlnet import router as controlnet_router
 from sdworker.api.compat.a1111_routes import router as a1111_router
 from sdworker.api.compat.a1111_state import A1111State
 from sdworker.api.compat.openai_routes import router as openai_router
@@ -115,6 +116,7 @@ def create_app(
     app.include_router(models_router)
     app.include_router(openai_router)
     app.include_router(a1111_router)
+    app.include_router(controlnet_router)
     app.add_middleware(AuthMiddleware, ring=keys, signer=signer, metrics_public=settings.metrics_public)
     # --- The HTTP edge (api/edge.py): Host/Origin/CORS/content-type guard, body limit, offline
     # /docs, documented error answers. Everything about the edge stays in this one call.

@@ -13,9 +13,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdworker.domain.controlnet import MAX_UNITS, check_units
 from sdworker.domain.hires import DEFAULT_UPSCALER, MAX_SCALE, HiresFix, check_hires
 from sdworker.domain.prompt_syntax import normalize_lora_name
-from sdworker.domain.request import GenerationRequest, InputImage, LoraRef, Operation
+from sdworker.domain.request import ControlUnit, GenerationRequest, InputImage, LoraRef, Operation
 from sdworker.errors import InvalidRequest, WrongWorker
 from sdworker.jobs.spec import JobDraft
 from sdworker.previews.options import PreviewOptions
@@ -84,6 +85,22 @@ class HiresRequest(BaseModel):
                         negative_prompt=self.negative_prompt)
 
 
+class ControlUnitRequest(BaseModel):
+    """One ControlNet unit: a model of GET /v1/controlnets, its control image and how strongly and when
+    it steers."""
+
+    model_config = _STRICT
+
+    model: str = Field(min_length=1, max_length=_NAME, description="a ControlNet of the --controlnet-dir folder")
+    image: str = Field(min_length=1, description="base64 control image (or a photo, with a preprocessor)")
+    weight: float = Field(1.0, ge=0.0, le=2.0, description="controlnet_conditioning_scale")
+    start: float = Field(0.0, ge=0.0, le=1.0, description="fraction of the steps where it starts acting")
+    end: float = Field(1.0, ge=0.0, le=1.0, description="fraction of the steps where it stops")
+    preprocessor: str = Field("none", min_length=1, max_length=64, description="none | canny | invert | threshold")
+    low: float = Field(100.0, ge=0.0, le=255.0, description="canny's low threshold; threshold's level")
+    high: float = Field(200.0, ge=0.0, le=255.0, description="canny's high threshold")
+
+
 class JobRequest(BaseModel):
     """The body of ``POST /v1/jobs`` (rbee's fields; diffusers' names where rbee has none)."""
 
@@ -116,6 +133,7 @@ class JobRequest(BaseModel):
     )
     clip_skip: int | None = Field(None, ge=1, le=12, description="A1111's: 1 = last CLIP layer, 2 = penultimate")
     hires: HiresRequest | None = Field(None, description="image_generation: a second pass at a larger size")
+    controlnet: list[ControlUnitRequest] | None = Field(None, max_length=MAX_UNITS, description="ControlNet units")
 
 
 def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
@@ -158,6 +176,7 @@ def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
         loras=_loras(body.loras),
         clip_skip=body.clip_skip,
         hires=hires,
+        controlnet=_units(body.controlnet),
     )
     return JobDraft(
         request, preview=preview_options(body.preview, settings), hive_id=body.hive_id, worker_id=body.worker_id
@@ -176,6 +195,16 @@ def _hires(body: JobRequest, operation: Operation, settings: Settings) -> HiresF
     if body.width is not None and body.height is not None:
         check_hires(hires, body.width, body.height, body.steps, max_pixels=settings.max_pixels)
     return hires
+
+
+def _units(units: list[ControlUnitRequest] | None) -> tuple[ControlUnit, ...]:
+    made = tuple(
+        ControlUnit(u.model, InputImage(u.image, f"controlnet.{i}.image"), u.weight, u.start, u.end, u.preprocessor,
+                    u.low, u.high)
+        for i, u in enumerate(units or ())
+    )
+    check_units(made)
+    return made
 
 
 def _loras(loras: list[LoraRequest] | None) -> tuple[LoraRef, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import PurePath
 
 from sdworker.domain.hires import HiresFix
-from sdworker.domain.request import GenerationRequest, Operation
+from sdworker.domain.request import ControlUnit, GenerationRequest, Operation
 from sdworker.domain.result import GenerationResult
 from sdworker.domain.scheduler_names import SCHEDULERS
 from sdworker.imaging.metadata import ImageParameters, format_parameters
@@ -46,7 +46,19 @@ def image_parameters(request: GenerationRequest, result: GenerationResult, index
         clip_skip=result.clip_skip,
         lora_hashes=tuple((lora.name, lora.short_hash) for lora in result.loras if lora.short_hash),
         hires=hires,
+        controlnet=tuple((f"ControlNet {i}", controlnet_text(unit)) for i, unit in enumerate(request.controlnet)),
     )
+
+
+def controlnet_text(unit: ControlUnit) -> str:
+    """One unit as sd-webui-controlnet writes it (the fields we honour; thresholds where they count)."""
+    parts = [f"Module: {unit.preprocessor}", f"Model: {unit.model}", f"Weight: {unit.weight:g}"]
+    if unit.preprocessor == "canny":
+        parts += [f"Threshold A: {unit.low:g}", f"Threshold B: {unit.high:g}"]
+    elif unit.preprocessor == "threshold":
+        parts.append(f"Threshold A: {unit.low:g}")
+    parts += [f"Guidance Start: {unit.start:g}", f"Guidance End: {unit.end:g}"]
+    return ", ".join(parts)
 
 
 def hires_parameters(hires: HiresFix, request: GenerationRequest) -> tuple[tuple[str, str], ...]:

@@ -29,6 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,7 +46,9 @@ from sdworker.domain.request import GenerationRequest, Operation, settle_size
 from sdworker.domain.result import AppliedLora, GenerationResult
 from sdworker.domain.scheduler_names import SCHEDULER_NAMES
 from sdworker.engine.batch import failure, run_group
+from sdworker.engine.controlnet import ControlNets, control_images, controlnet_call
 from sdworker.engine.decoding import decode_latents
+from sdworker.engine.demo_model import CONTROLNET_DIR
 from sdworker.engine.embeddings import EmbeddingStore
 from sdworker.engine.families import flow_adapter, ignored_field_warnings, unpacking_renderer
 from sdworker.engine.hashing import HashCache
@@ -90,6 +93,7 @@ class DiffusersEngine:
         self._loaded_names: frozenset[str] = frozenset()  # read by list_models from other threads
         self._info: EngineInfo | None = None
         self._last: ModelSlot | None = None
+        self._controlnets: ControlNets | None = None
 
     @classmethod
     def from_pipeline(cls, pipe: Any, settings: Settings, model_name: str = "memory", **kwargs: Any) -> DiffusersEngine:
@@ -134,6 +138,20 @@ class DiffusersEngine:
     def list_loras(self) -> tuple[LoraInfo, ...]:
         return tuple(LoraInfo(e.name, str(e.path), e.family, e.format) for e in self.library.loras())
 
+    @property
+    def controlnets(self) -> ControlNets:
+        """The ControlNet folder: ``--controlnet-dir``, else the demo bundle's with ``--model demo``."""
+        if self._controlnets is None:
+            folder = self.settings.controlnet_dir
+            library = self.library
+            if folder is None and library.is_demo and library.models_dir is not None:
+                folder = library.models_dir.parent / CONTROLNET_DIR
+            self._controlnets = ControlNets(Path(folder).expanduser() if folder is not None else None)
+        return self._controlnets
+
+    def list_controlnets(self) -> tuple[str, ...]:
+        return tuple(self.controlnets.names())
+
     def refresh(self) -> None:
         """Rescan the models folder and the embeddings folder."""
         self.library.refresh()
@@ -158,6 +176,10 @@ class DiffusersEngine:
         facts.check_scheduler(request.scheduler)
         if request.hires is not None:
             self._check_hires(request, request.hires, entry)
+        if request.controlnet:
+            if request.hires is not None:
+                raise InvalidRequest("hires: the hires fix with ControlNet units is not supported yet", field="hires")
+            self.controlnets.check_units(request.controlnet, entry)
         prompt, tags = extract_lora_tags(request.prompt)
         from_field = {r.name for r in merge_loras(request.loras, ())}
         loras: list[tuple[LoraEntry, float]] = []
@@ -228,6 +250,8 @@ class DiffusersEngine:
         if adapter is None:
             scheduler, scheduler_name = slot.schedulers.create(request.scheduler)
             pipe, kwargs = self._call_arguments(slot, request, prompt, seeds, init, mask)
+            if request.controlnet:
+                pipe, kwargs = self._with_controlnet(slot, request, pipe, kwargs)
             renderer: PreviewRenderer = slot.render_preview
             finish: Finish = lambda latents: decode_latents(pipe, latents)  # noqa: E731
         else:
@@ -458,6 +482,17 @@ class DiffusersEngine:
         )
 
     # -- one job --------------------------------------------------------------------------------------
+
+    def _with_controlnet(
+        self, slot: ModelSlot, request: GenerationRequest, base: Any, kwargs: dict[str, Any]
+    ) -> tuple[Any, dict[str, Any]]:
+        """The job's ControlNet pipeline over ``base``'s modules (``engine.controlnet``)."""
+        maps = control_images(request.controlnet, self.settings.max_pixels)
+        nets = [self.controlnets.load(self.controlnets.entry(unit.model, f"controlnet.{i}.model").name,
+                                      slot.model.device, slot.model.dtype)
+                for i, unit in enumerate(request.controlnet)]
+        return controlnet_call(base, slot.model.family == "sdxl", request.operation, nets, maps, request.controlnet,
+                               kwargs)
 
     def _common_arguments(
         self, slot: ModelSlot, request: GenerationRequest, prompt: str, seeds: tuple[int, ...]

@@ -162,6 +162,9 @@ class FakeEngine:
             for i, name in enumerate(self.model_names)
         )
 
+    def list_controlnets(self) -> tuple[str, ...]:
+        return ()
+
     def list_loras(self) -> tuple[LoraInfo, ...]:
         return tuple(LoraInfo(name, f"/fake/loras/{name}.safetensors", "sd1", "peft") for name in self.lora_names)
 

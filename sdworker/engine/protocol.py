@@ -127,6 +127,10 @@ class Engine(Protocol):
         """Every LoRA in the LoRA folder."""
         ...
 
+    def list_controlnets(self) -> tuple[str, ...]:
+        """The ControlNet models a job's units may name."""
+        ...
+
     def refresh(self) -> None:
         """Rescan the models (and embeddings) folders."""
         ...

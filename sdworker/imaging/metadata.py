@@ -41,6 +41,8 @@ class ImageParameters:
     # the hires fix, as A1111 writes it ("Size" is then the first pass's): ("Hires upscale", "2"),
     # ("Hires resize", "1024x768"), ("Hires steps", "10"), ("Hires upscaler", "Latent"), ("Hires prompt", ...)
     hires: tuple[tuple[str, str], ...] = ()
+    # sd-webui-controlnet's entries: ("ControlNet 0", "Module: canny, Model: name, Weight: 1, ...")
+    controlnet: tuple[tuple[str, str], ...] = ()
 
 
 def format_parameters(p: ImageParameters) -> str:
@@ -56,6 +58,7 @@ def format_parameters(p: ImageParameters) -> str:
     if p.clip_skip is not None and p.clip_skip > 1:
         pairs.append(("Clip skip", p.clip_skip))
     pairs += p.hires
+    pairs += p.controlnet
     if p.lora_hashes:
         pairs.append(("Lora hashes", ", ".join(f"{name}: {digest}" for name, digest in p.lora_hashes)))
     lines = [p.prompt]

@@ -135,10 +135,11 @@ def test_jpeg_output_format_and_strings_in_a_form(client: openai.OpenAI, server:
 def test_models_list(client: openai.OpenAI) -> None:
     models = client.models.list().data
     # The demo bundle's library, each entry with its details (OpenAI's SDK keeps them in model_extra).
-    assert [(m.id, m.object, m.owned_by) for m in models] == [("demo-sd15", "model", "sdworker"),
-                                                              ("demo-sdxl", "model", "sdworker")]
-    assert models[0].model_extra is not None and models[0].model_extra["default"] is True
-    assert models[1].model_extra is not None and models[1].model_extra["architecture"] == "sdxl"
+    listed = {m.id: m for m in models}  # the bundle's SD models and its flow-family models
+    assert {"demo-sd15", "demo-sdxl"} <= set(listed) and {(m.object, m.owned_by) for m in models} == {
+        ("model", "sdworker")}
+    assert listed["demo-sd15"].model_extra is not None and listed["demo-sd15"].model_extra["default"] is True
+    assert listed["demo-sdxl"].model_extra is not None and listed["demo-sdxl"].model_extra["architecture"] == "sdxl"
 
 
 def test_a_client_that_hangs_up_cancels_its_job(server: LiveServer, http: httpx.Client) -> None:

@@ -142,7 +142,11 @@ def test_sdxl_hires_equals_two_diffusers_passes(demo_engine: DiffusersEngine, de
     img2img = StableDiffusionXLImg2ImgPipeline(**txt2img.components)
     for pipe in (txt2img, img2img):
         pipe.set_progress_bar_config(disable=True)
-    result = demo_engine.generate(hires_request(HiresFix(scale=2.0, strength=0.6), model="demo-sdxl"))
+    engine = DiffusersEngine(demo_engine.settings)  # its own: the shared engine's last model stays demo-sd15
+    try:
+        result = engine.generate(hires_request(HiresFix(scale=2.0, strength=0.6), model="demo-sdxl"))
+    finally:
+        engine.close()
     np.testing.assert_array_equal(pixels(result.images[0]), by_hand(txt2img, img2img)[0])
 
 

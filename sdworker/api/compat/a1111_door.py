@@ -16,6 +16,7 @@ from PIL import Image
 
 from sdworker import __version__
 from sdworker.api import deps
+from sdworker.api.compat.a1111_controlnet import units_from
 from sdworker.api.compat.a1111_samplers import choose
 from sdworker.api.compat.a1111_schemas import Img2ImgRequest, Txt2ImgRequest, echoed, ignored, to_draft
 from sdworker.api.compat.a1111_state import A1111State, checkpoints, find_checkpoint
@@ -43,12 +44,15 @@ async def generate(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
     init = mask = None
     if isinstance(body, Img2ImgRequest):
         init, mask = await _img2img_inputs(body, settings.max_pixels)
-    draft = to_draft(body, settings, sampler=sampler, model=model, init_image=init, mask_image=mask)
+    size = (max(8, body.width // 8 * 8), max(8, body.height // 8 * 8))
+    units, unit_notes = await units_from(body.alwayson_scripts, size, fleet.controlnets, settings.max_pixels)
+    draft = to_draft(body, settings, sampler=sampler, model=model, init_image=init, mask_image=mask,
+                     controlnet=units)
     view = await service.submit(draft, owner=owner)
     view = await wait_or_cancel(service, view.job_id, request, owner)
     pngs = await finished_images(service, view, owner)
     known = await checkpoints((view.spec.request.model or settings.model,), settings.cache_dir)
-    notes = {**ignored(body), **sampler.ignored}
+    notes = {**ignored(body), **sampler.ignored, **unit_notes}
     info = _info(body, view, pngs, sampler.sampler, sampler.schedule, known[0].model_name, known[0].hash10, notes)
     return {
         "images": [base64.b64encode(png).decode("ascii") for png in pngs] if body.send_images else [],

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sdworker.api.compat.a1111_samplers import SamplerChoice
 from sdworker.api.schemas import preview_options
 from sdworker.domain.hires import DEFAULT_UPSCALER, HiresFix, check_hires
-from sdworker.domain.request import GenerationRequest, InputImage, Operation
+from sdworker.domain.request import ControlUnit, GenerationRequest, InputImage, Operation
 from sdworker.errors import InvalidRequest
 from sdworker.jobs.spec import JobDraft
 from sdworker.settings import Settings
@@ -96,7 +96,7 @@ def ignored(body: Txt2ImgRequest) -> dict[str, str]:
     notes: dict[str, str] = {}
     hires = body.enable_hr and not isinstance(body, Img2ImgRequest)
     checks: list[tuple[str, bool]] = [
-        ("alwayson_scripts", bool(body.alwayson_scripts)),
+
         # the hires fix runs with the first pass's model and sampler
         ("hr_checkpoint_name", hires and body.hr_checkpoint_name not in (None, "", "Use same checkpoint")),
         ("hr_sampler_name", hires and body.hr_sampler_name not in (None, "", "Use same sampler")),
@@ -124,6 +124,9 @@ def ignored(body: Txt2ImgRequest) -> dict[str, str]:
     for name, is_set in checks:
         if is_set:
             notes[name] = "not supported by sdworker; ignored"
+    for script, value in body.alwayson_scripts.items():  # ControlNet is honoured (a1111_controlnet)
+        if script.lower() != "controlnet" and value:
+            notes[f"alwayson_scripts.{script}"] = "not supported by sdworker; ignored"
     for key in sorted(set(body.override_settings or {}) - _HONOURED_OVERRIDES):
         notes[f"override_settings.{key}"] = "not supported by sdworker; ignored"
     return notes
@@ -137,6 +140,7 @@ def to_draft(
     model: str | None,
     init_image: InputImage | None = None,
     mask_image: InputImage | None = None,
+    controlnet: tuple[ControlUnit, ...] = (),
 ) -> JobDraft:
     """``init_image``/``mask_image``: prepared for img2img (fitted, mask white = repaint)."""
     count = body.batch_size * body.n_iter
@@ -175,6 +179,7 @@ def to_draft(
         model=model,
         clip_skip=int(clip_skip) if isinstance(clip_skip, int | float) and clip_skip > 1 else None,
         hires=hires,
+        controlnet=controlnet,
     )
     return JobDraft(request, preview=preview_options(None, settings))
 
