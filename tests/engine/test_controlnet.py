@@ -5,6 +5,7 @@ for the next; bad units are 4xx naming their field."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +141,30 @@ def test_bad_units_name_their_field(demo_engine: DiffusersEngine) -> None:
         with pytest.raises(InvalidRequest) as caught:
             demo_engine.generate(request)
         assert caught.value.field == field, caught.value
+
+
+def test_sdxl_units_equal_the_xl_controlnet_pipeline(demo_engine: DiffusersEngine, demo_bundle: Path,
+                                                     tmp_path: Path) -> None:
+    """SDXL: a tiny ControlNet of its own, shaped after demo-sdxl's UNet, in a --controlnet-dir."""
+    from diffusers import StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
+
+    from sdworker.engine.demo_model import build_demo_controlnet
+
+    base = StableDiffusionXLPipeline.from_pretrained(demo_bundle / "models" / "demo-sdxl")
+    with torch.random.fork_rng(devices=[]):
+        xl_net = build_demo_controlnet(base.unet, seed=7)
+    xl_net.save_pretrained(tmp_path / "xl-net")
+    shutil.copytree(demo_bundle / "controlnet" / "demo-controlnet", tmp_path / "demo-controlnet")
+    engine = DiffusersEngine(demo_engine.settings.model_copy(update={"controlnet_dir": tmp_path}))
+    try:
+        xl_unit = ControlUnit("xl-net", InputImage.from_image(stripes(), "controlnet.0.image"), 0.9, 0.0, 0.8)
+        result = engine.generate(job(xl_unit, model="demo-sdxl"))
+        with pytest.raises(InvalidRequest) as caught:  # the SD 1.x demo ControlNet does not fit an SDXL UNet
+            engine.generate(job(unit(stripes()), model="demo-sdxl"))
+        assert caught.value.field == "controlnet.0.model" and "cross-attention width" in caught.value.message
+    finally:
+        engine.close()
+    pipe = StableDiffusionXLControlNetPipeline(**base.components, controlnet=xl_net)
+    pipe.set_progress_bar_config(disable=True)
+    expected = by_hand(pipe, image=stripes(), controlnet_conditioning_scale=0.9, control_guidance_end=0.8)
+    np.testing.assert_array_equal(pixels(result.images[0]), expected)
