@@ -17,7 +17,8 @@ Tree::
     │   ├── Unsupported (unsupported, 422)           a known field we do not implement
     │   ├── WrongWorker (wrong_worker, 422)          rbee's ``worker_id`` names another worker
     │   ├── LoraNotFound (lora_not_found, 404)       a LoRA name not in --lora-dir
-    │   └── LoraIncompatible (lora_incompatible, 422) a LoRA for another architecture than the model's
+    │   ├── LoraIncompatible (lora_incompatible, 422) a LoRA for another architecture than the model's
+    │   └── ControlNetNotFound (controlnet_not_found, 404) a ControlNet name not in --controlnet-dir
     ├── BodyTooLarge (body_too_large, 413)
     ├── JobNotFound (job_not_found, 404)
     ├── ModelNotFound (model_not_found, 404)        a model name not in the library / no live worker serves it
@@ -88,6 +89,11 @@ class LoraNotFound(InvalidRequest):
 
 class LoraIncompatible(InvalidRequest):
     code = "lora_incompatible"
+
+
+class ControlNetNotFound(InvalidRequest):
+    code = "controlnet_not_found"
+    http_status = 404
 
 
 class BodyTooLarge(SdworkerError):

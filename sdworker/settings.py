@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     max_loaded_models: int = Field(1, ge=1, le=64, description="models kept loaded at once")
     lora_dir: Path | None = Field(None, description="folder of LoRA .safetensors that jobs may name")
     embeddings_dir: Path | None = Field(None, description="folder of textual-inversion embeddings")
+    controlnet_dir: Path | None = Field(None, description="folder of ControlNet models (diffusers folders)")
 
     # Speed
     compile: bool = Field(False, description="torch.compile the UNet for --compile-sizes at load (others run eager)")

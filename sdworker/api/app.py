@@ -24,6 +24,7 @@ from fastapi import FastAPI
 
 from sdworker import __version__
 from sdworker.api.auth import AuthMiddleware, KeyRing, install_reload, url_signer
+from sdworker.api.compat.a1111_controlnet import router as controlnet_router
 from sdworker.api.compat.a1111_routes import router as a1111_router
 from sdworker.api.compat.a1111_state import A1111State
 from sdworker.api.compat.openai_routes import router as openai_router
@@ -127,6 +128,7 @@ def create_app(
     app.include_router(models_router)
     app.include_router(openai_router)
     app.include_router(a1111_router)
+    app.include_router(controlnet_router)
     if settings.mcp:  # /mcp: the MCP tools over Streamable HTTP (api/mcp_mount.py), behind the same keys
         mcp = McpMount(service, settings, app.state.links, app.openapi)
         app.router.routes.append(mcp.route)

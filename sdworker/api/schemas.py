@@ -14,8 +14,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdworker.domain.checks import MAX_SEED, Limits, check_job
+from sdworker.domain.controlnet import MAX_UNITS, check_units
+from sdworker.domain.hires import DEFAULT_UPSCALER, MAX_SCALE, HiresFix, check_hires
+from sdworker.domain.parameters import SD_DEFAULTS
 from sdworker.domain.prompt_syntax import normalize_lora_name
-from sdworker.domain.request import GenerationRequest, InputImage, LoraRef, Operation
+from sdworker.domain.request import ControlUnit, GenerationRequest, InputImage, LoraRef, Operation
 from sdworker.errors import InvalidRequest, WrongWorker
 from sdworker.jobs.spec import JobDraft
 from sdworker.previews.options import PreviewOptions
@@ -68,6 +71,44 @@ class LoraRequest(BaseModel):
     strength: float = Field(1.0, ge=-10.0, le=10.0, description="1.0 = as trained; negative inverts it")
 
 
+class HiresRequest(BaseModel):
+    """The hires fix (A1111's ``enable_hr``): after the job's pass, an upscale and a second
+    image-to-image pass at the larger size. Text-to-image jobs on SD 1.x/2.x/SDXL models."""
+
+    model_config = _STRICT
+
+    scale: float = Field(2.0, ge=1.0, le=MAX_SCALE, description="second pass size = scale x width/height")
+    resize_width: int | None = Field(None, ge=8, le=16_384, description="instead of scale (A1111's hr_resize_x)")
+    resize_height: int | None = Field(None, ge=8, le=16_384, description="instead of scale (A1111's hr_resize_y)")
+    upscaler: str = Field(DEFAULT_UPSCALER, min_length=1, max_length=64,
+                          description="a latent mode of GET /sdapi/v1/latent-upscale-modes, or None/Lanczos/Nearest")
+    steps: int | None = Field(None, ge=1, le=10_000, description="second pass steps (default: the job's)")
+    strength: float = Field(0.7, gt=0.0, le=1.0, description="second pass denoising strength")
+    prompt: str | None = Field(None, max_length=_TEXT, description="second pass prompt (default: the job's)")
+    negative_prompt: str | None = Field(None, max_length=_TEXT, description="second pass negative prompt")
+
+    def to_domain(self) -> HiresFix:
+        return HiresFix(scale=self.scale, resize_width=self.resize_width, resize_height=self.resize_height,
+                        upscaler=self.upscaler, steps=self.steps, strength=self.strength, prompt=self.prompt,
+                        negative_prompt=self.negative_prompt)
+
+
+class ControlUnitRequest(BaseModel):
+    """One ControlNet unit: a model of GET /v1/controlnets, its control image and how strongly and when
+    it steers."""
+
+    model_config = _STRICT
+
+    model: str = Field(min_length=1, max_length=_NAME, description="a ControlNet of the --controlnet-dir folder")
+    image: str = Field(min_length=1, description="base64 control image (or a photo, with a preprocessor)")
+    weight: float = Field(1.0, ge=0.0, le=2.0, description="controlnet_conditioning_scale")
+    start: float = Field(0.0, ge=0.0, le=1.0, description="fraction of the steps where it starts acting")
+    end: float = Field(1.0, ge=0.0, le=1.0, description="fraction of the steps where it stops")
+    preprocessor: str = Field("none", min_length=1, max_length=64, description="none | canny | invert | threshold")
+    low: float = Field(100.0, ge=0.0, le=255.0, description="canny's low threshold; threshold's level")
+    high: float = Field(200.0, ge=0.0, le=255.0, description="canny's high threshold")
+
+
 class JobRequest(BaseModel):
     """The body of ``POST /v1/jobs`` (rbee's fields; diffusers' names where rbee has none)."""
 
@@ -108,6 +149,8 @@ class JobRequest(BaseModel):
         None, max_length=_MAX_LORAS, description="LoRAs of GET /v1/loras with their weights (also <lora:name:w>)"
     )
     clip_skip: int | None = Field(None, ge=1, le=12, description="A1111's: 1 = last CLIP layer, 2 = penultimate")
+    hires: HiresRequest | None = Field(None, description="image_generation: a second pass at a larger size")
+    controlnet: list[ControlUnitRequest] | None = Field(None, max_length=MAX_UNITS, description="ControlNet units")
 
 
 def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
@@ -116,6 +159,7 @@ def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
     width, height = body.width, body.height
     if operation is Operation.TEXT_TO_IMAGE:
         _refuse_images(body, ("input_image", "init_image", "mask_image"), "image_generation")
+    hires = _hires(body, operation, settings)
     init_field, init_image = _init_image(body, operation)
     if operation is Operation.IMAGE_TO_IMAGE:
         _refuse_images(body, ("mask_image",), "image_transform (use image_inpaint)")
@@ -140,11 +184,41 @@ def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
         model=body.model,
         loras=_loras(body.loras),
         clip_skip=body.clip_skip,
+        hires=hires,
+        controlnet=_units(body.controlnet),
     )
     check_job(request, job_limits(settings), NATIVE_NAMES)
     return JobDraft(
         request, preview=preview_options(body.preview, settings), hive_id=body.hive_id, worker_id=body.worker_id
     )
+
+
+def _hires(body: JobRequest, operation: Operation, settings: Settings) -> HiresFix | None:
+    """The hires fix's rules that need no model (its size when the job's size is given; the engine
+    checks the rest at submit, with the model's native size)."""
+    if body.hires is None:
+        return None
+    if operation is not Operation.TEXT_TO_IMAGE:
+        raise InvalidRequest(f"hires: only for image_generation, not {body.operation}", field="hires")
+    hires = body.hires.to_domain()
+    steps = body.steps or SD_DEFAULTS[0]  # hires runs on the UNet families (SD 1/2/XL: 20 steps)
+    if not 1 <= (hires.steps or steps) <= settings.max_steps:
+        raise InvalidRequest(
+            f"hires.steps: {hires.steps or steps} is out of range; allowed 1..{settings.max_steps}", field="hires.steps"
+        )
+    if body.width is not None and body.height is not None:
+        check_hires(hires, body.width, body.height, steps, max_pixels=settings.max_pixels)
+    return hires
+
+
+def _units(units: list[ControlUnitRequest] | None) -> tuple[ControlUnit, ...]:
+    made = tuple(
+        ControlUnit(u.model, InputImage(u.image, f"controlnet.{i}.image"), u.weight, u.start, u.end, u.preprocessor,
+                    u.low, u.high)
+        for i, u in enumerate(units or ())
+    )
+    check_units(made)
+    return made
 
 
 def _loras(loras: list[LoraRequest] | None) -> tuple[LoraRef, ...]:

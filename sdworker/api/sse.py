@@ -67,7 +67,7 @@ def event_payload(event: JobEvent) -> tuple[str, dict[str, Any]]:
     match event:
         case StepProgressed(step=step, total=total):
             name = "progress"
-            data = {"step": step, "total": total, "percent": _percent(step, total)}
+            data = {"step": step, "total": total, "percent": _percent(step, total), "pass": event.pass_number}
         case PreviewReady():
             name = "preview"
             data = {
@@ -79,6 +79,7 @@ def event_payload(event: JobEvent) -> tuple[str, dict[str, Any]]:
                 "width": event.width,
                 "height": event.height,
                 "method": event.method,
+                "pass": event.pass_number,
             }
         case JobCompleted():
             name = "complete"

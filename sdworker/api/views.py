@@ -94,6 +94,9 @@ def parameters(spec: JobSpec) -> dict[str, Any]:
     if request.operation is Operation.TEXT_TO_IMAGE:
         del params["strength"]
     params["loras"] = [{"path": ref.name, "strength": ref.weight} for ref in request.loras]
+    params["controlnet"] = [  # the units without their image bytes
+        {k: v for k, v in unit.items() if k != "image"} for unit in params["controlnet"]
+    ]
     for key in ("hive_id", "worker_id"):
         if getattr(spec, key) is not None:
             params[key] = getattr(spec, key)

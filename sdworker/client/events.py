@@ -52,9 +52,10 @@ class ModelLoading(JobEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepProgressed(JobEvent):
-    step: int  # 1-based
+    step: int  # 1-based, counting every pass of the job (the hires fix has two)
     total: int
     percent: float
+    pass_number: int = 1  # ``pass`` on the wire: 2 in a hires fix's second pass
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,10 +189,12 @@ def _known(name: str, f: dict[str, Any], base: dict[str, Any]) -> Event:
     if name in ("progress", "preview"):
         step, total = int(f["step"]), int(f["total"])
         percent = float(f.get("percent", 100.0 * step / total if total else 0.0))
+        pass_number = int(f.get("pass", 1))
         if name == "progress":
-            return StepProgressed(**base, step=step, total=total, percent=percent)
+            return StepProgressed(**base, step=step, total=total, percent=percent, pass_number=pass_number)
         return PreviewReady(
-            **base, step=step, total=total, percent=percent, data=_b64(f["image"]), format=str(f.get("format", "")),
+            **base, step=step, total=total, percent=percent, pass_number=pass_number, data=_b64(f["image"]),
+            format=str(f.get("format", "")),
             width=int(f.get("width", 0)), height=int(f.get("height", 0)), method=str(f.get("method", "")),
         )
     if name == "complete":

@@ -66,8 +66,10 @@ def batch_key(request: GenerationRequest, model: str | None = None) -> BatchKey 
         return None  # not settled: runs alone, and generate settles it
     if request.operation is not Operation.TEXT_TO_IMAGE or not request.guidance_scale > 1:
         return None
-    if request.loras or request.width is None or request.height is None:
-        return None
+    if request.loras or request.width is None or request.height is None or request.hires is not None:
+        return None  # a hires fix has a second pass the shared loop does not run
+    if request.controlnet:
+        return None  # the shared loop calls the plain UNet
     try:
         _, tags = extract_lora_tags(request.prompt)
         scheduler = None if request.scheduler is None else get_spec(request.scheduler).name

@@ -137,6 +137,9 @@ def check_request(request: GenerationRequest) -> None:
     check_library_fields(request)
     if request.operation is Operation.TEXT_TO_IMAGE:
         return
+    if request.hires is not None:
+        raise InvalidRequest(f"hires: the hires fix is for text-to-image jobs, not {request.operation.value}",
+                             field="hires")
     if request.init_image is None:
         raise InvalidRequest(f"init_image: {request.operation.value} needs an init image", field="init_image")
     check_strength(request.operation, request.strength, request.num_inference_steps)

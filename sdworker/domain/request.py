@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from sdworker.domain.hires import HiresFix
 from sdworker.imaging.decode import decode_base64, decode_image_bytes
 
 if TYPE_CHECKING:
@@ -69,6 +70,22 @@ class InputImage:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlUnit:
+    """One ControlNet of a job (rules and preprocessors: ``domain.controlnet``): a model of the ControlNet
+    folder, its control image, a weight (diffusers' ``controlnet_conditioning_scale``), the fraction of
+    the steps it acts on (``control_guidance_start``/``end``) and a preprocessor for the image."""
+
+    model: str
+    image: InputImage
+    weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    preprocessor: str = "none"
+    low: float = 100.0  # canny's low threshold, threshold's level (A1111's threshold_a)
+    high: float = 200.0  # canny's high threshold (threshold_b)
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """One generation. Parameter names follow diffusers'.
 
@@ -96,6 +113,8 @@ class GenerationRequest:
     model: str | None = None  # a name from the model library; None = the default model
     loras: tuple[LoraRef, ...] = ()  # merged with the prompt's <lora:name:w> tags; these weights win
     clip_skip: int | None = None  # A1111's convention: 1 = the last layer (no skip), 2 = the penultimate
+    hires: HiresFix | None = None  # text-to-image only: a second pass at a larger size (``domain.hires``)
+    controlnet: tuple[ControlUnit, ...] = ()  # ControlNet units (``domain.controlnet``), SD 1.x/2.x/SDXL
 
 
 def settle_defaults(request: GenerationRequest, steps: int, guidance: float) -> GenerationRequest:

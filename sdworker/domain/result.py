@@ -32,9 +32,10 @@ class GenerationResult:
     family: str = "sd1"  # sd1 | sd2 | sdxl | flux1: which preview coefficients / TAESD fit its latents
     loras: tuple[AppliedLora, ...] = ()
     clip_skip: int | None = None
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # what the model's family ignored of the request, said once each
     num_inference_steps: int | None = None  # what ran (the family's default when the request named none)
-    guidance_scale: float | None = None  # what the model's family ignored of the request, said once each
+    guidance_scale: float | None = None
+    first_pass_size: tuple[int, int] | None = None  # a hires fix's first pass (width, height); A1111's "Size"
 
     @property
     def seed(self) -> int:

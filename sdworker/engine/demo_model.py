@@ -26,8 +26,10 @@ folder a worker serves as it is::
     models/demo-sd3/     a tiny SD 3.5 (``demo_sd3``)
     models/demo-zimage/  a tiny Z-Image (``demo_zimage``)
     models/demo-qwenimage/   a tiny Qwen-Image (``demo_qwenimage``)
+    controlnet/demo-controlnet/   a ControlNet for demo-sd15 (diffusers ControlNetModel folder)
 
-LoRA and embedding weights are random and NOT zero (peft initialises ``lora_B`` at zero, a LoRA that
+LoRA, ControlNet and embedding weights are random and NOT zero (a ControlNet's output convolutions
+start at zero too: one that changes nothing) (peft initialises ``lora_B`` at zero, a LoRA that
 changes nothing), so tests can see each one change the image.
 
 Everything is seeded per component, so the bytes are the same on every build with the same library
@@ -46,8 +48,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-DEMO_VERSION = "demo-v3"
-MODELS_DIR, LORAS_DIR, EMBEDDINGS_DIR = "models", "loras", "embeddings"
+DEMO_VERSION = "demo-v4"  # v4: controlnet/demo-controlnet
+MODELS_DIR, LORAS_DIR, EMBEDDINGS_DIR, CONTROLNET_DIR = "models", "loras", "embeddings", "controlnet"
+DEMO_CONTROLNET = "demo-controlnet"
 DEMO_SD15, DEMO_SDXL = "demo-sd15", "demo-sdxl"
 DEMO_LORAS = {"demo-peft": (DEMO_SD15, "peft"), "demo-kohya": (DEMO_SD15, "kohya"), "demo-xl-peft": (DEMO_SDXL, "peft")}
 DEMO_EMBEDDING = "demo-embedding"
@@ -223,7 +226,7 @@ def ensure_demo_model(cache_dir: Path) -> Path:
 
 
 def ensure_demo_bundle(cache_dir: Path) -> Path:
-    """The demo bundle under ``cache_dir/demo-v3``, built once.
+    """The demo bundle under ``cache_dir/demo-v4``, built once.
 
     Safe with several processes at once (pytest workers, a server and a CLI): each builds into its own
     temporary folder beside the target and renames it into place. ``rename`` of a directory is atomic,
@@ -324,6 +327,20 @@ def build_demo_lora(
     return state
 
 
+def build_demo_controlnet(unet: Any, seed: int) -> Any:
+    """A ControlNet shaped after ``unet`` (its encoder's weights), with a small conditioning encoder and
+    random, non-zero output convolutions, so the control image visibly steers the demo's pictures."""
+    import torch
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    net: Any = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 16, 16, 16))
+    for module in (net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out):
+        for parameter in module.parameters():
+            torch.nn.init.normal_(parameter, std=0.2)
+    return net.eval()
+
+
 def write_demo_bundle(directory: Path) -> Path:
     """The demo models, LoRAs and embedding in one folder (layout in the module docstring)."""
     import torch
@@ -356,6 +373,10 @@ def write_demo_bundle(directory: Path) -> Path:
         write_demo_sd3(models, SEED + 200)
         write_demo_zimage(models, SEED + 300)
         write_demo_qwenimage(models, SEED + 400)
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        build_demo_controlnet(sd15["unet"], SEED + 50).save_pretrained(
+            directory / CONTROLNET_DIR / DEMO_CONTROLNET, safe_serialization=True
+        )
     (directory / EMBEDDINGS_DIR).mkdir(parents=True, exist_ok=True)
     width = int(sd15["text_encoder"].config.hidden_size)
     vectors = torch.randn(2, width, generator=torch.Generator().manual_seed(SEED + 40)) * 0.5

@@ -29,6 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,15 +40,19 @@ from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.checks import check_library_fields, check_lora_weight, check_request, decoded_inputs
 from sdworker.domain.control import CancelToken
 from sdworker.domain.families import family_facts
+from sdworker.domain.hires import HiresFix, check_hires, hires_size
 from sdworker.domain.prompt_syntax import extract_lora_tags, merge_loras
 from sdworker.domain.request import GenerationRequest, Operation, settle_defaults, settle_size
-from sdworker.domain.result import GenerationResult
+from sdworker.domain.result import AppliedLora, GenerationResult
 from sdworker.domain.scheduler_names import SCHEDULER_NAMES
 from sdworker.engine.batch import failure, run_group
+from sdworker.engine.controlnet import ControlNets, control_images, controlnet_call
 from sdworker.engine.decoding import decode_latents
+from sdworker.engine.demo_model import CONTROLNET_DIR
 from sdworker.engine.embeddings import EmbeddingStore
 from sdworker.engine.families import flow_adapter, ignored_field_warnings, unpacking_renderer
 from sdworker.engine.hashing import HashCache
+from sdworker.engine.hires import Finish, between_passes, first_pass_output, planned_steps, second_pass_image
 from sdworker.engine.library import LoraEntry, ModelEntry, ModelLibrary, native_size
 from sdworker.engine.models import LoadedModel, ModelSource, build_pipelines, detect_family, load_model
 from sdworker.engine.protocol import BatchItem, ModelLoadHook, StepHook
@@ -55,7 +60,7 @@ from sdworker.engine.schedulers import describe_scheduler
 from sdworker.engine.slots import ModelSlot, TaesdCache, build_slot
 from sdworker.engine.step_hook import Interrupted, PreviewRenderer, StepCallback
 from sdworker.engine.x0 import X0Recorder
-from sdworker.errors import GenerationFailed, JobCancelled, ModelNotFound, NotReady, SdworkerError
+from sdworker.errors import GenerationFailed, InvalidRequest, JobCancelled, ModelNotFound, NotReady, SdworkerError
 from sdworker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -88,6 +93,7 @@ class DiffusersEngine:
         self._loaded_names: frozenset[str] = frozenset()  # read by list_models from other threads
         self._info: EngineInfo | None = None
         self._last: ModelSlot | None = None
+        self._controlnets: ControlNets | None = None
 
     @classmethod
     def from_pipeline(cls, pipe: Any, settings: Settings, model_name: str = "memory", **kwargs: Any) -> DiffusersEngine:
@@ -134,6 +140,20 @@ class DiffusersEngine:
     def list_loras(self) -> tuple[LoraInfo, ...]:
         return tuple(LoraInfo(e.name, str(e.path), e.family, e.format) for e in self.library.loras())
 
+    @property
+    def controlnets(self) -> ControlNets:
+        """The ControlNet folder: ``--controlnet-dir``, else the demo bundle's with ``--model demo``."""
+        if self._controlnets is None:
+            folder = self.settings.controlnet_dir
+            library = self.library
+            if folder is None and library.is_demo and library.models_dir is not None:
+                folder = library.models_dir.parent / CONTROLNET_DIR
+            self._controlnets = ControlNets(Path(folder).expanduser() if folder is not None else None)
+        return self._controlnets
+
+    def list_controlnets(self) -> tuple[str, ...]:
+        return tuple(self.controlnets.names())
+
     def refresh(self) -> None:
         """Rescan the models folder and the embeddings folder."""
         self.library.refresh()
@@ -153,8 +173,15 @@ class DiffusersEngine:
         library = self.library
         entry = library.model(request.model)
         facts = family_facts(entry.family)
-        facts.check_size(request.width, request.height)
+        if request.width is not None and request.height is not None:  # else settled in generate
+            facts.check_size(request.width, request.height)
         facts.check_scheduler(request.scheduler)
+        if request.hires is not None:
+            self._check_hires(request, request.hires, entry)
+        if request.controlnet:
+            if request.hires is not None:
+                raise InvalidRequest("hires: the hires fix with ControlNet units is not supported yet", field="hires")
+            self.controlnets.check_units(request.controlnet, entry)
         prompt, tags = extract_lora_tags(request.prompt)
         from_field = {r.name for r in merge_loras(request.loras, ())}
         loras: list[tuple[LoraEntry, float]] = []
@@ -165,6 +192,15 @@ class DiffusersEngine:
             library.check_lora_fits(lora, entry, field=field)
             loras.append((lora, ref.weight))
         return entry, loras, prompt
+
+    def _check_hires(self, request: GenerationRequest, hires: HiresFix, entry: ModelEntry) -> None:
+        if entry.family not in ("sd1", "sd2", "sdxl"):
+            raise InvalidRequest(f"hires: the hires fix runs on SD 1.x, 2.x and SDXL models; {entry.name!r} is "
+                                 f"{family_facts(entry.family).label}", field="hires")
+        settled = settle_size(settle_defaults(request, *_defaults(entry)), entry.native_size)
+        assert settled.width is not None and settled.height is not None and settled.num_inference_steps is not None
+        check_hires(hires, settled.width, settled.height, settled.num_inference_steps,
+                    max_pixels=self.settings.max_pixels)
 
     # -- Engine protocol ------------------------------------------------------------------------------
 
@@ -201,6 +237,8 @@ class DiffusersEngine:
         multiple = family_facts(entry.family).size_multiple  # an init image's size rounds down to the family's
         image_size = (init.size[0] // multiple * multiple, init.size[1] // multiple * multiple) if init else None
         request = settle_size(request, entry.native_size, image_size)
+        assert request.width is not None and request.height is not None
+        width, height = request.width, request.height
         if cancel is not None:
             cancel.raise_if_cancelled()
         slot = self._slot(entry, on_model_load)
@@ -209,12 +247,17 @@ class DiffusersEngine:
         applied = slot.loras.activate(loras)
         seed = _seed(request)
         seeds = tuple(seed + i for i in range(request.num_images))
+        if request.hires is not None:
+            return self._generate_hires(slot, request, request.hires, prompt, seeds, applied, on_step, cancel)
         adapter = flow_adapter(slot.model.family)
         warnings: tuple[str, ...] = ()
         if adapter is None:
             scheduler, scheduler_name = slot.schedulers.create(request.scheduler)
             pipe, kwargs = self._call_arguments(slot, request, prompt, seeds, init, mask)
+            if request.controlnet:
+                pipe, kwargs = self._with_controlnet(slot, request, pipe, kwargs)
             renderer: PreviewRenderer = slot.render_preview
+            finish: Finish = lambda latents: decode_latents(pipe, latents)  # noqa: E731
         else:
             facts = family_facts(slot.model.family)
             scheduler, _ = slot.schedulers.create(None)  # the family's own sampler (flow-matching Euler)
@@ -224,21 +267,30 @@ class DiffusersEngine:
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
             pipe, kwargs = adapter.call_arguments(slot.model, request, prompt, generators, init, mask)
             renderer = unpacking_renderer(slot.render_preview, adapter, request, pipe)
-        recorder = X0Recorder(scheduler)
-        callback = StepCallback(on_step, cancel, recorder, renderer)
+            finish = lambda latents: adapter.decode(pipe, latents, width, height)  # noqa: E731
         started = time.perf_counter()
+        kwargs["output_type"] = "pil"
+        callback = StepCallback(on_step, cancel, X0Recorder(scheduler), renderer)
+        images, steps_run, _ = self._run_pass(slot, pipe, kwargs, scheduler, callback, finish)
+        return slot.result(request, images, seeds, scheduler_name, steps_run, time.perf_counter() - started, applied,
+                           warnings)
+
+    def _run_pass(
+        self, slot: ModelSlot, pipe: Any, kwargs: dict[str, Any], scheduler: Any, callback: StepCallback,
+        finish: Finish,
+    ) -> tuple[Any, int, bool]:
+        """One pipeline call with the job's scheduler and step callback: its ``images`` (latents when
+        ``output_type`` is ``latent``), the steps run and whether it was interrupted (then the images are
+        ``finish(latents)``'s). A failure is mapped to ``GenerationFailed``; nothing of the job stays on
+        the pipeline."""
         pipe.scheduler = scheduler
         completed = False
         steps_run: int | None = None
         try:
             try:
-                images = pipe(**kwargs, callback_on_step_end=callback, output_type="pil").images
+                output = pipe(**kwargs, callback_on_step_end=callback).images
             except Interrupted as stop:  # A1111's interrupt: finish with the latents we have
-                if adapter is None:
-                    images = decode_latents(pipe, stop.latents)
-                else:
-                    assert request.width is not None and request.height is not None  # settled above
-                    images = adapter.decode(pipe, stop.latents, request.width, request.height)
+                output = finish(stop.latents)
                 steps_run = stop.steps_done
             completed = True
         except (JobCancelled, SdworkerError):
@@ -250,18 +302,66 @@ class DiffusersEngine:
             log.exception("generation failed")
             raise GenerationFailed(f"generation failed ({type(exc).__name__}); see the worker log") from exc
         finally:
-            recorder.close()
+            if callback.recorder is not None:
+                callback.recorder.close()
             pipe.scheduler = slot.base_scheduler  # nothing keeps the job's scheduler (and its tensors)
-            del callback
             kwargs.clear()  # the prompt embeddings
             # After a cancel or a failure, hand the unwound job's cached blocks back to the driver. Not after
             # a normal job: the next job would pay cudaMalloc again for the same blocks.
             if not completed and slot.model.device.type == "cuda":
                 gc.collect()
                 torch.cuda.empty_cache()
-        steps_run = steps_run or int(getattr(pipe, "_num_timesteps", request.num_inference_steps or 0))
-        return slot.result(request, images, seeds, scheduler_name, steps_run, time.perf_counter() - started, applied,
-                           warnings)
+        if steps_run is None:
+            return output, callback.steps_done, False
+        return output, steps_run, True
+
+    def _generate_hires(
+        self,
+        slot: ModelSlot,
+        request: GenerationRequest,
+        hires: HiresFix,
+        prompt: str,
+        seeds: tuple[int, ...],
+        applied: tuple[AppliedLora, ...],
+        on_step: StepHook | None,
+        cancel: CancelToken | None,
+    ) -> GenerationResult:
+        """The hires fix (``engine.hires``): pass 1, the upscale, pass 2, reported as one job."""
+        assert request.width is not None and request.height is not None  # settled in generate
+        assert request.num_inference_steps is not None
+        size = hires_size(request.width, request.height, hires)
+        second = replace(
+            request, num_inference_steps=hires.steps or request.num_inference_steps,
+            negative_prompt=request.negative_prompt if hires.negative_prompt is None else hires.negative_prompt,
+        )
+        second_prompt = prompt if hires.prompt is None else extract_lora_tags(hires.prompt)[0]
+        first_total = planned_steps(slot.schedulers.create(request.scheduler)[0], request.num_inference_steps)
+        assert second.num_inference_steps is not None
+        second_total = planned_steps(slot.schedulers.create(request.scheduler)[0], second.num_inference_steps,
+                                     hires.strength)
+        total = first_total + second_total
+        started = time.perf_counter()
+        scheduler, scheduler_name = slot.schedulers.create(request.scheduler)
+        pipe, kwargs = self._call_arguments(slot, request, prompt, seeds, None, None)
+        kwargs["output_type"] = first_pass_output(hires)
+        callback = StepCallback(on_step, cancel, X0Recorder(scheduler), slot.render_preview, total=total)
+        first, steps_run, interrupted = self._run_pass(slot, pipe, kwargs, scheduler, callback,
+                                                       lambda latents: decode_latents(pipe, latents))
+        if interrupted or between_passes(cancel):  # interrupted: pass 1's image is the result
+            images = first if interrupted else _as_images(pipe, first)
+            return slot.result(request, images, seeds, scheduler_name, steps_run, time.perf_counter() - started,
+                               applied)
+        scheduler, _ = slot.schedulers.create(request.scheduler)
+        pipe = slot.model.image_to_image
+        kwargs = self._common_arguments(slot, second, second_prompt, seeds)
+        kwargs.update(image=second_pass_image(first, hires, size), strength=hires.strength, output_type="pil")
+        del first
+        callback = StepCallback(on_step, cancel, X0Recorder(scheduler), slot.render_preview, offset=first_total,
+                                total=total, pass_number=2)
+        images, more, _ = self._run_pass(slot, pipe, kwargs, scheduler, callback,
+                                      lambda latents: decode_latents(pipe, latents))
+        return slot.result(request, images, seeds, scheduler_name, steps_run + more, time.perf_counter() - started,
+                           applied, size=size.final, first_pass_size=(request.width, request.height))
 
     def generate_batch(
         self, items: Sequence[BatchItem], on_model_load: ModelLoadHook | None = None
@@ -391,6 +491,35 @@ class DiffusersEngine:
 
     # -- one job --------------------------------------------------------------------------------------
 
+    def _with_controlnet(
+        self, slot: ModelSlot, request: GenerationRequest, base: Any, kwargs: dict[str, Any]
+    ) -> tuple[Any, dict[str, Any]]:
+        """The job's ControlNet pipeline over ``base``'s modules (``engine.controlnet``)."""
+        maps = control_images(request.controlnet, self.settings.max_pixels)
+        nets = [self.controlnets.load(self.controlnets.entry(unit.model, f"controlnet.{i}.model").name,
+                                      slot.model.device, slot.model.dtype)
+                for i, unit in enumerate(request.controlnet)]
+        return controlnet_call(base, slot.model.family == "sdxl", request.operation, nets, maps, request.controlnet,
+                               kwargs)
+
+    def _common_arguments(
+        self, slot: ModelSlot, request: GenerationRequest, prompt: str, seeds: tuple[int, ...]
+    ) -> dict[str, Any]:
+        """What every UNet pipeline call of a job takes: steps, guidance, the prompt (or the A1111-style
+        encoder's embeddings) and fresh CPU generators seeded ``seeds``."""
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        kwargs: dict[str, Any] = {
+            "num_inference_steps": request.num_inference_steps,
+            "guidance_scale": request.guidance_scale,
+            "num_images_per_prompt": request.num_images,
+            "generator": generators[0] if len(generators) == 1 else generators,
+        }
+        if slot.prompts.needs_custom(prompt, request.negative_prompt, request.clip_skip):
+            kwargs.update(slot.prompts.encode(prompt, request.negative_prompt, request.clip_skip, slot.model.device))
+        else:
+            kwargs.update(prompt=prompt, negative_prompt=request.negative_prompt or None)
+        return kwargs
+
     def _call_arguments(
         self,
         slot: ModelSlot,
@@ -401,17 +530,7 @@ class DiffusersEngine:
         mask: Image.Image | None,
     ) -> tuple[Any, dict[str, Any]]:
         model = slot.model
-        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        kwargs: dict[str, Any] = {
-            "num_inference_steps": request.num_inference_steps,
-            "guidance_scale": request.guidance_scale,
-            "num_images_per_prompt": request.num_images,
-            "generator": generators[0] if len(generators) == 1 else generators,
-        }
-        if slot.prompts.needs_custom(prompt, request.negative_prompt, request.clip_skip):
-            kwargs.update(slot.prompts.encode(prompt, request.negative_prompt, request.clip_skip, model.device))
-        else:
-            kwargs.update(prompt=prompt, negative_prompt=request.negative_prompt or None)
+        kwargs = self._common_arguments(slot, request, prompt, seeds)
         assert request.width is not None and request.height is not None  # settled in generate
         size = (request.width, request.height)
         if request.operation is Operation.TEXT_TO_IMAGE:
@@ -439,6 +558,11 @@ def _defaults(entry: ModelEntry) -> tuple[int, float]:
     """The steps and guidance a job on ``entry`` gets when it names none: its family's, per variant."""
     defaults = family_facts(entry.family).defaults_for(entry.variant)
     return defaults.steps, defaults.guidance
+
+
+def _as_images(pipe: Any, output: Any) -> list[Image.Image]:
+    """Pass 1's output as images: decoded the way the pipeline ends when it held latents."""
+    return output if isinstance(output, list) else decode_latents(pipe, output)
 
 
 def _notify(hook: ModelLoadHook | None, name: str, phase: str, seconds: float) -> None:

@@ -53,6 +53,10 @@ class _FakeStepView:
     def total(self) -> int:
         return self._total
 
+    @property
+    def pass_number(self) -> int:
+        return 1
+
     def latents(self) -> Any:
         return np.full((1, 4, self._height // 8, self._width // 8), self._step / self._total, dtype=np.float32)
 
@@ -158,6 +162,9 @@ class FakeEngine:
                       is_default=name == self.model, sha256=f"{i:02d}" * 32)
             for i, name in enumerate(self.model_names)
         )
+
+    def list_controlnets(self) -> tuple[str, ...]:
+        return ()
 
     def list_loras(self) -> tuple[LoraInfo, ...]:
         return tuple(LoraInfo(name, f"/fake/loras/{name}.safetensors", "sd1", "peft") for name in self.lora_names)

@@ -35,6 +35,11 @@ class StepView(Protocol):
     @property
     def total(self) -> int: ...
 
+    @property
+    def pass_number(self) -> int:
+        """1, or 2 in a hires fix's second pass; ``step`` and ``total`` count both passes as one job."""
+        ...
+
     def latents(self) -> Any:
         """The latents as the loop holds them after this step (a torch tensor, batch first)."""
         ...
@@ -120,6 +125,10 @@ class Engine(Protocol):
 
     def list_loras(self) -> tuple[LoraInfo, ...]:
         """Every LoRA in the LoRA folder."""
+        ...
+
+    def list_controlnets(self) -> tuple[str, ...]:
+        """The ControlNet models a job's units may name."""
         ...
 
     def refresh(self) -> None:

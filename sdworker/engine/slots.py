@@ -91,14 +91,19 @@ class ModelSlot:
         seconds: float,
         loras: tuple[AppliedLora, ...],
         warnings: tuple[str, ...] = (),
+        size: tuple[int, int] | None = None,
+        first_pass_size: tuple[int, int] | None = None,
     ) -> GenerationResult:
-        """A finished job's result, with what this model says about itself (name, hash, family)."""
+        """A finished job's result, with what this model says about itself (name, hash, family).
+        ``size``: the images' when it is not the request's (a hires fix's second pass)."""
         assert request.width is not None and request.height is not None  # settled before the run
+        width, height = size or (request.width, request.height)
         return GenerationResult(
-            images=tuple(images), seeds=seeds, width=request.width, height=request.height, scheduler=scheduler,
+            images=tuple(images), seeds=seeds, width=width, height=height, scheduler=scheduler,
             steps_run=steps_run, seconds=seconds, model=self.name, model_hash=self.short_hash,
             family=self.model.family, loras=loras, clip_skip=request.clip_skip, warnings=warnings,
             num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
+            first_pass_size=first_pass_size,
         )
 
     def close(self) -> None:

@@ -48,13 +48,20 @@ PreviewRenderer = Callable[[str, int, "torch.Tensor", str], "PreviewPixels | Non
 class DiffusersStepView:
     """What the hook sees after step ``step`` of ``total``. Cheap to make; x0 is computed on demand."""
 
-    __slots__ = ("_latents", "_recorder", "_renderer", "_x0", "_x0_done", "step", "total")
+    __slots__ = ("_latents", "_recorder", "_renderer", "_x0", "_x0_done", "pass_number", "step", "total")
 
     def __init__(
-        self, step: int, total: int, latents: torch.Tensor, recorder: X0Recorder | None, renderer: PreviewRenderer
+        self,
+        step: int,
+        total: int,
+        latents: torch.Tensor,
+        recorder: X0Recorder | None,
+        renderer: PreviewRenderer,
+        pass_number: int = 1,
     ) -> None:
         self.step = step
         self.total = total
+        self.pass_number = pass_number
         self._latents = latents
         self._recorder = recorder
         self._renderer = renderer
@@ -103,9 +110,12 @@ class StepCallback:
     frames unwind and free the latents; the engine then empties the CUDA cache. We raise rather than set
     ``pipe._interrupt`` because that flag still walks the remaining timesteps and decodes an image nobody
     wants (see the module docstring for the full reasoning).
+
+    A job of several passes (the hires fix) reports them as one: pass ``pass_number`` starts after
+    ``offset`` steps of a job of ``total`` steps in all (None: the pipeline's own count).
     """
 
-    __slots__ = ("cancel", "on_step", "recorder", "renderer", "steps_done")
+    __slots__ = ("cancel", "offset", "on_step", "pass_number", "recorder", "renderer", "steps_done", "total")
 
     def __init__(
         self,
@@ -113,18 +123,26 @@ class StepCallback:
         cancel: CancelToken | None,
         recorder: X0Recorder | None,
         renderer: PreviewRenderer,
+        *,
+        offset: int = 0,
+        total: int | None = None,
+        pass_number: int = 1,
     ) -> None:
         self.on_step = on_step
         self.cancel = cancel
         self.recorder = recorder
         self.renderer = renderer
         self.steps_done = 0
+        self.offset = offset
+        self.total = total
+        self.pass_number = pass_number
 
     def __call__(self, pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         self.steps_done = index + 1
         if self.on_step is not None:
-            total = getattr(pipe, "_num_timesteps", None) or len(pipe.scheduler.timesteps)
-            self.on_step(DiffusersStepView(index + 1, int(total), tensors["latents"], self.recorder, self.renderer))
+            total = self.total or getattr(pipe, "_num_timesteps", None) or len(pipe.scheduler.timesteps)
+            self.on_step(DiffusersStepView(self.offset + index + 1, int(total), tensors["latents"], self.recorder,
+                                           self.renderer, self.pass_number))
         if self.cancel is not None and self.cancel.interrupted:
             x0 = self.recorder.predicted_x0() if self.recorder is not None else None
             raise Interrupted(x0 if x0 is not None else tensors["latents"], self.steps_done)

@@ -66,8 +66,9 @@ class ModelLoading(JobEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepProgressed(JobEvent):
-    step: int  # 1-based
+    step: int  # 1-based, counting every pass of the job (the hires fix has two)
     total: int
+    pass_number: int = 1  # on the wire: ``pass``
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,6 +82,7 @@ class PreviewReady(JobEvent):
     width: int
     height: int
     method: str
+    pass_number: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,4 +155,5 @@ def end_marker(terminal: JobCompleted | JobFailed) -> JobEnded:
 def without_image(event: PreviewReady) -> StepProgressed:
     """What a superseded preview becomes in history and in a lagging watcher's buffer: the same step
     and sequence number, without the image bytes (so replay keeps every id and only one image)."""
-    return StepProgressed(job_id=event.job_id, seq=event.seq, at=event.at, step=event.step, total=event.total)
+    return StepProgressed(job_id=event.job_id, seq=event.seq, at=event.at, step=event.step, total=event.total,
+                          pass_number=event.pass_number)

@@ -38,6 +38,11 @@ class ImageParameters:
     model_hash: str | None = None  # A1111's 10-character short sha256
     clip_skip: int | None = None  # written when above 1, as A1111 does
     lora_hashes: tuple[tuple[str, str], ...] = ()  # (name, 12-character addnet hash), A1111's "Lora hashes"
+    # the hires fix, as A1111 writes it ("Size" is then the first pass's): ("Hires upscale", "2"),
+    # ("Hires resize", "1024x768"), ("Hires steps", "10"), ("Hires upscaler", "Latent"), ("Hires prompt", ...)
+    hires: tuple[tuple[str, str], ...] = ()
+    # sd-webui-controlnet's entries: ("ControlNet 0", "Module: canny, Model: name, Weight: 1, ...")
+    controlnet: tuple[tuple[str, str], ...] = ()
 
 
 def format_parameters(p: ImageParameters) -> str:
@@ -52,6 +57,8 @@ def format_parameters(p: ImageParameters) -> str:
         pairs.append(("Denoising strength", _number(p.denoising_strength)))
     if p.clip_skip is not None and p.clip_skip > 1:
         pairs.append(("Clip skip", p.clip_skip))
+    pairs += p.hires
+    pairs += p.controlnet
     if p.lora_hashes:
         pairs.append(("Lora hashes", ", ".join(f"{name}: {digest}" for name, digest in p.lora_hashes)))
     lines = [p.prompt]

@@ -51,8 +51,11 @@ def check_inputs(
             field="width",
         )
     keep_mask = settled.operation is Operation.INPAINT and settled.mask_image is not None
+    for unit in settled.controlnet:  # each control image must decode (InvalidImage naming its field)
+        unit.image.decode(max_pixels=max_pixels)
     return replace(
         settled,
         init_image=settled.init_image.checked() if settled.init_image is not None else None,
         mask_image=settled.mask_image.checked() if keep_mask and settled.mask_image is not None else None,
+        controlnet=tuple(replace(unit, image=unit.image.checked()) for unit in settled.controlnet),
     )

@@ -73,7 +73,7 @@ class StepReporter:
         step, total = view.step, view.total
         if self._preview_due(step, total, now) and self._submit_preview(view, now):
             return
-        event = StepProgressed(job_id=self._job_id, step=step, total=total)
+        event = StepProgressed(job_id=self._job_id, step=step, total=total, pass_number=view.pass_number)
         if self._encoding is not None and not self._encoding.done():
             # Queue it behind the preview being encoded (one FIFO thread) so watchers see steps in
             # order; the GPU thread still does not wait.
@@ -107,10 +107,11 @@ class StepReporter:
         if pixels is None:
             return False
         self._last_preview_at = now
-        self._encoding = self._encoder.submit(self._encode_and_publish, pixels, view.step, view.total)
+        self._encoding = self._encoder.submit(self._encode_and_publish, pixels, view.step, view.total,
+                                              view.pass_number)
         return True
 
-    def _encode_and_publish(self, pixels: PreviewPixels, step: int, total: int) -> None:
+    def _encode_and_publish(self, pixels: PreviewPixels, step: int, total: int, pass_number: int = 1) -> None:
         """Encoder thread. A failed encode still reports the step, so no step goes missing."""
         started = time.perf_counter()
         try:
@@ -118,7 +119,7 @@ class StepReporter:
         except Exception:
             log.exception("encoding a preview of job %s failed", self._job_id)
             self._metrics.previews.labels(result="failed").inc()
-            self._publish(StepProgressed(job_id=self._job_id, step=step, total=total))
+            self._publish(StepProgressed(job_id=self._job_id, step=step, total=total, pass_number=pass_number))
             return
         self._metrics.preview_encode_seconds.observe(time.perf_counter() - started)
         self._metrics.previews.labels(result="sent").inc()
@@ -133,5 +134,6 @@ class StepReporter:
                 width=int(width),
                 height=int(height),
                 method=pixels.method,
+                pass_number=pass_number,
             )
         )

@@ -41,6 +41,7 @@ class FleetInfo:
     # workers registered). Empty = only the names in ``models`` are known.
     library: tuple[ModelInfo, ...] = ()
     loras: tuple[LoraInfo, ...] = ()
+    controlnets: tuple[str, ...] = ()  # ControlNet names (memory mode: the engine's folder; Redis: none listed)
 
 
 class JobService(Protocol):

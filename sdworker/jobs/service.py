@@ -39,6 +39,7 @@ from sdworker.domain.batch_plan import batch_key
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.control import CancelToken
 from sdworker.domain.parameters import model_label
+from sdworker.domain.request import InputImage
 from sdworker.errors import JobNotFinished, JobNotFound, NotReady
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import (
@@ -281,13 +282,17 @@ class LocalJobService:
         # ``models`` stays --model's name (what the compat doors list and hash); ``library`` has the rest.
         models: tuple[ModelInfo, ...] = ()
         loras: tuple[LoraInfo, ...] = ()
+        controlnets: tuple[str, ...] = ()
         if self._library is not None and self._engine_state == "ready":
             library = self._library
-            models, loras = await asyncio.to_thread(lambda: (library.list_models(), library.list_loras()))
+            models, loras, controlnets = await asyncio.to_thread(
+                lambda: (library.list_models(), library.list_loras(), library.list_controlnets())
+            )
         model = self._settings.model
         return FleetInfo(
             models=(model,), engine=self._engine_info, queue_depth=len(self._queue), library=models, loras=loras,
             backend=self.backend,
+            controlnets=controlnets,
         )
 
     async def refresh_models(self) -> None:
@@ -511,7 +516,9 @@ class LocalJobService:
         record.status = status
         record.finished_at = self._clock()
         # The input images (up to max_body_bytes each) are not needed once the job has run.
-        record.spec = replace(record.spec, request=replace(record.spec.request, init_image=None, mask_image=None))
+        request = record.spec.request
+        units = tuple(replace(unit, image=InputImage(b"", unit.image.field)) for unit in request.controlnet)
+        record.spec = replace(record.spec, request=replace(request, init_image=None, mask_image=None, controlnet=units))
         record.error_code, record.error_message = code, message
         self.store.save(record, durable=True)
         self._metrics.jobs_finished.labels(outcome=status.value).inc()

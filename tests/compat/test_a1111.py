@@ -69,6 +69,79 @@ def test_txt2img_equals_a_native_job_pixel_for_pixel(
     assert np.array_equal(ours, native)
 
 
+def test_hires_fix_equals_the_native_job_and_is_written_as_a1111_writes_it(
+    api: webuiapi.WebUIApi, http: httpx.Client
+) -> None:
+    result = api.txt2img(prompt="a red cube", enable_hr=True, hr_scale=1.5, hr_second_pass_steps=3,
+                         denoising_strength=0.6, hr_prompt="a blue cube", sampler_name="Euler", width=64, height=64,
+                         steps=3, seed=11)
+    assert result.image.size == (96, 96) and "enable_hr" not in result.info["ignored"]
+    native = native_pixels(http, prompt="a red cube", seed=11, steps=3, guidance_scale=7.0, scheduler="euler",
+                           width=64, height=64, hires={"scale": 1.5, "steps": 3, "strength": 0.6,
+                                                       "upscaler": "Latent", "prompt": "a blue cube"})
+    assert np.array_equal(np.asarray(result.image.convert("RGB")), native)
+    text = result.info["infotexts"][0]
+    assert ("Size: 64x64" in text and "Denoising strength: 0.6, Hires upscale: 1.5, Hires steps: 3, "
+            "Hires upscaler: Latent, Hires prompt: a blue cube" in text), text
+    assert [m["name"] for m in api.get_latent_upscale_modes()][:2] == ["Latent", "Latent (antialiased)"]
+    assert {"None", "Lanczos", "Nearest"} <= {u["name"] for u in api.get_upscalers()}
+
+
+@pytest.mark.parametrize(("extra", "field"), [({"hr_upscaler": "4x-UltraSharp"}, "hr_upscaler"),
+                                              ({"hr_scale": 4.0}, "hr_scale")])
+def test_bad_hires_fields_are_named(http: httpx.Client, extra: dict[str, Any], field: str) -> None:
+    body = {"prompt": "x", "enable_hr": True, "width": 512, "height": 512, "steps": 2, **extra}
+    answer = http.post("/sdapi/v1/txt2img", json=body)
+    assert answer.status_code == 422 and field in answer.text, answer.text
+
+
+def _grid() -> Image.Image:
+    pixels_ = np.zeros((64, 64, 3), dtype=np.uint8)
+    pixels_[:, ::8] = 255
+    pixels_[::16, :] = 128
+    return Image.fromarray(pixels_)
+
+
+def test_controlnet_units_equal_the_native_job(api: webuiapi.WebUIApi, http: httpx.Client) -> None:
+    assert api.controlnet_model_list() == ["demo-controlnet"]
+    assert {"none", "canny"} <= set(api.controlnet_module_list())
+    units = [webuiapi.ControlNetUnit(image=_grid(), module="none", model="demo-controlnet [0123abcd]", weight=0.8,
+                                     guidance_end=0.5, resize_mode="Just Resize"),
+             webuiapi.ControlNetUnit(image=_grid(), module="canny", model="demo-controlnet", threshold_a=50,
+                                     threshold_b=150, guidance_start=0.25)]
+    # alwayson_scripts given: webuiapi adds the units to it, and its default is a shared mutable dict
+    result = api.txt2img(prompt="a red cube", controlnet_units=units, alwayson_scripts={}, sampler_name="Euler",
+                         width=64, height=64, steps=3, seed=12)
+    assert "alwayson_scripts" not in result.info["ignored"], result.info["ignored"]
+    grid = base64.b64encode(_png(_grid())).decode()
+    native = native_pixels(http, prompt="a red cube", seed=12, steps=3, guidance_scale=7.0, scheduler="euler",
+                           width=64, height=64, controlnet=[
+                               {"model": "demo-controlnet", "image": grid, "weight": 0.8, "end": 0.5},
+                               {"model": "demo-controlnet", "image": grid, "preprocessor": "canny", "low": 50,
+                                "high": 150, "start": 0.25}])
+    assert np.array_equal(np.asarray(result.image.convert("RGB")), native)
+    plain = native_pixels(http, prompt="a red cube", seed=12, steps=3, guidance_scale=7.0, scheduler="euler",
+                          width=64, height=64)
+    assert not np.array_equal(plain, native)  # the units steered it
+    assert 'ControlNet 0: "Module: none, Model: demo-controlnet, Weight: 0.8' in result.info["infotexts"][0]
+    detected = api.controlnet_detect([_grid()], module="canny", threshold_a=50, threshold_b=150)
+    edges = detected.images[0]  # webuiapi decodes the answer's images
+    assert edges.size == (64, 64) and len(set(np.asarray(edges).flatten().tolist())) == 2  # black and white
+
+
+def test_bad_controlnet_units_are_named(http: httpx.Client) -> None:
+    grid = base64.b64encode(_png(_grid())).decode()
+    unit = {"image": grid, "model": "demo-controlnet", "module": "none"}
+    for changed, status, field in [({"model": "control_v11p_sd15_canny"}, 404, "model"),
+                                   ({"module": "depth_midas"}, 422, "module"),
+                                   ({"image": "bm90IGFuIGltYWdl"}, 422, "image")]:
+        body = {"prompt": "x", "width": 64, "height": 64, "steps": 2,
+                "alwayson_scripts": {"controlnet": {"args": [{**unit, **changed}]}}}
+        answer = http.post("/sdapi/v1/txt2img", json=body)
+        assert answer.status_code == status, answer.text
+        assert answer.json()["detail"].startswith(f"alwayson_scripts.controlnet.args.0.{field}:"), answer.text
+
+
 def test_img2img_and_inpaint(api: webuiapi.WebUIApi, http: httpx.Client) -> None:
     source = Image.new("RGB", (80, 64), (200, 120, 40))
     result = api.img2img(images=[source], prompt="a door", denoising_strength=0.5, **{**SMALL, "steps": 4})
@@ -108,7 +181,7 @@ def test_progress_shows_the_running_job_and_interrupt_returns_its_image(
 
 
 def test_models_options_and_png_info(api: webuiapi.WebUIApi, server: LiveServer, demo_cache_dir: Path) -> None:
-    unet = demo_cache_dir / "demo-v3" / "models" / "demo-sd15" / "unet" / "diffusion_pytorch_model.safetensors"
+    unet = demo_cache_dir / "demo-v4" / "models" / "demo-sd15" / "unet" / "diffusion_pytorch_model.safetensors"
     sha = hashlib.sha256(unet.read_bytes()).hexdigest()
     title = f"demo [{sha[:10]}]"
     # The served model first, then the library's other models (the FLUX.1, SD 3.5... demos).
@@ -126,7 +199,7 @@ def test_models_options_and_png_info(api: webuiapi.WebUIApi, server: LiveServer,
     with httpx.Client(base_url=server.url + "/sdapi/v1") as raw:
         assert raw.post("/options").json() is None  # no body at all
         assert raw.post("/interrupt").json() == {}
-        for route in ("upscalers", "sd-vae", "loras", "latent-upscale-modes"):
+        for route in ("sd-vae", "loras"):
             assert raw.get("/" + route).json() == [], route
         assert raw.get("/scripts").json() == {"txt2img": [], "img2img": []}
         assert raw.get("/memory").json()["ram"]["total"] > 0

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from sdworker.domain.hires import HiresFix
 from sdworker.domain.parameters import model_label, parameters_text
-from sdworker.domain.request import GenerationRequest, Operation
+from sdworker.domain.request import ControlUnit, GenerationRequest, InputImage, Operation
 from sdworker.domain.result import GenerationResult
 from sdworker.imaging.metadata import ImageParameters, format_parameters, parse_parameters
 
@@ -31,6 +32,33 @@ def test_no_negative_line_without_a_negative_prompt_and_strength_for_img2img() -
         "a cat\nSteps: 8, Sampler: DPM++ 2M Karras, Schedule type: Karras, CFG scale: 7, Seed: 6, Size: 64x64, "
         "Model: v1-5-pruned, Denoising strength: 0.8"
     )
+
+
+def test_hires_fix_as_a1111_writes_it() -> None:
+    hires = HiresFix(scale=2.0, steps=10, strength=0.55, negative_prompt="ugly")
+    request = GenerationRequest("a cat", num_inference_steps=8, guidance_scale=7.0, width=64, height=64, hires=hires)
+    done = GenerationResult(images=(), seeds=(3,), width=128, height=128, scheduler="euler", steps_run=13,
+                            seconds=1.0, first_pass_size=(64, 64))
+    assert parameters_text(request, done, 0, "demo") == (
+        "a cat\nSteps: 8, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 64x64, Model: demo, Denoising strength: 0.55, "
+        "Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent, Hires negative prompt: ugly"
+    )
+    resized = GenerationRequest("a cat", width=64, height=64, hires=HiresFix(resize_width=100, upscaler="Lanczos"))
+    parsed = parse_parameters(parameters_text(resized, done, 0, "demo"))
+    assert (parsed["Hires resize"], parsed["Hires upscaler"], "Hires steps" in parsed) == ("100x0", "Lanczos", False)
+
+
+def test_controlnet_units_as_the_extension_writes_them() -> None:
+    units = (ControlUnit("demo-controlnet", InputImage(b"", "x"), 0.8, 0.0, 0.5, "canny", 50, 150),
+             ControlUnit("demo-controlnet", InputImage(b"", "y"), start=0.25))
+    request = GenerationRequest("a cat", num_inference_steps=8, guidance_scale=7.0, controlnet=units)
+    text = parameters_text(request, result("euler"), 0, "demo")
+    parsed = parse_parameters(text)
+    assert parsed["ControlNet 0"] == ("Module: canny, Model: demo-controlnet, Weight: 0.8, Threshold A: 50, "
+                                      "Threshold B: 150, Guidance Start: 0, Guidance End: 0.5")
+    assert parsed["ControlNet 1"] == ("Module: none, Model: demo-controlnet, Weight: 1, Guidance Start: 0.25, "
+                                      "Guidance End: 1")
+    assert 'ControlNet 0: "Module: canny' in text  # quoted, as A1111 writes a value with commas
 
 
 @pytest.mark.parametrize(

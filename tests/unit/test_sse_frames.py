@@ -30,7 +30,9 @@ def parse(data: bytes) -> tuple[int, str, dict[str, object]]:
 def test_progress_and_preview_keep_reference_fields() -> None:
     seq, name, data = parse(frame(StepProgressed(job_id="j", seq=7, at=1.5, step=5, total=20)))
     assert (seq, name) == (7, "progress")
-    assert data == {"type": "progress", "step": 5, "total": 20, "percent": 25.0, "at": 1.5}
+    assert data == {"type": "progress", "step": 5, "total": 20, "percent": 25.0, "at": 1.5, "pass": 1}
+    _, _, data = parse(frame(StepProgressed(job_id="j", seq=9, at=1.5, step=15, total=20, pass_number=2)))
+    assert (data["step"], data["total"], data["pass"]) == (15, 20, 2)  # a hires fix's second pass
     event = PreviewReady(
         job_id="j",
         seq=8,
@@ -41,9 +43,10 @@ def test_progress_and_preview_keep_reference_fields() -> None:
         width=256,
         height=192,
         method="latent2rgb",
+        pass_number=2,
     )
     _, name, data = parse(frame(event))
-    assert name == "preview" and data["type"] == "preview" and data["percent"] == 50.0
+    assert name == "preview" and data["type"] == "preview" and data["percent"] == 50.0 and data["pass"] == 2
     assert base64.b64decode(str(data["image"])) == b"\xff\xd8jpeg"
     assert (data["format"], data["width"], data["height"], data["method"]) == ("jpeg", 256, 192, "latent2rgb")
 

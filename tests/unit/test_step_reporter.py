@@ -17,8 +17,8 @@ from sdworker.previews.options import PreviewOptions, PreviewPixels
 
 
 class View:
-    def __init__(self, step: int, total: int, calls: list[int]) -> None:
-        self.step, self.total, self._calls = step, total, calls
+    def __init__(self, step: int, total: int, calls: list[int], pass_number: int = 1) -> None:
+        self.step, self.total, self._calls, self.pass_number = step, total, calls, pass_number
 
     def latents(self) -> Any:
         return None
@@ -54,10 +54,11 @@ class Harness:
         with self.lock:
             self.events.append(event)
 
-    def run(self, total: int, seconds_per_step: float = 0.1, *, wait_each: bool = True) -> None:
+    def run(self, total: int, seconds_per_step: float = 0.1, *, wait_each: bool = True, second_from: int = 0) -> None:
+        """``second_from``: steps from there on belong to a hires fix's second pass."""
         for step in range(1, total + 1):
             self.now += seconds_per_step
-            self.reporter(View(step, total, self.renders))
+            self.reporter(View(step, total, self.renders, 2 if second_from and step >= second_from else 1))
             if wait_each:
                 self.reporter.wait_idle(5)
         self.reporter.wait_idle(5)
@@ -78,6 +79,14 @@ def test_every_n_steps_and_never_the_last_step() -> None:
     assert h.steps_reported() == list(range(1, 11))  # a preview stands in for its step's progress
     first = next(e for e in h.events if isinstance(e, PreviewReady))
     assert (first.width, first.height, first.format, first.image) == (16, 12, "jpeg", b"jpeg:3")
+
+
+def test_events_say_their_pass() -> None:
+    h = Harness(PreviewOptions(every=3, min_interval_ms=0))
+    h.run(8, second_from=6)
+    passes = {e.step: e.pass_number for e in h.events if isinstance(e, StepProgressed | PreviewReady)}
+    assert passes == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1, 6: 2, 7: 2, 8: 2}
+    assert [e.pass_number for e in h.events if isinstance(e, PreviewReady)] == [1, 2]  # steps 3 and 6
 
 
 def test_min_interval_throttles_by_time() -> None:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from sdworker.api.compat.a1111_samplers import SCHEDULES, listed
 from sdworker.api.compat.a1111_state import Checkpoint
+from sdworker.domain.hires import IMAGE_UPSCALERS, LATENT_UPSCALE_MODES
 from sdworker.imaging.decode import decode_base64
 from sdworker.imaging.metadata import PNG_KEY, parse_parameters
 from sdworker.jobs.protocol import FleetInfo
@@ -96,5 +97,15 @@ def cmd_flags(settings: Settings) -> dict[str, Any]:
     }
 
 
-EMPTY_LISTS = ("upscalers", "latent-upscale-modes", "sd-vae", "hypernetworks", "face-restorers",
+def upscalers() -> list[dict[str, Any]]:
+    """The image upscalers the hires fix takes (PIL's, no weights), in A1111's shape."""
+    return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+            for name in IMAGE_UPSCALERS]
+
+
+def latent_upscale_modes() -> list[dict[str, str]]:
+    return [{"name": name} for name in LATENT_UPSCALE_MODES]
+
+
+EMPTY_LISTS = ("sd-vae", "hypernetworks", "face-restorers",
                "realesrgan-models", "prompt-styles", "script-info", "extensions", "loras")

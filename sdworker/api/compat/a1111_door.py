@@ -17,6 +17,7 @@ from PIL import Image
 
 from sdworker import __version__
 from sdworker.api import deps
+from sdworker.api.compat.a1111_controlnet import units_from
 from sdworker.api.compat.a1111_samplers import choose
 from sdworker.api.compat.a1111_schemas import (
     Img2ImgRequest,
@@ -62,11 +63,16 @@ async def generate(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
     if isinstance(body, Img2ImgRequest):
         init, mask = await _img2img_inputs(body, settings.max_pixels)
         draft = replace(draft, request=replace(draft.request, init_image=init, mask_image=mask))
+    assert draft.request.width is not None and draft.request.height is not None  # the door sets them
+    size = (draft.request.width, draft.request.height)
+    units, unit_notes = await units_from(body.alwayson_scripts, size, fleet.controlnets, settings.max_pixels)
+    if units:
+        draft = replace(draft, request=replace(draft.request, controlnet=units))
     view = await service.submit(draft, owner=owner)
     view = await wait_or_cancel(service, view.job_id, request, owner)
     pngs = await finished_images(service, view, owner)
     known = await checkpoints((view.spec.request.model or settings.model,), settings.cache_dir)
-    notes = {**ignored(body), **sampler.ignored, **family_notes}
+    notes = {**ignored(body), **sampler.ignored, **family_notes, **unit_notes}
     info = _info(body, view, pngs, sampler.sampler, sampler.schedule, known[0].model_name, known[0].hash10, notes)
     return {
         "images": [base64.b64encode(png).decode("ascii") for png in pngs] if body.send_images else [],

@@ -102,6 +102,16 @@ async def cmd_flags(request: Request) -> dict[str, Any]:
     return catalog.cmd_flags(deps.settings(request))
 
 
+@router.get("/upscalers", summary="Image upscalers for the hires fix (PIL's None, Lanczos, Nearest)")
+async def upscalers() -> list[dict[str, Any]]:
+    return catalog.upscalers()
+
+
+@router.get("/latent-upscale-modes", summary="The hires fix's latent upscale modes")
+async def latent_upscale_modes() -> list[dict[str, str]]:
+    return catalog.latent_upscale_modes()
+
+
 async def _nothing() -> None:
     return None
 

@@ -2,9 +2,10 @@
 translation to a ``JobDraft``.
 
 Unknown fields are ignored, as A1111 does (clients send dozens; SillyTavern forwards its own). Fields
-we cannot honour that would change the image (``enable_hr``, ``alwayson_scripts``, ``restore_faces``,
-...) are collected by ``ignored`` and named in the answer's ``info``. Width and height are rounded
-down to multiples of 8 (the latent grid), as A1111's own processing does.
+we cannot honour that would change the image (``alwayson_scripts``, ``restore_faces``, the hires
+fix's own sampler or checkpoint, ...) are collected by ``ignored`` and named in the answer's ``info``.
+Width and height are rounded down to multiples of 8 (the latent grid), as A1111's own processing does.
+``enable_hr`` with its ``hr_*`` fields becomes the job's hires fix (``domain.hires``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from sdworker.api.compat.a1111_samplers import SamplerChoice
 from sdworker.api.schemas import job_limits, preview_options
 from sdworker.domain.checks import MAX_SEED, check_job, text_problem
 from sdworker.domain.families import FamilyFacts, family_facts
-from sdworker.domain.request import GenerationRequest, InputImage, Operation
+from sdworker.domain.hires import DEFAULT_UPSCALER, HiresFix, check_hires
+from sdworker.domain.parameters import SD_DEFAULTS
+from sdworker.domain.request import ControlUnit, GenerationRequest, InputImage, Operation
 from sdworker.errors import InvalidRequest
 from sdworker.jobs.spec import JobDraft
 from sdworker.settings import Settings
@@ -67,7 +70,16 @@ class Txt2ImgRequest(BaseModel):
     enable_hr: bool = False
     hr_scale: float = 2.0
     hr_upscaler: str | None = None
-    hr_second_pass_steps: int = 0
+    hr_second_pass_steps: int = Field(0, ge=0, le=10_000)
+    hr_resize_x: int = Field(0, ge=0, le=16_384)
+    hr_resize_y: int = Field(0, ge=0, le=16_384)
+    hr_prompt: str | None = ""
+    hr_negative_prompt: str | None = ""
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    firstphase_width: int = 0
+    firstphase_height: int = 0
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)
     send_images: bool = True
@@ -94,9 +106,13 @@ class Img2ImgRequest(Txt2ImgRequest):
 def ignored(body: Txt2ImgRequest) -> dict[str, str]:
     """Fields set to something that would change the image, which this worker does not do."""
     notes: dict[str, str] = {}
+    hires = body.enable_hr and not isinstance(body, Img2ImgRequest)
     checks: list[tuple[str, bool]] = [
-        ("enable_hr", body.enable_hr),
-        ("alwayson_scripts", bool(body.alwayson_scripts)),
+
+        # the hires fix runs with the first pass's model and sampler
+        ("hr_checkpoint_name", hires and body.hr_checkpoint_name not in (None, "", "Use same checkpoint")),
+        ("hr_sampler_name", hires and body.hr_sampler_name not in (None, "", "Use same sampler")),
+        ("hr_scheduler", hires and body.hr_scheduler not in (None, "", "Use same scheduler")),
         ("restore_faces", bool(body.restore_faces)),
         ("tiling", bool(body.tiling)),
         ("script_name", bool(body.script_name)),
@@ -120,6 +136,9 @@ def ignored(body: Txt2ImgRequest) -> dict[str, str]:
     for name, is_set in checks:
         if is_set:
             notes[name] = "not supported by sdworker; ignored"
+    for script, value in body.alwayson_scripts.items():  # ControlNet is honoured (a1111_controlnet)
+        if script.lower() != "controlnet" and value:
+            notes[f"alwayson_scripts.{script}"] = "not supported by sdworker; ignored"
     for key in sorted(set(body.override_settings or {}) - _HONOURED_OVERRIDES):
         notes[f"override_settings.{key}"] = "not supported by sdworker; ignored"
     return notes
@@ -135,6 +154,7 @@ def to_draft(
     mask_image: InputImage | None = None,
     guidance: float | None = None,
     multiple: int = 8,
+    controlnet: tuple[ControlUnit, ...] = (),
 ) -> JobDraft:
     """``init_image``/``mask_image``: the client's images as given (base64 text, unchecked): the job's
     bounds (sizes, steps, images, seed, text) are checked here first, and only then may the door decode
@@ -146,6 +166,9 @@ def to_draft(
     if init_image is not None:
         operation = Operation.INPAINT if mask_image is not None else Operation.IMAGE_TO_IMAGE
         strength = body.denoising_strength if body.denoising_strength is not None else 0.75
+    width = max(multiple, body.width // multiple * multiple)
+    height = max(multiple, body.height // multiple * multiple)
+    hires = _hires(body, settings, width, height) if init_image is None else None
     request = GenerationRequest(
         prompt=body.prompt or "",
         operation=operation,
@@ -153,8 +176,8 @@ def to_draft(
         num_inference_steps=body.steps,
         guidance_scale=guidance,
         seed=None if body.seed == -1 else body.seed,
-        width=max(multiple, body.width // multiple * multiple),
-        height=max(multiple, body.height // multiple * multiple),
+        width=width,
+        height=height,
         scheduler=sampler.scheduler,
         num_images=body.batch_size * body.n_iter,
         strength=strength,
@@ -162,6 +185,8 @@ def to_draft(
         mask_image=mask_image,
         model=model,
         clip_skip=_clip_skip((body.override_settings or {}).get("CLIP_stop_at_last_layers")),
+        hires=hires,
+        controlnet=controlnet,
     )
     check_job(request, job_limits(settings), A1111_NAMES)
     return JobDraft(request, preview=preview_options(None, settings))
@@ -234,6 +259,29 @@ def _facts(family: str | None) -> FamilyFacts | None:
         return family_facts(family)
     except KeyError:
         return None
+
+
+def _hires(body: Txt2ImgRequest, settings: Settings, width: int, height: int) -> HiresFix | None:
+    """A1111's ``enable_hr`` fields as the job's hires fix: 0 and "" mean "unset" (the first pass's
+    steps, prompts; scale instead of a resize); no ``hr_upscaler`` is A1111's default latent mode."""
+    if not body.enable_hr:
+        return None
+    hires = HiresFix(
+        scale=body.hr_scale,
+        resize_width=body.hr_resize_x or None,
+        resize_height=body.hr_resize_y or None,
+        upscaler=body.hr_upscaler or DEFAULT_UPSCALER,
+        steps=body.hr_second_pass_steps or None,
+        strength=0.75 if body.denoising_strength is None else body.denoising_strength,
+        prompt=body.hr_prompt or None,
+        negative_prompt=body.hr_negative_prompt or None,
+    )
+    steps = body.steps or SD_DEFAULTS[0]  # hires runs on the UNet families (SD 1/2/XL: 20 steps)
+    if (hires.steps or steps) > settings.max_steps:
+        raise InvalidRequest(f"hr_second_pass_steps: {hires.steps} is above this server's limit of "
+                             f"{settings.max_steps}", field="hr_second_pass_steps")
+    check_hires(hires, width, height, steps, max_pixels=settings.max_pixels, prefix="hr_")
+    return hires
 
 
 def echoed(body: Txt2ImgRequest) -> dict[str, Any]:

@@ -47,10 +47,11 @@ def event_fields(event: JobEvent) -> tuple[str, dict[str, Any], int, int, bytes 
                 "width": event.width,
                 "height": event.height,
                 "method": event.method,
+                "pass": event.pass_number,
             }
             return "preview", data, event.step, event.total, event.image
         case StepProgressed(step=step, total=total):
-            return "progress", {"step": step, "total": total}, step, total, None
+            return "progress", {"step": step, "total": total, "pass": event.pass_number}, step, total, None
         case ModelLoading(model=model, phase=phase, seconds=seconds):
             return "loading_model", {"model": model, "phase": phase, "seconds": seconds}, 0, 0, None
         case _:
@@ -78,7 +79,8 @@ def decode_event(
             return ModelLoading(**base, model=str(data["model"]), phase=str(data["phase"]),
                                 seconds=float(data["seconds"]))
         case "progress":
-            return StepProgressed(**base, step=int(data["step"]), total=int(data["total"]))
+            return StepProgressed(**base, step=int(data["step"]), total=int(data["total"]),
+                                  pass_number=int(data.get("pass", 1)))
         case "preview":
             if preview is not None and preview[0] == base["seq"]:
                 return PreviewReady(
@@ -90,8 +92,10 @@ def decode_event(
                     width=int(data["width"]),
                     height=int(data["height"]),
                     method=str(data["method"]),
+                    pass_number=int(data.get("pass", 1)),
                 )
-            return StepProgressed(**base, step=int(data["step"]), total=int(data["total"]))
+            return StepProgressed(**base, step=int(data["step"]), total=int(data["total"]),
+                                  pass_number=int(data.get("pass", 1)))
         case "complete":
             seeds = tuple(int(s) for s in data["seeds"])
             return JobCompleted(

@@ -1,0 +1,154 @@
+"""The sd-webui-controlnet extension's side of the A1111 door: ``alwayson_scripts.controlnet.args``
+(the fields ``webuiapi.ControlNetUnit`` sends) as the job's ControlNet units, and the extension's
+``/controlnet/model_list``, ``/controlnet/module_list`` and ``/controlnet/detect``.
+
+A unit's image is fitted to the job's size by its ``resize_mode`` (the extension's names and A1111's
+numbers: Just Resize, Crop and Resize, Resize and Fill) before the job is queued; the preprocessor
+(``module``) runs in the engine. ``threshold_a``/``threshold_b`` are canny's thresholds, as in the
+extension. What a unit asks that we do not do (a unit mask, a control mode other than Balanced,
+pixel-perfect resolution) is named in ``info.ignored``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from sdworker.api import deps
+from sdworker.domain.controlnet import MAX_UNITS, PREPROCESSORS, check_units, preprocessor_name
+from sdworker.domain.request import ControlUnit, InputImage
+from sdworker.errors import ControlNetNotFound, InvalidRequest, Unsupported
+from sdworker.imaging.decode import decode_base64, decode_image_bytes
+from sdworker.imaging.masks import fit_image, png_bytes
+
+router = APIRouter(prefix="/controlnet", tags=["automatic1111"])
+RESIZE_MODES = {"just resize": 0, "crop and resize": 1, "resize and fill": 2, "0": 0, "1": 1, "2": 2}
+PREFIX = "alwayson_scripts.controlnet.args"
+
+
+class ControlNetArg(BaseModel):
+    """One unit as sd-webui-controlnet's API takes it (unknown fields ignored, as the extension does)."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    enabled: bool = True
+    image: str | dict[str, Any] | None = None
+    input_image: str | None = None  # the extension's older name
+    mask: str | None = None
+    module: str = "none"
+    model: str = "None"
+    weight: float = 1.0
+    resize_mode: str | int = "Crop and Resize"
+    processor_res: int = 512
+    threshold_a: float = -1
+    threshold_b: float = -1
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
+    control_mode: str | int = "Balanced"
+    pixel_perfect: bool = False
+
+
+def controlnet_args(alwayson_scripts: dict[str, Any]) -> list[dict[str, Any]]:
+    """The extension's args, whatever the key's case (webuiapi sends ``ControlNet``)."""
+    for key, value in alwayson_scripts.items():
+        if key.lower() == "controlnet" and isinstance(value, dict) and isinstance(value.get("args"), list):
+            return [arg for arg in value["args"] if isinstance(arg, dict)]
+    return []
+
+
+async def units_from(
+    alwayson_scripts: dict[str, Any], size: tuple[int, int], known: tuple[str, ...], max_pixels: int
+) -> tuple[tuple[ControlUnit, ...], dict[str, str]]:
+    """The enabled units as the job's ControlNet units (images fitted to ``size``), and the notes for
+    ``info.ignored``. 4xx naming ``alwayson_scripts.controlnet.args.N.<field>`` for a bad unit."""
+    units: list[ControlUnit] = []
+    notes: dict[str, str] = {}
+    for index, raw in enumerate(controlnet_args(alwayson_scripts)):
+        arg = ControlNetArg.model_validate(raw)
+        field = f"{PREFIX}.{index}"
+        if not arg.enabled:
+            continue
+        name = _model_name(arg.model)
+        if name is None or name not in known:
+            raise ControlNetNotFound(f"{field}.model: no ControlNet {arg.model!r} here; known: "
+                                     f"{', '.join(known) or 'none'}", field=f"{field}.model")
+        image = arg.image.get("image") if isinstance(arg.image, dict) else arg.image or arg.input_image
+        if not isinstance(image, str) or not image:
+            raise InvalidRequest(f"{field}.image: a unit needs a control image (base64)", field=f"{field}.image")
+        mode = RESIZE_MODES.get(str(arg.resize_mode).strip().lower())
+        if mode is None:
+            raise InvalidRequest(f"{field}.resize_mode: {arg.resize_mode!r} is not one of Just Resize, Crop and "
+                                 "Resize, Resize and Fill", field=f"{field}.resize_mode")
+        data = decode_base64(image, field=f"{field}.image")
+        fitted = await asyncio.to_thread(fit_image, data, size, mode, field=f"{field}.image", max_pixels=max_pixels)
+        module = preprocessor_name(arg.module, f"{field}.module")
+        low = arg.threshold_a if arg.threshold_a >= 0 else 100.0
+        high = arg.threshold_b if arg.threshold_b >= 0 else 200.0
+        units.append(ControlUnit(name, InputImage(fitted, f"{field}.image"), arg.weight, arg.guidance_start,
+                                 arg.guidance_end, module, low, high))
+        for what, is_set in (("mask", bool(arg.mask)), ("control_mode", str(arg.control_mode) not in ("Balanced", "0")),
+                             ("pixel_perfect", arg.pixel_perfect)):
+            if is_set:
+                notes[f"{field}.{what}"] = "not supported by sdworker; ignored"
+    made = tuple(units)
+    check_units(made, PREFIX) if len(made) <= MAX_UNITS else check_units(made, "alwayson_scripts.controlnet")
+    return made, notes
+
+
+def _model_name(model: str) -> str | None:
+    """The extension lists models as ``name [hash]``; "None" is no model."""
+    name = model.strip()
+    if " [" in name and name.endswith("]"):
+        name = name[: name.rindex(" [")]
+    return None if not name or name == "None" else name
+
+
+class DetectRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    controlnet_module: str = "none"
+    controlnet_input_images: list[str] = Field(default_factory=list)
+    controlnet_images: list[str] = Field(default_factory=list)  # webuiapi's name
+    controlnet_processor_res: int = 512
+    controlnet_threshold_a: float = -1
+    controlnet_threshold_b: float = -1
+
+
+@router.get("/model_list", summary="ControlNet models of --controlnet-dir (sd-webui-controlnet's shape)")
+async def model_list(request: Request) -> dict[str, Any]:
+    return {"model_list": list((await deps.service(request).fleet()).controlnets)}
+
+
+@router.get("/module_list", summary="Preprocessors this worker runs (none needs model weights)")
+async def module_list() -> dict[str, Any]:
+    return {"module_list": list(PREPROCESSORS), "module_detail": {}}
+
+
+@router.post("/detect", summary="Run a preprocessor on images: the control maps a unit would use")
+async def detect(body: DetectRequest, request: Request) -> dict[str, Any]:
+    max_pixels = deps.settings(request).max_pixels
+    module = preprocessor_name(body.controlnet_module, "controlnet_module")
+    images = body.controlnet_input_images or body.controlnet_images
+    low = body.controlnet_threshold_a if body.controlnet_threshold_a >= 0 else 100.0
+    high = body.controlnet_threshold_b if body.controlnet_threshold_b >= 0 else 200.0
+
+    def run() -> list[str]:
+        from sdworker.imaging.control_maps import control_map
+
+        out = []
+        for index, text in enumerate(images):
+            field = f"controlnet_input_images.{index}"
+            image = decode_image_bytes(decode_base64(text, field=field), field=field, max_pixels=max_pixels)
+            out.append(base64.b64encode(png_bytes(control_map(image, module, low, high))).decode("ascii"))
+        return out
+
+    try:
+        encoded = await asyncio.to_thread(run)
+    except ImportError as exc:  # an API node without the engine's packages (OpenCV)
+        raise Unsupported(f"controlnet_module: {module} needs OpenCV, which this node lacks",
+                          field="controlnet_module") from exc
+    return {"images": encoded, "info": "Success"}
