@@ -126,6 +126,8 @@ async function watchReadiness() {
       serverStatus(`The worker is not ready yet${reason ? ": " + reason : ""}. Waiting…`, true);
     } else if (!state.info) {
       await loadInfo();
+      // After the info: a key it needed is known by now, so this asks for none a second time.
+      if (historyNext === HISTORY_FIRST) loadHistory();
     } else {
       applyInfo(state.info);
     }
@@ -282,7 +284,8 @@ function render() {
 
 // The server keeps finished jobs (SQLite: across restarts), so the strip starts with them, newest
 // first, a page at a time; "Older images" asks for the next page.
-let historyNext = "/v1/jobs?limit=24";
+const HISTORY_FIRST = "/v1/jobs?limit=24";
+let historyNext = HISTORY_FIRST;
 
 async function loadHistory() {
   if (!historyNext) return;
@@ -382,7 +385,6 @@ function init() {
   const id = hashJobId();
   if (id) focus(id);
   pollOthers();
-  loadHistory();
   $("history-more").addEventListener("click", loadHistory);
 }
 
