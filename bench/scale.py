@@ -46,7 +46,8 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench` and `sdworker` im
 
 import httpx  # noqa: E402
 
-from bench.service import free_port, percentile, watch  # noqa: E402
+from bench.service import free_port, percentile  # noqa: E402
+from bench.watchers import watch  # noqa: E402
 
 PROMPT = "a lighthouse on a cliff at dusk"
 TARGET_RATIO = 1.7
@@ -242,7 +243,8 @@ async def spread_watchers(apis: list[str], args: argparse.Namespace) -> dict[str
         for blocker in blockers:
             await client.delete(f"{apis[1]}/v1/jobs/{blocker}")
         results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 600)
-    terminal = [r[-1] for r in results if isinstance(r, list) and r and r[-1][1] in ("complete", "error")]
+    # A stream's last event is ``end``; the terminal event is the one before it.
+    terminal = [r[-2] for r in results if isinstance(r, list) and len(r) > 1 and r[-2][1] in ("complete", "error")]
     delays = [received - at for _, _, at, received in terminal if at > 0]
     return {
         "watchers": args.watchers,
