@@ -1,5 +1,6 @@
 """The documentation: it builds in strict mode, and every example marked ``<!-- demo-test -->`` (a
-``bash`` or ``python`` block right after the marker) runs against a live ``sdworker serve --model demo``.
+``bash`` or ``python`` block right after the marker) runs against a live ``sdworker serve --model demo``
+(the live tests' shared server: its small body limit and queue are no obstacle to an example).
 
 Examples are written against ``make run``'s address, http://127.0.0.1:7833; the test points them at its
 own server by replacing that address. Mark only examples that run against the demo model in seconds.
@@ -12,12 +13,11 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.live.server import ROOT, LiveServer, free_port
+from tests.live.server import ROOT, LiveServer
 
 DOCS = ROOT / "docs"
 DOCS_ADDRESS = "http://127.0.0.1:7833"
@@ -54,20 +54,10 @@ def test_the_site_builds_strict(tmp_path: Path) -> None:
     assert "/v1/jobs/{job_id}/stream" in reference and "schema-jobrequest" in reference
 
 
-@pytest.fixture(scope="module")
-def demo_server(demo_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = LiveServer(demo_cache_dir, free_port(), log_path=tmp_path_factory.mktemp("docs") / "server.log")
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.mark.live
 @pytest.mark.parametrize(("where", "language", "code"), EXAMPLES, ids=[where for where, _, _ in EXAMPLES])
-def test_example_runs(where: str, language: str, code: str, demo_server: LiveServer, tmp_path: Path) -> None:
-    code = code.replace(DOCS_ADDRESS, demo_server.url)
+def test_example_runs(where: str, language: str, code: str, live_server: LiveServer, tmp_path: Path) -> None:
+    code = code.replace(DOCS_ADDRESS, live_server.url)
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)}
     command = ["bash", "-euo", "pipefail", "-c", code] if language == "bash" else [sys.executable, "-c", code]
