@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sdworker.engine.demo_model import DEMO_VERSION
 from sdworker.engine.protocol import Engine
 from sdworker.imaging.metadata import PNG_KEY, parse_parameters
 from sdworker.settings import Settings
@@ -54,7 +55,7 @@ def expected(demo_cache_dir: Path) -> list[np.ndarray | None]:
         if not cls:
             found.append(None)
             continue
-        folder = demo_cache_dir / "demo-v3" / "models" / body["model"]
+        folder = demo_cache_dir / DEMO_VERSION / "models" / body["model"]
         kwargs = {"safety_checker": None} if cls == "StableDiffusionPipeline" else {}
         pipe = getattr(diffusers, cls).from_pretrained(folder, **kwargs)
         pipe.set_progress_bar_config(disable=True)

@@ -19,6 +19,8 @@ import webuiapi
 from live.server import LiveServer
 from PIL import Image
 
+from sdworker.engine.demo_model import DEMO_VERSION
+
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
 
@@ -26,7 +28,7 @@ pytestmark = [pytest.mark.live, pytest.mark.slow]
 def flux(demo_cache_dir: Path) -> Any:
     from diffusers import FluxPipeline
 
-    pipe = FluxPipeline.from_pretrained(demo_cache_dir / "demo-v3" / "models" / "demo-flux1")
+    pipe = FluxPipeline.from_pretrained(demo_cache_dir / DEMO_VERSION / "models" / "demo-flux1")
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
