@@ -130,7 +130,7 @@ def create_app(
     app.include_router(a1111_router)
     app.include_router(controlnet_router)
     if settings.mcp:  # /mcp: the MCP tools over Streamable HTTP (api/mcp_mount.py), behind the same keys
-        mcp = McpMount(service, settings, app.state.links, app.openapi)
+        mcp = McpMount(service, settings, app.state.links, lambda: app.openapi())  # as served (document_limits)
         app.router.routes.append(mcp.route)
     app.add_middleware(AuthMiddleware, ring=keys, signer=signer, metrics_public=settings.metrics_public)
     # --- The HTTP edge (api/edge.py): Host/Origin/CORS/content-type guard, body limit, offline

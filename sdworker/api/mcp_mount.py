@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from sdworker.api.routes_models import library_entry, lora_entry, model_entry
 from sdworker.api.schemas import JobRequest, to_draft
-from sdworker.api.signing import LinkFn
+from sdworker.api.signing import JobLinks, LinkFn
 from sdworker.api.views import job_detail
 from sdworker.errors import SdworkerError
 from sdworker.events.types import JobCompleted, JobFailed, PreviewReady, StepProgressed
@@ -131,15 +131,18 @@ def _validation_error(exc: ValidationError) -> ToolError:
 class McpMount:
     """The ``/mcp`` route and the lifetime of the SDK's session manager."""
 
-    def __init__(self, service: JobService, settings: Settings, links: LinkFn,
+    def __init__(self, service: JobService, settings: Settings, links: JobLinks,
                  openapi: Callable[[], dict[str, Any]]) -> None:
         def gateway_for(ctx: ServerRequestContext[Any]) -> ServiceGateway:
             request = ctx.request
             owner = getattr(request.state, "owner", None) if isinstance(request, Request) else None
+            key = getattr(request.state, "key_id", None) if isinstance(request, Request) else None
+            caller_links = links.for_key(key if isinstance(key, str) else None)  # signed for the caller's key
             # Links for the caller: --public-url behind a proxy, else the address the request came to.
             base_url = settings.public_url or (str(request.base_url) if isinstance(request, Request) else "")
             return ServiceGateway(
-                service, settings, links, openapi, owner=owner if isinstance(owner, str) else None, base_url=base_url
+                service, settings, caller_links, openapi, owner=owner if isinstance(owner, str) else None,
+                base_url=base_url,
             )
 
         # The edge guard (api/edge.py) already checks Host and Origin for every route: no second check.
