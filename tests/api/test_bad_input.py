@@ -110,7 +110,7 @@ CASES: list[tuple[str, Any, int, str]] = [
     ("controlnet preprocessor needing weights", {**OK, "controlnet": [{"model": "c", "image": png_b64(64, 64),
                                                                        "preprocessor": "depth_midas"}]}, 422,
      "controlnet.0.preprocessor"),
-    ("controlnet image not an image", {**OK, "controlnet": [{"model": "c", "image": NOT_AN_IMAGE}]}, 422,
+    ("controlnet image not an image", {**OK, "controlnet": [{"model": "demo-controlnet", "image": NOT_AN_IMAGE}]}, 422,
      "controlnet.0.image"),
     ("malformed JSON", b'{"prompt": "a", ', 400, "body"),
     ("body not an object", b'["a cat"]', 422, "body"),
