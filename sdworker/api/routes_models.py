@@ -1,6 +1,6 @@
 """The model library over HTTP: ``GET /v1/models`` (OpenAI's list shape, each entry with the library's
-details), ``GET /v1/loras`` and ``POST /v1/models/refresh``. One ``/v1/models`` route serves our API
-and the OpenAI door alike (OpenAI clients read ``id`` and ignore the rest).
+details), ``GET /v1/loras``, ``GET /v1/controlnets`` and ``POST /v1/models/refresh``. One
+``/v1/models`` route serves our API and the OpenAI door alike (OpenAI clients read ``id`` and ignore the rest).
 
 Memory mode lists this process's engine; Redis mode the union of what live workers registered (a
 worker from before the library registered only its model name: that entry has no details)."""
@@ -29,6 +29,12 @@ async def list_models(request: Request) -> dict[str, Any]:
 async def list_loras(request: Request) -> dict[str, Any]:
     fleet = await deps.service(request).fleet()
     return {"object": "list", "data": [lora_entry(lora) for lora in fleet.loras]}
+
+
+@router.get("/v1/controlnets", summary="ControlNets a job may name in `controlnet[].model` (--controlnet-dir)")
+async def list_controlnets(request: Request) -> dict[str, Any]:
+    fleet = await deps.service(request).fleet()
+    return {"object": "list", "data": [{"name": name} for name in fleet.controlnets]}
 
 
 @router.post("/v1/models/refresh", summary="Rescan the models, LoRA and embeddings folders")
