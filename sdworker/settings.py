@@ -9,7 +9,7 @@ only the flags that were given) > ``SDWORKER_*`` variable > default. Nothing els
 ``os.environ``; nothing is read at import time. Units are part of the names (``*_seconds``,
 ``*_bytes``, ``*_ms``).
 
-Secrets (``redis_url``, ``api_keys``, ``admin_api_keys``, ``signing_secret``) are kept out of
+Secrets (``redis_url``, ``api_keys``, ``admin_api_keys``, ``signing_secret``, ``webhook_secret``) are kept out of
 ``repr`` and out of every error message (``redact_url`` for the Redis URL).
 
 Lists (``api_keys``, ``cors_origins``, ``allowed_hosts``, ``compile_sizes``) are comma-separated in
@@ -154,6 +154,17 @@ class Settings(BaseSettings):
     preview_format: Literal["jpeg", "webp", "png"] = Field("jpeg", description="preview image format")
     preview_quality: int = Field(80, ge=1, le=100, description="JPEG/WebP quality")
 
+    # Webhooks (docs/webhooks.md)
+    webhook_secret: tuple[str, ...] = Field(
+        (), repr=False,
+        description="server secret the per-key whsec_ secrets derive from (repeat: sign with the first, "
+        "rotate by listing the old one after it); none = --signing-secret",
+    )
+    webhook_max_attempts: int = Field(8, ge=1, le=50, description="tries of one webhook (2, 4, 8 ... s apart)")
+    webhook_allow_private: bool = Field(
+        False, description="accept webhook URLs on private, loopback and link-local addresses (tests, closed networks)"
+    )
+
     # Redis fleet (api + worker nodes)
     redis_url: str | None = Field(
         None, repr=False, description="redis://[user:password@]host:port/db; none = in-process queue"
@@ -173,7 +184,9 @@ class Settings(BaseSettings):
 
     # -- validation of values that need more than a bound ------------------------------------------
 
-    @field_validator("api_keys", "admin_api_keys", "cors_origins", "allowed_hosts", "compile_sizes", mode="before")
+    @field_validator(
+        "api_keys", "admin_api_keys", "cors_origins", "allowed_hosts", "compile_sizes", "webhook_secret", mode="before"
+    )
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         """'a,b' (env) or ['a', 'b,c'] (repeated flags) -> ('a', 'b', 'c'); blanks dropped."""

@@ -35,7 +35,9 @@ from sdworker.api.routes_fleet import router as fleet_router
 from sdworker.api.routes_jobs import router as jobs_router
 from sdworker.api.routes_models import router as models_router
 from sdworker.api.routes_system import router as system_router
+from sdworker.api.routes_webhooks import router as webhooks_router
 from sdworker.api.signing import JobLinks
+from sdworker.api.views import job_detail
 from sdworker.domain.parameters import model_label
 from sdworker.engine.protocol import Engine
 from sdworker.jobs.heartbeat import QueenHeartbeat, WorkerCard
@@ -65,6 +67,7 @@ def create_app(
     metrics = metrics or ServiceMetrics()
     if service is None:
         local = LocalJobService(settings, metrics, store=store or MemoryStore())
+        local.webhooks.render = job_detail  # a webhook's body is the job as GET /v1/jobs/{id} shows it
         service, source = local, local
         if engine is not None:
             local.attach_library(engine)
@@ -125,6 +128,7 @@ def create_app(
     app.include_router(jobs_router)
     app.include_router(fleet_router)
     app.include_router(system_router)
+    app.include_router(webhooks_router)
     app.include_router(models_router)
     app.include_router(openai_router)
     app.include_router(a1111_router)

@@ -23,6 +23,7 @@ from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.control import CancelToken
 from sdworker.events.bus import Subscription
 from sdworker.events.types import JobEvent
+from sdworker.jobs.outbox import WebhookMessage
 from sdworker.jobs.spec import JobDraft, JobSpec
 from sdworker.jobs.state import JobView, WorkerInfo
 
@@ -85,6 +86,14 @@ class JobService(Protocol):
         ...
 
     async def image(self, job_id: str, index: int = 0, *, owner: str | None = None) -> bytes: ...
+
+    def webhook_secrets(self, owner: str | None) -> tuple[str, ...]:
+        """``owner``'s ``whsec_`` webhook secrets, newest first (jobs/outbox.py)."""
+        ...
+
+    async def webhook_messages(self, job_id: str, *, owner: str | None = None) -> list[WebhookMessage]:
+        """The job's webhooks with their attempts, oldest first."""
+        ...
 
     async def fleet(self) -> FleetInfo: ...
 

@@ -28,11 +28,12 @@ from redis.exceptions import RedisError, ResponseError
 
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.parameters import model_label
-from sdworker.errors import JobNotFinished, JobNotFound, NotReady, QueueFull
+from sdworker.errors import InvalidRequest, JobNotFinished, JobNotFound, NotReady, QueueFull
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import ends_stream
 from sdworker.jobs.inputs import DEFAULT_PARAMETERS, DEFAULT_SIZE, check_inputs
 from sdworker.jobs.metrics import ServiceMetrics
+from sdworker.jobs.outbox import WebhookMessage, server_secrets
 from sdworker.jobs.protocol import FleetInfo
 from sdworker.jobs.spec import JobDraft
 from sdworker.jobs.state import JobStatus, JobView, WorkerInfo
@@ -48,6 +49,7 @@ from sdworker.stores.redis import scripts
 from sdworker.stores.redis.codec import job_view, parse_library, parse_worker, text
 from sdworker.stores.redis.hub import StreamHub
 from sdworker.stores.redis.keys import Keys
+from sdworker.webhooks.signing import owner_secret
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,7 @@ class RedisJobService:
     ) -> JobView:
         if not self._accepting:
             raise NotReady("the server is shutting down and accepts no new jobs")
+        _refuse_local_only(draft)
         if idempotency_key is None:
             return await self._submit_new(draft, owner, uuid.uuid4().hex)
         return await self._submit_once(draft, owner, self._keys.idempotency(owner, idempotency_key))
@@ -283,6 +286,16 @@ class RedisJobService:
         if data is None:
             raise JobNotFound(f"the image of job {job_id!r} expired", field="job_id")
         return bytes(data)
+
+    def webhook_secrets(self, owner: str | None) -> tuple[str, ...]:
+        secrets = server_secrets(self._settings)
+        if not secrets:
+            raise NotReady("this fleet has no --webhook-secret (nor --signing-secret) to derive webhook secrets from")
+        return tuple(owner_secret(secret, owner) for secret in secrets)
+
+    async def webhook_messages(self, job_id: str, *, owner: str | None = None) -> list[WebhookMessage]:
+        await self.get(job_id, owner=owner)
+        return []  # a fleet sends no webhooks yet (_refuse_local_only)
 
     async def fleet(self, *, fresh: bool = False) -> FleetInfo:
         now = time.monotonic()
@@ -494,6 +507,17 @@ class RedisJobService:
         for worker in fleet.workers:
             if worker.status == "failed" and (model is None or model in (worker.model, model_label(worker.model))):
                 raise NotReady(f"the worker cannot run jobs: {worker.reason or 'it failed'}")
+
+
+def _refuse_local_only(draft: JobDraft) -> None:
+    """Webhooks and deadlines are kept by the one-process service (memory, SQLite) so far; a fleet
+    refuses them with a clear 400 rather than accepting a job and never honouring them."""
+    if draft.webhook is not None:
+        raise InvalidRequest("webhook: not available on a Redis fleet yet (serve without --redis)", field="webhook")
+    if draft.deadline_seconds is not None:
+        raise InvalidRequest(
+            "deadline_seconds: not available on a Redis fleet yet (serve without --redis)", field="deadline_seconds"
+        )
 
 
 N = TypeVar("N", ModelInfo, LoraInfo)
