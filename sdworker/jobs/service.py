@@ -54,6 +54,7 @@ from sdworker.events.types import (
     end_marker,
     without_image,
 )
+from sdworker.jobs.deadlines import DEADLINE_EXCEEDED, DEADLINE_MESSAGE
 from sdworker.jobs.inputs import DEFAULT_PARAMETERS, DEFAULT_SIZE, check_inputs
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.outbox import WebhookMessage, WebhookOutbox
@@ -77,8 +78,6 @@ log = logging.getLogger(__name__)
 SHUTTING_DOWN = "shutting_down"
 CANCELLED = "cancelled"
 RESTARTED = "restarted"
-DEADLINE_EXCEEDED = "deadline_exceeded"
-DEADLINE_MESSAGE = "the job did not finish within its deadline (deadline_seconds / Cancel-After)"
 HOUSEKEEPING_SECONDS = 1.0
 PROGRESS_WEBHOOK_SECONDS = 1.0  # at most one progress webhook a second per job
 

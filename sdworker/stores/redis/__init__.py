@@ -16,6 +16,7 @@ Key layout (prefix ``sdw`` by default; ``{id}`` is a job id, ``{model}`` a model
 | ``P:job:{id}:w`` | hash, short TTL | watchers per API node (workers decode previews only if > 0) |
 | ``P:workers`` | hash | worker id -> JSON (rbee's WorkerInfo fields + engine details + last seen) |
 | ``P:dead`` | sorted set | jobs that ran out of attempts |
+| ``P:deadlines`` | sorted set | jobs with a deadline, by it: API nodes end those past it |
 | ``P:idem:{owner}:{key}`` | string, TTL | the job an Idempotency-Key made |
 | ``P:ctl`` | pub/sub channel | ``<job id> cancel|interrupt``: tells the worker now (the hash is the truth) |
 

@@ -45,6 +45,11 @@ class Keys:
         return f"{self.prefix}:workers"
 
     @property
+    def deadlines(self) -> str:
+        """Jobs with a deadline, scored by it (epoch seconds): API nodes end those past it."""
+        return f"{self.prefix}:deadlines"
+
+    @property
     def dead(self) -> str:
         return f"{self.prefix}:dead"
 

@@ -31,6 +31,7 @@ from sdworker.domain.parameters import model_label
 from sdworker.errors import InvalidRequest, JobNotFinished, JobNotFound, NotReady, QueueFull
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import ends_stream
+from sdworker.jobs.deadlines import DEADLINE_MESSAGE
 from sdworker.jobs.inputs import DEFAULT_PARAMETERS, DEFAULT_SIZE, check_inputs
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.outbox import WebhookMessage, server_secrets
@@ -61,6 +62,7 @@ EVENTS_MAXLEN = 4096  # a job writes about 2 events per step; steps are capped f
 FLEET_CACHE_SECONDS = 1.0
 POOL_CONNECTIONS = 4  # per client; see connect()
 HEALTH_CHECK_SECONDS = 5
+DEADLINE_POLL_SECONDS = 0.5
 
 
 def connect(url: str, *, name: str, timeout_seconds: float = 5.0, single: bool = False) -> Any:
@@ -126,6 +128,8 @@ class RedisJobService:
         self.bus = EventBus(stall_seconds=settings.watcher_stall_seconds)
         self._hub = StreamHub(self._redis, self._reader, self._keys, self.bus, self.node_id)
         self._submit = self._redis.register_script(scripts.SUBMIT)
+        self._deadline = self._redis.register_script(scripts.DEADLINE)
+        self._deadline_task: asyncio.Task[None] | None = None
         self._cancel = self._redis.register_script(scripts.CANCEL)
         self._positions = self._redis.register_script(scripts.POSITIONS)
         self._accepting = True
@@ -209,6 +213,9 @@ class RedisJobService:
         )
         spec = build_spec(draft, checked, job_id=job_id, created_at=time.time(), owner=owner, model=model,
                           entry=_library_entry(model, fleet))
+        if spec.deadline_at is not None:
+            # Before the job exists: an entry whose submit then fails finds no job and is dropped.
+            await self._call(self._redis.zadd(self._keys.deadlines, {job_id: spec.deadline_at}))
         position = await self._call(
             self._submit(
                 keys=[
@@ -373,6 +380,7 @@ class RedisJobService:
 
     async def start(self) -> None:
         self._hub.start()
+        self._deadline_task = asyncio.get_running_loop().create_task(self._watch_deadlines(), name="sdw-deadlines")
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -396,6 +404,10 @@ class RedisJobService:
 
     async def close(self) -> None:
         self.bus.close_all()
+        if self._deadline_task is not None:
+            self._deadline_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._deadline_task
         await self._hub.close()
         for client in (self._redis, self._reader):
             try:
@@ -404,6 +416,32 @@ class RedisJobService:
                 log.debug("closing a Redis client failed", exc_info=True)
 
     # --- internals -----------------------------------------------------------------------------
+
+    async def _watch_deadlines(self) -> None:
+        """Every API node looks twice a second for jobs past their deadline and ends them (``DEADLINE``
+        is atomic and takes the job off ``P:deadlines`` first, so two nodes never both act on one)."""
+        while True:
+            await asyncio.sleep(DEADLINE_POLL_SECONDS)
+            try:
+                due = await self._redis.zrangebyscore(self._keys.deadlines, "-inf", time.time(), start=0, num=100)
+                for raw in due:
+                    await self._end_past_deadline(text(raw) or "")
+            except (RedisError, OSError):
+                log.debug("deadline sweep: Redis unavailable; next round", exc_info=True)
+            except Exception:
+                log.exception("deadline sweep failed")
+
+    async def _end_past_deadline(self, job_id: str) -> None:
+        model = text(await self._redis.hget(self._keys.job(job_id), "model")) or ""
+        k = self._keys
+        state = await self._deadline(
+            keys=[k.job(job_id), k.events(job_id), k.preview(job_id), k.queue(model), k.queued, k.queued_model(model),
+                  k.deadlines],
+            args=[job_id, ttl_ms(self._settings), EVENTS_MAXLEN, k.control, DEADLINE_MESSAGE],
+        )
+        if text(state) == "cancelled":
+            self._metrics.jobs_finished.labels(outcome="cancelled").inc()
+            await self._positions(keys=[k.queued_model(model)], args=[k.prefix, EVENTS_MAXLEN])
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
         """Redis errors as 503s that say what is wrong (never the URL's password)."""
@@ -510,14 +548,10 @@ class RedisJobService:
 
 
 def _refuse_local_only(draft: JobDraft) -> None:
-    """Webhooks and deadlines are kept by the one-process service (memory, SQLite) so far; a fleet
-    refuses them with a clear 400 rather than accepting a job and never honouring them."""
+    """Webhooks are sent by the one-process service (memory, SQLite) so far; a fleet refuses them with
+    a clear answer rather than accepting a job and never sending its webhooks."""
     if draft.webhook is not None:
         raise InvalidRequest("webhook: not available on a Redis fleet yet (serve without --redis)", field="webhook")
-    if draft.deadline_seconds is not None:
-        raise InvalidRequest(
-            "deadline_seconds: not available on a Redis fleet yet (serve without --redis)", field="deadline_seconds"
-        )
 
 
 N = TypeVar("N", ModelInfo, LoraInfo)
