@@ -67,10 +67,10 @@ def create_app(
     metrics = metrics or ServiceMetrics()
     if service is None:
         local = LocalJobService(settings, metrics, store=store or MemoryStore())
-        local.webhooks.render = job_detail  # a webhook's body is the job as GET /v1/jobs/{id} shows it
         service, source = local, local
         if engine is not None:
             local.attach_library(engine)
+    service.render_webhooks_with(job_detail)  # a webhook's body is the job as GET /v1/jobs/{id} shows it
     runner = None
     if engine is not None:
         if source is None:

@@ -15,9 +15,9 @@ any other, and across a retried attempt the ids keep increasing.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.control import CancelToken
@@ -93,6 +93,10 @@ class JobService(Protocol):
 
     async def webhook_messages(self, job_id: str, *, owner: str | None = None) -> list[WebhookMessage]:
         """The job's webhooks with their attempts, oldest first."""
+        ...
+
+    def render_webhooks_with(self, render: Callable[[JobView], dict[str, Any]]) -> None:
+        """How a webhook's body shows the job (the API's own view, ``api/views.py: job_detail``)."""
         ...
 
     async def fleet(self) -> FleetInfo: ...

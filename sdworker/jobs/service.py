@@ -34,6 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import replace
+from typing import Any
 
 from sdworker.domain.batch_plan import batch_key
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
@@ -296,6 +297,9 @@ class LocalJobService:
     async def webhook_messages(self, job_id: str, *, owner: str | None = None) -> list[WebhookMessage]:
         self._record(job_id, owner)
         return self.webhooks.messages(job_id)
+
+    def render_webhooks_with(self, render: Callable[[JobView], dict[str, Any]]) -> None:
+        self.webhooks.render = render
 
     async def fleet(self) -> FleetInfo:
         # ``models`` stays --model's name (what the compat doors list and hash); ``library`` has the rest.

@@ -1,5 +1,5 @@
-"""The integrator contract (webhooks, deadlines, sync mode) on the one-process stores: memory and a real
-SQLite file. (A Redis fleet refuses webhooks and deadlines with a 400 so far: test_redis_refuses.py.)"""
+"""The integrator contract (webhooks, deadlines, sync mode) on every store: memory, a real SQLite file and
+a real redis-server (an API node and a worker in one app), as tests/api does."""
 
 from __future__ import annotations
 
@@ -8,11 +8,16 @@ from collections.abc import Iterator
 import pytest
 
 from tests.api import helpers
+from tests.redis_server import RedisServer
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    helpers.BACKEND.update(name=request.param, url=None)
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        helpers.BACKEND.update(name="redis", url=server.url)
+    else:
+        helpers.BACKEND.update(name=request.param, url=None)
     try:
         yield request.param
     finally:

@@ -3,27 +3,10 @@ over HTTP on every store: memory, SQLite and a real redis-server (API node and w
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from sdworker.engine.fake import FakeEngine
-from tests.api import helpers
 from tests.api.helpers import running_app
-from tests.redis_server import RedisServer
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        helpers.BACKEND.update(name="redis", url=server.url)
-    else:
-        helpers.BACKEND.update(name=request.param, url=None)
-    try:
-        yield request.param
-    finally:
-        helpers.BACKEND.update(name="memory", url=None)
 
 SLOW = {"prompt": "a cat", "steps": 60, "width": 64, "height": 64}  # 60 steps of 0.2 s: 12 s
 

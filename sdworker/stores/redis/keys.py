@@ -45,6 +45,17 @@ class Keys:
         return f"{self.prefix}:workers"
 
     @property
+    def webhook_jobs(self) -> str:
+        """Jobs whose webhooks are not all sent yet, by creation time (stores/redis/webhooks.py)."""
+        return f"{self.prefix}:wh:jobs"
+
+    def webhook_lease(self, job_id: str) -> str:
+        return f"{self.prefix}:wh:lease:{job_id}"
+
+    def webhooks(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:wh"
+
+    @property
     def deadlines(self) -> str:
         """Jobs with a deadline, scored by it (epoch seconds): API nodes end those past it."""
         return f"{self.prefix}:deadlines"

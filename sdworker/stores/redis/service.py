@@ -17,7 +17,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -50,7 +50,9 @@ from sdworker.stores.redis import scripts
 from sdworker.stores.redis.codec import job_view, parse_library, parse_worker, text
 from sdworker.stores.redis.hub import StreamHub
 from sdworker.stores.redis.keys import Keys
+from sdworker.stores.redis.webhooks import RedisWebhookRelay
 from sdworker.webhooks.signing import owner_secret
+from sdworker.webhooks.targets import check_target
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ FLEET_CACHE_SECONDS = 1.0
 POOL_CONNECTIONS = 4  # per client; see connect()
 HEALTH_CHECK_SECONDS = 5
 DEADLINE_POLL_SECONDS = 0.5
+NO_FLEET_SECRET = "this fleet has no --webhook-secret (nor --signing-secret) shared by its API nodes to sign with"
 
 
 def connect(url: str, *, name: str, timeout_seconds: float = 5.0, single: bool = False) -> Any:
@@ -130,6 +133,9 @@ class RedisJobService:
         self._submit = self._redis.register_script(scripts.SUBMIT)
         self._deadline = self._redis.register_script(scripts.DEADLINE)
         self._deadline_task: asyncio.Task[None] | None = None
+        self._webhooks = RedisWebhookRelay(
+            self._redis, self._keys, settings, server_secrets(settings), self.node_id, self.get
+        )
         self._cancel = self._redis.register_script(scripts.CANCEL)
         self._positions = self._redis.register_script(scripts.POSITIONS)
         self._accepting = True
@@ -145,7 +151,7 @@ class RedisJobService:
     ) -> JobView:
         if not self._accepting:
             raise NotReady("the server is shutting down and accepts no new jobs")
-        _refuse_local_only(draft)
+        await self._check_webhook(draft)
         if idempotency_key is None:
             return await self._submit_new(draft, owner, uuid.uuid4().hex)
         return await self._submit_once(draft, owner, self._keys.idempotency(owner, idempotency_key))
@@ -213,6 +219,8 @@ class RedisJobService:
         )
         spec = build_spec(draft, checked, job_id=job_id, created_at=time.time(), owner=owner, model=model,
                           entry=_library_entry(model, fleet))
+        if spec.webhook is not None:
+            await self._call(self._webhooks.watch(job_id, spec.created_at))  # before the job: never missed
         if spec.deadline_at is not None:
             # Before the job exists: an entry whose submit then fails finds no job and is dropped.
             await self._call(self._redis.zadd(self._keys.deadlines, {job_id: spec.deadline_at}))
@@ -297,12 +305,24 @@ class RedisJobService:
     def webhook_secrets(self, owner: str | None) -> tuple[str, ...]:
         secrets = server_secrets(self._settings)
         if not secrets:
-            raise NotReady("this fleet has no --webhook-secret (nor --signing-secret) to derive webhook secrets from")
+            raise NotReady(NO_FLEET_SECRET)
         return tuple(owner_secret(secret, owner) for secret in secrets)
 
     async def webhook_messages(self, job_id: str, *, owner: str | None = None) -> list[WebhookMessage]:
         await self.get(job_id, owner=owner)
-        return []  # a fleet sends no webhooks yet (_refuse_local_only)
+        return await self._call(self._webhooks.messages(job_id))
+
+    def render_webhooks_with(self, render: Callable[[JobView], dict[str, Any]]) -> None:
+        self._webhooks.render = render
+
+    async def _check_webhook(self, draft: JobDraft) -> None:
+        if draft.webhook is None:
+            return
+        if not server_secrets(self._settings):
+            # Every API node must sign alike, so a fleet needs a shared secret; none is made up here.
+            raise InvalidRequest(f"webhook: {NO_FLEET_SECRET}", field="webhook")
+        allow_private = self._settings.webhook_allow_private
+        await asyncio.to_thread(check_target, draft.webhook.url, allow_private=allow_private)
 
     async def fleet(self, *, fresh: bool = False) -> FleetInfo:
         now = time.monotonic()
@@ -381,6 +401,7 @@ class RedisJobService:
     async def start(self) -> None:
         self._hub.start()
         self._deadline_task = asyncio.get_running_loop().create_task(self._watch_deadlines(), name="sdw-deadlines")
+        await self._webhooks.start()
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -408,6 +429,7 @@ class RedisJobService:
             self._deadline_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._deadline_task
+        await self._webhooks.close()
         await self._hub.close()
         for client in (self._redis, self._reader):
             try:
@@ -545,13 +567,6 @@ class RedisJobService:
         for worker in fleet.workers:
             if worker.status == "failed" and (model is None or model in (worker.model, model_label(worker.model))):
                 raise NotReady(f"the worker cannot run jobs: {worker.reason or 'it failed'}")
-
-
-def _refuse_local_only(draft: JobDraft) -> None:
-    """Webhooks are sent by the one-process service (memory, SQLite) so far; a fleet refuses them with
-    a clear answer rather than accepting a job and never sending its webhooks."""
-    if draft.webhook is not None:
-        raise InvalidRequest("webhook: not available on a Redis fleet yet (serve without --redis)", field="webhook")
 
 
 N = TypeVar("N", ModelInfo, LoraInfo)
