@@ -483,6 +483,9 @@ class LocalJobService:
         record.attempt += 1
         record.started_at = self._clock()
         self.store.save(record)
+        self._metrics.job_queue_seconds.labels(model=self._model_label(record)).observe(
+            max(0.0, record.started_at - record.spec.created_at)
+        )
         self._emit(JobStarted(job_id=job_id, attempt=record.attempt, worker="local"))
         self._owe_webhook(record, "start")
         return record
@@ -558,6 +561,7 @@ class LocalJobService:
         self._metrics.jobs_finished.labels(outcome=status.value).inc()
         if record.started_at is not None:
             seconds = record.finished_at - record.started_at
+            self._metrics.job_run_seconds.labels(model=self._model_label(record)).observe(max(0.0, seconds))
             self._job_seconds = seconds if not self._job_seconds else 0.8 * self._job_seconds + 0.2 * seconds
         if code is not None and message is not None:
             self._publish_outcome(JobFailed(job_id=record.job_id, code=code, message=message))
@@ -570,6 +574,9 @@ class LocalJobService:
         if waiter is not None:
             waiter.set()
         self._drop(self._store.trim(keep=record.job_id))
+
+    def _model_label(self, record: JobRecord) -> str:
+        return record.spec.request.model or self._settings.model
 
     def _owe_webhook(self, record: JobRecord, event: str) -> bool:
         """Write the webhook ``event`` of the job to the outbox, if its ``webhook`` asked for it."""

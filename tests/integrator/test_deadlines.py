@@ -73,3 +73,22 @@ async def test_prefer_wait_answers_202_when_the_job_takes_longer(backend: str) -
         await app.client.delete(f"/v1/jobs/{answer.json()['job_id']}")
     assert answer.status_code == 202, answer.text
     assert answer.json()["status"] in ("queued", "running")
+
+
+async def test_metrics_have_queue_and_run_seconds_per_model(backend: str) -> None:
+    def counts(text: str, name: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith(f"{name}_count{{")]
+
+    async with running_app(metrics_public=True) as app:
+        job_id = await app.submit()
+        await app.wait_status(job_id, "completed")
+
+        async def observed() -> bool:  # a fleet's worker observes just after it stored the result
+            text = (await app.client.get("/metrics")).text
+            return bool(counts(text, "sdworker_job_run_seconds"))
+
+        await app.wait_for(observed)
+        text = (await app.client.get("/metrics")).text
+    for name in ("sdworker_job_queue_seconds", "sdworker_job_run_seconds"):
+        [line] = counts(text, name)
+        assert 'model="demo"' in line and float(line.split()[-1]) == 1.0, line  # --model's name, one job
