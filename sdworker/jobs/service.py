@@ -409,7 +409,7 @@ class LocalJobService:
         for other in self._queue.specs():
             if len(taken) >= limit:
                 break
-            if _batchable(first, other) and self._queue.remove(other.job_id):
+            if _batchable(first, other) and self._queue.take(other.job_id):
                 taken.append(other)
         return taken
 
@@ -687,8 +687,10 @@ class LocalJobService:
                 self.store.save(record, durable=True)
                 self._emit(JobRetrying(job_id=record.job_id, attempt=record.attempt + 1, reason=RESTARTED))
                 retried.append(record.spec)
-        for spec in [*retried, *queued]:
+        for spec in queued:
             self._queue.restore(spec)
+        for spec in reversed(retried):  # a job that was running goes first again
+            self._queue.put_front(spec)
 
     def _reopen_channel(self, job_id: str) -> None:
         """A finished job's events from the store, for a stream asked after a restart."""
