@@ -92,6 +92,7 @@ def create_app(
         runner.listen(node.heartbeat.changed)
 
     keys = KeyRing(settings)
+    service.use_quotas(keys.quota)  # the keys file's per-key priority, max_queued, rate
     signer = url_signer(settings)
 
     mcp: McpMount | None = None

@@ -173,6 +173,7 @@ class JobRequest(BaseModel):
         None, gt=0, le=MAX_DEADLINE_SECONDS,
         description="after submit; a job not finished by then ends cancelled, code deadline_exceeded",
     )
+    priority: int = Field(0, ge=0, le=100, description="higher starts first; at most the API key's own priority")
 
 
 def to_draft(body: JobRequest, settings: Settings, *, cancel_after: float | None = None) -> JobDraft:
@@ -217,6 +218,7 @@ def to_draft(body: JobRequest, settings: Settings, *, cancel_after: float | None
         request, preview=preview_options(body.preview, settings), hive_id=body.hive_id, worker_id=body.worker_id,
         webhook=Webhook(webhook.url, tuple(dict.fromkeys(webhook.events))) if webhook is not None else None,
         deadline_seconds=min(deadlines) if deadlines else None,
+        priority=body.priority,
     )
 
 

@@ -24,6 +24,7 @@ from sdworker.domain.control import CancelToken
 from sdworker.events.bus import Subscription
 from sdworker.events.types import JobEvent
 from sdworker.jobs.outbox import WebhookMessage
+from sdworker.jobs.quotas import QuotaLookup
 from sdworker.jobs.spec import JobDraft, JobSpec
 from sdworker.jobs.state import JobView, WorkerInfo
 
@@ -97,6 +98,10 @@ class JobService(Protocol):
 
     def render_webhooks_with(self, render: Callable[[JobView], dict[str, Any]]) -> None:
         """How a webhook's body shows the job (the API's own view, ``api/views.py: job_detail``)."""
+        ...
+
+    def use_quotas(self, lookup: QuotaLookup) -> None:
+        """Where an owner's keys-file quota comes from (``api/auth.py: KeyRing.quota``)."""
         ...
 
     async def fleet(self) -> FleetInfo: ...

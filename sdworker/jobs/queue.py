@@ -4,12 +4,12 @@ dispatch task gets; no thread touches it.
 A slot is reserved before the service decodes a request's images (so a full queue answers 429 at
 once, without decoding megabytes of base64) and released if decoding fails.
 
-Fair share: the next job is the oldest queued job of the owner (API key) whose last job started least
-recently, so one tenant's 500 queued jobs do not starve another's one (round-robin by owner, as
-InvokeAI's default). An owner that has never started a job comes first, owners tie by their oldest
-job. A job handed back by its runner goes before all of them. ``position``, ``job_ids`` and
-``specs`` (the runner's batch partners) all follow this one order, so what a watcher is told is
-what happens.
+Priorities and fair share: the next job is one of the highest ``priority`` queued; among those, the
+oldest queued job of the owner (API key) whose last job started least recently, so one tenant's 500
+queued jobs do not starve another's one (round-robin by owner, as InvokeAI's default). An owner that
+has never started a job comes first, owners tie by their oldest job. A job handed back by its runner
+goes before all of them. ``position``, ``job_ids`` and ``specs`` (the runner's batch partners) all
+follow this one order, so what a watcher is told is what happens.
 """
 
 from __future__ import annotations
@@ -146,14 +146,21 @@ class InMemoryJobQueue:
         self._last_start[spec.owner] = self._starts
 
     def _order(self) -> list[JobSpec]:
-        """Handed-back jobs, then round-robin by owner: owners by their last start (never = first; ties
-        by their oldest job), one job each per round, each owner's jobs oldest first. After an owner's
-        job starts it has the latest start, so the owners keep this order round after round."""
+        """Handed-back jobs, then each priority (highest first) in round-robin by owner."""
+        order = list(self._front)
+        for level in sorted({spec.priority for spec in self._items}, reverse=True):
+            order += self._round_robin([spec for spec in self._items if spec.priority == level])
+        return order
+
+    def _round_robin(self, specs: list[JobSpec]) -> list[JobSpec]:
+        """Owners by their last start (never = first; ties by their oldest job), one job each per
+        round, each owner's jobs oldest first. After an owner's job starts it has the latest start, so
+        the owners keep this order round after round."""
         by_owner: dict[str | None, list[JobSpec]] = {}
-        for spec in self._items:  # in submission order: each owner's list is oldest first
+        for spec in specs:  # in submission order: each owner's list is oldest first
             by_owner.setdefault(spec.owner, []).append(spec)
         owners = sorted(by_owner, key=lambda owner: self._last_start.get(owner, 0))  # stable: ties by oldest
-        order = list(self._front)
+        order: list[JobSpec] = []
         for round_index in range(max((len(jobs) for jobs in by_owner.values()), default=0)):
             order += [by_owner[o][round_index] for o in owners if round_index < len(by_owner[o])]
         return order

@@ -61,6 +61,7 @@ from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.outbox import WebhookMessage, WebhookOutbox
 from sdworker.jobs.protocol import FleetInfo, Lease
 from sdworker.jobs.queue import InMemoryJobQueue
+from sdworker.jobs.quotas import QuotaLookup, RateWindow, check_priority, check_queued, no_quota
 from sdworker.jobs.spec import JobDraft, JobSpec
 from sdworker.jobs.state import JobStatus, JobView
 from sdworker.jobs.store import JobIndex, JobRecord, JobStore
@@ -158,6 +159,8 @@ class LocalJobService:
         self._library: ModelLibrary | None = None
         self.webhooks = WebhookOutbox(store, settings, clock=clock)
         self._progress_webhook_at: dict[str, float] = {}
+        self._quota: QuotaLookup = no_quota
+        self._rates = RateWindow()
         self._deadline_timers: dict[str, asyncio.TimerHandle] = {}
         metrics.bind(queue_depth=lambda: len(self._queue), watchers=self.bus.total_watchers)
         self._resume()
@@ -193,6 +196,11 @@ class LocalJobService:
     async def _submit(self, draft: JobDraft, owner: str | None, idempotency_key: str | None) -> JobView:
         self._check_available()
         check_against_engine(draft, self._engine_info)
+        quota = self._quota(owner)
+        check_priority(quota, owner, draft.priority)
+        if quota is not None and quota.max_queued is not None:
+            check_queued(quota, sum(1 for r in self._store.records()
+                                    if r.status is JobStatus.QUEUED and r.spec.owner == owner))
         if draft.webhook is not None:  # a DNS look-up: off the loop
             await asyncio.to_thread(
                 check_target, draft.webhook.url, allow_private=self._settings.webhook_allow_private
@@ -200,6 +208,7 @@ class LocalJobService:
         model, default_size, defaults, entry = await self._pick_model(draft)
         reservation = self._queue.reserve()
         try:
+            self._rates.take(quota, owner)  # last: a refused submit (full queue, bad field) is not counted
             checked = await asyncio.to_thread(
                 check_inputs, draft.request, max_pixels=self._settings.max_pixels, default_size=default_size,
                 defaults=defaults,
@@ -300,6 +309,9 @@ class LocalJobService:
 
     def render_webhooks_with(self, render: Callable[[JobView], dict[str, Any]]) -> None:
         self.webhooks.render = render
+
+    def use_quotas(self, lookup: QuotaLookup) -> None:
+        self._quota = lookup
 
     async def fleet(self) -> FleetInfo:
         # ``models`` stays --model's name (what the compat doors list and hash); ``library`` has the rest.

@@ -42,6 +42,7 @@ class JobDraft:
     worker_id: str | None = None
     webhook: Webhook | None = None
     deadline_seconds: float | None = None  # after submit; past it the job ends deadline_exceeded
+    priority: int = 0  # higher first; a key may ask up to its keys-file priority
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ class JobSpec:
     warnings: tuple[str, ...] = ()  # what the model's family ignores of the request, said at submit
     webhook: Webhook | None = None
     deadline_at: float | None = None  # epoch seconds; a job not finished by then is cancelled
+    priority: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = to_json(self)

@@ -150,6 +150,7 @@ def build_spec(
         warnings=family_warnings(checked, entry),
         webhook=draft.webhook,
         deadline_at=None if draft.deadline_seconds is None else created_at + draft.deadline_seconds,
+        priority=draft.priority,
     )
 
 

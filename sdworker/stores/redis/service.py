@@ -36,6 +36,14 @@ from sdworker.jobs.inputs import DEFAULT_PARAMETERS, DEFAULT_SIZE, check_inputs
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.outbox import WebhookMessage, server_secrets
 from sdworker.jobs.protocol import FleetInfo
+from sdworker.jobs.quotas import (
+    RATE_WINDOW_SECONDS,
+    QuotaLookup,
+    check_priority,
+    check_queued,
+    no_quota,
+    rate_exceeded,
+)
 from sdworker.jobs.spec import JobDraft
 from sdworker.jobs.state import JobStatus, JobView, WorkerInfo
 from sdworker.jobs.submission import (
@@ -45,7 +53,7 @@ from sdworker.jobs.submission import (
     check_lora_names,
     resolve_model,
 )
-from sdworker.settings import Settings
+from sdworker.settings import KeyQuota, Settings
 from sdworker.stores.redis import scripts
 from sdworker.stores.redis.codec import job_view, parse_library, parse_worker, text
 from sdworker.stores.redis.hub import StreamHub
@@ -133,6 +141,7 @@ class RedisJobService:
         self._submit = self._redis.register_script(scripts.SUBMIT)
         self._deadline = self._redis.register_script(scripts.DEADLINE)
         self._deadline_task: asyncio.Task[None] | None = None
+        self._quota: QuotaLookup = no_quota
         self._webhooks = RedisWebhookRelay(
             self._redis, self._keys, settings, server_secrets(settings), self.node_id, self.get
         )
@@ -213,12 +222,16 @@ class RedisJobService:
             check_family_rules(draft, served_model)
         if fleet.queue_depth >= self._settings.max_queue:
             raise self._queue_full()
+        quota = await self._check_quota(draft, owner)
         checked = await asyncio.to_thread(
             check_inputs, draft.request, max_pixels=self._settings.max_pixels, default_size=_native_size(model, fleet),
             defaults=_defaults(model, fleet),
         )
         spec = build_spec(draft, checked, job_id=job_id, created_at=time.time(), owner=owner, model=model,
                           entry=_library_entry(model, fleet))
+        await self._take_rate(quota, owner, job_id)
+        if owner is not None and quota is not None and quota.max_queued is not None:
+            await self._call(self._redis.zadd(self._keys.owner_queued(owner), {job_id: spec.created_at}))
         if spec.webhook is not None:
             await self._call(self._webhooks.watch(job_id, spec.created_at))  # before the job: never missed
         if spec.deadline_at is not None:
@@ -314,6 +327,51 @@ class RedisJobService:
 
     def render_webhooks_with(self, render: Callable[[JobView], dict[str, Any]]) -> None:
         self._webhooks.render = render
+
+    def use_quotas(self, lookup: QuotaLookup) -> None:
+        self._quota = lookup
+
+    async def _check_quota(self, draft: JobDraft, owner: str | None) -> KeyQuota | None:
+        """The keys file's quotas, counted in Redis so every API node sees the same counts."""
+        quota = self._quota(owner)
+        check_priority(quota, owner, draft.priority)
+        if draft.priority > 0:
+            # The fleet's claim order is first come, first served so far: a priority it would not honour
+            # is refused rather than ignored.
+            raise InvalidRequest("priority: not available on a Redis fleet yet (serve without --redis)",
+                                 field="priority")
+        if quota is None or owner is None:
+            return quota
+        if quota.max_queued is not None:
+            check_queued(quota, await self._queued_of(owner))
+        return quota
+
+    async def _queued_of(self, owner: str) -> int:
+        """The owner's queued jobs: its list at submit, pruned of the jobs that have left the queue."""
+        key = self._keys.owner_queued(owner)
+        ids = [text(i) or "" for i in await self._call(self._redis.zrange(key, 0, -1))]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(self._keys.job(job_id), "state")
+            states = await self._call(pipe.execute())
+        gone = [job_id for job_id, state in zip(ids, states, strict=True) if state != b"queued"]
+        if gone:
+            await self._call(self._redis.zrem(key, *gone))
+        return len(ids) - len(gone)
+
+    async def _take_rate(self, quota: KeyQuota | None, owner: str | None, job_id: str) -> None:
+        if quota is None or quota.rate is None or owner is None:
+            return
+        key, now = self._keys.owner_rate(owner), time.time()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(key, "-inf", now - RATE_WINDOW_SECONDS)
+            pipe.zrange(key, 0, 0, withscores=True)
+            pipe.zcard(key)
+            _, oldest, count = await self._call(pipe.execute())
+        if count >= quota.rate:
+            raise rate_exceeded(quota, oldest[0][1] + RATE_WINDOW_SECONDS - now if oldest else RATE_WINDOW_SECONDS)
+        await self._call(self._redis.zadd(key, {job_id: now}))
+        await self._call(self._redis.pexpire(key, int(RATE_WINDOW_SECONDS * 1000)))
 
     async def _check_webhook(self, draft: JobDraft) -> None:
         if draft.webhook is None:
