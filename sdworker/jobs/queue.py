@@ -57,6 +57,8 @@ class InMemoryJobQueue:
         self._front: deque[JobSpec] = deque()  # handed back: before the fair order
         self._starts = 0
         self._last_start: dict[str | None, int] = {}  # owner -> when its last job started (a counter)
+        # The start order, computed once per change (a queued job's view asks its position each time).
+        self._cached: tuple[list[JobSpec], dict[str, int]] | None = None
         self._reserved = 0
         self._not_empty = asyncio.Event()
         self._put = asyncio.Event()  # set by every put: wakes a runner waiting for batch partners
@@ -85,28 +87,26 @@ class InMemoryJobQueue:
         reservation.used = True
         self._reserved -= 1
         self._items.append(spec)
-        self._not_empty.set()
-        self._put.set()
+        self._changed()
         return self.position(spec.job_id) or len(self)
 
     def restore(self, spec: JobSpec) -> None:
         """A job loaded from a durable store at start, in its order (it held a slot before the restart,
         so none is taken now)."""
         self._items.append(spec)
-        self._not_empty.set()
-        self._put.set()
+        self._changed()
 
     def put_front(self, spec: JobSpec) -> None:
         """A job handed back by its runner goes first again (no slot needed: it held one)."""
         self._front.appendleft(spec)
-        self._not_empty.set()
-        self._put.set()
+        self._changed()
 
     def remove(self, job_id: str) -> bool:
         for items in (self._front, self._items):
             for spec in items:
                 if spec.job_id == job_id:
                     items.remove(spec)
+                    self._cached = None
                     return True
         return False
 
@@ -120,23 +120,21 @@ class InMemoryJobQueue:
         return False
 
     def position(self, job_id: str) -> int | None:
-        for index, spec in enumerate(self._order(), start=1):
-            if spec.job_id == job_id:
-                return index
-        return None
+        index = self._ordered()[1].get(job_id)
+        return None if index is None else index + 1
 
     def job_ids(self) -> list[str]:
-        return [spec.job_id for spec in self._order()]
+        return [spec.job_id for spec in self._ordered()[0]]
 
     def specs(self) -> list[JobSpec]:
         """The queued jobs in the order they will start."""
-        return self._order()
+        return list(self._ordered()[0])
 
     async def get(self) -> JobSpec:
         while not len(self):
             self._not_empty.clear()
             await self._not_empty.wait()
-        spec = self._front.popleft() if self._front else self._order()[0]
+        spec = self._front[0] if self._front else self._ordered()[0][0]
         self.remove(spec.job_id)
         self._started(spec)
         return spec
@@ -144,6 +142,18 @@ class InMemoryJobQueue:
     def _started(self, spec: JobSpec) -> None:
         self._starts += 1
         self._last_start[spec.owner] = self._starts
+        self._cached = None
+
+    def _changed(self) -> None:
+        self._cached = None
+        self._not_empty.set()
+        self._put.set()
+
+    def _ordered(self) -> tuple[list[JobSpec], dict[str, int]]:
+        if self._cached is None:
+            order = self._order()
+            self._cached = (order, {spec.job_id: index for index, spec in enumerate(order)})
+        return self._cached
 
     def _order(self) -> list[JobSpec]:
         """Handed-back jobs, then each priority (highest first) in round-robin by owner."""
