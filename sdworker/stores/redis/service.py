@@ -439,7 +439,9 @@ class RedisJobService:
             raise JobNotFound(f"no dead-lettered job {job_id!r}", field="job_id")
         old = await self.get(job_id)
         spec = old.spec
-        draft = JobDraft(spec.request, preview=spec.preview, hive_id=spec.hive_id, worker_id=spec.worker_id)
+        # Its webhook and priority go with it; a deadline was relative to the first submit, long past.
+        draft = JobDraft(spec.request, preview=spec.preview, hive_id=spec.hive_id, worker_id=spec.worker_id,
+                         webhook=spec.webhook, priority=spec.priority)
         view = await self.submit(draft, owner=spec.owner)
         await self._call(self._redis.zrem(self._keys.dead, job_id))
         return view
