@@ -7,7 +7,8 @@ webhooks go out once and in order, and when that node dies its lease runs out (a
 goes on from where the outbox says.
 
 The outbox of a job is ``P:job:{id}:wh`` (a hash): ``cursor``, the last event of the job's event
-stream turned into messages, and one field per message (``WebhookMessage`` as JSON). A message's id is
+stream turned into messages, ``due``, when its first pending message is to be tried, and one field
+per message (``WebhookMessage`` as JSON). A message's id is
 made from the job and its event's seq (``msg_<job>_<seq>``), so a node that takes over after a death
 writes exactly the message the dead node would have: same ``webhook-id``, and receivers dedupe. The
 body is the job's view when the relay reads the event (normally within a fraction of a second).
@@ -113,27 +114,42 @@ class RedisWebhookRelay:
         return text(await self._redis.get(key)) == self._node_id
 
     async def _serve_job(self, client: httpx.AsyncClient, job_id: str) -> None:
-        """Turn the job's new events into messages, then send its first pending message when due."""
+        """Turn the job's new events into messages, then send its first pending message when due. A job
+        with no new event and nothing due costs one round trip (its ``seq`` against the outbox's
+        ``cursor`` and ``due``), however many jobs are listed."""
+        k = self._keys
         try:
-            await self._redis.pexpire(self._keys.webhook_lease(job_id), self._lease_ms)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.pexpire(k.webhook_lease(job_id), self._lease_ms)
+                pipe.hget(k.job(job_id), "seq")
+                pipe.hmget(k.webhooks(job_id), ["cursor", "due"])
+                _, seq, (cursor, due) = await pipe.execute()
+            if seq is not None and int(seq) <= int(cursor or 0) and (due is None or float(due) > time.time()):
+                return
             view: JobView = await self._view(job_id)
         except Exception:  # the job expired (JobNotFound) or Redis is away: nothing to owe any more
             with contextlib.suppress(Exception):
-                if not await self._redis.exists(self._keys.job(job_id)):
-                    await self._redis.zrem(self._keys.webhook_jobs, job_id)
+                if not await self._redis.exists(k.job(job_id)):
+                    await self._redis.zrem(k.webhook_jobs, job_id)
             return
         try:
-            fields = await self._redis.hgetall(self._keys.webhooks(job_id))
+            fields = await self._redis.hgetall(k.webhooks(job_id))
             messages = _messages(fields)
             messages += await self._new_messages(job_id, view, int(fields.get(b"cursor", b"0")), messages)
             pending = [m for m in messages if m.state == "pending"]
             if pending and pending[0].next_at <= time.time():
-                await self._attempt(client, pending[0])
-            elif not pending and view.status.finished and _cursor_done(messages, view):
-                await self._redis.zrem(self._keys.webhook_jobs, job_id)
+                sent = await self._attempt(client, pending[0])
+                pending = [sent, *pending[1:]] if sent.state == "pending" else pending[1:]
+            if pending:
+                await self._redis.hset(k.webhooks(job_id), "due", repr(pending[0].next_at))
+            elif view.status.finished and _cursor_done(messages, view):
+                await self._redis.zrem(k.webhook_jobs, job_id)
                 ttl_ms = max(1, int(self._settings.result_ttl_seconds * 1000))
-                await self._redis.pexpire(self._keys.webhooks(job_id), ttl_ms)
-                await self._redis.delete(self._keys.webhook_lease(job_id))
+                await self._redis.hdel(k.webhooks(job_id), "due")
+                await self._redis.pexpire(k.webhooks(job_id), ttl_ms)
+                await self._redis.delete(k.webhook_lease(job_id))
+            else:
+                await self._redis.hdel(k.webhooks(job_id), "due")
         except Exception:
             log.exception("webhooks of job %s: a round failed", job_id)
 
@@ -157,6 +173,8 @@ class RedisWebhookRelay:
                 continue  # at most one a second, as in one process
             if event == "progress":
                 last_progress = now
+            if (event == "completed" and not view.status.finished) or (event == "start" and view.started_at is None):
+                view = await self._view(job_id)  # the event came after the view was read: read it again
             body = {"type": f"job.{event}", "timestamp": iso_now(now), "data": self.render(view)}
             made.append(WebhookMessage(
                 message_id=f"msg_{job_id}_{last}", job_id=job_id, owner=view.spec.owner, url=webhook.url,
@@ -170,7 +188,7 @@ class RedisWebhookRelay:
                 await pipe.execute()
         return made
 
-    async def _attempt(self, client: httpx.AsyncClient, message: WebhookMessage) -> None:
+    async def _attempt(self, client: httpx.AsyncClient, message: WebhookMessage) -> WebhookMessage:
         try:
             allow_private = self._settings.webhook_allow_private
             target = await asyncio.to_thread(check_target, message.url, allow_private=allow_private)
@@ -188,6 +206,7 @@ class RedisWebhookRelay:
             updated = replace(message, attempts=attempts, next_at=attempt.at + backoff_seconds(len(attempts)))
         await self._redis.hset(self._keys.webhooks(message.job_id), f"m:{message.message_id}",
                                json.dumps(updated.to_dict()))
+        return updated
 
 
 def _messages(fields: dict[bytes, bytes]) -> list[WebhookMessage]:
