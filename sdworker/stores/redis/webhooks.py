@@ -32,7 +32,7 @@ import httpx
 
 from sdworker.errors import InvalidRequest
 from sdworker.jobs.outbox import WebhookMessage, iso_now
-from sdworker.jobs.state import JobView
+from sdworker.jobs.state import JobStatus, JobView
 from sdworker.settings import Settings
 from sdworker.stores.redis.codec import text
 from sdworker.stores.redis.keys import Keys
@@ -173,9 +173,10 @@ class RedisWebhookRelay:
                 continue  # at most one a second, as in one process
             if event == "progress":
                 last_progress = now
-            if (event == "completed" and not view.status.finished) or (event == "start" and view.started_at is None):
-                view = await self._view(job_id)  # the event came after the view was read: read it again
-            body = {"type": f"job.{event}", "timestamp": iso_now(now), "data": self.render(view)}
+            if event == "completed" and not view.status.finished:
+                view = await self._view(job_id)  # the end came after the view was read: read it again
+            shown = view if event == "completed" else _as_at(view, data)
+            body = {"type": f"job.{event}", "timestamp": iso_now(now), "data": self.render(shown)}
             made.append(WebhookMessage(
                 message_id=f"msg_{job_id}_{last}", job_id=job_id, owner=view.spec.owner, url=webhook.url,
                 event=event, body=json.dumps(body, separators=(",", ":")).encode(), created_at=now, next_at=now,
@@ -212,6 +213,19 @@ class RedisWebhookRelay:
 def _messages(fields: dict[bytes, bytes]) -> list[WebhookMessage]:
     found = [WebhookMessage.from_dict(json.loads(v)) for k, v in fields.items() if k.startswith(b"m:")]
     return sorted(found, key=lambda m: int(m.message_id.rsplit("_", 1)[1]))
+
+
+def _as_at(view: JobView, entry: dict[bytes, bytes]) -> JobView:
+    """The job as it was at a ``started`` or ``progress`` event, even when the relay reads the event
+    late (a busy node): running, at that step, not yet finished."""
+    data = json.loads(entry.get(b"d") or b"{}")
+    at = float(text(entry.get(b"at")) or 0) or view.started_at
+    step = int(data.get("step", 0))
+    return replace(
+        view, status=JobStatus.RUNNING, step=step, finished_at=None, error_code=None, error_message=None,
+        image_count=0, seeds=(), started_at=view.started_at if step else at,
+        attempt=int(data.get("attempt", view.attempt)),
+    )
 
 
 def _cursor_done(messages: list[WebhookMessage], view: JobView) -> bool:
