@@ -16,7 +16,8 @@ JOB = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "preview": {"ev
 async def test_a_later_tenant_is_not_starved_by_an_earlier_ones_backlog(backend: str) -> None:
     if backend == "redis":
         pytest.skip("open: the fleet's claim order (stores/redis/scripts.py CLAIM) is still first come, first served")
-    async with running_app(FakeEngine(step_seconds=0.05), api_keys=(KEY_A, KEY_B)) as app:
+    # Jobs of half a second: all ten are queued long before the third of them could start.
+    async with running_app(FakeEngine(step_seconds=0.25), api_keys=(KEY_A, KEY_B)) as app:
 
         async def submit(key: str) -> str:
             answer = await app.client.post("/v1/jobs", json=JOB, headers={"Authorization": f"Bearer {key}"})
