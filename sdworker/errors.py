@@ -24,6 +24,7 @@ Tree::
     ├── ModelNotFound (model_not_found, 404)        a model name not in the library / no live worker serves it
     ├── JobNotFinished (job_not_finished, 409)       e.g. the image of a job still running
     ├── QueueFull (queue_full, 429)                  with ``retry_after_seconds``
+    │   └── QuotaExceeded (quota_exceeded, 429)      a key's max_queued or rate; ``field`` names the quota
     ├── NotReady (not_ready, 503)                    model loading, worker dead, shutting down, Redis down
     ├── JobCancelled (cancelled, 409)                terminal event of a cancelled job
     ├── ClientGone (client_gone, 499)                a synchronous caller hung up; its job was cancelled
@@ -123,6 +124,16 @@ class QueueFull(SdworkerError):
     def __init__(self, message: str, *, retry_after_seconds: int = 5) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+
+
+class QuotaExceeded(QueueFull):
+    """An API key's own quota (``max_queued``, ``rate``) from the keys file; ``field`` names it."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, field: str, retry_after_seconds: int = 5) -> None:
+        super().__init__(message, retry_after_seconds=retry_after_seconds)
+        self.field = field
 
 
 class NotReady(SdworkerError):

@@ -9,7 +9,7 @@ only the flags that were given) > ``SDWORKER_*`` variable > default. Nothing els
 ``os.environ``; nothing is read at import time. Units are part of the names (``*_seconds``,
 ``*_bytes``, ``*_ms``).
 
-Secrets (``redis_url``, ``api_keys``, ``admin_api_keys``, ``signing_secret``) are kept out of
+Secrets (``redis_url``, ``api_keys``, ``admin_api_keys``, ``signing_secret``, ``webhook_secret``) are kept out of
 ``repr`` and out of every error message (``redact_url`` for the Redis URL).
 
 Lists (``api_keys``, ``cors_origins``, ``allowed_hosts``, ``compile_sizes``) are comma-separated in
@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -107,7 +109,9 @@ class Settings(BaseSettings):
 
     # Auth
     api_keys: tuple[str, ...] = Field((), repr=False, description="API keys for job routes (repeat the flag)")
-    api_keys_file: Path | None = Field(None, description="file with one API key per line")
+    api_keys_file: Path | None = Field(
+        None, description="file with one API key per line, or a .toml file with per-key quotas (docs/security.md)"
+    )
     admin_api_keys: tuple[str, ...] = Field((), repr=False, description="API keys that may see and cancel every job")
     signing_secret: str | None = Field(None, repr=False, min_length=16, description="secret for signed result URLs")
     allow_no_auth: bool = Field(False, description="serve without API keys on a non-loopback address")
@@ -154,6 +158,17 @@ class Settings(BaseSettings):
     preview_format: Literal["jpeg", "webp", "png"] = Field("jpeg", description="preview image format")
     preview_quality: int = Field(80, ge=1, le=100, description="JPEG/WebP quality")
 
+    # Webhooks (docs/webhooks.md)
+    webhook_secret: tuple[str, ...] = Field(
+        (), repr=False,
+        description="server secret the per-key whsec_ secrets derive from (repeat: sign with the first, "
+        "rotate by listing the old one after it); none = --signing-secret",
+    )
+    webhook_max_attempts: int = Field(8, ge=1, le=50, description="tries of one webhook (2, 4, 8 ... s apart)")
+    webhook_allow_private: bool = Field(
+        False, description="accept webhook URLs on private, loopback and link-local addresses (tests, closed networks)"
+    )
+
     # Redis fleet (api + worker nodes)
     redis_url: str | None = Field(
         None, repr=False, description="redis://[user:password@]host:port/db; none = in-process queue"
@@ -173,7 +188,9 @@ class Settings(BaseSettings):
 
     # -- validation of values that need more than a bound ------------------------------------------
 
-    @field_validator("api_keys", "admin_api_keys", "cors_origins", "allowed_hosts", "compile_sizes", mode="before")
+    @field_validator(
+        "api_keys", "admin_api_keys", "cors_origins", "allowed_hosts", "compile_sizes", "webhook_secret", mode="before"
+    )
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         """'a,b' (env) or ['a', 'b,c'] (repeated flags) -> ('a', 'b', 'c'); blanks dropped."""
@@ -276,22 +293,28 @@ class Settings(BaseSettings):
         SIGHUP re-reads it) and held to the same rule as ``--api-key`` at every read, start-up or
         reload. ``KeysFileError`` (naming the file and line, never a key) for an unreadable file, one
         without keys, or a key that breaks the rule."""
-        keys = list(self.api_keys)
+        return tuple(self.api_keys) + tuple(self.key_quotas())
+
+    def key_quotas(self) -> dict[str, KeyQuota]:
+        """The keys of ``api_keys_file`` with their quotas (``KeyQuota()``, none, for a plain line)."""
         path = self.api_keys_file
-        if path is not None:
-            try:
-                lines = path.read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-                raise KeysFileError(f"--api-keys-file {path}: cannot read it ({reason})") from None
-            from_file = [(number, line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
-            if not from_file:
-                raise KeysFileError(f"--api-keys-file {path}: holds no key (one key per line)")
-            for number, key in from_file:
-                if api_key_problem(key):
-                    raise KeysFileError(f"--api-keys-file {path}: line {number}: {API_KEY_RULE}")
-            keys += [key for _, key in from_file]
-        return tuple(keys)
+        if path is None:
+            return {}
+        try:
+            content = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise KeysFileError(f"--api-keys-file {path}: cannot read it ({reason})") from None
+        if path.suffix == ".toml":
+            return _toml_keys(path, content)
+        lines = content.splitlines()
+        from_file = [(number, line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
+        if not from_file:
+            raise KeysFileError(f"--api-keys-file {path}: holds no key (one key per line)")
+        for number, key in from_file:
+            if api_key_problem(key):
+                raise KeysFileError(f"--api-keys-file {path}: line {number}: {API_KEY_RULE}")
+        return {key: KeyQuota() for _, key in from_file}
 
     def has_auth(self) -> bool:
         return bool(self.api_keys or self.admin_api_keys or self.api_keys_file)
@@ -306,6 +329,49 @@ class KeysFileError(ValueError):
 
 
 API_KEY_RULE = "each API key must be at least 16 printable characters without spaces"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyQuota:
+    """One API key's settings from a ``.toml`` keys file: the highest ``priority`` its jobs may ask
+    for, how many of its jobs may wait at once (``max_queued``) and how many it may submit a minute
+    (``rate``); None = no limit beyond the server's."""
+
+    priority: int = 0
+    max_queued: int | None = None
+    rate: int | None = None
+
+
+_QUOTA_BOUNDS = {"priority": (0, 100), "max_queued": (1, 1_000_000), "rate": (1, 1_000_000)}
+
+
+def _toml_keys(path: Path, content: str) -> dict[str, KeyQuota]:
+    """``[[keys]]`` tables: ``key`` (required) and ``priority``, ``max_queued``, ``rate`` (optional)."""
+    where = f"--api-keys-file {path}"
+    try:
+        tables = tomllib.loads(content).get("keys")
+    except tomllib.TOMLDecodeError as exc:
+        raise KeysFileError(f"{where}: not valid TOML ({exc})") from None
+    if not isinstance(tables, list) or not tables:
+        raise KeysFileError(f"{where}: holds no key (expected [[keys]] tables with key = \"...\")")
+    found: dict[str, KeyQuota] = {}
+    for number, table in enumerate(tables, 1):
+        key = table.get("key") if isinstance(table, dict) else None
+        if not isinstance(key, str) or api_key_problem(key):
+            raise KeysFileError(f"{where}: [[keys]] number {number}: key: {API_KEY_RULE}")
+        values: dict[str, int] = {}
+        for name, value in table.items():
+            if name == "key":
+                continue
+            if name not in _QUOTA_BOUNDS:
+                raise KeysFileError(f"{where}: [[keys]] number {number}: unknown setting {name!r} "
+                                    "(known: key, priority, max_queued, rate)")
+            low, high = _QUOTA_BOUNDS[name]
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise KeysFileError(f"{where}: [[keys]] number {number}: {name} must be an integer in {low}..{high}")
+            values[name] = value
+        found[key] = KeyQuota(**values)
+    return found
 
 
 def api_key_problem(key: str) -> bool:

@@ -35,7 +35,9 @@ from sdworker.api.routes_fleet import router as fleet_router
 from sdworker.api.routes_jobs import router as jobs_router
 from sdworker.api.routes_models import router as models_router
 from sdworker.api.routes_system import router as system_router
+from sdworker.api.routes_webhooks import router as webhooks_router
 from sdworker.api.signing import JobLinks
+from sdworker.api.views import job_detail
 from sdworker.domain.parameters import model_label
 from sdworker.engine.protocol import Engine
 from sdworker.jobs.heartbeat import QueenHeartbeat, WorkerCard
@@ -68,6 +70,7 @@ def create_app(
         service, source = local, local
         if engine is not None:
             local.attach_library(engine)
+    service.render_webhooks_with(job_detail)  # a webhook's body is the job as GET /v1/jobs/{id} shows it
     runner = None
     if engine is not None:
         if source is None:
@@ -89,6 +92,7 @@ def create_app(
         runner.listen(node.heartbeat.changed)
 
     keys = KeyRing(settings)
+    service.use_quotas(keys.quota)  # the keys file's per-key priority, max_queued, rate
     signer = url_signer(settings)
 
     mcp: McpMount | None = None
@@ -125,6 +129,7 @@ def create_app(
     app.include_router(jobs_router)
     app.include_router(fleet_router)
     app.include_router(system_router)
+    app.include_router(webhooks_router)
     app.include_router(models_router)
     app.include_router(openai_router)
     app.include_router(a1111_router)

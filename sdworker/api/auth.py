@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sdworker.api.errors import error_response
 from sdworker.api.signing import SIGNED_PATH, UrlSigner, key_id
-from sdworker.settings import KeysFileError, Settings
+from sdworker.settings import KeyQuota, KeysFileError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +68,28 @@ class KeyRing:
         self._settings = settings
         self._keys: tuple[tuple[bytes, Identity], ...] = ()
         self._key_ids: frozenset[str | None] = frozenset()
+        self._quotas: dict[str, KeyQuota] = {}
         self.enabled = settings.has_auth()
         self.reload()
 
     def reload(self) -> None:
         try:
             users = self._settings.all_api_keys()
+            quotas = self._settings.key_quotas()
         except KeysFileError as exc:  # the start-up check, at every reload: a bad file changes nothing
             log.error("API keys not reloaded, keeping the %d keys we had: %s", len(self._keys), exc)
             return
+        self._quotas = {owner_name(key): quota for key, quota in quotas.items()}
         keys = [(_digest(k), Identity(owner_name(k), "key", key_id(k))) for k in users]
         keys += [(_digest(k), Identity(None, "admin", key_id(k))) for k in self._settings.admin_api_keys]
         self._keys = tuple(keys)
         self._key_ids = frozenset(identity.key_id for _, identity in keys)
         if self.enabled:
             log.info("API keys loaded: %d user, %d admin", len(users), len(self._settings.admin_api_keys))
+
+    def quota(self, owner: str | None) -> KeyQuota | None:
+        """The keys file's settings for ``owner`` (an API key's owner name); None = no quota."""
+        return self._quotas.get(owner) if owner is not None else None
 
     def accepts_key_id(self, key: str) -> bool:
         """Whether the key a signed URL was minted for is still one of ours (a revoked key's URLs die)."""

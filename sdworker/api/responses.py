@@ -43,7 +43,7 @@ DESCRIPTIONS = {
     413: "The body or a declared image size is above the limit",
     415: "The body is not application/json",
     422: "A field's value is refused; the message names it and the allowed range",
-    429: "The queue is full; retry after Retry-After seconds",
+    429: "The queue is full, or the API key's quota (max_queued, rate) is used; retry after Retry-After seconds",
     503: "Not ready: the model is loading, the worker died, Redis is unreachable, or shutting down",
 }
 
@@ -58,6 +58,8 @@ ROUTE_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("delete", "/v1/jobs/{job_id}"): (404,),
     ("get", "/v1/jobs/{job_id}/image"): (404, 409, 422),
     ("get", "/v1/jobs/{job_id}/stream"): (404,),
+    ("get", "/v1/jobs/{job_id}/webhooks"): (404,),
+    ("get", "/v1/webhooks/secret"): (503,),  # a fleet without a shared secret
     ("get", "/health"): (),
     ("get", "/ready"): (),  # its 503 has the readiness body, declared on the route
     ("get", "/v1/info"): (),

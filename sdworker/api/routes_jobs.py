@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from sdworker.api import deps
-from sdworker.api.schemas import JobRequest, to_draft
+from sdworker.api.schemas import JobRequest, cancel_after_seconds, to_draft
 from sdworker.api.sse import EventStreamResponse, event_frames
-from sdworker.api.views import job_detail, job_summary, submit_answer
+from sdworker.api.views import job_detail, job_summary, submit_answer, webhook_view
 from sdworker.errors import InvalidRequest
 from sdworker.jobs.state import JobStatus
 
@@ -19,22 +20,39 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 _EVENT_ID = re.compile(r"[0-9]{1,18}", re.ASCII)
 EVENT_ID_PATTERN = r"^\s*[0-9]{0,18}\s*$"  # in the schema: what _event_id accepts (blank = from the start)
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}", re.ASCII)
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*([0-9]{1,4})(?:$|[,;\s])", re.ASCII | re.IGNORECASE)
+MAX_WAIT_SECONDS = 60
 
 
-@router.post("", status_code=202, summary="Submit a job")
+@router.post(
+    "", status_code=202, summary="Submit a job",
+    responses={201: {"description": "Prefer: wait=N and the job ended within N seconds: the finished job"}},
+)
 async def submit_job(
     body: JobRequest,
     request: Request,
     response: Response,
     idempotency_key: Annotated[str | None, Header(description="a retried submit with the same key runs no second job")]
     = None,
+    cancel_after: Annotated[str | None, Header(description="a deadline such as 30s, 5m or 1h (as deadline_seconds)")]
+    = None,
+    prefer: Annotated[str | None, Header(description="wait=N (at most 60): answer 201 with the finished job")] = None,
 ) -> dict[str, Any]:
     key = _checked_idempotency_key(idempotency_key)
-    view = await deps.service(request).submit(
-        to_draft(body, deps.settings(request)), owner=deps.owner(request), idempotency_key=key
-    )
+    draft = to_draft(body, deps.settings(request), cancel_after=cancel_after_seconds(cancel_after))
+    service, owner = deps.service(request), deps.owner(request)
+    view = await service.submit(draft, owner=owner, idempotency_key=key)
     response.headers["Location"] = f"/v1/jobs/{view.job_id}"
-    return submit_answer(view, deps.links(request))
+    wait = _prefer_wait(prefer)
+    if wait is None:
+        return submit_answer(view, deps.links(request))
+    response.headers["Preference-Applied"] = f"wait={wait}"
+    with contextlib.suppress(TimeoutError):
+        view = await service.wait(view.job_id, owner=owner, timeout=wait)
+    if not view.status.finished:
+        return submit_answer(view, deps.links(request))
+    response.status_code = 201
+    return job_detail(view, deps.links(request))
 
 
 @router.get("", summary="Recent and queued jobs, newest first")
@@ -66,6 +84,12 @@ async def cancel_job(job_id: str, request: Request, response: Response) -> dict[
     if view.status is JobStatus.CANCELLING:
         response.status_code = 202  # asked, not yet taken effect: the stream's terminal event says how it ended
     return job_detail(view, deps.links(request))
+
+
+@router.get("/{job_id}/webhooks", summary="The job's webhooks and every delivery attempt")
+async def job_webhooks(job_id: str, request: Request) -> dict[str, Any]:
+    messages = await deps.service(request).webhook_messages(job_id, owner=deps.owner(request))
+    return {"webhooks": [webhook_view(message) for message in messages]}
 
 
 @router.get("/{job_id}/image", summary="The final PNG", response_class=Response)
@@ -109,6 +133,14 @@ async def stream_job(
         on_open=gauge.inc,
         on_close=closed,
     )
+
+
+def _prefer_wait(value: str | None) -> int | None:
+    """RFC 7240's ``Prefer: wait=N`` in seconds, at most ``MAX_WAIT_SECONDS``; None when not asked."""
+    if value is None:
+        return None
+    match = _PREFER_WAIT.search(value)
+    return min(MAX_WAIT_SECONDS, int(match.group(1))) if match else None
 
 
 def _event_id(value: str | None, field: str) -> int:

@@ -9,6 +9,7 @@ that is not text) runs in ``to_draft``, naming the field and the allowed range.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,7 +21,7 @@ from sdworker.domain.parameters import SD_DEFAULTS
 from sdworker.domain.prompt_syntax import normalize_lora_name
 from sdworker.domain.request import ControlUnit, GenerationRequest, InputImage, LoraRef, Operation
 from sdworker.errors import InvalidRequest, WrongWorker
-from sdworker.jobs.spec import JobDraft
+from sdworker.jobs.spec import JobDraft, Webhook
 from sdworker.previews.options import PreviewOptions
 from sdworker.settings import Settings
 
@@ -41,6 +42,7 @@ OperationName = Literal[
 _TEXT = 20_000  # characters; CLIP reads 77 tokens, this only stops absurd bodies early
 _NAME = 256
 _MAX_LORAS = 16
+MAX_DEADLINE_SECONDS = 86400.0
 # Our field names as the native wire spells them (errors name what the client sent).
 NATIVE_NAMES = {"num_inference_steps": "steps", "num_images": "n"}
 
@@ -109,6 +111,21 @@ class ControlUnitRequest(BaseModel):
     high: float = Field(200.0, ge=0.0, le=255.0, description="canny's high threshold")
 
 
+WebhookEvent = Literal["start", "progress", "completed"]
+
+
+class WebhookRequest(BaseModel):
+    """Where the job's signed webhooks go (Standard Webhooks; docs/webhooks.md)."""
+
+    model_config = _STRICT
+
+    url: str = Field(min_length=1, max_length=2048, description="http(s) URL; its host must resolve to public IPs")
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: list[WebhookEvent](["completed"]), min_length=1, max_length=3,
+        description="which moments to report: start, progress (at most one a second), completed (every end)",
+    )
+
+
 class JobRequest(BaseModel):
     """The body of ``POST /v1/jobs`` (rbee's fields; diffusers' names where rbee has none)."""
 
@@ -151,9 +168,16 @@ class JobRequest(BaseModel):
     clip_skip: int | None = Field(None, ge=1, le=12, description="A1111's: 1 = last CLIP layer, 2 = penultimate")
     hires: HiresRequest | None = Field(None, description="image_generation: a second pass at a larger size")
     controlnet: list[ControlUnitRequest] | None = Field(None, max_length=MAX_UNITS, description="ControlNet units")
+    webhook: WebhookRequest | None = Field(None, description="signed POSTs when the job starts, progresses, ends")
+    deadline_seconds: float | None = Field(
+        None, gt=0, le=MAX_DEADLINE_SECONDS,
+        description="after submit; a job not finished by then ends cancelled, code deadline_exceeded",
+    )
+    priority: int = Field(0, ge=0, le=100, description="higher starts first; at most the API key's own priority")
 
 
-def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
+def to_draft(body: JobRequest, settings: Settings, *, cancel_after: float | None = None) -> JobDraft:
+    """``cancel_after``: the ``Cancel-After`` header's seconds; the earlier of it and ``deadline_seconds``."""
     operation = OPERATION_NAMES[body.operation]
     _check_worker(body.worker_id, settings.worker_id)
     width, height = body.width, body.height
@@ -188,9 +212,33 @@ def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
         controlnet=_units(body.controlnet),
     )
     check_job(request, job_limits(settings), NATIVE_NAMES)
+    deadlines = [d for d in (body.deadline_seconds, cancel_after) if d is not None]
+    webhook = body.webhook
     return JobDraft(
-        request, preview=preview_options(body.preview, settings), hive_id=body.hive_id, worker_id=body.worker_id
+        request, preview=preview_options(body.preview, settings), hive_id=body.hive_id, worker_id=body.worker_id,
+        webhook=Webhook(webhook.url, tuple(dict.fromkeys(webhook.events))) if webhook is not None else None,
+        deadline_seconds=min(deadlines) if deadlines else None,
+        priority=body.priority,
     )
+
+
+_DURATION = re.compile(r"([0-9]{1,6}(?:\.[0-9]{1,3})?)(ms|s|m|h)?", re.ASCII)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def cancel_after_seconds(value: str | None) -> float | None:
+    """Replicate's ``Cancel-After`` header: a duration such as ``30s``, ``5m``, ``1h``, ``1500ms`` or
+    plain seconds, in 0 < d <= one day."""
+    if value is None:
+        return None
+    match = _DURATION.fullmatch(value.strip())
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else 0.0
+    if not 0 < seconds <= MAX_DEADLINE_SECONDS:
+        raise InvalidRequest(
+            f"Cancel-After: expected a duration in 0 < d <= 24h such as 30s, 5m or 1h, got {value[:40]!r}",
+            field="Cancel-After",
+        )
+    return seconds
 
 
 def _hires(body: JobRequest, operation: Operation, settings: Settings) -> HiresFix | None:

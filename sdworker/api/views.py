@@ -10,6 +10,7 @@ from typing import Any
 from sdworker.api.signing import LinkFn, plain_link
 from sdworker.domain.codec import to_json
 from sdworker.domain.request import Operation
+from sdworker.jobs.outbox import WebhookMessage
 from sdworker.jobs.spec import JobSpec
 from sdworker.jobs.state import JobStatus, JobView, WorkerInfo
 
@@ -55,6 +56,8 @@ def job_summary(view: JobView, link: LinkFn = plain_link) -> dict[str, Any]:
         summary["attempt"] = view.attempt
     if view.error_code is not None:
         summary["error"] = {"code": view.error_code, "message": view.error_message}
+    if view.spec.deadline_at is not None:
+        summary["deadline_at"] = iso(view.spec.deadline_at)
     return summary
 
 
@@ -65,6 +68,8 @@ def job_detail(view: JobView, link: LinkFn = plain_link) -> dict[str, Any]:
     detail["watchers"] = view.watchers
     detail["cancel_requested"] = view.cancel_requested
     detail["attempt"] = view.attempt
+    if view.spec.webhook is not None:
+        detail["webhook"] = {"url": view.spec.webhook.url, "events": list(view.spec.webhook.events)}
     if view.worker is not None:
         detail["worker"] = view.worker
     if view.status is JobStatus.COMPLETED:
@@ -114,4 +119,18 @@ def worker_view(worker: WorkerInfo) -> dict[str, Any]:
         "last_seen": iso(worker.last_seen),
         "implementation": "sdworker",
         "version": worker.version,
+    }
+
+
+def webhook_view(message: WebhookMessage) -> dict[str, Any]:
+    """One webhook of ``GET /v1/jobs/{id}/webhooks``: its id (the ``webhook-id`` of every attempt), its
+    event, its state and each attempt (the receiver's HTTP status, or why no answer came)."""
+    return {
+        "id": message.message_id,
+        "event": message.event,
+        "url": message.url,
+        "state": message.state,
+        "created_at": iso(message.created_at),
+        "next_attempt_at": iso(message.next_at) if message.state == "pending" else None,
+        "attempts": [{"at": iso(a.at), "status": a.status, "error": a.error} for a in message.attempts],
     }

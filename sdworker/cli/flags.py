@@ -49,6 +49,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "shutdown_grace_seconds",
     ),
     "storage": ("store", "data_dir", "keep_outputs"),
+    "webhooks": ("webhook_secret", "webhook_max_attempts", "webhook_allow_private"),
     "streams": ("keepalive_seconds", "watcher_stall_seconds"),
     "preview defaults": (
         "preview_method", "preview_every", "preview_min_interval_ms", "preview_max_size", "preview_format",
@@ -64,7 +65,7 @@ _MODEL_GROUP = GROUPS["model and device"]
 COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "serve": tuple(name for name in _ALL if name != "health_port"),
     "api": (
-        "default_model", *GROUPS["HTTP"], *GROUPS["auth"], *GROUPS["jobs"], *GROUPS["streams"],
+        "default_model", *GROUPS["HTTP"], *GROUPS["auth"], *GROUPS["jobs"], *GROUPS["streams"], *GROUPS["webhooks"],
         *GROUPS["preview defaults"], *GROUPS["Redis fleet"],
     ),
     "worker": (

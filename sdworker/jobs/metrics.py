@@ -10,6 +10,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_JOB_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 _FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
@@ -20,6 +21,15 @@ class ServiceMetrics:
         self.queue_depth = Gauge("sdworker_queue_depth", "Jobs waiting in the queue", registry=r)
         self.jobs_submitted = Counter("sdworker_jobs_submitted", "Jobs accepted", registry=r)
         self.jobs_finished = Counter("sdworker_jobs_finished", "Jobs finished, by outcome", ["outcome"], registry=r)
+        # The view's queue_seconds / run_seconds (RunPod's delayTime / executionTime), per model.
+        self.job_queue_seconds = Histogram(
+            "sdworker_job_queue_seconds", "Seconds from submit to start, by model", ["model"], buckets=_JOB_BUCKETS,
+            registry=r,
+        )
+        self.job_run_seconds = Histogram(
+            "sdworker_job_run_seconds", "Seconds from start to end (any outcome), by model", ["model"],
+            buckets=_JOB_BUCKETS, registry=r,
+        )
         self.step_seconds = Histogram(
             "sdworker_step_seconds", "Seconds per denoising step", buckets=_STEP_BUCKETS, registry=r
         )

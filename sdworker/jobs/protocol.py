@@ -15,14 +15,16 @@ any other, and across a retried attempt the ids keep increasing.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.control import CancelToken
 from sdworker.events.bus import Subscription
 from sdworker.events.types import JobEvent
+from sdworker.jobs.outbox import WebhookMessage
+from sdworker.jobs.quotas import QuotaLookup
 from sdworker.jobs.spec import JobDraft, JobSpec
 from sdworker.jobs.state import JobView, WorkerInfo
 
@@ -85,6 +87,22 @@ class JobService(Protocol):
         ...
 
     async def image(self, job_id: str, index: int = 0, *, owner: str | None = None) -> bytes: ...
+
+    def webhook_secrets(self, owner: str | None) -> tuple[str, ...]:
+        """``owner``'s ``whsec_`` webhook secrets, newest first (jobs/outbox.py)."""
+        ...
+
+    async def webhook_messages(self, job_id: str, *, owner: str | None = None) -> list[WebhookMessage]:
+        """The job's webhooks with their attempts, oldest first."""
+        ...
+
+    def render_webhooks_with(self, render: Callable[[JobView], dict[str, Any]]) -> None:
+        """How a webhook's body shows the job (the API's own view, ``api/views.py: job_detail``)."""
+        ...
+
+    def use_quotas(self, lookup: QuotaLookup) -> None:
+        """Where an owner's keys-file quota comes from (``api/auth.py: KeyRing.quota``)."""
+        ...
 
     async def fleet(self) -> FleetInfo: ...
 

@@ -34,6 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import replace
+from typing import Any
 
 from sdworker.domain.batch_plan import batch_key
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
@@ -54,10 +55,13 @@ from sdworker.events.types import (
     end_marker,
     without_image,
 )
+from sdworker.jobs.deadlines import DEADLINE_EXCEEDED, DEADLINE_MESSAGE
 from sdworker.jobs.inputs import DEFAULT_PARAMETERS, DEFAULT_SIZE, check_inputs
 from sdworker.jobs.metrics import ServiceMetrics
+from sdworker.jobs.outbox import WebhookMessage, WebhookOutbox
 from sdworker.jobs.protocol import FleetInfo, Lease
 from sdworker.jobs.queue import InMemoryJobQueue
+from sdworker.jobs.quotas import QuotaLookup, RateWindow, check_priority, check_queued, no_quota
 from sdworker.jobs.spec import JobDraft, JobSpec
 from sdworker.jobs.state import JobStatus, JobView
 from sdworker.jobs.store import JobIndex, JobRecord, JobStore
@@ -69,6 +73,7 @@ from sdworker.jobs.submission import (
     resolve_model,
 )
 from sdworker.settings import Settings
+from sdworker.webhooks.targets import check_target
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,7 @@ SHUTTING_DOWN = "shutting_down"
 CANCELLED = "cancelled"
 RESTARTED = "restarted"
 HOUSEKEEPING_SECONDS = 1.0
+PROGRESS_WEBHOOK_SECONDS = 1.0  # at most one progress webhook a second per job
 
 
 class LocalLease:
@@ -151,6 +157,11 @@ class LocalJobService:
         self._job_seconds = 0.0  # moving average, for Retry-After
         self._housekeeping: asyncio.Task[None] | None = None
         self._library: ModelLibrary | None = None
+        self.webhooks = WebhookOutbox(store, settings, clock=clock)
+        self._progress_webhook_at: dict[str, float] = {}
+        self._quota: QuotaLookup = no_quota
+        self._rates = RateWindow()
+        self._deadline_timers: dict[str, asyncio.TimerHandle] = {}
         metrics.bind(queue_depth=lambda: len(self._queue), watchers=self.bus.total_watchers)
         self._resume()
 
@@ -185,9 +196,19 @@ class LocalJobService:
     async def _submit(self, draft: JobDraft, owner: str | None, idempotency_key: str | None) -> JobView:
         self._check_available()
         check_against_engine(draft, self._engine_info)
+        quota = self._quota(owner)
+        check_priority(quota, owner, draft.priority)
+        if quota is not None and quota.max_queued is not None:
+            check_queued(quota, sum(1 for r in self._store.records()
+                                    if r.status is JobStatus.QUEUED and r.spec.owner == owner))
+        if draft.webhook is not None:  # a DNS look-up: off the loop
+            await asyncio.to_thread(
+                check_target, draft.webhook.url, allow_private=self._settings.webhook_allow_private
+            )
         model, default_size, defaults, entry = await self._pick_model(draft)
         reservation = self._queue.reserve()
         try:
+            self._rates.take(quota, owner)  # last: a refused submit (full queue, bad field) is not counted
             checked = await asyncio.to_thread(
                 check_inputs, draft.request, max_pixels=self._settings.max_pixels, default_size=default_size,
                 defaults=defaults,
@@ -213,6 +234,7 @@ class LocalJobService:
             self._idempotency[(owner, idempotency_key)] = spec.job_id
         self._metrics.jobs_submitted.inc()
         self._emit(JobQueued(job_id=spec.job_id, position=position))
+        self._watch_deadline(record)
         return self._view(record)
 
     async def get(self, job_id: str, *, owner: str | None = None) -> JobView:
@@ -278,6 +300,19 @@ class LocalJobService:
             raise JobNotFound(f"the image of job {job_id!r} is gone from the outputs folder", field="job_id")
         return image
 
+    def webhook_secrets(self, owner: str | None) -> tuple[str, ...]:
+        return self.webhooks.secrets(owner)
+
+    async def webhook_messages(self, job_id: str, *, owner: str | None = None) -> list[WebhookMessage]:
+        self._record(job_id, owner)
+        return self.webhooks.messages(job_id)
+
+    def render_webhooks_with(self, render: Callable[[JobView], dict[str, Any]]) -> None:
+        self.webhooks.render = render
+
+    def use_quotas(self, lookup: QuotaLookup) -> None:
+        self._quota = lookup
+
     async def fleet(self) -> FleetInfo:
         # ``models`` stays --model's name (what the compat doors list and hash); ``library`` has the rest.
         models: tuple[ModelInfo, ...] = ()
@@ -325,6 +360,7 @@ class LocalJobService:
 
     async def start(self) -> None:
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep(), name="sdworker-housekeeping")
+        await self.webhooks.start()
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -339,6 +375,9 @@ class LocalJobService:
 
     async def close(self) -> None:
         self.bus.close_all()
+        for timer in self._deadline_timers.values():
+            timer.cancel()
+        await self.webhooks.close()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -382,7 +421,7 @@ class LocalJobService:
         for other in self._queue.specs():
             if len(taken) >= limit:
                 break
-            if _batchable(first, other) and self._queue.remove(other.job_id):
+            if _batchable(first, other) and self._queue.take(other.job_id):
                 taken.append(other)
         return taken
 
@@ -456,7 +495,11 @@ class LocalJobService:
         record.attempt += 1
         record.started_at = self._clock()
         self.store.save(record)
+        self._metrics.job_queue_seconds.labels(model=self._model_label(record)).observe(
+            max(0.0, record.started_at - record.spec.created_at)
+        )
         self._emit(JobStarted(job_id=job_id, attempt=record.attempt, worker="local"))
+        self._owe_webhook(record, "start")
         return record
 
     def _record_event(self, event: JobEvent) -> None:
@@ -467,6 +510,10 @@ class LocalJobService:
             record.step = max(record.step, event.step)
             record.total = event.total
         self._emit(event)
+        if isinstance(event, StepProgressed):
+            last = self._progress_webhook_at.get(record.job_id, 0.0)
+            if self._clock() - last >= PROGRESS_WEBHOOK_SECONDS and self._owe_webhook(record, "progress"):
+                self._progress_webhook_at[record.job_id] = self._clock()
 
     def _complete(
         self, record: JobRecord, images: tuple[bytes, ...], seeds: tuple[int, ...], width: int, height: int
@@ -492,7 +539,9 @@ class LocalJobService:
         if record.status.finished:
             return False
         status = JobStatus.CANCELLED if cancelled else JobStatus.FAILED
-        if cancelled and not self._accepting:
+        if cancelled and record.cancel_code == DEADLINE_EXCEEDED:
+            code, message = DEADLINE_EXCEEDED, DEADLINE_MESSAGE
+        elif cancelled and not self._accepting:
             code, message = SHUTTING_DOWN, "the server is shutting down; the job was cancelled"
         self._finish(record, status, code, message)
         return True
@@ -524,13 +573,64 @@ class LocalJobService:
         self._metrics.jobs_finished.labels(outcome=status.value).inc()
         if record.started_at is not None:
             seconds = record.finished_at - record.started_at
+            self._metrics.job_run_seconds.labels(model=self._model_label(record)).observe(max(0.0, seconds))
             self._job_seconds = seconds if not self._job_seconds else 0.8 * self._job_seconds + 0.2 * seconds
         if code is not None and message is not None:
             self._publish_outcome(JobFailed(job_id=record.job_id, code=code, message=message))
+        timer = self._deadline_timers.pop(record.job_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._progress_webhook_at.pop(record.job_id, None)
+        self._owe_webhook(record, "completed")
         waiter = self._finished.pop(record.job_id, None)
         if waiter is not None:
             waiter.set()
         self._drop(self._store.trim(keep=record.job_id))
+
+    def _model_label(self, record: JobRecord) -> str:
+        return record.spec.request.model or self._settings.model
+
+    def _owe_webhook(self, record: JobRecord, event: str) -> bool:
+        """Write the webhook ``event`` of the job to the outbox, if its ``webhook`` asked for it."""
+        webhook = record.spec.webhook
+        if webhook is None or event not in webhook.events:
+            return False
+        self.webhooks.add(self._view(record), webhook.url, event)
+        return True
+
+    def _watch_deadline(self, record: JobRecord) -> None:
+        """A timer at the job's deadline (the housekeeping also looks, for jobs loaded at a restart)."""
+        deadline = record.spec.deadline_at
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, deadline - self._clock())
+        self._deadline_timers[record.job_id] = loop.call_later(delay, self._deadline_passed, record.job_id)
+
+    def _deadline_passed(self, job_id: str) -> None:
+        """A queued job past its deadline ends now; a running one is cancelled like a client's cancel
+        (the step callback stops the pipeline at its next step) and ends ``deadline_exceeded``."""
+        self._deadline_timers.pop(job_id, None)
+        record = self._store.get(job_id)
+        if record is None or record.status.finished:
+            return
+        record.cancel_code = DEADLINE_EXCEEDED
+        if record.status is JobStatus.QUEUED:
+            self._queue.remove(job_id)
+            self._finish(record, JobStatus.CANCELLED, DEADLINE_EXCEEDED, DEADLINE_MESSAGE)
+            self._publish_positions()
+        elif record.status is JobStatus.RUNNING:
+            record.control.cancel()
+            record.status = JobStatus.CANCELLING
+            self.store.save(record)
+
+    def _enforce_deadlines(self) -> None:
+        now = self._clock()
+        for record in self._store.records():
+            deadline = record.spec.deadline_at
+            if (deadline is not None and deadline <= now and not record.status.finished
+                    and record.job_id not in self._deadline_timers):
+                self._deadline_passed(record.job_id)
 
     def _publish_outcome(self, terminal: JobCompleted | JobFailed) -> None:
         """The terminal event and, right after it in the same loop turn, the end marker (rbee's
@@ -599,8 +699,10 @@ class LocalJobService:
                 self.store.save(record, durable=True)
                 self._emit(JobRetrying(job_id=record.job_id, attempt=record.attempt + 1, reason=RESTARTED))
                 retried.append(record.spec)
-        for spec in [*retried, *queued]:
+        for spec in queued:
             self._queue.restore(spec)
+        for spec in reversed(retried):  # a job that was running goes first again
+            self._queue.put_front(spec)
 
     def _reopen_channel(self, job_id: str) -> None:
         """A finished job's events from the store, for a stream asked after a restart."""
@@ -615,6 +717,7 @@ class LocalJobService:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
             try:
                 self._expire()
+                self._enforce_deadlines()
                 self.bus.sweep()
             except Exception:
                 log.exception("housekeeping failed")

@@ -18,6 +18,17 @@ from sdworker.domain.codec import from_json, to_json
 from sdworker.domain.request import GenerationRequest
 from sdworker.previews.options import PreviewOptions
 
+WEBHOOK_EVENTS = ("start", "progress", "completed")
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """Where a job's webhooks go and which of its moments they report: ``start`` (it began to run),
+    ``progress`` (a step, at most one a second), ``completed`` (every terminal state)."""
+
+    url: str
+    events: tuple[str, ...] = ("completed",)
+
 
 @dataclass(frozen=True, slots=True)
 class JobDraft:
@@ -29,6 +40,9 @@ class JobDraft:
     preview: PreviewOptions = field(default_factory=PreviewOptions)
     hive_id: str | None = None  # rbee's bookkeeping, shown in the job's parameters
     worker_id: str | None = None
+    webhook: Webhook | None = None
+    deadline_seconds: float | None = None  # after submit; past it the job ends deadline_exceeded
+    priority: int = 0  # higher first; a key may ask up to its keys-file priority
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +57,9 @@ class JobSpec:
     hive_id: str | None = None
     worker_id: str | None = None
     warnings: tuple[str, ...] = ()  # what the model's family ignores of the request, said at submit
+    webhook: Webhook | None = None
+    deadline_at: float | None = None  # epoch seconds; a job not finished by then is cancelled
+    priority: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = to_json(self)

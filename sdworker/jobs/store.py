@@ -23,6 +23,7 @@ from typing import Protocol
 
 from sdworker.domain.control import CancelToken
 from sdworker.events.types import JobEvent
+from sdworker.jobs.outbox import WebhookMessage
 from sdworker.jobs.spec import JobSpec
 from sdworker.jobs.state import JobStatus, JobView
 
@@ -47,6 +48,8 @@ class JobRecord:
     width: int | None = None
     height: int | None = None
     idempotency_key: str | None = None
+    # Why a cancel was asked, when not by a client (``deadline_exceeded``): the code the job ends with.
+    cancel_code: str | None = None
 
     @property
     def job_id(self) -> str:
@@ -119,8 +122,15 @@ class JobStore(Protocol):
         ...
 
     def delete(self, job_ids: Iterable[str]) -> None:
-        """Forget jobs: record, events, images (unless the store keeps outputs)."""
+        """Forget jobs: record, events, images (unless the store keeps outputs), webhook messages."""
         ...
+
+    # The webhook outbox (jobs/outbox.py): messages are written before they are sent.
+    def save_webhook(self, message: WebhookMessage) -> None: ...
+
+    def pending_webhooks(self) -> list[WebhookMessage]: ...
+
+    def webhooks(self, job_id: str) -> list[WebhookMessage]: ...
 
     def close(self) -> None: ...
 

@@ -148,6 +148,9 @@ def build_spec(
         hive_id=draft.hive_id,
         worker_id=draft.worker_id,
         warnings=family_warnings(checked, entry),
+        webhook=draft.webhook,
+        deadline_at=None if draft.deadline_seconds is None else created_at + draft.deadline_seconds,
+        priority=draft.priority,
     )
 
 

@@ -43,11 +43,12 @@ from sdworker.events.types import (
     ModelLoading,
     StepProgressed,
 )
+from sdworker.jobs.outbox import WebhookMessage
 from sdworker.jobs.spec import JobSpec
 from sdworker.jobs.state import JobStatus
 from sdworker.jobs.store import JobRecord, StoredJob
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Each entry takes the file from version N-1 to N (index 0: an empty file to version 1).
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -78,6 +79,18 @@ MIGRATIONS: tuple[str, ...] = (
         data TEXT NOT NULL,
         PRIMARY KEY (job_id, seq)
     ) WITHOUT ROWID;
+    """,
+    # 2: the webhook outbox (jobs/outbox.py): one row per message, its attempts in ``data``.
+    """
+    CREATE TABLE webhooks (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id TEXT NOT NULL UNIQUE,
+        job_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX webhooks_job ON webhooks (job_id);
+    CREATE INDEX webhooks_state ON webhooks (state);
     """,
 )
 EVENT_TYPES: dict[str, type[JobEvent]] = {
@@ -196,7 +209,25 @@ class SqliteStore:
             self._image_paths.pop(job_id, None)
         for job_id in ids:
             self._write("DELETE FROM events WHERE job_id = ?", (job_id,))
+            self._write("DELETE FROM webhooks WHERE job_id = ?", (job_id,))
             self._write("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+
+    def save_webhook(self, message: WebhookMessage) -> None:
+        """Durable: a message owed, or an attempt made, is on disk before the outbox goes on."""
+        self._write(
+            "INSERT INTO webhooks (message_id, job_id, state, data) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(message_id) DO UPDATE SET state = excluded.state, data = excluded.data",
+            (message.message_id, message.job_id, message.state, json.dumps(message.to_dict())),
+            durable=True,
+        )
+
+    def pending_webhooks(self) -> list[WebhookMessage]:
+        rows = self._db.execute("SELECT data FROM webhooks WHERE state = 'pending' ORDER BY seq").fetchall()
+        return [WebhookMessage.from_dict(json.loads(data)) for (data,) in rows]
+
+    def webhooks(self, job_id: str) -> list[WebhookMessage]:
+        rows = self._db.execute("SELECT data FROM webhooks WHERE job_id = ? ORDER BY seq", (job_id,)).fetchall()
+        return [WebhookMessage.from_dict(json.loads(data)) for (data,) in rows]
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):

@@ -16,6 +16,12 @@ Key layout (prefix ``sdw`` by default; ``{id}`` is a job id, ``{model}`` a model
 | ``P:job:{id}:w`` | hash, short TTL | watchers per API node (workers decode previews only if > 0) |
 | ``P:workers`` | hash | worker id -> JSON (rbee's WorkerInfo fields + engine details + last seen) |
 | ``P:dead`` | sorted set | jobs that ran out of attempts |
+| ``P:deadlines`` | sorted set | jobs with a deadline, by it: API nodes end those past it |
+| ``P:owner:{owner}:queued`` | sorted set | an owner's jobs while it has a ``max_queued`` quota |
+| ``P:owner:{owner}:rate`` | sorted set, 1 min TTL | an owner's submits of the last minute (``rate``) |
+| ``P:wh:jobs`` | sorted set | jobs whose webhooks are not all sent (API nodes relay them) |
+| ``P:wh:lease:{id}`` | string, short TTL | the API node sending that job's webhooks now |
+| ``P:job:{id}:wh`` | hash | the job's webhook outbox: ``cursor`` (last event seen) and its messages |
 | ``P:idem:{owner}:{key}`` | string, TTL | the job an Idempotency-Key made |
 | ``P:ctl`` | pub/sub channel | ``<job id> cancel|interrupt``: tells the worker now (the hash is the truth) |
 

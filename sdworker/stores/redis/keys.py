@@ -45,6 +45,30 @@ class Keys:
         return f"{self.prefix}:workers"
 
     @property
+    def webhook_jobs(self) -> str:
+        """Jobs whose webhooks are not all sent yet, by creation time (stores/redis/webhooks.py)."""
+        return f"{self.prefix}:wh:jobs"
+
+    def webhook_lease(self, job_id: str) -> str:
+        return f"{self.prefix}:wh:lease:{job_id}"
+
+    def webhooks(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:wh"
+
+    def owner_queued(self, owner: str) -> str:
+        """An owner's jobs submitted while it has a ``max_queued`` quota (pruned when counted)."""
+        return f"{self.prefix}:owner:{owner}:queued"
+
+    def owner_rate(self, owner: str) -> str:
+        """An owner's submits of the last minute, by time (its ``rate`` quota)."""
+        return f"{self.prefix}:owner:{owner}:rate"
+
+    @property
+    def deadlines(self) -> str:
+        """Jobs with a deadline, scored by it (epoch seconds): API nodes end those past it."""
+        return f"{self.prefix}:deadlines"
+
+    @property
     def dead(self) -> str:
         return f"{self.prefix}:dead"
 

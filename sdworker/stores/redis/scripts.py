@@ -63,10 +63,13 @@ local function retire(job)
   end
 end
 local function cancel_now(job, ev, maxlen)
+  -- A cancel the fleet asked for itself (DEADLINE) ends with its own code; a client's with 'cancelled'.
+  local code = redis.call('HGET', job, 'cancel_code') or 'cancelled'
   local msg = 'the job was cancelled'
-  redis.call('HSET', job, 'state', 'cancelled', 'finished', at, 'error_code', 'cancelled', 'error_message', msg)
+  if code ~= 'cancelled' then msg = redis.call('HGET', job, 'cancel_message') or msg end
+  redis.call('HSET', job, 'state', 'cancelled', 'finished', at, 'error_code', code, 'error_message', msg)
   strip_inputs(job)
-  local seq = fail_with_end(job, ev, 'cancelled', msg, maxlen)
+  local seq = fail_with_end(job, ev, code, msg, maxlen)
   retire(job)
   return seq
 end
@@ -168,6 +171,13 @@ if state == 'cancelling' and ARGV[2] == 'completed' then
   ack(KEYS[4], redis.call('HGET', KEYS[1], 'entry'))
   return 0
 end
+if state == 'cancelling' and ARGV[2] == 'cancelled' and redis.call('HGET', KEYS[1], 'cancel_code') then
+  -- The worker stopped a job the fleet cancelled (its deadline passed): it ends with that code.
+  local seq = cancel_now(KEYS[1], KEYS[2], ARGV[5])
+  expire(ARGV[4], KEYS[1], KEYS[2], KEYS[3])
+  ack(KEYS[4], redis.call('HGET', KEYS[1], 'entry'))
+  return seq
+end
 strip_inputs(KEYS[1])
 local n = #KEYS - 4
 for i = 1, n do redis.call('SET', KEYS[4 + i], ARGV[11 + i], 'PX', ARGV[4]) end
@@ -263,4 +273,27 @@ local created = tonumber(redis.call('HGET', KEYS[1], 'created'))
 redis.call('ZADD', KEYS[3], created, ARGV[2])
 redis.call('ZADD', KEYS[4], created, ARGV[2])
 return 1
+"""
+
+# KEYS: job, ev, pv, qstream, queued, queued_model, deadlines
+# ARGV: job_id, ttl, maxlen, channel, message
+# A job past its deadline: a queued one ends now, a running one is cancelled like a client's cancel (the
+# worker hears it on the channel) and ends with the code when the worker reports it stopped (FINISH).
+# -> the state after the call, or false for a job that is gone or already finished
+DEADLINE = _PRELUDE + """
+redis.call('ZREM', KEYS[7], ARGV[1])
+local state = redis.call('HGET', KEYS[1], 'state')
+if (not state) or state == 'completed' or state == 'failed' or state == 'cancelled' then return false end
+redis.call('HSET', KEYS[1], 'cancel_code', 'deadline_exceeded', 'cancel_message', ARGV[5])
+if state == 'queued' then
+  ack(KEYS[4], redis.call('HGET', KEYS[1], 'entry'))
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  redis.call('ZREM', KEYS[6], ARGV[1])
+  cancel_now(KEYS[1], KEYS[2], ARGV[3])
+  expire(ARGV[2], KEYS[1], KEYS[2], KEYS[3])
+  return 'cancelled'
+end
+redis.call('HSET', KEYS[1], 'control', 'cancel', 'state', 'cancelling')
+redis.call('PUBLISH', ARGV[4], ARGV[1] .. ' cancel')
+return 'cancelling'
 """

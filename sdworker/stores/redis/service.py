@@ -17,7 +17,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -28,12 +28,22 @@ from redis.exceptions import RedisError, ResponseError
 
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.parameters import model_label
-from sdworker.errors import JobNotFinished, JobNotFound, NotReady, QueueFull
+from sdworker.errors import InvalidRequest, JobNotFinished, JobNotFound, NotReady, QueueFull
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import ends_stream
+from sdworker.jobs.deadlines import DEADLINE_MESSAGE
 from sdworker.jobs.inputs import DEFAULT_PARAMETERS, DEFAULT_SIZE, check_inputs
 from sdworker.jobs.metrics import ServiceMetrics
+from sdworker.jobs.outbox import WebhookMessage, server_secrets
 from sdworker.jobs.protocol import FleetInfo
+from sdworker.jobs.quotas import (
+    RATE_WINDOW_SECONDS,
+    QuotaLookup,
+    check_priority,
+    check_queued,
+    no_quota,
+    rate_exceeded,
+)
 from sdworker.jobs.spec import JobDraft
 from sdworker.jobs.state import JobStatus, JobView, WorkerInfo
 from sdworker.jobs.submission import (
@@ -43,11 +53,14 @@ from sdworker.jobs.submission import (
     check_lora_names,
     resolve_model,
 )
-from sdworker.settings import Settings
+from sdworker.settings import KeyQuota, Settings
 from sdworker.stores.redis import scripts
 from sdworker.stores.redis.codec import job_view, parse_library, parse_worker, text
 from sdworker.stores.redis.hub import StreamHub
 from sdworker.stores.redis.keys import Keys
+from sdworker.stores.redis.webhooks import RedisWebhookRelay
+from sdworker.webhooks.signing import owner_secret
+from sdworker.webhooks.targets import check_target
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +72,8 @@ EVENTS_MAXLEN = 4096  # a job writes about 2 events per step; steps are capped f
 FLEET_CACHE_SECONDS = 1.0
 POOL_CONNECTIONS = 4  # per client; see connect()
 HEALTH_CHECK_SECONDS = 5
+DEADLINE_POLL_SECONDS = 0.5
+NO_FLEET_SECRET = "this fleet has no --webhook-secret (nor --signing-secret) shared by its API nodes to sign with"
 
 
 def connect(url: str, *, name: str, timeout_seconds: float = 5.0, single: bool = False) -> Any:
@@ -124,6 +139,12 @@ class RedisJobService:
         self.bus = EventBus(stall_seconds=settings.watcher_stall_seconds)
         self._hub = StreamHub(self._redis, self._reader, self._keys, self.bus, self.node_id)
         self._submit = self._redis.register_script(scripts.SUBMIT)
+        self._deadline = self._redis.register_script(scripts.DEADLINE)
+        self._deadline_task: asyncio.Task[None] | None = None
+        self._quota: QuotaLookup = no_quota
+        self._webhooks = RedisWebhookRelay(
+            self._redis, self._keys, settings, server_secrets(settings), self.node_id, self.get
+        )
         self._cancel = self._redis.register_script(scripts.CANCEL)
         self._positions = self._redis.register_script(scripts.POSITIONS)
         self._accepting = True
@@ -139,6 +160,7 @@ class RedisJobService:
     ) -> JobView:
         if not self._accepting:
             raise NotReady("the server is shutting down and accepts no new jobs")
+        await self._check_webhook(draft)
         if idempotency_key is None:
             return await self._submit_new(draft, owner, uuid.uuid4().hex)
         return await self._submit_once(draft, owner, self._keys.idempotency(owner, idempotency_key))
@@ -200,12 +222,21 @@ class RedisJobService:
             check_family_rules(draft, served_model)
         if fleet.queue_depth >= self._settings.max_queue:
             raise self._queue_full()
+        quota = await self._check_quota(draft, owner)
         checked = await asyncio.to_thread(
             check_inputs, draft.request, max_pixels=self._settings.max_pixels, default_size=_native_size(model, fleet),
             defaults=_defaults(model, fleet),
         )
         spec = build_spec(draft, checked, job_id=job_id, created_at=time.time(), owner=owner, model=model,
                           entry=_library_entry(model, fleet))
+        await self._take_rate(quota, owner, job_id)
+        if owner is not None and quota is not None and quota.max_queued is not None:
+            await self._call(self._redis.zadd(self._keys.owner_queued(owner), {job_id: spec.created_at}))
+        if spec.webhook is not None:
+            await self._call(self._webhooks.watch(job_id, spec.created_at))  # before the job: never missed
+        if spec.deadline_at is not None:
+            # Before the job exists: an entry whose submit then fails finds no job and is dropped.
+            await self._call(self._redis.zadd(self._keys.deadlines, {job_id: spec.deadline_at}))
         position = await self._call(
             self._submit(
                 keys=[
@@ -284,6 +315,73 @@ class RedisJobService:
             raise JobNotFound(f"the image of job {job_id!r} expired", field="job_id")
         return bytes(data)
 
+    def webhook_secrets(self, owner: str | None) -> tuple[str, ...]:
+        secrets = server_secrets(self._settings)
+        if not secrets:
+            raise NotReady(NO_FLEET_SECRET)
+        return tuple(owner_secret(secret, owner) for secret in secrets)
+
+    async def webhook_messages(self, job_id: str, *, owner: str | None = None) -> list[WebhookMessage]:
+        await self.get(job_id, owner=owner)
+        return await self._call(self._webhooks.messages(job_id))
+
+    def render_webhooks_with(self, render: Callable[[JobView], dict[str, Any]]) -> None:
+        self._webhooks.render = render
+
+    def use_quotas(self, lookup: QuotaLookup) -> None:
+        self._quota = lookup
+
+    async def _check_quota(self, draft: JobDraft, owner: str | None) -> KeyQuota | None:
+        """The keys file's quotas, counted in Redis so every API node sees the same counts."""
+        quota = self._quota(owner)
+        check_priority(quota, owner, draft.priority)
+        if draft.priority > 0:
+            # The fleet's claim order is first come, first served so far: a priority it would not honour
+            # is refused rather than ignored.
+            raise InvalidRequest("priority: not available on a Redis fleet yet (serve without --redis)",
+                                 field="priority")
+        if quota is None or owner is None:
+            return quota
+        if quota.max_queued is not None:
+            check_queued(quota, await self._queued_of(owner))
+        return quota
+
+    async def _queued_of(self, owner: str) -> int:
+        """The owner's queued jobs: its list at submit, pruned of the jobs that have left the queue."""
+        key = self._keys.owner_queued(owner)
+        ids = [text(i) or "" for i in await self._call(self._redis.zrange(key, 0, -1))]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(self._keys.job(job_id), "state")
+            states = await self._call(pipe.execute())
+        gone = [job_id for job_id, state in zip(ids, states, strict=True) if state != b"queued"]
+        if gone:
+            await self._call(self._redis.zrem(key, *gone))
+        return len(ids) - len(gone)
+
+    async def _take_rate(self, quota: KeyQuota | None, owner: str | None, job_id: str) -> None:
+        if quota is None or quota.rate is None or owner is None:
+            return
+        key, now = self._keys.owner_rate(owner), time.time()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(key, "-inf", now - RATE_WINDOW_SECONDS)
+            pipe.zrange(key, 0, 0, withscores=True)
+            pipe.zcard(key)
+            _, oldest, count = await self._call(pipe.execute())
+        if count >= quota.rate:
+            raise rate_exceeded(quota, oldest[0][1] + RATE_WINDOW_SECONDS - now if oldest else RATE_WINDOW_SECONDS)
+        await self._call(self._redis.zadd(key, {job_id: now}))
+        await self._call(self._redis.pexpire(key, int(RATE_WINDOW_SECONDS * 1000)))
+
+    async def _check_webhook(self, draft: JobDraft) -> None:
+        if draft.webhook is None:
+            return
+        if not server_secrets(self._settings):
+            # Every API node must sign alike, so a fleet needs a shared secret; none is made up here.
+            raise InvalidRequest(f"webhook: {NO_FLEET_SECRET}", field="webhook")
+        allow_private = self._settings.webhook_allow_private
+        await asyncio.to_thread(check_target, draft.webhook.url, allow_private=allow_private)
+
     async def fleet(self, *, fresh: bool = False) -> FleetInfo:
         now = time.monotonic()
         if not fresh and self._fleet is not None and now - self._fleet[0] < FLEET_CACHE_SECONDS:
@@ -341,7 +439,9 @@ class RedisJobService:
             raise JobNotFound(f"no dead-lettered job {job_id!r}", field="job_id")
         old = await self.get(job_id)
         spec = old.spec
-        draft = JobDraft(spec.request, preview=spec.preview, hive_id=spec.hive_id, worker_id=spec.worker_id)
+        # Its webhook and priority go with it; a deadline was relative to the first submit, long past.
+        draft = JobDraft(spec.request, preview=spec.preview, hive_id=spec.hive_id, worker_id=spec.worker_id,
+                         webhook=spec.webhook, priority=spec.priority)
         view = await self.submit(draft, owner=spec.owner)
         await self._call(self._redis.zrem(self._keys.dead, job_id))
         return view
@@ -360,6 +460,8 @@ class RedisJobService:
 
     async def start(self) -> None:
         self._hub.start()
+        self._deadline_task = asyncio.get_running_loop().create_task(self._watch_deadlines(), name="sdw-deadlines")
+        await self._webhooks.start()
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -383,6 +485,11 @@ class RedisJobService:
 
     async def close(self) -> None:
         self.bus.close_all()
+        if self._deadline_task is not None:
+            self._deadline_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._deadline_task
+        await self._webhooks.close()
         await self._hub.close()
         for client in (self._redis, self._reader):
             try:
@@ -391,6 +498,32 @@ class RedisJobService:
                 log.debug("closing a Redis client failed", exc_info=True)
 
     # --- internals -----------------------------------------------------------------------------
+
+    async def _watch_deadlines(self) -> None:
+        """Every API node looks twice a second for jobs past their deadline and ends them (``DEADLINE``
+        is atomic and takes the job off ``P:deadlines`` first, so two nodes never both act on one)."""
+        while True:
+            await asyncio.sleep(DEADLINE_POLL_SECONDS)
+            try:
+                due = await self._redis.zrangebyscore(self._keys.deadlines, "-inf", time.time(), start=0, num=100)
+                for raw in due:
+                    await self._end_past_deadline(text(raw) or "")
+            except (RedisError, OSError):
+                log.debug("deadline sweep: Redis unavailable; next round", exc_info=True)
+            except Exception:
+                log.exception("deadline sweep failed")
+
+    async def _end_past_deadline(self, job_id: str) -> None:
+        model = text(await self._redis.hget(self._keys.job(job_id), "model")) or ""
+        k = self._keys
+        state = await self._deadline(
+            keys=[k.job(job_id), k.events(job_id), k.preview(job_id), k.queue(model), k.queued, k.queued_model(model),
+                  k.deadlines],
+            args=[job_id, ttl_ms(self._settings), EVENTS_MAXLEN, k.control, DEADLINE_MESSAGE],
+        )
+        if text(state) == "cancelled":
+            self._metrics.jobs_finished.labels(outcome="cancelled").inc()
+            await self._positions(keys=[k.queued_model(model)], args=[k.prefix, EVENTS_MAXLEN])
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
         """Redis errors as 503s that say what is wrong (never the URL's password)."""

@@ -63,6 +63,10 @@ class RedisLease:
         self._fence = str(fence)
         self._watchers = 0
         self._lost = False
+        self._started = time.time()
+        source.metrics.job_queue_seconds.labels(model=spec.request.model or "").observe(
+            max(0.0, self._started - spec.created_at)
+        )
         self._outbox: asyncio.Queue[JobEvent | None] = asyncio.Queue()
         self._writer = asyncio.get_running_loop().create_task(self._write(), name=f"sdworker-lease-{spec.job_id}")
         self._beat = asyncio.get_running_loop().create_task(self._heartbeat(), name=f"sdworker-beat-{spec.job_id}")
@@ -144,6 +148,9 @@ class RedisLease:
                         log.warning("job %s: attempt %d was fenced off; its result is dropped", job_id, self.attempt)
                         return False
                     self._source.metrics.jobs_finished.labels(outcome=outcome).inc()
+                    self._source.metrics.job_run_seconds.labels(model=self.spec.request.model or "").observe(
+                        max(0.0, time.time() - self._started)
+                    )
                     return True
                 except (RedisError, OSError):
                     if time.monotonic() > deadline:
