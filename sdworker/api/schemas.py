@@ -19,6 +19,7 @@ from sdworker.domain.hires import DEFAULT_UPSCALER, MAX_SCALE, HiresFix, check_h
 from sdworker.domain.parameters import SD_DEFAULTS
 from sdworker.domain.prompt_syntax import normalize_lora_name
 from sdworker.domain.request import ControlUnit, GenerationRequest, InputImage, LoraRef, Operation
+from sdworker.domain.step_cache import StepCache
 from sdworker.errors import InvalidRequest, WrongWorker
 from sdworker.jobs.spec import JobDraft
 from sdworker.previews.options import PreviewOptions
@@ -93,6 +94,22 @@ class HiresRequest(BaseModel):
                         negative_prompt=self.negative_prompt)
 
 
+class CacheRequest(BaseModel):
+    """Step caching for this job (off unless asked): faster, and the image differs from the uncached one."""
+
+    model_config = _STRICT
+
+    kind: Literal["first_block", "taylorseer", "mag"] = Field(
+        description="first_block (FLUX.1), taylorseer (FLUX.1, SD 3.5), mag (FLUX.1)"
+    )
+    threshold: float | None = Field(
+        None, gt=0.0, le=1.0, description="first_block (default 0.08) and mag (0.06): higher skips more"
+    )
+
+    def to_domain(self) -> StepCache:
+        return StepCache(kind=self.kind, threshold=self.threshold)
+
+
 class ControlUnitRequest(BaseModel):
     """One ControlNet unit: a model of GET /v1/controlnets, its control image and how strongly and when
     it steers."""
@@ -151,6 +168,7 @@ class JobRequest(BaseModel):
     clip_skip: int | None = Field(None, ge=1, le=12, description="A1111's: 1 = last CLIP layer, 2 = penultimate")
     hires: HiresRequest | None = Field(None, description="image_generation: a second pass at a larger size")
     controlnet: list[ControlUnitRequest] | None = Field(None, max_length=MAX_UNITS, description="ControlNet units")
+    cache: CacheRequest | None = Field(None, description="opt-in step caching (transformer families)")
 
 
 def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
@@ -186,6 +204,7 @@ def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
         clip_skip=body.clip_skip,
         hires=hires,
         controlnet=_units(body.controlnet),
+        cache=body.cache.to_domain() if body.cache is not None else None,
     )
     check_job(request, job_limits(settings), NATIVE_NAMES)
     return JobDraft(
