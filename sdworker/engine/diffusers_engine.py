@@ -98,16 +98,24 @@ class DiffusersEngine:
         self._controlnets: ControlNets | None = None
 
     @classmethod
-    def from_pipeline(cls, pipe: Any, settings: Settings, model_name: str = "memory", **kwargs: Any) -> DiffusersEngine:
+    def from_pipeline(
+        cls, pipe: Any, settings: Settings, model_name: str = "memory", *, family: str | None = None, **kwargs: Any
+    ) -> DiffusersEngine:
         """An engine over a pipeline built in memory (benchmarks, tests), on the pipeline's device and dtype.
-        Its library holds that one model (plus nothing else: ``--model``/``--models-dir`` are ignored)."""
+        Its library holds that one model (plus nothing else: ``--model``/``--models-dir`` are ignored).
+        ``family``: a flow-matching family's name (``flux1``...); None = a UNet pipeline, told apart by it."""
         engine = cls(settings, model_name=model_name, **kwargs)
-        family = detect_family(pipe)
-        context = pipe.unet.config.get("cross_attention_dim")
+        adapter = flow_adapter(family) if family is not None else None
+        family = family if adapter is not None and family is not None else detect_family(pipe)
+        denoiser = pipe.transformer if adapter is not None else pipe.unet
+        context = None if adapter is not None else pipe.unet.config.get("cross_attention_dim")
         entry = ModelEntry(model_name, family, "memory", ModelSource("memory", model_name), native_size(family),
                            context if isinstance(context, int) else None, None)
         engine._library = ModelLibrary(settings, memory=entry)
-        model = build_pipelines(pipe, family, pipe.device, pipe.unet.dtype, entry.source)
+        if adapter is not None:
+            model = adapter.build(pipe, pipe.device, denoiser.dtype, entry.source)
+        else:
+            model = build_pipelines(pipe, family, pipe.device, denoiser.dtype, entry.source)
         engine._finish_load(engine._add_slot(entry, model))
         return engine
 
