@@ -47,7 +47,7 @@ def denoiser_config(kind: str, dtype: torch.dtype) -> Any:
         return None
     if kind == "nf4":
         return diffusers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
-    return diffusers.TorchAoConfig(_torchao_config(kind))
+    return diffusers.TorchAoConfig(torchao_config(kind))
 
 
 def text_encoder_config(kind: str, dtype: torch.dtype) -> Any:
@@ -59,7 +59,7 @@ def text_encoder_config(kind: str, dtype: torch.dtype) -> Any:
     if kind == "nf4":
         return transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                bnb_4bit_compute_dtype=dtype)
-    return transformers.TorchAoConfig(_torchao_config(kind))
+    return transformers.TorchAoConfig(torchao_config(kind))
 
 
 def pipeline_config(kind: str, family: str, dtype: torch.dtype, *, transformer: bool = True) -> Any:
@@ -79,7 +79,7 @@ def pipeline_config(kind: str, family: str, dtype: torch.dtype, *, transformer: 
     return PipelineQuantizationConfig(quant_mapping=mapping) if mapping else None
 
 
-def _torchao_config(kind: str) -> Any:
+def torchao_config(kind: str) -> Any:
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Int8WeightOnlyConfig, PerRow
 
     if kind == "int8":
