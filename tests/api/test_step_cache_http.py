@@ -1,7 +1,7 @@
 """Step caching through HTTP on the real engine (every backend): a FLUX.1 job with ``cache`` gives other
 pixels than the same job without, and says so in its parameters and its PNG text; the job without says
 nothing of a cache (never on by default). A kind the model's family cannot use, and a threshold out of
-range, are 422s naming the field."""
+range, are 422s naming the field. The next job without a cache has the first one's pixels again."""
 
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ async def test_a_cached_job_differs_and_says_so_and_wrong_kinds_are_422(demo_cac
         assert plain["parameters"]["cache"] is None
         texts = [parse_parameters(Image.open(io.BytesIO(png)).text[PNG_KEY]) for png in (plain_png, cached_png)]
         assert texts[1]["Step cache"] == "first_block 0.3" and "Step cache" not in texts[0]
+        _, again_png = await finished(app, JOB)  # the cache's hooks went with its job
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(again_png)).convert("RGB"), dtype=int), pixels[0])
 
         for body, field, words in [
             ({**JOB, "model": "demo-sd15", "cache": {"kind": "taylorseer"}}, "cache.kind", "demo-sd15"),
