@@ -24,19 +24,9 @@ from typing import Any
 
 import torch
 
-QUANTIZE_KINDS = ("none", "fp8", "int8", "nf4")
-CUDA_ONLY = frozenset({"fp8", "nf4"})
 DENOISER = "transformer"
 LARGE_TEXT_ENCODERS = {"flux1": "text_encoder_2", "sd3": "text_encoder_3", "zimage": "text_encoder",
                        "qwenimage": "text_encoder"}
-
-
-def cuda_problem(kind: str, device: str) -> str | None:
-    """Why ``kind`` cannot run on ``device`` (a torch-free check ``Settings`` makes at start), or None."""
-    if kind in CUDA_ONLY and not device.startswith("cuda"):
-        library = "torchao float8" if kind == "fp8" else "bitsandbytes 4-bit"
-        return f"quantize {kind!r} needs a CUDA device ({library} kernels); on {device} use int8 or none"
-    return None
 
 
 def denoiser_config(kind: str, dtype: torch.dtype) -> Any:
