@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     # Speed
     compile: bool = Field(False, description="torch.compile the UNet for --compile-sizes at load (others run eager)")
     compile_sizes: tuple[str, ...] = Field((), description="WxH sizes to compile ahead, e.g. 512x512,1024x1024")
+    quantize: Literal["none", "fp8", "int8", "nf4"] = Field(
+        "none", description="transformer and large text encoder weights: int8 (torchao, CPU too), fp8/nf4 (CUDA)"
+    )
     max_batch: int | None = Field(
         None, ge=1, le=64, description="jobs of the same shape run together as one batch"
     )
@@ -274,6 +277,17 @@ class Settings(BaseSettings):
             device = str(data.get("device") or "auto").strip().lower()
             data = {**data, "max_pixels": CPU_MAX_PIXELS if _runs_on_cpu(device) else GPU_MAX_PIXELS}
         return data
+
+    @model_validator(mode="after")
+    def _check_quantize(self) -> Settings:
+        # At start, before a model loads: fp8 and nf4 have CUDA kernels only (``engine.quantize``).
+        device = self.device.strip().lower()
+        cuda = device.startswith("cuda") or (device == "auto" and Path("/proc/driver/nvidia/version").exists())
+        if self.quantize in ("fp8", "nf4") and not cuda:
+            library = "torchao float8" if self.quantize == "fp8" else "bitsandbytes 4-bit"
+            raise ValueError(f"quantize {self.quantize!r} needs a CUDA device ({library} kernels); "
+                             f"on {device} use int8 or none")
+        return self
 
     @model_validator(mode="after")
     def _check_together(self) -> Settings:

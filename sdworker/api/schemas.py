@@ -20,6 +20,7 @@ from sdworker.domain.hires import DEFAULT_UPSCALER, MAX_SCALE, HiresFix, check_h
 from sdworker.domain.parameters import SD_DEFAULTS
 from sdworker.domain.prompt_syntax import normalize_lora_name
 from sdworker.domain.request import ControlUnit, GenerationRequest, InputImage, LoraRef, Operation
+from sdworker.domain.step_cache import StepCache
 from sdworker.errors import InvalidRequest, WrongWorker
 from sdworker.jobs.spec import JobDraft, Webhook
 from sdworker.previews.options import PreviewOptions
@@ -93,6 +94,22 @@ class HiresRequest(BaseModel):
         return HiresFix(scale=self.scale, resize_width=self.resize_width, resize_height=self.resize_height,
                         upscaler=self.upscaler, steps=self.steps, strength=self.strength, prompt=self.prompt,
                         negative_prompt=self.negative_prompt)
+
+
+class CacheRequest(BaseModel):
+    """Step caching for this job (off unless asked): faster, and the image differs from the uncached one."""
+
+    model_config = _STRICT
+
+    kind: Literal["first_block", "taylorseer", "mag"] = Field(
+        description="first_block (FLUX.1), taylorseer (FLUX.1, SD 3.5), mag (FLUX.1)"
+    )
+    threshold: float | None = Field(
+        None, gt=0.0, le=1.0, description="first_block (default 0.08) and mag (0.06): higher skips more"
+    )
+
+    def to_domain(self) -> StepCache:
+        return StepCache(kind=self.kind, threshold=self.threshold)
 
 
 class ControlUnitRequest(BaseModel):
@@ -174,6 +191,7 @@ class JobRequest(BaseModel):
         description="after submit; a job not finished by then ends cancelled, code deadline_exceeded",
     )
     priority: int = Field(0, ge=0, le=100, description="higher starts first; at most the API key's own priority")
+    cache: CacheRequest | None = Field(None, description="opt-in step caching (transformer families)")
 
 
 def to_draft(body: JobRequest, settings: Settings, *, cancel_after: float | None = None) -> JobDraft:
@@ -210,6 +228,7 @@ def to_draft(body: JobRequest, settings: Settings, *, cancel_after: float | None
         clip_skip=body.clip_skip,
         hires=hires,
         controlnet=_units(body.controlnet),
+        cache=body.cache.to_domain() if body.cache is not None else None,
     )
     check_job(request, job_limits(settings), NATIVE_NAMES)
     deadlines = [d for d in (body.deadline_seconds, cancel_after) if d is not None]

@@ -37,7 +37,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "model", "model_config_dir", "device", "dtype", "allow_unsafe_pickle", "taesd", "taesdxl", "cache_dir",
         "models_dir", "default_model", "max_loaded_models", "lora_dir", "embeddings_dir", "controlnet_dir",
     ),
-    "speed": ("compile", "compile_sizes", "max_batch", "batch_wait_ms"),
+    "speed": ("compile", "compile_sizes", "quantize", "max_batch", "batch_wait_ms"),
     "HTTP": (
         "host", "port", "max_body_bytes", "cors_origins", "allowed_hosts", "public_url", "header_timeout_seconds",
         "body_timeout_seconds", "body_min_rate_bytes",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from sdworker.domain.request import GenerationRequest, Operation
+from sdworker.domain.step_cache import check_cache
 from sdworker.errors import InvalidRequest
 from sdworker.imaging.decode import check_mask_matches
 
@@ -84,6 +85,7 @@ def check_job(request: GenerationRequest, limits: Limits, names: Mapping[str, st
         raise refuse("clip_skip", f"{request.clip_skip} is not in 1..{MAX_CLIP_SKIP}")
     for ref in request.loras:
         check_lora_weight(ref.name, ref.weight, name("loras"))
+    check_cache(request.cache, field=name("cache"))
     if request.num_inference_steps is not None:  # None: the family's default, checked once settled
         check_strength(request.operation, request.strength, request.num_inference_steps,
                        strength_field=name("strength"), steps_field=name("num_inference_steps"))
@@ -152,6 +154,7 @@ def check_library_fields(request: GenerationRequest) -> None:
         raise InvalidRequest(f"clip_skip: {request.clip_skip} is not in 1..{MAX_CLIP_SKIP}", field="clip_skip")
     for ref in request.loras:
         check_lora_weight(ref.name, ref.weight, "loras")
+    check_cache(request.cache)
 
 
 def check_lora_weight(name: str, weight: float, field: str) -> None:

@@ -51,6 +51,7 @@ def image_parameters(request: GenerationRequest, result: GenerationResult, index
         lora_hashes=tuple((lora.name, lora.short_hash) for lora in result.loras if lora.short_hash),
         hires=hires,
         controlnet=tuple((f"ControlNet {i}", controlnet_text(unit)) for i, unit in enumerate(request.controlnet)),
+        step_cache=result.cache,
     )
 
 

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from sdworker.domain.hires import HiresFix
+from sdworker.domain.step_cache import StepCache
 from sdworker.imaging.decode import decode_base64, decode_image_bytes
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ class GenerationRequest:
     clip_skip: int | None = None  # A1111's convention: 1 = the last layer (no skip), 2 = the penultimate
     hires: HiresFix | None = None  # text-to-image only: a second pass at a larger size (``domain.hires``)
     controlnet: tuple[ControlUnit, ...] = ()  # ControlNet units (``domain.controlnet``), SD 1.x/2.x/SDXL
+    cache: StepCache | None = None  # opt-in step caching (``domain.step_cache``); changes the image
 
 
 def settle_defaults(request: GenerationRequest, steps: int, guidance: float) -> GenerationRequest:

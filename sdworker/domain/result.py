@@ -36,6 +36,7 @@ class GenerationResult:
     num_inference_steps: int | None = None  # what ran (the family's default when the request named none)
     guidance_scale: float | None = None
     first_pass_size: tuple[int, int] | None = None  # a hires fix's first pass (width, height); A1111's "Size"
+    cache: str | None = None  # the step cache that ran (``StepCache.text``: "first_block 0.08"), None = off
 
     @property
     def seed(self) -> int:

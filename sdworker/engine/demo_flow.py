@@ -22,6 +22,7 @@ from typing import Any
 
 DEMO_FLUX1 = "demo-flux1"
 FLUX1_TRANSFORMER_FILE = "demo-flux1-transformer.safetensors"
+FLUX1_GGUF_FILE = "demo-flux1-q8.gguf"  # the same transformer in GGUF, Q8_0 (``engine.gguf_file``)
 FLUX1_KOHYA_LORA = "demo-flux1-kohya"
 
 # What FLUX.1 dev ships in scheduler/scheduler_config.json.
@@ -134,7 +135,8 @@ def build_flux1_kohya_lora(transformer: Any, seed: int, rank: int = 4, scale: fl
 
 
 def write_demo_flux1(models: Path, loras: Path, seed: int) -> None:
-    """``models/demo-flux1/``, ``models/demo-flux1-transformer.safetensors`` and the kohya LoRA."""
+    """``models/demo-flux1/``, ``models/demo-flux1-transformer.safetensors``, the same transformer as
+    ``models/demo-flux1-q8.gguf`` and the kohya LoRA."""
     from diffusers import FluxPipeline
     from safetensors.torch import save_file
 
@@ -144,6 +146,9 @@ def write_demo_flux1(models: Path, loras: Path, seed: int) -> None:
     transformer = components["transformer"]
     state = {key: tensor.contiguous() for key, tensor in transformer.state_dict().items()}
     save_file(state, str(models / FLUX1_TRANSFORMER_FILE), metadata={"format": "pt"})
+    from sdworker.engine.gguf_file import write_gguf
+
+    write_gguf(state, models / FLUX1_GGUF_FILE)
     loras.mkdir(parents=True, exist_ok=True)
     save_file(build_flux1_kohya_lora(transformer, seed + 7), str(loras / f"{FLUX1_KOHYA_LORA}.safetensors"),
               metadata={"format": "pt"})

@@ -23,6 +23,7 @@ folder a worker serves as it is::
     embeddings/demo-embedding.safetensors   a 2-vector textual inversion for demo-sd15 (A1111 layout)
     models/demo-flux1/, models/demo-flux1-transformer.safetensors, loras/demo-flux1-kohya.safetensors
                    a tiny FLUX.1, its transformer alone in one file, a kohya FLUX LoRA (``demo_flow``)
+    models/demo-flux1-q8.gguf   the same transformer as a GGUF file (Q8_0), completed from demo-flux1
     models/demo-sd3/     a tiny SD 3.5 (``demo_sd3``)
     models/demo-zimage/  a tiny Z-Image (``demo_zimage``)
     models/demo-qwenimage/   a tiny Qwen-Image (``demo_qwenimage``)
@@ -48,7 +49,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-DEMO_VERSION = "demo-v4"  # v4: controlnet/demo-controlnet
+DEMO_VERSION = "demo-v5"  # v5: models/demo-flux1-q8.gguf
 MODELS_DIR, LORAS_DIR, EMBEDDINGS_DIR, CONTROLNET_DIR = "models", "loras", "embeddings", "controlnet"
 DEMO_CONTROLNET = "demo-controlnet"
 DEMO_SD15, DEMO_SDXL = "demo-sd15", "demo-sdxl"
@@ -226,7 +227,7 @@ def ensure_demo_model(cache_dir: Path) -> Path:
 
 
 def ensure_demo_bundle(cache_dir: Path) -> Path:
-    """The demo bundle under ``cache_dir/demo-v4``, built once.
+    """The demo bundle under ``cache_dir/demo-v5``, built once.
 
     Safe with several processes at once (pytest workers, a server and a CLI): each builds into its own
     temporary folder beside the target and renames it into place. ``rename`` of a directory is atomic,

@@ -45,6 +45,7 @@ from sdworker.domain.prompt_syntax import extract_lora_tags, merge_loras
 from sdworker.domain.request import GenerationRequest, Operation, settle_defaults, settle_size
 from sdworker.domain.result import AppliedLora, GenerationResult
 from sdworker.domain.scheduler_names import SCHEDULER_NAMES
+from sdworker.domain.step_cache import check_cache_family
 from sdworker.engine.batch import failure, run_group
 from sdworker.engine.controlnet import ControlNets, control_images, controlnet_call
 from sdworker.engine.decoding import decode_latents
@@ -58,6 +59,7 @@ from sdworker.engine.models import LoadedModel, ModelSource, build_pipelines, de
 from sdworker.engine.protocol import BatchItem, ModelLoadHook, StepHook
 from sdworker.engine.schedulers import describe_scheduler
 from sdworker.engine.slots import ModelSlot, TaesdCache, build_slot
+from sdworker.engine.step_cache import step_cache
 from sdworker.engine.step_hook import Interrupted, PreviewRenderer, StepCallback
 from sdworker.engine.x0 import X0Recorder
 from sdworker.errors import GenerationFailed, InvalidRequest, JobCancelled, ModelNotFound, NotReady, SdworkerError
@@ -96,16 +98,24 @@ class DiffusersEngine:
         self._controlnets: ControlNets | None = None
 
     @classmethod
-    def from_pipeline(cls, pipe: Any, settings: Settings, model_name: str = "memory", **kwargs: Any) -> DiffusersEngine:
+    def from_pipeline(
+        cls, pipe: Any, settings: Settings, model_name: str = "memory", *, family: str | None = None, **kwargs: Any
+    ) -> DiffusersEngine:
         """An engine over a pipeline built in memory (benchmarks, tests), on the pipeline's device and dtype.
-        Its library holds that one model (plus nothing else: ``--model``/``--models-dir`` are ignored)."""
+        Its library holds that one model (plus nothing else: ``--model``/``--models-dir`` are ignored).
+        ``family``: a flow-matching family's name (``flux1``...); None = a UNet pipeline, told apart by it."""
         engine = cls(settings, model_name=model_name, **kwargs)
-        family = detect_family(pipe)
-        context = pipe.unet.config.get("cross_attention_dim")
+        adapter = flow_adapter(family) if family is not None else None
+        family = family if adapter is not None and family is not None else detect_family(pipe)
+        denoiser = pipe.transformer if adapter is not None else pipe.unet
+        context = None if adapter is not None else pipe.unet.config.get("cross_attention_dim")
         entry = ModelEntry(model_name, family, "memory", ModelSource("memory", model_name), native_size(family),
                            context if isinstance(context, int) else None, None)
         engine._library = ModelLibrary(settings, memory=entry)
-        model = build_pipelines(pipe, family, pipe.device, pipe.unet.dtype, entry.source)
+        if adapter is not None:
+            model = adapter.build(pipe, pipe.device, denoiser.dtype, entry.source)
+        else:
+            model = build_pipelines(pipe, family, pipe.device, denoiser.dtype, entry.source)
         engine._finish_load(engine._add_slot(entry, model))
         return engine
 
@@ -176,6 +186,7 @@ class DiffusersEngine:
         if request.width is not None and request.height is not None:  # else settled in generate
             facts.check_size(request.width, request.height)
         facts.check_scheduler(request.scheduler)
+        check_cache_family(request.cache, entry.family, facts.label, entry.name)
         if request.hires is not None:
             self._check_hires(request, request.hires, entry)
         if request.controlnet:
@@ -271,9 +282,12 @@ class DiffusersEngine:
         started = time.perf_counter()
         kwargs["output_type"] = "pil"
         callback = StepCallback(on_step, cancel, X0Recorder(scheduler), renderer)
-        images, steps_run, _ = self._run_pass(slot, pipe, kwargs, scheduler, callback, finish)
-        return slot.result(request, images, seeds, scheduler_name, steps_run, time.perf_counter() - started, applied,
-                           warnings)
+        assert request.num_inference_steps is not None  # settled
+        with step_cache(getattr(pipe, "transformer", None), request.cache, request.num_inference_steps):
+            images, steps_run, _ = self._run_pass(slot, pipe, kwargs, scheduler, callback, finish)
+        result = slot.result(request, images, seeds, scheduler_name, steps_run, time.perf_counter() - started,
+                             applied, warnings)
+        return result if request.cache is None else replace(result, cache=request.cache.text())
 
     def _run_pass(
         self, slot: ModelSlot, pipe: Any, kwargs: dict[str, Any], scheduler: Any, callback: StepCallback,

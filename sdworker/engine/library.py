@@ -31,6 +31,7 @@ from typing import Any
 from sdworker.domain.families import family_facts, family_for_index
 from sdworker.domain.parameters import model_label
 from sdworker.domain.prompt_syntax import normalize_lora_name
+from sdworker.engine.gguf_file import GGUF_SUFFIX, read_gguf_header
 from sdworker.engine.models import PICKLE_SUFFIXES, ModelSource, resolve_source
 from sdworker.errors import InvalidRequest, LoraIncompatible, LoraNotFound, ModelError, ModelNotFound, UnsafeCheckpoint
 from sdworker.settings import Settings
@@ -195,7 +196,7 @@ class ModelLibrary:
                         entries.append(self._describe(child, str(name), ModelSource("folder", str(child))))
                     elif depth < _MAX_DEPTH:
                         entries.extend(self._scan(root, child, depth + 1))
-                elif child.suffix.lower() == ".safetensors":
+                elif child.suffix.lower() in (".safetensors", GGUF_SUFFIX):
                     source = ModelSource("single_file", str(child))
                     entries.append(self._describe(child, str(name.with_suffix("")), source))
                 elif child.suffix.lower() in PICKLE_SUFFIXES and self.settings.allow_unsafe_pickle:
@@ -400,8 +401,11 @@ def flux1_variant(index: dict[str, Any], transformer: dict[str, Any]) -> str:
 
 
 def _describe_checkpoint(path: Path, name: str, source: ModelSource) -> ModelEntry:
-    header = read_safetensors_header(path)
+    gguf = path.suffix.lower() == GGUF_SUFFIX
+    header = read_gguf_header(path) if gguf else read_safetensors_header(path)
     keys = header.keys()
+    if gguf and not _is_flux1_transformer(keys):
+        raise ValueError("GGUF files are read for FLUX.1 transformers only")
     if _is_flux1_transformer(keys):
         variant = _flux1_file_variant(header)
         return ModelEntry(name, "flux1", "file", source, native_size("flux1"), None, path, variant=variant,

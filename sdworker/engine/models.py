@@ -91,7 +91,7 @@ def resolve_source(settings: Settings) -> ModelSource:
         except OSError as exc:
             raise ModelError(
                 f"model demo: cannot build it in {settings.cache_dir}: {exc.strerror or exc} "
-                "(set --cache-dir to a writable folder, or delete a damaged demo-v4 folder there)"
+                "(set --cache-dir to a writable folder, or delete a damaged demo-v5 folder there)"
             ) from exc
     path = Path(model).expanduser()
     if path.is_dir():
@@ -100,7 +100,7 @@ def resolve_source(settings: Settings) -> ModelSource:
         return ModelSource("folder", str(path))
     if path.is_file():
         suffix = path.suffix.lower()
-        if suffix == ".safetensors":
+        if suffix in (".safetensors", ".gguf"):  # GGUF: a FLUX.1 transformer file (``engine.gguf_file``)
             return ModelSource("single_file", str(path))
         if suffix in PICKLE_SUFFIXES:
             if not settings.allow_unsafe_pickle:
@@ -135,10 +135,13 @@ def load_model(
     from sdworker.engine.families import flow_adapter
 
     adapter = flow_adapter(family) if family is not None else None
+    if settings.quantize != "none" and adapter is None:
+        log.warning("model %s: --quantize %s applies to the transformer families; this UNet model loads "
+                    "unquantised", label, settings.quantize)
     try:
         if adapter is not None:
             base = adapter.load_base(source, dtype, config, transformer_only=transformer_only,
-                                     use_safetensors=not settings.allow_unsafe_pickle)
+                                     use_safetensors=not settings.allow_unsafe_pickle, quantize=settings.quantize)
         else:
             base = _load_base_pipeline(source, settings, dtype, config)
     except (ModelError, UnsafeCheckpoint):

@@ -21,6 +21,7 @@ from sdworker.domain.batch_plan import resolve_max_batch
 from sdworker.domain.families import family_facts
 from sdworker.domain.request import GenerationRequest
 from sdworker.domain.result import AppliedLora, GenerationResult
+from sdworker.engine.block_compile import CompiledBlocks, apply_block_compile, warm_job
 from sdworker.engine.compile import CompiledUnet, apply_compile
 from sdworker.engine.embeddings import EmbeddingStore
 from sdworker.engine.hashing import HashCache
@@ -50,7 +51,7 @@ class ModelSlot:
     prompts: PromptEncoder
     loras: LoraAdapters
     sha256: str | None
-    compiled: CompiledUnet | None = None  # --compile: the UNet's dispatcher (call counts, warm-up time)
+    compiled: CompiledUnet | CompiledBlocks | None = None  # --compile: the UNet's or the blocks' dispatchers
     preview_failed_logged: bool = False
 
     @property
@@ -174,12 +175,16 @@ def build_slot(
         except OSError as exc:
             log.warning("cannot hash %s: %s", entry.hash_file, exc)
     loras = LoraAdapters(model.pipe, entry.name, hashes, max_cached=max_cached_loras, fuse=fuse_loras)
-    compiled = None
+    compiled: CompiledUnet | CompiledBlocks | None = None
     if settings is not None and settings.compile and model.family in UNET_FAMILIES:
         # After the LoRA loader exists, before any job: the compiled graph must see a UNet without adapters.
         max_batch = resolve_max_batch(settings.max_batch, str(model.device))
         compiled = apply_compile(model.text_to_image, sizes=settings.compile_sizes, max_batch=max_batch,
                                  cache_dir=settings.cache_dir, allowed=lambda: loras.unet_is_base)
+    elif settings is not None and settings.compile and adapter is not None and model.text_to_image is not None:
+        warm = warm_job(adapter, model, family_facts(model.family).defaults_for(entry.variant).guidance)
+        compiled = apply_block_compile(model.text_to_image, sizes=settings.compile_sizes, warm=warm,
+                                       cache_dir=settings.cache_dir, allowed=lambda: loras.unet_is_base)
     return ModelSlot(
         entry=entry,
         model=model,

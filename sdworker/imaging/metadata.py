@@ -43,6 +43,7 @@ class ImageParameters:
     hires: tuple[tuple[str, str], ...] = ()
     # sd-webui-controlnet's entries: ("ControlNet 0", "Module: canny, Model: name, Weight: 1, ...")
     controlnet: tuple[tuple[str, str], ...] = ()
+    step_cache: str | None = None  # "first_block 0.08": the job's step cache (``domain.step_cache``)
 
 
 def format_parameters(p: ImageParameters) -> str:
@@ -59,6 +60,8 @@ def format_parameters(p: ImageParameters) -> str:
         pairs.append(("Clip skip", p.clip_skip))
     pairs += p.hires
     pairs += p.controlnet
+    if p.step_cache:
+        pairs.append(("Step cache", p.step_cache))
     if p.lora_hashes:
         pairs.append(("Lora hashes", ", ".join(f"{name}: {digest}" for name, digest in p.lora_hashes)))
     lines = [p.prompt]

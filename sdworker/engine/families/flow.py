@@ -31,16 +31,20 @@ class FlowAdapter:
     # -- loading ------------------------------------------------------------------------------------
 
     def load_base(self, source: ModelSource, dtype: torch.dtype, model_config: str | None, *,
-                  transformer_only: bool, use_safetensors: bool) -> Any:
+                  transformer_only: bool, use_safetensors: bool, quantize: str = "none") -> Any:
+        """The family's base pipeline; ``quantize`` (``engine.quantize``) goes to diffusers as the
+        pipeline's quantisation config."""
         import diffusers
 
         if source.kind in ("folder", "hub"):
             cls = getattr(diffusers, self.pipelines[0])
-            return cls.from_pretrained(source.location, dtype=dtype, use_safetensors=use_safetensors)
-        return self.load_single_file(source, dtype, model_config, transformer_only=transformer_only)
+            return cls.from_pretrained(source.location, dtype=dtype, use_safetensors=use_safetensors,
+                                       **quantized(quantize, self.family, dtype))
+        return self.load_single_file(source, dtype, model_config, transformer_only=transformer_only,
+                                     quantize=quantize)
 
     def load_single_file(self, source: ModelSource, dtype: torch.dtype, model_config: str | None, *,
-                         transformer_only: bool) -> Any:
+                         transformer_only: bool, quantize: str = "none") -> Any:
         raise ModelError(f"model {source.location}: single-file {self.label} checkpoints are not supported yet; "
                          "use a diffusers folder")
 
@@ -144,6 +148,14 @@ class FlowAdapter:
             pixels = vae.decode(unpacked.to(vae.dtype), return_dict=False)[0]
         images: list[Image.Image] = pipe.image_processor.postprocess(pixels, output_type="pil")
         return images
+
+
+def quantized(kind: str, family: str, dtype: torch.dtype, *, transformer: bool = True) -> dict[str, Any]:
+    """``from_pretrained``'s ``quantization_config`` argument for ``--quantize kind`` (none: nothing)."""
+    from sdworker.engine.quantize import pipeline_config
+
+    config = pipeline_config(kind, family, dtype, transformer=transformer)
+    return {} if config is None else {"quantization_config": config}
 
 
 def _resize(image: Image.Image, size: tuple[int, int], resample: Image.Resampling) -> Image.Image:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from sdworker.engine.families.flow import FlowAdapter
+from sdworker.engine.families.flow import FlowAdapter, quantized
 from sdworker.engine.models import LoadedModel, ModelSource
 from sdworker.errors import ModelError
 
@@ -31,26 +31,36 @@ class Flux1Adapter(FlowAdapter):
     packed = True
 
     def load_base(self, source: ModelSource, dtype: torch.dtype, model_config: str | None, *,
-                  transformer_only: bool, use_safetensors: bool) -> Any:
+                  transformer_only: bool, use_safetensors: bool, quantize: str = "none") -> Any:
         if source.kind == "folder":
             cls = _pipeline_class(source.location)
-            return cls.from_pretrained(source.location, dtype=dtype, use_safetensors=use_safetensors)
+            return cls.from_pretrained(source.location, dtype=dtype, use_safetensors=use_safetensors,
+                                       **quantized(quantize, self.family, dtype))
         return super().load_base(source, dtype, model_config, transformer_only=transformer_only,
-                                 use_safetensors=use_safetensors)
+                                 use_safetensors=use_safetensors, quantize=quantize)
 
     def load_single_file(self, source: ModelSource, dtype: torch.dtype, model_config: str | None, *,
-                         transformer_only: bool) -> Any:
+                         transformer_only: bool, quantize: str = "none") -> Any:
+        """A transformer file (``.safetensors``, or ``.gguf``: already quantised, loaded through
+        ``GGUFQuantizationConfig`` and dequantised block by block as it computes) completed from a
+        diffusers FLUX.1 folder."""
         import diffusers
+
+        from sdworker.engine.quantize import denoiser_config
 
         folder = self.config_folder(source, model_config)
         if not transformer_only:
             raise ModelError(f"model {source.location}: all-in-one FLUX.1 checkpoints are not supported yet; "
                              "use its transformer file with --model-config")
+        gguf = source.location.lower().endswith(".gguf")
+        config = diffusers.GGUFQuantizationConfig(compute_dtype=dtype) if gguf else denoiser_config(quantize, dtype)
         transformer = diffusers.FluxTransformer2DModel.from_single_file(
-            source.location, config=str(folder), subfolder="transformer", dtype=dtype
+            source.location, config=str(folder), subfolder="transformer", dtype=dtype,
+            **({} if config is None else {"quantization_config": config}),
         )
         cls = diffusers.FluxFillPipeline if transformer.config.in_channels == 384 else diffusers.FluxPipeline
-        return cls.from_pretrained(str(folder), transformer=transformer, dtype=dtype)
+        return cls.from_pretrained(str(folder), transformer=transformer, dtype=dtype,
+                                   **quantized(quantize, self.family, dtype, transformer=False))
 
     def build(self, base: Any, device: torch.device, dtype: torch.dtype, source: ModelSource) -> LoadedModel:
         """A Fill model inpaints only and an edit model (Kontext) runs nothing yet: their other pipelines
