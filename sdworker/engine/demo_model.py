@@ -26,6 +26,7 @@ folder a worker serves as it is::
     models/demo-sd3/     a tiny SD 3.5 (``demo_sd3``)
     models/demo-zimage/  a tiny Z-Image (``demo_zimage``)
     models/demo-qwenimage/   a tiny Qwen-Image (``demo_qwenimage``)
+    models/demo-sd15-inpainting/   a tiny SD 1.x inpainting checkpoint, 9-channel UNet (``demo_inpaint``)
     controlnet/demo-controlnet/   a ControlNet for demo-sd15 (diffusers ControlNetModel folder)
 
 LoRA, ControlNet and embedding weights are random and NOT zero (a ControlNet's output convolutions
@@ -48,7 +49,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-DEMO_VERSION = "demo-v4"  # v4: controlnet/demo-controlnet
+DEMO_VERSION = "demo-v5"  # v5: models/demo-sd15-inpainting (v4: controlnet/demo-controlnet)
 MODELS_DIR, LORAS_DIR, EMBEDDINGS_DIR, CONTROLNET_DIR = "models", "loras", "embeddings", "controlnet"
 DEMO_CONTROLNET = "demo-controlnet"
 DEMO_SD15, DEMO_SDXL = "demo-sd15", "demo-sdxl"
@@ -226,7 +227,7 @@ def ensure_demo_model(cache_dir: Path) -> Path:
 
 
 def ensure_demo_bundle(cache_dir: Path) -> Path:
-    """The demo bundle under ``cache_dir/demo-v4``, built once.
+    """The demo bundle under ``cache_dir/DEMO_VERSION``, built once.
 
     Safe with several processes at once (pytest workers, a server and a CLI): each builds into its own
     temporary folder beside the target and renames it into place. ``rename`` of a directory is atomic,
@@ -348,6 +349,7 @@ def write_demo_bundle(directory: Path) -> Path:
     from safetensors.torch import save_file
 
     from sdworker.engine.demo_flow import write_demo_flux1
+    from sdworker.engine.demo_inpaint import write_demo_inpainting
     from sdworker.engine.demo_qwenimage import write_demo_qwenimage
     from sdworker.engine.demo_sd3 import write_demo_sd3
     from sdworker.engine.demo_zimage import write_demo_zimage
@@ -373,6 +375,7 @@ def write_demo_bundle(directory: Path) -> Path:
         write_demo_sd3(models, SEED + 200)
         write_demo_zimage(models, SEED + 300)
         write_demo_qwenimage(models, SEED + 400)
+        write_demo_inpainting(models, SEED + 500)
     with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
         build_demo_controlnet(sd15["unet"], SEED + 50).save_pretrained(
             directory / CONTROLNET_DIR / DEMO_CONTROLNET, safe_serialization=True

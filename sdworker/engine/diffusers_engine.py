@@ -45,6 +45,7 @@ from sdworker.domain.prompt_syntax import extract_lora_tags, merge_loras
 from sdworker.domain.request import GenerationRequest, Operation, settle_defaults, settle_size
 from sdworker.domain.result import AppliedLora, GenerationResult
 from sdworker.domain.scheduler_names import SCHEDULER_NAMES
+from sdworker.domain.unet_inpainting import INPAINTING, check_inpainting_model
 from sdworker.engine.batch import failure, run_group
 from sdworker.engine.controlnet import ControlNets, control_images, controlnet_call
 from sdworker.engine.decoding import decode_latents
@@ -53,7 +54,8 @@ from sdworker.engine.embeddings import EmbeddingStore
 from sdworker.engine.families import flow_adapter, ignored_field_warnings, unpacking_renderer
 from sdworker.engine.hashing import HashCache
 from sdworker.engine.hires import Finish, between_passes, first_pass_output, planned_steps, second_pass_image
-from sdworker.engine.library import LoraEntry, ModelEntry, ModelLibrary, native_size
+from sdworker.engine.inpainting_unet import full_mask_arguments, is_inpainting_unet
+from sdworker.engine.library import LoraEntry, ModelEntry, ModelLibrary, native_size, unet_variant
 from sdworker.engine.models import LoadedModel, ModelSource, build_pipelines, detect_family, load_model
 from sdworker.engine.protocol import BatchItem, ModelLoadHook, StepHook
 from sdworker.engine.schedulers import describe_scheduler
@@ -103,7 +105,8 @@ class DiffusersEngine:
         family = detect_family(pipe)
         context = pipe.unet.config.get("cross_attention_dim")
         entry = ModelEntry(model_name, family, "memory", ModelSource("memory", model_name), native_size(family),
-                           context if isinstance(context, int) else None, None)
+                           context if isinstance(context, int) else None, None,
+                           variant=unet_variant(pipe.unet.config.get("in_channels")))
         engine._library = ModelLibrary(settings, memory=entry)
         model = build_pipelines(pipe, family, pipe.device, pipe.unet.dtype, entry.source)
         engine._finish_load(engine._add_slot(entry, model))
@@ -178,6 +181,7 @@ class DiffusersEngine:
         facts.check_scheduler(request.scheduler)
         if request.hires is not None:
             self._check_hires(request, request.hires, entry)
+        check_inpainting_model(request, entry.variant, entry.name)
         if request.controlnet:
             if request.hires is not None:
                 raise InvalidRequest("hires: the hires fix with ControlNet units is not supported yet", field="hires")
@@ -384,7 +388,8 @@ class DiffusersEngine:
                 if item.request.operation is Operation.TEXT_TO_IMAGE:  # the others run alone anyway
                     settled = settle_size(settled, entry.native_size)
                 item = items[position] = replace(item, request=settled)
-                batches = family_facts(entry.family).batching
+                # An inpainting UNet takes 9 channels; the batch loop feeds it 4 (its jobs run through generate).
+                batches = family_facts(entry.family).batching and entry.variant != INPAINTING
                 keys.append(None if loras or not batches else batch_key(item.request, entry.name))
             except Exception:
                 keys.append(None)
@@ -533,10 +538,12 @@ class DiffusersEngine:
         kwargs = self._common_arguments(slot, request, prompt, seeds)
         assert request.width is not None and request.height is not None  # settled in generate
         size = (request.width, request.height)
+        image = _resize(init.convert("RGB"), size, Image.Resampling.LANCZOS) if init is not None else None
+        if request.operation is not Operation.INPAINT and is_inpainting_unet(model.pipe):
+            return model.inpaint, full_mask_arguments(request, kwargs, image)  # A1111's way, see inpainting_unet
         if request.operation is Operation.TEXT_TO_IMAGE:
             return model.text_to_image, {**kwargs, "width": request.width, "height": request.height}
-        assert init is not None  # check_request: img2img and inpaint have an init image
-        image = _resize(init.convert("RGB"), size, Image.Resampling.LANCZOS)
+        assert image is not None  # check_request: img2img and inpaint have an init image
         if request.operation is Operation.IMAGE_TO_IMAGE:
             return model.image_to_image, {**kwargs, "image": image, "strength": request.strength}
         assert mask is not None
