@@ -27,6 +27,7 @@ folder a worker serves as it is::
     models/demo-zimage/  a tiny Z-Image (``demo_zimage``)
     models/demo-qwenimage/   a tiny Qwen-Image (``demo_qwenimage``)
     models/demo-sd15-inpainting/   a tiny SD 1.x inpainting checkpoint, 9-channel UNet (``demo_inpaint``)
+    models/demo-flux2/   a tiny FLUX.2 klein (``demo_flux2``)
     controlnet/demo-controlnet/   a ControlNet for demo-sd15 (diffusers ControlNetModel folder)
 
 LoRA, ControlNet and embedding weights are random and NOT zero (a ControlNet's output convolutions
@@ -49,7 +50,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-DEMO_VERSION = "demo-v5"  # v5: models/demo-sd15-inpainting (v4: controlnet/demo-controlnet)
+DEMO_VERSION = "demo-v5"  # v5: models/demo-sd15-inpainting, models/demo-flux2 (v4: controlnet/demo-controlnet)
 MODELS_DIR, LORAS_DIR, EMBEDDINGS_DIR, CONTROLNET_DIR = "models", "loras", "embeddings", "controlnet"
 DEMO_CONTROLNET = "demo-controlnet"
 DEMO_SD15, DEMO_SDXL = "demo-sd15", "demo-sdxl"
@@ -349,6 +350,7 @@ def write_demo_bundle(directory: Path) -> Path:
     from safetensors.torch import save_file
 
     from sdworker.engine.demo_flow import write_demo_flux1
+    from sdworker.engine.demo_flux2 import write_demo_flux2
     from sdworker.engine.demo_inpaint import write_demo_inpainting
     from sdworker.engine.demo_qwenimage import write_demo_qwenimage
     from sdworker.engine.demo_sd3 import write_demo_sd3
@@ -376,6 +378,7 @@ def write_demo_bundle(directory: Path) -> Path:
         write_demo_zimage(models, SEED + 300)
         write_demo_qwenimage(models, SEED + 400)
         write_demo_inpainting(models, SEED + 500)
+        write_demo_flux2(models, SEED + 600)
     with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
         build_demo_controlnet(sd15["unet"], SEED + 50).save_pretrained(
             directory / CONTROLNET_DIR / DEMO_CONTROLNET, safe_serialization=True

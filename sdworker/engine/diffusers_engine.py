@@ -179,6 +179,7 @@ class DiffusersEngine:
         if request.width is not None and request.height is not None:  # else settled in generate
             facts.check_size(request.width, request.height)
         facts.check_scheduler(request.scheduler)
+        facts.check_operation(request.operation.value, entry.name)
         if request.hires is not None:
             self._check_hires(request, request.hires, entry)
         check_inpainting_model(request, entry.variant, entry.name)

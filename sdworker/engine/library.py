@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 _CONTEXT_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 # Families whose LoRAs are told apart by key names alone (no cross-attention width to compare).
-TRANSFORMER_FAMILIES = frozenset({"flux1", "sd3", "zimage", "qwenimage"})
+TRANSFORMER_FAMILIES = frozenset({"flux1", "sd3", "zimage", "qwenimage", "flux2"})
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _MAX_DEPTH = 4
 _CHECKPOINT_TO_K = re.compile(r"^model\.diffusion_model\..*attn2\.to_k\.weight$")
@@ -387,7 +387,8 @@ def unet_variant(in_channels: Any) -> str:
 def transformer_variant(family: str, index: dict[str, Any], transformer: dict[str, Any], folder: str) -> str:
     """Which defaults a transformer model gets (``FamilyFacts.defaults``): FLUX.1 dev | schnell | fill |
     kontext; SD 3.5 large | medium | turbo (turbo shows only in the name, as Stability names it);
-    Z-Image turbo (by name; an unnamed one gets Turbo's defaults too)."""
+    Z-Image turbo (by name; an unnamed one gets Turbo's defaults too); FLUX.2 dev | klein (step-distilled,
+    ``is_distilled`` in ``model_index.json``) | klein-base."""
     if family == "flux1":
         return flux1_variant(index, transformer)
     if family == "sd3":
@@ -396,6 +397,10 @@ def transformer_variant(family: str, index: dict[str, Any], transformer: dict[st
         return {38: "large", 24: "medium"}.get(int(transformer.get("num_layers", 0) or 0), "")
     if family == "zimage":
         return "turbo" if "turbo" in folder.lower() else ""
+    if family == "flux2":
+        if "Klein" not in str(index.get("_class_name", "")):
+            return "dev"
+        return "klein" if index.get("is_distilled") else "klein-base"
     return ""
 
 

@@ -84,6 +84,7 @@ def check_family_rules(draft: JobDraft, entry: ModelInfo | None) -> None:
         return
     facts.check_size(draft.request.width, draft.request.height)
     facts.check_scheduler(draft.request.scheduler)
+    facts.check_operation(draft.request.operation.value, entry.name)
     check_inpainting_model(draft.request, entry.variant, entry.name)
 
 
