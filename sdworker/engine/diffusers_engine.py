@@ -57,6 +57,7 @@ from sdworker.engine.hires import Finish, between_passes, first_pass_output, pla
 from sdworker.engine.inpainting_unet import full_mask_arguments, is_inpainting_unet
 from sdworker.engine.library import LoraEntry, ModelEntry, ModelLibrary, native_size, unet_variant
 from sdworker.engine.models import LoadedModel, ModelSource, build_pipelines, detect_family, load_model
+from sdworker.engine.prompt_limits import PromptLimits
 from sdworker.engine.protocol import BatchItem, ModelLoadHook, StepHook
 from sdworker.engine.schedulers import describe_scheduler
 from sdworker.engine.slots import ModelSlot, TaesdCache, build_slot
@@ -96,6 +97,7 @@ class DiffusersEngine:
         self._info: EngineInfo | None = None
         self._last: ModelSlot | None = None
         self._controlnets: ControlNets | None = None
+        self._prompt_limits = PromptLimits()
 
     @classmethod
     def from_pipeline(cls, pipe: Any, settings: Settings, model_name: str = "memory", **kwargs: Any) -> DiffusersEngine:
@@ -196,7 +198,21 @@ class DiffusersEngine:
             lora = library.lora(ref.name, field=field)
             library.check_lora_fits(lora, entry, field=field)
             loras.append((lora, ref.weight))
+        self._check_prompt_length(entry, prompt, request.negative_prompt)
         return entry, loras, prompt
+
+    def _check_prompt_length(self, entry: ModelEntry, prompt: str, negative_prompt: str) -> None:
+        """A prompt longer than a transformer family's text encoder reads is a 4xx (``prompt_limits``)."""
+        adapter = flow_adapter(entry.family)
+        if adapter is None:
+            return  # CLIP families: A1111's chunks take any length
+        folder = entry.source.location if entry.kind == "folder" else (
+            str(self.settings.model_config_dir) if self.settings.model_config_dir
+            else self.library.config_folder_for(entry))
+        texts = {"prompt": adapter.plain_prompt(prompt)[0]}
+        if adapter.takes_negative_prompt:
+            texts["negative_prompt"] = negative_prompt
+        self._prompt_limits.check(family_facts(entry.family), folder, texts)
 
     def _check_hires(self, request: GenerationRequest, hires: HiresFix, entry: ModelEntry) -> None:
         if entry.family not in ("sd1", "sd2", "sdxl"):
