@@ -100,3 +100,25 @@ def test_last_preview_is_the_final_image_and_mid_previews_beat_raw_latents(engin
     assert np.mean((mid_preview - final) ** 2) < np.mean((mid_raw - final) ** 2)
     vae = engine._slot(engine.library.model(DEMO_FLUX2), None).model.pipe.vae
     assert family_facts("flux2").latent.channels == vae.config.latent_channels == 32
+
+
+def test_cli_generate_with_a_flux2_folder_equals_diffusers(
+    demo_bundle: Path, demo_cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``sdworker generate --model /path/to/flux2-klein``: detected as FLUX.2 klein, steps and guidance left
+    out are klein's (4 without guidance), the ignored negative prompt is a warning."""
+    from PIL import Image
+
+    from sdworker.cli import main
+
+    out = tmp_path / "flux2.png"
+    code = main(["generate", "a photo of a cat", "--model", str(demo_bundle / "models" / DEMO_FLUX2), "-o", str(out),
+                 "--width", "64", "--height", "64", "--seed", str(SEED), "--negative", "blurry",
+                 "--cache-dir", str(demo_cache_dir), "--device", "cpu"])
+    assert code == 0
+    expected = _reference(demo_bundle, "Flux2KleinPipeline")(
+        prompt="a photo of a cat", generator=torch.Generator("cpu").manual_seed(SEED), width=64, height=64,
+        num_inference_steps=4, guidance_scale=1.0).images[0]
+    with Image.open(out) as image:
+        np.testing.assert_array_equal(pixels(image), pixels(expected))
+    assert "warning: negative_prompt: ignored" in capsys.readouterr().err

@@ -113,3 +113,19 @@ def test_a_single_file_inpainting_checkpoint_is_recognised(tmp_path: Path, demo_
     library = ModelLibrary(Settings(models_dir=models, cache_dir=demo_cache_dir, device="cpu"))
     assert library.model("inpainting").variant == "inpainting"
     assert library.model("plain").variant == ""
+
+
+def test_cli_generate_with_an_inpainting_folder(
+    demo_bundle: Path, demo_cache_dir: Path, tmp_path: Path, reference: Any
+) -> None:
+    """``sdworker generate --model /path/to/sd-inpainting``: text-to-image through the inpaint pipeline."""
+    from sdworker.cli import main
+
+    out = tmp_path / "inpainting.png"
+    code = main(["generate", "a photo of a cat", "--model", str(demo_bundle / "models" / DEMO_SD15_INPAINTING),
+                 "-o", str(out), "--width", "64", "--height", "64", "--seed", str(SEED), "--negative", "blurry",
+                 "--steps", "3", "--guidance", "6.0", "--cache-dir", str(demo_cache_dir), "--device", "cpu"])
+    assert code == 0
+    with Image.open(out) as image:
+        got = pixels(image)
+    assert np.array_equal(got, _diffusers(reference, Image.new("RGB", (64, 64), (127, 127, 127)), FULL, 1.0))
