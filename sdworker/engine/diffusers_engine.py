@@ -52,6 +52,7 @@ from sdworker.engine.decoding import decode_latents
 from sdworker.engine.demo_model import CONTROLNET_DIR
 from sdworker.engine.embeddings import EmbeddingStore
 from sdworker.engine.families import flow_adapter, ignored_field_warnings, unpacking_renderer
+from sdworker.engine.flow_batch import run_flow_group
 from sdworker.engine.hashing import HashCache
 from sdworker.engine.hires import Finish, between_passes, first_pass_output, planned_steps, second_pass_image
 from sdworker.engine.inpainting_unet import full_mask_arguments, is_inpainting_unet
@@ -435,7 +436,8 @@ class DiffusersEngine:
         except Exception as exc:  # as generate would fail each of them
             return {position: failure(exc) for position in group}
         members = [(p, items[p], prompts[p], _seed(items[p].request)) for p in group]
-        outcomes = run_group(slot, applied, members, lambda item: self._generate_alone(item, on_model_load))
+        shared_loop = run_flow_group if flow_adapter(slot.model.family) is not None else run_group  # FLUX.1
+        outcomes = shared_loop(slot, applied, members, lambda item: self._generate_alone(item, on_model_load))
         if slot.model.device.type == "cuda" and any(isinstance(o, Exception) for o in outcomes.values()):
             gc.collect()  # as generate does after a cancel or a failure: hand the cached blocks back
             torch.cuda.empty_cache()

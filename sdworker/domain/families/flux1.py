@@ -44,7 +44,7 @@ FACTS = FamilyFacts(
     prompt_syntax="plain",
     schedulers=("euler",),
     default_scheduler="euler",
-    batching=False,
+    batching=True,  # text-to-image on dev (guidance > 1): engine.flow_batch
     latent=FLUX1_LATENT,
     pipelines={
         "image_generation": "FluxPipeline",
