@@ -129,3 +129,28 @@ def test_cli_generate_with_an_inpainting_folder(
     with Image.open(out) as image:
         got = pixels(image)
     assert np.array_equal(got, _diffusers(reference, Image.new("RGB", (64, 64), (127, 127, 127)), FULL, 1.0))
+
+
+def test_an_sdxl_inpainting_folder_runs_text_to_image_through_the_xl_inpaint_pipeline(
+    tmp_path: Path, demo_cache_dir: Path
+) -> None:
+    """SDXL inpainting 0.1's shape (a 9-channel SDXL UNet, ``StableDiffusionXLInpaintPipeline`` folder), tiny."""
+    from diffusers import StableDiffusionXLInpaintPipeline, UNet2DConditionModel
+
+    from sdworker.engine.demo_model import build_demo_sdxl_components
+
+    with torch.random.fork_rng(devices=[]):
+        components = build_demo_sdxl_components(77)
+        torch.manual_seed(78)
+        components["unet"] = UNet2DConditionModel.from_config({**components["unet"].config, "in_channels": 9}).eval()
+    folder = tmp_path / "models" / "sdxl-inpainting"
+    StableDiffusionXLInpaintPipeline(**components).save_pretrained(folder, safe_serialization=True)
+    engine = DiffusersEngine(Settings(models_dir=tmp_path / "models", cache_dir=demo_cache_dir, device="cpu"))
+    entry = engine.library.model("sdxl-inpainting")
+    assert (entry.family, entry.variant) == ("sdxl", "inpainting")
+    got = engine.generate(GenerationRequest("a photo of a cat", model="sdxl-inpainting", seed=SEED, **CALL))
+    reference = StableDiffusionXLInpaintPipeline.from_pretrained(folder)
+    reference.set_progress_bar_config(disable=True)
+    expected = reference("a photo of a cat", image=Image.new("RGB", (64, 64), (127, 127, 127)), mask_image=FULL,
+                         strength=1.0, generator=torch.Generator("cpu").manual_seed(SEED), **CALL).images[0]
+    assert np.array_equal(pixels(got.images[0]), pixels(expected))
