@@ -67,7 +67,10 @@ class Settings(BaseSettings):
         "auto", description="auto = float16 on CUDA, else float32"
     )
     allow_unsafe_pickle: bool = Field(False, description="allow .ckpt/.pt pickles (loaded with weights_only=True)")
-    taesd: str | None = Field(None, description="folder holding an AutoencoderTiny (TAESD) for cheap previews")
+    taesd: tuple[str, ...] = Field(
+        (), description="TAESD folder for cheap previews, [FAMILY=]DIR: no prefix = SD 1.x/2.x (taesd), "
+        "sdxl=DIR (taesdxl), flux1=DIR or zimage=DIR (taef1), sd3=DIR (taesd3)"
+    )
     taesdxl: str | None = Field(None, description="folder holding the SDXL TAESD (taesdxl) for cheap SDXL previews")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="where the demo model is built")
     models_dir: Path | None = Field(None, description="folder of models that jobs may name by file or folder name")
@@ -192,7 +195,8 @@ class Settings(BaseSettings):
     # -- validation of values that need more than a bound ------------------------------------------
 
     @field_validator(
-        "api_keys", "admin_api_keys", "cors_origins", "allowed_hosts", "compile_sizes", "webhook_secret", mode="before"
+        "api_keys", "admin_api_keys", "cors_origins", "allowed_hosts", "compile_sizes", "webhook_secret", "taesd",
+        mode="before",
     )
     @classmethod
     def _split_list(cls, value: Any) -> Any:
@@ -301,6 +305,20 @@ class Settings(BaseSettings):
         return self
 
     # -- helpers ------------------------------------------------------------------------------------
+
+    def taesd_folders(self) -> dict[str, str]:
+        """``--taesd`` as family -> folder (a folder without a ``FAMILY=`` prefix serves sd1 and sd2), with
+        ``--taesdxl`` as sdxl's. Family names are checked where the families are known (the CLI)."""
+        folders: dict[str, str] = {}
+        for item in self.taesd:
+            family, sep, folder = item.partition("=")
+            if sep and _FAMILY_PREFIX.fullmatch(family):
+                folders[family] = folder
+            else:
+                folders["sd1"] = folders["sd2"] = item
+        if self.taesdxl:
+            folders["sdxl"] = self.taesdxl
+        return folders
 
     def all_api_keys(self) -> tuple[str, ...]:
         """``api_keys`` plus the keys in ``api_keys_file``, read when asked (the file may rotate: a
@@ -479,6 +497,7 @@ def describe_error(exc: ValidationError, given: Mapping[str, str], environ: Mapp
 
 
 _OUR_DEVICES = re.compile(r"auto|cpu|cuda|cuda:[0-9]{1,3}|mps")
+_FAMILY_PREFIX = re.compile(r"[a-z][a-z0-9]{1,15}")  # --taesd flux1=DIR: a family name, not a path
 _RBEE_CPU = re.compile(r"cpu-[0-9]{1,3}")
 _RBEE_GPU = re.compile(r"gpu-([0-9]{1,3})")
 

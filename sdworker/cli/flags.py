@@ -18,6 +18,7 @@ import argparse
 import ipaddress
 import sys
 import typing
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -148,9 +149,41 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for name in unknown_env_names():
         print(f"sdworker: warning: {name} is not a setting; ignored", file=sys.stderr)
     try:
-        return Settings(**given)
+        settings = Settings(**given)
     except ValidationError as exc:
         raise InvalidSettings(describe_error(exc, {name: flag_name(name) for name in given})) from None
+    check_taesd(settings)
+    return settings
+
+
+# TAESD-like decoders of other architectures than AutoencoderTiny: not loadable yet.
+_OTHER_TINY_DECODERS = {"flux2": "TAEF2", "qwenimage": "TAEHV (Wan's tiny decoder)"}
+
+
+def check_taesd(settings: Settings) -> None:
+    """Each ``--taesd FAMILY=DIR`` names a known family and a folder whose ``config.json`` has that
+    family's latent channels: a wrong one exits 2 at start, in one line, not at the first preview."""
+    import json
+
+    from sdworker.domain.families import all_families, family_facts
+
+    known = {facts.name for facts in all_families()}
+    for family, folder in settings.taesd_folders().items():
+        if family not in known:
+            raise InvalidSettings(f"--taesd {family}={folder}: {family!r} is not a model family "
+                                  f"({', '.join(sorted(known))})")
+        if family in _OTHER_TINY_DECODERS:
+            raise InvalidSettings(f"--taesd {family}={folder}: {_OTHER_TINY_DECODERS[family]} is not an "
+                                  "AutoencoderTiny and is not supported yet; previews use latent2rgb or vae")
+        try:
+            config = json.loads((Path(folder).expanduser() / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InvalidSettings(f"--taesd {folder}: no readable config.json there ({exc.__class__.__name__}); "
+                                  "expected an AutoencoderTiny folder") from None
+        channels, wanted = config.get("latent_channels"), family_facts(family).latent.channels
+        if channels != wanted:
+            raise InvalidSettings(f"--taesd {family}={folder}: its latent_channels is {channels}; "
+                                  f"{family_facts(family).label} latents have {wanted}")
 
 
 def is_loopback(host: str) -> bool:

@@ -27,6 +27,8 @@ folder a worker serves as it is::
     models/demo-sd3/     a tiny SD 3.5 (``demo_sd3``)
     models/demo-zimage/  a tiny Z-Image (``demo_zimage``)
     models/demo-qwenimage/   a tiny Qwen-Image (``demo_qwenimage``)
+    models/demo-sd15-inpainting/   a tiny SD 1.x inpainting checkpoint, 9-channel UNet (``demo_inpaint``)
+    models/demo-flux2/   a tiny FLUX.2 klein (``demo_flux2``)
     controlnet/demo-controlnet/   a ControlNet for demo-sd15 (diffusers ControlNetModel folder)
 
 LoRA, ControlNet and embedding weights are random and NOT zero (a ControlNet's output convolutions
@@ -49,7 +51,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-DEMO_VERSION = "demo-v5"  # v5: models/demo-flux1-q8.gguf
+DEMO_VERSION = "demo-v5"  # v5: demo-sd15-inpainting, demo-flux2, demo-flux1-q8.gguf (v4: controlnet/demo-controlnet)
 MODELS_DIR, LORAS_DIR, EMBEDDINGS_DIR, CONTROLNET_DIR = "models", "loras", "embeddings", "controlnet"
 DEMO_CONTROLNET = "demo-controlnet"
 DEMO_SD15, DEMO_SDXL = "demo-sd15", "demo-sdxl"
@@ -227,7 +229,7 @@ def ensure_demo_model(cache_dir: Path) -> Path:
 
 
 def ensure_demo_bundle(cache_dir: Path) -> Path:
-    """The demo bundle under ``cache_dir/demo-v5``, built once.
+    """The demo bundle under ``cache_dir/DEMO_VERSION``, built once.
 
     Safe with several processes at once (pytest workers, a server and a CLI): each builds into its own
     temporary folder beside the target and renames it into place. ``rename`` of a directory is atomic,
@@ -349,6 +351,8 @@ def write_demo_bundle(directory: Path) -> Path:
     from safetensors.torch import save_file
 
     from sdworker.engine.demo_flow import write_demo_flux1
+    from sdworker.engine.demo_flux2 import write_demo_flux2
+    from sdworker.engine.demo_inpaint import write_demo_inpainting
     from sdworker.engine.demo_qwenimage import write_demo_qwenimage
     from sdworker.engine.demo_sd3 import write_demo_sd3
     from sdworker.engine.demo_zimage import write_demo_zimage
@@ -374,6 +378,8 @@ def write_demo_bundle(directory: Path) -> Path:
         write_demo_sd3(models, SEED + 200)
         write_demo_zimage(models, SEED + 300)
         write_demo_qwenimage(models, SEED + 400)
+        write_demo_inpainting(models, SEED + 500)
+        write_demo_flux2(models, SEED + 600)
     with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
         build_demo_controlnet(sd15["unet"], SEED + 50).save_pretrained(
             directory / CONTROLNET_DIR / DEMO_CONTROLNET, safe_serialization=True

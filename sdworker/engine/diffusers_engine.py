@@ -46,16 +46,20 @@ from sdworker.domain.request import GenerationRequest, Operation, settle_default
 from sdworker.domain.result import AppliedLora, GenerationResult
 from sdworker.domain.scheduler_names import SCHEDULER_NAMES
 from sdworker.domain.step_cache import check_cache_family
+from sdworker.domain.unet_inpainting import INPAINTING, check_inpainting_model
 from sdworker.engine.batch import failure, run_group
 from sdworker.engine.controlnet import ControlNets, control_images, controlnet_call
 from sdworker.engine.decoding import decode_latents
 from sdworker.engine.demo_model import CONTROLNET_DIR
 from sdworker.engine.embeddings import EmbeddingStore
 from sdworker.engine.families import flow_adapter, ignored_field_warnings, unpacking_renderer
+from sdworker.engine.flow_batch import run_flow_group
 from sdworker.engine.hashing import HashCache
 from sdworker.engine.hires import Finish, between_passes, first_pass_output, planned_steps, second_pass_image
-from sdworker.engine.library import LoraEntry, ModelEntry, ModelLibrary, native_size
+from sdworker.engine.inpainting_unet import full_mask_arguments, is_inpainting_unet
+from sdworker.engine.library import LoraEntry, ModelEntry, ModelLibrary, native_size, unet_variant
 from sdworker.engine.models import LoadedModel, ModelSource, build_pipelines, detect_family, load_model
+from sdworker.engine.prompt_limits import PromptLimits
 from sdworker.engine.protocol import BatchItem, ModelLoadHook, StepHook
 from sdworker.engine.schedulers import describe_scheduler
 from sdworker.engine.slots import ModelSlot, TaesdCache, build_slot
@@ -96,6 +100,7 @@ class DiffusersEngine:
         self._info: EngineInfo | None = None
         self._last: ModelSlot | None = None
         self._controlnets: ControlNets | None = None
+        self._prompt_limits = PromptLimits()
 
     @classmethod
     def from_pipeline(
@@ -110,7 +115,8 @@ class DiffusersEngine:
         denoiser = pipe.transformer if adapter is not None else pipe.unet
         context = None if adapter is not None else pipe.unet.config.get("cross_attention_dim")
         entry = ModelEntry(model_name, family, "memory", ModelSource("memory", model_name), native_size(family),
-                           context if isinstance(context, int) else None, None)
+                           context if isinstance(context, int) else None, None,
+                           variant=unet_variant(pipe.unet.config.get("in_channels")))
         engine._library = ModelLibrary(settings, memory=entry)
         if adapter is not None:
             model = adapter.build(pipe, pipe.device, denoiser.dtype, entry.source)
@@ -187,8 +193,10 @@ class DiffusersEngine:
             facts.check_size(request.width, request.height)
         facts.check_scheduler(request.scheduler)
         check_cache_family(request.cache, entry.family, facts.label, entry.name)
+        facts.check_operation(request.operation.value, entry.name)
         if request.hires is not None:
             self._check_hires(request, request.hires, entry)
+        check_inpainting_model(request, entry.variant, entry.name)
         if request.controlnet:
             if request.hires is not None:
                 raise InvalidRequest("hires: the hires fix with ControlNet units is not supported yet", field="hires")
@@ -202,7 +210,21 @@ class DiffusersEngine:
             lora = library.lora(ref.name, field=field)
             library.check_lora_fits(lora, entry, field=field)
             loras.append((lora, ref.weight))
+        self._check_prompt_length(entry, prompt, request.negative_prompt)
         return entry, loras, prompt
+
+    def _check_prompt_length(self, entry: ModelEntry, prompt: str, negative_prompt: str) -> None:
+        """A prompt longer than a transformer family's text encoder reads is a 4xx (``prompt_limits``)."""
+        adapter = flow_adapter(entry.family)
+        if adapter is None:
+            return  # CLIP families: A1111's chunks take any length
+        folder = entry.source.location if entry.kind == "folder" else (
+            str(self.settings.model_config_dir) if self.settings.model_config_dir
+            else self.library.config_folder_for(entry))
+        texts = {"prompt": adapter.plain_prompt(prompt)[0]}
+        if adapter.takes_negative_prompt:
+            texts["negative_prompt"] = negative_prompt
+        self._prompt_limits.check(family_facts(entry.family), folder, texts)
 
     def _check_hires(self, request: GenerationRequest, hires: HiresFix, entry: ModelEntry) -> None:
         if entry.family not in ("sd1", "sd2", "sdxl"):
@@ -398,7 +420,8 @@ class DiffusersEngine:
                 if item.request.operation is Operation.TEXT_TO_IMAGE:  # the others run alone anyway
                     settled = settle_size(settled, entry.native_size)
                 item = items[position] = replace(item, request=settled)
-                batches = family_facts(entry.family).batching
+                # An inpainting UNet takes 9 channels; the batch loop feeds it 4 (its jobs run through generate).
+                batches = family_facts(entry.family).batching and entry.variant != INPAINTING
                 keys.append(None if loras or not batches else batch_key(item.request, entry.name))
             except Exception:
                 keys.append(None)
@@ -427,7 +450,8 @@ class DiffusersEngine:
         except Exception as exc:  # as generate would fail each of them
             return {position: failure(exc) for position in group}
         members = [(p, items[p], prompts[p], _seed(items[p].request)) for p in group]
-        outcomes = run_group(slot, applied, members, lambda item: self._generate_alone(item, on_model_load))
+        shared_loop = run_flow_group if flow_adapter(slot.model.family) is not None else run_group  # FLUX.1
+        outcomes = shared_loop(slot, applied, members, lambda item: self._generate_alone(item, on_model_load))
         if slot.model.device.type == "cuda" and any(isinstance(o, Exception) for o in outcomes.values()):
             gc.collect()  # as generate does after a cancel or a failure: hand the cached blocks back
             torch.cuda.empty_cache()
@@ -547,10 +571,12 @@ class DiffusersEngine:
         kwargs = self._common_arguments(slot, request, prompt, seeds)
         assert request.width is not None and request.height is not None  # settled in generate
         size = (request.width, request.height)
+        image = _resize(init.convert("RGB"), size, Image.Resampling.LANCZOS) if init is not None else None
+        if request.operation is not Operation.INPAINT and is_inpainting_unet(model.pipe):
+            return model.inpaint, full_mask_arguments(request, kwargs, image)  # A1111's way, see inpainting_unet
         if request.operation is Operation.TEXT_TO_IMAGE:
             return model.text_to_image, {**kwargs, "width": request.width, "height": request.height}
-        assert init is not None  # check_request: img2img and inpaint have an init image
-        image = _resize(init.convert("RGB"), size, Image.Resampling.LANCZOS)
+        assert image is not None  # check_request: img2img and inpaint have an init image
         if request.operation is Operation.IMAGE_TO_IMAGE:
             return model.image_to_image, {**kwargs, "image": image, "strength": request.strength}
         assert mask is not None

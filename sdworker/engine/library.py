@@ -31,7 +31,9 @@ from typing import Any
 from sdworker.domain.families import family_facts, family_for_index
 from sdworker.domain.parameters import model_label
 from sdworker.domain.prompt_syntax import normalize_lora_name
+from sdworker.domain.unet_inpainting import INPAINTING
 from sdworker.engine.gguf_file import GGUF_SUFFIX, read_gguf_header
+from sdworker.engine.inpainting_unet import INPAINT_IN_CHANNELS
 from sdworker.engine.models import PICKLE_SUFFIXES, ModelSource, resolve_source
 from sdworker.errors import InvalidRequest, LoraIncompatible, LoraNotFound, ModelError, ModelNotFound, UnsafeCheckpoint
 from sdworker.settings import Settings
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 
 _CONTEXT_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 # Families whose LoRAs are told apart by key names alone (no cross-attention width to compare).
-TRANSFORMER_FAMILIES = frozenset({"flux1", "sd3", "zimage", "qwenimage"})
+TRANSFORMER_FAMILIES = frozenset({"flux1", "sd3", "zimage", "qwenimage", "flux2"})
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _MAX_DEPTH = 4
 _CHECKPOINT_TO_K = re.compile(r"^model\.diffusion_model\..*attn2\.to_k\.weight$")
@@ -57,7 +59,7 @@ class ModelEntry:
     native_size: int
     context_dim: int | None  # the UNet's cross-attention width, when the files tell
     hash_file: Path | None  # what the model hash is taken of
-    variant: str = ""  # within a family: FLUX.1 dev | schnell | fill | kontext ("" = the family's default)
+    variant: str = ""  # FLUX.1 dev | schnell | fill | kontext; SD inpainting ("" = the family's default)
     transformer_only: bool = False  # a single file holding only the transformer (completed from a folder)
 
 
@@ -373,13 +375,21 @@ def _describe_folder(path: Path, name: str, source: ModelSource) -> ModelEntry:
                      path / "unet" / "diffusion_pytorch_model.fp16.safetensors") if p.is_file()),
         None,
     )
-    return ModelEntry(name, family, "folder", source, native, context_dim, weights)
+    return ModelEntry(name, family, "folder", source, native, context_dim, weights,
+                      variant=unet_variant(unet.get("in_channels")))
+
+
+def unet_variant(in_channels: Any) -> str:
+    """``inpainting`` for a UNet with 9 input channels (sd-v1-5-inpainting, SD 2 and SDXL inpainting:
+    the noisy latents 4 + the mask 1 + the masked image's latents 4), else the family's default."""
+    return INPAINTING if in_channels == INPAINT_IN_CHANNELS else ""
 
 
 def transformer_variant(family: str, index: dict[str, Any], transformer: dict[str, Any], folder: str) -> str:
     """Which defaults a transformer model gets (``FamilyFacts.defaults``): FLUX.1 dev | schnell | fill |
     kontext; SD 3.5 large | medium | turbo (turbo shows only in the name, as Stability names it);
-    Z-Image turbo (by name; an unnamed one gets Turbo's defaults too)."""
+    Z-Image turbo (by name; an unnamed one gets Turbo's defaults too); FLUX.2 dev | klein (step-distilled,
+    ``is_distilled`` in ``model_index.json``) | klein-base."""
     if family == "flux1":
         return flux1_variant(index, transformer)
     if family == "sd3":
@@ -388,6 +398,10 @@ def transformer_variant(family: str, index: dict[str, Any], transformer: dict[st
         return {38: "large", 24: "medium"}.get(int(transformer.get("num_layers", 0) or 0), "")
     if family == "zimage":
         return "turbo" if "turbo" in folder.lower() else ""
+    if family == "flux2":
+        if "Klein" not in str(index.get("_class_name", "")):
+            return "dev"
+        return "klein" if index.get("is_distilled") else "klein-base"
     return ""
 
 
@@ -420,7 +434,9 @@ def _describe_checkpoint(path: Path, name: str, source: ModelSource) -> ModelEnt
         (int(v["shape"][1]) for k, v in header.items() if _CHECKPOINT_TO_K.match(k) and len(v.get("shape", [])) == 2),
         None,
     )
-    return ModelEntry(name, family, "file", source, native_size(family), context_dim, path)
+    first_conv = header.get("model.diffusion_model.input_blocks.0.0.weight", {}).get("shape", [])
+    variant = unet_variant(first_conv[1] if len(first_conv) == 4 else None)
+    return ModelEntry(name, family, "file", source, native_size(family), context_dim, path, variant=variant)
 
 
 _FLUX1_BFL = re.compile(r"^(?:model\.diffusion_model\.)?double_blocks\.\d+\.img_attn\.")

@@ -2,7 +2,8 @@
 encoder and its LoRA adapters. Dropping the slot drops all of it (the engine's LRU evicts slots).
 
 Previews follow the model's family: latent2rgb coefficients per family, and a TAESD per family
-(``--taesd`` for SD 1.x/2.x latents, ``--taesdxl`` for SDXL's; a ``taesd/`` folder inside a diffusers
+(``--taesd [FAMILY=]DIR``: no prefix for SD 1.x/2.x latents, ``flux1=``/``sd3=``... for TAEF1, TAESD3;
+``--taesdxl`` for SDXL's; a ``taesd/`` folder inside a diffusers
 model folder is used when the flag is not given, which is how the demo models ship theirs).
 """
 
@@ -121,7 +122,7 @@ class TaesdCache:
     def for_model(self, model: LoadedModel) -> Any:
         from sdworker.previews.taesd import load_taesd
 
-        flags = {"sd1": self.settings.taesd, "sd2": self.settings.taesd, "sdxl": self.settings.taesdxl}
+        flags = self.settings.taesd_folders()
         path = flags.get(model.family)
         if path is None and model.source.kind == "folder":
             own = Path(model.source.location) / "taesd"
@@ -131,9 +132,10 @@ class TaesdCache:
         key = (path, f"{model.device}/{model.dtype}")
         if key not in self._loaded:
             try:
-                self._loaded[key] = load_taesd(path, model.device, model.dtype)
+                self._loaded[key] = load_taesd(path, model.device, model.dtype,
+                                               latent_channels=family_facts(model.family).latent.channels)
             except ModelError:
-                if path in (self.settings.taesd, self.settings.taesdxl):
+                if path in flags.values():
                     raise  # a flag the user gave: say so
                 log.warning("TAESD in %s unusable; previews fall back to latent2rgb", path, exc_info=True)
                 self._loaded[key] = None

@@ -12,6 +12,7 @@ from sdworker.domain.families import family_facts, request_warnings
 from sdworker.domain.prompt_syntax import extract_lora_tags, normalize_lora_name
 from sdworker.domain.request import GenerationRequest
 from sdworker.domain.step_cache import check_cache_family
+from sdworker.domain.unet_inpainting import check_inpainting_model
 from sdworker.errors import LoraIncompatible, LoraNotFound, ModelNotFound, UnknownScheduler, Unsupported
 from sdworker.jobs.spec import JobDraft, JobSpec
 
@@ -85,6 +86,8 @@ def check_family_rules(draft: JobDraft, entry: ModelInfo | None) -> None:
     facts.check_size(draft.request.width, draft.request.height)
     facts.check_scheduler(draft.request.scheduler)
     check_cache_family(draft.request.cache, entry.family, facts.label, entry.name)
+    facts.check_operation(draft.request.operation.value, entry.name)
+    check_inpainting_model(draft.request, entry.variant, entry.name)
 
 
 def _names(known: set[str]) -> str:

@@ -8,7 +8,9 @@ latents are first shrunk (area average) to the preview's size / 8: a 512 px imag
 scale, so the picture survives (tests/previews measure it against decode-then-resize).
 
 Users download the weights themselves (``madebyollin/taesd`` for SD 1.x/2.x, ``madebyollin/taesdxl``
-for SDXL) and pass the folder with ``--taesd PATH``; ``demo-model`` writes a tiny random one made by
+for SDXL, ``madebyollin/taef1`` for FLUX.1 and Z-Image, ``madebyollin/taesd3`` for SD 3.5: all
+``AutoencoderTiny``, the last two with 16 latent channels, fed the unpacked latents as the loop holds
+them) and pass the folder with ``--taesd [FAMILY=]PATH``; ``demo-model`` writes a tiny random one made by
 ``build_random_taesd`` so the real loading code runs in tests.
 """
 
@@ -29,7 +31,7 @@ from sdworker.previews.pixels import LATENT_TO_IMAGE, preview_size, to_preview_p
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
 
 
-def load_taesd(path: str, device: torch.device, dtype: torch.dtype) -> AutoencoderTiny:
+def load_taesd(path: str, device: torch.device, dtype: torch.dtype, *, latent_channels: int = 4) -> AutoencoderTiny:
     """Load a TAESD folder (``config.json`` + safetensors weights) onto ``device`` in ``dtype``.
 
     Raises ``ModelError`` with one line saying what is wrong; ``UnsafeCheckpoint`` when the folder
@@ -53,8 +55,8 @@ def load_taesd(path: str, device: torch.device, dtype: torch.dtype) -> Autoencod
     if not isinstance(model, AutoencoderTiny):
         raise ModelError(f"{path} is not an AutoencoderTiny (TAESD) folder")
     channels = model.config["latent_channels"]
-    if channels != 4:
-        raise ModelError(f"TAESD in {path} has {channels} latent channels; SD models need 4")
+    if channels != latent_channels:
+        raise ModelError(f"TAESD in {path} has {channels} latent channels; the model's latents have {latent_channels}")
     # channels_last: NHWC convolutions, which oneDNN and cuDNN run faster (a 256 px preview on the CPU:
     # 1.3x); the pixels are the same to float rounding.
     return model.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)

@@ -22,7 +22,7 @@ def test_latent_coefficients_have_one_rgb_row_per_channel(facts: FamilyFacts) ->
 def test_native_sizes_and_multiples() -> None:
     assert [(f.name, f.native_size, f.size_multiple) for f in all_families()] == [
         ("sd1", 512, 8), ("sd2", 768, 8), ("sdxl", 1024, 8), ("flux1", 1024, 16), ("sd3", 1024, 16),
-        ("zimage", 1024, 16), ("qwenimage", 1328, 16),
+        ("zimage", 1024, 16), ("qwenimage", 1328, 16), ("flux2", 1024, 16),
     ]
 
 
@@ -56,6 +56,8 @@ def test_scheduler_rule() -> None:
 
 def test_model_index_classes_map_to_families() -> None:
     assert family_for_index("FluxPipeline") is family_facts("flux1")
+    assert family_for_index("Flux2KleinPipeline") is family_for_index("Flux2Pipeline") is family_facts("flux2")
+    assert family_for_index("StableDiffusionInpaintPipeline") is None  # the UNet path: 9 channels, variant inpainting
     assert family_for_index("StableDiffusionXLPipeline") is family_facts("sdxl")
     assert family_for_index("StableDiffusionPipeline") is family_facts("sd1")
     assert family_for_index("SomethingElse") is None
@@ -68,3 +70,12 @@ def test_guidance_meaning_and_defaults_of_the_cfg_families() -> None:
     assert (sd3.defaults_for("turbo").steps, sd3.defaults_for("turbo").guidance) == (4, 0.0)
     assert (zimage.defaults_for("turbo").steps, zimage.defaults_for("turbo").guidance) == (8, 0.0)
     assert zimage.latent.factors == family_facts("flux1").latent.factors and zimage.latent.patch == 1
+
+
+def test_flux2_defaults_per_variant() -> None:
+    flux2 = family_facts("flux2")
+    assert (flux2.defaults_for("klein").steps, flux2.defaults_for("klein").guidance) == (4, 1.0)
+    assert (flux2.defaults_for("klein-base").steps, flux2.defaults_for("klein-base").guidance) == (50, 4.0)
+    assert (flux2.defaults_for("dev").steps, flux2.defaults_for("dev").guidance) == (50, 4.0)
+    assert "negative_prompt" in flux2.ignored_fields and flux2.max_prompt_tokens == 512
+    assert flux2.latent.channels == 32 and flux2.latent.patch == 2

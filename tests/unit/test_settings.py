@@ -47,7 +47,7 @@ def test_env_values_are_parsed_and_init_wins(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("SDWORKER_TAESD", "")  # empty = unset
     settings = Settings()
     assert settings.max_queue == 7 and settings.api_keys == (f"{KEY}1", f"{KEY}2") and settings.allow_no_auth
-    assert settings.cors_origins == ("https://a.example", "http://b.example:8080") and settings.taesd is None
+    assert settings.cors_origins == ("https://a.example", "http://b.example:8080") and settings.taesd == ()
     assert Settings(max_queue=9).max_queue == 9
 
 
@@ -161,3 +161,35 @@ def test_the_process_exits_2_with_one_line() -> None:
                           text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr == "sdworker: error: SDWORKER_MAX_QUEUE=0: Input should be greater than or equal to 1\n"
+
+
+def _tiny_decoder_config(folder: Path, channels: int) -> str:
+    folder.mkdir()
+    (folder / "config.json").write_text(f'{{"_class_name": "AutoencoderTiny", "latent_channels": {channels}}}')
+    return str(folder)
+
+
+def test_taesd_takes_a_family_prefix_and_repeats(tmp_path: Path) -> None:
+    sd, taef1 = _tiny_decoder_config(tmp_path / "taesd", 4), _tiny_decoder_config(tmp_path / "taef1", 16)
+    args = build_parser().parse_args(["serve", "--taesd", sd, "--taesd", f"flux1={taef1}"])
+    settings = settings_from_args(args)
+    assert settings.taesd_folders() == {"sd1": sd, "sd2": sd, "flux1": taef1}
+    assert Settings(taesd=f"sd3={taef1},zimage={taef1}", taesdxl=sd).taesd_folders() == {
+        "sd3": taef1, "zimage": taef1, "sdxl": sd}
+
+
+@pytest.mark.parametrize(("flag", "said"), [
+    ("flux1={sd}", "its latent_channels is 4; FLUX.1 latents have 16"),
+    ("{taef1}", "its latent_channels is 16; Stable Diffusion 1.x latents have 4"),
+    ("flux3={taef1}", "'flux3' is not a model family"),
+    ("flux2={taef1}", "TAEF2 is not an AutoencoderTiny and is not supported yet"),
+    ("sd3={tmp}/missing", "no readable config.json"),
+])
+def test_a_taesd_of_the_wrong_family_exits_2_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, said: str
+) -> None:
+    folders = {"sd": _tiny_decoder_config(tmp_path / "taesd", 4), "taef1": _tiny_decoder_config(tmp_path / "taef1", 16),
+               "tmp": str(tmp_path)}
+    assert main(["serve", "--taesd", flag.format(**folders)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sdworker: error: --taesd ") and said in err, err

@@ -105,6 +105,17 @@ class FamilyFacts:
         """The compat doors' rule: round down to the family's multiple (at least one multiple)."""
         return max(self.size_multiple, value - value % self.size_multiple)
 
+    def check_operation(self, operation: str, model: str) -> None:
+        """A job whose operation (wire name) the family has no diffusers pipeline for is a 4xx at submit,
+        naming the model and the operation (FLUX.2 has no image-to-image pipeline)."""
+        if not self.pipelines or operation in self.pipelines:
+            return
+        raise InvalidRequest(
+            f"operation: model {model!r} ({self.label}) cannot run {operation}: diffusers has no "
+            f"{self.label} pipeline for it",
+            field="operation",
+        )
+
     def check_scheduler(self, scheduler: str | None, *, field: str = "scheduler") -> None:
         if scheduler is None or self.schedulers is None or scheduler in self.schedulers:
             return
@@ -137,9 +148,9 @@ def request_warnings(
 
 
 def _registry() -> dict[str, FamilyFacts]:
-    from sdworker.domain.families import flux1, qwenimage, sd1, sd2, sd3, sdxl, zimage
+    from sdworker.domain.families import flux1, flux2, qwenimage, sd1, sd2, sd3, sdxl, zimage
 
-    modules = (sd1, sd2, sdxl, flux1, sd3, zimage, qwenimage)
+    modules = (sd1, sd2, sdxl, flux1, sd3, zimage, qwenimage, flux2)
     return {module.FACTS.name: module.FACTS for module in modules}
 
 
@@ -147,7 +158,7 @@ FAMILIES: dict[str, FamilyFacts] = {}
 
 
 def family_facts(name: str) -> FamilyFacts:
-    """The facts of family ``name`` (sd1 | sd2 | sdxl | flux1 | sd3 | zimage | qwenimage). ``KeyError`` for
+    """The facts of family ``name`` (sd1 | sd2 | sdxl | flux1 | sd3 | zimage | qwenimage | flux2). ``KeyError`` for
     an unknown one: the library only produces known names, so that is a programming error."""
     if not FAMILIES:
         FAMILIES.update(_registry())

@@ -36,14 +36,15 @@ FACTS = FamilyFacts(
     native_size=1024,
     size_multiple=16,
     defaults={"": Defaults(steps=28, guidance=3.5), "dev": Defaults(steps=28, guidance=3.5),
-              "schnell": Defaults(steps=4, guidance=0.0)},
+              "schnell": Defaults(steps=4, guidance=0.0),
+              "fill": Defaults(steps=50, guidance=30.0)},  # FLUX.1 Fill [dev]'s model card
     guidance="distilled",
     ignored_fields=("negative_prompt", "clip_skip"),
     max_prompt_tokens=512,
     prompt_syntax="plain",
     schedulers=("euler",),
     default_scheduler="euler",
-    batching=False,
+    batching=True,  # text-to-image on dev (guidance > 1): engine.flow_batch
     latent=FLUX1_LATENT,
     pipelines={
         "image_generation": "FluxPipeline",

@@ -36,6 +36,10 @@ def flow_adapter(family: str) -> FlowAdapter | None:
         from sdworker.engine.families import qwenimage
 
         return qwenimage.ADAPTER
+    if family == "flux2":
+        from sdworker.engine.families import flux2
+
+        return flux2.ADAPTER
     return None
 
 

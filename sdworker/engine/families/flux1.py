@@ -2,9 +2,10 @@
 of modules, or ``FluxFillPipeline`` for a Fill transformer (image and mask latents beside the noise).
 
 Loading: a diffusers folder (``model_index.json``), or a transformer-only single file completed from a
-diffusers FLUX.1 folder (``--model-config`` or one of the library's): the file's transformer goes
-through diffusers' ``FluxTransformer2DModel.from_single_file`` (which converts BFL's layout), the
-rest (VAE, CLIP, T5, tokenizers, scheduler) comes from the folder.
+diffusers FLUX.1 folder (``--model-config`` or one of the library's): a file in diffusers' key names goes
+through ``FluxTransformer2DModel.from_single_file``, one in BFL's layout through ``bfl_layout`` (diffusers'
+mapping, with the width read from the file); the rest (VAE, CLIP, T5, tokenizers, scheduler) comes from
+the folder. A file whose transformer takes 384 channels is a Fill model: ``FluxFillPipeline``.
 
 Latents: the loop holds ``(B, h*w/4, 64)``, 16 channels packed in 2x2 patches; ``unpack`` gives
 ``(B, 16, h, w)``, the form previews decode. The VAE decodes ``latents / scaling + shift``.
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 
+from sdworker.engine.bfl_layout import is_bfl_layout, load_bfl_transformer
 from sdworker.engine.families.flow import FlowAdapter, quantized
 from sdworker.engine.models import LoadedModel, ModelSource
 from sdworker.errors import ModelError
@@ -54,10 +56,14 @@ class Flux1Adapter(FlowAdapter):
                              "use its transformer file with --model-config")
         gguf = source.location.lower().endswith(".gguf")
         config = diffusers.GGUFQuantizationConfig(compute_dtype=dtype) if gguf else denoiser_config(quantize, dtype)
-        transformer = diffusers.FluxTransformer2DModel.from_single_file(
-            source.location, config=str(folder), subfolder="transformer", dtype=dtype,
-            **({} if config is None else {"quantization_config": config}),
-        )
+        if not gguf and config is None and _file_is_bfl_layout(source.location):
+            # diffusers' converter fixes the width at 3072: ours reads it from the file
+            transformer = load_bfl_transformer(source.location, folder, dtype)
+        else:
+            transformer = diffusers.FluxTransformer2DModel.from_single_file(
+                source.location, config=str(folder), subfolder="transformer", dtype=dtype,
+                **({} if config is None else {"quantization_config": config}),
+            )
         cls = diffusers.FluxFillPipeline if transformer.config.in_channels == 384 else diffusers.FluxPipeline
         return cls.from_pretrained(str(folder), transformer=transformer, dtype=dtype,
                                    **quantized(quantize, self.family, dtype, transformer=False))
@@ -87,6 +93,13 @@ class Flux1Adapter(FlowAdapter):
             return latents
         unpacked: torch.Tensor = FluxPipeline._unpack_latents(latents, height, width, vae_scale_factor)
         return unpacked
+
+
+def _file_is_bfl_layout(path: str) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as handle:
+        return is_bfl_layout(handle.keys())
 
 
 def _pipeline_class(folder: str) -> Any:

@@ -1,0 +1,113 @@
+"""FLUX.2 in diffusers: ``Flux2Pipeline`` (dev) or ``Flux2KleinPipeline`` (klein) for text-to-image,
+``Flux2KleinInpaintPipeline`` over the klein's modules for inpainting. diffusers has no image-to-image
+pipeline for FLUX.2, and none for dev's inpainting: those jobs are a 4xx naming the model.
+
+Latents: the loop holds ``(B, h/16 * w/16, 128)``, a token per 2x2 patch of the 32-channel VAE latents,
+normalised by the VAE's batch norm (``vae.bn`` running mean and variance). ``unpack`` gives the
+un-patchified ``(B, 32, h/8, w/8)``, still normalised: the form ComfyUI's latent2rgb set expects.
+The VAE decodes after patchify, ``z * sqrt(var + eps) + mean``, un-patchify, as the pipeline ends.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import Image
+
+from sdworker.engine.families.flow import FlowAdapter, quantized
+from sdworker.engine.models import LoadedModel, ModelSource
+from sdworker.previews.pixels import preview_size, to_preview_pixels
+
+
+class Flux2Adapter(FlowAdapter):
+    family = "flux2"
+    label = "FLUX.2"
+    pipelines = ("Flux2KleinPipeline", None, "Flux2KleinInpaintPipeline")
+    takes_negative_prompt = False  # no pipeline of FLUX.2 takes one (klein base's CFG runs against "")
+    packed = True
+
+    def load_base(self, source: ModelSource, dtype: torch.dtype, model_config: str | None, *,
+                  transformer_only: bool, use_safetensors: bool, quantize: str = "none") -> Any:
+        import diffusers
+
+        if source.kind == "folder":
+            index = json.loads((Path(source.location) / "model_index.json").read_text(encoding="utf-8"))
+            name = "Flux2KleinPipeline" if "Klein" in str(index.get("_class_name", "")) else "Flux2Pipeline"
+            return getattr(diffusers, name).from_pretrained(source.location, dtype=dtype,
+                                                            use_safetensors=use_safetensors,
+                                                            **quantized(quantize, self.family, dtype))
+        return super().load_base(source, dtype, model_config, transformer_only=transformer_only,
+                                 use_safetensors=use_safetensors, quantize=quantize)
+
+    def build(self, base: Any, device: torch.device, dtype: torch.dtype, source: ModelSource) -> LoadedModel:
+        """dev has its text-to-image pipeline only (diffusers has no FLUX.2 dev inpaint pipeline)."""
+        if type(base).__name__ == "Flux2Pipeline":
+            base.set_progress_bar_config(disable=True)
+            return LoadedModel(base, None, None, family=self.family, device=device, dtype=dtype, source=source)
+        return super().build(base, device, dtype, source)
+
+    def missing_reason(self, model: LoadedModel) -> str:
+        if model.inpaint is None:
+            return ": diffusers has only a text-to-image pipeline for FLUX.2 dev"
+        return ": diffusers has no image-to-image pipeline for FLUX.2 (inpaint with a full mask instead)"
+
+    def unpack(self, latents: torch.Tensor, width: int, height: int, vae_scale_factor: int = 8) -> torch.Tensor:
+        """``(B, h/16 * w/16, 128)`` -> ``(B, 32, h/8, w/8)``: tokens in row order (the pipeline's latent
+        ids), then diffusers' own ``_unpatchify_latents``."""
+        from diffusers import Flux2KleinPipeline
+
+        if latents.ndim == 4:
+            return latents
+        rows, columns = height // (vae_scale_factor * 2), width // (vae_scale_factor * 2)
+        grid = latents.reshape(latents.shape[0], rows, columns, latents.shape[-1]).permute(0, 3, 1, 2)
+        unpatched: torch.Tensor = Flux2KleinPipeline._unpatchify_latents(grid)
+        return unpatched
+
+    def decode(self, pipe: Any, latents: torch.Tensor, width: int, height: int) -> list[Image.Image]:
+        with torch.no_grad():
+            z = denormalise(pipe.vae, self.unpack(latents, width, height, int(pipe.vae_scale_factor)))
+            pixels = pipe.vae.decode(z, return_dict=False)[0]
+        images: list[Image.Image] = pipe.image_processor.postprocess(pixels, output_type="pil")
+        return images
+
+    def preview_decoders(self, vae: Any) -> dict[str, Any]:
+        return {"vae": Flux2VaeDecoder(vae)}
+
+
+def denormalise(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """``(B, 32, h, w)`` batch-norm normalised latents -> the VAE's own, as the pipeline does (the batch
+    norm runs over the 128 patchified channels)."""
+    from diffusers import Flux2KleinPipeline
+
+    patched = Flux2KleinPipeline._patchify_latents(latents.to(vae.dtype))
+    mean = vae.bn.running_mean.view(1, -1, 1, 1).to(patched.device, patched.dtype)
+    std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(patched.device,
+                                                                                            patched.dtype)
+    result: torch.Tensor = Flux2KleinPipeline._unpatchify_latents(patched * std + mean)
+    return result
+
+
+class Flux2VaeDecoder:
+    """The ``vae`` preview for FLUX.2: its VAE on the denormalised latents."""
+
+    method = "vae"
+
+    def __init__(self, vae: Any) -> None:
+        self.vae = vae
+        self.image_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor, max_size: int) -> npt.NDArray[np.uint8]:
+        size = preview_size(latents.shape[-2], latents.shape[-1], max_size, self.image_factor)
+        parameter = next(self.vae.parameters())
+        z = denormalise(self.vae, latents[0:1].to(parameter.device))
+        pixels: npt.NDArray[np.uint8] = to_preview_pixels(self.vae.decode(z).sample, size)
+        return pixels
+
+
+ADAPTER = Flux2Adapter()
