@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdworker.domain.checks import MAX_SEED, Limits, check_job
 from sdworker.domain.controlnet import MAX_UNITS, check_units
+from sdworker.domain.edit import MAX_REFERENCES
 from sdworker.domain.hires import DEFAULT_UPSCALER, MAX_SCALE, HiresFix, check_hires
 from sdworker.domain.parameters import SD_DEFAULTS
 from sdworker.domain.prompt_syntax import normalize_lora_name
@@ -34,9 +35,12 @@ OPERATION_NAMES: dict[str, Operation] = {
     "ImageGeneration": Operation.TEXT_TO_IMAGE,
     "ImageTransform": Operation.IMAGE_TO_IMAGE,
     "ImageInpaint": Operation.INPAINT,
+    "image_edit": Operation.EDIT,
+    "ImageEdit": Operation.EDIT,
 }
 OperationName = Literal[
-    "image_generation", "image_transform", "image_inpaint", "ImageGeneration", "ImageTransform", "ImageInpaint"
+    "image_generation", "image_transform", "image_inpaint", "image_edit", "ImageGeneration", "ImageTransform",
+    "ImageInpaint", "ImageEdit",
 ]
 _TEXT = 20_000  # characters; CLIP reads 77 tokens, this only stops absurd bodies early
 _NAME = 256
@@ -151,14 +155,19 @@ class JobRequest(BaseModel):
     clip_skip: int | None = Field(None, ge=1, le=12, description="A1111's: 1 = last CLIP layer, 2 = penultimate")
     hires: HiresRequest | None = Field(None, description="image_generation: a second pass at a larger size")
     controlnet: list[ControlUnitRequest] | None = Field(None, max_length=MAX_UNITS, description="ControlNet units")
+    reference_images: list[str] | None = Field(
+        None, min_length=1, max_length=MAX_REFERENCES,
+        description="image_edit: base64 images the prompt edits, on an edit model (FLUX.1 Kontext: 1, "
+        "Qwen-Image-Edit: 1, Qwen-Image-Edit-Plus: up to 3)",
+    )
 
 
 def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
     operation = OPERATION_NAMES[body.operation]
     _check_worker(body.worker_id, settings.worker_id)
     width, height = body.width, body.height
-    if operation is Operation.TEXT_TO_IMAGE:
-        _refuse_images(body, ("input_image", "init_image", "mask_image"), "image_generation")
+    if operation in (Operation.TEXT_TO_IMAGE, Operation.EDIT):
+        _refuse_images(body, ("input_image", "init_image", "mask_image"), body.operation)
     hires = _hires(body, operation, settings)
     init_field, init_image = _init_image(body, operation)
     if operation is Operation.IMAGE_TO_IMAGE:
@@ -186,6 +195,9 @@ def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
         clip_skip=body.clip_skip,
         hires=hires,
         controlnet=_units(body.controlnet),
+        reference_images=tuple(
+            InputImage(image, f"reference_images.{i}") for i, image in enumerate(body.reference_images or ())
+        ),
     )
     check_job(request, job_limits(settings), NATIVE_NAMES)
     return JobDraft(
@@ -242,7 +254,7 @@ def preview_options(preview: PreviewRequest | None, settings: Settings) -> Previ
 
 
 def _init_image(body: JobRequest, operation: Operation) -> tuple[str, str | None]:
-    if operation is Operation.TEXT_TO_IMAGE:
+    if operation in (Operation.TEXT_TO_IMAGE, Operation.EDIT):
         return "init_image", None
     if body.input_image is not None and body.init_image is not None:
         raise InvalidRequest("input_image: give input_image or init_image, not both", field="input_image")

@@ -37,6 +37,7 @@ class Operation(StrEnum):
     TEXT_TO_IMAGE = "image_generation"
     IMAGE_TO_IMAGE = "image_transform"
     INPAINT = "image_inpaint"
+    EDIT = "image_edit"  # an edit model (FLUX.1 Kontext, Qwen-Image-Edit): reference images + an instruction
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,7 @@ class GenerationRequest:
     clip_skip: int | None = None  # A1111's convention: 1 = the last layer (no skip), 2 = the penultimate
     hires: HiresFix | None = None  # text-to-image only: a second pass at a larger size (``domain.hires``)
     controlnet: tuple[ControlUnit, ...] = ()  # ControlNet units (``domain.controlnet``), SD 1.x/2.x/SDXL
+    reference_images: tuple[InputImage, ...] = ()  # image_edit only: the images the prompt edits (``domain.edit``)
 
 
 def settle_defaults(request: GenerationRequest, steps: int, guidance: float) -> GenerationRequest:

@@ -27,6 +27,7 @@ folder a worker serves as it is::
     models/demo-zimage/  a tiny Z-Image (``demo_zimage``)
     models/demo-qwenimage/   a tiny Qwen-Image (``demo_qwenimage``)
     controlnet/demo-controlnet/   a ControlNet for demo-sd15 (diffusers ControlNetModel folder)
+    models/demo-flux1-kontext/, models/demo-qwenimage-edit/   tiny edit models (``demo_edit``)
 
 LoRA, ControlNet and embedding weights are random and NOT zero (a ControlNet's output convolutions
 start at zero too: one that changes nothing) (peft initialises ``lora_B`` at zero, a LoRA that
@@ -48,7 +49,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-DEMO_VERSION = "demo-v4"  # v4: controlnet/demo-controlnet
+DEMO_VERSION = "demo-v5"  # v4: controlnet/demo-controlnet; v5: the edit models (demo_edit)
 MODELS_DIR, LORAS_DIR, EMBEDDINGS_DIR, CONTROLNET_DIR = "models", "loras", "embeddings", "controlnet"
 DEMO_CONTROLNET = "demo-controlnet"
 DEMO_SD15, DEMO_SDXL = "demo-sd15", "demo-sdxl"
@@ -347,6 +348,7 @@ def write_demo_bundle(directory: Path) -> Path:
     from diffusers import StableDiffusionXLPipeline
     from safetensors.torch import save_file
 
+    from sdworker.engine.demo_edit import write_demo_edit_models
     from sdworker.engine.demo_flow import write_demo_flux1
     from sdworker.engine.demo_qwenimage import write_demo_qwenimage
     from sdworker.engine.demo_sd3 import write_demo_sd3
@@ -373,6 +375,8 @@ def write_demo_bundle(directory: Path) -> Path:
         write_demo_sd3(models, SEED + 200)
         write_demo_zimage(models, SEED + 300)
         write_demo_qwenimage(models, SEED + 400)
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        write_demo_edit_models(models, SEED + 500)
     with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
         build_demo_controlnet(sd15["unet"], SEED + 50).save_pretrained(
             directory / CONTROLNET_DIR / DEMO_CONTROLNET, safe_serialization=True

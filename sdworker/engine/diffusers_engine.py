@@ -39,6 +39,7 @@ from sdworker.domain.batch_plan import BatchKey, batch_key, group_positions
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.checks import check_library_fields, check_lora_weight, check_request, decoded_inputs
 from sdworker.domain.control import CancelToken
+from sdworker.domain.edit import check_edit_model, decoded_references
 from sdworker.domain.families import family_facts
 from sdworker.domain.hires import HiresFix, check_hires, hires_size
 from sdworker.domain.prompt_syntax import extract_lora_tags, merge_loras
@@ -49,6 +50,7 @@ from sdworker.engine.batch import failure, run_group
 from sdworker.engine.controlnet import ControlNets, control_images, controlnet_call
 from sdworker.engine.decoding import decode_latents
 from sdworker.engine.demo_model import CONTROLNET_DIR
+from sdworker.engine.edit import edit_call
 from sdworker.engine.embeddings import EmbeddingStore
 from sdworker.engine.families import flow_adapter, ignored_field_warnings, unpacking_renderer
 from sdworker.engine.hashing import HashCache
@@ -176,6 +178,7 @@ class DiffusersEngine:
         if request.width is not None and request.height is not None:  # else settled in generate
             facts.check_size(request.width, request.height)
         facts.check_scheduler(request.scheduler)
+        check_edit_model(request, entry.family, entry.variant, entry.name)
         if request.hires is not None:
             self._check_hires(request, request.hires, entry)
         if request.controlnet:
@@ -234,8 +237,10 @@ class DiffusersEngine:
         request = settle_defaults(request, *_defaults(entry))
         check_request(request)
         init, mask = decoded_inputs(request, max_pixels=self.settings.max_pixels)
+        references = decoded_references(request, max_pixels=self.settings.max_pixels)
+        source = init or (references[0] if references else None)  # the output's size when the job names none
         multiple = family_facts(entry.family).size_multiple  # an init image's size rounds down to the family's
-        image_size = (init.size[0] // multiple * multiple, init.size[1] // multiple * multiple) if init else None
+        image_size = (source.size[0] // multiple * multiple, source.size[1] // multiple * multiple) if source else None
         request = settle_size(request, entry.native_size, image_size)
         assert request.width is not None and request.height is not None
         width, height = request.width, request.height
@@ -265,7 +270,10 @@ class DiffusersEngine:
             prompt, syntax_removed = adapter.plain_prompt(prompt)
             warnings = ignored_field_warnings(request, facts, entry.variant, syntax_removed=syntax_removed)
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-            pipe, kwargs = adapter.call_arguments(slot.model, request, prompt, generators, init, mask)
+            if request.operation is Operation.EDIT:
+                pipe, kwargs = edit_call(adapter, slot.model, request, prompt, generators, references)
+            else:
+                pipe, kwargs = adapter.call_arguments(slot.model, request, prompt, generators, init, mask)
             renderer = unpacking_renderer(slot.render_preview, adapter, request, pipe)
             finish = lambda latents: adapter.decode(pipe, latents, width, height)  # noqa: E731
         started = time.perf_counter()

@@ -387,6 +387,9 @@ def transformer_variant(family: str, index: dict[str, Any], transformer: dict[st
         return {38: "large", 24: "medium"}.get(int(transformer.get("num_layers", 0) or 0), "")
     if family == "zimage":
         return "turbo" if "turbo" in folder.lower() else ""
+    if family == "qwenimage":  # an edit model (``domain.edit``): Plus takes several references
+        index_class = str(index.get("_class_name", ""))
+        return "edit-plus" if "EditPlus" in index_class else "edit" if "Edit" in index_class else ""
     return ""
 
 

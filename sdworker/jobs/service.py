@@ -518,7 +518,9 @@ class LocalJobService:
         # The input images (up to max_body_bytes each) are not needed once the job has run.
         request = record.spec.request
         units = tuple(replace(unit, image=InputImage(b"", unit.image.field)) for unit in request.controlnet)
-        record.spec = replace(record.spec, request=replace(request, init_image=None, mask_image=None, controlnet=units))
+        references = tuple(InputImage(b"", image.field) for image in request.reference_images)  # kept: how many
+        record.spec = replace(record.spec, request=replace(request, init_image=None, mask_image=None, controlnet=units,
+                                                           reference_images=references))
         record.error_code, record.error_message = code, message
         self.store.save(record, durable=True)
         self._metrics.jobs_finished.labels(outcome=status.value).inc()

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
+from sdworker.domain.edit import check_edit_model
 from sdworker.domain.families import family_facts, request_warnings
 from sdworker.domain.prompt_syntax import extract_lora_tags, normalize_lora_name
 from sdworker.domain.request import GenerationRequest
@@ -49,6 +50,7 @@ def check_against_library(
     chosen = chosen or next((m for m in models if m.is_default), None) or (models[0] if models else None)
     if chosen is None:
         raise ModelNotFound("model: the model library is empty", field="model")
+    check_edit_model(request, chosen.family, chosen.variant, chosen.name)
     return chosen.name, chosen
 
 

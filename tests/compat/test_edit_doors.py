@@ -1,0 +1,72 @@
+"""Edit jobs (``image_edit``) through the doors, over real uvicorn with the demo bundle: the OpenAI SDK's
+``images.edit`` on an edit model runs an edit job equal to the native one; the rules are 400s naming
+the field the client sent."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from live.server import LiveServer
+
+from .conftest import b64, native_pixels, pixels, png
+
+pytestmark = [pytest.mark.live, pytest.mark.slow]
+
+KONTEXT = "demo-flux1-kontext"
+EDIT: dict[str, Any] = {"steps": 2, "seed": 21}
+
+
+@pytest.fixture
+def client(server: LiveServer, http: httpx.Client) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="anything", max_retries=0, timeout=120)
+
+
+def test_openai_edit_on_an_edit_model_equals_the_native_edit_job(client: openai.OpenAI, http: httpx.Client) -> None:
+    source = png(64, 64, (30, 140, 220))
+    result = client.images.edit(model=KONTEXT, image=("door.png", source, "image/png"), prompt="make the door red",
+                                extra_body=EDIT)
+    assert result.data is not None
+    job = http.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    parameters = http.get(f"/v1/jobs/{job['job_id']}").json()["parameters"]
+    assert parameters["operation"] == "image_edit" and parameters["reference_images"] == 1
+    native = native_pixels(http, operation="image_edit", prompt="make the door red", model=KONTEXT,
+                           reference_images=[b64(source)], **EDIT)
+    np.testing.assert_array_equal(pixels(base64.b64decode(result.data[0].b64_json or "")), native)
+    other = native_pixels(http, operation="image_edit", prompt="make the door red", model=KONTEXT,
+                          reference_images=[b64(png(64, 64, (250, 250, 20)))], **EDIT)
+    assert np.abs(native.astype(int) - other.astype(int)).max() > 0  # the reference image reaches the pixels
+
+
+def test_two_images_on_kontext_are_a_400_naming_image(client: openai.OpenAI) -> None:
+    images = [("a.png", png(64, 64), "image/png"), ("b.png", png(64, 64, (0, 0, 0)), "image/png")]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.edit(model=KONTEXT, image=images, prompt="a door", extra_body=EDIT)
+    assert caught.value.param == "image[]", caught.value.body
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"operation": "image_edit", "model": "demo-sd15"}, "operation"),
+        ({"operation": "image_edit", "model": "demo-flux1"}, "operation"),
+        ({"operation": "image_generation", "model": KONTEXT, "reference_images": None}, "operation"),
+        ({"operation": "image_generation"}, "reference_images"),
+        ({"operation": "image_edit", "model": KONTEXT, "reference_images": None}, "reference_images"),
+        ({"operation": "image_edit", "model": KONTEXT, "reference_images": ["bm90IGFuIGltYWdl"]},
+         "reference_images.0"),
+        ({"operation": "image_edit", "model": KONTEXT, "init_image": "x"}, "init_image"),
+    ],
+    ids=["edit-on-sd15", "edit-on-flux1", "txt2img-on-kontext", "images-on-txt2img", "edit-without-images",
+         "image-that-does-not-decode", "init-image-on-edit"],
+)
+def test_native_edit_rules_are_4xx_naming_the_field(http: httpx.Client, body: dict[str, Any], field: str) -> None:
+    job = {"prompt": "a door", "reference_images": [b64(png(64, 64))], **EDIT, **body}
+    job = {key: value for key, value in job.items() if value is not None}
+    response = http.post("/v1/jobs", json=job)
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["error"]["field"] == field, response.text
