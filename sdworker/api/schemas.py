@@ -19,7 +19,7 @@ from sdworker.domain.edit import MAX_REFERENCES
 from sdworker.domain.hires import DEFAULT_UPSCALER, MAX_SCALE, HiresFix, check_hires
 from sdworker.domain.parameters import SD_DEFAULTS
 from sdworker.domain.prompt_syntax import normalize_lora_name
-from sdworker.domain.request import ControlUnit, GenerationRequest, InputImage, LoraRef, Operation
+from sdworker.domain.request import ControlUnit, GenerationRequest, InputImage, IpAdapterRef, LoraRef, Operation
 from sdworker.errors import InvalidRequest, WrongWorker
 from sdworker.jobs.spec import JobDraft
 from sdworker.previews.options import PreviewOptions
@@ -45,6 +45,7 @@ OperationName = Literal[
 _TEXT = 20_000  # characters; CLIP reads 77 tokens, this only stops absurd bodies early
 _NAME = 256
 _MAX_LORAS = 16
+MAX_IP_IMAGES = 4
 # Our field names as the native wire spells them (errors name what the client sent).
 NATIVE_NAMES = {"num_inference_steps": "steps", "num_images": "n"}
 
@@ -113,6 +114,16 @@ class ControlUnitRequest(BaseModel):
     high: float = Field(200.0, ge=0.0, le=255.0, description="canny's high threshold")
 
 
+class IpAdapterRequest(BaseModel):
+    """An IP-Adapter: an adapter of the --ip-adapter-dir folder, its reference images and its scale."""
+
+    model_config = _STRICT
+
+    model: str = Field(min_length=1, max_length=_NAME, description="an IP-Adapter of the --ip-adapter-dir folder")
+    images: list[str] = Field(min_length=1, max_length=MAX_IP_IMAGES, description="base64 reference images")
+    scale: float = Field(1.0, ge=0.0, le=2.0, description="how strongly the images steer; 0 = as without it")
+
+
 class JobRequest(BaseModel):
     """The body of ``POST /v1/jobs`` (rbee's fields; diffusers' names where rbee has none)."""
 
@@ -155,6 +166,7 @@ class JobRequest(BaseModel):
     clip_skip: int | None = Field(None, ge=1, le=12, description="A1111's: 1 = last CLIP layer, 2 = penultimate")
     hires: HiresRequest | None = Field(None, description="image_generation: a second pass at a larger size")
     controlnet: list[ControlUnitRequest] | None = Field(None, max_length=MAX_UNITS, description="ControlNet units")
+    ip_adapter: IpAdapterRequest | None = Field(None, description="SD 1.x/2.x/SDXL: reference images (IP-Adapter)")
     reference_images: list[str] | None = Field(
         None, min_length=1, max_length=MAX_REFERENCES,
         description="image_edit: base64 images the prompt edits, on an edit model (FLUX.1 Kontext: 1, "
@@ -198,6 +210,7 @@ def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
         reference_images=tuple(
             InputImage(image, f"reference_images.{i}") for i, image in enumerate(body.reference_images or ())
         ),
+        ip_adapter=_ip_adapter(body.ip_adapter),
     )
     check_job(request, job_limits(settings), NATIVE_NAMES)
     return JobDraft(
@@ -231,6 +244,13 @@ def _units(units: list[ControlUnitRequest] | None) -> tuple[ControlUnit, ...]:
     )
     check_units(made)
     return made
+
+
+def _ip_adapter(body: IpAdapterRequest | None) -> IpAdapterRef | None:
+    if body is None:
+        return None
+    images = tuple(InputImage(image, f"ip_adapter.images.{i}") for i, image in enumerate(body.images))
+    return IpAdapterRef(body.model, images, body.scale)
 
 
 def _loras(loras: list[LoraRequest] | None) -> tuple[LoraRef, ...]:

@@ -99,6 +99,9 @@ def parameters(spec: JobSpec) -> dict[str, Any]:
     params["controlnet"] = [  # the units without their image bytes
         {k: v for k, v in unit.items() if k != "image"} for unit in params["controlnet"]
     ]
+    if request.ip_adapter is not None:  # the adapter without its image bytes
+        params["ip_adapter"] = {"model": request.ip_adapter.model, "scale": request.ip_adapter.scale,
+                                "images": len(request.ip_adapter.images)}
     for key in ("hive_id", "worker_id"):
         if getattr(spec, key) is not None:
             params[key] = getattr(spec, key)

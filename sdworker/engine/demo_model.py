@@ -27,7 +27,9 @@ folder a worker serves as it is::
     models/demo-zimage/  a tiny Z-Image (``demo_zimage``)
     models/demo-qwenimage/   a tiny Qwen-Image (``demo_qwenimage``)
     controlnet/demo-controlnet/   a ControlNet for demo-sd15 (diffusers ControlNetModel folder)
-    models/demo-flux1-kontext/, models/demo-qwenimage-edit/   tiny edit models (``demo_edit``)
+    models/demo-flux1-kontext/   a tiny FLUX.1 Kontext edit model (``demo_edit``)
+    ip-adapter/demo-ip-adapter.safetensors, ip-adapter/image_encoder/   an IP-Adapter for demo-sd15
+                   and its CLIP image encoder (``demo_ip_adapter``)
 
 LoRA, ControlNet and embedding weights are random and NOT zero (a ControlNet's output convolutions
 start at zero too: one that changes nothing) (peft initialises ``lora_B`` at zero, a LoRA that
@@ -350,6 +352,7 @@ def write_demo_bundle(directory: Path) -> Path:
 
     from sdworker.engine.demo_edit import write_demo_edit_models
     from sdworker.engine.demo_flow import write_demo_flux1
+    from sdworker.engine.demo_ip_adapter import write_demo_ip_adapter
     from sdworker.engine.demo_qwenimage import write_demo_qwenimage
     from sdworker.engine.demo_sd3 import write_demo_sd3
     from sdworker.engine.demo_zimage import write_demo_zimage
@@ -381,6 +384,7 @@ def write_demo_bundle(directory: Path) -> Path:
         build_demo_controlnet(sd15["unet"], SEED + 50).save_pretrained(
             directory / CONTROLNET_DIR / DEMO_CONTROLNET, safe_serialization=True
         )
+        write_demo_ip_adapter(directory, sd15["unet"], SEED + 60)
     (directory / EMBEDDINGS_DIR).mkdir(parents=True, exist_ok=True)
     width = int(sd15["text_encoder"].config.hidden_size)
     vectors = torch.randn(2, width, generator=torch.Generator().manual_seed(SEED + 40)) * 0.5

@@ -49,12 +49,14 @@ from sdworker.domain.scheduler_names import SCHEDULER_NAMES
 from sdworker.engine.batch import failure, run_group
 from sdworker.engine.controlnet import ControlNets, control_images, controlnet_call
 from sdworker.engine.decoding import decode_latents
+from sdworker.engine.demo_ip_adapter import IP_ADAPTER_DIR
 from sdworker.engine.demo_model import CONTROLNET_DIR
 from sdworker.engine.edit import edit_call
 from sdworker.engine.embeddings import EmbeddingStore
 from sdworker.engine.families import flow_adapter, ignored_field_warnings, unpacking_renderer
 from sdworker.engine.hashing import HashCache
 from sdworker.engine.hires import Finish, between_passes, first_pass_output, planned_steps, second_pass_image
+from sdworker.engine.ip_adapter import IpAdapters, reference_images
 from sdworker.engine.library import LoraEntry, ModelEntry, ModelLibrary, native_size
 from sdworker.engine.models import LoadedModel, ModelSource, build_pipelines, detect_family, load_model
 from sdworker.engine.protocol import BatchItem, ModelLoadHook, StepHook
@@ -96,6 +98,7 @@ class DiffusersEngine:
         self._info: EngineInfo | None = None
         self._last: ModelSlot | None = None
         self._controlnets: ControlNets | None = None
+        self._ip_adapters: IpAdapters | None = None
 
     @classmethod
     def from_pipeline(cls, pipe: Any, settings: Settings, model_name: str = "memory", **kwargs: Any) -> DiffusersEngine:
@@ -153,6 +156,17 @@ class DiffusersEngine:
             self._controlnets = ControlNets(Path(folder).expanduser() if folder is not None else None)
         return self._controlnets
 
+    @property
+    def ip_adapters(self) -> IpAdapters:
+        """The IP-Adapter folder: ``--ip-adapter-dir``, else the demo bundle's with ``--model demo``."""
+        if self._ip_adapters is None:
+            folder = self.settings.ip_adapter_dir
+            library = self.library
+            if folder is None and library.is_demo and library.models_dir is not None:
+                folder = library.models_dir.parent / IP_ADAPTER_DIR
+            self._ip_adapters = IpAdapters(Path(folder).expanduser() if folder is not None else None)
+        return self._ip_adapters
+
     def list_controlnets(self) -> tuple[str, ...]:
         return tuple(self.controlnets.names())
 
@@ -185,6 +199,10 @@ class DiffusersEngine:
             if request.hires is not None:
                 raise InvalidRequest("hires: the hires fix with ControlNet units is not supported yet", field="hires")
             self.controlnets.check_units(request.controlnet, entry)
+        if request.ip_adapter is not None:
+            if request.hires is not None:
+                raise InvalidRequest("hires: the hires fix with an IP-Adapter is not supported yet", field="hires")
+            self.ip_adapters.check(request.ip_adapter, entry)
         prompt, tags = extract_lora_tags(request.prompt)
         from_field = {r.name for r in merge_loras(request.loras, ())}
         loras: list[tuple[LoraEntry, float]] = []
@@ -279,7 +297,12 @@ class DiffusersEngine:
         started = time.perf_counter()
         kwargs["output_type"] = "pil"
         callback = StepCallback(on_step, cancel, X0Recorder(scheduler), renderer)
-        images, steps_run, _ = self._run_pass(slot, pipe, kwargs, scheduler, callback, finish)
+        if request.ip_adapter is None:
+            images, steps_run, _ = self._run_pass(slot, pipe, kwargs, scheduler, callback, finish)
+        else:  # the adapter is on for this call only (``engine.ip_adapter``)
+            references = reference_images(request.ip_adapter, self.settings.max_pixels)
+            with self.ip_adapters.applied(pipe, request.ip_adapter, references, kwargs) as adapted:
+                images, steps_run, _ = self._run_pass(slot, adapted, kwargs, scheduler, callback, finish)
         return slot.result(request, images, seeds, scheduler_name, steps_run, time.perf_counter() - started, applied,
                            warnings)
 

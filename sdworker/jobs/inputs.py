@@ -57,10 +57,16 @@ def check_inputs(
     keep_mask = settled.operation is Operation.INPAINT and settled.mask_image is not None
     for unit in settled.controlnet:  # each control image must decode (InvalidImage naming its field)
         unit.image.decode(max_pixels=max_pixels)
+    ip_adapter = settled.ip_adapter
+    if ip_adapter is not None:  # each reference image must decode too
+        for image in ip_adapter.images:
+            image.decode(max_pixels=max_pixels)
+        ip_adapter = replace(ip_adapter, images=tuple(image.checked() for image in ip_adapter.images))
     return replace(
         settled,
         init_image=settled.init_image.checked() if settled.init_image is not None else None,
         mask_image=settled.mask_image.checked() if keep_mask and settled.mask_image is not None else None,
         controlnet=tuple(replace(unit, image=unit.image.checked()) for unit in settled.controlnet),
         reference_images=tuple(image.checked() for image in settled.reference_images),
+        ip_adapter=ip_adapter,
     )

@@ -519,8 +519,11 @@ class LocalJobService:
         request = record.spec.request
         units = tuple(replace(unit, image=InputImage(b"", unit.image.field)) for unit in request.controlnet)
         references = tuple(InputImage(b"", image.field) for image in request.reference_images)  # kept: how many
+        ip_adapter = request.ip_adapter
+        if ip_adapter is not None:
+            ip_adapter = replace(ip_adapter, images=tuple(InputImage(b"", image.field) for image in ip_adapter.images))
         record.spec = replace(record.spec, request=replace(request, init_image=None, mask_image=None, controlnet=units,
-                                                           reference_images=references))
+                                                           reference_images=references, ip_adapter=ip_adapter))
         record.error_code, record.error_message = code, message
         self.store.save(record, durable=True)
         self._metrics.jobs_finished.labels(outcome=status.value).inc()

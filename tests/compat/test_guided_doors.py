@@ -1,6 +1,6 @@
-"""Edit jobs (``image_edit``) through the doors, over real uvicorn with the demo bundle: the OpenAI SDK's
-``images.edit`` on an edit model runs an edit job equal to the native one; the rules are 400s naming
-the field the client sent."""
+"""Jobs guided by images through the doors, over real uvicorn with the demo bundle: the OpenAI SDK's
+``images.edit`` on an edit model runs an edit job equal to the native one; a native job with an
+IP-Adapter changes the image; the rules are 4xx naming the field the client sent."""
 
 from __future__ import annotations
 
@@ -70,3 +70,22 @@ def test_native_edit_rules_are_4xx_naming_the_field(http: httpx.Client, body: di
     response = http.post("/v1/jobs", json=job)
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["error"]["field"] == field, response.text
+
+
+def test_native_ip_adapter_job_runs_and_its_rules_name_the_field(http: httpx.Client) -> None:
+    adapter = {"model": "demo-ip-adapter", "images": [b64(png(48, 48, (200, 30, 30)))], "scale": 0.5}
+    job = {"prompt": "a cat", "width": 64, "height": 64, **EDIT}
+    with_adapter = native_pixels(http, **job, ip_adapter=adapter)
+    assert np.abs(with_adapter.astype(int) - native_pixels(http, **job).astype(int)).max() > 0
+    parameters = http.get("/v1/jobs", params={"limit": 2}).json()["jobs"][1]
+    shown = http.get(f"/v1/jobs/{parameters['job_id']}").json()["parameters"]["ip_adapter"]
+    assert shown == {"model": "demo-ip-adapter", "scale": 0.5, "images": 1}
+    for change, status, field in (
+        ({"model": "nope"}, 404, "ip_adapter.model"),
+        ({"images": ["bm90IGFuIGltYWdl"]}, 422, "ip_adapter.images.0"),
+        ({"scale": 3}, 422, "ip_adapter.scale"),
+    ):
+        response = http.post("/v1/jobs", json={**job, "ip_adapter": {**adapter, **change}})
+        assert response.status_code == status and response.json()["error"]["field"] == field, response.text
+    on_flux = http.post("/v1/jobs", json={**job, "model": "demo-flux1", "ip_adapter": adapter})
+    assert on_flux.status_code // 100 == 4 and on_flux.json()["error"]["field"] == "ip_adapter", on_flux.text
