@@ -30,6 +30,7 @@ folder a worker serves as it is::
     models/demo-flux1-kontext/   a tiny FLUX.1 Kontext edit model (``demo_edit``)
     ip-adapter/demo-ip-adapter.safetensors, ip-adapter/image_encoder/   an IP-Adapter for demo-sd15
                    and its CLIP image encoder (``demo_ip_adapter``)
+    upscalers/demo-esrgan.pth   a tiny ESRGAN (RRDBNet) upscaler for the hires fix (``demo_upscaler``)
 
 LoRA, ControlNet and embedding weights are random and NOT zero (a ControlNet's output convolutions
 start at zero too: one that changes nothing) (peft initialises ``lora_B`` at zero, a LoRA that
@@ -355,6 +356,7 @@ def write_demo_bundle(directory: Path) -> Path:
     from sdworker.engine.demo_ip_adapter import write_demo_ip_adapter
     from sdworker.engine.demo_qwenimage import write_demo_qwenimage
     from sdworker.engine.demo_sd3 import write_demo_sd3
+    from sdworker.engine.demo_upscaler import write_demo_upscaler
     from sdworker.engine.demo_zimage import write_demo_zimage
 
     directory = Path(directory)
@@ -385,6 +387,7 @@ def write_demo_bundle(directory: Path) -> Path:
             directory / CONTROLNET_DIR / DEMO_CONTROLNET, safe_serialization=True
         )
         write_demo_ip_adapter(directory, sd15["unet"], SEED + 60)
+        write_demo_upscaler(directory, SEED + 70)
     (directory / EMBEDDINGS_DIR).mkdir(parents=True, exist_ok=True)
     width = int(sd15["text_encoder"].config.hidden_size)
     vectors = torch.randn(2, width, generator=torch.Generator().manual_seed(SEED + 40)) * 0.5

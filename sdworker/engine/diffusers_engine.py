@@ -51,6 +51,7 @@ from sdworker.engine.controlnet import ControlNets, control_images, controlnet_c
 from sdworker.engine.decoding import decode_latents
 from sdworker.engine.demo_ip_adapter import IP_ADAPTER_DIR
 from sdworker.engine.demo_model import CONTROLNET_DIR
+from sdworker.engine.demo_upscaler import UPSCALERS_DIR
 from sdworker.engine.edit import edit_call
 from sdworker.engine.embeddings import EmbeddingStore
 from sdworker.engine.families import flow_adapter, ignored_field_warnings, unpacking_renderer
@@ -63,6 +64,7 @@ from sdworker.engine.protocol import BatchItem, ModelLoadHook, StepHook
 from sdworker.engine.schedulers import describe_scheduler
 from sdworker.engine.slots import ModelSlot, TaesdCache, build_slot
 from sdworker.engine.step_hook import Interrupted, PreviewRenderer, StepCallback
+from sdworker.engine.upscalers import Upscalers
 from sdworker.engine.x0 import X0Recorder
 from sdworker.errors import GenerationFailed, InvalidRequest, JobCancelled, ModelNotFound, NotReady, SdworkerError
 from sdworker.settings import Settings
@@ -99,6 +101,7 @@ class DiffusersEngine:
         self._last: ModelSlot | None = None
         self._controlnets: ControlNets | None = None
         self._ip_adapters: IpAdapters | None = None
+        self._upscalers: Upscalers | None = None
 
     @classmethod
     def from_pipeline(cls, pipe: Any, settings: Settings, model_name: str = "memory", **kwargs: Any) -> DiffusersEngine:
@@ -167,6 +170,17 @@ class DiffusersEngine:
             self._ip_adapters = IpAdapters(Path(folder).expanduser() if folder is not None else None)
         return self._ip_adapters
 
+    @property
+    def upscalers(self) -> Upscalers:
+        """The upscaler models: ``--upscalers-dir``, else the demo bundle's with ``--model demo``."""
+        if self._upscalers is None:
+            folder = self.settings.upscalers_dir
+            library = self.library
+            if folder is None and library.is_demo and library.models_dir is not None:
+                folder = library.models_dir.parent / UPSCALERS_DIR
+            self._upscalers = Upscalers(Path(folder).expanduser() if folder is not None else None)
+        return self._upscalers
+
     def list_controlnets(self) -> tuple[str, ...]:
         return tuple(self.controlnets.names())
 
@@ -221,7 +235,7 @@ class DiffusersEngine:
         settled = settle_size(settle_defaults(request, *_defaults(entry)), entry.native_size)
         assert settled.width is not None and settled.height is not None and settled.num_inference_steps is not None
         check_hires(hires, settled.width, settled.height, settled.num_inference_steps,
-                    max_pixels=self.settings.max_pixels)
+                    max_pixels=self.settings.max_pixels, upscaler_models=tuple(self.upscalers.names()))
 
     # -- Engine protocol ------------------------------------------------------------------------------
 
@@ -385,7 +399,10 @@ class DiffusersEngine:
         scheduler, _ = slot.schedulers.create(request.scheduler)
         pipe = slot.model.image_to_image
         kwargs = self._common_arguments(slot, second, second_prompt, seeds)
-        kwargs.update(image=second_pass_image(first, hires, size), strength=hires.strength, output_type="pil")
+        device = slot.model.device
+        upscale = lambda images, to: self.upscalers.upscale(hires.upscaler, images, to, device)  # noqa: E731
+        kwargs.update(image=second_pass_image(first, hires, size, upscale), strength=hires.strength,
+                      output_type="pil")
         del first
         callback = StepCallback(on_step, cancel, X0Recorder(scheduler), slot.render_preview, offset=first_total,
                                 total=total, pass_number=2)
