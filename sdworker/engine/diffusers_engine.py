@@ -184,6 +184,9 @@ class DiffusersEngine:
     def list_controlnets(self) -> tuple[str, ...]:
         return tuple(self.controlnets.names())
 
+    def list_upscalers(self) -> tuple[str, ...]:
+        return tuple(self.upscalers.names())
+
     def refresh(self) -> None:
         """Rescan the models folder and the embeddings folder."""
         self.library.refresh()

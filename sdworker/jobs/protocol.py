@@ -42,6 +42,7 @@ class FleetInfo:
     library: tuple[ModelInfo, ...] = ()
     loras: tuple[LoraInfo, ...] = ()
     controlnets: tuple[str, ...] = ()  # ControlNet names (memory mode: the engine's folder; Redis: none listed)
+    upscalers: tuple[str, ...] = ()  # upscaler model names (memory mode: the engine's folder; Redis: none listed)
 
 
 class JobService(Protocol):

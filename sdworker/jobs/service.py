@@ -283,16 +283,19 @@ class LocalJobService:
         models: tuple[ModelInfo, ...] = ()
         loras: tuple[LoraInfo, ...] = ()
         controlnets: tuple[str, ...] = ()
+        upscalers: tuple[str, ...] = ()
         if self._library is not None and self._engine_state == "ready":
             library = self._library
-            models, loras, controlnets = await asyncio.to_thread(
-                lambda: (library.list_models(), library.list_loras(), library.list_controlnets())
+            models, loras, controlnets, upscalers = await asyncio.to_thread(
+                lambda: (library.list_models(), library.list_loras(), library.list_controlnets(),
+                         library.list_upscalers())
             )
         model = self._settings.model
         return FleetInfo(
             models=(model,), engine=self._engine_info, queue_depth=len(self._queue), library=models, loras=loras,
             backend=self.backend,
             controlnets=controlnets,
+            upscalers=upscalers,
         )
 
     async def refresh_models(self) -> None:

@@ -89,3 +89,18 @@ def test_native_ip_adapter_job_runs_and_its_rules_name_the_field(http: httpx.Cli
         assert response.status_code == status and response.json()["error"]["field"] == field, response.text
     on_flux = http.post("/v1/jobs", json={**job, "model": "demo-flux1", "ip_adapter": adapter})
     assert on_flux.status_code // 100 == 4 and on_flux.json()["error"]["field"] == "ip_adapter", on_flux.text
+
+
+def test_webuiapi_hires_with_the_demo_upscaler_equals_the_native_job(server: LiveServer, http: httpx.Client) -> None:
+    import webuiapi
+
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler", steps=2)
+    assert "demo-esrgan" in {u["name"] for u in api.get_upscalers()}
+    result = api.txt2img(prompt="a red cube", enable_hr=True, hr_scale=2, hr_upscaler="demo-esrgan",
+                         hr_second_pass_steps=2, denoising_strength=0.5, width=64, height=64, steps=2, seed=5)
+    assert result.image.size == (128, 128)
+    native = native_pixels(http, prompt="a red cube", seed=5, steps=2, guidance_scale=7.0, scheduler="euler",
+                           width=64, height=64, hires={"scale": 2, "upscaler": "demo-esrgan", "steps": 2,
+                                                       "strength": 0.5})
+    np.testing.assert_array_equal(np.asarray(result.image.convert("RGB")), native)
+    assert "Hires upscaler: demo-esrgan" in result.info["infotexts"][0]

@@ -102,9 +102,9 @@ async def cmd_flags(request: Request) -> dict[str, Any]:
     return catalog.cmd_flags(deps.settings(request))
 
 
-@router.get("/upscalers", summary="Image upscalers for the hires fix (PIL's None, Lanczos, Nearest)")
-async def upscalers() -> list[dict[str, Any]]:
-    return catalog.upscalers()
+@router.get("/upscalers", summary="Image upscalers for the hires fix (PIL's None, Lanczos, Nearest; --upscalers-dir)")
+async def upscalers(request: Request) -> list[dict[str, Any]]:
+    return catalog.upscalers((await deps.service(request).fleet()).upscalers)
 
 
 @router.get("/latent-upscale-modes", summary="The hires fix's latent upscale modes")
