@@ -37,10 +37,11 @@ OPERATION_NAMES: dict[str, Operation] = {
     "ImageInpaint": Operation.INPAINT,
     "image_edit": Operation.EDIT,
     "ImageEdit": Operation.EDIT,
+    "image_upscale": Operation.UPSCALE,
 }
 OperationName = Literal[
     "image_generation", "image_transform", "image_inpaint", "image_edit", "ImageGeneration", "ImageTransform",
-    "ImageInpaint", "ImageEdit",
+    "ImageInpaint", "ImageEdit", "image_upscale",
 ]
 _TEXT = 20_000  # characters; CLIP reads 77 tokens, this only stops absurd bodies early
 _NAME = 256
@@ -167,6 +168,11 @@ class JobRequest(BaseModel):
     hires: HiresRequest | None = Field(None, description="image_generation: a second pass at a larger size")
     controlnet: list[ControlUnitRequest] | None = Field(None, max_length=MAX_UNITS, description="ControlNet units")
     ip_adapter: IpAdapterRequest | None = Field(None, description="SD 1.x/2.x/SDXL: reference images (IP-Adapter)")
+    upscaler: str | None = Field(
+        None, min_length=1, max_length=_NAME,
+        description="image_upscale: an upscaler model of --upscalers-dir (GET /sdapi/v1/upscalers) or None/Lanczos/"
+        "Nearest; width/height are the output size (default: the image's)",
+    )
     reference_images: list[str] | None = Field(
         None, min_length=1, max_length=MAX_REFERENCES,
         description="image_edit: base64 images the prompt edits, on an edit model (FLUX.1 Kontext: 1, "
@@ -184,6 +190,10 @@ def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
     init_field, init_image = _init_image(body, operation)
     if operation is Operation.IMAGE_TO_IMAGE:
         _refuse_images(body, ("mask_image",), "image_transform (use image_inpaint)")
+    if (operation is Operation.UPSCALE) != (body.upscaler is not None):
+        raise InvalidRequest("upscaler: required for image_upscale, and only for it", field="upscaler")
+    if operation is Operation.UPSCALE:
+        _refuse_images(body, ("mask_image",), "image_upscale")
     if operation is Operation.INPAINT and body.mask_image is None:
         raise InvalidRequest(
             "mask_image: required for image_inpaint (base64 image, white = repaint)", field="mask_image"
@@ -211,6 +221,7 @@ def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
             InputImage(image, f"reference_images.{i}") for i, image in enumerate(body.reference_images or ())
         ),
         ip_adapter=_ip_adapter(body.ip_adapter),
+        upscaler=body.upscaler,
     )
     check_job(request, job_limits(settings), NATIVE_NAMES)
     return JobDraft(

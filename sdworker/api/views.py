@@ -91,7 +91,7 @@ def parameters(spec: JobSpec) -> dict[str, Any]:
         if item.name in _NOT_SHOWN:
             continue
         params[_WIRE_NAMES.get(item.name, item.name)] = to_json(value)
-    if request.operation in (Operation.TEXT_TO_IMAGE, Operation.EDIT):
+    if request.operation in (Operation.TEXT_TO_IMAGE, Operation.EDIT, Operation.UPSCALE):
         del params["strength"]
     if request.operation is Operation.EDIT:
         params["reference_images"] = len(request.reference_images)  # how many, not their bytes

@@ -114,7 +114,7 @@ def check_strength(
 ) -> None:
     """img2img and inpainting run ``int(steps x strength)`` denoising steps (diffusers'
     ``get_timesteps``): below 1 the pipeline would run none and return noise or fail deep inside."""
-    if operation in (Operation.TEXT_TO_IMAGE, Operation.EDIT):  # an edit starts from noise too
+    if operation in (Operation.TEXT_TO_IMAGE, Operation.EDIT, Operation.UPSCALE):  # no partial denoising
         return
     if not 0.0 < strength <= 1.0:  # NaN fails too
         raise InvalidRequest(f"{strength_field}: {strength} is not in (0, 1]", field=strength_field.lstrip("-"))
@@ -139,6 +139,12 @@ def check_request(request: GenerationRequest) -> None:
     check_library_fields(request)
     check_edit_fields(request)
     if request.operation in (Operation.TEXT_TO_IMAGE, Operation.EDIT):
+        return
+    if request.operation is Operation.UPSCALE:
+        if request.init_image is None:
+            raise InvalidRequest("init_image: image_upscale needs the image to upscale", field="init_image")
+        if not request.upscaler:
+            raise InvalidRequest("upscaler: image_upscale needs an upscaler", field="upscaler")
         return
     if request.hires is not None:
         raise InvalidRequest(f"hires: the hires fix is for text-to-image jobs, not {request.operation.value}",

@@ -38,6 +38,7 @@ class Operation(StrEnum):
     IMAGE_TO_IMAGE = "image_transform"
     INPAINT = "image_inpaint"
     EDIT = "image_edit"  # an edit model (FLUX.1 Kontext, Qwen-Image-Edit): reference images + an instruction
+    UPSCALE = "image_upscale"  # init_image resized to width x height by ``upscaler`` (no diffusion)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +130,7 @@ class GenerationRequest:
     controlnet: tuple[ControlUnit, ...] = ()  # ControlNet units (``domain.controlnet``), SD 1.x/2.x/SDXL
     reference_images: tuple[InputImage, ...] = ()  # image_edit only: the images the prompt edits (``domain.edit``)
     ip_adapter: IpAdapterRef | None = None  # SD 1.x/2.x/SDXL: reference images through an IP-Adapter
+    upscaler: str | None = None  # image_upscale only: a model of --upscalers-dir, or None/Lanczos/Nearest
 
 
 def settle_defaults(request: GenerationRequest, steps: int, guidance: float) -> GenerationRequest:

@@ -230,7 +230,7 @@ def ensure_demo_model(cache_dir: Path) -> Path:
 
 
 def ensure_demo_bundle(cache_dir: Path) -> Path:
-    """The demo bundle under ``cache_dir/demo-v4``, built once.
+    """The demo bundle under ``cache_dir/demo-v5`` (``DEMO_VERSION``), built once.
 
     Safe with several processes at once (pytest workers, a server and a CLI): each builds into its own
     temporary folder beside the target and renames it into place. ``rename`` of a directory is atomic,

@@ -64,7 +64,7 @@ from sdworker.engine.protocol import BatchItem, ModelLoadHook, StepHook
 from sdworker.engine.schedulers import describe_scheduler
 from sdworker.engine.slots import ModelSlot, TaesdCache, build_slot
 from sdworker.engine.step_hook import Interrupted, PreviewRenderer, StepCallback
-from sdworker.engine.upscalers import Upscalers
+from sdworker.engine.upscalers import Upscalers, check_upscaler, upscale_images
 from sdworker.engine.x0 import X0Recorder
 from sdworker.errors import GenerationFailed, InvalidRequest, JobCancelled, ModelNotFound, NotReady, SdworkerError
 from sdworker.settings import Settings
@@ -210,6 +210,8 @@ class DiffusersEngine:
             facts.check_size(request.width, request.height)
         facts.check_scheduler(request.scheduler)
         check_edit_model(request, entry.family, entry.variant, entry.name)
+        if request.operation is Operation.UPSCALE and request.upscaler:
+            check_upscaler(self.upscalers, request.upscaler)
         if request.hires is not None:
             self._check_hires(request, request.hires, entry)
         if request.controlnet:
@@ -287,6 +289,11 @@ class DiffusersEngine:
         applied = slot.loras.activate(loras)
         seed = _seed(request)
         seeds = tuple(seed + i for i in range(request.num_images))
+        if request.operation is Operation.UPSCALE:  # no diffusion: the upscaler alone
+            assert init is not None and request.upscaler is not None  # check_request
+            started = time.perf_counter()
+            images = upscale_images(self.upscalers, request.upscaler, [init], (width, height), slot.model.device)
+            return slot.result(request, images, seeds, "", 0, time.perf_counter() - started, applied)
         if request.hires is not None:
             return self._generate_hires(slot, request, request.hires, prompt, seeds, applied, on_step, cancel)
         adapter = flow_adapter(slot.model.family)

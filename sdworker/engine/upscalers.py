@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sdworker.domain.hires import IMAGE_UPSCALERS
 from sdworker.engine.rrdbnet import RRDBNet, build_rrdbnet
 from sdworker.errors import InvalidRequest
 
@@ -80,6 +81,22 @@ class Upscalers:
             result = Image.fromarray(array, "RGB")
             out.append(result if result.size == size else result.resize(size, Image.Resampling.LANCZOS))
         return out
+
+
+def upscale_images(
+    upscalers: Upscalers, name: str, images: list[Image.Image], size: tuple[int, int], device: torch.device
+) -> list[Image.Image]:
+    """An ``image_upscale`` job's work: PIL's filter for the built-in names, else the model ``name``."""
+    if name in IMAGE_UPSCALERS:
+        resample = getattr(Image.Resampling, IMAGE_UPSCALERS[name])
+        return [image.convert("RGB").resize(size, resample) for image in images]
+    return upscalers.upscale(name, images, size, device)
+
+
+def check_upscaler(upscalers: Upscalers, name: str, field: str = "upscaler") -> None:
+    if name not in IMAGE_UPSCALERS and name not in upscalers.names():
+        known = ", ".join(repr(n) for n in (*IMAGE_UPSCALERS, *upscalers.names()))
+        raise InvalidRequest(f"{field}: {name!r} is not an upscaler of this worker; known: {known}", field=field)
 
 
 def read_weights(path: Path) -> dict[str, Any]:

@@ -104,3 +104,21 @@ def test_webuiapi_hires_with_the_demo_upscaler_equals_the_native_job(server: Liv
                                                        "strength": 0.5})
     np.testing.assert_array_equal(np.asarray(result.image.convert("RGB")), native)
     assert "Hires upscaler: demo-esrgan" in result.info["infotexts"][0]
+
+
+def test_webuiapi_extra_single_image_upscales_with_the_demo_upscaler(server: LiveServer, http: httpx.Client) -> None:
+    import webuiapi
+    from PIL import Image
+
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port)
+    source = Image.new("RGB", (40, 24), (30, 140, 220))
+    result = api.extra_single_image(image=source, upscaler_1="demo-esrgan", upscaling_resize=2)
+    assert result.image.size == (80, 48)
+    job = http.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    parameters = http.get(f"/v1/jobs/{job['job_id']}").json()["parameters"]
+    assert parameters["operation"] == "image_upscale" and parameters["upscaler"] == "demo-esrgan"
+    native = native_pixels(http, operation="image_upscale", prompt="-", init_image=b64(png(40, 24, (30, 140, 220))),
+                           width=80, height=48, upscaler="demo-esrgan")
+    np.testing.assert_array_equal(np.asarray(result.image.convert("RGB")), native)
+    unknown = http.post("/sdapi/v1/extra-single-image", json={"image": b64(png(16, 16)), "upscaler_1": "nope"})
+    assert unknown.status_code == 422 and unknown.json()["detail"].startswith("upscaler: 'nope'"), unknown.text

@@ -87,3 +87,28 @@ def test_a_pth_that_needs_pickled_code_is_refused(tmp_path: Path, demo_engine: D
     with pytest.raises(InvalidRequest) as caught:
         Upscalers(tmp_path).load("evil", torch.device("cpu"))
     assert caught.value.field == "hires.upscaler" and "weights_only" in str(caught.value)
+
+
+def test_an_image_upscale_job_equals_the_model_and_the_resize(demo_engine: DiffusersEngine, demo_bundle: Path) -> None:
+    from sdworker.domain.request import GenerationRequest, Operation
+
+    from .helpers import as_init, init_image
+
+    source = init_image(32, seed=3)
+    request = GenerationRequest("", operation=Operation.UPSCALE, init_image=as_init(source), width=120, height=120,
+                                upscaler=DEMO_UPSCALER)
+    result = demo_engine.generate(request)
+    weights = torch.load(demo_bundle / UPSCALERS_DIR / f"{DEMO_UPSCALER}.pth", weights_only=True)
+    net = build_rrdbnet(weights["params_ema"])
+    with torch.inference_mode():
+        x = torch.from_numpy(np.asarray(source, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
+        y = (net(x).clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+    expected = Image.fromarray(y).resize((120, 120), Image.Resampling.LANCZOS)
+    np.testing.assert_array_equal(pixels(result.images[0]), pixels(expected))
+    lanczos = demo_engine.generate(GenerationRequest("", operation=Operation.UPSCALE, init_image=as_init(source),
+                                                     width=64, height=64, upscaler="Lanczos"))
+    np.testing.assert_array_equal(pixels(lanczos.images[0]), pixels(source.resize((64, 64), Image.Resampling.LANCZOS)))
+    with pytest.raises(InvalidRequest) as caught:
+        demo_engine.validate_request(GenerationRequest("", operation=Operation.UPSCALE, init_image=as_init(source),
+                                                       upscaler="4x-nope"))
+    assert caught.value.field == "upscaler"
