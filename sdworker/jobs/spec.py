@@ -29,6 +29,7 @@ class JobDraft:
     preview: PreviewOptions = field(default_factory=PreviewOptions)
     hive_id: str | None = None  # rbee's bookkeeping, shown in the job's parameters
     worker_id: str | None = None
+    warnings: tuple[str, ...] = ()  # what a door accepted and will not do (A1111's ignored fields)
 
 
 @dataclass(frozen=True, slots=True)

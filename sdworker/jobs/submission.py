@@ -151,7 +151,7 @@ def build_spec(
         owner=owner,
         hive_id=draft.hive_id,
         worker_id=draft.worker_id,
-        warnings=family_warnings(checked, entry),
+        warnings=draft.warnings + family_warnings(checked, entry),
     )
 
 

@@ -122,3 +122,14 @@ def test_webuiapi_extra_single_image_upscales_with_the_demo_upscaler(server: Liv
     np.testing.assert_array_equal(np.asarray(result.image.convert("RGB")), native)
     unknown = http.post("/sdapi/v1/extra-single-image", json={"image": b64(png(16, 16)), "upscaler_1": "nope"})
     assert unknown.status_code == 422 and unknown.json()["detail"].startswith("upscaler: 'nope'"), unknown.text
+
+
+def test_a1111_fields_that_are_ignored_are_warnings_of_the_job(http: httpx.Client) -> None:
+    body = {"prompt": "x", "steps": 1, "width": 64, "height": 64, "restore_faces": True,
+            "alwayson_scripts": {"ADetailer": {"args": [True]}}}
+    answer = http.post("/sdapi/v1/txt2img", json=body)
+    assert answer.status_code == 200, answer.text
+    job = http.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    warnings = http.get(f"/v1/jobs/{job['job_id']}").json()["warnings"]
+    assert "restore_faces: not supported by sdworker; ignored" in warnings, warnings
+    assert "alwayson_scripts.ADetailer: not supported by sdworker; ignored" in warnings, warnings
