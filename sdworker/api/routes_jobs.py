@@ -30,8 +30,10 @@ async def submit_job(
     = None,
 ) -> dict[str, Any]:
     key = _checked_idempotency_key(idempotency_key)
-    view = await deps.service(request).submit(
-        to_draft(body, deps.settings(request)), owner=deps.owner(request), idempotency_key=key
+    service = deps.service(request)
+    upscalers = (await service.fleet()).known_upscalers() if body.hires is not None else None
+    view = await service.submit(
+        to_draft(body, deps.settings(request), upscalers=upscalers), owner=deps.owner(request), idempotency_key=key
     )
     response.headers["Location"] = f"/v1/jobs/{view.job_id}"
     return submit_answer(view, deps.links(request))

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sdworker.domain.checks import MAX_SEED, Limits, check_job
 from sdworker.domain.controlnet import MAX_UNITS, check_units
 from sdworker.domain.edit import MAX_REFERENCES
-from sdworker.domain.hires import DEFAULT_UPSCALER, MAX_SCALE, HiresFix, check_hires
+from sdworker.domain.hires import DEFAULT_UPSCALER, MAX_SCALE, HiresFix, check_hires, check_upscaler_name
 from sdworker.domain.parameters import SD_DEFAULTS
 from sdworker.domain.prompt_syntax import normalize_lora_name
 from sdworker.domain.request import ControlUnit, GenerationRequest, InputImage, IpAdapterRef, LoraRef, Operation
@@ -180,13 +180,14 @@ class JobRequest(BaseModel):
     )
 
 
-def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
+def to_draft(body: JobRequest, settings: Settings, *, upscalers: tuple[str, ...] | None = None) -> JobDraft:
+    """``upscalers``: the upscaler models a hires fix may name (None: not known here; the engine checks)."""
     operation = OPERATION_NAMES[body.operation]
     _check_worker(body.worker_id, settings.worker_id)
     width, height = body.width, body.height
     if operation in (Operation.TEXT_TO_IMAGE, Operation.EDIT):
         _refuse_images(body, ("input_image", "init_image", "mask_image"), body.operation)
-    hires = _hires(body, operation, settings)
+    hires = _hires(body, operation, settings, upscalers)
     init_field, init_image = _init_image(body, operation)
     if operation is Operation.IMAGE_TO_IMAGE:
         _refuse_images(body, ("mask_image",), "image_transform (use image_inpaint)")
@@ -229,7 +230,9 @@ def to_draft(body: JobRequest, settings: Settings) -> JobDraft:
     )
 
 
-def _hires(body: JobRequest, operation: Operation, settings: Settings) -> HiresFix | None:
+def _hires(
+    body: JobRequest, operation: Operation, settings: Settings, upscalers: tuple[str, ...] | None
+) -> HiresFix | None:
     """The hires fix's rules that need no model (its size when the job's size is given; the engine
     checks the rest at submit, with the model's native size)."""
     if body.hires is None:
@@ -243,7 +246,9 @@ def _hires(body: JobRequest, operation: Operation, settings: Settings) -> HiresF
             f"hires.steps: {hires.steps or steps} is out of range; allowed 1..{settings.max_steps}", field="hires.steps"
         )
     if body.width is not None and body.height is not None:
-        check_hires(hires, body.width, body.height, steps, max_pixels=settings.max_pixels)
+        check_hires(hires, body.width, body.height, steps, max_pixels=settings.max_pixels, upscaler_models=upscalers)
+    else:  # the size is settled later (the model's native size); the name can be checked now
+        check_upscaler_name(hires, upscalers)
     return hires
 
 

@@ -60,7 +60,7 @@ async def generate(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
     # The job's bounds (sizes against --max-pixels first) before any image is decoded or resized.
     draft = to_draft(body, settings, sampler=sampler, model=model, init_image=init, mask_image=mask,
                      guidance=guidance, multiple=entry.size_multiple if entry is not None else 8,
-                     upscalers=fleet.upscalers if fleet.backend != "redis" and fleet.engine else None)
+                     upscalers=fleet.known_upscalers())
     if isinstance(body, Img2ImgRequest):
         init, mask = await _img2img_inputs(body, settings.max_pixels)
         draft = replace(draft, request=replace(draft.request, init_image=init, mask_image=mask))
