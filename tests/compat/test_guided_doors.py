@@ -21,6 +21,16 @@ KONTEXT = "demo-flux1-kontext"
 EDIT: dict[str, Any] = {"steps": 2, "seed": 21}
 
 
+def _infotext(http: httpx.Client, job_id: str) -> str:
+    """The A1111 ``parameters`` text of the job's PNG."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(http.get(f"/v1/jobs/{job_id}/image").content)) as image:
+        return str(image.text["parameters"])  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 def client(server: LiveServer, http: httpx.Client) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key="anything", max_retries=0, timeout=120)
@@ -34,6 +44,7 @@ def test_openai_edit_on_an_edit_model_equals_the_native_edit_job(client: openai.
     job = http.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
     parameters = http.get(f"/v1/jobs/{job['job_id']}").json()["parameters"]
     assert parameters["operation"] == "image_edit" and parameters["reference_images"] == 1
+    assert "Denoising strength" not in _infotext(http, job["job_id"])  # an edit starts from noise
     native = native_pixels(http, operation="image_edit", prompt="make the door red", model=KONTEXT,
                            reference_images=[b64(source)], **EDIT)
     np.testing.assert_array_equal(pixels(base64.b64decode(result.data[0].b64_json or "")), native)
@@ -80,6 +91,7 @@ def test_native_ip_adapter_job_runs_and_its_rules_name_the_field(http: httpx.Cli
     parameters = http.get("/v1/jobs", params={"limit": 2}).json()["jobs"][1]
     shown = http.get(f"/v1/jobs/{parameters['job_id']}").json()["parameters"]["ip_adapter"]
     assert shown == {"model": "demo-ip-adapter", "scale": 0.5, "images": 1}
+    assert "IP-Adapter: Model: demo-ip-adapter, Weight: 0.5, Images: 1" in _infotext(http, parameters["job_id"])
     for change, status, field in (
         ({"model": "nope"}, 404, "ip_adapter.model"),
         ({"images": ["bm90IGFuIGltYWdl"]}, 422, "ip_adapter.images.0"),
