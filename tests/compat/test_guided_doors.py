@@ -91,7 +91,7 @@ def test_native_ip_adapter_job_runs_and_its_rules_name_the_field(http: httpx.Cli
     parameters = http.get("/v1/jobs", params={"limit": 2}).json()["jobs"][1]
     shown = http.get(f"/v1/jobs/{parameters['job_id']}").json()["parameters"]["ip_adapter"]
     assert shown == {"model": "demo-ip-adapter", "scale": 0.5, "images": 1}
-    assert "IP-Adapter: Model: demo-ip-adapter, Weight: 0.5, Images: 1" in _infotext(http, parameters["job_id"])
+    assert 'IP-Adapter: "Model: demo-ip-adapter, Weight: 0.5, Images: 1"' in _infotext(http, parameters["job_id"])
     for change, status, field in (
         ({"model": "nope"}, 404, "ip_adapter.model"),
         ({"images": ["bm90IGFuIGltYWdl"]}, 422, "ip_adapter.images.0"),
