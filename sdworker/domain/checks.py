@@ -145,6 +145,10 @@ def check_request(request: GenerationRequest) -> None:
             raise InvalidRequest("init_image: image_upscale needs the image to upscale", field="init_image")
         if not request.upscaler:
             raise InvalidRequest("upscaler: image_upscale needs an upscaler", field="upscaler")
+        for name, given in (("hires", request.hires is not None), ("controlnet", bool(request.controlnet)),
+                            ("ip_adapter", request.ip_adapter is not None), ("mask_image", request.mask_image)):
+            if given:
+                raise InvalidRequest(f"{name}: not used by image_upscale (no diffusion runs)", field=name)
         return
     if request.hires is not None:
         raise InvalidRequest(f"hires: the hires fix is for text-to-image jobs, not {request.operation.value}",

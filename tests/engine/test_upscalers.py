@@ -5,6 +5,7 @@ an unknown upscaler is a 4xx naming the field."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,20 @@ def test_an_image_upscale_job_equals_the_model_and_the_resize(demo_engine: Diffu
         demo_engine.validate_request(GenerationRequest("", operation=Operation.UPSCALE, init_image=as_init(source),
                                                        upscaler="4x-nope"))
     assert caught.value.field == "upscaler"
+
+
+def test_an_upscale_refuses_fields_it_would_ignore() -> None:
+    from sdworker.domain.checks import check_request
+    from sdworker.domain.request import GenerationRequest, InputImage, IpAdapterRef, Operation
+
+    from .helpers import as_init, init_image
+
+    base = GenerationRequest("", operation=Operation.UPSCALE, init_image=as_init(init_image(16)), upscaler="Lanczos")
+    check_request(base)
+    adapter = IpAdapterRef("demo-ip-adapter", (InputImage(b"x", "ip_adapter.images.0"),))
+    cases = ((replace(base, hires=HiresFix()), "hires"), (replace(base, ip_adapter=adapter), "ip_adapter"),
+             (replace(base, upscaler=None), "upscaler"), (replace(base, init_image=None), "init_image"))
+    for request, field in cases:
+        with pytest.raises(InvalidRequest) as caught:
+            check_request(request)
+        assert caught.value.field == field
