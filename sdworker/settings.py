@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     lora_dir: Path | None = Field(None, description="folder of LoRA .safetensors that jobs may name")
     embeddings_dir: Path | None = Field(None, description="folder of textual-inversion embeddings")
     controlnet_dir: Path | None = Field(None, description="folder of ControlNet models (diffusers folders)")
+    upscalers_dir: Path | None = Field(
+        None, description="folder of upscaler models for the hires fix (ESRGAN/Real-ESRGAN .pth or .safetensors)"
+    )
+    ip_adapter_dir: Path | None = Field(
+        None, description="folder of IP-Adapters (.safetensors files) with their CLIP image encoder in image_encoder/"
+    )
 
     # Speed
     compile: bool = Field(False, description="torch.compile the UNet for --compile-sizes at load (others run eager)")

@@ -39,8 +39,10 @@ async def submit_job(
     prefer: Annotated[str | None, Header(description="wait=N (at most 60): answer 201 with the finished job")] = None,
 ) -> dict[str, Any]:
     key = _checked_idempotency_key(idempotency_key)
-    draft = to_draft(body, deps.settings(request), cancel_after=cancel_after_seconds(cancel_after))
     service, owner = deps.service(request), deps.owner(request)
+    upscalers = (await service.fleet()).known_upscalers() if body.hires is not None else None
+    draft = to_draft(body, deps.settings(request), cancel_after=cancel_after_seconds(cancel_after),
+                     upscalers=upscalers)
     view = await service.submit(draft, owner=owner, idempotency_key=key)
     response.headers["Location"] = f"/v1/jobs/{view.job_id}"
     wait = _prefer_wait(prefer)

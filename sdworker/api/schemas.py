@@ -16,10 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdworker.domain.checks import MAX_SEED, Limits, check_job
 from sdworker.domain.controlnet import MAX_UNITS, check_units
-from sdworker.domain.hires import DEFAULT_UPSCALER, MAX_SCALE, HiresFix, check_hires
+from sdworker.domain.edit import MAX_REFERENCES
+from sdworker.domain.hires import DEFAULT_UPSCALER, MAX_SCALE, HiresFix, check_hires, check_upscaler_name
 from sdworker.domain.parameters import SD_DEFAULTS
 from sdworker.domain.prompt_syntax import normalize_lora_name
-from sdworker.domain.request import ControlUnit, GenerationRequest, InputImage, LoraRef, Operation
+from sdworker.domain.request import ControlUnit, GenerationRequest, InputImage, IpAdapterRef, LoraRef, Operation
 from sdworker.domain.step_cache import StepCache
 from sdworker.errors import InvalidRequest, WrongWorker
 from sdworker.jobs.spec import JobDraft, Webhook
@@ -36,14 +37,19 @@ OPERATION_NAMES: dict[str, Operation] = {
     "ImageGeneration": Operation.TEXT_TO_IMAGE,
     "ImageTransform": Operation.IMAGE_TO_IMAGE,
     "ImageInpaint": Operation.INPAINT,
+    "image_edit": Operation.EDIT,
+    "ImageEdit": Operation.EDIT,
+    "image_upscale": Operation.UPSCALE,
 }
 OperationName = Literal[
-    "image_generation", "image_transform", "image_inpaint", "ImageGeneration", "ImageTransform", "ImageInpaint"
+    "image_generation", "image_transform", "image_inpaint", "image_edit", "ImageGeneration", "ImageTransform",
+    "ImageInpaint", "ImageEdit", "image_upscale",
 ]
 _TEXT = 20_000  # characters; CLIP reads 77 tokens, this only stops absurd bodies early
 _NAME = 256
 _MAX_LORAS = 16
 MAX_DEADLINE_SECONDS = 86400.0
+MAX_IP_IMAGES = 4
 # Our field names as the native wire spells them (errors name what the client sent).
 NATIVE_NAMES = {"num_inference_steps": "steps", "num_images": "n"}
 
@@ -143,6 +149,16 @@ class WebhookRequest(BaseModel):
     )
 
 
+class IpAdapterRequest(BaseModel):
+    """An IP-Adapter: an adapter of the --ip-adapter-dir folder, its reference images and its scale."""
+
+    model_config = _STRICT
+
+    model: str = Field(min_length=1, max_length=_NAME, description="an IP-Adapter of the --ip-adapter-dir folder")
+    images: list[str] = Field(min_length=1, max_length=MAX_IP_IMAGES, description="base64 reference images")
+    scale: float = Field(1.0, ge=0.0, le=2.0, description="how strongly the images steer; 0 = as without it")
+
+
 class JobRequest(BaseModel):
     """The body of ``POST /v1/jobs`` (rbee's fields; diffusers' names where rbee has none)."""
 
@@ -192,19 +208,36 @@ class JobRequest(BaseModel):
     )
     priority: int = Field(0, ge=0, le=100, description="higher starts first; at most the API key's own priority")
     cache: CacheRequest | None = Field(None, description="opt-in step caching (transformer families)")
+    ip_adapter: IpAdapterRequest | None = Field(None, description="SD 1.x/2.x/SDXL: reference images (IP-Adapter)")
+    upscaler: str | None = Field(
+        None, min_length=1, max_length=_NAME,
+        description="image_upscale: an upscaler model of --upscalers-dir (GET /sdapi/v1/upscalers) or None/Lanczos/"
+        "Nearest; width/height are the output size (default: the image's)",
+    )
+    reference_images: list[str] | None = Field(
+        None, min_length=1, max_length=MAX_REFERENCES,
+        description="image_edit: base64 images the prompt edits, on an edit model (FLUX.1 Kontext: 1, "
+        "Qwen-Image-Edit: 1, Qwen-Image-Edit-Plus: up to 3)",
+    )
 
 
-def to_draft(body: JobRequest, settings: Settings, *, cancel_after: float | None = None) -> JobDraft:
-    """``cancel_after``: the ``Cancel-After`` header's seconds; the earlier of it and ``deadline_seconds``."""
+def to_draft(body: JobRequest, settings: Settings, *, cancel_after: float | None = None,
+             upscalers: tuple[str, ...] | None = None) -> JobDraft:
+    """``cancel_after``: the ``Cancel-After`` header's seconds; the earlier of it and ``deadline_seconds``.
+    ``upscalers``: the upscaler models a hires fix may name (None: not known here; the engine checks)."""
     operation = OPERATION_NAMES[body.operation]
     _check_worker(body.worker_id, settings.worker_id)
     width, height = body.width, body.height
-    if operation is Operation.TEXT_TO_IMAGE:
-        _refuse_images(body, ("input_image", "init_image", "mask_image"), "image_generation")
-    hires = _hires(body, operation, settings)
+    if operation in (Operation.TEXT_TO_IMAGE, Operation.EDIT):
+        _refuse_images(body, ("input_image", "init_image", "mask_image"), body.operation)
+    hires = _hires(body, operation, settings, upscalers)
     init_field, init_image = _init_image(body, operation)
     if operation is Operation.IMAGE_TO_IMAGE:
         _refuse_images(body, ("mask_image",), "image_transform (use image_inpaint)")
+    if (operation is Operation.UPSCALE) != (body.upscaler is not None):
+        raise InvalidRequest("upscaler: required for image_upscale, and only for it", field="upscaler")
+    if operation is Operation.UPSCALE:
+        _refuse_images(body, ("mask_image",), "image_upscale")
     if operation is Operation.INPAINT and body.mask_image is None:
         raise InvalidRequest(
             "mask_image: required for image_inpaint (base64 image, white = repaint)", field="mask_image"
@@ -229,6 +262,11 @@ def to_draft(body: JobRequest, settings: Settings, *, cancel_after: float | None
         hires=hires,
         controlnet=_units(body.controlnet),
         cache=body.cache.to_domain() if body.cache is not None else None,
+        reference_images=tuple(
+            InputImage(image, f"reference_images.{i}") for i, image in enumerate(body.reference_images or ())
+        ),
+        ip_adapter=_ip_adapter(body.ip_adapter),
+        upscaler=body.upscaler,
     )
     check_job(request, job_limits(settings), NATIVE_NAMES)
     deadlines = [d for d in (body.deadline_seconds, cancel_after) if d is not None]
@@ -260,7 +298,9 @@ def cancel_after_seconds(value: str | None) -> float | None:
     return seconds
 
 
-def _hires(body: JobRequest, operation: Operation, settings: Settings) -> HiresFix | None:
+def _hires(
+    body: JobRequest, operation: Operation, settings: Settings, upscalers: tuple[str, ...] | None
+) -> HiresFix | None:
     """The hires fix's rules that need no model (its size when the job's size is given; the engine
     checks the rest at submit, with the model's native size)."""
     if body.hires is None:
@@ -274,7 +314,9 @@ def _hires(body: JobRequest, operation: Operation, settings: Settings) -> HiresF
             f"hires.steps: {hires.steps or steps} is out of range; allowed 1..{settings.max_steps}", field="hires.steps"
         )
     if body.width is not None and body.height is not None:
-        check_hires(hires, body.width, body.height, steps, max_pixels=settings.max_pixels)
+        check_hires(hires, body.width, body.height, steps, max_pixels=settings.max_pixels, upscaler_models=upscalers)
+    else:  # the size is settled later (the model's native size); the name can be checked now
+        check_upscaler_name(hires, upscalers)
     return hires
 
 
@@ -286,6 +328,13 @@ def _units(units: list[ControlUnitRequest] | None) -> tuple[ControlUnit, ...]:
     )
     check_units(made)
     return made
+
+
+def _ip_adapter(body: IpAdapterRequest | None) -> IpAdapterRef | None:
+    if body is None:
+        return None
+    images = tuple(InputImage(image, f"ip_adapter.images.{i}") for i, image in enumerate(body.images))
+    return IpAdapterRef(body.model, images, body.scale)
 
 
 def _loras(loras: list[LoraRequest] | None) -> tuple[LoraRef, ...]:
@@ -309,7 +358,7 @@ def preview_options(preview: PreviewRequest | None, settings: Settings) -> Previ
 
 
 def _init_image(body: JobRequest, operation: Operation) -> tuple[str, str | None]:
-    if operation is Operation.TEXT_TO_IMAGE:
+    if operation in (Operation.TEXT_TO_IMAGE, Operation.EDIT):
         return "init_image", None
     if body.input_image is not None and body.init_image is not None:
         raise InvalidRequest("input_image: give input_image or init_image, not both", field="input_image")

@@ -83,7 +83,7 @@ def job_detail(view: JobView, link: LinkFn = plain_link) -> dict[str, Any]:
 
 # Wire names of request fields where the API's differ from the engine's (diffusers') names.
 _WIRE_NAMES = {"num_inference_steps": "steps", "num_images": "n"}
-_NOT_SHOWN = frozenset({"init_image", "mask_image"})  # bytes; gone once the job finished
+_NOT_SHOWN = frozenset({"init_image", "mask_image", "reference_images"})  # bytes; gone once the job finished
 
 
 def parameters(spec: JobSpec) -> dict[str, Any]:
@@ -96,12 +96,17 @@ def parameters(spec: JobSpec) -> dict[str, Any]:
         if item.name in _NOT_SHOWN:
             continue
         params[_WIRE_NAMES.get(item.name, item.name)] = to_json(value)
-    if request.operation is Operation.TEXT_TO_IMAGE:
+    if request.operation in (Operation.TEXT_TO_IMAGE, Operation.EDIT, Operation.UPSCALE):
         del params["strength"]
+    if request.operation is Operation.EDIT:
+        params["reference_images"] = len(request.reference_images)  # how many, not their bytes
     params["loras"] = [{"path": ref.name, "strength": ref.weight} for ref in request.loras]
     params["controlnet"] = [  # the units without their image bytes
         {k: v for k, v in unit.items() if k != "image"} for unit in params["controlnet"]
     ]
+    if request.ip_adapter is not None:  # the adapter without its image bytes
+        params["ip_adapter"] = {"model": request.ip_adapter.model, "scale": request.ip_adapter.scale,
+                                "images": len(request.ip_adapter.images)}
     for key in ("hive_id", "worker_id"):
         if getattr(spec, key) is not None:
             params[key] = getattr(spec, key)

@@ -37,6 +37,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "model and device": (
         "model", "model_config_dir", "device", "dtype", "allow_unsafe_pickle", "taesd", "taesdxl", "cache_dir",
         "models_dir", "default_model", "max_loaded_models", "lora_dir", "embeddings_dir", "controlnet_dir",
+        "ip_adapter_dir", "upscalers_dir",
     ),
     "speed": ("compile", "compile_sizes", "quantize", "max_batch", "batch_wait_ms"),
     "HTTP": (

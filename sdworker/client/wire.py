@@ -10,7 +10,7 @@ import io
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypedDict
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 # A file path, encoded image bytes (PNG, JPEG, WebP...) or a Pillow image (sent as PNG).
 ImageInput: TypeAlias = "bytes | str | os.PathLike[str] | Image.Image"
 
-OperationName = Literal["image_generation", "image_transform", "image_inpaint"]
+OperationName = Literal["image_generation", "image_transform", "image_inpaint", "image_edit", "image_upscale"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +57,8 @@ class PreviewOptions:
 class JobFields(TypedDict, total=False):
     """The native fields of ``POST /v1/jobs`` besides ``prompt`` (see the README); left out = the
     server's default. Images are file paths, encoded image bytes or Pillow images; ``operation`` is
-    inferred (a mask means inpainting, an init image alone image-to-image) unless given."""
+    inferred (reference images mean an edit, an upscaler an upscale, a mask inpainting, an init image
+    alone image-to-image) unless given."""
 
     negative_prompt: str
     steps: int
@@ -75,6 +76,9 @@ class JobFields(TypedDict, total=False):
     hive_id: str
     worker_id: str
     model: str
+    reference_images: Sequence[ImageInput]  # image_edit on an edit model (FLUX.1 Kontext...)
+    ip_adapter: Mapping[str, Any]  # {"model": name, "images": [ImageInput, ...], "scale": 1.0}
+    upscaler: str  # image_upscale: an upscaler model or None/Lanczos/Nearest
 
 
 def job_body(prompt: str, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -85,12 +89,21 @@ def job_body(prompt: str, fields: Mapping[str, Any]) -> dict[str, Any]:
             continue
         if name in ("init_image", "mask_image"):
             value = _image_base64(value, name)
+        elif name == "reference_images":
+            value = [_image_base64(image, f"{name}.{i}") for i, image in enumerate(value)]
+        elif name == "ip_adapter":
+            images = [_image_base64(image, f"ip_adapter.images.{i}") for i, image in enumerate(value["images"])]
+            value = {**value, "images": images}
         elif name == "preview":
             items = asdict(value) if isinstance(value, PreviewOptions) else dict(value)
             value = {k: v for k, v in items.items() if v is not None}
         body[name] = value
     if "operation" not in body:
-        if "mask_image" in body:
+        if "reference_images" in body:
+            body["operation"] = "image_edit"
+        elif "upscaler" in body:
+            body["operation"] = "image_upscale"
+        elif "mask_image" in body:
             body["operation"] = "image_inpaint"
         elif "init_image" in body:
             body["operation"] = "image_transform"

@@ -68,7 +68,7 @@ def batch_key(request: GenerationRequest, model: str | None = None) -> BatchKey 
         return None
     if request.loras or request.width is None or request.height is None or request.hires is not None:
         return None  # a hires fix has a second pass the shared loop does not run
-    if request.controlnet or request.cache is not None:
+    if request.controlnet or request.cache is not None or request.ip_adapter is not None:
         return None  # the shared loop calls the plain UNet (and no family that batches takes a cache)
     try:
         _, tags = extract_lora_tags(request.prompt)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from sdworker.domain.edit import check_edit_fields
 from sdworker.domain.request import GenerationRequest, Operation
 from sdworker.domain.step_cache import check_cache
 from sdworker.errors import InvalidRequest
@@ -86,6 +87,7 @@ def check_job(request: GenerationRequest, limits: Limits, names: Mapping[str, st
     for ref in request.loras:
         check_lora_weight(ref.name, ref.weight, name("loras"))
     check_cache(request.cache, field=name("cache"))
+    check_edit_fields(request, field=name("reference_images"))
     if request.num_inference_steps is not None:  # None: the family's default, checked once settled
         check_strength(request.operation, request.strength, request.num_inference_steps,
                        strength_field=name("strength"), steps_field=name("num_inference_steps"))
@@ -114,7 +116,7 @@ def check_strength(
 ) -> None:
     """img2img and inpainting run ``int(steps x strength)`` denoising steps (diffusers'
     ``get_timesteps``): below 1 the pipeline would run none and return noise or fail deep inside."""
-    if operation is Operation.TEXT_TO_IMAGE:
+    if operation in (Operation.TEXT_TO_IMAGE, Operation.EDIT, Operation.UPSCALE):  # no partial denoising
         return
     if not 0.0 < strength <= 1.0:  # NaN fails too
         raise InvalidRequest(f"{strength_field}: {strength} is not in (0, 1]", field=strength_field.lstrip("-"))
@@ -137,7 +139,18 @@ def check_request(request: GenerationRequest) -> None:
     if request.num_images < 1:
         raise InvalidRequest(f"num_images: {request.num_images} is below 1", field="num_images")
     check_library_fields(request)
-    if request.operation is Operation.TEXT_TO_IMAGE:
+    check_edit_fields(request)
+    if request.operation in (Operation.TEXT_TO_IMAGE, Operation.EDIT):
+        return
+    if request.operation is Operation.UPSCALE:
+        if request.init_image is None:
+            raise InvalidRequest("init_image: image_upscale needs the image to upscale", field="init_image")
+        if not request.upscaler:
+            raise InvalidRequest("upscaler: image_upscale needs an upscaler", field="upscaler")
+        for name, given in (("hires", request.hires is not None), ("controlnet", bool(request.controlnet)),
+                            ("ip_adapter", request.ip_adapter is not None), ("mask_image", request.mask_image)):
+            if given:
+                raise InvalidRequest(f"{name}: not used by image_upscale (no diffusion runs)", field=name)
         return
     if request.hires is not None:
         raise InvalidRequest(f"hires: the hires fix is for text-to-image jobs, not {request.operation.value}",
@@ -167,7 +180,7 @@ def decoded_inputs(request: GenerationRequest, *, max_pixels: int) -> tuple[Imag
     """The init image and mask an operation uses, decoded (``InvalidImage`` naming the field when one is
     unreadable or the mask's size differs)."""
     init = mask = None
-    if request.operation is not Operation.TEXT_TO_IMAGE and request.init_image is not None:
+    if request.operation not in (Operation.TEXT_TO_IMAGE, Operation.EDIT) and request.init_image is not None:
         init = request.init_image.decode(max_pixels=max_pixels)
     if request.operation is Operation.INPAINT and request.mask_image is not None:
         mask = request.mask_image.decode(max_pixels=max_pixels, mode="L")

@@ -12,7 +12,9 @@ Upscalers, by A1111's names:
   latents are resized with ``torch.nn.functional.interpolate`` (A1111's ``shared.latent_upscale_modes``)
   and handed to the image-to-image pipeline as latents (no VAE round trip);
 - image upscalers that need no weights (``None``, ``Lanczos``, ``Nearest``): the first pass is decoded
-  and resized with PIL, then the image-to-image pipeline encodes it again.
+  and resized with PIL, then the image-to-image pipeline encodes it again;
+- upscaler models of ``--upscalers-dir`` by file name (ESRGAN/Real-ESRGAN, ``engine.upscalers``): as
+  the image upscalers, with the model's upscale before the resize.
 
 Sizes follow A1111's ``StableDiffusionProcessingTxt2Img.init``: ``scale`` times the first pass's size,
 or ``resize_width``/``resize_height`` (one of them keeps the aspect; both crop the centre to that
@@ -94,14 +96,22 @@ def hires_size(width: int, height: int, hires: HiresFix) -> HiresSize:
     return HiresSize(to_x // GRID * GRID, to_y // GRID * GRID, crop_x, crop_y)
 
 
-def check_hires(hires: HiresFix, width: int, height: int, steps: int, *, max_pixels: int | None = None,
-                prefix: str = "hires.") -> None:
-    """The hires fix's own rules, with field names as the caller spells them (``prefix``): the native
-    API's ``hires.scale``, the A1111 door's ``hr_scale`` (prefix ``hr_``)."""
-    if hires.upscaler not in LATENT_UPSCALE_MODES and hires.upscaler not in IMAGE_UPSCALERS:
-        known = ", ".join(repr(n) for n in (*LATENT_UPSCALE_MODES, *IMAGE_UPSCALERS))
+def check_upscaler_name(hires: HiresFix, upscaler_models: tuple[str, ...] | None, *, prefix: str = "hires.") -> None:
+    """A latent mode, a PIL upscaler or one of ``upscaler_models`` (None: any other name passes here)."""
+    built_in = hires.upscaler in LATENT_UPSCALE_MODES or hires.upscaler in IMAGE_UPSCALERS
+    if not built_in and upscaler_models is not None and hires.upscaler not in upscaler_models:
+        known = ", ".join(repr(n) for n in (*LATENT_UPSCALE_MODES, *IMAGE_UPSCALERS, *upscaler_models))
         raise InvalidRequest(f"{prefix}upscaler: {hires.upscaler!r} is not an upscaler of this worker; known: {known}",
                              field=f"{prefix}upscaler")
+
+
+def check_hires(hires: HiresFix, width: int, height: int, steps: int, *, max_pixels: int | None = None,
+                prefix: str = "hires.", upscaler_models: tuple[str, ...] | None = None) -> None:
+    """The hires fix's own rules, with field names as the caller spells them (``prefix``): the native
+    API's ``hires.scale``, the A1111 door's ``hr_scale`` (prefix ``hr_``). ``upscaler_models``: the
+    worker's upscaler models (``--upscalers-dir``); None where they are not known (the doors: the
+    engine checks the name at submit)."""
+    check_upscaler_name(hires, upscaler_models, prefix=prefix)
     if not 1.0 <= hires.scale <= MAX_SCALE:  # NaN fails too
         raise InvalidRequest(f"{prefix}scale: {hires.scale} is not in 1..{MAX_SCALE:g}", field=f"{prefix}scale")
     for name, value in (("resize_x" if prefix == "hr_" else "resize_width", hires.resize_width),

@@ -27,7 +27,8 @@ def model_label(model: str) -> str:
 def image_parameters(request: GenerationRequest, result: GenerationResult, index: int, model: str) -> ImageParameters:
     """``model`` is what the caller knows (``--model``); the model that ran (``result.model``) wins."""
     spec = SCHEDULERS.get(result.scheduler)
-    strength = None if request.operation is Operation.TEXT_TO_IMAGE else request.strength
+    denoises_from_noise = (Operation.TEXT_TO_IMAGE, Operation.EDIT, Operation.UPSCALE)  # no strength to write
+    strength = None if request.operation in denoises_from_noise else request.strength
     hires: tuple[tuple[str, str], ...] = ()
     width, height = result.width, result.height
     if request.hires is not None and result.first_pass_size is not None:
@@ -50,9 +51,18 @@ def image_parameters(request: GenerationRequest, result: GenerationResult, index
         clip_skip=result.clip_skip,
         lora_hashes=tuple((lora.name, lora.short_hash) for lora in result.loras if lora.short_hash),
         hires=hires,
-        controlnet=tuple((f"ControlNet {i}", controlnet_text(unit)) for i, unit in enumerate(request.controlnet)),
+        controlnet=tuple((f"ControlNet {i}", controlnet_text(unit)) for i, unit in enumerate(request.controlnet))
+        + _ip_adapter_pairs(request),
         step_cache=result.cache,
     )
+
+
+def _ip_adapter_pairs(request: GenerationRequest) -> tuple[tuple[str, str], ...]:
+    """The job's IP-Adapter, in the shape of the ControlNet entries (its model, scale and image count)."""
+    ref = request.ip_adapter
+    if ref is None:
+        return ()
+    return (("IP-Adapter", f"Model: {ref.model}, Weight: {ref.scale:g}, Images: {len(ref.images)}"),)
 
 
 def _first(*values: T | None) -> T:

@@ -38,6 +38,8 @@ class Operation(StrEnum):
     TEXT_TO_IMAGE = "image_generation"
     IMAGE_TO_IMAGE = "image_transform"
     INPAINT = "image_inpaint"
+    EDIT = "image_edit"  # an edit model (FLUX.1 Kontext, Qwen-Image-Edit): reference images + an instruction
+    UPSCALE = "image_upscale"  # init_image resized to width x height by ``upscaler`` (no diffusion)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,17 @@ class ControlUnit:
 
 
 @dataclass(frozen=True, slots=True)
+class IpAdapterRef:
+    """An IP-Adapter of a job: an adapter of the IP-Adapter folder, its reference images (several are
+    one adapter's images, averaged by its projection as diffusers does) and its scale (diffusers'
+    ``set_ip_adapter_scale``; 0 = as without the adapter)."""
+
+    model: str
+    images: tuple[InputImage, ...]
+    scale: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """One generation. Parameter names follow diffusers'.
 
@@ -117,6 +130,9 @@ class GenerationRequest:
     hires: HiresFix | None = None  # text-to-image only: a second pass at a larger size (``domain.hires``)
     controlnet: tuple[ControlUnit, ...] = ()  # ControlNet units (``domain.controlnet``), SD 1.x/2.x/SDXL
     cache: StepCache | None = None  # opt-in step caching (``domain.step_cache``); changes the image
+    reference_images: tuple[InputImage, ...] = ()  # image_edit only: the images the prompt edits (``domain.edit``)
+    ip_adapter: IpAdapterRef | None = None  # SD 1.x/2.x/SDXL: reference images through an IP-Adapter
+    upscaler: str | None = None  # image_upscale only: a model of --upscalers-dir, or None/Lanczos/Nearest
 
 
 def settle_defaults(request: GenerationRequest, steps: int, guidance: float) -> GenerationRequest:

@@ -30,6 +30,10 @@ folder a worker serves as it is::
     models/demo-sd15-inpainting/   a tiny SD 1.x inpainting checkpoint, 9-channel UNet (``demo_inpaint``)
     models/demo-flux2/   a tiny FLUX.2 klein (``demo_flux2``)
     controlnet/demo-controlnet/   a ControlNet for demo-sd15 (diffusers ControlNetModel folder)
+    models/demo-flux1-kontext/   a tiny FLUX.1 Kontext edit model (``demo_edit``)
+    ip-adapter/demo-ip-adapter.safetensors, ip-adapter/image_encoder/   an IP-Adapter for demo-sd15
+                   and its CLIP image encoder (``demo_ip_adapter``)
+    upscalers/demo-esrgan.pth   a tiny ESRGAN (RRDBNet) upscaler for the hires fix (``demo_upscaler``)
 
 LoRA, ControlNet and embedding weights are random and NOT zero (a ControlNet's output convolutions
 start at zero too: one that changes nothing) (peft initialises ``lora_B`` at zero, a LoRA that
@@ -51,7 +55,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-DEMO_VERSION = "demo-v5"  # v5: demo-sd15-inpainting, demo-flux2, demo-flux1-q8.gguf (v4: controlnet/demo-controlnet)
+# v5: demo-sd15-inpainting, demo-flux2, demo-flux1-q8.gguf, the edit models, IP-Adapter, upscaler
+# (v4: controlnet/demo-controlnet)
+DEMO_VERSION = "demo-v5"
 MODELS_DIR, LORAS_DIR, EMBEDDINGS_DIR, CONTROLNET_DIR = "models", "loras", "embeddings", "controlnet"
 DEMO_CONTROLNET = "demo-controlnet"
 DEMO_SD15, DEMO_SDXL = "demo-sd15", "demo-sdxl"
@@ -350,11 +356,14 @@ def write_demo_bundle(directory: Path) -> Path:
     from diffusers import StableDiffusionXLPipeline
     from safetensors.torch import save_file
 
+    from sdworker.engine.demo_edit import write_demo_edit_models
     from sdworker.engine.demo_flow import write_demo_flux1
     from sdworker.engine.demo_flux2 import write_demo_flux2
     from sdworker.engine.demo_inpaint import write_demo_inpainting
+    from sdworker.engine.demo_ip_adapter import write_demo_ip_adapter
     from sdworker.engine.demo_qwenimage import write_demo_qwenimage
     from sdworker.engine.demo_sd3 import write_demo_sd3
+    from sdworker.engine.demo_upscaler import write_demo_upscaler
     from sdworker.engine.demo_zimage import write_demo_zimage
 
     directory = Path(directory)
@@ -381,9 +390,13 @@ def write_demo_bundle(directory: Path) -> Path:
         write_demo_inpainting(models, SEED + 500)
         write_demo_flux2(models, SEED + 600)
     with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        write_demo_edit_models(models, SEED + 500)
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
         build_demo_controlnet(sd15["unet"], SEED + 50).save_pretrained(
             directory / CONTROLNET_DIR / DEMO_CONTROLNET, safe_serialization=True
         )
+        write_demo_ip_adapter(directory, sd15["unet"], SEED + 60)
+        write_demo_upscaler(directory, SEED + 70)
     (directory / EMBEDDINGS_DIR).mkdir(parents=True, exist_ok=True)
     width = int(sd15["text_encoder"].config.hidden_size)
     vectors = torch.randn(2, width, generator=torch.Generator().manual_seed(SEED + 40)) * 0.5

@@ -39,6 +39,7 @@ from sdworker.domain.batch_plan import BatchKey, batch_key, group_positions
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.checks import check_library_fields, check_lora_weight, check_request, decoded_inputs
 from sdworker.domain.control import CancelToken
+from sdworker.domain.edit import check_edit_model, decoded_references
 from sdworker.domain.families import family_facts
 from sdworker.domain.hires import HiresFix, check_hires, hires_size
 from sdworker.domain.prompt_syntax import extract_lora_tags, merge_loras
@@ -50,13 +51,17 @@ from sdworker.domain.unet_inpainting import INPAINTING, check_inpainting_model
 from sdworker.engine.batch import failure, run_group
 from sdworker.engine.controlnet import ControlNets, control_images, controlnet_call
 from sdworker.engine.decoding import decode_latents
+from sdworker.engine.demo_ip_adapter import IP_ADAPTER_DIR
 from sdworker.engine.demo_model import CONTROLNET_DIR
+from sdworker.engine.demo_upscaler import UPSCALERS_DIR
+from sdworker.engine.edit import edit_call
 from sdworker.engine.embeddings import EmbeddingStore
 from sdworker.engine.families import flow_adapter, ignored_field_warnings, unpacking_renderer
 from sdworker.engine.flow_batch import run_flow_group
 from sdworker.engine.hashing import HashCache
 from sdworker.engine.hires import Finish, between_passes, first_pass_output, planned_steps, second_pass_image
 from sdworker.engine.inpainting_unet import full_mask_arguments, is_inpainting_unet
+from sdworker.engine.ip_adapter import IpAdapters, reference_images
 from sdworker.engine.library import LoraEntry, ModelEntry, ModelLibrary, native_size, unet_variant
 from sdworker.engine.models import LoadedModel, ModelSource, build_pipelines, detect_family, load_model
 from sdworker.engine.prompt_limits import PromptLimits
@@ -65,6 +70,7 @@ from sdworker.engine.schedulers import describe_scheduler
 from sdworker.engine.slots import ModelSlot, TaesdCache, build_slot
 from sdworker.engine.step_cache import step_cache
 from sdworker.engine.step_hook import Interrupted, PreviewRenderer, StepCallback
+from sdworker.engine.upscalers import Upscalers, check_upscaler, upscale_images
 from sdworker.engine.x0 import X0Recorder
 from sdworker.errors import GenerationFailed, InvalidRequest, JobCancelled, ModelNotFound, NotReady, SdworkerError
 from sdworker.settings import Settings
@@ -101,6 +107,8 @@ class DiffusersEngine:
         self._last: ModelSlot | None = None
         self._controlnets: ControlNets | None = None
         self._prompt_limits = PromptLimits()
+        self._ip_adapters: IpAdapters | None = None
+        self._upscalers: Upscalers | None = None
 
     @classmethod
     def from_pipeline(
@@ -167,8 +175,33 @@ class DiffusersEngine:
             self._controlnets = ControlNets(Path(folder).expanduser() if folder is not None else None)
         return self._controlnets
 
+    @property
+    def ip_adapters(self) -> IpAdapters:
+        """The IP-Adapter folder: ``--ip-adapter-dir``, else the demo bundle's with ``--model demo``."""
+        if self._ip_adapters is None:
+            folder = self.settings.ip_adapter_dir
+            library = self.library
+            if folder is None and library.is_demo and library.models_dir is not None:
+                folder = library.models_dir.parent / IP_ADAPTER_DIR
+            self._ip_adapters = IpAdapters(Path(folder).expanduser() if folder is not None else None)
+        return self._ip_adapters
+
+    @property
+    def upscalers(self) -> Upscalers:
+        """The upscaler models: ``--upscalers-dir``, else the demo bundle's with ``--model demo``."""
+        if self._upscalers is None:
+            folder = self.settings.upscalers_dir
+            library = self.library
+            if folder is None and library.is_demo and library.models_dir is not None:
+                folder = library.models_dir.parent / UPSCALERS_DIR
+            self._upscalers = Upscalers(Path(folder).expanduser() if folder is not None else None)
+        return self._upscalers
+
     def list_controlnets(self) -> tuple[str, ...]:
         return tuple(self.controlnets.names())
+
+    def list_upscalers(self) -> tuple[str, ...]:
+        return tuple(self.upscalers.names())
 
     def refresh(self) -> None:
         """Rescan the models folder and the embeddings folder."""
@@ -194,6 +227,9 @@ class DiffusersEngine:
         facts.check_scheduler(request.scheduler)
         check_cache_family(request.cache, entry.family, facts.label, entry.name)
         facts.check_operation(request.operation.value, entry.name)
+        check_edit_model(request, entry.family, entry.variant, entry.name)
+        if request.operation is Operation.UPSCALE and request.upscaler:
+            check_upscaler(self.upscalers, request.upscaler)
         if request.hires is not None:
             self._check_hires(request, request.hires, entry)
         check_inpainting_model(request, entry.variant, entry.name)
@@ -201,6 +237,10 @@ class DiffusersEngine:
             if request.hires is not None:
                 raise InvalidRequest("hires: the hires fix with ControlNet units is not supported yet", field="hires")
             self.controlnets.check_units(request.controlnet, entry)
+        if request.ip_adapter is not None:
+            if request.hires is not None:
+                raise InvalidRequest("hires: the hires fix with an IP-Adapter is not supported yet", field="hires")
+            self.ip_adapters.check(request.ip_adapter, entry)
         prompt, tags = extract_lora_tags(request.prompt)
         from_field = {r.name for r in merge_loras(request.loras, ())}
         loras: list[tuple[LoraEntry, float]] = []
@@ -233,7 +273,7 @@ class DiffusersEngine:
         settled = settle_size(settle_defaults(request, *_defaults(entry)), entry.native_size)
         assert settled.width is not None and settled.height is not None and settled.num_inference_steps is not None
         check_hires(hires, settled.width, settled.height, settled.num_inference_steps,
-                    max_pixels=self.settings.max_pixels)
+                    max_pixels=self.settings.max_pixels, upscaler_models=tuple(self.upscalers.names()))
 
     # -- Engine protocol ------------------------------------------------------------------------------
 
@@ -267,8 +307,10 @@ class DiffusersEngine:
         request = settle_defaults(request, *_defaults(entry))
         check_request(request)
         init, mask = decoded_inputs(request, max_pixels=self.settings.max_pixels)
+        references = decoded_references(request, max_pixels=self.settings.max_pixels)
+        source = init or (references[0] if references else None)  # the output's size when the job names none
         multiple = family_facts(entry.family).size_multiple  # an init image's size rounds down to the family's
-        image_size = (init.size[0] // multiple * multiple, init.size[1] // multiple * multiple) if init else None
+        image_size = (source.size[0] // multiple * multiple, source.size[1] // multiple * multiple) if source else None
         request = settle_size(request, entry.native_size, image_size)
         assert request.width is not None and request.height is not None
         width, height = request.width, request.height
@@ -280,6 +322,11 @@ class DiffusersEngine:
         applied = slot.loras.activate(loras)
         seed = _seed(request)
         seeds = tuple(seed + i for i in range(request.num_images))
+        if request.operation is Operation.UPSCALE:  # no diffusion: the upscaler alone
+            assert init is not None and request.upscaler is not None  # check_request
+            started = time.perf_counter()
+            images = upscale_images(self.upscalers, request.upscaler, [init], (width, height), slot.model.device)
+            return slot.result(request, images, seeds, "", 0, time.perf_counter() - started, applied)
         if request.hires is not None:
             return self._generate_hires(slot, request, request.hires, prompt, seeds, applied, on_step, cancel)
         adapter = flow_adapter(slot.model.family)
@@ -298,7 +345,10 @@ class DiffusersEngine:
             prompt, syntax_removed = adapter.plain_prompt(prompt)
             warnings = ignored_field_warnings(request, facts, entry.variant, syntax_removed=syntax_removed)
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-            pipe, kwargs = adapter.call_arguments(slot.model, request, prompt, generators, init, mask)
+            if request.operation is Operation.EDIT:
+                pipe, kwargs = edit_call(adapter, slot.model, request, prompt, generators, references)
+            else:
+                pipe, kwargs = adapter.call_arguments(slot.model, request, prompt, generators, init, mask)
             renderer = unpacking_renderer(slot.render_preview, adapter, request, pipe)
             finish = lambda latents: adapter.decode(pipe, latents, width, height)  # noqa: E731
         started = time.perf_counter()
@@ -306,7 +356,12 @@ class DiffusersEngine:
         callback = StepCallback(on_step, cancel, X0Recorder(scheduler), renderer)
         assert request.num_inference_steps is not None  # settled
         with step_cache(getattr(pipe, "transformer", None), request.cache, request.num_inference_steps):
-            images, steps_run, _ = self._run_pass(slot, pipe, kwargs, scheduler, callback, finish)
+            if request.ip_adapter is None:
+                images, steps_run, _ = self._run_pass(slot, pipe, kwargs, scheduler, callback, finish)
+            else:  # the adapter is on for this call only (``engine.ip_adapter``)
+                references = reference_images(request.ip_adapter, self.settings.max_pixels)
+                with self.ip_adapters.applied(pipe, request.ip_adapter, references, kwargs) as adapted:
+                    images, steps_run, _ = self._run_pass(slot, adapted, kwargs, scheduler, callback, finish)
         result = slot.result(request, images, seeds, scheduler_name, steps_run, time.perf_counter() - started,
                              applied, warnings)
         return result if request.cache is None else replace(result, cache=request.cache.text())
@@ -390,7 +445,10 @@ class DiffusersEngine:
         scheduler, _ = slot.schedulers.create(request.scheduler)
         pipe = slot.model.image_to_image
         kwargs = self._common_arguments(slot, second, second_prompt, seeds)
-        kwargs.update(image=second_pass_image(first, hires, size), strength=hires.strength, output_type="pil")
+        device = slot.model.device
+        upscale = lambda images, to: self.upscalers.upscale(hires.upscaler, images, to, device)  # noqa: E731
+        kwargs.update(image=second_pass_image(first, hires, size, upscale), strength=hires.strength,
+                      output_type="pil")
         del first
         callback = StepCallback(on_step, cancel, X0Recorder(scheduler), slot.render_preview, offset=first_total,
                                 total=total, pass_number=2)

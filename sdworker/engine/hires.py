@@ -77,11 +77,26 @@ def between_passes(cancel: CancelToken | None) -> bool:
     return cancel.interrupted
 
 
-def second_pass_image(first: Any, hires: HiresFix, size: HiresSize) -> Any:
-    """Pass 1's output (latents or images, as ``output_type`` asked) made into pass 2's ``image``."""
+ModelUpscale = Callable[[list[Image.Image], tuple[int, int]], list[Image.Image]]
+
+
+def second_pass_image(first: Any, hires: HiresFix, size: HiresSize, model_upscale: ModelUpscale | None = None) -> Any:
+    """Pass 1's output (latents or images, as ``output_type`` asked) made into pass 2's ``image``.
+    ``model_upscale``: an upscaler model's (``engine.upscalers``), for an upscaler that is not built in."""
     if hires.latent:
         return upscale_latents(first, size, hires.upscaler)
-    return upscale_images(list(first), size, hires.upscaler)
+    if hires.upscaler in IMAGE_UPSCALERS or model_upscale is None:
+        return upscale_images(list(first), size, hires.upscaler)
+    return crop_centre(model_upscale(list(first), (size.width, size.height)), size)
+
+
+def crop_centre(images: list[Image.Image], size: HiresSize) -> list[Image.Image]:
+    """The centre crop of ``upscale_images`` on images already at ``size.width`` x ``size.height``."""
+    tx, ty = size.crop_x // GRID, size.crop_y // GRID
+    if not (tx or ty):
+        return images
+    left, top = tx // 2 * GRID, ty // 2 * GRID
+    return [image.crop((left, top, left + size.final[0], top + size.final[1])) for image in images]
 
 
 def first_pass_output(hires: HiresFix) -> str:

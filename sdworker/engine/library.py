@@ -402,6 +402,9 @@ def transformer_variant(family: str, index: dict[str, Any], transformer: dict[st
         if "Klein" not in str(index.get("_class_name", "")):
             return "dev"
         return "klein" if index.get("is_distilled") else "klein-base"
+    if family == "qwenimage":  # an edit model (``domain.edit``): Plus takes several references
+        index_class = str(index.get("_class_name", ""))
+        return "edit-plus" if "EditPlus" in index_class else "edit" if "Edit" in index_class else ""
     return ""
 
 

@@ -131,6 +131,10 @@ class Engine(Protocol):
         """The ControlNet models a job's units may name."""
         ...
 
+    def list_upscalers(self) -> tuple[str, ...]:
+        """The upscaler models a hires fix may name (beside the built-in latent and PIL upscalers)."""
+        ...
+
     def refresh(self) -> None:
         """Rescan the models (and embeddings) folders."""
         ...

@@ -31,6 +31,9 @@ def check_inputs(
     request = settle_defaults(request, *defaults)
     check_strength(request.operation, request.strength, request.num_inference_steps)
     init = mask = None
+    references = [image.decode(max_pixels=max_pixels) for image in request.reference_images]
+    if references:  # an edit's output takes the first reference image's size, as img2img's its init image's
+        init = references[0]
     if request.init_image is not None:
         init = request.init_image.decode(max_pixels=max_pixels)
     if request.mask_image is not None:
@@ -38,7 +41,8 @@ def check_inputs(
         if init is not None:
             check_mask_matches(init, mask, field=request.mask_image.field)
     if init is not None and (init.width < 8 or init.height < 8) and None in (request.width, request.height):
-        field = request.init_image.field if request.init_image else "init_image"
+        source = request.init_image or (request.reference_images[0] if request.reference_images else None)
+        field = source.field if source is not None else "init_image"
         raise InvalidImage(
             f"{field}: image is {init.width}x{init.height}; it must be at least 8x8 pixels", field=field
         )
@@ -53,9 +57,16 @@ def check_inputs(
     keep_mask = settled.operation is Operation.INPAINT and settled.mask_image is not None
     for unit in settled.controlnet:  # each control image must decode (InvalidImage naming its field)
         unit.image.decode(max_pixels=max_pixels)
+    ip_adapter = settled.ip_adapter
+    if ip_adapter is not None:  # each reference image must decode too
+        for image in ip_adapter.images:
+            image.decode(max_pixels=max_pixels)
+        ip_adapter = replace(ip_adapter, images=tuple(image.checked() for image in ip_adapter.images))
     return replace(
         settled,
         init_image=settled.init_image.checked() if settled.init_image is not None else None,
         mask_image=settled.mask_image.checked() if keep_mask and settled.mask_image is not None else None,
         controlnet=tuple(replace(unit, image=unit.image.checked()) for unit in settled.controlnet),
+        reference_images=tuple(image.checked() for image in settled.reference_images),
+        ip_adapter=ip_adapter,
     )

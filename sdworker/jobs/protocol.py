@@ -44,6 +44,15 @@ class FleetInfo:
     library: tuple[ModelInfo, ...] = ()
     loras: tuple[LoraInfo, ...] = ()
     controlnets: tuple[str, ...] = ()  # ControlNet names (memory mode: the engine's folder; Redis: none listed)
+    upscalers: tuple[str, ...] = ()  # upscaler model names (memory mode: the engine's folder; Redis: none listed)
+
+    def known_upscalers(self) -> tuple[str, ...] | None:
+        """The upscaler models a job may name at submit; None where this node cannot tell yet (memory mode
+        while the engine loads: the engine checks the name when the job runs). A Redis API node knows
+        none (workers do not register theirs yet), so only the built-in upscalers pass there."""
+        if self.backend != "redis" and self.engine is None:
+            return None
+        return self.upscalers
 
 
 class JobService(Protocol):

@@ -318,16 +318,19 @@ class LocalJobService:
         models: tuple[ModelInfo, ...] = ()
         loras: tuple[LoraInfo, ...] = ()
         controlnets: tuple[str, ...] = ()
+        upscalers: tuple[str, ...] = ()
         if self._library is not None and self._engine_state == "ready":
             library = self._library
-            models, loras, controlnets = await asyncio.to_thread(
-                lambda: (library.list_models(), library.list_loras(), library.list_controlnets())
+            models, loras, controlnets, upscalers = await asyncio.to_thread(
+                lambda: (library.list_models(), library.list_loras(), library.list_controlnets(),
+                         library.list_upscalers())
             )
         model = self._settings.model
         return FleetInfo(
             models=(model,), engine=self._engine_info, queue_depth=len(self._queue), library=models, loras=loras,
             backend=self.backend,
             controlnets=controlnets,
+            upscalers=upscalers,
         )
 
     async def refresh_models(self) -> None:
@@ -567,7 +570,12 @@ class LocalJobService:
         # The input images (up to max_body_bytes each) are not needed once the job has run.
         request = record.spec.request
         units = tuple(replace(unit, image=InputImage(b"", unit.image.field)) for unit in request.controlnet)
-        record.spec = replace(record.spec, request=replace(request, init_image=None, mask_image=None, controlnet=units))
+        references = tuple(InputImage(b"", image.field) for image in request.reference_images)  # kept: how many
+        ip_adapter = request.ip_adapter
+        if ip_adapter is not None:
+            ip_adapter = replace(ip_adapter, images=tuple(InputImage(b"", image.field) for image in ip_adapter.images))
+        record.spec = replace(record.spec, request=replace(request, init_image=None, mask_image=None, controlnet=units,
+                                                           reference_images=references, ip_adapter=ip_adapter))
         record.error_code, record.error_message = code, message
         self.store.save(record, durable=True)
         self._metrics.jobs_finished.labels(outcome=status.value).inc()

@@ -43,6 +43,7 @@ class JobDraft:
     webhook: Webhook | None = None
     deadline_seconds: float | None = None  # after submit; past it the job ends deadline_exceeded
     priority: int = 0  # higher first; a key may ask up to its keys-file priority
+    warnings: tuple[str, ...] = ()  # what a door accepted and will not do (A1111's ignored fields)
 
 
 @dataclass(frozen=True, slots=True)

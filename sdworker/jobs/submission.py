@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
+from sdworker.domain.edit import check_edit_model
 from sdworker.domain.families import family_facts, request_warnings
 from sdworker.domain.prompt_syntax import extract_lora_tags, normalize_lora_name
 from sdworker.domain.request import GenerationRequest
@@ -28,6 +29,8 @@ class ModelLibrary(Protocol):
     def list_loras(self) -> tuple[LoraInfo, ...]: ...
 
     def list_controlnets(self) -> tuple[str, ...]: ...
+
+    def list_upscalers(self) -> tuple[str, ...]: ...
 
     def refresh(self) -> None: ...
 
@@ -51,6 +54,7 @@ def check_against_library(
     chosen = chosen or next((m for m in models if m.is_default), None) or (models[0] if models else None)
     if chosen is None:
         raise ModelNotFound("model: the model library is empty", field="model")
+    check_edit_model(request, chosen.family, chosen.variant, chosen.name)
     return chosen.name, chosen
 
 
@@ -152,7 +156,7 @@ def build_spec(
         owner=owner,
         hive_id=draft.hive_id,
         worker_id=draft.worker_id,
-        warnings=family_warnings(checked, entry),
+        warnings=draft.warnings + family_warnings(checked, entry),
         webhook=draft.webhook,
         deadline_at=None if draft.deadline_seconds is None else created_at + draft.deadline_seconds,
         priority=draft.priority,

@@ -33,7 +33,14 @@ NOT_AN_IMAGE = base64.b64encode(b"this is text, not an image" * 4).decode()
 
 # (name, body or raw bytes, expected status, expected field)
 CASES: list[tuple[str, Any, int, str]] = [
-    ("unknown operation", {**OK, "operation": "image_upscale"}, 422, "operation"),
+    ("unknown operation", {**OK, "operation": "image_variation"}, 422, "operation"),
+    ("upscale without an upscaler", {**OK, "operation": "image_upscale", "init_image": png_b64(8, 8)}, 422,
+     "upscaler"),
+    ("an upscaler on another operation", {**OK, "upscaler": "Lanczos"}, 422, "upscaler"),
+    ("an edit without reference images", {**OK, "operation": "image_edit"}, 422, "reference_images"),
+    ("reference images on text-to-image", {**OK, "reference_images": [png_b64(8, 8)]}, 422, "reference_images"),
+    ("an IP-Adapter image that does not decode", {**OK, "ip_adapter": {"model": "x", "images": [NOT_AN_IMAGE]}},
+     422, "ip_adapter.images.0"),
     ("missing prompt", {k: v for k, v in OK.items() if k != "prompt"}, 422, "prompt"),
     ("empty prompt", {**OK, "prompt": ""}, 422, "prompt"),
     ("prompt not a string", {**OK, "prompt": 5}, 422, "prompt"),

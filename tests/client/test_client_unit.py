@@ -172,3 +172,19 @@ def test_models_loras_and_the_openapi_document() -> None:
         assert client.models() == answers["/v1/models"]["data"]
         assert client.loras() == answers["/v1/loras"]["data"]
         assert client.openapi()["openapi"] == "3.1.0"
+
+
+def test_job_body_encodes_edit_ip_adapter_and_upscale_images() -> None:
+    from sdworker.client.wire import job_body
+
+    image = Image.new("RGB", (8, 8), (1, 2, 3))
+    edit = job_body("make it red", {"reference_images": [image, b"\x89PNG..."], "model": "kontext"})
+    assert edit["operation"] == "image_edit" and len(edit["reference_images"]) == 2
+    assert base64.b64decode(edit["reference_images"][1]) == b"\x89PNG..."
+    adapter = job_body("a cat", {"ip_adapter": {"model": "ip", "images": [image], "scale": 0.5}})
+    assert "operation" not in adapter  # text-to-image: the server's default
+    assert adapter["ip_adapter"]["scale"] == 0.5 and isinstance(adapter["ip_adapter"]["images"][0], str)
+    with Image.open(io.BytesIO(base64.b64decode(adapter["ip_adapter"]["images"][0]))) as decoded:
+        assert decoded.size == (8, 8)
+    upscale = job_body("", {"init_image": image, "upscaler": "Lanczos"})
+    assert upscale["operation"] == "image_upscale"

@@ -83,3 +83,12 @@ def test_models_soak_smoke(demo_cache_dir: Path, tmp_path: Path) -> None:
     assert load_bench("soak_models").main(argv) == 0  # non-zero when a LoRA-free job's pixels drift
     result = json.loads(out.read_text())
     assert [s["jobs"] for s in result["samples"]] == [0, 5, 10] and result["plain_jobs_drifted"] == 0
+
+
+def test_upscaler_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "upscaler.json"
+    argv = ["--archs", "demo", "--sizes", "16", "--rounds", "1", "--json", str(out)]
+    assert load_bench("upscaler").main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["arch"], row["input"], row["output"]) for row in rows] == [("demo", 16, 64)]
+    assert rows[0]["seconds_median"] > 0 and rows[0]["parameters"] > 0

@@ -97,10 +97,11 @@ def cmd_flags(settings: Settings) -> dict[str, Any]:
     }
 
 
-def upscalers() -> list[dict[str, Any]]:
-    """The image upscalers the hires fix takes (PIL's, no weights), in A1111's shape."""
-    return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-            for name in IMAGE_UPSCALERS]
+def upscalers(models: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The image upscalers the hires fix takes (PIL's, no weights, then the worker's upscaler models by
+    file name), in A1111's shape."""
+    return [{"name": name, "model_name": None if name in IMAGE_UPSCALERS else "ESRGAN", "model_path": None,
+             "model_url": None, "scale": 4} for name in (*IMAGE_UPSCALERS, *models)]
 
 
 def latent_upscale_modes() -> list[dict[str, str]]:

@@ -59,7 +59,8 @@ async def generate(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
     init, mask = _given_images(body)
     # The job's bounds (sizes against --max-pixels first) before any image is decoded or resized.
     draft = to_draft(body, settings, sampler=sampler, model=model, init_image=init, mask_image=mask,
-                     guidance=guidance, multiple=entry.size_multiple if entry is not None else 8)
+                     guidance=guidance, multiple=entry.size_multiple if entry is not None else 8,
+                     upscalers=fleet.known_upscalers())
     if isinstance(body, Img2ImgRequest):
         init, mask = await _img2img_inputs(body, settings.max_pixels)
         draft = replace(draft, request=replace(draft.request, init_image=init, mask_image=mask))
@@ -68,11 +69,13 @@ async def generate(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
     units, unit_notes = await units_from(body.alwayson_scripts, size, fleet.controlnets, settings.max_pixels)
     if units:
         draft = replace(draft, request=replace(draft.request, controlnet=units))
+    notes = {**ignored(body), **sampler.ignored, **family_notes, **unit_notes}
+    # A field that would change the image and is not honoured is a warning of the job too (GET /v1/jobs/{id}).
+    draft = replace(draft, warnings=tuple(f"{name}: {note}" for name, note in notes.items()))
     view = await service.submit(draft, owner=owner)
     view = await wait_or_cancel(service, view.job_id, request, owner)
     pngs = await finished_images(service, view, owner)
     known = await checkpoints((view.spec.request.model or settings.model,), settings.cache_dir)
-    notes = {**ignored(body), **sampler.ignored, **family_notes, **unit_notes}
     info = _info(body, view, pngs, sampler.sampler, sampler.schedule, known[0].model_name, known[0].hash10, notes)
     return {
         "images": [base64.b64encode(png).decode("ascii") for png in pngs] if body.send_images else [],

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from sdworker.api import deps
 from sdworker.api.compat import a1111_catalog as catalog
 from sdworker.api.compat import a1111_door as door
+from sdworker.api.compat import a1111_extras as extras
 from sdworker.api.compat.a1111_schemas import Img2ImgRequest, Txt2ImgRequest
 from sdworker.api.compat.a1111_state import Checkpoint, checkpoints
 from sdworker.api.compat.jobs import served_names
@@ -31,6 +32,11 @@ async def txt2img(body: Txt2ImgRequest, request: Request) -> dict[str, Any]:
 @router.post("/img2img", summary="A1111 img2img (and inpainting with a mask, white = repaint)")
 async def img2img(body: Img2ImgRequest, request: Request) -> dict[str, Any]:
     return await door.generate(request, body)
+
+
+@router.post("/extra-single-image", summary="A1111 extras: upscale one image (an image_upscale job)")
+async def extra_single_image(body: extras.ExtrasSingleRequest, request: Request) -> dict[str, Any]:
+    return await extras.upscale_one(request, body)
 
 
 @router.get("/progress", summary="A1111 progress: the running job's step, ETA and latest preview")
@@ -102,9 +108,9 @@ async def cmd_flags(request: Request) -> dict[str, Any]:
     return catalog.cmd_flags(deps.settings(request))
 
 
-@router.get("/upscalers", summary="Image upscalers for the hires fix (PIL's None, Lanczos, Nearest)")
-async def upscalers() -> list[dict[str, Any]]:
-    return catalog.upscalers()
+@router.get("/upscalers", summary="Image upscalers for the hires fix (PIL's None, Lanczos, Nearest; --upscalers-dir)")
+async def upscalers(request: Request) -> list[dict[str, Any]]:
+    return catalog.upscalers((await deps.service(request).fleet()).upscalers)
 
 
 @router.get("/latent-upscale-modes", summary="The hires fix's latent upscale modes")

@@ -155,6 +155,7 @@ def to_draft(
     guidance: float | None = None,
     multiple: int = 8,
     controlnet: tuple[ControlUnit, ...] = (),
+    upscalers: tuple[str, ...] | None = None,
 ) -> JobDraft:
     """``init_image``/``mask_image``: the client's images as given (base64 text, unchecked): the job's
     bounds (sizes, steps, images, seed, text) are checked here first, and only then may the door decode
@@ -168,7 +169,7 @@ def to_draft(
         strength = body.denoising_strength if body.denoising_strength is not None else 0.75
     width = max(multiple, body.width // multiple * multiple)
     height = max(multiple, body.height // multiple * multiple)
-    hires = _hires(body, settings, width, height) if init_image is None else None
+    hires = _hires(body, settings, width, height, upscalers) if init_image is None else None
     request = GenerationRequest(
         prompt=body.prompt or "",
         operation=operation,
@@ -261,9 +262,12 @@ def _facts(family: str | None) -> FamilyFacts | None:
         return None
 
 
-def _hires(body: Txt2ImgRequest, settings: Settings, width: int, height: int) -> HiresFix | None:
+def _hires(
+    body: Txt2ImgRequest, settings: Settings, width: int, height: int, upscalers: tuple[str, ...] | None
+) -> HiresFix | None:
     """A1111's ``enable_hr`` fields as the job's hires fix: 0 and "" mean "unset" (the first pass's
-    steps, prompts; scale instead of a resize); no ``hr_upscaler`` is A1111's default latent mode."""
+    steps, prompts; scale instead of a resize); no ``hr_upscaler`` is A1111's default latent mode.
+    ``upscalers``: the worker's upscaler models (None: not known here, the worker checks the name)."""
     if not body.enable_hr:
         return None
     hires = HiresFix(
@@ -280,7 +284,7 @@ def _hires(body: Txt2ImgRequest, settings: Settings, width: int, height: int) ->
     if (hires.steps or steps) > settings.max_steps:
         raise InvalidRequest(f"hr_second_pass_steps: {hires.steps} is above this server's limit of "
                              f"{settings.max_steps}", field="hr_second_pass_steps")
-    check_hires(hires, width, height, steps, max_pixels=settings.max_pixels, prefix="hr_")
+    check_hires(hires, width, height, steps, max_pixels=settings.max_pixels, prefix="hr_", upscaler_models=upscalers)
     return hires
 
 

@@ -36,13 +36,14 @@ MAX_FILES = 32
 @dataclass(frozen=True, slots=True)
 class EditInputs:
     body: ImagesRequest
-    image: InputImage
+    images: tuple[InputImage, ...]  # all of them: an edit model takes several as references
     mask: InputImage | None  # OpenAI's (transparent = repaint) until ``run`` converts it
 
 
 async def read_edit_form(request: Request) -> EditInputs:
-    """``images.edit``'s multipart body: ``image`` or repeated ``image[]`` (the first is edited), an
-    optional ``mask`` (transparent = repaint; converted to ours), the rest as string fields."""
+    """``images.edit``'s multipart body: ``image`` or repeated ``image[]`` (on an edit model all are
+    references; otherwise the first is edited), an optional ``mask`` (transparent = repaint; converted
+    to ours), the rest as string fields."""
     settings = deps.settings(request)
     try:
         form = await request.form(max_files=MAX_FILES, max_fields=200, max_part_size=settings.max_body_bytes)
@@ -53,12 +54,13 @@ async def read_edit_form(request: Request) -> EditInputs:
         raise InvalidRequest("image: required (a PNG, WebP or JPEG file)", field="image")
     fields = {key: value for key, value in form.multi_items() if isinstance(value, str) and key not in _FILE_FIELDS}
     body = parse_fields(fields)
-    image = await _file_bytes(images[0], "image")
+    field = "image" if form.getlist("image") else "image[]"
+    files = tuple([InputImage(await _file_bytes(image, field), field) for image in images])
     mask = form.get("mask")
     # The client's mask as sent (transparent = repaint): converted to ours in ``run``, after the job's
     # bounds are checked, so nothing is decoded for a request that is refused anyway.
     mask_image = InputImage(await _file_bytes(mask, "mask"), "mask") if mask is not None else None
-    return EditInputs(body, InputImage(image, "image"), mask_image)
+    return EditInputs(body, files, mask_image)
 
 
 async def run(request: Request, body: ImagesRequest, *, kind: str, edit: EditInputs | None = None) -> Response:
@@ -67,7 +69,7 @@ async def run(request: Request, body: ImagesRequest, *, kind: str, edit: EditInp
     model = served_model(body.model, served_names(fleet))
     draft = to_draft(
         body, settings, model=model, entry=library_entry(model, fleet),
-        init_image=edit.image if edit else None, mask_image=edit.mask if edit else None,
+        images=edit.images if edit else (), mask_image=edit.mask if edit else None,
     )
     if edit is not None and edit.mask is not None:
         limit = settings.max_pixels

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sdworker.api.schemas import job_limits, preview_options
 from sdworker.domain.catalog import ModelInfo
 from sdworker.domain.checks import MAX_SEED, check_job
+from sdworker.domain.edit import check_edit_model, edit_model
 from sdworker.domain.request import GenerationRequest, InputImage, Operation
 from sdworker.errors import InvalidRequest
 from sdworker.jobs.spec import JobDraft
@@ -76,12 +77,16 @@ def to_draft(
     *,
     model: str | None,
     entry: ModelInfo | None,
-    init_image: InputImage | None = None,
+    images: tuple[InputImage, ...] = (),
     mask_image: InputImage | None = None,
 ) -> JobDraft:
     """``model`` is the served model to run on (None = the default); ``entry`` its library entry where
     known: its native size is ``auto``, its family's steps scale ``quality`` and its size multiple
-    rounds ``size`` down; its family's guidance is the default."""
+    rounds ``size`` down; its family's guidance is the default. ``images``: an edit's files; without a
+    mask, on an edit model (``domain.edit``) they are the references of an ``image_edit`` job,
+    otherwise the first is img2img's init image."""
+    init_image = images[0] if images else None
+    edits = entry is not None and mask_image is None and edit_model(entry.family, entry.variant) is not None
     steps = body.steps if body.steps is not None else min(quality_steps(body.quality, entry), settings.max_steps)
     native = entry.native_size if entry is not None else NATIVE_SIZE.get("", 512)
     width, height = _size(body.size, native=None if init_image else native)
@@ -90,7 +95,9 @@ def to_draft(
     height = None if height is None else max(multiple, height // multiple * multiple)
     operation = Operation.TEXT_TO_IMAGE
     strength = body.strength
-    if init_image is not None:
+    if edits:
+        operation, init_image = Operation.EDIT, None
+    elif init_image is not None:
         operation = Operation.INPAINT if mask_image is not None else Operation.IMAGE_TO_IMAGE
         strength = strength if strength is not None else (1.0 if mask_image is not None else EDIT_STRENGTH)
     request = GenerationRequest(
@@ -108,8 +115,12 @@ def to_draft(
         init_image=init_image,
         mask_image=mask_image,
         model=model,
+        reference_images=images if edits else (),
     )
     check_job(request, job_limits(settings), OPENAI_NAMES)
+    if edits:
+        assert entry is not None
+        check_edit_model(request, entry.family, entry.variant, entry.name, field=images[0].field)
     return JobDraft(request, preview=preview_options(None, settings))  # decoded only while someone watches
 
 
@@ -130,7 +141,7 @@ def with_partial_images(
     rate limit; and the steps at which each of the ``k`` partial images is due (evenly spread). No
     previews at all for ``k == 0``."""
     total = draft.request.num_inference_steps or QUALITY_STEPS["auto"]  # the door always sets it
-    if draft.request.operation is not Operation.TEXT_TO_IMAGE:
+    if draft.request.operation not in (Operation.TEXT_TO_IMAGE, Operation.EDIT):  # an edit runs every step
         total = max(1, int(total * draft.request.strength))
     if partial_images <= 0:  # the stream is a watcher: without this, previews would be decoded for nobody
         return replace(draft, preview=PreviewOptions(every=0)), []

@@ -5,7 +5,7 @@ dev is guidance-distilled: ``guidance_scale`` is fed to the transformer as an in
 no negative prompt; 3.5 by default, 28 steps). schnell is timestep-distilled and has no guidance input
 (4 steps; ``guidance_scale`` does nothing). Which one a model is shows in its transformer config
 (``guidance_embeds``). A Fill transformer (``in_channels`` 384: image + mask latents beside the noise)
-inpaints through ``FluxFillPipeline``; Kontext is an edit model (recognised, not run yet).
+inpaints through ``FluxFillPipeline``; Kontext is an edit model (``image_edit`` jobs, ``domain.edit``).
 
 Like Forge and ComfyUI for FLUX, ``negative_prompt`` is ignored (no CFG pass) and reported in the
 job's warnings; A1111's emphasis syntax means nothing to T5, so it is removed from the text.
@@ -52,5 +52,6 @@ FACTS = FamilyFacts(
         "image_inpaint": "FluxInpaintPipeline",
         "fill": "FluxFillPipeline",
     },
-    index_classes=("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxFillPipeline"),
+    index_classes=("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxFillPipeline",
+                   "FluxKontextPipeline"),
 )

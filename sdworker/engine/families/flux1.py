@@ -69,8 +69,9 @@ class Flux1Adapter(FlowAdapter):
                                    **quantized(quantize, self.family, dtype, transformer=False))
 
     def build(self, base: Any, device: torch.device, dtype: torch.dtype, source: ModelSource) -> LoadedModel:
-        """A Fill model inpaints only and an edit model (Kontext) runs nothing yet: their other pipelines
-        are None, and the engine refuses those jobs with a 4xx naming the model and the operation."""
+        """A Fill model inpaints only and an edit model (Kontext) runs only edits (``engine.edit``, through
+        ``base_pipe``): their other pipelines are None, and the engine refuses those jobs with a 4xx naming
+        the model and the operation."""
         import diffusers
 
         if isinstance(base, diffusers.FluxFillPipeline | diffusers.FluxKontextPipeline):
@@ -83,7 +84,7 @@ class Flux1Adapter(FlowAdapter):
     def missing_reason(self, model: LoadedModel) -> str:
         if model.inpaint is not None:
             return ": it is a FLUX.1 Fill model, which only inpaints"
-        return ": it is an edit model (FLUX.1 Kontext); running edit models is not supported yet"
+        return ": it is an edit model (FLUX.1 Kontext); it runs image_edit jobs"
 
     def unpack(self, latents: torch.Tensor, width: int, height: int, vae_scale_factor: int = 8) -> torch.Tensor:
         """``(B, h*w/4, 64)`` -> ``(B, 16, h, w)`` by diffusers' own ``FluxPipeline._unpack_latents``."""

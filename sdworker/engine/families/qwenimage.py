@@ -51,7 +51,7 @@ class QwenImageAdapter(FlowAdapter):
         return super().build(base, device, dtype, source)
 
     def missing_reason(self, model: LoadedModel) -> str:
-        return ": it is an edit model (Qwen-Image-Edit); running edit models is not supported yet"
+        return ": it is an edit model (Qwen-Image-Edit); it runs image_edit jobs"
 
     def call_arguments(
         self,

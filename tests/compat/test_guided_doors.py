@@ -1,0 +1,147 @@
+"""Jobs guided by images through the doors, over real uvicorn with the demo bundle: the OpenAI SDK's
+``images.edit`` on an edit model runs an edit job equal to the native one; a native job with an
+IP-Adapter changes the image; the rules are 4xx naming the field the client sent."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from live.server import LiveServer
+
+from .conftest import b64, native_pixels, pixels, png
+
+pytestmark = [pytest.mark.live, pytest.mark.slow]
+
+KONTEXT = "demo-flux1-kontext"
+EDIT: dict[str, Any] = {"steps": 2, "seed": 21}
+
+
+def _infotext(http: httpx.Client, job_id: str) -> str:
+    """The A1111 ``parameters`` text of the job's PNG."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(http.get(f"/v1/jobs/{job_id}/image").content)) as image:
+        return str(image.text["parameters"])  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def client(server: LiveServer, http: httpx.Client) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="anything", max_retries=0, timeout=120)
+
+
+def test_openai_edit_on_an_edit_model_equals_the_native_edit_job(client: openai.OpenAI, http: httpx.Client) -> None:
+    source = png(64, 64, (30, 140, 220))
+    result = client.images.edit(model=KONTEXT, image=("door.png", source, "image/png"), prompt="make the door red",
+                                extra_body=EDIT)
+    assert result.data is not None
+    job = http.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    parameters = http.get(f"/v1/jobs/{job['job_id']}").json()["parameters"]
+    assert parameters["operation"] == "image_edit" and parameters["reference_images"] == 1
+    assert "Denoising strength" not in _infotext(http, job["job_id"])  # an edit starts from noise
+    native = native_pixels(http, operation="image_edit", prompt="make the door red", model=KONTEXT,
+                           reference_images=[b64(source)], **EDIT)
+    np.testing.assert_array_equal(pixels(base64.b64decode(result.data[0].b64_json or "")), native)
+    other = native_pixels(http, operation="image_edit", prompt="make the door red", model=KONTEXT,
+                          reference_images=[b64(png(64, 64, (250, 250, 20)))], **EDIT)
+    assert np.abs(native.astype(int) - other.astype(int)).max() > 0  # the reference image reaches the pixels
+
+
+def test_two_images_on_kontext_are_a_400_naming_image(client: openai.OpenAI) -> None:
+    images = [("a.png", png(64, 64), "image/png"), ("b.png", png(64, 64, (0, 0, 0)), "image/png")]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.edit(model=KONTEXT, image=images, prompt="a door", extra_body=EDIT)
+    assert caught.value.param == "image[]", caught.value.body
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"operation": "image_edit", "model": "demo-sd15"}, "operation"),
+        ({"operation": "image_edit", "model": "demo-flux1"}, "operation"),
+        ({"operation": "image_generation", "model": KONTEXT, "reference_images": None}, "operation"),
+        ({"operation": "image_generation"}, "reference_images"),
+        ({"operation": "image_edit", "model": KONTEXT, "reference_images": None}, "reference_images"),
+        ({"operation": "image_edit", "model": KONTEXT, "reference_images": ["bm90IGFuIGltYWdl"]},
+         "reference_images.0"),
+        ({"operation": "image_edit", "model": KONTEXT, "init_image": "x"}, "init_image"),
+    ],
+    ids=["edit-on-sd15", "edit-on-flux1", "txt2img-on-kontext", "images-on-txt2img", "edit-without-images",
+         "image-that-does-not-decode", "init-image-on-edit"],
+)
+def test_native_edit_rules_are_4xx_naming_the_field(http: httpx.Client, body: dict[str, Any], field: str) -> None:
+    job = {"prompt": "a door", "reference_images": [b64(png(64, 64))], **EDIT, **body}
+    job = {key: value for key, value in job.items() if value is not None}
+    response = http.post("/v1/jobs", json=job)
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["error"]["field"] == field, response.text
+
+
+def test_native_ip_adapter_job_runs_and_its_rules_name_the_field(http: httpx.Client) -> None:
+    adapter = {"model": "demo-ip-adapter", "images": [b64(png(48, 48, (200, 30, 30)))], "scale": 0.5}
+    job = {"prompt": "a cat", "width": 64, "height": 64, **EDIT}
+    with_adapter = native_pixels(http, **job, ip_adapter=adapter)
+    assert np.abs(with_adapter.astype(int) - native_pixels(http, **job).astype(int)).max() > 0
+    parameters = http.get("/v1/jobs", params={"limit": 2}).json()["jobs"][1]
+    shown = http.get(f"/v1/jobs/{parameters['job_id']}").json()["parameters"]["ip_adapter"]
+    assert shown == {"model": "demo-ip-adapter", "scale": 0.5, "images": 1}
+    assert 'IP-Adapter: "Model: demo-ip-adapter, Weight: 0.5, Images: 1"' in _infotext(http, parameters["job_id"])
+    for change, status, field in (
+        ({"model": "nope"}, 404, "ip_adapter.model"),
+        ({"images": ["bm90IGFuIGltYWdl"]}, 422, "ip_adapter.images.0"),
+        ({"scale": 3}, 422, "ip_adapter.scale"),
+    ):
+        response = http.post("/v1/jobs", json={**job, "ip_adapter": {**adapter, **change}})
+        assert response.status_code == status and response.json()["error"]["field"] == field, response.text
+    on_flux = http.post("/v1/jobs", json={**job, "model": "demo-flux1", "ip_adapter": adapter})
+    assert on_flux.status_code // 100 == 4 and on_flux.json()["error"]["field"] == "ip_adapter", on_flux.text
+
+
+def test_webuiapi_hires_with_the_demo_upscaler_equals_the_native_job(server: LiveServer, http: httpx.Client) -> None:
+    import webuiapi
+
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler", steps=2)
+    assert "demo-esrgan" in {u["name"] for u in api.get_upscalers()}
+    result = api.txt2img(prompt="a red cube", enable_hr=True, hr_scale=2, hr_upscaler="demo-esrgan",
+                         hr_second_pass_steps=2, denoising_strength=0.5, width=64, height=64, steps=2, seed=5)
+    assert result.image.size == (128, 128)
+    native = native_pixels(http, prompt="a red cube", seed=5, steps=2, guidance_scale=7.0, scheduler="euler",
+                           width=64, height=64, hires={"scale": 2, "upscaler": "demo-esrgan", "steps": 2,
+                                                       "strength": 0.5})
+    np.testing.assert_array_equal(np.asarray(result.image.convert("RGB")), native)
+    assert "Hires upscaler: demo-esrgan" in result.info["infotexts"][0]
+
+
+def test_webuiapi_extra_single_image_upscales_with_the_demo_upscaler(server: LiveServer, http: httpx.Client) -> None:
+    import webuiapi
+    from PIL import Image
+
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port)
+    source = Image.new("RGB", (40, 24), (30, 140, 220))
+    result = api.extra_single_image(image=source, upscaler_1="demo-esrgan", upscaling_resize=2)
+    assert result.image.size == (80, 48)
+    job = http.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    parameters = http.get(f"/v1/jobs/{job['job_id']}").json()["parameters"]
+    assert parameters["operation"] == "image_upscale" and parameters["upscaler"] == "demo-esrgan"
+    native = native_pixels(http, operation="image_upscale", prompt="-", init_image=b64(png(40, 24, (30, 140, 220))),
+                           width=80, height=48, upscaler="demo-esrgan")
+    np.testing.assert_array_equal(np.asarray(result.image.convert("RGB")), native)
+    unknown = http.post("/sdapi/v1/extra-single-image", json={"image": b64(png(16, 16)), "upscaler_1": "nope"})
+    assert unknown.status_code == 422 and unknown.json()["detail"].startswith("upscaler: 'nope'"), unknown.text
+
+
+def test_a1111_fields_that_are_ignored_are_warnings_of_the_job(http: httpx.Client) -> None:
+    body = {"prompt": "x", "steps": 1, "width": 64, "height": 64, "restore_faces": True,
+            "alwayson_scripts": {"ADetailer": {"args": [True]}}}
+    answer = http.post("/sdapi/v1/txt2img", json=body)
+    assert answer.status_code == 200, answer.text
+    job = http.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    warnings = http.get(f"/v1/jobs/{job['job_id']}").json()["warnings"]
+    assert "restore_faces: not supported by sdworker; ignored" in warnings, warnings
+    assert "alwayson_scripts.ADetailer: not supported by sdworker; ignored" in warnings, warnings

@@ -1,0 +1,111 @@
+"""Edit jobs (``image_edit``) on the demo bundle's tiny edit models: the engine's pixels equal diffusers'
+own edit pipeline called directly with the same seed; the reference image reaches the pixels; the rules
+(an edit on a non-edit model, a non-edit job on an edit model, too many or no reference images) are 4xx
+naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from sdworker.domain.request import GenerationRequest, InputImage, Operation
+from sdworker.engine.demo_edit import DEMO_FLUX1_KONTEXT
+from sdworker.engine.diffusers_engine import DiffusersEngine
+from sdworker.errors import InvalidRequest
+from sdworker.settings import Settings
+
+from .helpers import as_init, init_image, pixels
+
+SEED = 5
+PROMPT = "make the door red"
+
+
+@pytest.fixture(scope="module")
+def edit_engine(demo_cache_dir: Path) -> DiffusersEngine:
+    return DiffusersEngine(Settings(model="demo", cache_dir=demo_cache_dir, device="cpu", max_loaded_models=1))
+
+
+def _reference(index: int) -> InputImage:
+    return InputImage.from_image(init_image(64, seed=index), f"reference_images.{index}")
+
+
+def _edit(engine: DiffusersEngine, model: str, references: tuple[InputImage, ...], **kwargs: Any) -> Any:
+    request = GenerationRequest(PROMPT, operation=Operation.EDIT, model=model, reference_images=references,
+                                width=64, height=64, num_inference_steps=3, guidance_scale=2.5, seed=SEED, **kwargs)
+    return engine.generate(request)
+
+
+def test_kontext_edit_equals_flux_kontext_pipeline(edit_engine: DiffusersEngine, demo_bundle: Path) -> None:
+    from diffusers import FluxKontextPipeline
+
+    result = _edit(edit_engine, DEMO_FLUX1_KONTEXT, (_reference(0),))
+    pipe = FluxKontextPipeline.from_pretrained(demo_bundle / "models" / DEMO_FLUX1_KONTEXT)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(image=init_image(64, seed=0), prompt=PROMPT, width=64, height=64, num_inference_steps=3,
+                    guidance_scale=2.5, generator=torch.Generator("cpu").manual_seed(SEED), max_area=64 * 64,
+                    _auto_resize=False).images[0]
+    assert result.images[0].size == (64, 64)
+    np.testing.assert_array_equal(pixels(result.images[0]), pixels(expected))
+
+
+def test_kontext_reference_image_changes_the_result(edit_engine: DiffusersEngine) -> None:
+    first = _edit(edit_engine, DEMO_FLUX1_KONTEXT, (_reference(0),))
+    other = _edit(edit_engine, DEMO_FLUX1_KONTEXT, (_reference(1),))
+    again = _edit(edit_engine, DEMO_FLUX1_KONTEXT, (_reference(0),))
+    np.testing.assert_array_equal(pixels(first.images[0]), pixels(again.images[0]))
+    assert np.abs(pixels(first.images[0]).astype(int) - pixels(other.images[0]).astype(int)).max() > 0
+
+
+def test_edit_size_defaults_to_the_reference_image(edit_engine: DiffusersEngine) -> None:
+    reference = InputImage.from_image(init_image(80, seed=2), "reference_images.0")  # 80 rounds down to 16's 80
+    request = GenerationRequest(PROMPT, operation=Operation.EDIT, model=DEMO_FLUX1_KONTEXT,
+                                reference_images=(reference,), num_inference_steps=1, seed=SEED)
+    assert edit_engine.generate(request).images[0].size == (80, 80)
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (GenerationRequest(PROMPT, operation=Operation.EDIT, model="demo-flux1",
+                           reference_images=(InputImage(b"x", "reference_images.0"),)), "operation"),
+        (GenerationRequest(PROMPT, operation=Operation.EDIT, model="demo-sd15",
+                           reference_images=(InputImage(b"x", "reference_images.0"),)), "operation"),
+        (GenerationRequest(PROMPT, model=DEMO_FLUX1_KONTEXT), "operation"),
+        (GenerationRequest(PROMPT, operation=Operation.EDIT, model=DEMO_FLUX1_KONTEXT,
+                           reference_images=(InputImage(b"x", "a"), InputImage(b"y", "b"))), "reference_images"),
+        (GenerationRequest(PROMPT, operation=Operation.EDIT, model=DEMO_FLUX1_KONTEXT), "reference_images"),
+        (GenerationRequest(PROMPT, model="demo-flux1", reference_images=(InputImage(b"x", "a"),)),
+         "reference_images"),
+    ],
+    ids=["edit-on-flux1", "edit-on-sd15", "txt2img-on-kontext", "two-images-on-kontext", "no-image",
+         "images-on-txt2img"],
+)
+def test_edit_rules_refuse_at_submit(edit_engine: DiffusersEngine, request_: GenerationRequest, field: str) -> None:
+    from sdworker.domain.checks import check_request
+
+    with pytest.raises(InvalidRequest) as caught:
+        check_request(request_)  # what needs no model
+        edit_engine.validate_request(request_)  # what needs the library (nothing is loaded)
+    assert caught.value.field == field
+
+
+def test_a_reference_image_that_does_not_decode_names_its_field(edit_engine: DiffusersEngine) -> None:
+    from sdworker.errors import InvalidImage
+
+    with pytest.raises(InvalidImage) as caught:
+        _edit(edit_engine, DEMO_FLUX1_KONTEXT, (InputImage(b"not an image", "reference_images.0"),))
+    assert caught.value.field == "reference_images.0"
+
+
+def test_init_image_on_an_edit_is_refused() -> None:
+    from sdworker.domain.checks import check_request
+
+    request = GenerationRequest(PROMPT, operation=Operation.EDIT, reference_images=(_reference(0),),
+                                init_image=as_init(init_image()))
+    with pytest.raises(InvalidRequest) as caught:
+        check_request(request)
+    assert caught.value.field == "init_image"
