@@ -4,11 +4,13 @@ here."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
+from sdworker.domain.batch_plan import batch_key
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
-from sdworker.domain.request import Operation
+from sdworker.domain.request import GenerationRequest, Operation
 from sdworker.events.types import (
     JobCompleted,
     JobEnded,
@@ -224,3 +226,10 @@ def parse_worker(raw: bytes) -> tuple[WorkerInfo, EngineInfo | None]:
             operations=tuple(Operation(op) for op in e["operations"]),
         )
     return info, engine
+
+
+def batch_key_text(request: GenerationRequest) -> str:
+    """The job's batch key as stored with it (``bkey``): two jobs may share UNet calls exactly when
+    these are equal and not empty (``can_share_unet``'s rule, ``domain/batch_plan.py``)."""
+    key = batch_key(request)
+    return "" if key is None else json.dumps(dataclasses.astuple(key))

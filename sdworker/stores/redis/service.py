@@ -45,7 +45,7 @@ from sdworker.jobs.submission import (
 )
 from sdworker.settings import Settings
 from sdworker.stores.redis import scripts
-from sdworker.stores.redis.codec import job_view, parse_library, parse_worker, text
+from sdworker.stores.redis.codec import batch_key_text, job_view, parse_library, parse_worker, text
 from sdworker.stores.redis.hub import StreamHub
 from sdworker.stores.redis.keys import Keys
 
@@ -215,10 +215,11 @@ class RedisJobService:
                     self._keys.queued_model(model),
                     self._keys.queue(model),
                     self._keys.jobs,
+                    self._keys.models,
                 ],
                 args=[job_id, json.dumps(spec.to_dict()), owner or "", model, spec.created_at,
                       self._settings.max_queue, spec.request.num_inference_steps, EVENTS_MAXLEN,
-                      self._settings.max_results],
+                      self._settings.max_results, batch_key_text(spec.request)],
             )
         )
         if int(position) < 0:
@@ -476,9 +477,8 @@ class RedisJobService:
         )
         if text(state) == "cancelled":
             self._metrics.jobs_finished.labels(outcome="cancelled").inc()
-            await self._call(
-                self._positions(keys=[self._keys.queued_model(model)], args=[self._keys.prefix, EVENTS_MAXLEN])
-            )
+            await self._call(self._positions(keys=[self._keys.watched(model), self._keys.queued_model(model)],
+                                             args=[self._keys.prefix, EVENTS_MAXLEN]))
         return await self.get(job_id, owner=owner)
 
     def _live_workers_with_engines(self, fleet: FleetInfo) -> list[tuple[WorkerInfo, EngineInfo | None]]:
