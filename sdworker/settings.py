@@ -162,6 +162,12 @@ class Settings(BaseSettings):
     claim_idle_seconds: Seconds = Field(30.0, description="a job idle this long on a dead worker is taken over")
     lease_heartbeat_seconds: Seconds = Field(5.0, description="how often a worker renews the lease of its job")
     max_attempts: int = Field(3, ge=1, le=100, description="tries of a job before it fails for good")
+    expect_models: tuple[str, ...] = Field(
+        (), description="API node: models to accept jobs for even when no worker has registered them (scale to zero)"
+    )
+    queue_timeout_seconds: Seconds = Field(
+        600.0, description="API node: a queued job whose model no live worker serves fails (no_worker) after this"
+    )
     worker_id: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$", description="this worker's id; none = generated"
     )
@@ -173,7 +179,8 @@ class Settings(BaseSettings):
 
     # -- validation of values that need more than a bound ------------------------------------------
 
-    @field_validator("api_keys", "admin_api_keys", "cors_origins", "allowed_hosts", "compile_sizes", mode="before")
+    @field_validator("api_keys", "admin_api_keys", "cors_origins", "allowed_hosts", "compile_sizes", "expect_models",
+                     mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         """'a,b' (env) or ['a', 'b,c'] (repeated flags) -> ('a', 'b', 'c'); blanks dropped."""

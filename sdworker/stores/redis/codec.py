@@ -10,6 +10,7 @@ from typing import Any
 
 from sdworker.domain.batch_plan import batch_key
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
+from sdworker.domain.checks import Limits
 from sdworker.domain.request import GenerationRequest, Operation
 from sdworker.events.types import (
     JobCompleted,
@@ -143,7 +144,8 @@ def job_view(fields: dict[bytes, bytes], *, position: int | None, watchers: int)
     )
 
 
-def worker_record(info: WorkerInfo, engine: EngineInfo | None, library: dict[str, Any] | None = None) -> str:
+def worker_record(info: WorkerInfo, engine: EngineInfo | None, library: dict[str, Any] | None = None,
+                  limits: Limits | None = None) -> str:
     record: dict[str, Any] = {
         "id": info.id,
         "model": info.model,
@@ -167,7 +169,18 @@ def worker_record(info: WorkerInfo, engine: EngineInfo | None, library: dict[str
         }
     if library is not None:
         record["library"] = library
+    if limits is not None:
+        record["limits"] = dataclasses.asdict(limits)
     return json.dumps(record)
+
+
+def parse_limits(raw: bytes) -> Limits | None:
+    """The job limits a worker registered (its own ``--max-pixels``, ``--max-steps``, ``--max-images``)."""
+    limits = json.loads(raw).get("limits")
+    if not limits:
+        return None
+    return Limits(max_steps=int(limits["max_steps"]), max_images=int(limits["max_images"]),
+                  max_pixels=int(limits["max_pixels"]))
 
 
 def library_record(models: tuple[ModelInfo, ...], loras: tuple[LoraInfo, ...]) -> dict[str, Any]:

@@ -264,6 +264,23 @@ end
 return state
 """
 
+# KEYS: job, ev, pv, qstream, queued, queued_model   ARGV: job_id, cutoff, ttl, maxlen, message
+# A job still queued since before ``cutoff`` for a model no live worker serves ends failed with
+# ``no_worker`` and leaves the queue (its --max-queue place is free again). -> 1 ended | 0 not (any more)
+NO_WORKER = _PRELUDE + """
+if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'created')) > tonumber(ARGV[2]) then return 0 end
+ack(KEYS[4], redis.call('HGET', KEYS[1], 'entry'))
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'failed', 'finished', at, 'error_code', 'no_worker', 'error_message', ARGV[5])
+strip_inputs(KEYS[1])
+fail_with_end(KEYS[1], KEYS[2], 'no_worker', ARGV[5], ARGV[4])
+retire(KEYS[1])
+expire(ARGV[3], KEYS[1], KEYS[2], KEYS[3])
+return 1
+"""
+
 # KEYS: watched (P:watchq:{model}), queued_model   ARGV: prefix, maxlen
 # Push a new position to the queued jobs that somebody watches (WATCH put them in ``watched``), and
 # only when it changed: O(watched x log N), never O(queue). Everyone else asks (ZRANK, in a GET).

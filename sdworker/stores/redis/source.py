@@ -34,6 +34,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from sdworker import __version__
 from sdworker.domain.catalog import EngineInfo
+from sdworker.domain.checks import Limits
 from sdworker.domain.control import CancelToken
 from sdworker.events.types import JobCompleted, JobEvent, JobFailed, PreviewReady, end_marker
 from sdworker.jobs.metrics import ServiceMetrics
@@ -459,7 +460,15 @@ class RedisJobSource:
         info = WorkerInfo(id=self.worker_id, model=self.settings.model, device=self._device_name(), status=status,
                           current_job=current, last_seen=time.time(), version=__version__, reason=self._reason)
         library = await self._library_entry()
-        await self._redis.hset(self.keys.workers, self.worker_id, worker_record(info, self._engine, library))
+        s = self.settings
+        limits = Limits(max_steps=s.max_steps, max_images=s.max_images, max_pixels=s.max_pixels)
+        record = worker_record(info, self._engine, library, limits)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(self.keys.workers, self.worker_id, record)
+            if self._engine is not None and status != "failed":
+                # Kept after this worker stops: API nodes accept its models for 24 h (scale to zero).
+                pipe.hset(self.keys.registered, self.worker_id, record)
+            await pipe.execute()
 
     async def _register_loop(self) -> None:
         interval = self.settings.lease_heartbeat_seconds
