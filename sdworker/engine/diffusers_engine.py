@@ -413,6 +413,7 @@ class DiffusersEngine:
         except Exception as exc:  # as generate would fail each of them
             return {position: failure(exc) for position in group}
         members = [(p, items[p], prompts[p], _seed(items[p].request)) for p in group]
+        log.info("%d jobs share each UNet call of one batch", len(group))
         outcomes = run_group(slot, applied, members, lambda item: self._generate_alone(item, on_model_load))
         if slot.model.device.type == "cuda" and any(isinstance(o, Exception) for o in outcomes.values()):
             gc.collect()  # as generate does after a cancel or a failure: hand the cached blocks back

@@ -606,21 +606,17 @@ def _registrations(fleet: FleetInfo) -> tuple[Registration, ...]:
 
 
 def _check_worker_limits(request: GenerationRequest, model: str, fleet: FleetInfo) -> None:
-    """The job against the limits the workers of ``model`` registered (the largest of them: some worker
-    can run it), not this node's own device: a CPU-hosted API node does not refuse what GPUs can run."""
+    """The job's size against the ``--max-pixels`` the workers of ``model`` registered (the largest of
+    them: some worker can run it), not this node's own device: a CPU-hosted API node does not refuse
+    what GPUs can run. (Steps and image counts stay the API node's: a worker has no flag for them.)"""
     limits = [r.limits for r in _registrations(fleet) if model in r.names and r.limits is not None]
     if not limits:
         return  # nobody registered it (--expect-models): this node's own limits applied at the edge
     max_pixels = max(each.max_pixels for each in limits)
-    max_steps = max(each.max_steps for each in limits)
     width, height = request.width or 0, request.height or 0
     if width * height > max_pixels:
         raise InvalidRequest(f"width: {width}x{height} = {width * height} pixels; the workers of {model!r} "
                              f"take at most {max_pixels}", field="width")
-    steps = request.num_inference_steps or 0
-    if steps > max_steps:
-        raise InvalidRequest(f"steps: {steps} is out of range; the workers of {model!r} take 1..{max_steps}",
-                             field="steps")
 
 
 N = TypeVar("N", ModelInfo, LoraInfo)
