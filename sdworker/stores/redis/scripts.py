@@ -319,7 +319,10 @@ if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return {0} end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'running' and state ~= 'cancelling' then return {0} end
 local pending = redis.call('XPENDING', KEYS[2], 'workers', ARGV[2], ARGV[2], 1)
-if #pending == 0 or pending[1][2] ~= ARGV[3] then return {0} end
+if #pending == 0 then return {0} end
+-- Another consumer holds the entry: it took the job over (the fence tells, at its claim), unless it
+-- is a batch partner's entry that a plain read handed it a moment ago (the job still names us).
+if pending[1][2] ~= ARGV[3] and redis.call('HGET', KEYS[1], 'consumer') ~= ARGV[3] then return {0} end
 redis.call('XCLAIM', KEYS[2], 'workers', ARGV[3], 0, ARGV[2], 'JUSTID')
 local watchers = 0
 for _, count in ipairs(redis.call('HVALS', KEYS[3])) do watchers = watchers + tonumber(count) end
