@@ -354,6 +354,11 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
+def set_in_environment(field: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``SDWORKER_<FIELD>`` is set (a CLI asks whether a default is the user's choice)."""
+    return env_name(field) in (os.environ if environ is None else environ)
+
+
 def unknown_env_names(environ: Mapping[str, str] | None = None) -> list[str]:
     """``SDWORKER_*`` variables that name no setting (typos: the CLI warns about them)."""
     environ = os.environ if environ is None else environ
