@@ -367,11 +367,12 @@ def print_table(result: dict[str, Any]) -> None:
     for name, row in result["latency"].items():
         rows.append((f"event latency, {name}", f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms "
                                                f"({row['events']} events)"))
-    w = result["watchers"]
-    p50 = "-" if w["terminal_p50_ms"] is None else f"{w['terminal_p50_ms']:.0f}"
-    p99 = "-" if w["terminal_p99_ms"] is None else f"{w['terminal_p99_ms']:.0f}"
-    rows.append((f"{w['watchers']} watchers / {w['nodes']} nodes",
-                 f"{w['got_terminal']} got the terminal event; p50 {p50} ms, p99 {p99} ms"))
+    w = result.get("watchers")
+    if w:
+        p50 = "-" if w["terminal_p50_ms"] is None else f"{w['terminal_p50_ms']:.0f}"
+        p99 = "-" if w["terminal_p99_ms"] is None else f"{w['terminal_p99_ms']:.0f}"
+        rows.append((f"{w['watchers']} watchers / {w['nodes']} nodes",
+                     f"{w['got_terminal']} got the terminal event; p50 {p50} ms, p99 {p99} ms"))
     b = result.get("batching")
     if b:
         rows.append(("2 workers, --max-batch 1", f"{b['off']['jobs_per_minute']:.1f} jobs/min"))
@@ -402,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=3000, help="API nodes' limit (the blockers use it)")
     parser.add_argument("--depth", type=int, default=10_000, help="queued jobs for the deep-queue measurements")
     parser.add_argument("--depth-probe", type=int, default=400, help="submits timed at that depth")
-    parser.add_argument("--skip", default="", help="comma list of sections to skip: batching, depth")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: watchers, batching, depth")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "scale.json")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sdworker-scale-") as tmp:
@@ -423,8 +424,9 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 wait_for(memory_url + "/ready", lambda r: r.status_code == 200)
                 result["latency"] = latency(apis[0], memory_url, args)
-                result["watchers"] = asyncio.run(spread_watchers(apis, args))
                 skip = set(args.skip.split(","))
+                if "watchers" not in skip:
+                    result["watchers"] = asyncio.run(spread_watchers(apis, args))
                 for process in [p for p in procs.running if "-w" in " ".join(map(str, p.args))]:
                     procs.stop(process)  # the first fleet's workers: the next sections get the CPUs
                 if "batching" not in skip:
