@@ -146,12 +146,12 @@ if (not state) or state == 'completed' or state == 'failed' or state == 'cancell
   ack(KEYS[4], ARGV[1]); return {0}
 end
 if redis.call('HGET', KEYS[1], 'entry') ~= ARGV[1] then ack(KEYS[4], ARGV[1]); return {0} end
-local holder = redis.call('HGET', KEYS[1], 'consumer')
-if ARGV[8] == '1' and state ~= 'queued' and holder and holder ~= ARGV[2] then
-  -- A batch partner's entry, taken out of order by PARTNERS (XCLAIM FORCE), reached this worker
-  -- through a plain read: its holder keeps it (a lost worker's entries come back only through
-  -- XAUTOCLAIM, never through a plain read).
-  redis.call('XCLAIM', KEYS[4], 'workers', holder, 0, ARGV[1], 'JUSTID')
+if ARGV[8] == '1' and state ~= 'queued' then
+  -- A batch partner's entry, taken out of order by PARTNERS (XCLAIM FORCE), reached a worker through
+  -- a plain read (maybe its own holder, while it stores the batch's results): the holder keeps it. A
+  -- lost worker's entries come back only through XAUTOCLAIM, never through a plain read.
+  local holder = redis.call('HGET', KEYS[1], 'consumer')
+  if holder and holder ~= ARGV[2] then redis.call('XCLAIM', KEYS[4], 'workers', holder, 0, ARGV[1], 'JUSTID') end
   return {0}
 end
 return take(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[1], ARGV[2],

@@ -308,6 +308,14 @@ class RedisJobService:
         now = time.monotonic()
         if not fresh and self._fleet is not None and now - self._fleet[0] < FLEET_CACHE_SECONDS:
             return self._fleet[1]
+        fleet = await self._read_fleet()
+        self._fleet = (now, fleet)
+        for status in ("starting", "ready", "busy", "stopping", "failed"):
+            self._metrics.fleet_workers.labels(status=status).set(sum(1 for w in fleet.workers if w.status == status))
+        return fleet
+
+    async def _read_fleet(self) -> FleetInfo:
+        """The fleet as Redis has it now (``fleet`` caches it for requests; the sweep reads its own)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self._keys.workers)
             pipe.zcard(self._keys.queued)
@@ -332,7 +340,7 @@ class RedisJobService:
         library = _union(m for models, _ in libraries.values() for m in models)
         loras = _union(lora for _, each in libraries.values() for lora in each)
         models = tuple(sorted({info.model for info, _ in workers}))  # what the compat doors list
-        fleet = FleetInfo(
+        return FleetInfo(
             models=models,
             engine=engine,
             workers=tuple(info for info, _ in workers),
@@ -343,10 +351,6 @@ class RedisJobService:
             library=library,
             loras=loras,
         )
-        self._fleet = (now, fleet)
-        for status in ("starting", "ready", "busy", "stopping", "failed"):
-            self._metrics.fleet_workers.labels(status=status).set(sum(1 for w in fleet.workers if w.status == status))
-        return fleet
 
     async def refresh_models(self) -> None:
         """Per worker: set the refresh flag; each live worker rescans its folders at its next registry
@@ -539,7 +543,7 @@ class RedisJobService:
             await asyncio.sleep(SWEEP_SECONDS)
 
     async def _sweep(self) -> None:
-        fleet = await self.fleet()
+        fleet = await self._read_fleet()
         live = {name for worker, _ in self._live_workers_with_engines(fleet) for name in (worker.model,)}
         for worker in fleet.workers:
             if worker.status not in ("stopping", "failed"):
