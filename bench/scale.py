@@ -12,9 +12,16 @@
 3. **1,000 watchers over 2 API nodes**: half on each node, subscribed while the job waits in the
    queue behind blockers (cancelled once every watcher is connected); every watcher must get the
    terminal event; delay p50/p99 of that event.
+4. **Batching in the fleet**: the same jobs through two workers with ``--max-batch 2`` (a fresh fleet
+   on its own prefix) against the two ``--max-batch 1`` workers of (1); jobs per minute and how many
+   jobs ran as a batch partner (the worker logs' "share each UNet call" lines).
+5. **A deep queue**: ``--depth`` (10,000) jobs queued for a model with no worker (``--expect-models``),
+   submitted by 4 concurrent clients; then ``--depth-probe`` more submits at that depth (p50/p99), Redis
+   memory per queued job, and the claim script's own time in Redis's slow log
+   (``slowlog-log-slower-than 0``) while one worker claims jobs from the top of that queue.
 
     .venv/bin/python bench/scale.py                                  # about 2 min on 2 cores
-    .venv/bin/python bench/scale.py --jobs 2 --steps 2 --size 64 --watchers 20 --latency-steps 5  # smoke
+    .venv/bin/python bench/scale.py --jobs 2 --steps 2 --size 64 --watchers 20 --latency-steps 5 --depth 200  # smoke
 
 Starts its own redis-server (append-only file on) on a free port. Prints a table and writes JSON
 (``--json``, default bench/results/scale.json).
@@ -256,6 +263,99 @@ async def spread_watchers(apis: list[str], args: argparse.Namespace) -> dict[str
     }
 
 
+def batching(procs: Procs, redis_url: str, args: argparse.Namespace, unbatched: dict[str, Any]) -> dict[str, Any]:
+    """Two ``--max-batch 2`` workers on a fleet of their own, the same jobs as the throughput run."""
+    prefix = f"batch-{uuid.uuid4().hex[:6]}"
+    api = api_node(procs, redis_url, prefix, "api-batch", args.max_steps)
+    started = [procs.sdworker(f"{prefix}-w{i}", "worker", "--redis", redis_url, "--redis-prefix", prefix, "--model",
+                              "demo", "--worker-id", f"{prefix}-w{i}", "--shutdown-grace-seconds", "1",
+                              "--max-batch", "2", *FLEET_ARGS) for i in (1, 2)]
+    wait_workers(api, 2)
+    asyncio.run(run_batch(api, _warm(args, 2)))
+    logs = [procs.workdir / f"{prefix}-w{i}.log" for i in (1, 2)]
+    before = sum(path.read_text(errors="replace").count("share each UNet call") for path in logs)
+    on = asyncio.run(run_batch(api, args))
+    batches = sum(path.read_text(errors="replace").count("share each UNet call") for path in logs) - before
+    for process in started:
+        procs.stop(process)
+    return {"off": unbatched, "on": {**on, "batches": batches},
+            "ratio": on["jobs_per_minute"] / unbatched["jobs_per_minute"]}
+
+
+async def _submit_many(api: str, body: dict[str, Any], count: int, clients: int = 4) -> list[float]:
+    """``count`` submits by ``clients`` concurrent clients; each submit's seconds."""
+    latencies: list[float] = []
+    left = [count]
+
+    async def client_loop() -> None:
+        async with httpx.AsyncClient(timeout=60) as client:
+            while left[0] > 0:
+                left[0] -= 1
+                start = time.perf_counter()
+                response = await client.post(api + "/v1/jobs", json=body)
+                latencies.append(time.perf_counter() - start)
+                if response.status_code != 202:
+                    raise RuntimeError(f"submit answered {response.status_code}: {response.text[:200]}")
+
+    await asyncio.gather(*(client_loop() for _ in range(clients)))
+    return latencies
+
+
+def deep_queue(procs: Procs, redis_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    import hashlib
+
+    import redis
+
+    from sdworker.stores.redis import scripts
+
+    prefix = f"depth-{uuid.uuid4().hex[:6]}"
+    port = free_port()
+    procs.sdworker("api-depth", "api", "--redis", redis_url, "--redis-prefix", prefix, "--port", str(port),
+                   "--max-queue", str(args.depth + args.depth_probe + 10), "--expect-models", "demo",
+                   "--queue-timeout-seconds", "86400", *FLEET_ARGS)
+    api = f"http://127.0.0.1:{port}"
+    wait_for(api + "/health", lambda r: r.status_code == 200)
+    client = redis.Redis.from_url(redis_url)
+    body = {"prompt": PROMPT, "model": "demo", "steps": 2, "width": 64, "height": 64, "preview": {"every": 0}}
+    memory_before = int(client.info("memory")["used_memory"])
+    asyncio.run(_submit_many(api, body, args.depth))
+    memory_after = int(client.info("memory")["used_memory"])
+    probe = asyncio.run(_submit_many(api, body, args.depth_probe))
+    client.config_set("slowlog-log-slower-than", 0)
+    client.config_set("slowlog-max-len", 100_000)
+    client.slowlog_reset()
+    claimer = procs.sdworker(f"{prefix}-w1", "worker", "--redis", redis_url, "--redis-prefix", prefix, "--model",
+                             "demo", "--worker-id", f"{prefix}-w1", "--shutdown-grace-seconds", "1", *FLEET_ARGS)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and int(client.zcard(f"{prefix}:queued")) > args.depth + args.depth_probe - 10:
+        time.sleep(0.2)
+    procs.stop(claimer)
+    log = client.slowlog_get(100_000)
+    client.config_set("slowlog-log-slower-than", 10_000)
+    client.close()
+    shas = {hashlib.sha1(getattr(scripts, name).encode()).hexdigest(): name.lower()
+            for name in ("CLAIM", "PARTNERS", "POSITIONS", "SUBMIT")}
+    times: dict[str, list[float]] = {}
+    for entry in log:
+        command = [c.decode(errors="replace") if isinstance(c, bytes) else str(c) for c in entry["command"].split()] \
+            if isinstance(entry["command"], bytes | str) else []
+        if len(command) > 1 and command[0].upper() == "EVALSHA" and command[1] in shas:
+            times.setdefault(shas[command[1]], []).append(entry["duration"] / 1000.0)  # microseconds -> ms
+    claims = times.get("claim", [])
+    return {
+        "depth": args.depth,
+        "submit_p50_ms": 1000 * percentile(probe, 0.50),
+        "submit_p99_ms": 1000 * percentile(probe, 0.99),
+        "submits_probed": len(probe),
+        "memory_mb": (memory_after - memory_before) / 2**20,
+        "memory_bytes_per_job": (memory_after - memory_before) / args.depth,
+        "claims": len(claims),
+        "claim_p50_ms": percentile(claims, 0.50) if claims else None,
+        "claim_max_ms": max(claims) if claims else None,
+        "script_max_ms": {name: max(values) for name, values in times.items()},
+    }
+
+
 def print_table(result: dict[str, Any]) -> None:
     t = result["throughput"]
     rows = [
@@ -267,11 +367,25 @@ def print_table(result: dict[str, Any]) -> None:
     for name, row in result["latency"].items():
         rows.append((f"event latency, {name}", f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms "
                                                f"({row['events']} events)"))
-    w = result["watchers"]
-    p50 = "-" if w["terminal_p50_ms"] is None else f"{w['terminal_p50_ms']:.0f}"
-    p99 = "-" if w["terminal_p99_ms"] is None else f"{w['terminal_p99_ms']:.0f}"
-    rows.append((f"{w['watchers']} watchers / {w['nodes']} nodes",
-                 f"{w['got_terminal']} got the terminal event; p50 {p50} ms, p99 {p99} ms"))
+    w = result.get("watchers")
+    if w:
+        p50 = "-" if w["terminal_p50_ms"] is None else f"{w['terminal_p50_ms']:.0f}"
+        p99 = "-" if w["terminal_p99_ms"] is None else f"{w['terminal_p99_ms']:.0f}"
+        rows.append((f"{w['watchers']} watchers / {w['nodes']} nodes",
+                     f"{w['got_terminal']} got the terminal event; p50 {p50} ms, p99 {p99} ms"))
+    b = result.get("batching")
+    if b:
+        rows.append(("2 workers, --max-batch 1", f"{b['off']['jobs_per_minute']:.1f} jobs/min"))
+        rows.append(("2 workers, --max-batch 2", f"{b['on']['jobs_per_minute']:.1f} jobs/min "
+                                                 f"({b['on']['batches']} shared batches; {b['ratio']:.2f}x)"))
+    d = result.get("depth")
+    if d:
+        claim = "-" if d["claim_p50_ms"] is None else f"p50 {d['claim_p50_ms']:.3f} ms, max {d['claim_max_ms']:.3f} ms"
+        rows.append((f"claim script at {d['depth']} queued", f"{claim} ({d['claims']} claims, Redis slow log)"))
+        rows.append((f"submit at {d['depth']} queued, 4 clients", f"p50 {d['submit_p50_ms']:.1f} ms, "
+                     f"p99 {d['submit_p99_ms']:.1f} ms ({d['submits_probed']} submits)"))
+        rows.append((f"Redis memory for {d['depth']} queued", f"{d['memory_mb']:.1f} MB "
+                                                              f"({d['memory_bytes_per_job']:.0f} bytes/job)"))
     width = max(len(name) for name, _ in rows)
     print(f"\nsdworker scale bench: {result['jobs']} jobs x {result['steps']} steps at {result['size']} px, "
           f"{result['cpus']} CPUs")
@@ -287,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-steps", type=int, default=100)
     parser.add_argument("--watchers", type=int, default=1000)
     parser.add_argument("--max-steps", type=int, default=3000, help="API nodes' limit (the blockers use it)")
+    parser.add_argument("--depth", type=int, default=10_000, help="queued jobs for the deep-queue measurements")
+    parser.add_argument("--depth-probe", type=int, default=400, help="submits timed at that depth")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: watchers, batching, depth")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "scale.json")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sdworker-scale-") as tmp:
@@ -307,7 +424,15 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 wait_for(memory_url + "/ready", lambda r: r.status_code == 200)
                 result["latency"] = latency(apis[0], memory_url, args)
-                result["watchers"] = asyncio.run(spread_watchers(apis, args))
+                skip = set(args.skip.split(","))
+                if "watchers" not in skip:
+                    result["watchers"] = asyncio.run(spread_watchers(apis, args))
+                for process in [p for p in procs.running if "-w" in " ".join(map(str, p.args))]:
+                    procs.stop(process)  # the first fleet's workers: the next sections get the CPUs
+                if "batching" not in skip:
+                    result["batching"] = batching(procs, redis_url, args, result["throughput"]["workers_2"])
+                if "depth" not in skip:
+                    result["depth"] = deep_queue(procs, redis_url, args)
         except BaseException:
             for log in sorted(workdir.glob("*.log")):
                 print(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)

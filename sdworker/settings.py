@@ -189,6 +189,12 @@ class Settings(BaseSettings):
     claim_idle_seconds: Seconds = Field(30.0, description="a job idle this long on a dead worker is taken over")
     lease_heartbeat_seconds: Seconds = Field(5.0, description="how often a worker renews the lease of its job")
     max_attempts: int = Field(3, ge=1, le=100, description="tries of a job before it fails for good")
+    expect_models: tuple[str, ...] = Field(
+        (), description="API node: models to accept jobs for even when no worker has registered them (scale to zero)"
+    )
+    queue_timeout_seconds: Seconds = Field(
+        600.0, description="API node: a queued job whose model no live worker serves fails (no_worker) after this"
+    )
     worker_id: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$", description="this worker's id; none = generated"
     )
@@ -202,7 +208,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "api_keys", "admin_api_keys", "cors_origins", "allowed_hosts", "compile_sizes", "webhook_secret", "taesd",
-        mode="before",
+        "expect_models", mode="before",
     )
     @classmethod
     def _split_list(cls, value: Any) -> Any:
@@ -449,6 +455,11 @@ def redact_url(url: str) -> str:
 
 def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
+
+
+def set_in_environment(field: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``SDWORKER_<FIELD>`` is set (a CLI asks whether a default is the user's choice)."""
+    return env_name(field) in (os.environ if environ is None else environ)
 
 
 def unknown_env_names(environ: Mapping[str, str] | None = None) -> list[str]:

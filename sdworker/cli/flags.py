@@ -9,7 +9,8 @@ them, so a bad flag and a bad variable get the same one-line message (``settings
 
 Which command gets which settings is ``COMMAND_FIELDS``: ``serve`` has every setting but the worker
 node's ``--health-port``; ``api`` (an HTTP node of a Redis fleet) has no model or device flags except
-``--default-model``; ``worker`` (a GPU node) has no HTTP flags except ``--health-port``.
+``--default-model`` and has the scale-to-zero flags (``--expect-models``, ``--queue-timeout-seconds``);
+``worker`` (a GPU node) has no HTTP flags except ``--health-port``.
 """
 
 from __future__ import annotations
@@ -59,16 +60,17 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "Redis fleet": ("redis_url", "redis_prefix", "claim_idle_seconds", "lease_heartbeat_seconds", "max_attempts"),
     "worker node": ("worker_id", "health_port", "queen_url", "heartbeat_seconds"),
+    "scale to zero": ("expect_models", "queue_timeout_seconds"),
 }
 
 _ALL = tuple(name for names in GROUPS.values() for name in names)
 _MODEL_GROUP = GROUPS["model and device"]
 
 COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
-    "serve": tuple(name for name in _ALL if name != "health_port"),
+    "serve": tuple(name for name in _ALL if name != "health_port" and name not in GROUPS["scale to zero"]),
     "api": (
         "default_model", *GROUPS["HTTP"], *GROUPS["auth"], *GROUPS["jobs"], *GROUPS["streams"], *GROUPS["webhooks"],
-        *GROUPS["preview defaults"], *GROUPS["Redis fleet"],
+        *GROUPS["preview defaults"], *GROUPS["Redis fleet"], *GROUPS["scale to zero"],
     ),
     "worker": (
         *_MODEL_GROUP, *GROUPS["speed"], *GROUPS["preview defaults"], *GROUPS["Redis fleet"], *GROUPS["worker node"],

@@ -508,7 +508,9 @@ class DiffusersEngine:
         except Exception as exc:  # as generate would fail each of them
             return {position: failure(exc) for position in group}
         members = [(p, items[p], prompts[p], _seed(items[p].request)) for p in group]
-        shared_loop = run_flow_group if flow_adapter(slot.model.family) is not None else run_group  # FLUX.1
+        flow = flow_adapter(slot.model.family) is not None  # FLUX.1
+        log.info("%d jobs share each %s call of one batch", len(group), "transformer" if flow else "UNet")
+        shared_loop = run_flow_group if flow else run_group
         outcomes = shared_loop(slot, applied, members, lambda item: self._generate_alone(item, on_model_load))
         if slot.model.device.type == "cuda" and any(isinstance(o, Exception) for o in outcomes.values()):
             gc.collect()  # as generate does after a cancel or a failure: hand the cached blocks back

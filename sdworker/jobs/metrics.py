@@ -47,6 +47,14 @@ class ServiceMetrics:
         self.fleet_workers = Gauge(
             "sdworker_fleet_workers", "Live workers of the fleet by status (Redis mode)", ["status"], registry=r
         )
+        # Per model, for autoscalers (KEDA's prometheus trigger scales a model's workers from zero).
+        self.model_queue_depth = Gauge(
+            "sdworker_model_queue_depth", "Jobs waiting for a worker, per model (Redis mode)", ["model"], registry=r
+        )
+        self.model_oldest_age = Gauge(
+            "sdworker_model_oldest_queued_seconds", "Age of the oldest waiting job, per model (Redis mode)", ["model"],
+            registry=r,
+        )
         for outcome in ("completed", "failed", "cancelled"):
             self.jobs_finished.labels(outcome=outcome)
         for result in ("sent", "skipped_busy", "failed"):

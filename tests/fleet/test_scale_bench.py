@@ -17,7 +17,8 @@ pytestmark = pytest.mark.live
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 def test_scale_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
-    argv = ["--jobs", "2", "--steps", "2", "--size", "64", "--watchers", "20", "--latency-steps", "4"]
+    argv = ["--jobs", "2", "--steps", "2", "--size", "64", "--watchers", "20", "--latency-steps", "4",
+            "--depth", "100", "--depth-probe", "20", "--skip", "batching"]
     assert load_bench("scale").main([*argv, "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     throughput = result["throughput"]
@@ -26,3 +27,6 @@ def test_scale_bench_smoke(tmp_path: Path) -> None:
     assert set(result["latency"]) == {"redis", "memory"}
     assert all(row["events"] >= 4 for row in result["latency"].values())
     assert result["watchers"]["got_terminal"] == 20 and result["watchers"]["errors"] == 0
+    depth = result["depth"]
+    assert depth["depth"] == 100 and depth["submits_probed"] == 20 and depth["claims"] >= 1
+    assert depth["memory_bytes_per_job"] > 0

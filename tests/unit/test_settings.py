@@ -120,7 +120,8 @@ def test_every_setting_has_a_flag_and_help_shows_its_default() -> None:
         assert flag_name(name) in serve_help, name
     assert "(default: 32; env SDWORKER_MAX_QUEUE)" in " ".join(serve_help.split())
     assert "--redis URL" in serve_help and "--api-key API_KEY" in serve_help
-    assert set(COMMAND_FIELDS["serve"]) == set(Settings.model_fields) - {"health_port"}
+    assert set(COMMAND_FIELDS["serve"]) == set(Settings.model_fields) - {"health_port", "expect_models",
+                                                                       "queue_timeout_seconds"}
 
 
 def test_api_and_worker_nodes_get_their_own_flags() -> None:

@@ -8,8 +8,11 @@ Key layout (prefix ``sdw`` by default; ``{id}`` is a job id, ``{model}`` a model
 |---|---|---|
 | ``P:q:{model}`` | stream + group ``workers`` | one entry per queued attempt: ``job_id`` |
 | ``P:queued``, ``P:queued:{model}`` | sorted sets | queued job ids (fleet-wide bound; positions) |
+| ``P:watchq:{model}`` | set | queued jobs somebody watches: told their new position when the queue moves |
+| ``P:qmodels`` | set | models jobs were queued for (queue-timeout sweep, per-model gauges) |
+| ``P:registered`` | hash | worker id -> its last record, kept 24 h after it stops (scale to zero) |
 | ``P:jobs`` | sorted set | every job id by creation time (listing) |
-| ``P:job:{id}`` | hash | state, attempt, fence, owner, model, spec JSON, times, step, error, seq |
+| ``P:job:{id}`` | hash | state, attempt, fence, owner, model, spec JSON, times, step, error, seq, batch key |
 | ``P:job:{id}:ev`` | stream, ids ``0-<seq>`` | every event but preview images: the replay source |
 | ``P:job:{id}:pv`` | hash | the latest preview (its seq and image): replaced, never accumulated |
 | ``P:job:{id}:img:{i}`` | string | final PNGs |
@@ -25,6 +28,6 @@ Key layout (prefix ``sdw`` by default; ``{id}`` is a job id, ``{model}`` a model
 | ``P:idem:{owner}:{key}`` | string, TTL | the job an Idempotency-Key made |
 | ``P:ctl`` | pub/sub channel | ``<job id> cancel|interrupt``: tells the worker now (the hash is the truth) |
 
-The scripts touch several jobs' keys (positions) and shared keys, so this layout targets one Redis
+The scripts touch several jobs' keys (positions, batch partners) and shared keys, so this layout targets one Redis
 (with AOF, optionally replicas/Sentinel), not Redis Cluster.
 """

@@ -4,11 +4,14 @@ here."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
+from sdworker.domain.batch_plan import batch_key
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
-from sdworker.domain.request import Operation
+from sdworker.domain.checks import Limits
+from sdworker.domain.request import GenerationRequest, Operation
 from sdworker.events.types import (
     JobCompleted,
     JobEnded,
@@ -141,7 +144,8 @@ def job_view(fields: dict[bytes, bytes], *, position: int | None, watchers: int)
     )
 
 
-def worker_record(info: WorkerInfo, engine: EngineInfo | None, library: dict[str, Any] | None = None) -> str:
+def worker_record(info: WorkerInfo, engine: EngineInfo | None, library: dict[str, Any] | None = None,
+                  limits: Limits | None = None) -> str:
     record: dict[str, Any] = {
         "id": info.id,
         "model": info.model,
@@ -165,7 +169,18 @@ def worker_record(info: WorkerInfo, engine: EngineInfo | None, library: dict[str
         }
     if library is not None:
         record["library"] = library
+    if limits is not None:
+        record["limits"] = dataclasses.asdict(limits)
     return json.dumps(record)
+
+
+def parse_limits(raw: bytes) -> Limits | None:
+    """The job limits a worker registered (its own ``--max-pixels``, ``--max-steps``, ``--max-images``)."""
+    limits = json.loads(raw).get("limits")
+    if not limits:
+        return None
+    return Limits(max_steps=int(limits["max_steps"]), max_images=int(limits["max_images"]),
+                  max_pixels=int(limits["max_pixels"]))
 
 
 def library_record(models: tuple[ModelInfo, ...], loras: tuple[LoraInfo, ...]) -> dict[str, Any]:
@@ -224,3 +239,10 @@ def parse_worker(raw: bytes) -> tuple[WorkerInfo, EngineInfo | None]:
             operations=tuple(Operation(op) for op in e["operations"]),
         )
     return info, engine
+
+
+def batch_key_text(request: GenerationRequest) -> str:
+    """The job's batch key as stored with it (``bkey``): two jobs may share UNet calls exactly when
+    these are equal and not empty (``can_share_unet``'s rule, ``domain/batch_plan.py``)."""
+    key = batch_key(request)
+    return "" if key is None else json.dumps(dataclasses.astuple(key))

@@ -8,7 +8,8 @@ reads on from the last id it has; a new job interrupts the blocking read (``CLIE
 live events are not delayed. Channels nobody has watched for ``IDLE_SECONDS`` are forgotten.
 
 Watchers are also advertised to the workers (``P:job:{id}:w``, node -> count, short TTL): a worker
-decodes previews only while somebody, on any node, watches.
+decodes previews only while somebody, on any node, watches; and a watched queued job joins its
+model's ``P:watchq:{model}``, the only jobs told their new position when the queue moves.
 
 If Redis goes away, every watched stream gets a ``notice`` (no id, not replayed) and the hub retries
 with back-off; when Redis is back it reads on from the last id, so no event is lost or repeated.
@@ -26,6 +27,7 @@ from redis.exceptions import RedisError
 
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import JobEvent, StreamNotice, ends_stream
+from sdworker.stores.redis import scripts
 from sdworker.stores.redis.codec import decode_event, seq_of, text
 from sdworker.stores.redis.keys import Keys
 
@@ -53,6 +55,7 @@ class StreamHub:
         self._task: asyncio.Task[None] | None = None
         self._loading: dict[str, asyncio.Task[None]] = {}
         self._down_since: float | None = None
+        self._watch = client.register_script(scripts.WATCH)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sdworker-redis-hub")
@@ -202,11 +205,8 @@ class StreamHub:
         count = self._bus.subscriber_count(job_id)
         if self._advertised.get(job_id) == count:
             return
-        key = self._keys.watchers(job_id)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hset(key, self._node_id, count)
-            pipe.expire(key, WATCH_TTL_SECONDS)
-            await pipe.execute()
+        keys = [self._keys.watchers(job_id), self._keys.job(job_id)]
+        await self._watch(keys=keys, args=[self._node_id, count, WATCH_TTL_SECONDS, self._keys.prefix, job_id])
         self._advertised[job_id] = count
 
     async def _withdraw(self, job_id: str) -> None:

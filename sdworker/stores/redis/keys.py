@@ -21,6 +21,21 @@ class Keys:
     def queued_model(self, model: str) -> str:
         return f"{self.prefix}:queued:{model}"
 
+    def watched(self, model: str) -> str:
+        """Queued jobs of ``model`` somebody watches: the only ones told their new position (scripts.WATCH)."""
+        return f"{self.prefix}:watchq:{model}"
+
+    @property
+    def models(self) -> str:
+        """Every model a job was ever queued for (what the queue-timeout sweep and the gauges look at)."""
+        return f"{self.prefix}:qmodels"
+
+    @property
+    def registered(self) -> str:
+        """Worker id -> its last registry record; kept 24 h after it stops, so a fleet scaled to zero
+        still accepts jobs for its models, checked against that worker's limits."""
+        return f"{self.prefix}:registered"
+
     @property
     def jobs(self) -> str:
         return f"{self.prefix}:jobs"

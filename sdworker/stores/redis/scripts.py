@@ -79,65 +79,116 @@ local function ack(stream, entry)
     redis.call('XDEL', stream, entry)
   end
 end
+local function take(job, ev, pv, qstream, queued, queued_model, dead, entry, consumer, max_attempts, id,
+                    maxlen, ttl, label)
+  -- One claim of one queued (or lost) job: fence it, or cancel/dead-letter it. O(1).
+  local state = redis.call('HGET', job, 'state')
+  local handback = redis.call('HGET', job, 'handback') == '1'
+  local attempt = tonumber(redis.call('HGET', job, 'attempt')) + 1
+  redis.call('ZREM', queued, id)
+  redis.call('ZREM', queued_model, id)
+  redis.call('DEL', pv)
+  if state == 'cancelling' then
+    cancel_now(job, ev, maxlen)
+    expire(ttl, job, ev)
+    ack(qstream, entry); return {0}
+  end
+  if attempt > max_attempts then
+    local msg = 'the job was lost with its worker ' .. (attempt - 1) .. ' times; it is in the dead-letter list'
+    redis.call('HSET', job, 'state', 'failed', 'finished', at, 'error_code', 'worker_lost', 'error_message', msg)
+    strip_inputs(job)
+    fail_with_end(job, ev, 'worker_lost', msg, maxlen)
+    retire(job)
+    redis.call('ZADD', dead, tonumber(at), id)
+    expire(ttl, job, ev)
+    ack(qstream, entry); return {-1}
+  end
+  local fence = redis.call('HINCRBY', job, 'fence', 1)
+  redis.call('HSET', job, 'attempt', attempt, 'state', 'running', 'worker', label, 'started', at,
+    'step', 0, 'handback', 0, 'control', '', 'consumer', consumer)
+  if state == 'running' or handback then
+    local reason = 'worker_lost'
+    if handback then reason = 'handed_back' end
+    append(job, ev, 'retrying', cjson.encode({attempt = attempt, reason = reason}), maxlen)
+  end
+  append(job, ev, 'started', cjson.encode({attempt = attempt, worker = label}), maxlen)
+  return {1, fence, attempt}
+end
+
 """
 
-# KEYS: job, ev, queued, queued_model, qstream, jobs
-# ARGV: job_id, spec_json, owner, model, created, max_queue, total, maxlen, max_results
+# KEYS: job, ev, queued, queued_model, qstream, jobs, models
+# ARGV: job_id, spec_json, owner, model, created, max_queue, total, maxlen, max_results, batch_key
+# Every command is O(1) or O(log N) in the queue's depth (ZRANK), so a deep queue does not slow it.
 SUBMIT = _PRELUDE + """
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6]) then return -1 end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempt', 0, 'fence', 0, 'seq', 0, 'spec', ARGV[2],
   'owner', ARGV[3], 'model', ARGV[4], 'created', ARGV[5], 'step', 0, 'total', ARGV[7], 'handback', 0,
-  'control', '', 'keep', ARGV[9])
+  'control', '', 'keep', ARGV[9], 'bkey', ARGV[10])
 local entry = redis.call('XADD', KEYS[5], '*', 'job_id', ARGV[1])
 redis.call('HSET', KEYS[1], 'entry', entry)
 local score = tonumber(ARGV[5])
 redis.call('ZADD', KEYS[3], score, ARGV[1])
 redis.call('ZADD', KEYS[4], score, ARGV[1])
 redis.call('ZADD', KEYS[6], score, ARGV[1])
+redis.call('SADD', KEYS[7], ARGV[4])
 local position = redis.call('ZRANK', KEYS[4], ARGV[1]) + 1
+redis.call('HSET', KEYS[1], 'pos', position)
 append(KEYS[1], KEYS[2], 'queued', cjson.encode({position = position}), ARGV[8])
 return position
 """
 
 # KEYS: job, ev, pv, qstream, queued, queued_model, dead
-# ARGV: entry, consumer, max_attempts, job_id, maxlen, ttl, worker_label
+# ARGV: entry, consumer, max_attempts, job_id, maxlen, ttl, worker_label, fresh (1: read with '>')
 # -> {1, fence, attempt} claimed | {0} skip (gone, finished, cancelled, stale entry) | {-1} dead-lettered
+# O(1) in the queue's depth: nothing here reads or writes the other queued jobs (their positions are
+# computed when asked, and pushed by POSITIONS only to the few that somebody watches).
 CLAIM = _PRELUDE + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if (not state) or state == 'completed' or state == 'failed' or state == 'cancelled' then
   ack(KEYS[4], ARGV[1]); return {0}
 end
 if redis.call('HGET', KEYS[1], 'entry') ~= ARGV[1] then ack(KEYS[4], ARGV[1]); return {0} end
-local handback = redis.call('HGET', KEYS[1], 'handback') == '1'
-local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt')) + 1
-redis.call('ZREM', KEYS[5], ARGV[4])
-redis.call('ZREM', KEYS[6], ARGV[4])
-redis.call('DEL', KEYS[3])
-if state == 'cancelling' then
-  cancel_now(KEYS[1], KEYS[2], ARGV[5])
-  expire(ARGV[6], KEYS[1], KEYS[2])
-  ack(KEYS[4], ARGV[1]); return {0}
+if ARGV[8] == '1' and state ~= 'queued' then
+  -- A batch partner's entry, taken out of order by PARTNERS (XCLAIM FORCE), reached a worker through
+  -- a plain read (maybe its own holder, while it stores the batch's results): the holder keeps it. A
+  -- lost worker's entries come back only through XAUTOCLAIM, never through a plain read.
+  local holder = redis.call('HGET', KEYS[1], 'consumer')
+  if holder and holder ~= ARGV[2] then redis.call('XCLAIM', KEYS[4], 'workers', holder, 0, ARGV[1], 'JUSTID') end
+  return {0}
 end
-if attempt > tonumber(ARGV[3]) then
-  local msg = 'the job was lost with its worker ' .. (attempt - 1) .. ' times; it is in the dead-letter list'
-  redis.call('HSET', KEYS[1], 'state', 'failed', 'finished', at, 'error_code', 'worker_lost', 'error_message', msg)
-  strip_inputs(KEYS[1])
-  fail_with_end(KEYS[1], KEYS[2], 'worker_lost', msg, ARGV[5])
-  retire(KEYS[1])
-  redis.call('ZADD', KEYS[7], tonumber(at), ARGV[4])
-  expire(ARGV[6], KEYS[1], KEYS[2])
-  ack(KEYS[4], ARGV[1]); return {-1}
+return take(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[1], ARGV[2],
+  tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+"""
+
+# KEYS: queued_model, qstream, queued, dead
+# ARGV: prefix, batch_key, limit, window, consumer, max_attempts, maxlen, ttl, worker_label
+# -> {job_id, entry, fence, attempt, ...} for each partner taken
+# Batch partners for a job just claimed: among the first ``window`` waiting jobs of the model (a
+# constant, so this is O(log N) whatever the depth), the ones with the same batch key, in queue
+# order. Their stream entries have not been delivered yet: XCLAIM FORCE makes them pending on this
+# worker, so a worker that dies with a batch loses none of it (XAUTOCLAIM hands each job on). A job
+# that does not fit is left where it is, for the next idle worker.
+PARTNERS = _PRELUDE + """
+local taken = {}
+if ARGV[2] == '' then return taken end
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1)
+for _, id in ipairs(ids) do
+  if #taken >= 4 * tonumber(ARGV[3]) then break end
+  local job = ARGV[1] .. ':job:' .. id
+  local entry = redis.call('HGET', job, 'entry')
+  local attempt = tonumber(redis.call('HGET', job, 'attempt') or '0') + 1
+  if entry and redis.call('HGET', job, 'state') == 'queued' and redis.call('HGET', job, 'bkey') == ARGV[2]
+      and attempt <= tonumber(ARGV[6]) then
+    redis.call('XCLAIM', KEYS[2], 'workers', ARGV[5], 0, entry, 'FORCE', 'JUSTID')
+    local result = take(job, job .. ':ev', job .. ':pv', KEYS[2], KEYS[3], KEYS[1], KEYS[4], entry,
+      ARGV[5], tonumber(ARGV[6]), id, ARGV[7], ARGV[8], ARGV[9])
+    if result[1] == 1 then
+      for _, v in ipairs({id, entry, result[2], result[3]}) do table.insert(taken, v) end
+    end
+  end
 end
-local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
-redis.call('HSET', KEYS[1], 'attempt', attempt, 'state', 'running', 'worker', ARGV[7], 'started', at,
-  'step', 0, 'handback', 0, 'control', '')
-if state == 'running' or handback then
-  local reason = 'worker_lost'
-  if handback then reason = 'handed_back' end
-  append(KEYS[1], KEYS[2], 'retrying', cjson.encode({attempt = attempt, reason = reason}), ARGV[5])
-end
-append(KEYS[1], KEYS[2], 'started', cjson.encode({attempt = attempt, worker = ARGV[7]}), ARGV[5])
-return {1, fence, attempt}
+return taken
 """
 
 # KEYS: job, ev, pv   ARGV: fence, kind, data_json, step, total, maxlen, image (previews only)
@@ -223,16 +274,52 @@ end
 return state
 """
 
-# KEYS: queued_model   ARGV: prefix, maxlen   (every queued job of a model hears its new position)
+# KEYS: job, ev, pv, qstream, queued, queued_model   ARGV: job_id, cutoff, ttl, maxlen, message
+# A job still queued since before ``cutoff`` for a model no live worker serves ends failed with
+# ``no_worker`` and leaves the queue (its --max-queue place is free again). -> 1 ended | 0 not (any more)
+NO_WORKER = _PRELUDE + """
+if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'created')) > tonumber(ARGV[2]) then return 0 end
+ack(KEYS[4], redis.call('HGET', KEYS[1], 'entry'))
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'failed', 'finished', at, 'error_code', 'no_worker', 'error_message', ARGV[5])
+strip_inputs(KEYS[1])
+fail_with_end(KEYS[1], KEYS[2], 'no_worker', ARGV[5], ARGV[4])
+retire(KEYS[1])
+expire(ARGV[3], KEYS[1], KEYS[2], KEYS[3])
+return 1
+"""
+
+# KEYS: watched (P:watchq:{model}), queued_model   ARGV: prefix, maxlen
+# Push a new position to the queued jobs that somebody watches (WATCH put them in ``watched``), and
+# only when it changed: O(watched x log N), never O(queue). Everyone else asks (ZRANK, in a GET).
 POSITIONS = _PRELUDE + """
-local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
-for i, id in ipairs(ids) do
+local moved = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local job = ARGV[1] .. ':job:' .. id
-  if redis.call('HGET', job, 'state') == 'queued' then
-    append(job, job .. ':ev', 'queued', cjson.encode({position = i}), ARGV[2])
+  local rank = redis.call('ZRANK', KEYS[2], id)
+  if (not rank) or redis.call('HGET', job, 'state') ~= 'queued' or redis.call('EXISTS', job .. ':w') == 0 then
+    redis.call('SREM', KEYS[1], id)
+  elseif redis.call('HGET', job, 'pos') ~= tostring(rank + 1) then
+    redis.call('HSET', job, 'pos', rank + 1)
+    append(job, job .. ':ev', 'queued', cjson.encode({position = rank + 1}), ARGV[2])
+    moved = moved + 1
   end
 end
-return #ids
+return moved
+"""
+
+# KEYS: watchers (P:job:{id}:w), job   ARGV: node, count, ttl_seconds, prefix, job_id
+# A node says how many watch a job there; a queued job joins its model's ``watched`` set, so it
+# hears its new position when the queue moves (POSITIONS).
+WATCH = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+if tonumber(ARGV[2]) > 0 and redis.call('HGET', KEYS[2], 'state') == 'queued' then
+  redis.call('SADD', ARGV[4] .. ':watchq:' .. redis.call('HGET', KEYS[2], 'model'), ARGV[5])
+end
+return 1
 """
 
 # KEYS: job, qstream, watchers   ARGV: fence, entry, consumer
@@ -242,7 +329,10 @@ if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return {0} end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'running' and state ~= 'cancelling' then return {0} end
 local pending = redis.call('XPENDING', KEYS[2], 'workers', ARGV[2], ARGV[2], 1)
-if #pending == 0 or pending[1][2] ~= ARGV[3] then return {0} end
+if #pending == 0 then return {0} end
+-- Another consumer holds the entry: it took the job over (the fence tells, at its claim), unless it
+-- is a batch partner's entry that a plain read handed it a moment ago (the job still names us).
+if pending[1][2] ~= ARGV[3] and redis.call('HGET', KEYS[1], 'consumer') ~= ARGV[3] then return {0} end
 redis.call('XCLAIM', KEYS[2], 'workers', ARGV[3], 0, ARGV[2], 'JUSTID')
 local watchers = 0
 for _, count in ipairs(redis.call('HVALS', KEYS[3])) do watchers = watchers + tonumber(count) end

@@ -18,6 +18,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -27,7 +28,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
+from sdworker.domain.checks import Limits
 from sdworker.domain.parameters import model_label
+from sdworker.domain.request import GenerationRequest
 from sdworker.errors import InvalidRequest, JobNotFinished, JobNotFound, NotReady, QueueFull
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import ends_stream
@@ -55,7 +58,7 @@ from sdworker.jobs.submission import (
 )
 from sdworker.settings import KeyQuota, Settings
 from sdworker.stores.redis import scripts
-from sdworker.stores.redis.codec import job_view, parse_library, parse_worker, text
+from sdworker.stores.redis.codec import batch_key_text, job_view, parse_library, parse_limits, parse_worker, text
 from sdworker.stores.redis.hub import StreamHub
 from sdworker.stores.redis.keys import Keys
 from sdworker.stores.redis.webhooks import RedisWebhookRelay
@@ -64,6 +67,8 @@ from sdworker.webhooks.targets import check_target
 
 log = logging.getLogger(__name__)
 
+REGISTRATION_KEEP_SECONDS = 24 * 3600  # a stopped worker's models still take jobs this long (scale to zero)
+SWEEP_SECONDS = 1.0
 PENDING = "pending:"  # an idempotency key whose first submit is still being accepted
 PENDING_MS = 30_000
 
@@ -150,6 +155,8 @@ class RedisJobService:
         self._accepting = True
         self._waitaof = True  # until the server says it does not know WAITAOF (before Redis 7.2)
         self._fleet: tuple[float, FleetInfo] | None = None
+        self._no_worker = self._redis.register_script(scripts.NO_WORKER)
+        self._sweeper: asyncio.Task[None] | None = None
         metrics.bind(queue_depth=lambda: float(self._fleet[1].queue_depth) if self._fleet else 0.0,
                      watchers=self.bus.total_watchers)
 
@@ -211,8 +218,19 @@ class RedisJobService:
                     engines.setdefault(entry.name, engine)
             if engine is not None:
                 engines.setdefault(worker.model, engine)
+        # Scale to zero: a model some worker registered within a day, or that this node expects, takes
+        # jobs with no live worker; they wait for one (or fail no_worker after --queue-timeout-seconds).
+        for registration in _registrations(fleet):
+            for name in registration.names:
+                served.setdefault(name, registration.names[0] if name == model_label(registration.names[0]) else name)
+                if registration.engine is not None:
+                    engines.setdefault(served[name], registration.engine)
+        for name in self._settings.expect_models:
+            served.setdefault(name, name)
+            served.setdefault(model_label(name), name)
         default = self._settings.default_model if self._settings.default_model in served else None
         default = default or (sorted(worker_models)[0] if worker_models else None)
+        default = default or (sorted(set(served.values()))[0] if served else None)
         self._refuse_failed_only(draft.request.model or default, served, fleet)
         model = resolve_model(draft.request.model, served, default)
         check_against_engine(draft, engines.get(model))
@@ -227,6 +245,7 @@ class RedisJobService:
             check_inputs, draft.request, max_pixels=self._settings.max_pixels, default_size=_native_size(model, fleet),
             defaults=_defaults(model, fleet),
         )
+        _check_worker_limits(checked, model, fleet)
         spec = build_spec(draft, checked, job_id=job_id, created_at=time.time(), owner=owner, model=model,
                           entry=_library_entry(model, fleet))
         await self._take_rate(quota, owner, job_id)
@@ -246,10 +265,11 @@ class RedisJobService:
                     self._keys.queued_model(model),
                     self._keys.queue(model),
                     self._keys.jobs,
+                    self._keys.models,
                 ],
                 args=[job_id, json.dumps(spec.to_dict()), owner or "", model, spec.created_at,
                       self._settings.max_queue, spec.request.num_inference_steps, EVENTS_MAXLEN,
-                      self._settings.max_results],
+                      self._settings.max_results, batch_key_text(spec.request)],
             )
         )
         if int(position) < 0:
@@ -386,10 +406,19 @@ class RedisJobService:
         now = time.monotonic()
         if not fresh and self._fleet is not None and now - self._fleet[0] < FLEET_CACHE_SECONDS:
             return self._fleet[1]
+        fleet = await self._read_fleet()
+        self._fleet = (now, fleet)
+        for status in ("starting", "ready", "busy", "stopping", "failed"):
+            self._metrics.fleet_workers.labels(status=status).set(sum(1 for w in fleet.workers if w.status == status))
+        return fleet
+
+    async def _read_fleet(self) -> FleetInfo:
+        """The fleet as Redis has it now (``fleet`` caches it for requests; the sweep reads its own)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self._keys.workers)
             pipe.zcard(self._keys.queued)
-            raw, depth = await self._call(pipe.execute())
+            pipe.hgetall(self._keys.registered)
+            raw, depth, registered = await self._call(pipe.execute())
         window = live_window_seconds(self._settings)
         workers = []
         engine: EngineInfo | None = None
@@ -409,20 +438,17 @@ class RedisJobService:
         library = _union(m for models, _ in libraries.values() for m in models)
         loras = _union(lora for _, each in libraries.values() for lora in each)
         models = tuple(sorted({info.model for info, _ in workers}))  # what the compat doors list
-        fleet = FleetInfo(
+        return FleetInfo(
             models=models,
             engine=engine,
             workers=tuple(info for info, _ in workers),
             queue_depth=int(depth),
             backend="redis",
-            extra={"engines": {info.model: e for info, e in workers if e is not None}, "libraries": libraries},
+            extra={"engines": {info.model: e for info, e in workers if e is not None}, "libraries": libraries,
+                   "registered": await self._registrations(registered)},
             library=library,
             loras=loras,
         )
-        self._fleet = (now, fleet)
-        for status in ("starting", "ready", "busy", "stopping", "failed"):
-            self._metrics.fleet_workers.labels(status=status).set(sum(1 for w in fleet.workers if w.status == status))
-        return fleet
 
     async def refresh_models(self) -> None:
         """Per worker: set the refresh flag; each live worker rescans its folders at its next registry
@@ -462,6 +488,7 @@ class RedisJobService:
         self._hub.start()
         self._deadline_task = asyncio.get_running_loop().create_task(self._watch_deadlines(), name="sdw-deadlines")
         await self._webhooks.start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(), name="sdworker-queue-sweep")
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -490,6 +517,9 @@ class RedisJobService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._deadline_task
         await self._webhooks.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.wait({self._sweeper}, timeout=2.0)
         await self._hub.close()
         for client in (self._redis, self._reader):
             try:
@@ -609,10 +639,78 @@ class RedisJobService:
         )
         if text(state) == "cancelled":
             self._metrics.jobs_finished.labels(outcome="cancelled").inc()
-            await self._call(
-                self._positions(keys=[self._keys.queued_model(model)], args=[self._keys.prefix, EVENTS_MAXLEN])
-            )
+            await self._call(self._positions(keys=[self._keys.watched(model), self._keys.queued_model(model)],
+                                             args=[self._keys.prefix, EVENTS_MAXLEN]))
         return await self.get(job_id, owner=owner)
+
+    async def _registrations(self, raw: dict[bytes, bytes]) -> tuple[Registration, ...]:
+        """What workers registered within ``REGISTRATION_KEEP_SECONDS`` (live or not); older records go."""
+        found = []
+        old = []
+        for worker_id, value in raw.items():
+            info, engine = parse_worker(value)
+            if time.time() - info.last_seen > REGISTRATION_KEEP_SECONDS:
+                old.append(worker_id)
+                continue
+            library = parse_library(value)[0]
+            names = (info.model, model_label(info.model), *(entry.name for entry in library))
+            found.append(Registration(names=tuple(dict.fromkeys(names)), engine=engine, limits=parse_limits(value),
+                                      library=library))
+        if old:
+            await self._call(self._redis.hdel(self._keys.registered, *old))
+        return tuple(found)
+
+    async def _sweep_loop(self) -> None:
+        """Every second: the per-model queue gauges, and ``no_worker`` for jobs that waited longer than
+        ``queue_timeout_seconds`` for a model no live worker serves. Every API node sweeps (the script
+        is idempotent); each look is O(models + jobs ended), whatever the depth."""
+        while True:
+            try:
+                await self._sweep()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, NotReady):
+                pass  # Redis is away: /ready says so; the next sweep catches up
+            except Exception:
+                log.exception("the queue sweep failed; retrying")
+            await asyncio.sleep(SWEEP_SECONDS)
+
+    async def _sweep(self) -> None:
+        fleet = await self._read_fleet()
+        live = {name for worker, _ in self._live_workers_with_engines(fleet) for name in (worker.model,)}
+        for worker in fleet.workers:
+            if worker.status not in ("stopping", "failed"):
+                live.update(entry.name for entry in _libraries(fleet).get(worker.id, ((), ()))[0])
+        models = sorted(text(m) or "" for m in await self._redis.smembers(self._keys.models))
+        now = time.time()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for model in models:
+                pipe.zcard(self._keys.queued_model(model))
+                pipe.zrange(self._keys.queued_model(model), 0, 0, withscores=True)
+            rows = await pipe.execute()
+        for i, model in enumerate(models):
+            depth, head = int(rows[2 * i]), rows[2 * i + 1]
+            oldest = now - float(head[0][1]) if head else 0.0
+            self._metrics.model_queue_depth.labels(model=model).set(depth)
+            self._metrics.model_oldest_age.labels(model=model).set(max(0.0, oldest))
+            if model in live or oldest < self._settings.queue_timeout_seconds:
+                continue
+            cutoff = now - self._settings.queue_timeout_seconds
+            for job_id in await self._redis.zrangebyscore(self._keys.queued_model(model), "-inf", cutoff,
+                                                          start=0, num=100):
+                await self._fail_unserved(text(job_id) or "", model, cutoff)
+
+    async def _fail_unserved(self, job_id: str, model: str, cutoff: float) -> None:
+        k = self._keys
+        message = (f"no worker for model {model!r} took the job within {self._settings.queue_timeout_seconds:g} s "
+                   "(--queue-timeout-seconds)")
+        ended = await self._no_worker(
+            keys=[k.job(job_id), k.events(job_id), k.preview(job_id), k.queue(model), k.queued, k.queued_model(model)],
+            args=[job_id, cutoff, ttl_ms(self._settings), EVENTS_MAXLEN, message],
+        )
+        if int(ended):
+            log.warning("job %s: %s", job_id, message)
+            self._metrics.jobs_finished.labels(outcome="failed").inc()
 
     def _live_workers_with_engines(self, fleet: FleetInfo) -> list[tuple[WorkerInfo, EngineInfo | None]]:
         engines: dict[str, Any] = dict(fleet.extra.get("engines", {}))  # type: ignore[call-overload]
@@ -627,6 +725,35 @@ class RedisJobService:
         for worker in fleet.workers:
             if worker.status == "failed" and (model is None or model in (worker.model, model_label(worker.model))):
                 raise NotReady(f"the worker cannot run jobs: {worker.reason or 'it failed'}")
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What one worker registered (live now or within a day): the names it serves (its ``--model`` first),
+    its engine, its job limits and its library."""
+
+    names: tuple[str, ...]
+    engine: EngineInfo | None
+    limits: Limits | None
+    library: tuple[ModelInfo, ...]
+
+
+def _registrations(fleet: FleetInfo) -> tuple[Registration, ...]:
+    return tuple(fleet.extra.get("registered", ()))  # type: ignore[arg-type]
+
+
+def _check_worker_limits(request: GenerationRequest, model: str, fleet: FleetInfo) -> None:
+    """The job's size against the ``--max-pixels`` the workers of ``model`` registered (the largest of
+    them: some worker can run it), not this node's own device: a CPU-hosted API node does not refuse
+    what GPUs can run. (Steps and image counts stay the API node's: a worker has no flag for them.)"""
+    limits = [r.limits for r in _registrations(fleet) if model in r.names and r.limits is not None]
+    if not limits:
+        return  # nobody registered it (--expect-models): this node's own limits applied at the edge
+    max_pixels = max(each.max_pixels for each in limits)
+    width, height = request.width or 0, request.height or 0
+    if width * height > max_pixels:
+        raise InvalidRequest(f"width: {width}x{height} = {width * height} pixels; the workers of {model!r} "
+                             f"take at most {max_pixels}", field="width")
 
 
 N = TypeVar("N", ModelInfo, LoraInfo)
@@ -645,10 +772,15 @@ def _libraries(fleet: FleetInfo) -> dict[str, tuple[tuple[ModelInfo, ...], tuple
 
 
 def _library_entry(model: str, fleet: FleetInfo) -> ModelInfo | None:
-    """What workers listed about ``model`` (for a worker's ``--model`` name: its default model)."""
+    """What workers listed about ``model`` (for a worker's ``--model`` name: its default model); with no
+    live worker, what one registered within a day."""
     for entry in fleet.library:
         if entry.name == model:
             return entry
+    for registration in _registrations(fleet):
+        for entry in registration.library:
+            if entry.name == model or (entry.is_default and registration.names[0] == model):
+                return entry
     for worker in fleet.workers:
         if worker.model == model:
             for entry in _libraries(fleet).get(worker.id, ((), ()))[0]:

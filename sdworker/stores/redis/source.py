@@ -34,6 +34,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from sdworker import __version__
 from sdworker.domain.catalog import EngineInfo
+from sdworker.domain.checks import Limits
 from sdworker.domain.control import CancelToken
 from sdworker.events.types import JobCompleted, JobEvent, JobFailed, PreviewReady, end_marker
 from sdworker.jobs.metrics import ServiceMetrics
@@ -43,12 +44,13 @@ from sdworker.jobs.state import WorkerInfo
 from sdworker.jobs.submission import ModelLibrary
 from sdworker.settings import Settings
 from sdworker.stores.redis import scripts
-from sdworker.stores.redis.codec import event_fields, library_record, text, worker_record
+from sdworker.stores.redis.codec import batch_key_text, event_fields, library_record, text, worker_record
 from sdworker.stores.redis.keys import GROUP, Keys
 from sdworker.stores.redis.service import EVENTS_MAXLEN, connect, redacted, ttl_ms
 
 log = logging.getLogger(__name__)
 
+PARTNER_WINDOW = 16  # waiting jobs a batch looks at for partners: a constant, so a claim stays O(1)
 OUTBOX_LIMIT = 16  # progress/previews waiting for Redis; older ones are dropped past this
 FINISH_RETRY_SECONDS = 60.0
 
@@ -240,6 +242,7 @@ class RedisJobSource:
         self.heartbeat_script = self._redis.register_script(scripts.HEARTBEAT)
         self.release_script = self._redis.register_script(scripts.RELEASE)
         self._claim_script = self._redis.register_script(scripts.CLAIM)
+        self._partners_script = self._redis.register_script(scripts.PARTNERS)
         self._positions_script = self._redis.register_script(scripts.POSITIONS)
         self._leases: dict[str, RedisLease] = {}
         self._groups: set[str] = set()
@@ -265,6 +268,9 @@ class RedisJobSource:
                 await self._ensure_group(model)
             lease = await self._reclaim(names) or await self._read_new(names, wait_seconds)
             self._down_logged = False
+            if lease is None:
+                return []
+            partners = await self._take_partners(lease.spec, limit - 1) if limit > 1 else []
         except (RedisError, OSError) as exc:
             if not self._down_logged:
                 self._down_logged = True
@@ -272,17 +278,25 @@ class RedisJobSource:
                             type(exc).__name__)
             await asyncio.sleep(min(wait_seconds, 1.0))
             return []
-        return [lease] if lease is not None else []
+        return [lease, *partners]
 
     async def claim_partners(self, first: JobSpec, *, limit: int, wait_seconds: float) -> list[Lease]:
-        return []  # cross-job batching is not done from Redis yet (see ``batches``)
+        try:
+            partners = await self._take_partners(first, limit)
+            if not partners and wait_seconds > 0 and not self.stopping:
+                await asyncio.sleep(wait_seconds)  # polled: the runner's batch wait is short
+                partners = await self._take_partners(first, limit)
+        except (RedisError, OSError):
+            return []
+        return list(partners)
 
     @property
     def batches(self) -> bool:
-        """False: a Redis worker runs one job at a time. Taking partners from a model's stream would
-        claim jobs that may not fit the batch, and holding those back delays them on a fleet where
-        another worker is idle; batching here needs a per-shape queue (not built yet)."""
-        return False
+        """True: after claiming the head job a worker takes, in one script (``PARTNERS``), the waiting
+        jobs among the next ``PARTNER_WINDOW`` of its model that share its batch key
+        (``can_share_unet``'s rule, stored with each job at submit). A job that does not fit stays in
+        the queue for the next idle worker; nothing is held back to see if it fits."""
+        return True
 
     async def set_engine(self, info: EngineInfo | None, *, state: str, reason: str | None = None) -> None:
         self._engine = info if info is not None else self._engine
@@ -325,7 +339,9 @@ class RedisJobSource:
     # --- used by leases -------------------------------------------------------------------------
 
     async def publish_positions(self, model: str) -> None:
-        await self._positions_script(keys=[self.keys.queued_model(model)], args=[self.keys.prefix, EVENTS_MAXLEN])
+        """New positions for the watched queued jobs of ``model`` (O(watched), see scripts.POSITIONS)."""
+        await self._positions_script(keys=[self.keys.watched(model), self.keys.queued_model(model)],
+                                     args=[self.keys.prefix, EVENTS_MAXLEN])
 
     def forget(self, lease: RedisLease) -> None:
         if self._leases.get(lease.spec.job_id) is lease:
@@ -359,7 +375,7 @@ class RedisJobSource:
                 self.keys.queue(model), GROUP, self.consumer, idle_ms, start_id="0-0", count=1
             )
             for entry_id, fields in entries:
-                lease = await self._take(model, text(entry_id) or "", fields)
+                lease = await self._take(model, text(entry_id) or "", fields, fresh=False)
                 if lease is not None:
                     return lease
         return None
@@ -372,12 +388,13 @@ class RedisJobSource:
         for key, entries in result or []:
             model = (text(key) or "").split(":q:", 1)[1]
             for entry_id, fields in entries:
-                lease = await self._take(model, text(entry_id) or "", fields)
+                lease = await self._take(model, text(entry_id) or "", fields, fresh=True)
                 if lease is not None:
                     return lease
         return None
 
-    async def _take(self, model: str, entry_id: str, fields: dict[bytes, bytes] | None) -> RedisLease | None:
+    async def _take(self, model: str, entry_id: str, fields: dict[bytes, bytes] | None, *, fresh: bool
+                    ) -> RedisLease | None:
         job_id = text((fields or {}).get(b"job_id"))
         k = self.keys
         if job_id is None:  # the entry was deleted (a cancelled job): just acknowledge it
@@ -388,17 +405,39 @@ class RedisJobSource:
             keys=[k.job(job_id), k.events(job_id), k.preview(job_id), k.queue(model), k.queued, k.queued_model(model),
                   k.dead],
             args=[entry_id, self.consumer, self.settings.max_attempts, job_id, EVENTS_MAXLEN,
-                  ttl_ms(self.settings), self.worker_id],
+                  ttl_ms(self.settings), self.worker_id, 1 if fresh else 0],
         )
         await self.publish_positions(model)
         if int(result[0]) != 1:
             return None
-        raw = await self._redis.hget(k.job(job_id), "spec")
+        return await self._lease(job_id, entry_id, int(result[1]), int(result[2]))
+
+    async def _lease(self, job_id: str, entry_id: str, fence: int, attempt: int) -> RedisLease:
+        raw = await self._redis.hget(self.keys.job(job_id), "spec")
         spec = JobSpec.from_dict(json.loads(raw))
-        lease = RedisLease(self, spec, entry_id, int(result[1]), int(result[2]))
+        lease = RedisLease(self, spec, entry_id, fence, attempt)
         self._leases[job_id] = lease
         self._registered.set()
         return lease
+
+    async def _take_partners(self, first: JobSpec, limit: int) -> list[RedisLease]:
+        key = batch_key_text(first.request)
+        if limit <= 0 or not key or self.stopping:
+            return []
+        model = first.request.model or self.settings.model
+        k = self.keys
+        found = await self._partners_script(
+            keys=[k.queued_model(model), k.queue(model), k.queued, k.dead],
+            args=[k.prefix, key, limit, PARTNER_WINDOW, self.consumer, self.settings.max_attempts, EVENTS_MAXLEN,
+                  ttl_ms(self.settings), self.worker_id],
+        )
+        leases = []
+        for i in range(0, len(found), 4):
+            job_id, entry_id = text(found[i]) or "", text(found[i + 1]) or ""
+            leases.append(await self._lease(job_id, entry_id, int(found[i + 2]), int(found[i + 3])))
+        if leases:
+            await self.publish_positions(model)
+        return leases
 
     def attach_library(self, library: ModelLibrary) -> None:
         """The engine's model library: listed in this worker's registry entry (so API nodes list and
@@ -428,7 +467,15 @@ class RedisJobSource:
         info = WorkerInfo(id=self.worker_id, model=self.settings.model, device=self._device_name(), status=status,
                           current_job=current, last_seen=time.time(), version=__version__, reason=self._reason)
         library = await self._library_entry()
-        await self._redis.hset(self.keys.workers, self.worker_id, worker_record(info, self._engine, library))
+        s = self.settings
+        limits = Limits(max_steps=s.max_steps, max_images=s.max_images, max_pixels=s.max_pixels)
+        record = worker_record(info, self._engine, library, limits)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(self.keys.workers, self.worker_id, record)
+            if self._engine is not None and status != "failed":
+                # Kept after this worker stops: API nodes accept its models for 24 h (scale to zero).
+                pipe.hset(self.keys.registered, self.worker_id, record)
+            await pipe.execute()
 
     async def _register_loop(self) -> None:
         interval = self.settings.lease_heartbeat_seconds
