@@ -18,9 +18,11 @@ from sdworker.api.routes_models import library_entry, lora_entry
 from sdworker.api.views import iso, worker_view
 
 router = APIRouter(tags=["system"])
+# Liveness and readiness: also all a fleet worker serves on its ``--health-port`` (``create_probe_app``).
+probe_router = APIRouter(tags=["system"])
 
 
-@router.get("/health", summary="Liveness: the process answers")
+@probe_router.get("/health", summary="Liveness: the process answers")
 async def health() -> dict[str, Any]:
     return {"status": "healthy", "timestamp": iso(time.time())}
 
@@ -31,7 +33,7 @@ class Readiness(BaseModel):
     timestamp: str
 
 
-@router.get(
+@probe_router.get(
     "/ready",
     summary="Readiness: 503 while loading, if the worker died, Redis is down, or shutting down",
     response_model=Readiness,

@@ -21,7 +21,7 @@ from sdworker.domain.prompt_syntax import normalize_lora_name
 from sdworker.domain.request import ControlUnit, GenerationRequest, InputImage, LoraRef, Operation
 from sdworker.errors import InvalidRequest, WrongWorker
 from sdworker.jobs.spec import JobDraft
-from sdworker.previews.options import PreviewOptions
+from sdworker.previews.options import PREVIEW_FIELDS, PreviewOptions
 from sdworker.settings import Settings
 
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -238,6 +238,7 @@ def preview_options(preview: PreviewRequest | None, settings: Settings) -> Previ
         max_size=settings.preview_max_size if p.max_size is None else p.max_size,
         format=p.format or settings.preview_format,
         quality=settings.preview_quality if p.quality is None else p.quality,
+        defaulted=tuple(name for name in PREVIEW_FIELDS if getattr(p, name) is None),
     )
 
 
