@@ -55,9 +55,19 @@ def job_body(steps: int, seed: int, preview_every: int) -> dict[str, Any]:
             "preview": {"every": preview_every, "min_interval_ms": 0}}
 
 
+def sdworker(procs: Procs, args: argparse.Namespace, name: str, *argv: str) -> None:
+    """A node process; with ``--profile DIR`` under cProfile (its stats in DIR/NAME.prof at exit)."""
+    if args.profile is None:
+        procs.sdworker(name, *argv)
+        return
+    args.profile.mkdir(parents=True, exist_ok=True)
+    procs.start(name, [sys.executable, "-m", "cProfile", "-o", str(args.profile / f"{name}.prof"), "-m", "sdworker",
+                       *argv])
+
+
 def serve_node(procs: Procs, args: argparse.Namespace) -> tuple[str, int]:
     port = free_port()
-    procs.sdworker("serve", "serve", "--model", "demo", "--port", str(port), "--store", args.store,
+    sdworker(procs, args, "serve", "serve", "--model", "demo", "--port", str(port), "--store", args.store,
                    "--data-dir", str(procs.workdir / "data"), "--max-queue", "8", "--max-steps", "3000",
                    "--log-level", "warning")
     url = f"http://127.0.0.1:{port}"
@@ -65,12 +75,12 @@ def serve_node(procs: Procs, args: argparse.Namespace) -> tuple[str, int]:
     return url, procs.running[-1].pid
 
 
-def fleet_nodes(procs: Procs, redis_url: str) -> tuple[list[str], list[int]]:
+def fleet_nodes(procs: Procs, redis_url: str, args: argparse.Namespace) -> tuple[list[str], list[int]]:
     prefix = f"fanout-{uuid.uuid4().hex[:6]}"
     urls, pids = [], []
     for i in range(2):
         port = free_port()
-        procs.sdworker(f"api{i}", "api", "--redis", redis_url, "--redis-prefix", prefix, "--port", str(port),
+        sdworker(procs, args, f"api{i}", "api", "--redis", redis_url, "--redis-prefix", prefix, "--port", str(port),
                        "--max-queue", "100", "--max-steps", "3000", "--log-level", "warning", *FLEET_ARGS)
         urls.append(f"http://127.0.0.1:{port}")
         pids.append(procs.running[-1].pid)
@@ -170,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-processes", dest="client_processes", type=int, default=4)
     parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite", help="the serve node's store")
     parser.add_argument("--only", choices=("serve", "fleet"), default=None)
+    parser.add_argument("--profile", type=Path, default=None, help="run the HTTP nodes under cProfile, stats here")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "fanout.json")
     args = parser.parse_args(argv)
     result: dict[str, Any] = {"watchers": args.watchers, "steps": args.steps, "cpus": os.cpu_count(),
@@ -188,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 procs.running.clear()
             if args.only in (None, "fleet"):
                 with redis_server(procs) as redis_url:
-                    urls, pids = fleet_nodes(procs, redis_url)
+                    urls, pids = fleet_nodes(procs, redis_url, args)
                     result["runs"]["fleet (2 api nodes)"] = asyncio.run(watch_one_job(urls, pids, args))
                     procs.stop_all()
         except BaseException:

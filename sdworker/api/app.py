@@ -33,7 +33,7 @@ from sdworker.api.mcp_mount import McpMount
 from sdworker.api.routes_fleet import router as fleet_router
 from sdworker.api.routes_jobs import router as jobs_router
 from sdworker.api.routes_models import router as models_router
-from sdworker.api.routes_system import probe_router
+from sdworker.api.routes_system import HealthFirst, probe_router
 from sdworker.api.routes_system import router as system_router
 from sdworker.api.signing import JobLinks
 from sdworker.domain.parameters import model_label
@@ -134,6 +134,8 @@ def create_app(
         mcp = McpMount(service, settings, app.state.links, lambda: app.openapi())  # as served (document_limits)
         app.router.routes.append(mcp.route)
     app.add_middleware(AuthMiddleware, ring=keys, signer=signer, metrics_public=settings.metrics_public)
+    # Inside the edge guard (a bad Host is refused on /health too), outside the keys and the router.
+    app.add_middleware(HealthFirst)
     # --- The HTTP edge (api/edge.py): Host/Origin/CORS/content-type guard, body limit, offline
     # /docs, documented error answers. Everything about the edge stays in this one call.
     install_edge(app, settings)

@@ -26,6 +26,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 
 from sdworker.cli.flags import settings_from_args
 from sdworker.cli.uvicorn_server import configure_logging
@@ -54,11 +55,13 @@ def run_worker(args: argparse.Namespace) -> int:
         serve_app(create_probe_app(node), settings.model_copy(update={"port": settings.health_port}), level)
         return 0
     asyncio.run(_work(node, settings))
-    if node.must_exit_hard:
-        # The GPU thread died or was stuck at shutdown: exit without the interpreter joining it forever.
-        logging.shutdown()
-        os._exit(node.exit_code)
-    return node.exit_code
+    # Stopped and handed back: exit now, as serve_app does (the interpreter's teardown of torch takes
+    # seconds, and would join a stuck GPU thread forever).
+    log.info("stopped (exit code %d)", node.exit_code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(node.exit_code)
 
 
 class WorkerNode(Node):
