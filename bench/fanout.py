@@ -50,6 +50,13 @@ GOAL_TERMINAL_P99_MS = 250.0
 GOAL_HEALTH_MS = 100.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far: what the server spent, whatever else the machine
+    ran meanwhile (wall-clock latencies on a shared machine move with its load; this does not)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def job_body(steps: int, seed: int, preview_every: int) -> dict[str, Any]:
     return {"prompt": PROMPT, "steps": steps, "width": 64, "height": 64, "seed": seed,
             "preview": {"every": preview_every, "min_interval_ms": 0}}
@@ -121,6 +128,7 @@ async def watch_one_job(urls: list[str], pids: list[int], args: argparse.Namespa
             if not await asyncio.to_thread(pipe.poll, 120) or pipe.recv() != "ready":
                 raise RuntimeError("a watcher process did not start")
         await asyncio.sleep(1.0)  # the health sampler is answering before the burst starts
+        cpu_start = sum(cpu_seconds(pid) for pid in pids)
         started = time.perf_counter()
         for pipe in pipes:
             pipe.send("go")
@@ -128,11 +136,16 @@ async def watch_one_job(urls: list[str], pids: list[int], args: argparse.Namespa
             if not await asyncio.to_thread(pipe.poll, 300) or pipe.recv() != "connected":
                 raise RuntimeError("a watcher process did not connect")
         connect_seconds = time.perf_counter() - started
+        cpu_connected = sum(cpu_seconds(pid) for pid in pids)
         stop_health.set()
         health_ms: list[float] = await asyncio.to_thread(health_in.recv)
         health.join()
+        # The CPU the HTTP node(s) spend from here on: the watched job's events to every watcher (the
+        # job itself runs in the serve node too; the fleet's worker is not counted).
+        cpu_before_run = sum(cpu_seconds(pid) for pid in pids)
         await client.delete(f"{urls[-1]}/v1/jobs/{blocker}")
         results = [item for pipe in pipes for item in await asyncio.to_thread(pipe.recv)]
+        cpu_after_run = sum(cpu_seconds(pid) for pid in pids)
         for proc in workers:
             proc.join()
         final = (await client.get(f"{first}/v1/jobs/{job_id}")).json()
@@ -153,6 +166,9 @@ async def watch_one_job(urls: list[str], pids: list[int], args: argparse.Namespa
         "health_ms_p50": percentile(health_ms, 0.5),
         "health_ms_p99": percentile(health_ms, 0.99),
         "health_ms_max": max(health_ms, default=float("nan")),
+        "server_cpu_s_connect": round(cpu_connected - cpu_start, 2),
+        "server_cpu_s_run": round(cpu_after_run - cpu_before_run, 2),
+        "load_average_1m": os.getloadavg()[0],
         "rss_mb_before": rss_before,
         "rss_mb_after": [rss_mb(pid) for pid in pids],
     }
@@ -163,14 +179,16 @@ def print_table(result: dict[str, Any]) -> None:
           f"{result['cpus']} CPUs (goals: terminal p99 < {GOAL_TERMINAL_P99_MS:.0f} ms, "
           f"/health < {GOAL_HEALTH_MS:.0f} ms)")
     header = (f"{'setup':<22}{'got end':>9}{'connect s':>11}{'term p50':>10}{'term p99':>10}{'term max':>10}"
-              f"{'health p50':>12}{'health p99':>12}{'health max':>12}")
+              f"{'health p50':>12}{'health p99':>12}{'health max':>12}{'cpu conn s':>12}{'cpu run s':>11}{'load':>6}")
     print(header)
     print("-" * len(header))
     for name, r in result["runs"].items():
         print(f"{name:<22}{r['complete_then_end']:>9}{r['connect_seconds']:>11.2f}{r['terminal_ms_p50']:>10.0f}"
               f"{r['terminal_ms_p99']:>10.0f}{r['terminal_ms_max']:>10.0f}{r['health_ms_p50']:>12.1f}"
-              f"{r['health_ms_p99']:>12.1f}{r['health_ms_max']:>12.1f}")
-    print("(ms; 'got end' = watchers that received complete then end)")
+              f"{r['health_ms_p99']:>12.1f}{r['health_ms_max']:>12.1f}{r['server_cpu_s_connect']:>12.2f}"
+              f"{r['server_cpu_s_run']:>11.2f}{r['load_average_1m']:>6.1f}")
+    print("(ms; 'got end' = watchers that received complete then end; cpu = the HTTP node(s)' CPU seconds while\n"
+          " the watchers connect, and from the blocker's cancel to the last watcher's end; load = the machine's)")
 
 
 def main(argv: list[str] | None = None) -> int:
