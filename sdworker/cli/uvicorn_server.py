@@ -144,6 +144,7 @@ def serve_app(app: FastAPI, settings: Settings, level: str) -> None:
     node = app.state.node
     server = DrainingServer(uvicorn_config(app, settings, level.lower()), drain=node.drain)
     node.request_exit = lambda: server.handle_exit(signal.SIGTERM, None)
+    node.freeze_heap_once_loaded()
     server.run()
     if not server.started:
         return  # start-up failed (uvicorn logged why); the ordinary exit path reports it

@@ -113,6 +113,7 @@ async def _work(node: Node, settings: Settings) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    node.freeze_heap_once_loaded()
     await node.start()
     await stop.wait()
     log.info("stopping: no new jobs; up to %.0f s for the running one, then it is handed back",

@@ -24,6 +24,7 @@ heartbeat's own timeout), so the queen stops scheduling onto a worker that is go
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable
 
@@ -67,6 +68,31 @@ class Node:
             self.runner.start()
         if self.heartbeat is not None:
             self.heartbeat.start()
+
+    def freeze_heap_once_loaded(self) -> None:
+        """Move every object alive once the model is loaded (torch, diffusers, the model: over half a
+        million objects) out of the cyclic garbage collector's reach (``gc.freeze``).
+
+        Why: a full collection walks every tracked object, and with these libraries loaded it took
+        1.2 s on this project's CPU, during which the event loop answers nothing; a burst of a
+        thousand stream connections allocates enough to trigger one, and ``/health`` took 1.7-2.5 s
+        (bench/fanout.py). Those objects live as long as the process, so the collector gains nothing
+        by walking them again. Called by the command line only: a test process that builds many apps
+        should keep collecting them."""
+        runner = self.runner
+        if runner is None:
+            gc.freeze()  # an API node: its imports are all there is
+            return
+        frozen = False
+
+        def freeze() -> None:
+            nonlocal frozen
+            if not frozen and runner.state == "ready":
+                frozen = True
+                gc.collect()
+                gc.freeze()
+
+        runner.listen(freeze)
 
     @property
     def must_exit_hard(self) -> bool:
