@@ -13,6 +13,7 @@ Tree::
     ├── InvalidRequest (invalid_request, 422)       a field's value is wrong; ``field`` names it
     │   ├── InvalidImage (invalid_image, 422)        base64 or image bytes that do not decode
     │   ├── ImageTooLarge (image_too_large, 413)     declared pixel count above the limit
+    │   ├── TooLarge (too_large, 413)                width x height above the worker's --max-pixels
     │   ├── UnknownScheduler (unknown_scheduler, 422)
     │   ├── Unsupported (unsupported, 422)           a known field we do not implement
     │   ├── WrongWorker (wrong_worker, 422)          rbee's ``worker_id`` names another worker
@@ -67,6 +68,11 @@ class InvalidImage(InvalidRequest):
 
 class ImageTooLarge(InvalidRequest):
     code = "image_too_large"
+    http_status = 413
+
+
+class TooLarge(InvalidRequest):
+    code = "too_large"
     http_status = 413
 
 

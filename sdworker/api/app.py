@@ -16,7 +16,6 @@ uvicorn waits on open connections.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -34,13 +33,14 @@ from sdworker.api.mcp_mount import McpMount
 from sdworker.api.routes_fleet import router as fleet_router
 from sdworker.api.routes_jobs import router as jobs_router
 from sdworker.api.routes_models import router as models_router
+from sdworker.api.routes_system import HealthFirst, probe_router
 from sdworker.api.routes_system import router as system_router
 from sdworker.api.routes_webhooks import router as webhooks_router
 from sdworker.api.signing import JobLinks
 from sdworker.api.views import job_detail
 from sdworker.domain.parameters import model_label
 from sdworker.engine.protocol import Engine
-from sdworker.jobs.heartbeat import QueenHeartbeat, WorkerCard
+from sdworker.jobs.heartbeat import queen_heartbeat
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.node import Node
 from sdworker.jobs.progress import EncodeFn
@@ -88,7 +88,7 @@ def create_app(
         attach(engine)  # a Redis worker lists its library in the registry (memory: attached above)
     node = Node(settings, service, runner, source)
     if settings.queen_url and runner is not None:
-        node.heartbeat = _queen_heartbeat(settings, node)
+        node.heartbeat = queen_heartbeat(settings, node.worker_status, settings.port)
         runner.listen(node.heartbeat.changed)
 
     keys = KeyRing(settings)
@@ -128,6 +128,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(jobs_router)
     app.include_router(fleet_router)
+    app.include_router(probe_router)
     app.include_router(system_router)
     app.include_router(webhooks_router)
     app.include_router(models_router)
@@ -138,23 +139,28 @@ def create_app(
         mcp = McpMount(service, settings, app.state.links, lambda: app.openapi())  # as served (document_limits)
         app.router.routes.append(mcp.route)
     app.add_middleware(AuthMiddleware, ring=keys, signer=signer, metrics_public=settings.metrics_public)
+    # Inside the edge guard (a bad Host is refused on /health too), outside the keys and the router.
+    app.add_middleware(HealthFirst)
     # --- The HTTP edge (api/edge.py): Host/Origin/CORS/content-type guard, body limit, offline
     # /docs, documented error answers. Everything about the edge stays in this one call.
     install_edge(app, settings)
     return app
 
 
-def _queen_heartbeat(settings: Settings, node: Node) -> QueenHeartbeat:
-    """rbee: this worker announces itself to the queen that its hive named with ``--queen-url``."""
-    assert settings.queen_url is not None
-    card = WorkerCard(
-        id=settings.worker_id or f"sdworker-{socket.gethostname()}-{settings.port}",
-        model_id=settings.model,
-        device=settings.device,
-        port=settings.port,
-        version=__version__,
-    )
-    return QueenHeartbeat(
-        settings.queen_url, card, node.worker_status, interval_seconds=settings.heartbeat_seconds
-    )
+def create_probe_app(node: Node) -> FastAPI:
+    """A fleet worker's ``--health-port``: ``/health`` and ``/ready`` of ``node`` (Kubernetes probes),
+    nothing else. Its lifespan starts and stops the node, as ``create_app``'s does."""
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await node.start()
+        try:
+            yield
+        finally:
+            await node.stop()
+
+    app = FastAPI(title="sdworker worker", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.node = node
+    app.include_router(probe_router)
+    return app

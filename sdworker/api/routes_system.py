@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 from importlib import resources
@@ -12,17 +13,40 @@ from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sdworker.api import deps
 from sdworker.api.routes_models import library_entry, lora_entry
 from sdworker.api.views import iso, worker_view
 
 router = APIRouter(tags=["system"])
+# Liveness and readiness: also all a fleet worker serves on its ``--health-port`` (``create_probe_app``).
+probe_router = APIRouter(tags=["system"])
 
 
-@router.get("/health", summary="Liveness: the process answers")
+@probe_router.get("/health", summary="Liveness: the process answers")
 async def health() -> dict[str, Any]:
     return {"status": "healthy", "timestamp": iso(time.time())}
+
+
+class HealthFirst:
+    """``GET /health`` answered inside the edge guard (Host and Origin checks hold) but before the
+    keys, the body limit's reader and the router, with the same body as the route above (which stays for the OpenAPI
+    description). Liveness is a probe that must not wait behind a thousand streams being set up:
+    this answer is two sends with nothing awaited before them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/health" or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"status": "healthy", "timestamp": iso(time.time())}, separators=(",", ":")).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"cache-control", b"no-store")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
 class Readiness(BaseModel):
@@ -31,7 +55,7 @@ class Readiness(BaseModel):
     timestamp: str
 
 
-@router.get(
+@probe_router.get(
     "/ready",
     summary="Readiness: 503 while loading, if the worker died, Redis is down, or shutting down",
     response_model=Readiness,

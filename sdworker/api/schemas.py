@@ -24,7 +24,7 @@ from sdworker.domain.request import ControlUnit, GenerationRequest, InputImage, 
 from sdworker.domain.step_cache import StepCache
 from sdworker.errors import InvalidRequest, WrongWorker
 from sdworker.jobs.spec import JobDraft, Webhook
-from sdworker.previews.options import PreviewOptions
+from sdworker.previews.options import PREVIEW_FIELDS, PreviewOptions
 from sdworker.settings import Settings
 
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -354,6 +354,7 @@ def preview_options(preview: PreviewRequest | None, settings: Settings) -> Previ
         max_size=settings.preview_max_size if p.max_size is None else p.max_size,
         format=p.format or settings.preview_format,
         quality=settings.preview_quality if p.quality is None else p.quality,
+        defaulted=tuple(name for name in PREVIEW_FIELDS if getattr(p, name) is None),
     )
 
 

@@ -138,6 +138,10 @@ def frame(event: JobEvent) -> bytes:
 
 
 KEEPALIVE = b": keep-alive\n\n"
+# Events already waiting are written together, up to this many per send: at a job's end the
+# ``complete`` and ``end`` frames (and the response's close) cost each watcher one wake-up and one
+# write, not three. Bounded so a lagging watcher still gets its frames in pieces.
+FRAMES_PER_SEND = 16
 
 
 async def event_frames(sub: Subscription, keepalive_seconds: float) -> AsyncIterator[bytes]:
@@ -153,7 +157,8 @@ async def event_frames(sub: Subscription, keepalive_seconds: float) -> AsyncIter
                 continue
             if event is None:
                 return
-            yield frame(event)
+            more = sub.ready(FRAMES_PER_SEND - 1)
+            yield b"".join([frame(event), *map(frame, more)]) if more else frame(event)
     finally:
         sub.close()
 

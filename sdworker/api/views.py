@@ -110,7 +110,7 @@ def parameters(spec: JobSpec) -> dict[str, Any]:
     for key in ("hive_id", "worker_id"):
         if getattr(spec, key) is not None:
             params[key] = getattr(spec, key)
-    params["preview"] = asdict(spec.preview)
+    params["preview"] = {k: v for k, v in asdict(spec.preview).items() if k != "defaulted"}
     return params
 
 

@@ -10,7 +10,11 @@ them, so a bad flag and a bad variable get the same one-line message (``settings
 Which command gets which settings is ``COMMAND_FIELDS``: ``serve`` has every setting but the worker
 node's ``--health-port``; ``api`` (an HTTP node of a Redis fleet) has no model or device flags except
 ``--default-model`` and has the scale-to-zero flags (``--expect-models``, ``--queue-timeout-seconds``);
-``worker`` (a GPU node) has no HTTP flags except ``--health-port``.
+``worker`` (a GPU node) has no HTTP flags except ``--health-port`` and the
+``--host`` it binds, and of the job limits only ``--max-pixels`` (checked by the worker against its
+own device) and ``--result-ttl-seconds`` (how long Redis keeps what it finished): a worker keeps no
+results itself, so the stores' retention flags (``--max-results``, ``--max-result-bytes``) are the
+API node's.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     ),
     "worker": (
         *_MODEL_GROUP, *GROUPS["speed"], *GROUPS["preview defaults"], *GROUPS["Redis fleet"], *GROUPS["worker node"],
-        "shutdown_grace_seconds", "result_ttl_seconds", "max_result_bytes",
+        "shutdown_grace_seconds", "result_ttl_seconds", "max_pixels", "host",
     ),
     "generate": tuple(n for n in _MODEL_GROUP if n not in ("default_model", "max_loaded_models", "models_dir")),
 }

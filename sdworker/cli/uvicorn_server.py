@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from types import FrameType
 
@@ -133,16 +134,25 @@ def uvicorn_config(app: ASGIApp, settings: Settings, log_level: str) -> uvicorn.
 
 
 def serve_app(app: FastAPI, settings: Settings, level: str) -> None:
-    """Run ``app`` under uvicorn, draining the node on the first exit signal."""
+    """Run ``app`` under uvicorn, draining the node on the first exit signal.
+
+    Once uvicorn has run the lifespan's shutdown (``Node.stop``: every stream ended, the running job
+    finished or handed back, the store closed), the process exits at once with ``os._exit``: what is
+    left is the interpreter's teardown of torch and its thread pools, which took seconds after a
+    clean drain (issue #20: the process exited 5 s after its streams had ended). Nothing is lost by
+    skipping it: logs are flushed first, and the stores flush on every terminal write."""
     node = app.state.node
     server = DrainingServer(uvicorn_config(app, settings, level.lower()), drain=node.drain)
     node.request_exit = lambda: server.handle_exit(signal.SIGTERM, None)
+    node.freeze_heap_once_loaded()
     server.run()
+    if not server.started:
+        return  # start-up failed (uvicorn logged why); the ordinary exit path reports it
     if node.must_exit_hard:
-        # Every stream has ended; only the stuck or dead GPU thread is left, and the interpreter would
-        # join it forever at exit. Exit now, with the node's code (non-zero if the thread died).
+        # Only the stuck or dead GPU thread is left, and the interpreter would join it forever.
         log.warning("exiting without waiting for the generation thread (code %d)", node.exit_code)
-        logging.shutdown()
-        os._exit(node.exit_code)
-    if node.exit_code:
-        raise SystemExit(node.exit_code)
+    log.info("stopped (exit code %d)", node.exit_code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(node.exit_code)

@@ -72,7 +72,15 @@ from sdworker.engine.step_cache import step_cache
 from sdworker.engine.step_hook import Interrupted, PreviewRenderer, StepCallback
 from sdworker.engine.upscalers import Upscalers, check_upscaler, upscale_images
 from sdworker.engine.x0 import X0Recorder
-from sdworker.errors import GenerationFailed, InvalidRequest, JobCancelled, ModelNotFound, NotReady, SdworkerError
+from sdworker.errors import (
+    GenerationFailed,
+    InvalidRequest,
+    JobCancelled,
+    ModelNotFound,
+    NotReady,
+    SdworkerError,
+    TooLarge,
+)
 from sdworker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -266,6 +274,16 @@ class DiffusersEngine:
             texts["negative_prompt"] = negative_prompt
         self._prompt_limits.check(family_facts(entry.family), folder, texts)
 
+    def _check_pixels(self, width: int, height: int) -> None:
+        """This worker's own limit (``--max-pixels``, by default its device's): a fleet's API node
+        checked the request against its settings, not against the worker that runs it."""
+        if width * height > self.settings.max_pixels:
+            raise TooLarge(
+                f"width x height = {width}x{height} = {width * height} pixels; this worker's limit "
+                f"(--max-pixels) is {self.settings.max_pixels}",
+                field="width",
+            )
+
     def _check_hires(self, request: GenerationRequest, hires: HiresFix, entry: ModelEntry) -> None:
         if entry.family not in ("sd1", "sd2", "sdxl"):
             raise InvalidRequest(f"hires: the hires fix runs on SD 1.x, 2.x and SDXL models; {entry.name!r} is "
@@ -314,6 +332,7 @@ class DiffusersEngine:
         request = settle_size(request, entry.native_size, image_size)
         assert request.width is not None and request.height is not None
         width, height = request.width, request.height
+        self._check_pixels(width, height)
         if cancel is not None:
             cancel.raise_if_cancelled()
         slot = self._slot(entry, on_model_load)
@@ -477,6 +496,8 @@ class DiffusersEngine:
                 settled = settle_defaults(item.request, *_defaults(entry))
                 if item.request.operation is Operation.TEXT_TO_IMAGE:  # the others run alone anyway
                     settled = settle_size(settled, entry.native_size)
+                    assert settled.width is not None and settled.height is not None
+                    self._check_pixels(settled.width, settled.height)  # too large: runs alone, fails there
                 item = items[position] = replace(item, request=settled)
                 # An inpainting UNet takes 9 channels; the batch loop feeds it 4 (its jobs run through generate).
                 batches = family_facts(entry.family).batching and entry.variant != INPAINTING

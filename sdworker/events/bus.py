@@ -38,6 +38,7 @@ from sdworker.events.types import (
     JobEvent,
     PreviewReady,
     StepProgressed,
+    StreamNotice,
     ends_stream,
     is_terminal,
     without_image,
@@ -82,6 +83,20 @@ class Subscription:
             self._ended = True
         return event
 
+    def ready(self, limit: int) -> list[JobEvent]:
+        """Up to ``limit`` more events already waiting, without waiting (after ``next``: a stream
+        writes them in one send; the terminal event and ``end`` are published in one loop turn)."""
+        taken: list[JobEvent] = []
+        while self._pending and len(taken) < limit:
+            event = self._pending.popleft()
+            taken.append(event)
+            if ends_stream(event):
+                self._pending.clear()
+                self._ended = True
+                break
+        self._waiting_since = self._bus.clock() if self._pending else 0.0
+        return taken
+
     def close(self) -> None:
         """The watcher went away (or was dropped): leave the channel. Idempotent."""
         self._ended = True
@@ -122,12 +137,15 @@ class Subscription:
 
 
 class _Channel:
-    __slots__ = ("decided", "finished", "history", "last_seq", "preview_index", "subscribers")
+    __slots__ = ("counted", "decided", "finished", "history", "last_seq", "preview_index", "subscribers")
 
     def __init__(self) -> None:
         self.history: list[JobEvent] = []
         self.preview_index: int | None = None
         self.subscribers: set[Subscription] = set()
+        # How many subscribers are ``counted`` (kept, not recounted: a thousand watchers arriving or
+        # leaving at once would cost a million steps, right when the terminal event goes out).
+        self.counted = 0
         self.last_seq = 0
         self.decided = False  # the terminal event is recorded: only the end event may follow
         self.finished = False  # the end event is recorded: the stream is over
@@ -169,7 +187,7 @@ class EventBus:
 
     def subscriber_count(self, job_id: str) -> int:
         channel = self._channels.get(job_id)
-        return _watching(channel) if channel is not None else 0
+        return channel.counted if channel is not None else 0
 
     def publish(self, event: JobEvent) -> JobEvent | None:
         """Stamp ``seq`` and ``at``, record in history, fan out. Returns the stamped event, or None if
@@ -225,7 +243,8 @@ class EventBus:
                            counted=counted)
         if not channel.finished:
             channel.subscribers.add(sub)
-            self._watchers[job_id] = _watching(channel)
+            channel.counted += counted
+            self._watchers[job_id] = channel.counted
         return sub
 
     def last_seq(self, job_id: str) -> int:
@@ -251,12 +270,17 @@ class EventBus:
             for sub in list(channel.subscribers):
                 sub._end()
 
-    def close_all(self) -> None:
-        """End every stream after what it has buffered (shutdown)."""
-        for channel in self._channels.values():
+    def close_all(self, notice: StreamNotice | None = None) -> None:
+        """End every stream after what it has buffered (shutdown). ``notice``: the last thing a
+        stream of a job without its terminal event gets (its job goes on after this process: the
+        client should reconnect with its Last-Event-ID), so no stream just stops unexplained."""
+        for job_id, channel in self._channels.items():
             for sub in list(channel.subscribers):
+                if notice is not None and not channel.decided:
+                    sub._push(dataclasses.replace(notice, job_id=job_id))
                 sub._end()
             channel.subscribers.clear()
+            channel.counted = 0
         self._watchers.clear()
 
     def sweep(self) -> int:
@@ -277,7 +301,8 @@ class EventBus:
         channel = self._channels.get(sub.job_id)
         if channel is not None and sub in channel.subscribers:
             channel.subscribers.discard(sub)
-            self._watchers[sub.job_id] = _watching(channel)
+            channel.counted -= sub.counted
+            self._watchers[sub.job_id] = channel.counted
 
     def _record(self, channel: _Channel, event: JobEvent) -> None:
         history = channel.history
@@ -297,6 +322,3 @@ class EventBus:
                         channel.preview_index -= 1
                     break
 
-
-def _watching(channel: _Channel) -> int:
-    return sum(1 for sub in channel.subscribers if sub.counted)

@@ -53,6 +53,13 @@ class StreamNotice(JobEvent):
     message: str
 
 
+def stream_closing(message: str) -> StreamNotice:
+    """What a stream whose job outlives this process gets last (``EventBus.close_all``): the job is
+    kept (queued, or handed back to the queue), so the client reconnects with its Last-Event-ID,
+    here after a restart or at another node, and gets exactly the events it missed."""
+    return StreamNotice(job_id="", code="stream_closing", message=message)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelLoading(JobEvent):
     """The job's model is being loaded before its first step (it was not in memory): ``phase``

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +31,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+
+from sdworker import __version__
+from sdworker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -164,3 +168,17 @@ class QueenHeartbeat:
             return False
         self.sent += 1
         return True
+
+
+def queen_heartbeat(settings: Settings, status: Callable[[], str], port: int) -> QueenHeartbeat:
+    """rbee: this worker announces itself to the queen that its hive named with ``--queen-url``.
+    ``port``: where the worker answers (``serve``'s HTTP port, a fleet worker's ``--health-port``)."""
+    assert settings.queen_url is not None
+    card = WorkerCard(
+        id=settings.worker_id or f"sdworker-{socket.gethostname()}-{port}",
+        model_id=settings.model,
+        device=settings.device,
+        port=port,
+        version=__version__,
+    )
+    return QueenHeartbeat(settings.queen_url, card, status, interval_seconds=settings.heartbeat_seconds)

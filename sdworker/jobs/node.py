@@ -1,5 +1,7 @@
 """``Node``: what one process runs - a job service (the API side) and, when it holds an engine, a
-runner (the GPU side) - with the lifetime of every background task they start.
+runner (the GPU side) - with the lifetime of every background task they start. A fleet worker
+(``sdworker worker``) is a node without a job service: a runner and its Redis job source, the same
+start, drain and heartbeats as ``serve``; its ``/ready`` says the model is loaded and it can claim.
 
 ``start`` (from the app's lifespan) starts the service and the runner, which loads the engine on its
 GPU thread. ``drain`` is the graceful shutdown, idempotent and safe to call from a signal-triggered
@@ -22,6 +24,7 @@ heartbeat's own timeout), so the queen stops scheduling onto a worker that is go
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable
 
@@ -39,7 +42,7 @@ class Node:
     def __init__(
         self,
         settings: Settings,
-        service: JobService,
+        service: JobService | None,
         runner: JobRunner | None,
         source: JobSource | None = None,
         *,
@@ -59,11 +62,37 @@ class Node:
             runner.on_death.append(self._runner_died)
 
     async def start(self) -> None:
-        await self.service.start()
+        if self.service is not None:
+            await self.service.start()
         if self.runner is not None:
             self.runner.start()
         if self.heartbeat is not None:
             self.heartbeat.start()
+
+    def freeze_heap_once_loaded(self) -> None:
+        """Move every object alive once the model is loaded (torch, diffusers, the model: over half a
+        million objects) out of the cyclic garbage collector's reach (``gc.freeze``).
+
+        Why: a full collection walks every tracked object, and with these libraries loaded it took
+        1.2 s on this project's CPU, during which the event loop answers nothing; a burst of a
+        thousand stream connections allocates enough to trigger one, and ``/health`` took 1.7-2.5 s
+        (bench/fanout.py). Those objects live as long as the process, so the collector gains nothing
+        by walking them again. Called by the command line only: a test process that builds many apps
+        should keep collecting them."""
+        runner = self.runner
+        if runner is None:
+            gc.freeze()  # an API node: its imports are all there is
+            return
+        frozen = False
+
+        def freeze() -> None:
+            nonlocal frozen
+            if not frozen and runner.state == "ready":
+                frozen = True
+                gc.collect()
+                gc.freeze()
+
+        runner.listen(freeze)
 
     @property
     def must_exit_hard(self) -> bool:
@@ -87,6 +116,9 @@ class Node:
             return False, "the server is shutting down"
         if self.runner is not None and not self.runner.ready:
             return False, self.runner.reason or "not ready"
+        if self.service is None:  # a fleet worker: ready while it can claim jobs from the store
+            reachable = getattr(self.source, "reachable", True)
+            return (True, None) if reachable else (False, "the job store is unreachable")
         return await self.service.readiness()
 
     @property
@@ -95,7 +127,8 @@ class Node:
 
     async def drain(self) -> None:
         if self._drain is None:
-            self.service.stop_accepting()
+            if self.service is not None:
+                self.service.stop_accepting()
             self._drain = asyncio.get_running_loop().create_task(self._drain_now(), name="sdworker-drain")
         await asyncio.shield(self._drain)
 
@@ -107,22 +140,25 @@ class Node:
             await self.runner.close()
         if self.source is not None and self.source is not self.service:
             await self.source.close()
-        await self.service.close()
+        if self.service is not None:
+            await self.service.close()
 
     async def _drain_now(self) -> None:
         grace = self.settings.shutdown_grace_seconds
         # Only the memory store loses what it holds at exit: it ends the queued jobs and cancels the
         # running one. SQLite and Redis keep them: the running job is handed back, the queue stays.
-        local = self.service.backend == "memory"
+        local = self.service is not None and self.service.backend == "memory"
         log.info("draining: no new jobs; waiting up to %.0f s for the running job", grace)
         beats = None
         if self.heartbeat is not None:
             beats = asyncio.get_running_loop().create_task(self.heartbeat.stop(), name="sdworker-heartbeat-stop")
-        await self.service.drain(reject_queued=local)
+        if self.service is not None:
+            await self.service.drain(reject_queued=local)
         if self.runner is not None:
             await self.runner.stop(grace, hand_back=not local)
-        if local:
-            await self.service.drain(reject_queued=True)  # a job claimed while the drain began
-        await self.service.close_streams()
+        if self.service is not None:
+            if local:
+                await self.service.drain(reject_queued=True)  # a job claimed while the drain began
+            await self.service.close_streams()
         if beats is not None:
             await beats  # bounded: one request with the heartbeat's timeout

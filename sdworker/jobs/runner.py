@@ -48,6 +48,7 @@ from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.progress import EncodeFn, StepReporter
 from sdworker.jobs.protocol import JobSource, Lease
 from sdworker.jobs.spec import JobSpec
+from sdworker.previews.options import PreviewOptions
 from sdworker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class JobRunner:
         max_batch: int | None = 1,
         batch_wait_ms: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        preview_defaults: PreviewOptions | None = None,
     ) -> None:
         """``default_aliases``: model names that mean the engine's default model (what ``--model``
         said, e.g. ``demo``: a Redis queue is keyed by it, while the engine's library names the default
@@ -99,6 +101,9 @@ class JobRunner:
         self._batch_limit = max_batch or 1
         self._batch_wait_seconds = batch_wait_ms / 1000.0
         self._clock = clock
+        # A fleet worker's own ``--preview-*`` settings, for what each job left to the server (the
+        # API node that took it filled those from its settings; the worker knows its device).
+        self._preview_defaults = preview_defaults
         self._stopping = False
         self._hand_back = False
         self._grace_over = False
@@ -352,9 +357,12 @@ class JobRunner:
             task.add_done_callback(self._tasks.discard)
 
     def _reporter(self, lease: Lease, publish: Callable[[JobEvent], None]) -> StepReporter:
+        preview = lease.spec.preview
+        if self._preview_defaults is not None:
+            preview = preview.with_defaults(self._preview_defaults)
         return StepReporter(
             lease.spec.job_id,
-            lease.spec.preview,
+            preview,
             publish=publish,
             watcher_count=lease.watchers,
             encoder=self._encoder,

@@ -53,6 +53,7 @@ from sdworker.events.types import (
     PreviewReady,
     StepProgressed,
     end_marker,
+    stream_closing,
     without_image,
 )
 from sdworker.jobs.deadlines import DEADLINE_EXCEEDED, DEADLINE_MESSAGE
@@ -374,7 +375,12 @@ class LocalJobService:
             self._reject_queued(SHUTTING_DOWN, "the server is shutting down; the job was not started")
 
     async def close_streams(self) -> None:
-        self.bus.close_all()
+        # Memory mode ended every job (``shutting_down``) before this; with SQLite the jobs resume at
+        # the next start, and their watchers are told to come back for them.
+        self.bus.close_all(stream_closing(
+            "the server is stopping; this job is kept and resumes when it restarts: reconnect with "
+            "Last-Event-ID"
+        ))
 
     async def close(self) -> None:
         self.bus.close_all()

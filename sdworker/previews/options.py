@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
+
+from sdworker.settings import Settings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,10 +27,36 @@ class PreviewOptions:
     max_size: int = 256
     format: str = "jpeg"
     quality: int = 80
+    # The fields the client left to the server (filled from the API node's ``--preview-*`` defaults).
+    # A fleet worker replaces them with its own defaults (``with_defaults``): the worker, not the API
+    # node, knows its decoders and how much previews cost on its device.
+    defaulted: tuple[str, ...] = ()
 
     @property
     def enabled(self) -> bool:
         return self.every > 0 and self.method != "none"
+
+    def with_defaults(self, defaults: PreviewOptions) -> PreviewOptions:
+        """These options with every field the client left unset taken from ``defaults``."""
+        if not self.defaulted:
+            return self
+        chosen = {name: getattr(defaults, name) for name in self.defaulted if name in PREVIEW_FIELDS}
+        return replace(self, **chosen, defaulted=())
+
+
+PREVIEW_FIELDS = ("every", "min_interval_ms", "method", "max_size", "format", "quality")
+
+
+def preview_defaults(settings: Settings) -> PreviewOptions:
+    """A node's ``--preview-*`` settings as options."""
+    return PreviewOptions(
+        every=settings.preview_every,
+        min_interval_ms=settings.preview_min_interval_ms,
+        method=settings.preview_method,
+        max_size=settings.preview_max_size,
+        format=settings.preview_format,
+        quality=settings.preview_quality,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,7 +129,8 @@ async def _is_ready(client: httpx.AsyncClient) -> bool:
 
 def parse_sse(text: str) -> list[tuple[int, str, Any]]:
     """(id, event, data) of every event frame; comments and `retry:` lines are skipped. The data is
-    the parsed JSON, except for the closing `end` event, whose data is rbee's marker as a string."""
+    the parsed JSON, except for the closing `end` event, whose data is rbee's marker as a string. A
+    `notice` has no id (it is not part of the job's history): 0 here."""
     events = []
     for block in text.split("\n\n"):
         fields: dict[str, str] = {}
@@ -139,7 +140,7 @@ def parse_sse(text: str) -> list[tuple[int, str, Any]]:
                 fields[key] = value
         if "event" in fields:
             data = fields["data"] if fields["event"] == "end" else json.loads(fields["data"])
-            events.append((int(fields["id"]), fields["event"], data))
+            events.append((int(fields.get("id", 0)), fields["event"], data))
     return events
 
 

@@ -66,6 +66,9 @@ async def test_a_job_belongs_to_its_key() -> None:
         assert answer.status_code == 202
         job_id = answer.json()["job_id"]
         done = await _wait_done(app, job_id, ALICE)
+        # Alice's stream opens the job's channel on this node (Redis: the owner is then remembered
+        # there, not read again): another key's watcher is still refused.
+        assert (await c.get(f"/v1/jobs/{job_id}/stream", headers=bearer(ALICE))).status_code == 200
         for method, path in (("GET", ""), ("GET", "/image"), ("GET", "/stream"), ("DELETE", "")):
             assert (await c.request(method, f"/v1/jobs/{job_id}{path}", headers=bearer(BOB))).status_code == 404
         assert (await c.get("/v1/jobs", headers=bearer(BOB))).json()["jobs"] == []

@@ -101,8 +101,8 @@ async def test_min_interval_limits_previews_per_second() -> None:
 async def test_drain_ends_queued_and_running_jobs_and_every_stream() -> None:
     """Memory: nobody else could run the jobs, so the queued one and (after the grace) the running one
     end with ``shutting_down``. Redis: the fleet runs them, so the running job is handed back to the
-    queue at once (not an attempt) and the queued one stays; the streams end so that watchers
-    reconnect to another node."""
+    queue at once (not an attempt) and the queued one stays; the streams end with a ``notice``
+    ``stream_closing`` so that watchers reconnect (to another node, or after the restart)."""
     gate = threading.Event()
     engine = FakeEngine(load_gate=gate, step_seconds=0.02)
     async with running_app(engine, wait_ready=False, shutdown_grace_seconds=0.2) as app:
@@ -128,7 +128,10 @@ async def test_drain_ends_queued_and_running_jobs_and_every_stream() -> None:
             assert (await app.status(queued))["status"] == "cancelled"
         else:
             for text in texts:
-                assert all(name not in ("complete", "error", "end") for _, name, _ in parse_sse(text))
+                events = parse_sse(text)
+                assert all(name not in ("complete", "error", "end") for _, name, _ in events)
+                # The job outlives the process: the stream says so last, so the client comes back.
+                assert events[-1][:2] == (0, "notice") and events[-1][2]["code"] == "stream_closing", events
             handed_back = await app.status(running)
             assert handed_back["status"] == "queued" and handed_back["attempt"] == 0, handed_back
             assert (await app.status(queued))["status"] == "queued"

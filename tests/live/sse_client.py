@@ -32,7 +32,7 @@ async def read_events(
                 if "event" in block:
                     raw = block["data"]
                     data = raw if block["event"] == "end" else json.loads(raw)
-                    events.append(Received(int(block["id"]), block["event"], data, time.time()))
+                    events.append(Received(int(block.get("id", 0)), block["event"], data, time.time()))  # notice: no id
                     if stop_after is not None and len(events) >= stop_after:
                         break
                 block = {}

@@ -17,7 +17,9 @@ from sdworker.events.types import (
     JobStarted,
     PreviewReady,
     StepProgressed,
+    StreamNotice,
     end_marker,
+    stream_closing,
 )
 
 JOB = "job1"
@@ -228,3 +230,48 @@ async def test_forget_ends_watchers_and_unknown_job_raises() -> None:
     assert await asyncio.wait_for(sub.next(timeout=1.0), 1.0) is None
     with pytest.raises(KeyError):
         bus.subscribe(JOB)
+
+
+async def test_watcher_count_follows_counted_subscribers_through_a_crowd() -> None:
+    bus = EventBus()
+    bus.open(JOB)
+    crowd = [bus.subscribe(JOB) for _ in range(300)]
+    waiting = bus.subscribe(JOB, counted=False)  # an OpenAI/A1111 call waiting for the outcome
+    assert bus.watcher_count(JOB) == bus.subscriber_count(JOB) == 300
+    for sub in crowd[:100]:
+        sub.close()
+        sub.close()  # idempotent: counted once
+    waiting.close()
+    assert bus.watcher_count(JOB) == 200
+    bus.close_all()
+    assert bus.watcher_count(JOB) == 0 and bus.subscriber_count(JOB) == 0
+
+
+async def test_ready_takes_what_waits_without_waiting_and_stops_at_the_end() -> None:
+    bus = EventBus()
+    bus.open(JOB)
+    sub = bus.subscribe(JOB)
+    assert sub.ready(10) == []
+    bus.publish(progress(1))
+    bus.publish(progress(2))
+    assert [e.seq for e in sub.ready(1)] == [1]
+    done = bus.publish(JobCompleted(job_id=JOB, images=(b"png",), seed=1, seeds=(1,), width=8, height=8))
+    assert done is not None
+    bus.publish(end_marker(done))
+    taken = sub.ready(10)
+    assert [type(e) for e in taken] == [StepProgressed, JobCompleted, JobEnded]
+    assert await sub.next(timeout=1) is None  # the end was taken: the stream is over
+
+
+async def test_close_all_tells_streams_of_unfinished_jobs_to_reconnect() -> None:
+    bus = EventBus()
+    for job in ("open", "done"):
+        bus.open(job)
+    open_sub, done_sub = bus.subscribe("open"), bus.subscribe("done")
+    bus.publish(JobFailed(job_id="done", code="cancelled", message="x"))
+    bus.close_all(stream_closing("stopping; reconnect with Last-Event-ID"))
+    notices = await drain(open_sub)
+    assert [type(e) for e in notices] == [StreamNotice] and notices[0].job_id == "open"
+    assert isinstance(notices[0], StreamNotice) and notices[0].code == "stream_closing" and notices[0].seq == 0
+    assert [type(e) for e in await drain(done_sub)] == [JobFailed]  # its outcome is known: no notice
+

@@ -127,7 +127,9 @@ def test_every_setting_has_a_flag_and_help_shows_its_default() -> None:
 def test_api_and_worker_nodes_get_their_own_flags() -> None:
     api, worker = COMMAND_FIELDS["api"], COMMAND_FIELDS["worker"]
     assert "default_model" in api and "model" not in api and "device" not in api and "redis_url" in api
-    assert "host" not in worker and "port" not in worker and "health_port" in worker and "worker_id" in worker
+    assert "port" not in worker and "health_port" in worker and "worker_id" in worker
+    # A worker keeps no results (the stores' retention is the API node's) and checks its own pixels.
+    assert "max_result_bytes" not in worker and "max_results" not in worker and "max_pixels" in worker
     args = build_parser().parse_args(["worker", "--redis", "redis://h:6379/0", "--worker-id", "gpu-1"])
     assert (args.redis_url, args.worker_id, args.command) == ("redis://h:6379/0", "gpu-1", "worker")
 

@@ -81,3 +81,24 @@ def test_end_event_carries_the_marker_on_one_data_line_with_an_id() -> None:
     assert event_payload(done) == ("end", {"type": "end", "marker": "[DONE]", "at": 0.0})
     # A marker written by another backend with a line break still makes one data line.
     assert frame(JobEnded(job_id="j", seq=5, marker="[ERROR] a\nb")).count(b"data:") == 1
+
+
+async def test_frames_already_waiting_go_out_in_one_chunk_and_the_stream_ends_there() -> None:
+    # At a job's end ``complete`` and ``end`` are published in one loop turn: each watcher of a
+    # thousand wakes once and writes once for both.
+    from sdworker.api.sse import event_frames
+    from sdworker.events.bus import EventBus
+
+    bus = EventBus()
+    bus.open("j")
+    sub = bus.subscribe("j")
+    frames = event_frames(sub, keepalive_seconds=5)
+    assert (await anext(frames)).startswith(b"retry: ")
+    done = bus.publish(JobCompleted(job_id="j", images=(b"png",), seed=1, seeds=(1,), width=8, height=8))
+    assert done is not None
+    bus.publish(end_marker(done))
+    chunk = await anext(frames)
+    assert chunk.startswith(frame(done)) and chunk.endswith(b"event: end\ndata: [DONE]\n\n")
+    assert [line for line in chunk.decode().splitlines() if line.startswith("event: ")] == [
+        "event: complete", "event: end"]
+    assert [f async for f in frames] == []

@@ -153,6 +153,7 @@ def with_partial_images(
         max_size=min(1024, longest),
         format=fmt,
         quality=settings.preview_quality,
+        defaulted=("method", "quality"),  # the door chooses when and how big; the worker how
     )
     targets = [max(1, round(total * (i + 1) / (partial_images + 1))) for i in range(partial_images)]
     return replace(draft, preview=preview), targets

@@ -72,6 +72,10 @@ class StreamHub:
         with contextlib.suppress(Exception):
             await self._clear_advertised()
 
+    def streams(self, job_id: str) -> bool:
+        """The job's channel is open on this node (its history loaded, its events read on)."""
+        return job_id not in self._loading and self._bus.knows(job_id)
+
     async def subscribe(self, job_id: str, after: int, *, counted: bool = True) -> Subscription | None:
         if job_id in self._loading or not self._bus.knows(job_id):
             await self._load_once(job_id)
@@ -202,8 +206,12 @@ class StreamHub:
             await self._withdraw(job_id)
 
     async def _advertise(self, job_id: str) -> None:
+        """Tell the workers how many watch here. Only when the answer to "does anybody watch?" changes
+        (a worker asks no more): a thousand watchers connecting cost one write, not a thousand;
+        ``_refresh_watchers`` sends the exact count every few seconds."""
         count = self._bus.subscriber_count(job_id)
-        if self._advertised.get(job_id) == count:
+        previous = self._advertised.get(job_id)
+        if previous is not None and (previous > 0) == (count > 0):
             return
         keys = [self._keys.watchers(job_id), self._keys.job(job_id)]
         await self._watch(keys=keys, args=[self._node_id, count, WATCH_TTL_SECONDS, self._keys.prefix, job_id])

@@ -33,7 +33,7 @@ from sdworker.domain.parameters import model_label
 from sdworker.domain.request import GenerationRequest
 from sdworker.errors import InvalidRequest, JobNotFinished, JobNotFound, NotReady, QueueFull
 from sdworker.events.bus import EventBus, Subscription
-from sdworker.events.types import ends_stream
+from sdworker.events.types import ends_stream, stream_closing
 from sdworker.jobs.deadlines import DEADLINE_MESSAGE
 from sdworker.jobs.inputs import DEFAULT_PARAMETERS, DEFAULT_SIZE, check_inputs
 from sdworker.jobs.metrics import ServiceMetrics
@@ -79,6 +79,7 @@ POOL_CONNECTIONS = 4  # per client; see connect()
 HEALTH_CHECK_SECONDS = 5
 DEADLINE_POLL_SECONDS = 0.5
 NO_FLEET_SECRET = "this fleet has no --webhook-secret (nor --signing-secret) shared by its API nodes to sign with"
+STREAM_OWNERS_KEPT = 10_000  # owners of streamed jobs remembered (open_stream), oldest forgotten first
 
 
 def connect(url: str, *, name: str, timeout_seconds: float = 5.0, single: bool = False) -> Any:
@@ -143,6 +144,7 @@ class RedisJobService:
         self._reader = connect(settings.redis_url, name=name, single=True)
         self.bus = EventBus(stall_seconds=settings.watcher_stall_seconds)
         self._hub = StreamHub(self._redis, self._reader, self._keys, self.bus, self.node_id)
+        self._stream_owners: dict[str, str | None] = {}
         self._submit = self._redis.register_script(scripts.SUBMIT)
         self._deadline = self._redis.register_script(scripts.DEADLINE)
         self._deadline_task: asyncio.Task[None] | None = None
@@ -301,7 +303,17 @@ class RedisJobService:
         return await self._control(job_id, "interrupt", owner)
 
     async def open_stream(self, job_id: str, after: int = 0, *, owner: str | None = None) -> Subscription | None:
-        await self._owned(job_id, owner)
+        # A job this node already streams was checked when its channel opened: its owner never changes,
+        # so the thousandth watcher of a job costs no Redis read (the hub forgets idle channels, and
+        # the owner with them: a later watcher of an expired job is checked again).
+        if self._hub.streams(job_id) and job_id in self._stream_owners:
+            if owner is not None and self._stream_owners[job_id] != owner:
+                raise JobNotFound(f"no job {job_id!r} (unknown, or its result expired)", field="job_id")
+        else:
+            stored_owner = await self._owned(job_id, owner)
+            self._stream_owners[job_id] = stored_owner
+            while len(self._stream_owners) > STREAM_OWNERS_KEPT:
+                self._stream_owners.pop(next(iter(self._stream_owners)))
         return await self._call(self._hub.subscribe(job_id, after))
 
     async def wait(self, job_id: str, *, owner: str | None = None, timeout: float | None = None) -> JobView:
@@ -508,7 +520,9 @@ class RedisJobService:
                         if state not in (b"completed", b"failed", b"cancelled"):
                             break
                         await asyncio.sleep(0.02)
-        self.bus.close_all()
+        self.bus.close_all(stream_closing(
+            "this API node is stopping; the job goes on in the fleet: reconnect (to any node) with Last-Event-ID"
+        ))
 
     async def close(self) -> None:
         self.bus.close_all()
@@ -580,10 +594,12 @@ class RedisJobService:
             retry_after_seconds=self.retry_after_seconds(),
         )
 
-    async def _owned(self, job_id: str, owner: str | None) -> None:
+    async def _owned(self, job_id: str, owner: str | None) -> str | None:
+        """The job's owner, after checking the job exists and ``owner`` (if given) is it."""
         stored = await self._call(self._redis.hmget(self._keys.job(job_id), ["state", "owner"]))
         if stored[0] is None or (owner is not None and text(stored[1]) != owner):
             raise JobNotFound(f"no job {job_id!r} (unknown, or its result expired)", field="job_id")
+        return text(stored[1])
 
     async def _view(self, job_id: str, fields: dict[bytes, bytes], owner: str | None) -> JobView:
         if not fields or b"spec" not in fields or (owner is not None and text(fields.get(b"owner")) != owner):

@@ -311,6 +311,12 @@ class RedisJobSource:
             log.warning("could not register with Redis yet; retrying in the background")
         self._registered.set()
 
+    @property
+    def reachable(self) -> bool:
+        """False from a failed claim (Redis away) until the next one that reaches Redis: a worker's
+        ``/ready``."""
+        return not self._down_logged
+
     def stop_claiming(self) -> None:
         """A blocked XREADGROUP returns within its one-second wait; cancelling it could orphan a job
         that Redis had just handed over, so it is not cancelled."""
