@@ -31,16 +31,20 @@ class FlowAdapter:
     # -- loading ------------------------------------------------------------------------------------
 
     def load_base(self, source: ModelSource, dtype: torch.dtype, model_config: str | None, *,
-                  transformer_only: bool, use_safetensors: bool) -> Any:
+                  transformer_only: bool, use_safetensors: bool, components: dict[str, Any] | None = None) -> Any:
+        """``components``: modules already loaded for another model (shared text encoders, VAE), passed
+        to diffusers instead of loading those parts again."""
         import diffusers
 
         if source.kind in ("folder", "hub"):
             cls = getattr(diffusers, self.pipelines[0])
-            return cls.from_pretrained(source.location, dtype=dtype, use_safetensors=use_safetensors)
-        return self.load_single_file(source, dtype, model_config, transformer_only=transformer_only)
+            return cls.from_pretrained(source.location, dtype=dtype, use_safetensors=use_safetensors,
+                                       **(components or {}))
+        return self.load_single_file(source, dtype, model_config, transformer_only=transformer_only,
+                                     components=components)
 
     def load_single_file(self, source: ModelSource, dtype: torch.dtype, model_config: str | None, *,
-                         transformer_only: bool) -> Any:
+                         transformer_only: bool, components: dict[str, Any] | None = None) -> Any:
         raise ModelError(f"model {source.location}: single-file {self.label} checkpoints are not supported yet; "
                          "use a diffusers folder")
 

@@ -31,15 +31,16 @@ class Flux1Adapter(FlowAdapter):
     packed = True
 
     def load_base(self, source: ModelSource, dtype: torch.dtype, model_config: str | None, *,
-                  transformer_only: bool, use_safetensors: bool) -> Any:
+                  transformer_only: bool, use_safetensors: bool, components: dict[str, Any] | None = None) -> Any:
         if source.kind == "folder":
             cls = _pipeline_class(source.location)
-            return cls.from_pretrained(source.location, dtype=dtype, use_safetensors=use_safetensors)
+            return cls.from_pretrained(source.location, dtype=dtype, use_safetensors=use_safetensors,
+                                       **(components or {}))
         return super().load_base(source, dtype, model_config, transformer_only=transformer_only,
-                                 use_safetensors=use_safetensors)
+                                 use_safetensors=use_safetensors, components=components)
 
     def load_single_file(self, source: ModelSource, dtype: torch.dtype, model_config: str | None, *,
-                         transformer_only: bool) -> Any:
+                         transformer_only: bool, components: dict[str, Any] | None = None) -> Any:
         import diffusers
 
         folder = self.config_folder(source, model_config)
@@ -50,7 +51,7 @@ class Flux1Adapter(FlowAdapter):
             source.location, config=str(folder), subfolder="transformer", dtype=dtype
         )
         cls = diffusers.FluxFillPipeline if transformer.config.in_channels == 384 else diffusers.FluxPipeline
-        return cls.from_pretrained(str(folder), transformer=transformer, dtype=dtype)
+        return cls.from_pretrained(str(folder), transformer=transformer, dtype=dtype, **(components or {}))
 
     def build(self, base: Any, device: torch.device, dtype: torch.dtype, source: ModelSource) -> LoadedModel:
         """A Fill model inpaints only and an edit model (Kontext) runs nothing yet: their other pipelines

@@ -31,16 +31,17 @@ class QwenImageAdapter(FlowAdapter):
     packed = True
 
     def load_base(self, source: ModelSource, dtype: torch.dtype, model_config: str | None, *,
-                  transformer_only: bool, use_safetensors: bool) -> Any:
+                  transformer_only: bool, use_safetensors: bool, components: dict[str, Any] | None = None) -> Any:
         import diffusers
 
         if source.kind == "folder":
             index = json.loads((Path(source.location) / "model_index.json").read_text(encoding="utf-8"))
             if "Edit" in str(index.get("_class_name", "")):
                 cls = getattr(diffusers, str(index["_class_name"]))
-                return cls.from_pretrained(source.location, dtype=dtype, use_safetensors=use_safetensors)
+                return cls.from_pretrained(source.location, dtype=dtype, use_safetensors=use_safetensors,
+                                           **(components or {}))
         return super().load_base(source, dtype, model_config, transformer_only=transformer_only,
-                                 use_safetensors=use_safetensors)
+                                 use_safetensors=use_safetensors, components=components)
 
     def build(self, base: Any, device: torch.device, dtype: torch.dtype, source: ModelSource) -> LoadedModel:
         if "Edit" in type(base).__name__:
