@@ -149,7 +149,7 @@ class DiffusersEngine:
                 size_multiple=family_facts(e.family).size_multiple,
                 loaded=e.name in loaded, is_default=e.name == default,
                 sha256=self._hashes.cached(e.hash_file) if e.hash_file is not None else None,
-                size_bytes=e.size_bytes,
+                size_bytes=e.size_bytes, too_large=self._too_large(e),
             )
             for e in library.models()
         )
@@ -223,15 +223,18 @@ class DiffusersEngine:
         """Bytes of model weights in memory now (shared parts counted once); read from any thread."""
         return self._pool.loaded_bytes
 
-    def _check_fits(self, entry: ModelEntry) -> None:
+    def _too_large(self, entry: ModelEntry) -> str | None:
         size = entry.size_bytes
-        if size is not None and size > self.budget_bytes:
-            raise ModelTooLarge(
-                f"model: {entry.name!r} needs {format_bytes(size)} ({size} bytes) loaded, more than this worker's "
-                f"memory budget of {format_bytes(self.budget_bytes)} ({self.budget_bytes} bytes, "
-                "--max-loaded-bytes) even with no other model loaded",
-                field="model",
-            )
+        if size is None or size <= self.budget_bytes:
+            return None
+        return (f"model: {entry.name!r} needs {format_bytes(size)} ({size} bytes) loaded, more than this worker's "
+                f"memory budget of {format_bytes(self.budget_bytes)} ({self.budget_bytes} bytes, --max-loaded-bytes) "
+                "even with no other model loaded")
+
+    def _check_fits(self, entry: ModelEntry) -> None:
+        message = self._too_large(entry)
+        if message is not None:
+            raise ModelTooLarge(message, field="model")
 
     def _check_hires(self, request: GenerationRequest, hires: HiresFix, entry: ModelEntry) -> None:
         if entry.family not in ("sd1", "sd2", "sdxl"):
