@@ -133,10 +133,12 @@ class LoraAdapters:
             self._adapters.move_to_end(key)
             return adapter
         self._evict(keep)
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
         adapter = f"{re.sub(r'[^0-9A-Za-z_]', '_', entry.name)[:48]}_{next(_ADAPTER_NUMBERS)}"
-        state = load_file(str(entry.path))
+        # Read whole, not mmapped: safetensors 0.8's mmap path keeps ~60 bytes per tensor per load for
+        # good, which a worker cycling LoRAs pays on every load; a LoRA file is small.
+        state = load(entry.path.read_bytes())
         try:
             with _quiet_loader():
                 self.pipe.load_lora_weights(state, adapter_name=adapter)
