@@ -249,8 +249,10 @@ def _load_base_pipeline(
         if source.kind == "folder" and _fits_read_whole(Path(source.location)):
             # safetensors 0.8's mmap path keeps ~60 bytes per tensor per load for good (measured: ~30 KB
             # per demo model load, the soak's RSS slope); reading the file whole does not. It costs a
-            # transient copy of the file, so only models of at most READ_WHOLE_BYTES do it.
+            # transient copy of the file, so only models of at most READ_WHOLE_BYTES do it. diffusers
+            # passes disable_mmap to its own models only: the text encoders are loaded here.
             kwargs["disable_mmap"] = True
+            kwargs.update(_text_encoders_read_whole(Path(source.location), dtype, kwargs))
         return cls.from_pretrained(source.location, **kwargs)
     # single_file and (allowed) pickle: diffusers converts the original layout; for pickles its
     # loader calls torch.load(weights_only=True), so even an allowed pickle cannot run code.
@@ -266,6 +268,20 @@ def _load_base_pipeline(
 
 
 READ_WHOLE_BYTES = 2 * 1024**3
+
+
+def _text_encoders_read_whole(folder: Path, dtype: torch.dtype, given: dict[str, Any]) -> dict[str, Any]:
+    """The folder's transformers text encoders not in ``given``, loaded with ``disable_mmap``."""
+    import transformers
+
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    loaded: dict[str, Any] = {}
+    for name, value in index.items():
+        if (name.startswith("text_encoder") and name not in given and isinstance(value, list)
+                and len(value) == 2 and value[0] == "transformers" and (folder / name).is_dir()):
+            cls = getattr(transformers, str(value[1]))
+            loaded[name] = cls.from_pretrained(str(folder / name), dtype=dtype, disable_mmap=True)
+    return loaded
 
 
 def _fits_read_whole(folder: Path) -> bool:
