@@ -1,8 +1,16 @@
-"""Churn soak: generations cycling 2 models x 4 LoRAs (plus a LoRA-free job per model) with
-max_loaded_models 1, so every model change evicts and reloads; resident memory printed every --every.
+"""Churn soak: generations cycling 2 models x 4 LoRAs (plus a LoRA-free job per model) where only one
+model fits, so every model change evicts and reloads; resident memory printed every --every.
 
-    .venv/bin/python bench/soak_models.py                    # 200 jobs on the demo bundle
+    .venv/bin/python bench/soak_models.py                          # 200 jobs, --max-loaded-models 1
+    .venv/bin/python bench/soak_models.py --jobs 2000 --limit budget  # a byte budget that holds one model
     .venv/bin/python bench/soak_models.py --jobs 40 --every 10
+
+``--limit count``: ``max_loaded_models=1``; ``--limit budget``: no count limit, ``max_loaded_bytes`` set
+to the bigger model's size plus half the smaller one's, so the byte budget does the evicting.
+
+The verdict is the RSS slope after warm-up (a least-squares line through the samples after
+``--warmup`` jobs, in KB per job): above ``--max-slope-kb`` (1 KB/job; meant for runs of 2,000 jobs,
+where a leak of 88 KB per model load shows as ~18 KB/job) the soak exits 1.
 
 The demo bundle ships 2 LoRAs for demo-sd15 and 1 for demo-sdxl; the soak writes 4 per model (random,
 non-zero, peft and kohya layouts alternating for SD 1.x) into its own LoRA folder. Each LoRA-free job
@@ -67,8 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--limit", choices=("count", "budget"), default="count",
+                        help="what evicts: --max-loaded-models 1, or a byte budget that holds one model")
+    parser.add_argument("--warmup", type=int, default=None, help="jobs before the slope is measured "
+                        "(default: a tenth of --jobs, at least 100)")
+    parser.add_argument("--max-slope-kb", type=float, default=1.0, help="fail above this RSS slope (KB/job)")
     parser.add_argument("--json", default="bench/results/soak_models.json")
     args = parser.parse_args(argv)
+    warmup = args.warmup if args.warmup is not None else max(100, args.jobs // 10)
 
     import numpy as np
 
@@ -84,10 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     plan: list[tuple[str, str | None]] = []
     for model, names in per_model.items():
         plan += [(model, name) for name in names] + [(model, None)]
-    engine = DiffusersEngine(Settings(models_dir=str(bundle / MODELS_DIR), lora_dir=str(lora_dir), cache_dir=cache,
-                                      device="cpu", max_loaded_models=1))
+    models_dir = Path(tempfile.mkdtemp(prefix="sdworker-soak-models-"))
+    for model in per_model:  # the two models alone (the bundle's other families are not part of the churn)
+        (models_dir / model).symlink_to(bundle / MODELS_DIR / model)
+    base = {"models_dir": str(models_dir), "lora_dir": str(lora_dir), "cache_dir": cache, "device": "cpu"}
+    limit: dict[str, Any] = {"max_loaded_models": 1}
+    if args.limit == "budget":
+        sizes = [m.size_bytes or 0 for m in DiffusersEngine(Settings(**base)).list_models()]
+        limit = {"max_loaded_bytes": max(sizes) + min(sizes) // 2}
+    engine = DiffusersEngine(Settings(**base, **limit))
     engine.load()
-    samples: list[dict[str, Any]] = [{"jobs": 0, "rss_mb": round(rss_mb(), 1), "seconds": 0.0}]
+    print(f"limit: {limit}")
+    samples: list[dict[str, Any]] = [{"jobs": 0, "rss_mb": round(rss_mb(), 3), "seconds": 0.0}]
     print(f"{'jobs':>6} {'RSS MB':>8} {'seconds':>8} {'loads':>6}")
     print(f"{0:>6} {samples[0]['rss_mb']:>8.1f} {0.0:>8.1f} {0:>6}")
     plain: dict[str, Any] = {}
@@ -115,17 +137,36 @@ def main(argv: list[str] | None = None) -> int:
         del result
         if job % args.every == 0:
             gc.collect()
-            sample = {"jobs": job, "rss_mb": round(rss_mb(), 1), "seconds": round(time.perf_counter() - started, 1),
+            sample = {"jobs": job, "rss_mb": round(rss_mb(), 3), "seconds": round(time.perf_counter() - started, 1),
                       "loads": loads}
             samples.append(sample)
             print(f"{job:>6} {sample['rss_mb']:>8.1f} {sample['seconds']:>8.1f} {loads:>6}")
-    growth = samples[-1]["rss_mb"] - samples[min(2, len(samples) - 1)]["rss_mb"]
-    print(f"RSS growth after warm-up: {growth:+.1f} MB; LoRA-free jobs that differed from their first: {drifted}")
+    after = [s for s in samples if s["jobs"] >= warmup]
+    growth = after[-1]["rss_mb"] - after[0]["rss_mb"] if after else float("nan")
+    slope = slope_kb_per_job(after)
+    print(f"RSS after warm-up (job {warmup}): {growth:+.1f} MB, slope {slope:+.3f} KB/job "
+          f"(limit {args.max_slope_kb} KB/job); model loads: {loads}; "
+          f"LoRA-free jobs that differed from their first: {drifted}")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"jobs": args.jobs, "samples": samples, "rss_growth_after_warmup_mb": growth,
-                               "model_loads": loads, "plain_jobs_drifted": drifted}, indent=2))
-    return 1 if drifted else 0
+    out.write_text(json.dumps({"jobs": args.jobs, "limit": args.limit, "settings": limit, "size": args.size,
+                               "steps": args.steps, "warmup_jobs": warmup, "samples": samples,
+                               "rss_growth_after_warmup_mb": growth, "slope_kb_per_job": slope,
+                               "max_slope_kb_per_job": args.max_slope_kb, "model_loads": loads,
+                               "plain_jobs_drifted": drifted}, indent=2))
+    too_steep = not slope <= args.max_slope_kb  # a NaN slope (too few samples) fails too
+    return 1 if drifted or too_steep else 0
+
+
+def slope_kb_per_job(samples: list[dict[str, Any]]) -> float:
+    """The least-squares slope of RSS (MB) over jobs, in KB per job; NaN with fewer than 3 samples."""
+    if len(samples) < 3:
+        return float("nan")
+    xs = [float(s["jobs"]) for s in samples]
+    ys = [float(s["rss_mb"]) for s in samples]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread * 1024
 
 
 if __name__ == "__main__":

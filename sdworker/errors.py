@@ -20,7 +20,8 @@ Tree::
     │   ├── LoraNotFound (lora_not_found, 404)       a LoRA name not in --lora-dir
     │   ├── LoraIncompatible (lora_incompatible, 422) a LoRA for another architecture than the model's
     │   ├── ControlNetNotFound (controlnet_not_found, 404) a ControlNet name not in --controlnet-dir
-    │   └── IpAdapterNotFound (ip_adapter_not_found, 404) an IP-Adapter name not in --ip-adapter-dir
+    │   ├── IpAdapterNotFound (ip_adapter_not_found, 404) an IP-Adapter name not in --ip-adapter-dir
+    │   └── ModelTooLarge (model_too_large, 422)     a model bigger than --max-loaded-bytes even alone
     ├── BodyTooLarge (body_too_large, 413)
     ├── JobNotFound (job_not_found, 404)
     ├── ModelNotFound (model_not_found, 404)        a model name not in the library / no live worker serves it
@@ -107,6 +108,12 @@ class ControlNetNotFound(InvalidRequest):
 class IpAdapterNotFound(InvalidRequest):
     code = "ip_adapter_not_found"
     http_status = 404
+
+
+class ModelTooLarge(InvalidRequest):
+    """Refused at submit, before anything loads: an out-of-memory crash mid-job is the alternative."""
+
+    code = "model_too_large"
 
 
 class BodyTooLarge(SdworkerError):

@@ -75,7 +75,17 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="where the demo model is built")
     models_dir: Path | None = Field(None, description="folder of models that jobs may name by file or folder name")
     default_model: str | None = Field(None, min_length=1, description="the model a job gets when it names none")
-    max_loaded_models: int = Field(1, ge=1, le=64, description="models kept loaded at once")
+    max_loaded_models: int | None = Field(
+        None, ge=1, le=64, description="at most this many models loaded at once; none = the byte budget decides"
+    )
+    max_loaded_bytes: int | None = Field(
+        None, ge=MiB, description="bytes of model weights kept loaded (e.g. 20GB, 12GiB); the least recently used "
+        "model leaves first; none = 90% of the GPU's memory, or 75% of the RAM on the CPU"
+    )
+    offload: Literal["none", "model", "sequential"] = Field(
+        "none", description="CUDA only: diffusers' model (whole parts) or sequential (layer by layer) CPU offload "
+        "for a card smaller than the model"
+    )
     lora_dir: Path | None = Field(None, description="folder of LoRA .safetensors that jobs may name")
     embeddings_dir: Path | None = Field(None, description="folder of textual-inversion embeddings")
     controlnet_dir: Path | None = Field(None, description="folder of ControlNet models (diffusers folders)")
@@ -219,7 +229,17 @@ class Settings(BaseSettings):
             return tuple(part.strip() for item in value for part in str(item).split(",") if part.strip())
         return value
 
-    @field_validator("dtype", "preview_method", "preview_format", mode="before")
+    @field_validator("max_loaded_bytes", mode="before")
+    @classmethod
+    def _parse_bytes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parsed = parse_bytes(value)
+            if isinstance(parsed, str):
+                raise ValueError("not a size: give bytes, or a number with a unit (20GB, 12GiB, 512MiB)")
+            return parsed
+        return value
+
+    @field_validator("dtype", "preview_method", "preview_format", "offload", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -309,6 +329,11 @@ class Settings(BaseSettings):
     def _check_together(self) -> Settings:
         if self.store is not None and self.redis_url:
             raise ValueError(f"store {self.store!r} and redis_url name two stores; give one (--store or --redis)")
+        if self.offload != "none" and not _runs_on_cuda(self.device):
+            raise ValueError(
+                f"offload {self.offload!r} moves model parts between the CPU and a CUDA card while it runs, and "
+                f"device is {self.device!r}: without a CUDA card there is no place to move them to (use offload none)"
+            )
         if self.lease_heartbeat_seconds * 2 > self.claim_idle_seconds:
             raise ValueError(
                 f"claim_idle_seconds ({self.claim_idle_seconds}) must be at least twice lease_heartbeat_seconds "
@@ -425,6 +450,28 @@ def api_key_problem(key: str) -> bool:
 
 CPU_MAX_PIXELS = 1024 * 1024
 GPU_MAX_PIXELS = 2048 * 2048
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+
+
+def parse_bytes(text: str) -> int | str:
+    """'12GiB', '20GB', '512M' or a plain integer -> bytes (GB = 10^9, GiB = 2^30). Anything else is
+    returned as is, for pydantic to refuse naming the flag."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        return text
+    number, unit = match.group(1), (match.group(2) or "").lower()
+    base = 1024 ** ("kmgt".index(unit[0]) + 1) if "i" in unit else _UNITS[unit[:1]]
+    return int(float(number) * base)
+
+
+def _runs_on_cuda(device: str) -> bool:
+    """Whether ``device`` will be a CUDA card (``auto`` with an NVIDIA driver loaded), without torch."""
+    if device == "auto":
+        return Path("/proc/driver/nvidia/version").exists()
+    return device.startswith("cuda")
 
 
 def _runs_on_cpu(device: str) -> bool:

@@ -64,6 +64,9 @@ def library_entry(model: ModelInfo) -> dict[str, Any]:
         "defaults": {"steps": model.default_steps, "guidance_scale": model.default_guidance,
                      "width": model.native_size, "height": model.native_size},
         "size_multiple": model.size_multiple,
+        # Bytes its weights hold once loaded (at the worker's dtype), from the safetensors headers; null
+        # when the files cannot tell (a hub id, a pickle).
+        "size_bytes": model.size_bytes,
     }
 
 

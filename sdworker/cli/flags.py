@@ -41,8 +41,8 @@ FLAG_NAMES = {
 GROUPS: dict[str, tuple[str, ...]] = {
     "model and device": (
         "model", "model_config_dir", "device", "dtype", "allow_unsafe_pickle", "taesd", "taesdxl", "cache_dir",
-        "models_dir", "default_model", "max_loaded_models", "lora_dir", "embeddings_dir", "controlnet_dir",
-        "ip_adapter_dir", "upscalers_dir",
+        "models_dir", "default_model", "max_loaded_models", "max_loaded_bytes", "offload", "lora_dir", "embeddings_dir",
+        "controlnet_dir", "ip_adapter_dir", "upscalers_dir",
     ),
     "speed": ("compile", "compile_sizes", "quantize", "max_batch", "batch_wait_ms"),
     "HTTP": (
@@ -80,7 +80,8 @@ COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
         *_MODEL_GROUP, *GROUPS["speed"], *GROUPS["preview defaults"], *GROUPS["Redis fleet"], *GROUPS["worker node"],
         "shutdown_grace_seconds", "result_ttl_seconds", "max_pixels", "host",
     ),
-    "generate": tuple(n for n in _MODEL_GROUP if n not in ("default_model", "max_loaded_models", "models_dir")),
+    "generate": tuple(n for n in _MODEL_GROUP
+                      if n not in ("default_model", "max_loaded_models", "max_loaded_bytes", "models_dir")),
 }
 
 _LIST_FIELDS = frozenset(

@@ -41,6 +41,8 @@ class ModelInfo:
     default_steps: int = 20  # the family's (``sdworker.domain.families``): a job's steps when it names none
     default_guidance: float = 7.5
     size_multiple: int = 8
+    size_bytes: int | None = None  # its weights once loaded, from the safetensors headers (None: unknown)
+    too_large: str | None = None  # why this worker cannot load it even alone (over its --max-loaded-bytes)
 
     @property
     def short_hash(self) -> str | None:

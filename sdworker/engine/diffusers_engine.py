@@ -2,8 +2,11 @@
 
 ``DiffusersEngine(settings)`` is cheap; ``load()`` loads the default model. Each job names a model of
 the library (``request.model``, None = the default); one that is not in memory is loaded first, and
-the least recently used one leaves when more than ``max_loaded_models`` would be held (it is dropped
-before the new one loads, so peak memory stays at the limit). Each job then gets its LoRAs activated
+the least recently used ones leave until its bytes fit the budget (``--max-loaded-bytes``, its parts
+sized from their safetensors headers; ``--max-loaded-models`` an optional bound on the count). They are
+dropped before the new one loads, so peak memory stays within the budget. Text encoders and VAEs whose
+files are identical are loaded once and shared (``components.ComponentPool``); a model that cannot fit
+even alone is refused at submit (``validate_request``: ``ModelTooLarge``). Each job then gets its LoRAs activated
 (``lora``: exactly the job's, all others off), its prompt encoded (``prompt_encoding``: A1111's
 weights and long prompts; plain prompts go to diffusers unchanged), a fresh scheduler (see
 ``schedulers``), CPU generators seeded ``seed, seed + 1, ...`` (so results equal diffusers' own
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import random
 import threading
 import time
@@ -49,6 +53,7 @@ from sdworker.domain.scheduler_names import SCHEDULER_NAMES
 from sdworker.domain.step_cache import check_cache_family
 from sdworker.domain.unet_inpainting import INPAINTING, check_inpainting_model
 from sdworker.engine.batch import failure, run_group
+from sdworker.engine.components import ComponentPool
 from sdworker.engine.controlnet import ControlNets, control_images, controlnet_call
 from sdworker.engine.decoding import decode_latents
 from sdworker.engine.demo_ip_adapter import IP_ADAPTER_DIR
@@ -71,12 +76,14 @@ from sdworker.engine.slots import ModelSlot, TaesdCache, build_slot
 from sdworker.engine.step_cache import step_cache
 from sdworker.engine.step_hook import Interrupted, PreviewRenderer, StepCallback
 from sdworker.engine.upscalers import Upscalers, check_upscaler, upscale_images
+from sdworker.engine.weights import format_bytes
 from sdworker.engine.x0 import X0Recorder
 from sdworker.errors import (
     GenerationFailed,
     InvalidRequest,
     JobCancelled,
     ModelNotFound,
+    ModelTooLarge,
     NotReady,
     SdworkerError,
     TooLarge,
@@ -110,6 +117,8 @@ class DiffusersEngine:
         self._hashes = HashCache(settings.cache_dir)
         self._taesd = TaesdCache(settings)
         self._slots: OrderedDict[str, ModelSlot] = OrderedDict()
+        self._pool = ComponentPool(self._hashes)
+        self._budget: int | None = settings.max_loaded_bytes
         self._loaded_names: frozenset[str] = frozenset()  # read by list_models from other threads
         self._info: EngineInfo | None = None
         self._last: ModelSlot | None = None
@@ -165,6 +174,7 @@ class DiffusersEngine:
                 size_multiple=family_facts(e.family).size_multiple,
                 loaded=e.name in loaded, is_default=e.name == default,
                 sha256=self._hashes.cached(e.hash_file) if e.hash_file is not None else None,
+                size_bytes=e.size_bytes, too_large=self._too_large(e),
             )
             for e in library.models()
         )
@@ -229,6 +239,7 @@ class DiffusersEngine:
     def _resolve(self, request: GenerationRequest) -> tuple[ModelEntry, list[tuple[LoraEntry, float]], str]:
         library = self.library
         entry = library.model(request.model)
+        self._check_fits(entry)
         facts = family_facts(entry.family)
         if request.width is not None and request.height is not None:  # else settled in generate
             facts.check_size(request.width, request.height)
@@ -283,6 +294,30 @@ class DiffusersEngine:
                 f"(--max-pixels) is {self.settings.max_pixels}",
                 field="width",
             )
+    @property
+    def budget_bytes(self) -> int:
+        """``--max-loaded-bytes``, or by default most of the device's memory (``default_budget``)."""
+        if self._budget is None:
+            self._budget = default_budget(self.settings)
+        return self._budget
+
+    @property
+    def loaded_bytes(self) -> int:
+        """Bytes of model weights in memory now (shared parts counted once); read from any thread."""
+        return self._pool.loaded_bytes
+
+    def _too_large(self, entry: ModelEntry) -> str | None:
+        size = entry.size_bytes
+        if size is None or size <= self.budget_bytes:
+            return None
+        return (f"model: {entry.name!r} needs {format_bytes(size)} ({size} bytes) loaded, more than this worker's "
+                f"memory budget of {format_bytes(self.budget_bytes)} ({self.budget_bytes} bytes, --max-loaded-bytes) "
+                "even with no other model loaded")
+
+    def _check_fits(self, entry: ModelEntry) -> None:
+        message = self._too_large(entry)
+        if message is not None:
+            raise ModelTooLarge(message, field="model")
 
     def _check_hires(self, request: GenerationRequest, hires: HiresFix, entry: ModelEntry) -> None:
         if entry.family not in ("sd1", "sd2", "sdxl"):
@@ -554,9 +589,18 @@ class DiffusersEngine:
         slot = self._slots.get(entry.name)
         if slot is not None:
             self._slots.move_to_end(entry.name)
+            if self._last is not slot:
+                self._step_aside(slot)
             self._last = slot
             return slot
-        while self._slots and len(self._slots) >= max(1, self.settings.max_loaded_models):
+        self._check_fits(entry)
+        # Parts another loaded model already holds are kept through the evictions below and reused.
+        keys = self._pool.shared_keys(entry.parts) if self.settings.offload == "none" else {}
+        reused = self._pool.hold(entry.name, keys)
+        need = self._pool.missing_bytes(entry.parts, keys)
+        limit = self.settings.max_loaded_models
+        while self._slots and (self._pool.loaded_bytes + need > self.budget_bytes
+                               or (limit is not None and len(self._slots) >= limit)):
             self._evict(next(iter(self._slots)))
         _notify(on_model_load, entry.name, "started", 0.0)
         started = time.perf_counter()
@@ -565,15 +609,18 @@ class DiffusersEngine:
             if entry.kind == "file" and not self.settings.model_config_dir:
                 config = self.library.config_folder_for(entry)
             model = load_model(self.settings, entry.source, model_config=config, family=_flow_family(entry),
-                               transformer_only=entry.transformer_only)
-            slot = self._add_slot(entry, model)
+                               transformer_only=entry.transformer_only, components=reused)
+            del reused
+            slot = self._add_slot(entry, model, keys)
         except BaseException:
+            self._pool.release(entry.name)
             _notify(on_model_load, entry.name, "failed", time.perf_counter() - started)
             raise
         _notify(on_model_load, entry.name, "finished", time.perf_counter() - started)
         return slot
 
-    def _add_slot(self, entry: ModelEntry, model: LoadedModel) -> ModelSlot:
+    def _add_slot(self, entry: ModelEntry, model: LoadedModel, keys: dict[str, str] | None = None) -> ModelSlot:
+        self._pool.add(entry.name, model.pipe.components, keys or {})
         if model.family != entry.family:
             self.library.update_family(entry.name, model.family)
         if self._embeddings is None:
@@ -582,16 +629,28 @@ class DiffusersEngine:
                           fuse_loras=self.fuse_loras, max_cached_loras=self.max_cached_loras, settings=self.settings)
         self._slots[entry.name] = slot
         self._loaded_names = frozenset(self._slots)
+        self._step_aside(slot)
         self._last = slot
         return slot
+
+    def _step_aside(self, slot: ModelSlot) -> None:
+        """Before ``slot`` runs: the models it shares a text encoder with turn their LoRA adapters in it
+        off (peft's layers live in the shared module), so only ``slot``'s own adapters can act."""
+        for name in self._pool.sharers(slot.name):
+            other = self._slots.get(name)
+            if other is not None:
+                other.loras.step_aside()
 
     def _evict(self, name: str) -> None:
         slot = self._slots.pop(name)
         self._loaded_names = frozenset(self._slots)
         if self._last is slot:
             self._last = None
+        if self._pool.shared_with(name):
+            slot.loras.close()  # its adapters would stay in the shared text encoder
         slot.close()
         del slot
+        self._pool.release(name)
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -669,6 +728,21 @@ class DiffusersEngine:
             "height": request.height,
             "strength": request.strength,
         }
+
+
+def default_budget(settings: Settings) -> int:
+    """90% of the card's memory (the rest: activations, the CUDA context), or 75% of the RAM on the CPU
+    and MPS (the OS, the service and the job's activations share it)."""
+    from sdworker.engine.models import resolve_device
+
+    device, _ = resolve_device(settings)
+    if device.type == "cuda" and settings.offload == "none":
+        return int(torch.cuda.get_device_properties(device).total_memory * 0.9)
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 16 * 1024**3
+    return int(ram * 0.75)
 
 
 def _flow_family(entry: ModelEntry) -> str | None:

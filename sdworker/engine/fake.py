@@ -263,5 +263,10 @@ class FakeEngine:
                 outcomes.append(exc)
         return outcomes
 
+    @property
+    def loaded_bytes(self) -> int:
+        """A fake model weighs nothing; the figure is 1 MiB per loaded model, so ``/metrics`` shows one."""
+        return 0 if self.closed else 1024 * 1024
+
     def close(self) -> None:
         self.closed = True

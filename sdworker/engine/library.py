@@ -35,6 +35,7 @@ from sdworker.domain.unet_inpainting import INPAINTING
 from sdworker.engine.gguf_file import GGUF_SUFFIX, read_gguf_header
 from sdworker.engine.inpainting_unet import INPAINT_IN_CHANNELS
 from sdworker.engine.models import PICKLE_SUFFIXES, ModelSource, resolve_source
+from sdworker.engine.weights import WeightFiles, file_bytes, folder_parts, load_element_bytes, read_safetensors_header
 from sdworker.errors import InvalidRequest, LoraIncompatible, LoraNotFound, ModelError, ModelNotFound, UnsafeCheckpoint
 from sdworker.settings import Settings
 
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 _CONTEXT_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 # Families whose LoRAs are told apart by key names alone (no cross-attention width to compare).
 TRANSFORMER_FAMILIES = frozenset({"flux1", "sd3", "zimage", "qwenimage", "flux2"})
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
 _MAX_DEPTH = 4
 _CHECKPOINT_TO_K = re.compile(r"^model\.diffusion_model\..*attn2\.to_k\.weight$")
 # attn2's to_k down-projection in the peft, kohya and old diffusers ("processor.to_k_lora") layouts.
@@ -61,6 +61,13 @@ class ModelEntry:
     hash_file: Path | None  # what the model hash is taken of
     variant: str = ""  # FLUX.1 dev | schnell | fill | kontext; SD inpainting ("" = the family's default)
     transformer_only: bool = False  # a single file holding only the transformer (completed from a folder)
+    parts: tuple[WeightFiles, ...] = ()  # its weights by component, sized from the headers (none: unknown)
+
+    @property
+    def size_bytes(self) -> int | None:
+        """What the model holds once loaded (at the worker's dtype); None when the files cannot tell (a
+        hub id, a pickle, a model built in memory)."""
+        return sum(part.bytes for part in self.parts) if self.parts else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,19 +81,6 @@ class LoraEntry:
 
 def native_size(family: str) -> int:
     return family_facts(family).native_size
-
-
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (tensor names -> dtype/shape/offsets), without the data."""
-    with open(path, "rb") as handle:
-        length = int.from_bytes(handle.read(8), "little")
-        if not 2 <= length <= _MAX_HEADER_BYTES:
-            raise ValueError("not a safetensors file (bad header length)")
-        header = json.loads(handle.read(length))
-    if not isinstance(header, dict):
-        raise ValueError("not a safetensors file (header is not a map)")
-    header.pop("__metadata__", None)
-    return header
 
 
 class ModelLibrary:
@@ -147,6 +141,7 @@ class ModelLibrary:
             found.setdefault(extra.name, extra)
         if self._memory is not None:
             found[self._memory.name] = self._memory
+        found = {name: self._completed(entry, found) for name, entry in found.items()}
         with self._lock:
             self._models = dict(sorted(found.items()))
             self._default = self._pick_default()
@@ -164,6 +159,21 @@ class ModelLibrary:
             else:
                 self._extra = self._describe(Path(source.location), name, source)
         return self._extra
+
+    def _completed(self, entry: ModelEntry, found: dict[str, ModelEntry]) -> ModelEntry:
+        """A transformer-only file gets the other parts of the folder that completes it (its size then
+        counts the text encoders and VAE it will load, which it may share with that folder's model)."""
+        if not entry.transformer_only:
+            return entry
+        folder = self.settings.model_config_dir or _config_folder(entry, found.values())
+        if folder is None or not (Path(folder) / "model_index.json").is_file():
+            return entry
+        try:
+            rest = folder_parts(Path(folder), load_element_bytes(self.settings), skip=frozenset({"transformer"}))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot size the parts of %s for %s: %s", folder, entry.name, exc)
+            return entry
+        return replace(entry, parts=entry.parts + rest)
 
     def _pick_default(self) -> str | None:
         wanted = self.settings.default_model
@@ -211,10 +221,18 @@ class ModelLibrary:
     def _describe(self, path: Path, name: str, source: ModelSource) -> ModelEntry:
         is_demo = self.is_demo and source.kind == "folder"
         source = replace(source, is_demo=source.is_demo or is_demo)
+        element_bytes = load_element_bytes(self.settings)
         if source.kind == "folder":
-            return _describe_folder(path, name, source)
+            entry = _describe_folder(path, name, source)
+            return replace(entry, parts=folder_parts(path, element_bytes))
         if source.kind == "single_file":
-            return _describe_checkpoint(path, name, source)
+            gguf = path.suffix.lower() == GGUF_SUFFIX
+            header = read_gguf_header(path) if gguf else read_safetensors_header(path)
+            entry = _describe_checkpoint(path, name, source, header)
+            part = "transformer" if entry.transformer_only else "checkpoint"
+            # a GGUF file's blocks stay quantised in memory (dequantised per layer as it computes)
+            size = path.stat().st_size if gguf else file_bytes(path, element_bytes, header)
+            return replace(entry, parts=(WeightFiles(part, (path,), size),))
         return ModelEntry(name, "sd1", "file", source, native_size("sd1"), None, path)  # a pickle: not opened
 
     def models(self) -> list[ModelEntry]:
@@ -347,10 +365,14 @@ class ModelLibrary:
         """For a single-file checkpoint: a diffusers folder of the same family in the library, whose
         configs and tokenizers let diffusers load the file offline."""
         with self._lock:
-            fits = [other for other in self._models.values() if other.kind == "folder"
-                    and other.family == entry.family and other.context_dim == entry.context_dim]
-        fits.sort(key=lambda other: other.variant != entry.variant)  # the same variant first (a Fill's config)
-        return fits[0].source.location if fits else None
+            return _config_folder(entry, self._models.values())
+
+
+def _config_folder(entry: ModelEntry, models: Any) -> str | None:
+    fits = [other for other in models if other.kind == "folder"
+            and other.family == entry.family and other.context_dim == entry.context_dim]
+    fits.sort(key=lambda other: other.variant != entry.variant)  # the same variant first (a Fill's config)
+    return fits[0].source.location if fits else None
 
 
 def _describe_folder(path: Path, name: str, source: ModelSource) -> ModelEntry:
@@ -417,9 +439,8 @@ def flux1_variant(index: dict[str, Any], transformer: dict[str, Any]) -> str:
     return "dev" if transformer.get("guidance_embeds", True) else "schnell"
 
 
-def _describe_checkpoint(path: Path, name: str, source: ModelSource) -> ModelEntry:
+def _describe_checkpoint(path: Path, name: str, source: ModelSource, header: dict[str, Any]) -> ModelEntry:
     gguf = path.suffix.lower() == GGUF_SUFFIX
-    header = read_gguf_header(path) if gguf else read_safetensors_header(path)
     keys = header.keys()
     if gguf and not _is_flux1_transformer(keys):
         raise ValueError("GGUF files are read for FLUX.1 transformers only")

@@ -20,6 +20,7 @@ measures both the cost and the difference).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import warnings
@@ -34,6 +35,10 @@ from sdworker.engine.library import LoraEntry
 from sdworker.errors import LoraIncompatible
 
 log = logging.getLogger(__name__)
+
+# Adapter names are unique in the process, not per model: a text encoder shared by two models holds
+# both models' adapters, and peft refuses a second adapter of the same name.
+_ADAPTER_NUMBERS = itertools.count(1)
 
 
 class LoraAdapters:
@@ -51,7 +56,6 @@ class LoraAdapters:
         self._active: tuple[tuple[str, float], ...] = ()
         self._fused: tuple[tuple[str, float], ...] = ()
         self._enabled = True
-        self._count = 0
 
     @property
     def loaded(self) -> list[str]:
@@ -97,6 +101,31 @@ class LoraAdapters:
                 self._fused = state
         self._active = state
 
+    def step_aside(self) -> None:
+        """Another model that shares a text encoder with this one is about to run: switch this model's
+        adapters off (and unfuse them) and forget what was active, so the next ``activate`` here sets
+        them again instead of trusting layers the other model's ``set_adapters`` changed."""
+        if self._fused:
+            self.pipe.unfuse_lora()
+            self._fused = ()
+        if self._adapters and self._enabled:
+            self.pipe.disable_lora()
+        self._enabled = False
+        self._active = ()
+
+    def close(self) -> None:
+        """Delete every adapter (the model leaves memory while a part of it, shared, stays)."""
+        self.step_aside()
+        if self._adapters:
+            self._forget_all(list(self._adapters.values()))
+        self._adapters.clear()
+
+    def _forget_all(self, adapters: list[str]) -> None:
+        try:
+            self.pipe.delete_adapters(adapters)
+        except Exception:
+            log.debug("deleting adapters %s failed", adapters, exc_info=True)
+
     def _load(self, entry: LoraEntry, *, keep: set[str], field: str) -> str:
         key = str(entry.path)
         adapter = self._adapters.get(key)
@@ -104,11 +133,12 @@ class LoraAdapters:
             self._adapters.move_to_end(key)
             return adapter
         self._evict(keep)
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
-        self._count += 1
-        adapter = f"{re.sub(r'[^0-9A-Za-z_]', '_', entry.name)[:48]}_{self._count}"
-        state = load_file(str(entry.path))
+        adapter = f"{re.sub(r'[^0-9A-Za-z_]', '_', entry.name)[:48]}_{next(_ADAPTER_NUMBERS)}"
+        # Read whole, not mmapped: safetensors 0.8's mmap path keeps ~60 bytes per tensor per load for
+        # good, which a worker cycling LoRAs pays on every load; a LoRA file is small.
+        state = load(entry.path.read_bytes())
         try:
             with _quiet_loader():
                 self.pipe.load_lora_weights(state, adapter_name=adapter)

@@ -122,11 +122,15 @@ def load_model(
     model_config: str | None = None,
     family: str | None = None,
     transformer_only: bool = False,
+    components: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """Load a model onto its device: slow. ``source`` defaults to what ``settings.model`` names;
     ``model_config`` (a diffusers folder of the same architecture) defaults to ``--model-config``.
     ``family``: what the library found in the files (a transformer family loads through its adapter,
-    ``sdworker.engine.families``); None = a UNet family, told apart by the loaded pipeline."""
+    ``sdworker.engine.families``); None = a UNet family, told apart by the loaded pipeline.
+    ``components``: modules already in memory (a text encoder or VAE another model shares), used
+    instead of loading those parts. ``--offload``: the parts stay on the CPU and diffusers' hooks move
+    each to the card when it runs (``apply_offload``)."""
     source = source if source is not None else resolve_source(settings)
     label = source.location if source.kind != "memory" else settings.model
     device, dtype = resolve_device(settings)
@@ -141,24 +145,47 @@ def load_model(
     try:
         if adapter is not None:
             base = adapter.load_base(source, dtype, config, transformer_only=transformer_only,
-                                     use_safetensors=not settings.allow_unsafe_pickle, quantize=settings.quantize)
+                                     use_safetensors=not settings.allow_unsafe_pickle, quantize=settings.quantize,
+                                     components=components)
         else:
-            base = _load_base_pipeline(source, settings, dtype, config)
+            base = _load_base_pipeline(source, settings, dtype, config, components or {})
     except (ModelError, UnsafeCheckpoint):
         raise
     except Exception as exc:  # diffusers raises OSError, ValueError, EnvironmentError, safetensors errors...
         log.debug("loading %s failed", label, exc_info=True)
         raise ModelError(_load_failure(label, config, source, exc)) from exc
     family = family if adapter is not None and family is not None else detect_family(base)
+    offload = settings.offload if device.type == "cuda" else "none"  # Settings refuses it off CUDA
     try:
-        if device.type != "cpu":  # loaded on the CPU; .to() on the CPU only logs a warning per module
+        if device.type != "cpu" and offload == "none":  # loaded on the CPU; .to() there only logs warnings
             base.to(device)
     except Exception as exc:
         raise ModelError(f"model {label}: cannot move it to {device}: {_first_line(exc)}") from exc
-    if adapter is not None:
-        built: LoadedModel = adapter.build(base, device, dtype, source)
-        return built
-    return build_pipelines(base, family, device, dtype, source)
+    built: LoadedModel = (adapter.build(base, device, dtype, source) if adapter is not None
+                          else build_pipelines(base, family, device, dtype, source))
+    if offload != "none":
+        apply_offload(built, offload, device)
+    return built
+
+
+def apply_offload(model: LoadedModel, offload: str, device: torch.device) -> None:
+    """diffusers' CPU offload over a model's pipelines, which share their modules.
+
+    ``model``: ``enable_model_cpu_offload`` hooks each whole part (text encoder, UNet/transformer, VAE)
+    to move to the card when its ``forward`` starts and back when the next part starts; every pipeline
+    gets it, because a pipeline's call ends with ``maybe_free_model_hooks``, which re-installs the hooks
+    (and puts the last part back on the CPU) only on a pipeline that enabled offload itself.
+    ``sequential``: ``enable_sequential_cpu_offload`` keeps every weight on the CPU and streams each
+    layer to the card as it runs (slowest, least memory); its hooks live on the shared modules, so the
+    base pipeline installs them once and the other pipelines find the execution device through them.
+    """
+    pipes = [p for p in (model.pipe, model.text_to_image, model.image_to_image, model.inpaint) if p is not None]
+    unique = list({id(p): p for p in pipes}.values())
+    if offload == "sequential":
+        unique[0].enable_sequential_cpu_offload(device=device)
+        return
+    for pipe in unique:
+        pipe.enable_model_cpu_offload(device=device)
 
 
 def build_pipelines(
@@ -211,16 +238,25 @@ def detect_family(pipe: Any) -> str:
     return "sd2" if cross == 1024 else "sd1"
 
 
-def _load_base_pipeline(source: ModelSource, settings: Settings, dtype: torch.dtype, model_config: str | None) -> Any:
+def _load_base_pipeline(
+    source: ModelSource, settings: Settings, dtype: torch.dtype, model_config: str | None, components: dict[str, Any]
+) -> Any:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     if source.kind in ("folder", "hub"):
         cls = StableDiffusionXLPipeline if _folder_is_sdxl(source) else StableDiffusionPipeline
-        kwargs: dict[str, Any] = {"dtype": dtype}
+        kwargs: dict[str, Any] = {"dtype": dtype, **components}
         if cls is StableDiffusionPipeline:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
         if not settings.allow_unsafe_pickle:
             kwargs["use_safetensors"] = True  # a folder of .bin pickles is refused like a .ckpt
+        if source.kind == "folder" and _fits_read_whole(Path(source.location)):
+            # safetensors 0.8's mmap path keeps ~60 bytes per tensor per load for good (measured: ~30 KB
+            # per demo model load, the soak's RSS slope); reading the file whole does not. It costs a
+            # transient copy of the file, so only models of at most READ_WHOLE_BYTES do it. diffusers
+            # passes disable_mmap to its own models only: the text encoders are loaded here.
+            kwargs["disable_mmap"] = True
+            kwargs.update(_text_encoders_read_whole(Path(source.location), dtype, kwargs))
         return cls.from_pretrained(source.location, **kwargs)
     # single_file and (allowed) pickle: diffusers converts the original layout; for pickles its
     # loader calls torch.load(weights_only=True), so even an allowed pickle cannot run code.
@@ -233,6 +269,31 @@ def _load_base_pipeline(source: ModelSource, settings: Settings, dtype: torch.dt
             raise ModelError(f"--model-config {model_config}: no such folder")
         kwargs["config"] = str(Path(model_config).expanduser())
     return cls.from_single_file(source.location, **kwargs)
+
+
+READ_WHOLE_BYTES = 2 * 1024**3
+
+
+def _text_encoders_read_whole(folder: Path, dtype: torch.dtype, given: dict[str, Any]) -> dict[str, Any]:
+    """The folder's transformers text encoders not in ``given``, loaded with ``disable_mmap``."""
+    import transformers
+
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    loaded: dict[str, Any] = {}
+    for name, value in index.items():
+        if (name.startswith("text_encoder") and name not in given and isinstance(value, list)
+                and len(value) == 2 and value[0] == "transformers" and (folder / name).is_dir()):
+            cls = getattr(transformers, str(value[1]))
+            loaded[name] = cls.from_pretrained(str(folder / name), dtype=dtype, disable_mmap=True)
+    return loaded
+
+
+def _fits_read_whole(folder: Path) -> bool:
+    """Whether every weights file of a diffusers folder is small enough to read whole (not mmap)."""
+    try:
+        return all(f.stat().st_size <= READ_WHOLE_BYTES for f in folder.glob("*/*.safetensors"))
+    except OSError:
+        return False
 
 
 def _folder_is_sdxl(source: ModelSource) -> bool:

@@ -116,6 +116,11 @@ class Engine(Protocol):
         """Free what the engine holds (GPU memory)."""
         ...
 
+    @property
+    def loaded_bytes(self) -> int:
+        """Bytes of model weights in memory now (``/metrics``); read from any thread."""
+        ...
+
     # The model library. Unlike ``generate``, these may be called from any thread (the API's) while a
     # job runs: they read files' names and headers, never weights.
 
@@ -143,5 +148,6 @@ class Engine(Protocol):
         """Refuse at submit time what ``generate`` would refuse about the model and LoRAs (names from
         ``request.loras`` and the prompt's ``<lora:...>`` tags): ``ModelNotFound`` (404, field
         ``model``), ``LoraNotFound`` (404), ``LoraIncompatible``, ``UnsafeCheckpoint``,
-        ``InvalidRequest`` (4xx, field ``loras`` or ``prompt``). Loads nothing."""
+        ``InvalidRequest`` (4xx, field ``loras`` or ``prompt``), ``ModelTooLarge`` (a model bigger than the
+        memory budget even alone, field ``model``). Loads nothing."""
         ...

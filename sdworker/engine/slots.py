@@ -110,6 +110,24 @@ class ModelSlot:
 
     def close(self) -> None:
         self.decoders.clear()
+        release_tokenizers(self.model.pipe)
+
+
+def release_tokenizers(pipe: Any) -> None:
+    """Break the reference cycle each transformers ``CLIPTokenizer`` makes, so its Rust tokenizer (vocab
+    and merges) goes with the model by reference counting, not whenever (if ever) the cycle collector
+    looks through a pyo3 object.
+
+    ``CLIPTokenizer._wrap_decode_method_backend_tokenizer`` stores a closure over the backend's own bound
+    ``decode`` in the backend ``tokenizers.Tokenizer``'s ``__dict__``: backend -> closure -> bound method
+    -> backend. The model is leaving, nothing decodes with it any more: dropping the closure restores the
+    backend's plain ``decode``. (The soak's measured leak was elsewhere: ``models._fits_read_whole``.)
+    """
+    for component in pipe.components.values():
+        backend = getattr(component, "_tokenizer", None)
+        state = getattr(backend, "__dict__", None)
+        if isinstance(state, dict):
+            state.pop("decode", None)
 
 
 class TaesdCache:

@@ -42,6 +42,9 @@ class ServiceMetrics:
         self.previews = Counter(
             "sdworker_previews", "Previews by result (sent, skipped_busy, failed)", ["result"], registry=r
         )
+        self.loaded_model_bytes = Gauge(
+            "sdworker_loaded_model_bytes", "Bytes of model weights in memory (shared parts counted once)", registry=r
+        )
         self.watchers = Gauge("sdworker_sse_watchers", "Watchers subscribed to job events", registry=r)
         self.streams_open = Gauge("sdworker_sse_streams_open", "SSE responses in progress", registry=r)
         self.fleet_workers = Gauge(

@@ -88,6 +88,7 @@ class JobRunner:
         self._engine = engine
         self._source = source
         self._metrics = metrics
+        metrics.loaded_model_bytes.set_function(lambda: float(engine.loaded_bytes))
         self._models = models
         self._encode = encode or _default_encode
         self._png_text = png_text

@@ -14,7 +14,14 @@ from sdworker.domain.prompt_syntax import extract_lora_tags, normalize_lora_name
 from sdworker.domain.request import GenerationRequest
 from sdworker.domain.step_cache import check_cache_family
 from sdworker.domain.unet_inpainting import check_inpainting_model
-from sdworker.errors import LoraIncompatible, LoraNotFound, ModelNotFound, UnknownScheduler, Unsupported
+from sdworker.errors import (
+    LoraIncompatible,
+    LoraNotFound,
+    ModelNotFound,
+    ModelTooLarge,
+    UnknownScheduler,
+    Unsupported,
+)
 from sdworker.jobs.spec import JobDraft, JobSpec
 
 MAX_SEED = 2**32 - 1  # the engine's range; a drawn seed is reported back and reproduces the image
@@ -56,6 +63,14 @@ def check_against_library(
         raise ModelNotFound("model: the model library is empty", field="model")
     check_edit_model(request, chosen.family, chosen.variant, chosen.name)
     return chosen.name, chosen
+
+
+def check_model_fits(listed: list[ModelInfo]) -> None:
+    """An API node without the engine (Redis mode): ``listed`` is what each live worker said about the
+    job's model; when none of them can load it even alone (each over its ``--max-loaded-bytes``), the
+    job is refused now with the first worker's reason (model, size, budget) instead of failing later."""
+    if listed and all(entry.too_large for entry in listed):
+        raise ModelTooLarge(str(listed[0].too_large), field="model")
 
 
 def check_lora_names(draft: JobDraft, loras: tuple[LoraInfo, ...], family: str | None) -> None:

@@ -196,3 +196,22 @@ def test_a_taesd_of_the_wrong_family_exits_2_in_one_line(
     assert main(["serve", "--taesd", flag.format(**folders)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("sdworker: error: --taesd ") and said in err, err
+@pytest.mark.parametrize("offload", ["model", "sequential"])
+def test_offload_on_the_cpu_exits_2_with_one_line(offload: str) -> None:
+    """Offload moves parts to a CUDA card as they run: on the CPU it is refused before anything loads."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "sdworker", "serve", "--offload", offload, "--device", "cpu"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"sdworker: error: --offload '{offload}' ")
+    assert "--device is 'cpu'" in done.stderr and "CUDA" in done.stderr
+
+
+def test_the_byte_budget_takes_units_and_the_count_is_unset_by_default() -> None:
+    assert Settings().max_loaded_models is None and Settings().max_loaded_bytes is None
+    assert Settings(max_loaded_bytes="12GiB").max_loaded_bytes == 12 * 1024**3
+    assert Settings(max_loaded_bytes="20GB").max_loaded_bytes == 20 * 10**9
+    assert Settings(max_loaded_bytes="1500000000").max_loaded_bytes == 1_500_000_000
+    with pytest.raises(ValidationError, match="not a size"):
+        Settings(max_loaded_bytes="12XB")
+    assert Settings(offload="none", device="cpu").offload == "none"

@@ -31,20 +31,23 @@ class FlowAdapter:
     # -- loading ------------------------------------------------------------------------------------
 
     def load_base(self, source: ModelSource, dtype: torch.dtype, model_config: str | None, *,
-                  transformer_only: bool, use_safetensors: bool, quantize: str = "none") -> Any:
+                  transformer_only: bool, use_safetensors: bool, quantize: str = "none",
+                  components: dict[str, Any] | None = None) -> Any:
         """The family's base pipeline; ``quantize`` (``engine.quantize``) goes to diffusers as the
-        pipeline's quantisation config."""
+        pipeline's quantisation config. ``components``: modules already loaded for another model (shared
+        text encoders, VAE), passed to diffusers instead of loading those parts again."""
         import diffusers
 
         if source.kind in ("folder", "hub"):
             cls = getattr(diffusers, self.pipelines[0])
             return cls.from_pretrained(source.location, dtype=dtype, use_safetensors=use_safetensors,
-                                       **quantized(quantize, self.family, dtype))
+                                       **quantized(quantize, self.family, dtype), **(components or {}))
         return self.load_single_file(source, dtype, model_config, transformer_only=transformer_only,
-                                     quantize=quantize)
+                                     quantize=quantize, components=components)
 
     def load_single_file(self, source: ModelSource, dtype: torch.dtype, model_config: str | None, *,
-                         transformer_only: bool, quantize: str = "none") -> Any:
+                         transformer_only: bool, quantize: str = "none",
+                         components: dict[str, Any] | None = None) -> Any:
         raise ModelError(f"model {source.location}: single-file {self.label} checkpoints are not supported yet; "
                          "use a diffusers folder")
 

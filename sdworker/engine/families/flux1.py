@@ -33,16 +33,18 @@ class Flux1Adapter(FlowAdapter):
     packed = True
 
     def load_base(self, source: ModelSource, dtype: torch.dtype, model_config: str | None, *,
-                  transformer_only: bool, use_safetensors: bool, quantize: str = "none") -> Any:
+                  transformer_only: bool, use_safetensors: bool, quantize: str = "none",
+                  components: dict[str, Any] | None = None) -> Any:
         if source.kind == "folder":
             cls = _pipeline_class(source.location)
             return cls.from_pretrained(source.location, dtype=dtype, use_safetensors=use_safetensors,
-                                       **quantized(quantize, self.family, dtype))
+                                       **quantized(quantize, self.family, dtype), **(components or {}))
         return super().load_base(source, dtype, model_config, transformer_only=transformer_only,
-                                 use_safetensors=use_safetensors, quantize=quantize)
+                                 use_safetensors=use_safetensors, quantize=quantize, components=components)
 
     def load_single_file(self, source: ModelSource, dtype: torch.dtype, model_config: str | None, *,
-                         transformer_only: bool, quantize: str = "none") -> Any:
+                         transformer_only: bool, quantize: str = "none",
+                         components: dict[str, Any] | None = None) -> Any:
         """A transformer file (``.safetensors``, or ``.gguf``: already quantised, loaded through
         ``GGUFQuantizationConfig`` and dequantised block by block as it computes) completed from a
         diffusers FLUX.1 folder."""
@@ -66,7 +68,7 @@ class Flux1Adapter(FlowAdapter):
             )
         cls = diffusers.FluxFillPipeline if transformer.config.in_channels == 384 else diffusers.FluxPipeline
         return cls.from_pretrained(str(folder), transformer=transformer, dtype=dtype,
-                                   **quantized(quantize, self.family, dtype, transformer=False))
+                                   **quantized(quantize, self.family, dtype, transformer=False), **(components or {}))
 
     def build(self, base: Any, device: torch.device, dtype: torch.dtype, source: ModelSource) -> LoadedModel:
         """A Fill model inpaints only and an edit model (Kontext) runs only edits (``engine.edit``, through

@@ -32,7 +32,8 @@ class Flux2Adapter(FlowAdapter):
     packed = True
 
     def load_base(self, source: ModelSource, dtype: torch.dtype, model_config: str | None, *,
-                  transformer_only: bool, use_safetensors: bool, quantize: str = "none") -> Any:
+                  transformer_only: bool, use_safetensors: bool, quantize: str = "none",
+                  components: dict[str, Any] | None = None) -> Any:
         import diffusers
 
         if source.kind == "folder":
@@ -40,9 +41,10 @@ class Flux2Adapter(FlowAdapter):
             name = "Flux2KleinPipeline" if "Klein" in str(index.get("_class_name", "")) else "Flux2Pipeline"
             return getattr(diffusers, name).from_pretrained(source.location, dtype=dtype,
                                                             use_safetensors=use_safetensors,
-                                                            **quantized(quantize, self.family, dtype))
+                                                            **quantized(quantize, self.family, dtype),
+                                                            **(components or {}))
         return super().load_base(source, dtype, model_config, transformer_only=transformer_only,
-                                 use_safetensors=use_safetensors, quantize=quantize)
+                                 use_safetensors=use_safetensors, quantize=quantize, components=components)
 
     def build(self, base: Any, device: torch.device, dtype: torch.dtype, source: ModelSource) -> LoadedModel:
         """dev has its text-to-image pipeline only (diffusers has no FLUX.2 dev inpaint pipeline)."""

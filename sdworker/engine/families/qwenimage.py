@@ -31,7 +31,8 @@ class QwenImageAdapter(FlowAdapter):
     packed = True
 
     def load_base(self, source: ModelSource, dtype: torch.dtype, model_config: str | None, *,
-                  transformer_only: bool, use_safetensors: bool, quantize: str = "none") -> Any:
+                  transformer_only: bool, use_safetensors: bool, quantize: str = "none",
+                  components: dict[str, Any] | None = None) -> Any:
         import diffusers
 
         if source.kind == "folder":
@@ -39,9 +40,9 @@ class QwenImageAdapter(FlowAdapter):
             if "Edit" in str(index.get("_class_name", "")):
                 cls = getattr(diffusers, str(index["_class_name"]))
                 return cls.from_pretrained(source.location, dtype=dtype, use_safetensors=use_safetensors,
-                                           **quantized(quantize, self.family, dtype))
+                                           **quantized(quantize, self.family, dtype), **(components or {}))
         return super().load_base(source, dtype, model_config, transformer_only=transformer_only,
-                                 use_safetensors=use_safetensors, quantize=quantize)
+                                 use_safetensors=use_safetensors, quantize=quantize, components=components)
 
     def build(self, base: Any, device: torch.device, dtype: torch.dtype, source: ModelSource) -> LoadedModel:
         if "Edit" in type(base).__name__:

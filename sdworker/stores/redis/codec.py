@@ -189,7 +189,8 @@ def library_record(models: tuple[ModelInfo, ...], loras: tuple[LoraInfo, ...]) -
         "models": [
             {"name": m.name, "family": m.family, "kind": m.kind, "native_size": m.native_size, "loaded": m.loaded,
              "default": m.is_default, "sha256": m.sha256, "variant": m.variant, "default_steps": m.default_steps,
-             "default_guidance": m.default_guidance, "size_multiple": m.size_multiple}
+             "default_guidance": m.default_guidance, "size_multiple": m.size_multiple, "size_bytes": m.size_bytes,
+             "too_large": m.too_large}
             for m in models
         ],
         "loras": [{"name": lora.name, "family": lora.family, "format": lora.format} for lora in loras],
@@ -203,7 +204,9 @@ def parse_library(raw: bytes) -> tuple[tuple[ModelInfo, ...], tuple[LoraInfo, ..
         ModelInfo(str(m["name"]), str(m["family"]), str(m.get("kind", "")), "", int(m["native_size"]),
                   loaded=bool(m.get("loaded")), is_default=bool(m.get("default")), sha256=m.get("sha256"),
                   variant=str(m.get("variant", "")), default_steps=int(m.get("default_steps", 20)),
-                  default_guidance=float(m.get("default_guidance", 7.5)), size_multiple=int(m.get("size_multiple", 8)))
+                  default_guidance=float(m.get("default_guidance", 7.5)), size_multiple=int(m.get("size_multiple", 8)),
+                  size_bytes=int(m["size_bytes"]) if m.get("size_bytes") is not None else None,
+                  too_large=str(m["too_large"]) if m.get("too_large") else None)
         for m in library.get("models", ())
     )
     loras = tuple(

@@ -54,6 +54,7 @@ from sdworker.jobs.submission import (
     check_against_engine,
     check_family_rules,
     check_lora_names,
+    check_model_fits,
     resolve_model,
 )
 from sdworker.settings import KeyQuota, Settings
@@ -236,6 +237,7 @@ class RedisJobService:
         self._refuse_failed_only(draft.request.model or default, served, fleet)
         model = resolve_model(draft.request.model, served, default)
         check_against_engine(draft, engines.get(model))
+        check_model_fits([entry for models, _ in libraries.values() for entry in models if entry.name == model])
         if fleet.library:  # workers list their LoRAs: refuse unknown names here, not as a failed job
             served_model = _library_entry(model, fleet)
             check_lora_names(draft, fleet.loras, served_model.family if served_model else None)
