@@ -51,6 +51,7 @@ FACTS = FamilyFacts(
         "image_transform": "FluxImg2ImgPipeline",
         "image_inpaint": "FluxInpaintPipeline",
         "fill": "FluxFillPipeline",
+        "image_edit": "FluxKontextPipeline",  # on a Kontext model only (``domain.edit``)
     },
     index_classes=("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxFillPipeline",
                    "FluxKontextPipeline"),

@@ -44,6 +44,7 @@ FACTS = FamilyFacts(
         "image_generation": "QwenImagePipeline",
         "image_transform": "QwenImageImg2ImgPipeline",
         "image_inpaint": "QwenImageInpaintPipeline",
+        "image_edit": "QwenImageEditPipeline",  # an edit model only (``domain.edit``; Plus has its own)
     },
     index_classes=("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline",
                    "QwenImageEditPipeline", "QwenImageEditPlusPipeline"),
