@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-dir", default=None, help="default: the demo bundle's models")
     parser.add_argument("--lora-dir", default=None, help="default: the demo bundle's LoRAs")
     parser.add_argument("--cache-dir", default=None, help="where the demo bundle is built (a temporary folder)")
-    parser.add_argument("--models", nargs=2, default=None, help="two model names (default: the first two UNet models)")
+    parser.add_argument("--models", nargs=2, default=None, help="two model names (default: the first two plain UNet models)")
     parser.add_argument("--loras", nargs="+", default=None, help="LoRAs for the first model (default: all that fit)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4)
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                         dtype=args.dtype, max_loaded_models=max_loaded)
 
     probe = DiffusersEngine(settings(1))
-    names = args.models or [m.name for m in probe.list_models() if m.family in ("sd1", "sd2", "sdxl")][:2]
+    names = args.models or [m.name for m in probe.list_models()
+                            if m.family in ("sd1", "sd2", "sdxl") and not m.variant][:2]  # plain txt2img UNets
     first = probe.library.model(names[0])
     loras = args.loras
     if loras is None:

@@ -141,7 +141,7 @@ class DiffusersEngine:
         context = None if adapter is not None else pipe.unet.config.get("cross_attention_dim")
         entry = ModelEntry(model_name, family, "memory", ModelSource("memory", model_name), native_size(family),
                            context if isinstance(context, int) else None, None,
-                           variant=unet_variant(pipe.unet.config.get("in_channels")))
+                           variant="" if adapter is not None else unet_variant(pipe.unet.config.get("in_channels")))
         engine._library = ModelLibrary(settings, memory=entry)
         if adapter is not None:
             model = adapter.build(pipe, pipe.device, denoiser.dtype, entry.source)

@@ -72,7 +72,8 @@ def test_models_bench_smoke(demo_cache_dir: Path, tmp_path: Path) -> None:
     argv = ["--cache-dir", str(demo_cache_dir), "--rounds", "1", "--steps", "2", "--json", str(out)]
     assert load_bench("models").main(argv) == 0
     result = json.loads(out.read_text())
-    assert result["models"] == ["demo-sd15", "demo-sdxl"] and result["loras"] == ["demo-kohya", "demo-peft"]
+    assert result["models"] == ["demo-sd15", "demo-sdxl"], result["models"]
+    assert result["loras"] == ["demo-kohya", "demo-peft"]
     assert result["cold_load_s"] > 0 and result["s_per_step_unfused"] > 0
     assert result["fused_drift_max_pixel"] >= 0
 

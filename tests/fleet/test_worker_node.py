@@ -2,8 +2,8 @@
 behind a real ``sdworker api`` node.
 
 The worker runs with ``--health-port`` (``/health``, ``/ready``), ``--queen-url`` (rbee's heartbeats
-to a stub queen in this process), ``--max-pixels`` 4096 (64x64: the API node, on its own CPU default,
-accepts 128x128) and preview flags unlike the API node's defaults (every 2nd step, PNG)."""
+to a stub queen in this process), ``--max-pixels`` 4096 (64x64: the API node accepts 128x128 when a
+bigger worker of the model registered) and preview flags unlike the API node's defaults (every 2nd step, PNG)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from tests.live.server import free_port
 from tests.redis_server import RedisServer
@@ -59,8 +60,10 @@ class StubQueen:
 
 
 class Node:
-    def __init__(self, api: ApiNode, worker: Worker, health: str, queen: StubQueen) -> None:
+    def __init__(self, api: ApiNode, worker: Worker, health: str, queen: StubQueen, redis_url: str,
+                 prefix: str) -> None:
         self.api, self.worker, self.health, self.queen = api, worker, health, queen
+        self.redis_url, self.prefix = redis_url, prefix
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +82,7 @@ def node(redis_server: RedisServer, demo_cache_dir: Path, tmp_path: Path) -> Ite
     try:
         api.wait_up()
         wait_until(lambda: workers_ready(api.url, {"probe-1"}), 120, worker.log, worker)
-        yield Node(api, worker, f"http://127.0.0.1:{health_port}", queen)
+        yield Node(api, worker, f"http://127.0.0.1:{health_port}", queen, redis_server.url, prefix)
     finally:
         worker.stop() if worker.alive() else worker.kill()
         api.stop()
@@ -137,6 +140,15 @@ def test_the_worker_sends_rbee_heartbeats_to_its_queen(node: Node) -> None:
 
 
 def test_an_oversize_job_fails_with_too_large_and_the_worker_keeps_serving(node: Node) -> None:
+    # The API node accepts what the largest registered worker of the model takes (scale to zero keeps a
+    # day of registrations): a bigger worker registered today and gone now lets the 128x128 job through,
+    # and this 64x64 worker is the one that claims it.
+    client = redis.Redis.from_url(node.redis_url)
+    record = json.loads(client.hget(f"{node.prefix}:registered", "probe-1") or b"{}")
+    record["id"], record["limits"]["max_pixels"] = "big-gone", 1024 * 1024
+    client.hset(f"{node.prefix}:registered", "big-gone", json.dumps(record))
+    client.close()
+
     async def scenario() -> None:
         async with httpx.AsyncClient(timeout=30) as client:
             job_id, watcher = await _run(client, node.api.url, _body(128, 2, {"every": 0}))
