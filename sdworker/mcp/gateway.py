@@ -116,6 +116,8 @@ class ClientGateway:
         for name in ("init_image", "mask_image"):  # the client takes image bytes and sends base64
             if isinstance(fields.get(name), str):
                 fields[name] = base64.b64decode(fields[name])
+        if isinstance(fields.get("reference_images"), list):
+            fields["reference_images"] = [base64.b64decode(image) for image in fields["reference_images"]]
         try:
             job = await self.client.submit(prompt, **fields)
         except ClientError as exc:

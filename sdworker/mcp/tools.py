@@ -57,6 +57,7 @@ _GENERATE_FIELDS = (
 _EDIT_FIELDS = (
     "prompt", "negative_prompt", "model", "strength", "steps", "seed", "guidance_scale", "scheduler", "loras",
 )
+EDIT_VARIANTS = ("kontext", "edit", "edit-plus")  # FLUX.1 Kontext, Qwen-Image-Edit(-Plus): sdworker.domain.edit
 _RESULT_NOTE = (
     f" Returns the image downsized to at most {PREVIEW_MAX_SIDE} px on its longest side (JPEG), a resource "
     "link to the full-size PNG, and the job id, seed and parameters as JSON text. Takes seconds to minutes; "
@@ -93,7 +94,9 @@ def tool_list(openapi: dict[str, Any], *, local_files: bool) -> list[types.Tool]
             name="edit_image",
             title="Edit an image",
             description="Change an existing image following a prompt: img2img (whole image) or inpainting "
-            "(only where the mask is white)." + _RESULT_NOTE,
+            "(only where the mask is white). On an edit model (list_models: variant kontext, edit or edit-plus) "
+            "without a mask, the prompt is an instruction ('make the door red') that the model's edit "
+            "pipeline follows, keeping the rest of the image." + _RESULT_NOTE,
             input_schema=_object(
                 {"image": image, "mask": mask, **{n: fields[n] for n in _EDIT_FIELDS if n in fields}},
                 ["image", "prompt"],
@@ -216,6 +219,11 @@ class ToolRunner:
                 raise ToolError("invalid_request", "image: required (base64, a data: URL, or a path/URL)", "image")
             body["init_image"] = await self.gateway.image_base64(arguments["image"], "image")
             body["operation"] = "image_transform"
+            if arguments.get("mask") is None and await self._is_edit_model(arguments.get("model")):
+                # an edit model follows the instruction from its reference image (its own pipeline)
+                body["reference_images"] = [body.pop("init_image")]
+                body["operation"] = "image_edit"
+                body.pop("strength", None)
             if arguments.get("mask") is not None:
                 if not isinstance(arguments["mask"], str):
                     raise ToolError("invalid_request", "mask: expected a string (base64, data: URL, path/URL)", "mask")
@@ -225,6 +233,13 @@ class ToolRunner:
         finished = await self._follow(job_id)
         job = await self.gateway.get(job_id)
         return self._result(job_id, finished, job)
+
+    async def _is_edit_model(self, model: object) -> bool:
+        """Whether ``model`` (None: the default) is an edit model (``variant`` in ``GET /v1/models``)."""
+        for entry in (await self.gateway.models())["models"]:
+            if entry.get("id") == model or (model is None and entry.get("default")):
+                return entry.get("variant") in EDIT_VARIANTS
+        return False
 
     async def _follow(self, job_id: str) -> Finished:
         try:

@@ -7,13 +7,14 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 import pytest
 import uvicorn
 
 from sdworker.api.app import create_app
+from sdworker.domain.catalog import ModelInfo
 from sdworker.engine.fake import FakeEngine
 from sdworker.settings import Settings
 from tests.live.server import free_port
@@ -48,9 +49,17 @@ class Worker:
         return job
 
 
+class EditFakeEngine(FakeEngine):
+    """The fake library plus ``kontext``, listed as an edit model (``variant``), as FLUX.1 Kontext is."""
+
+    def list_models(self) -> tuple[ModelInfo, ...]:
+        return tuple(replace(m, family="flux1", variant="kontext") if m.name == "kontext" else m
+                     for m in super().list_models())
+
+
 @pytest.fixture(scope="module")
 def worker() -> Iterator[Worker]:
-    engine = FakeEngine(step_seconds=STEP_SECONDS)
+    engine = EditFakeEngine(models=("fake", "kontext"), step_seconds=STEP_SECONDS)
     port = free_port()
     settings = Settings(port=port, api_keys=(KEY, OTHER_KEY), shutdown_grace_seconds=5.0, preview_min_interval_ms=0)
     server = uvicorn.Server(uvicorn.Config(create_app(settings, engine), host="127.0.0.1", port=port,

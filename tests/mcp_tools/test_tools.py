@@ -175,6 +175,12 @@ async def _edit(client: Client) -> None:
         "edit_image", {"image": png_b64(64, 64), "mask": png_b64(64, 64, "L"), "prompt": "a hat", "steps": 2}
     )
     assert not mask.is_error and summary_of(mask)["parameters"]["operation"] == "image_inpaint"
+    # On an edit model (listed with its variant), the image is the reference of the model's edit job.
+    edit = await client.call_tool("edit_image", {"image": png_b64(64, 64), "prompt": "make it red", "steps": 2,
+                                                 "model": "kontext", "strength": 0.5})
+    assert not edit.is_error, text_of(edit)
+    parameters = summary_of(edit)["parameters"]
+    assert parameters["operation"] == "image_edit" and parameters["model"] == "kontext", parameters
 
 
 async def test_without_the_key(worker: Worker, connect: Connect) -> None:
