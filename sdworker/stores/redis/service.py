@@ -530,8 +530,7 @@ class RedisJobService:
         self.bus.close_all()
         if self._deadline_task is not None:
             self._deadline_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._deadline_task
+            await asyncio.wait({self._deadline_task}, timeout=2.0)
         await self._webhooks.close()
         if self._sweeper is not None:
             self._sweeper.cancel()

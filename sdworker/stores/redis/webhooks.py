@@ -68,18 +68,21 @@ class RedisWebhookRelay:
         self.render: Callable[[JobView], dict[str, Any]] = lambda v: {"job_id": v.job_id, "status": v.status.value}
         self._task: asyncio.Task[None] | None = None
         self._busy: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
         self._lease_ms = max(1000, int(settings.claim_idle_seconds * 1000))
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sdw-webhooks")
 
     async def close(self) -> None:
+        # The flag ends the relay loop even if a cancellation is swallowed inside a Redis call (seen as
+        # a shutdown that never finished); the wait is bounded for the same reason.
+        self._stopping = True
         tasks = [t for t in (self._task, *self._busy.values()) if t is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
 
     async def watch(self, job_id: str, created_at: float) -> None:
         """List a job whose webhooks this fleet owes (at submit)."""
@@ -91,7 +94,7 @@ class RedisWebhookRelay:
 
     async def _run(self) -> None:
         async with httpx.AsyncClient(timeout=TIMEOUT) as client:
-            while True:
+            while not self._stopping:
                 try:
                     ids = await self._redis.zrange(self._keys.webhook_jobs, 0, JOBS_PER_ROUND - 1)
                     for raw in ids:
