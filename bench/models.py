@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-dir", default=None, help="default: the demo bundle's models")
     parser.add_argument("--lora-dir", default=None, help="default: the demo bundle's LoRAs")
     parser.add_argument("--cache-dir", default=None, help="where the demo bundle is built (a temporary folder)")
-    parser.add_argument("--models", nargs=2, default=None, help="two model names (default: the first two plain UNet models)")
+    parser.add_argument("--models", nargs=2, default=None,
+                        help="two model names (default: the first two plain UNet models)")
     parser.add_argument("--loras", nargs="+", default=None, help="LoRAs for the first model (default: all that fit)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4)
