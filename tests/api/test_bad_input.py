@@ -122,7 +122,7 @@ CASES: list[tuple[str, Any, int, str]] = [
      "controlnet.0.image"),
     ("malformed JSON", b'{"prompt": "a", ', 400, "body"),
     ("body not an object", b'["a cat"]', 422, "body"),
-    ("body above max_body_bytes", {**OK, "negative_prompt": "x" * 5000}, 413, "body"),
+    ("body above max_body_bytes", {**OK, "negative_prompt": "x" * 70_000}, 413, "body"),
 ]
 
 

@@ -1,9 +1,10 @@
 """The documentation: it builds in strict mode, and every example marked ``<!-- demo-test -->`` (a
 ``bash`` or ``python`` block right after the marker) runs against a live ``sdworker serve --model demo``
-(the live tests' shared server: its small body limit and queue are no obstacle to an example).
+(the live tests' shared server: its body limit and small queue are no obstacle to an example).
 
-Examples are written against ``make run``'s address, http://127.0.0.1:7833; the test points them at its
-own server by replacing that address. Mark only examples that run against the demo model in seconds.
+Examples are written against ``make run``'s address, http://127.0.0.1:7833 (or ``port=7833``, as
+``webuiapi`` takes it); the test points them at its own server by replacing that address. Mark only
+examples that run against the demo model in seconds.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -57,7 +59,7 @@ def test_the_site_builds_strict(tmp_path: Path) -> None:
 @pytest.mark.live
 @pytest.mark.parametrize(("where", "language", "code"), EXAMPLES, ids=[where for where, _, _ in EXAMPLES])
 def test_example_runs(where: str, language: str, code: str, live_server: LiveServer, tmp_path: Path) -> None:
-    code = code.replace(DOCS_ADDRESS, live_server.url)
+    code = code.replace(DOCS_ADDRESS, live_server.url).replace("port=7833", f"port={urlsplit(live_server.url).port}")
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)}
     command = ["bash", "-euo", "pipefail", "-c", code] if language == "bash" else [sys.executable, "-c", code]
