@@ -4,7 +4,8 @@
    before it returns; Redis: the submit script plus ``WAITAOF`` where the server has it).
 2. **per event**: what one step event costs the GPU side (``Lease.publish``: the bus plus the store's
    write; Redis: until the lease's outbox is flushed), and, for SQLite, the store's own write timed
-   directly, as a share of a demo step (``--step-ms``).
+   directly, as a share of a demo step: the demo pipeline's step on one CPU thread, timed in the same
+   run (``--step-ms`` gives a fixed figure instead).
 3. **soak**: ``--soak`` jobs through submit, claim, ``--events`` steps and complete with a PNG, under
    the store's retention (``--max-results``): RSS, open files and (SQLite) the data folder's size at
    every fifth of the run; flat numbers mean nothing grows without bound.
@@ -200,6 +201,31 @@ async def run_soak(name: str, folder: Path, args: argparse.Namespace, redis_url:
     return samples
 
 
+def demo_step_ms(rounds: int = 3) -> float:
+    """One UNet step of the demo model at its 64 px on one CPU thread: the difference between a 12-step
+    and a 2-step call (so the text encoder, VAE and set-up cancel out), the fastest of ``rounds``."""
+    import torch
+
+    from bench.archs import ARCHS
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pipe = ARCHS["demo"]()
+        pipe.set_progress_bar_config(disable=True)
+
+        def call(steps: int) -> float:
+            started = time.perf_counter()
+            pipe("a lighthouse", num_inference_steps=steps, width=64, height=64,
+                 generator=torch.Generator().manual_seed(0))
+            return time.perf_counter() - started
+
+        call(2)  # warm-up
+        return min(call(12) - call(2) for _ in range(rounds)) / 10 * 1000
+    finally:
+        torch.set_num_threads(threads)
+
+
 def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\nsubmit ({args.submits} jobs), per step event ({args.events} events), demo step = {args.step_ms} ms\n")
     print("| store | submit p50 ms | submit p99 ms | publish per event µs | store write per event µs | share of step |")
@@ -239,12 +265,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis", default=None, help="a running Redis (default: start redis-server)")
     parser.add_argument("--submits", type=int, default=300)
     parser.add_argument("--events", type=int, default=2000)
-    parser.add_argument("--step-ms", type=float, default=15.0, help="a demo step on one CPU thread")
+    parser.add_argument("--step-ms", type=float, default=None,
+                        help="a demo step in ms (default: time the demo pipeline's step on one CPU thread)")
     parser.add_argument("--soak", type=int, default=500)
     parser.add_argument("--soak-events", type=int, default=20)
     parser.add_argument("--max-results", type=int, default=100)
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "store.json")
     args = parser.parse_args(argv)
+    if args.step_ms is None:
+        args.step_ms = demo_step_ms()
     results = asyncio.run(main_async(args))
     print_table(results, args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
