@@ -46,6 +46,7 @@ from sdworker.domain.control import CancelToken
 from sdworker.domain.edit import check_edit_model, decoded_references
 from sdworker.domain.families import family_facts
 from sdworker.domain.hires import HiresFix, check_hires, hires_size
+from sdworker.domain.prompt_length import PromptTokenizer, counted_texts
 from sdworker.domain.prompt_syntax import extract_lora_tags, merge_loras
 from sdworker.domain.request import GenerationRequest, Operation, settle_defaults, settle_size
 from sdworker.domain.result import AppliedLora, GenerationResult
@@ -275,16 +276,29 @@ class DiffusersEngine:
 
     def _check_prompt_length(self, entry: ModelEntry, prompt: str, negative_prompt: str) -> None:
         """A prompt longer than a transformer family's text encoder reads is a 4xx (``prompt_limits``)."""
-        adapter = flow_adapter(entry.family)
-        if adapter is None:
-            return  # CLIP families: A1111's chunks take any length
-        folder = entry.source.location if entry.kind == "folder" else (
-            str(self.settings.model_config_dir) if self.settings.model_config_dir
-            else self.library.config_folder_for(entry))
-        texts = {"prompt": adapter.plain_prompt(prompt)[0]}
-        if adapter.takes_negative_prompt:
-            texts["negative_prompt"] = negative_prompt
-        self._prompt_limits.check(family_facts(entry.family), folder, texts)
+        facts = family_facts(entry.family)
+        self._prompt_limits.check(facts, self._tokenizer_folder(entry), counted_texts(facts, prompt, negative_prompt))
+
+    def _tokenizer_folder(self, entry: ModelEntry) -> str | None:
+        if flow_adapter(entry.family) is None:
+            return None  # CLIP families: A1111's chunks take any length
+        if entry.kind == "folder":
+            return entry.source.location
+        if self.settings.model_config_dir:
+            return str(self.settings.model_config_dir)
+        return self.library.config_folder_for(entry)
+
+    def prompt_tokenizers(self) -> dict[str, tuple[PromptTokenizer, str]]:
+        """Model name -> how its prompts are counted and its tokenizer's JSON, for every model whose
+        family limits prompt length: what a fleet worker registers so API nodes refuse a long prompt at
+        submit as this engine would (``domain.prompt_length``). Reads tokenizer files (once per model)."""
+        found: dict[str, tuple[PromptTokenizer, str]] = {}
+        for info in self.list_models():
+            entry = self.library.model(info.name)
+            exported = self._prompt_limits.export(family_facts(entry.family), self._tokenizer_folder(entry))
+            if exported is not None:
+                found[info.name] = exported
+        return found
 
     def _check_pixels(self, width: int, height: int) -> None:
         """This worker's own limit (``--max-pixels``, by default its device's): a fleet's API node
