@@ -111,3 +111,24 @@ def test_a_cancelled_job_leaves_and_the_others_finish(engine: DiffusersEngine) -
     assert isinstance(second, GenerationResult)
     alone = engine.generate(_job("demo-flux1", "a dog", 5, 3.5))
     assert _psnr(pixels(second.images[0]), pixels(alone.images[0])) >= 40
+
+
+def test_flux1_schnell_jobs_batch_without_guidance() -> None:
+    """A transformer without a guidance input (schnell) takes none in the shared call either."""
+    import torch
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    from sdworker.engine.demo_flow import FLUX1_TRANSFORMER_CONFIG, build_demo_flux1_components
+
+    parts = build_demo_flux1_components(77)
+    torch.manual_seed(78)
+    parts["transformer"] = FluxTransformer2DModel(**{**FLUX1_TRANSFORMER_CONFIG, "guidance_embeds": False}).eval()
+    engine = DiffusersEngine.from_pipeline(FluxPipeline(**parts), Settings(device="cpu"), model_name="schnell",
+                                           family="flux1")
+    requests = [_job("schnell", "a photo of a cat", 1, 0.0), _job("schnell", LONG, 2, 0.0)]
+    with _rows(engine, "schnell") as rows:
+        batched = engine.generate_batch([BatchItem(r) for r in requests])
+    assert rows == [2] * STEPS
+    for request, got in zip(requests, batched, strict=True):
+        assert isinstance(got, GenerationResult), got
+        assert _psnr(pixels(got.images[0]), pixels(engine.generate(request).images[0])) >= 40
