@@ -24,6 +24,7 @@ Which models cannot batch, and why, is each family's ``BatchHooks.refusal`` (and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -131,6 +132,23 @@ def _cfg_rows(job: BatchJob) -> int:
     return 2 if job.inputs["cfg"] else 1
 
 
+def _latent_rows(jobs: list[BatchJob]) -> torch.Tensor:
+    """Each job's latents, twice for a job with a CFG pass (its two halves of rows)."""
+    return torch.cat([torch.cat([job.latents] * _cfg_rows(job)) for job in jobs])
+
+
+def _per_job(jobs: list[BatchJob], prediction: torch.Tensor,
+             guide: Callable[[BatchJob, torch.Tensor, torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+    """Each job's rows of ``prediction``; a job with a CFG pass gets its two halves combined by
+    ``guide(job, first half, second half)``, in the order its pipeline lays them out."""
+    halves = prediction.split([job.rows * _cfg_rows(job) for job in jobs])
+    return [guide(job, *rows.chunk(2)) if job.inputs["cfg"] else rows for job, rows in zip(jobs, halves, strict=True)]
+
+
+def _cfg(job: BatchJob, uncond: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    return uncond + job.inputs["guidance"] * (cond - uncond)
+
+
 class Flux1Batch(FlowBatch):
     family = "flux1"
     pipeline = "FluxPipeline"
@@ -202,7 +220,7 @@ class Sd3Batch(FlowBatch):
         return {"cfg": cfg, "embeds": rows[0], "pooled": rows[1], "guidance": float(kwargs["guidance_scale"])}, latents
 
     def predict(self, pipe: Any, jobs: list[BatchJob], index: int, t: torch.Tensor) -> list[torch.Tensor]:
-        latents = torch.cat([torch.cat([job.latents] * _cfg_rows(job)) for job in jobs])
+        latents = _latent_rows(jobs)
         prediction = pipe.transformer(
             hidden_states=latents,
             timestep=t.expand(latents.shape[0]),
@@ -211,13 +229,7 @@ class Sd3Batch(FlowBatch):
             joint_attention_kwargs=None,
             return_dict=False,
         )[0]
-        guided: list[torch.Tensor] = []
-        for job, rows in zip(jobs, prediction.split([job.rows * _cfg_rows(job) for job in jobs]), strict=True):
-            if job.inputs["cfg"]:
-                uncond, cond = rows.chunk(2)
-                rows = uncond + job.inputs["guidance"] * (cond - uncond)
-            guided.append(rows)
-        return guided
+        return _per_job(jobs, prediction, _cfg)  # the pipeline's [uncond; cond]
 
 
 class ZImageBatch(FlowBatch):
@@ -309,7 +321,7 @@ class QwenImageBatch(FlowBatch):
         return {"cfg": cfg, "embeds": embeds, "masks": masks, "grid": grid, "guidance": guidance}, latents
 
     def predict(self, pipe: Any, jobs: list[BatchJob], index: int, t: torch.Tensor) -> list[torch.Tensor]:
-        latents = torch.cat([torch.cat([job.latents] * _cfg_rows(job)) for job in jobs])
+        latents = _latent_rows(jobs)
         embeds = [e for job in jobs for e in job.inputs["embeds"]]
         masks = [m for job in jobs for m in job.inputs["masks"]]
         longest = max(e.shape[1] for e in embeds)
@@ -325,14 +337,13 @@ class QwenImageBatch(FlowBatch):
             attention_kwargs={},
             return_dict=False,
         )[0]
-        guided: list[torch.Tensor] = []
-        for job, rows in zip(jobs, prediction.split([job.rows * _cfg_rows(job) for job in jobs]), strict=True):
-            if job.inputs["cfg"]:
-                cond, negative = rows.chunk(2)
-                combined = negative + job.inputs["guidance"] * (cond - negative)
-                rows = combined * (torch.norm(cond, dim=-1, keepdim=True) / torch.norm(combined, dim=-1, keepdim=True))
-            guided.append(rows)
-        return guided
+        return _per_job(jobs, prediction, _true_cfg)
+
+
+def _true_cfg(job: BatchJob, cond: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """Qwen-Image's true CFG, rescaled to the cond prediction's norm as its pipeline does."""
+    combined = _cfg(job, negative, cond)
+    return combined * (torch.norm(cond, dim=-1, keepdim=True) / torch.norm(combined, dim=-1, keepdim=True))
 
 
 class Flux2KleinBatch(FlowBatch):
@@ -369,7 +380,7 @@ class Flux2KleinBatch(FlowBatch):
                 "latent_ids": torch.cat([latent_ids] * len(texts)), "guidance": guidance}, latents
 
     def predict(self, pipe: Any, jobs: list[BatchJob], index: int, t: torch.Tensor) -> list[torch.Tensor]:
-        latents = torch.cat([torch.cat([job.latents] * _cfg_rows(job)) for job in jobs])
+        latents = _latent_rows(jobs)
         prediction = pipe.transformer(
             hidden_states=latents.to(pipe.transformer.dtype),
             timestep=t.expand(latents.shape[0]).to(latents.dtype) / 1000,
@@ -380,14 +391,7 @@ class Flux2KleinBatch(FlowBatch):
             joint_attention_kwargs=None,
             return_dict=False,
         )[0]
-        prediction = prediction[:, : latents.size(1)]
-        guided: list[torch.Tensor] = []
-        for job, rows in zip(jobs, prediction.split([job.rows * _cfg_rows(job) for job in jobs]), strict=True):
-            if job.inputs["cfg"]:
-                cond, negative = rows.chunk(2)
-                rows = negative + job.inputs["guidance"] * (cond - negative)
-            guided.append(rows)
-        return guided
+        return _per_job(jobs, prediction[:, : latents.size(1)], lambda job, cond, negative: _cfg(job, negative, cond))
 
 
 HOOKS: dict[str, FlowBatch] = {hooks.family: hooks for hooks in (Flux1Batch(), Sd3Batch(), ZImageBatch(),
