@@ -580,7 +580,8 @@ class DiffusersEngine:
             return {position: failure(exc) for position in group}
         members = [(p, items[p], prompts[p], _seed(items[p].request)) for p in group]
         hooks = batch_hooks(slot.model.family)
-        log.info("%d jobs share each network call of one batch", len(group))
+        network = "UNet" if flow_adapter(slot.model.family) is None else "transformer"
+        log.info("%d jobs share each %s call of one batch", len(group), network)
         outcomes = run_group(slot, hooks, applied, members, lambda item: self._generate_alone(item, on_model_load))
         if slot.model.device.type == "cuda" and any(isinstance(o, Exception) for o in outcomes.values()):
             gc.collect()  # as generate does after a cancel or a failure: hand the cached blocks back
