@@ -5,6 +5,13 @@
     .venv/bin/python bench/engine.py --arch sd15 --size 256 --steps 4 --rounds 3 --compile
     .venv/bin/python bench/engine.py --arch sd15 --size 512 --device cuda --dtype float16 --compile --batches 1 2 4 8
     .venv/bin/python bench/engine.py --arch sdxl --size 1024 --device cuda --dtype float16 --compile --batches 1 2 4
+    .venv/bin/python bench/engine.py --arch flux1 --tiny                          # CPU: the tiny demo transformer
+    .venv/bin/python bench/engine.py --arch flux1 --device cuda --dtype bfloat16 --steps 28 --batches 1 2
+
+Flow families (``--arch flux1|sd3|zimage|qwenimage|flux2``): at their real architecture sizes with random
+weights (``bench/flow_archs.py``: FLUX.1 dev, SD 3.5 large, Z-Image-Turbo, Qwen-Image, FLUX.2 klein),
+built directly on the device in its dtype (no CPU copy); ``--tiny``: the demo bundle's tiny models,
+for the CPU. Jobs use the family's default guidance (its CFG rows, or none), in both columns.
 
 (1) ``direct`` calls the diffusers pipeline, ``engine`` calls ``DiffusersEngine.generate`` with a
 no-op step hook (the runner always passes one), interleaved (direct, engine, engine, direct, ...) in
@@ -33,14 +40,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
 DEFAULT_SIZE = {"demo": 64, "sd15": 256, "sdxl": 1024}
+FLOW = ("flux1", "sd3", "zimage", "qwenimage", "flux2")
 PROMPTS = ("a photo of an astronaut riding a horse", "a watercolour of a lighthouse at dusk",
            "a bowl of ramen, studio lighting", "a red fox in fresh snow")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--arch", choices=("demo", "sd15", "sdxl"), default="demo")
-    parser.add_argument("--size", type=int, default=None, help="image side in px (demo 64, sd15 256, sdxl 1024)")
+    parser.add_argument("--arch", choices=("demo", "sd15", "sdxl", *FLOW), default="demo")
+    parser.add_argument("--tiny", action="store_true", help="flow families: the tiny demo model (CPU)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="image side in px (demo 64, sd15 256, sdxl 1024, flow: native, --tiny 64)")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="auto")
@@ -55,13 +65,19 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bench.archs import ARCHS
+    from bench.flow_archs import FLOW_ARCHS
+    from bench.gpu import on_device
     from sdworker.engine.diffusers_engine import DiffusersEngine
     from sdworker.engine.models import resolve_device
     from sdworker.settings import Settings
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    size = args.size or DEFAULT_SIZE[args.arch]
+    family = args.family = FLOW_ARCHS[args.arch][0] if args.arch in FLOW_ARCHS else None
+    if family is not None:
+        size = args.size or (64 if args.tiny else FLOW_ARCHS[args.arch][3])
+    else:
+        size = args.size or DEFAULT_SIZE[args.arch]
     cache_dir = Path(args.cache_dir) if args.cache_dir else Path(tempfile_dir())
     base = {"model": args.arch, "device": args.device, "dtype": args.dtype, "cache_dir": cache_dir,
             "max_batch": max(args.batches)}
@@ -69,21 +85,25 @@ def main(argv: list[str] | None = None) -> int:
     device, dtype = resolve_device(settings)
 
     def build() -> Any:
-        pipe = ARCHS[args.arch]()
-        if device.type != "cpu" or dtype != torch.float32:  # built as fp32 on the CPU
-            pipe.to(device=device, dtype=dtype)
+        if family is not None and not args.tiny:  # tens of GB: allocated on the device in its dtype
+            with on_device(device, dtype):
+                pipe = FLOW_ARCHS[args.arch][1]()
+        else:
+            pipe = FLOW_ARCHS[args.arch][2]() if family is not None else ARCHS[args.arch]()
+            if device.type != "cpu" or dtype != torch.float32:  # built as fp32 on the CPU
+                pipe.to(device=device, dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
     started = time.perf_counter()
     pipe = build()
     build_seconds = time.perf_counter() - started
-    engines = {"eager": DiffusersEngine.from_pipeline(pipe, settings, model_name=args.arch)}
+    engines = {"eager": DiffusersEngine.from_pipeline(pipe, settings, model_name=args.arch, family=family)}
     compile_seconds = None
     if args.compile:
         started = time.perf_counter()
         compiled = Settings(**base, compile=True, compile_sizes=(f"{size}x{size}",))
-        engines["compiled"] = DiffusersEngine.from_pipeline(build(), compiled, model_name=args.arch)
+        engines["compiled"] = DiffusersEngine.from_pipeline(build(), compiled, model_name=args.arch, family=family)
         compile_seconds = time.perf_counter() - started  # the build, the compile and its warm-up
 
     def sync() -> None:
@@ -101,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     result |= overhead(args, pipe, engines["eager"], size, timer)
     result["throughput"] = throughput(args, pipe, engines, size, timer)
     if "compiled" in engines:  # proof that the compiled graph ran (and how often the eager fallback did)
-        forward = engines["compiled"].model.text_to_image.unet.forward
+        network = engines["compiled"].model.text_to_image
+        forward = (network.unet if family is None else network.transformer).forward
         result["compiled_unet_calls"] = getattr(forward, "compiled_calls", None)
         result["eager_unet_calls"] = getattr(forward, "eager_calls", None)
         result["warm_seconds"] = getattr(forward, "warm_seconds", None)
@@ -133,11 +154,37 @@ class Timer:
         return time.perf_counter() - started
 
 
-def direct_call(args: argparse.Namespace, pipe: Any, size: int, prompt: str, seed: int) -> Callable[[], Any]:
+def direct_call(args: argparse.Namespace, pipe: Any, size: int, prompt: str, seed: int,
+                engine: Any = None) -> Callable[[], Any]:
+    """Raw diffusers: the pipeline called as a user would. A flow family gets the very arguments the
+    engine passes (its guidance argument, Qwen-Image's " " negative), from the family's adapter."""
     import torch
 
-    return lambda: pipe(prompt, num_inference_steps=args.steps, width=size, height=size,
-                        generator=torch.Generator("cpu").manual_seed(seed))
+    if args.family is None:
+        return lambda: pipe(prompt, num_inference_steps=args.steps, width=size, height=size,
+                            generator=torch.Generator("cpu").manual_seed(seed))
+    from sdworker.engine.families import flow_adapter
+
+    adapter = flow_adapter(args.family)
+    assert adapter is not None and engine is not None
+    request = flow_request(args, prompt, size, seed)
+
+    def run() -> Any:
+        generators = [torch.Generator("cpu").manual_seed(seed)]
+        called, kwargs = adapter.call_arguments(engine.model, request, prompt, generators)
+        return called(**kwargs)
+
+    return run
+
+
+def flow_request(args: argparse.Namespace, prompt: str, size: int, seed: int) -> Any:
+    """A job on a flow family, with the family's default guidance (its CFG rows or none)."""
+    from sdworker.domain.families import family_facts
+    from sdworker.domain.request import GenerationRequest
+
+    guidance = family_facts(args.family).defaults_for("").guidance
+    return GenerationRequest(prompt, num_inference_steps=args.steps, width=size, height=size, seed=seed,
+                             guidance_scale=guidance)
 
 
 def overhead(args: argparse.Namespace, pipe: Any, engine: Any, size: int, timer: Timer) -> dict[str, Any]:
@@ -150,7 +197,9 @@ def overhead(args: argparse.Namespace, pipe: Any, engine: Any, size: int, timer:
 
     prompt, seed = PROMPTS[0], 1234
     request = GenerationRequest(prompt, num_inference_steps=args.steps, width=size, height=size, seed=seed)
-    runs = {"direct": direct_call(args, pipe, size, prompt, seed),
+    if args.family is not None:
+        request = flow_request(args, prompt, size, seed)
+    runs = {"direct": direct_call(args, pipe, size, prompt, seed, engine),
             "engine": lambda: engine.generate(request, on_step=no_op)}
     timer(runs["direct"]), timer(runs["engine"])  # warm-up: allocator, kernels, caches
     loop_steps = int(getattr(pipe, "_num_timesteps", args.steps))  # PNDM runs one more than asked
@@ -183,6 +232,8 @@ def throughput(
         return None
 
     def requests(count: int) -> list[GenerationRequest]:
+        if args.family is not None:
+            return [flow_request(args, PROMPTS[i % len(PROMPTS)], size, 1000 + i) for i in range(count)]
         return [GenerationRequest(PROMPTS[i % len(PROMPTS)], num_inference_steps=args.steps, width=size,
                                   height=size, seed=1000 + i, guidance_scale=6.0 + i % 3) for i in range(count)]
 
@@ -199,7 +250,8 @@ def throughput(
 
         return run
 
-    runs: dict[tuple[str, int], Callable[[], Any]] = {("direct", 1): direct_call(args, pipe, size, PROMPTS[0], 1000)}
+    runs: dict[tuple[str, int], Callable[[], Any]] = {
+        ("direct", 1): direct_call(args, pipe, size, PROMPTS[0], 1000, engines["eager"])}
     for mode, engine in engines.items():
         for count in args.batches:
             runs[(mode, count)] = job_runner(engine, count)
@@ -229,9 +281,9 @@ def print_tables(result: dict[str, Any]) -> None:
     if result.get("compile_seconds") is not None:
         print(f"compiled engine: {result['compile_seconds']:.1f} s to build, compile and warm; UNet calls "
               f"compiled {result.get('compiled_unet_calls')}, eager {result.get('eager_unet_calls')}")
-    print(f"{'arch':6} {'size':>5} {'steps':>5} {'device':8} {'direct s/step':>14} {'engine s/step':>14} "
+    print(f"{'arch':9} {'size':>5} {'steps':>5} {'device':8} {'direct s/step':>14} {'engine s/step':>14} "
           f"{'ratio':>7} {'ratio(min)':>10} {'hook us/step':>12}")
-    print(f"{result['arch']:6} {result['size']:5d} {result['loop_steps']:5d} {result['device']:8} "
+    print(f"{result['arch']:9} {result['size']:5d} {result['loop_steps']:5d} {result['device']:8} "
           f"{result['direct_median_s_per_step']:14.4f} {result['engine_median_s_per_step']:14.4f} "
           f"{result['overhead_ratio']:7.3f} {result['overhead_ratio_of_minima']:10.3f} "
           f"{result['engine_python_us_per_step']:12.1f}")

@@ -10,10 +10,12 @@ What runs alone (through ``generate``), and why:
 - image-to-image and inpainting: their timesteps depend on ``strength`` and the inpainting UNet takes
   extra input channels; batching them is possible but not done yet;
 - a job with a LoRA (``loras`` or a ``<lora:...>`` tag): the adapters apply to every row of a call;
-- ``guidance_scale <= 1``: the pipeline then runs no classifier-free guidance (one row per image, no
-  negative prompt), a different row layout; rare enough to run alone.
+Whether a job runs a classifier-free guidance pass (``guidance_scale`` > 1) is part of the key: the
+UNet call lays its rows out as ``[uncond...; cond...]`` for every job, so an SD job without CFG runs
+alone (the engine's ``batch_unet`` says so); the flow families' calls take each job's own rows.
 
-SD 1.x, SD 2.x (v-prediction too: the schedulers handle it) and SDXL batch alike.
+SD 1.x, SD 2.x (v-prediction too: the schedulers handle it) and SDXL batch alike; of the flow families,
+those whose facts say ``batching`` (``engine/batch_flow.py`` holds their hooks).
 
 The engine adds the one condition that needs the loaded model: the prompt embeddings must have the same
 sequence length (a long or weighted prompt encoded A1111's way is 77 x chunks tokens).
@@ -53,6 +55,7 @@ class BatchKey:
     num_inference_steps: int
     scheduler: str | None  # our canonical name; None = the model's own
     clip_skip: int | None
+    guided: bool  # guidance_scale > 1: a classifier-free guidance pass for the UNet families
 
 
 def batch_key(request: GenerationRequest, model: str | None = None) -> BatchKey | None:
@@ -64,7 +67,7 @@ def batch_key(request: GenerationRequest, model: str | None = None) -> BatchKey 
     """
     if request.num_inference_steps is None or request.guidance_scale is None:
         return None  # not settled: runs alone, and generate settles it
-    if request.operation is not Operation.TEXT_TO_IMAGE or not request.guidance_scale > 1:
+    if request.operation is not Operation.TEXT_TO_IMAGE:
         return None
     if request.loras or request.width is None or request.height is None or request.hires is not None:
         return None  # a hires fix has a second pass the shared loop does not run
@@ -84,6 +87,7 @@ def batch_key(request: GenerationRequest, model: str | None = None) -> BatchKey 
         num_inference_steps=request.num_inference_steps,
         scheduler=scheduler,
         clip_skip=request.clip_skip,
+        guided=request.guidance_scale > 1,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sdworker.domain.prompt_length import PromptTokenizer
 from sdworker.domain.request import Operation
 
 
@@ -43,6 +44,7 @@ class ModelInfo:
     size_multiple: int = 8
     size_bytes: int | None = None  # its weights once loaded, from the safetensors headers (None: unknown)
     too_large: str | None = None  # why this worker cannot load it even alone (over its --max-loaded-bytes)
+    prompt_tokenizer: PromptTokenizer | None = None  # how a fleet worker's API nodes count its prompts
 
     @property
     def short_hash(self) -> str | None:

@@ -46,13 +46,16 @@ from sdworker.domain.control import CancelToken
 from sdworker.domain.edit import check_edit_model, decoded_references
 from sdworker.domain.families import family_facts
 from sdworker.domain.hires import HiresFix, check_hires, hires_size
+from sdworker.domain.prompt_length import PromptTokenizer, counted_texts
 from sdworker.domain.prompt_syntax import extract_lora_tags, merge_loras
 from sdworker.domain.request import GenerationRequest, Operation, settle_defaults, settle_size
 from sdworker.domain.result import AppliedLora, GenerationResult
 from sdworker.domain.scheduler_names import SCHEDULER_NAMES
 from sdworker.domain.step_cache import check_cache_family
 from sdworker.domain.unet_inpainting import INPAINTING, check_inpainting_model
-from sdworker.engine.batch import failure, run_group
+from sdworker.engine.batch import BatchFamily, failure, run_group
+from sdworker.engine.batch_flow import HOOKS as FLOW_BATCH_HOOKS
+from sdworker.engine.batch_unet import UNetBatch
 from sdworker.engine.components import ComponentPool
 from sdworker.engine.controlnet import ControlNets, control_images, controlnet_call
 from sdworker.engine.decoding import decode_latents
@@ -62,7 +65,6 @@ from sdworker.engine.demo_upscaler import UPSCALERS_DIR
 from sdworker.engine.edit import edit_call
 from sdworker.engine.embeddings import EmbeddingStore
 from sdworker.engine.families import flow_adapter, ignored_field_warnings, unpacking_renderer
-from sdworker.engine.flow_batch import run_flow_group
 from sdworker.engine.hashing import HashCache
 from sdworker.engine.hires import Finish, between_passes, first_pass_output, planned_steps, second_pass_image
 from sdworker.engine.inpainting_unet import full_mask_arguments, is_inpainting_unet
@@ -274,16 +276,29 @@ class DiffusersEngine:
 
     def _check_prompt_length(self, entry: ModelEntry, prompt: str, negative_prompt: str) -> None:
         """A prompt longer than a transformer family's text encoder reads is a 4xx (``prompt_limits``)."""
-        adapter = flow_adapter(entry.family)
-        if adapter is None:
-            return  # CLIP families: A1111's chunks take any length
-        folder = entry.source.location if entry.kind == "folder" else (
-            str(self.settings.model_config_dir) if self.settings.model_config_dir
-            else self.library.config_folder_for(entry))
-        texts = {"prompt": adapter.plain_prompt(prompt)[0]}
-        if adapter.takes_negative_prompt:
-            texts["negative_prompt"] = negative_prompt
-        self._prompt_limits.check(family_facts(entry.family), folder, texts)
+        facts = family_facts(entry.family)
+        self._prompt_limits.check(facts, self._tokenizer_folder(entry), counted_texts(facts, prompt, negative_prompt))
+
+    def _tokenizer_folder(self, entry: ModelEntry) -> str | None:
+        if flow_adapter(entry.family) is None:
+            return None  # CLIP families: A1111's chunks take any length
+        if entry.kind == "folder":
+            return entry.source.location
+        if self.settings.model_config_dir:
+            return str(self.settings.model_config_dir)
+        return self.library.config_folder_for(entry)
+
+    def prompt_tokenizers(self) -> dict[str, tuple[PromptTokenizer, str]]:
+        """Model name -> how its prompts are counted and its tokenizer's JSON, for every model whose
+        family limits prompt length: what a fleet worker registers so API nodes refuse a long prompt at
+        submit as this engine would (``domain.prompt_length``). Reads tokenizer files (once per model)."""
+        found: dict[str, tuple[PromptTokenizer, str]] = {}
+        for info in self.list_models():
+            entry = self.library.model(info.name)
+            exported = self._prompt_limits.export(family_facts(entry.family), self._tokenizer_folder(entry))
+            if exported is not None:
+                found[info.name] = exported
+        return found
 
     def _check_pixels(self, width: int, height: int) -> None:
         """This worker's own limit (``--max-pixels``, by default its device's): a fleet's API node
@@ -515,7 +530,7 @@ class DiffusersEngine:
         self, items: Sequence[BatchItem], on_model_load: ModelLoadHook | None = None
     ) -> list[GenerationResult | Exception]:
         """Run several jobs; those that can share one UNet call per step do (``batch_plan`` says which:
-        text-to-image, same model, size, steps and scheduler, no LoRA, guidance > 1; SDXL too), in one
+        text-to-image, same model, size, steps and scheduler, no LoRA; SDXL and the flow families too), in one
         loop per group (``batch``: each job's own generators, scheduler, guidance, hook and cancel, so
         its pixels equal its solo run). The others run one after another through ``generate``, and so
         does a group of one. Groups run in the order of their first item. Returns, per item and in
@@ -564,10 +579,10 @@ class DiffusersEngine:
         except Exception as exc:  # as generate would fail each of them
             return {position: failure(exc) for position in group}
         members = [(p, items[p], prompts[p], _seed(items[p].request)) for p in group]
-        flow = flow_adapter(slot.model.family) is not None  # FLUX.1
-        log.info("%d jobs share each %s call of one batch", len(group), "transformer" if flow else "UNet")
-        shared_loop = run_flow_group if flow else run_group
-        outcomes = shared_loop(slot, applied, members, lambda item: self._generate_alone(item, on_model_load))
+        hooks = batch_hooks(slot.model.family)
+        network = "UNet" if flow_adapter(slot.model.family) is None else "transformer"
+        log.info("%d jobs share each %s call of one batch", len(group), network)
+        outcomes = run_group(slot, hooks, applied, members, lambda item: self._generate_alone(item, on_model_load))
         if slot.model.device.type == "cuda" and any(isinstance(o, Exception) for o in outcomes.values()):
             gc.collect()  # as generate does after a cancel or a failure: hand the cached blocks back
             torch.cuda.empty_cache()
@@ -743,6 +758,11 @@ def default_budget(settings: Settings) -> int:
     except (ValueError, OSError, AttributeError):
         ram = 16 * 1024**3
     return int(ram * 0.75)
+
+
+def batch_hooks(family: str) -> BatchFamily:
+    """The shared batch loop's hooks for ``family`` (``batch_unet`` for the UNet families)."""
+    return FLOW_BATCH_HOOKS[family] if flow_adapter(family) is not None else UNetBatch()
 
 
 def _flow_family(entry: ModelEntry) -> str | None:

@@ -18,6 +18,7 @@ from PIL import Image
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.checks import check_strength
 from sdworker.domain.control import CancelToken
+from sdworker.domain.prompt_length import PromptTokenizer
 from sdworker.domain.prompt_syntax import extract_lora_tags, merge_loras
 from sdworker.domain.request import GenerationRequest, settle_defaults, settle_size
 from sdworker.domain.result import AppliedLora, GenerationResult
@@ -174,6 +175,9 @@ class FakeEngine:
 
     def refresh(self) -> None:
         pass
+
+    def prompt_tokenizers(self) -> dict[str, tuple[PromptTokenizer, str]]:
+        return {}  # the fake's family (sd1) has no prompt limit
 
     def validate_request(self, request: GenerationRequest) -> None:
         request = settle_defaults(request, *FAKE_DEFAULTS)

@@ -72,7 +72,8 @@ class _Encoder:
 
     @property
     def hidden_size(self) -> int:
-        return int(self.text_encoder.config.hidden_size)
+        # A multimodal encoder's config (FLUX.2 dev's Mistral 3) keeps the size in its text config.
+        return int(self.text_encoder.config.get_text_config().hidden_size)
 
 
 class PromptEncoder:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.control import CancelToken
+from sdworker.domain.prompt_length import PromptTokenizer
 from sdworker.domain.request import GenerationRequest
 from sdworker.domain.result import GenerationResult
 
@@ -142,6 +143,11 @@ class Engine(Protocol):
 
     def refresh(self) -> None:
         """Rescan the models (and embeddings) folders."""
+        ...
+
+    def prompt_tokenizers(self) -> dict[str, tuple[PromptTokenizer, str]]:
+        """Model name -> how its prompts are counted and its tokenizer's JSON (``domain.prompt_length``),
+        for the models whose family limits prompt length: what a fleet worker registers."""
         ...
 
     def validate_request(self, request: GenerationRequest) -> None:

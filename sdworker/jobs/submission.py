@@ -10,6 +10,7 @@ from typing import Protocol
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.edit import check_edit_model
 from sdworker.domain.families import family_facts, request_warnings
+from sdworker.domain.prompt_length import PromptTokenizer
 from sdworker.domain.prompt_syntax import extract_lora_tags, normalize_lora_name
 from sdworker.domain.request import GenerationRequest
 from sdworker.domain.step_cache import check_cache_family
@@ -42,6 +43,11 @@ class ModelLibrary(Protocol):
     def refresh(self) -> None: ...
 
     def validate_request(self, request: GenerationRequest) -> None: ...
+
+    def prompt_tokenizers(self) -> dict[str, tuple[PromptTokenizer, str]]:
+        """Model name -> how its prompts are counted and the tokenizer's JSON (``domain.prompt_length``);
+        a fleet worker registers them so its API nodes refuse a too-long prompt at submit."""
+        ...
 
 
 def check_against_library(

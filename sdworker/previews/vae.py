@@ -9,6 +9,8 @@ who want the exact final colours and to measure that cost, not to be cheap. Use 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -70,3 +72,24 @@ class VaeDecoder:
         scaled = first / self.scaling_factor + self.shift_factor  # a new tensor: the input stays as it was
         images = self._decode_upcast(scaled) if self.needs_upcast else self.vae.decode(scaled).sample
         return to_preview_pixels(images, size)
+
+
+class DenormalisingVaeDecoder:
+    """The ``vae`` preview of a family whose loop holds normalised latents that its VAE cannot take as
+    they are (FLUX.2: batch-norm statistics over patches; Qwen-Image: Wan's per-channel mean and std,
+    and a video VAE). ``denormalise(vae, latents)`` gives what the pipeline hands its VAE after the loop;
+    a video VAE's one frame is the picture."""
+
+    method = "vae"
+
+    def __init__(self, vae: Any, denormalise: Callable[[Any, torch.Tensor], torch.Tensor]) -> None:
+        self.vae = vae
+        self.denormalise = denormalise
+        self.image_factor = vae_image_factor(vae)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor, max_size: int) -> npt.NDArray[np.uint8]:
+        size = preview_size(latents.shape[-2], latents.shape[-1], max_size, self.image_factor)
+        parameter = next(self.vae.parameters())
+        images = self.vae.decode(self.denormalise(self.vae, latents[0:1].to(parameter.device))).sample
+        return to_preview_pixels(images[:, :, 0] if images.ndim == 5 else images, size)

@@ -38,6 +38,18 @@ def test_engine_bench_smoke(tmp_path: Path) -> None:
     assert all(len(row["seconds"]) == 1 and row["jobs_per_s"] > 0 for row in rows.values())
 
 
+def test_engine_bench_smoke_on_a_tiny_flow_family(tmp_path: Path) -> None:
+    """``--arch qwenimage --tiny``: the demo Qwen-Image, raw diffusers with the engine's own arguments
+    (its true CFG against " "), batches through the shared loop's Qwen-Image hooks."""
+    module = load_bench("engine")
+    out = tmp_path / "engine.json"
+    argv = ["--arch", "qwenimage", "--tiny", "--steps", "2", "--rounds", "1", "--batches", "1", "2"]
+    assert module.main([*argv, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert (result["arch"], result["size"], result["loop_steps"]) == ("qwenimage", 64, 2)
+    assert {(row["mode"], row["batch"]) for row in result["throughput"]} == {("direct", 1), ("eager", 1), ("eager", 2)}
+
+
 def test_previews_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "previews.json"
     argv = ["--arch", "demo", "--size", "64", "--steps", "4", "--rounds", "1", "--methods", "latent2rgb", "taesd"]

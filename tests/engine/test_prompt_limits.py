@@ -58,3 +58,27 @@ def test_llm_encoders_count_the_chat_template_and_clip_families_take_any_length(
         engine.validate_request(GenerationRequest(_words(130), model="demo-flux2"))
     engine.validate_request(GenerationRequest(_words(250), model="demo-qwenimage"))  # 1000 tokens of 1024
     engine.validate_request(GenerationRequest(_words(900), model="demo-sd15"))  # A1111 chunks: no limit
+
+
+@pytest.mark.parametrize("model", ["demo-flux1", "demo-sd3", "demo-zimage", "demo-qwenimage", "demo-flux2"])
+def test_what_a_worker_registers_counts_as_the_engine_counts(engine: DiffusersEngine, model: str) -> None:
+    """An API node's count (``TokenCounter``: the registered tokenizers JSON and chat template text)
+    refuses exactly where the engine does."""
+    from sdworker.domain.families import family_facts
+    from sdworker.domain.prompt_length import TokenCounter, check_counts
+
+    registered, tokenizer_json = engine.prompt_tokenizers()[model]
+    counter = TokenCounter(tokenizer_json, registered)
+    facts = family_facts(engine.library.model(model).family)
+    for words in range(0, 1100, 7):
+        text = _words(words) + (" and a red barn, at dusk" if words % 2 else "")
+        engine_refuses = api_refuses = False
+        try:
+            engine.validate_request(GenerationRequest(text or "x", model=model))
+        except InvalidRequest:
+            engine_refuses = True
+        try:
+            check_counts(facts, {"prompt": text or "x"}, counter)
+        except InvalidRequest:
+            api_refuses = True
+        assert engine_refuses == api_refuses, (model, words)

@@ -186,6 +186,7 @@ def test_taesd_takes_a_family_prefix_and_repeats(tmp_path: Path) -> None:
     ("{taef1}", "its latent_channels is 16; Stable Diffusion 1.x latents have 4"),
     ("flux3={taef1}", "'flux3' is not a model family"),
     ("flux2={taef1}", "TAEF2 is not an AutoencoderTiny and is not supported yet"),
+    ("qwenimage={taef1}", "TAEHV (Wan's tiny decoder) is not an AutoencoderTiny and is not supported yet"),
     ("sd3={tmp}/missing", "no readable config.json"),
 ])
 def test_a_taesd_of_the_wrong_family_exits_2_in_one_line(

@@ -44,7 +44,9 @@ FACTS = FamilyFacts(
     prompt_syntax="plain",
     schedulers=("euler",),
     default_scheduler="euler",
-    batching=True,  # text-to-image on dev (guidance > 1): engine.flow_batch
+    # Text-to-image on dev and schnell (engine/batch_flow.py); Fill and Kontext models run alone (their
+    # pipelines add image latents to every row).
+    batching=True,
     latent=FLUX1_LATENT,
     pipelines={
         "image_generation": "FluxPipeline",

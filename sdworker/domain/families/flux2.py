@@ -54,7 +54,9 @@ FACTS = FamilyFacts(
     prompt_syntax="plain",
     schedulers=("euler",),
     default_scheduler="euler",
-    batching=False,
+    # klein only (engine/batch_flow.py). dev runs alone: its Mistral encoder and guidance input make a
+    # loop of its own that the shared call has not been written for yet.
+    batching=True,
     latent=FLUX2_LATENT,
     pipelines={
         "image_generation": "Flux2Pipeline",

@@ -38,7 +38,9 @@ FACTS = FamilyFacts(
     prompt_syntax="plain",
     schedulers=("euler",),
     default_scheduler="euler",
-    batching=False,
+    # Text-to-image, prompts padded to the longest and masked (engine/batch_flow.py); an edit model runs
+    # alone (its rows carry the reference image's latents).
+    batching=True,
     latent=WAN21_LATENT,
     pipelines={
         "image_generation": "QwenImagePipeline",

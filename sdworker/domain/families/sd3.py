@@ -38,7 +38,7 @@ FACTS = FamilyFacts(
     prompt_syntax="plain",
     schedulers=("euler",),
     default_scheduler="euler",
-    batching=False,
+    batching=True,  # text-to-image, CFG rows per job (engine/batch_flow.py)
     latent=SD3_LATENT,
     pipelines={
         "image_generation": "StableDiffusion3Pipeline",

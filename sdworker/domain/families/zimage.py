@@ -22,7 +22,7 @@ FACTS = FamilyFacts(
     prompt_syntax="plain",
     schedulers=("euler",),
     default_scheduler="euler",
-    batching=False,
+    batching=True,  # text-to-image; the transformer takes captions of any length (engine/batch_flow.py)
     # FLUX.1's VAE, its latents unpacked: the same coefficients, no patches.
     latent=replace(flux1.FLUX1_LATENT, patch=1, source="ComfyUI latent_formats.Flux (Z-Image uses FLUX.1's VAE)"),
     pipelines={

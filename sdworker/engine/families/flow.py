@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from sdworker.domain.prompt_length import plain_prompt
 from sdworker.domain.request import GenerationRequest, Operation
 from sdworker.engine.models import LoadedModel, ModelSource, share_modules
 from sdworker.errors import InvalidRequest, ModelError
@@ -78,14 +79,8 @@ class FlowAdapter:
     # -- one job ------------------------------------------------------------------------------------
 
     def plain_prompt(self, prompt: str) -> tuple[str, bool]:
-        """The text the encoders get: A1111's emphasis, ``[...]`` and ``BREAK`` removed (they mean nothing
-        to T5 or an LLM encoder). Returns (text, whether anything was removed)."""
-        from sdworker.domain.prompt_syntax import BREAK, parse_prompt_attention
-
-        runs = parse_prompt_attention(prompt)
-        if runs == [(prompt, 1.0)]:
-            return prompt, False
-        return " ".join(" ".join(t.strip() for t, w in runs if (t, w) != BREAK and t.strip()).split()), True
+        """The text the encoders get (``domain.prompt_length.plain_prompt``)."""
+        return plain_prompt(prompt)
 
     def call_arguments(
         self,

@@ -14,14 +14,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import torch
 from PIL import Image
 
 from sdworker.engine.families.flow import FlowAdapter, quantized
 from sdworker.engine.models import LoadedModel, ModelSource
-from sdworker.previews.pixels import preview_size, to_preview_pixels
+from sdworker.previews.vae import DenormalisingVaeDecoder
 
 
 class Flux2Adapter(FlowAdapter):
@@ -78,7 +76,7 @@ class Flux2Adapter(FlowAdapter):
         return images
 
     def preview_decoders(self, vae: Any) -> dict[str, Any]:
-        return {"vae": Flux2VaeDecoder(vae)}
+        return {"vae": DenormalisingVaeDecoder(vae, denormalise)}
 
 
 def denormalise(vae: Any, latents: torch.Tensor) -> torch.Tensor:
@@ -92,24 +90,6 @@ def denormalise(vae: Any, latents: torch.Tensor) -> torch.Tensor:
                                                                                             patched.dtype)
     result: torch.Tensor = Flux2KleinPipeline._unpatchify_latents(patched * std + mean)
     return result
-
-
-class Flux2VaeDecoder:
-    """The ``vae`` preview for FLUX.2: its VAE on the denormalised latents."""
-
-    method = "vae"
-
-    def __init__(self, vae: Any) -> None:
-        self.vae = vae
-        self.image_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-
-    @torch.inference_mode()
-    def decode(self, latents: torch.Tensor, max_size: int) -> npt.NDArray[np.uint8]:
-        size = preview_size(latents.shape[-2], latents.shape[-1], max_size, self.image_factor)
-        parameter = next(self.vae.parameters())
-        z = denormalise(self.vae, latents[0:1].to(parameter.device))
-        pixels: npt.NDArray[np.uint8] = to_preview_pixels(self.vae.decode(z).sample, size)
-        return pixels
 
 
 ADAPTER = Flux2Adapter()

@@ -3,7 +3,8 @@ of modules; an edit model (``QwenImageEditPipeline``) is recognised and refused 
 
 Latents: the loop holds ``(B, h*w/4, 64)`` normalised Wan-VAE latents in 2x2 patches; ``unpack`` gives
 ``(B, 16, h, w)``. The VAE is a video VAE: it decodes ``(B, 16, frames, h, w)`` after
-``z * std + mean``, so previews with the full VAE go through ``QwenVaeDecoder``, not the SD one.
+``z * std + mean``, so previews with the full VAE denormalise first
+(``previews.vae.DenormalisingVaeDecoder``), not the SD one.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import torch
 from PIL import Image
 
 from sdworker.domain.request import GenerationRequest
 from sdworker.engine.families.flow import FlowAdapter, quantized
 from sdworker.engine.models import LoadedModel, ModelSource
-from sdworker.previews.pixels import preview_size, to_preview_pixels
+from sdworker.previews.vae import DenormalisingVaeDecoder
 
 
 class QwenImageAdapter(FlowAdapter):
@@ -84,7 +83,7 @@ class QwenImageAdapter(FlowAdapter):
         return images
 
     def preview_decoders(self, vae: Any) -> dict[str, Any]:
-        return {"vae": QwenVaeDecoder(vae)}
+        return {"vae": DenormalisingVaeDecoder(vae, denormalise)}
 
 
 def denormalise(vae: Any, latents: torch.Tensor) -> torch.Tensor:
@@ -93,23 +92,6 @@ def denormalise(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(latents.device, vae.dtype)
     std = torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(latents.device, vae.dtype)
     return latents.unsqueeze(2).to(vae.dtype) * std + mean
-
-
-class QwenVaeDecoder:
-    """The ``vae`` preview for Qwen-Image: its Wan VAE on the denormalised latents, one frame."""
-
-    method = "vae"
-
-    def __init__(self, vae: Any) -> None:
-        self.vae = vae
-        self.image_factor = 2 ** (len(vae.config.dim_mult) - 1)
-
-    @torch.inference_mode()
-    def decode(self, latents: torch.Tensor, max_size: int) -> npt.NDArray[np.uint8]:
-        size = preview_size(latents.shape[-2], latents.shape[-1], max_size, self.image_factor)
-        parameter = next(self.vae.parameters())
-        frames = denormalise(self.vae, latents[0:1].to(parameter.device))
-        return to_preview_pixels(self.vae.decode(frames).sample[:, :, 0], size)
 
 
 ADAPTER = QwenImageAdapter()

@@ -11,6 +11,7 @@ from typing import Any
 from sdworker.domain.batch_plan import batch_key
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.checks import Limits
+from sdworker.domain.prompt_length import PromptTokenizer
 from sdworker.domain.request import GenerationRequest, Operation
 from sdworker.events.types import (
     JobCompleted,
@@ -190,7 +191,7 @@ def library_record(models: tuple[ModelInfo, ...], loras: tuple[LoraInfo, ...]) -
             {"name": m.name, "family": m.family, "kind": m.kind, "native_size": m.native_size, "loaded": m.loaded,
              "default": m.is_default, "sha256": m.sha256, "variant": m.variant, "default_steps": m.default_steps,
              "default_guidance": m.default_guidance, "size_multiple": m.size_multiple, "size_bytes": m.size_bytes,
-             "too_large": m.too_large}
+             "too_large": m.too_large, "prompt_tokenizer": _tokenizer_record(m.prompt_tokenizer)}
             for m in models
         ],
         "loras": [{"name": lora.name, "family": lora.family, "format": lora.format} for lora in loras],
@@ -206,7 +207,8 @@ def parse_library(raw: bytes) -> tuple[tuple[ModelInfo, ...], tuple[LoraInfo, ..
                   variant=str(m.get("variant", "")), default_steps=int(m.get("default_steps", 20)),
                   default_guidance=float(m.get("default_guidance", 7.5)), size_multiple=int(m.get("size_multiple", 8)),
                   size_bytes=int(m["size_bytes"]) if m.get("size_bytes") is not None else None,
-                  too_large=str(m["too_large"]) if m.get("too_large") else None)
+                  too_large=str(m["too_large"]) if m.get("too_large") else None,
+                  prompt_tokenizer=_parse_tokenizer(m.get("prompt_tokenizer")))
         for m in library.get("models", ())
     )
     loras = tuple(
@@ -214,6 +216,18 @@ def parse_library(raw: bytes) -> tuple[tuple[ModelInfo, ...], tuple[LoraInfo, ..
         for lora in library.get("loras", ())
     )
     return models, loras
+
+
+def _tokenizer_record(registered: PromptTokenizer | None) -> dict[str, str] | None:
+    if registered is None:
+        return None
+    return {"sha256": registered.sha256, "prefix": registered.prefix, "suffix": registered.suffix}
+
+
+def _parse_tokenizer(raw: Any) -> PromptTokenizer | None:
+    if not isinstance(raw, dict) or not raw.get("sha256"):
+        return None
+    return PromptTokenizer(str(raw["sha256"]), str(raw.get("prefix", "")), str(raw.get("suffix", "")))
 
 
 def parse_worker(raw: bytes) -> tuple[WorkerInfo, EngineInfo | None]:

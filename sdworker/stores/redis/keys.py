@@ -90,6 +90,10 @@ class Keys:
     def idempotency(self, owner: str | None, key: str) -> str:
         return f"{self.prefix}:idem:{owner or '-'}:{key}"
 
+    def tokenizer(self, sha256: str) -> str:
+        """A model's prompt tokenizer as ``tokenizers`` JSON, stored by workers for API nodes."""
+        return f"{self.prefix}:tokenizer:{sha256}"
+
     @property
     def models_refresh(self) -> str:
         """When an API node last asked the workers to rescan their model folders (epoch seconds)."""

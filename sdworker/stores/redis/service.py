@@ -29,7 +29,9 @@ from redis.exceptions import RedisError, ResponseError
 
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.checks import Limits
+from sdworker.domain.families import family_facts
 from sdworker.domain.parameters import model_label
+from sdworker.domain.prompt_length import PromptTokenizer, TokenCounter, check_counts, counted_texts
 from sdworker.domain.request import GenerationRequest
 from sdworker.errors import InvalidRequest, JobNotFinished, JobNotFound, NotReady, QueueFull
 from sdworker.events.bus import EventBus, Subscription
@@ -145,6 +147,7 @@ class RedisJobService:
         self._reader = connect(settings.redis_url, name=name, single=True)
         self.bus = EventBus(stall_seconds=settings.watcher_stall_seconds)
         self._hub = StreamHub(self._redis, self._reader, self._keys, self.bus, self.node_id)
+        self._prompt_counters = PromptCounters(self._redis, self._keys)
         self._stream_owners: dict[str, str | None] = {}
         self._submit = self._redis.register_script(scripts.SUBMIT)
         self._deadline = self._redis.register_script(scripts.DEADLINE)
@@ -242,6 +245,7 @@ class RedisJobService:
             served_model = _library_entry(model, fleet)
             check_lora_names(draft, fleet.loras, served_model.family if served_model else None)
             check_family_rules(draft, served_model)
+            await self._call(self._prompt_counters.check(draft.request, served_model))
         if fleet.queue_depth >= self._settings.max_queue:
             raise self._queue_full()
         quota = await self._check_quota(draft, owner)
@@ -742,6 +746,40 @@ class RedisJobService:
         for worker in fleet.workers:
             if worker.status == "failed" and (model is None or model in (worker.model, model_label(worker.model))):
                 raise NotReady(f"the worker cannot run jobs: {worker.reason or 'it failed'}")
+
+
+class PromptCounters:
+    """The prompt tokenizers workers registered, built on first use from the JSON they stored and kept
+    by hash (a few per fleet): the API node's half of ``domain.prompt_length``."""
+
+    def __init__(self, redis: Any, keys: Keys) -> None:
+        self._redis, self._keys = redis, keys
+        self._counters: dict[str, TokenCounter | None] = {}
+
+    async def check(self, request: GenerationRequest, entry: ModelInfo | None) -> None:
+        if entry is None or entry.prompt_tokenizer is None:
+            return  # a CLIP family, or a worker that registered no tokenizer: the worker checks it
+        counter = await self._counter(entry.prompt_tokenizer)
+        if counter is None:
+            return
+        facts = family_facts(entry.family)
+        await asyncio.to_thread(check_counts, facts, counted_texts(facts, request.prompt, request.negative_prompt),
+                                counter)
+
+    async def _counter(self, registered: PromptTokenizer) -> TokenCounter | None:
+        if registered.sha256 in self._counters:
+            return self._counters[registered.sha256]
+        raw = await self._redis.get(self._keys.tokenizer(registered.sha256))
+        if raw is None:
+            return None  # expired or not stored yet: the worker's own check still refuses (as a failed job)
+        try:
+            counter: TokenCounter | None = await asyncio.to_thread(TokenCounter, text(raw) or "", registered)
+        except Exception:  # no tokenizers package here, or a JSON it cannot read: leave it to the worker
+            log.warning("cannot read the prompt tokenizer %s; prompt lengths are checked by the worker",
+                        registered.sha256[:12], exc_info=True)
+            counter = None
+        self._counters[registered.sha256] = counter
+        return counter
 
 
 @dataclass(frozen=True, slots=True)

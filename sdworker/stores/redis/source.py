@@ -28,12 +28,13 @@ import socket
 import time
 import uuid
 from collections.abc import Collection
+from dataclasses import replace
 from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
 from sdworker import __version__
-from sdworker.domain.catalog import EngineInfo
+from sdworker.domain.catalog import EngineInfo, ModelInfo
 from sdworker.domain.checks import Limits
 from sdworker.domain.control import CancelToken
 from sdworker.events.types import JobCompleted, JobEvent, JobFailed, PreviewReady, end_marker
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 PARTNER_WINDOW = 16  # waiting jobs a batch looks at for partners: a constant, so a claim stays O(1)
 OUTBOX_LIMIT = 16  # progress/previews waiting for Redis; older ones are dropped past this
 FINISH_RETRY_SECONDS = 60.0
+TOKENIZER_REFRESH_SECONDS = 86400.0  # a stored prompt tokenizer is written again after a day (kept for two)
 
 
 class RedisLease:
@@ -257,6 +259,7 @@ class RedisJobSource:
         self._down_logged = False
         self._library: ModelLibrary | None = None
         self._refreshed_at = 0.0
+        self._tokenizers_stored: dict[str, float] = {}  # sha256 -> when this worker last stored it
 
     # --- JobSource ---------------------------------------------------------------------------------
 
@@ -463,7 +466,26 @@ class RedisJobSource:
         except Exception:  # a folder gone or unreadable: keep registering (the job's own check reports it)
             log.warning("listing the model library failed", exc_info=True)
             return None
-        return library_record(models, loras)
+        return library_record(await self._with_prompt_tokenizers(library, models), loras)
+
+    async def _with_prompt_tokenizers(self, library: ModelLibrary,
+                                      models: tuple[ModelInfo, ...]) -> tuple[ModelInfo, ...]:
+        """The models with how their prompts are counted, each tokenizer stored in Redis (under its hash,
+        kept two days, stored again daily): API nodes then refuse a too-long prompt at submit, as this
+        worker's engine would, without the model's files (``domain.prompt_length``)."""
+        try:
+            tokenizers = await asyncio.to_thread(library.prompt_tokenizers)
+        except Exception:  # an unreadable tokenizer: API nodes skip the check, this engine still makes it
+            log.warning("reading the prompt tokenizers failed", exc_info=True)
+            return models
+        now = time.time()
+        for registered, tokenizer_json in tokenizers.values():
+            if now - self._tokenizers_stored.get(registered.sha256, 0.0) > TOKENIZER_REFRESH_SECONDS:
+                await self._redis.set(self.keys.tokenizer(registered.sha256), tokenizer_json,
+                                      ex=int(2 * TOKENIZER_REFRESH_SECONDS))
+                self._tokenizers_stored[registered.sha256] = now
+        return tuple(replace(m, prompt_tokenizer=tokenizers[m.name][0]) if m.name in tokenizers else m
+                     for m in models)
 
     async def _register(self) -> None:
         current = next(iter(self._leases), None)

@@ -1,0 +1,104 @@
+"""FLUX.2 dev (``Flux2Pipeline``: a Mistral 3 text encoder, distilled guidance) through the engine, on a
+tiny dev model built here from the klein demo's pieces (not in the bundle): the library recognises the
+variant from the files, text-to-image equals diffusers' ``Flux2Pipeline`` called directly, the
+operations diffusers has no dev pipeline for are a 4xx naming the model, and dev jobs run alone in a
+batch (``batch_flow``: the shared call serves klein only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from sdworker.domain.request import GenerationRequest, Operation
+from sdworker.engine.diffusers_engine import DiffusersEngine
+from sdworker.engine.protocol import BatchItem
+from sdworker.errors import InvalidRequest
+from sdworker.settings import Settings
+
+from .helpers import as_init, init_image, pixels
+
+DEV = "tiny-flux2-dev"
+CALL: dict[str, Any] = {"width": 64, "height": 64, "num_inference_steps": 2, "guidance_scale": 4.0}
+# The pipeline hands the processor a list of parts per message; the project's Qwen tokenizer's own
+# template reads only string contents, so the tiny model gets one that reads the parts' text.
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{% for p in m.content %}{{ p.text }}{% endfor %}"
+            "<|im_end|>\n{% endfor %}")
+
+
+def _build_dev(folder: Path) -> None:
+    from diffusers import Flux2Pipeline, Flux2Transformer2DModel
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralVisionConfig
+
+    from sdworker.engine.demo_flux2 import TEXT_WIDTH, build_demo_flux2_components
+
+    parts = build_demo_flux2_components(5)
+    tokenizer = parts["tokenizer"]
+    tokenizer.chat_template = TEMPLATE
+    torch.manual_seed(7)
+    text = MistralConfig(vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=16,
+                         num_hidden_layers=30, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                         max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id)  # layers 10, 20, 30 read
+    vision = PixtralVisionConfig(hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 head_dim=8, image_size=32, patch_size=16)
+    encoder = Mistral3ForConditionalGeneration(Mistral3Config(text_config=text, vision_config=vision,
+                                                              image_token_index=0)).eval()
+    config = {k: v for k, v in dict(parts["transformer"].config).items() if not k.startswith("_")}
+    torch.manual_seed(8)
+    transformer = Flux2Transformer2DModel(**{**config, "guidance_embeds": True}).eval()  # dev: distilled guidance
+    Flux2Pipeline(scheduler=parts["scheduler"], vae=parts["vae"], text_encoder=encoder, tokenizer=tokenizer,
+                  transformer=transformer).save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def dev_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("flux2-dev") / DEV
+    _build_dev(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def engine(dev_folder: Path) -> DiffusersEngine:
+    return DiffusersEngine(Settings(model=str(dev_folder), device="cpu"))
+
+
+def test_the_library_recognises_flux2_dev(engine: DiffusersEngine) -> None:
+    (model,) = engine.list_models()
+    assert (model.name, model.family, model.variant) == (DEV, "flux2", "dev")
+    assert (model.default_steps, model.default_guidance) == (50, 4.0)  # the dev model card
+
+
+def test_text_to_image_equals_diffusers(engine: DiffusersEngine, dev_folder: Path) -> None:
+    from diffusers import Flux2Pipeline
+
+    result = engine.generate(GenerationRequest("a photo of a cat", seed=3, **CALL))
+    pipe = Flux2Pipeline.from_pretrained(dev_folder)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(prompt="a photo of a cat", generator=torch.Generator("cpu").manual_seed(3), **CALL).images[0]
+    np.testing.assert_array_equal(pixels(result.images[0]), pixels(expected))
+    assert (result.family, result.steps_run, result.warnings) == ("flux2", 2, ())
+    other = engine.generate(GenerationRequest("a photo of a cat", seed=3, **{**CALL, "guidance_scale": 1.5}))
+    assert not np.array_equal(pixels(other.images[0]), pixels(result.images[0]))  # guidance reaches the transformer
+
+
+@pytest.mark.parametrize("operation", [Operation.IMAGE_TO_IMAGE, Operation.INPAINT])
+def test_operations_without_a_dev_pipeline_are_refused_naming_the_model(
+    engine: DiffusersEngine, operation: Operation
+) -> None:
+    mask = as_init(init_image()) if operation is Operation.INPAINT else None
+    request = GenerationRequest("a cat", operation=operation, init_image=as_init(init_image()), mask_image=mask,
+                                strength=0.5, seed=1, model=DEV, **CALL)
+    with pytest.raises(InvalidRequest, match=DEV) as caught:
+        engine.generate(request)
+    assert caught.value.field == "operation"
+
+
+def test_dev_jobs_in_a_batch_run_alone_with_their_solo_pixels(engine: DiffusersEngine) -> None:
+    requests = [GenerationRequest("a cat", seed=1, **CALL), GenerationRequest("a dog", seed=2, **CALL)]
+    batched = engine.generate_batch([BatchItem(r) for r in requests])
+    for request, got in zip(requests, batched, strict=True):
+        assert not isinstance(got, Exception), got
+        np.testing.assert_array_equal(pixels(got.images[0]), pixels(engine.generate(request).images[0]))
