@@ -38,7 +38,7 @@ def edit_call(
 ) -> tuple[Any, dict[str, Any]]:
     """The edit pipeline of ``model`` and its keyword arguments. ``request``'s size is settled and its
     model checked to be an edit model (``domain.edit.check_edit_model``)."""
-    pipe = model.base_pipe
+    pipe = model.pipe  # an edit-only model's base pipeline; FLUX.2's text-to-image one
     name = type(pipe).__name__
     # the library said edit, the files did not
     if pipe is None or not ("Kontext" in name or "Edit" in name or "Flux2" in name):

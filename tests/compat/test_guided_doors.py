@@ -53,6 +53,27 @@ def test_openai_edit_on_an_edit_model_equals_the_native_edit_job(client: openai.
     assert np.abs(native.astype(int) - other.astype(int)).max() > 0  # the reference image reaches the pixels
 
 
+def test_openai_edit_with_two_images_on_flux2_uses_both(client: openai.OpenAI, http: httpx.Client) -> None:
+    """FLUX.2 klein (the demo's multi-reference edit model): both ``image[]`` files become references of one
+    edit job; the job equals the native edit, and dropping either image changes the pixels."""
+    door, wall = png(64, 64, (30, 140, 220)), png(64, 64, (250, 250, 20))
+    images = [("door.png", door, "image/png"), ("wall.png", wall, "image/png")]
+    result = client.images.edit(model="demo-flux2", image=images, prompt="put the door in the wall", extra_body=EDIT)
+    assert result.data is not None
+    job = http.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    parameters = http.get(f"/v1/jobs/{job['job_id']}").json()["parameters"]
+    assert parameters["operation"] == "image_edit" and parameters["reference_images"] == 2
+    both = pixels(base64.b64decode(result.data[0].b64_json or ""))
+    native = native_pixels(http, operation="image_edit", prompt="put the door in the wall", model="demo-flux2",
+                           reference_images=[b64(door), b64(wall)], **EDIT)
+    np.testing.assert_array_equal(both, native)
+    for kept in (door, wall):
+        one = client.images.edit(model="demo-flux2", image=("one.png", kept, "image/png"),
+                                 prompt="put the door in the wall", extra_body=EDIT)
+        assert one.data is not None
+        assert np.abs(pixels(base64.b64decode(one.data[0].b64_json or "")).astype(int) - both.astype(int)).max() > 0
+
+
 def test_two_images_on_kontext_are_a_400_naming_image(client: openai.OpenAI) -> None:
     images = [("a.png", png(64, 64), "image/png"), ("b.png", png(64, 64, (0, 0, 0)), "image/png")]
     with pytest.raises(openai.BadRequestError) as caught:
