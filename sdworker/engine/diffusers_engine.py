@@ -255,6 +255,8 @@ class DiffusersEngine:
         if request.controlnet:
             if request.hires is not None:
                 raise InvalidRequest("hires: the hires fix with ControlNet units is not supported yet", field="hires")
+            if request.cache is not None:  # the cache hooks skip blocks the ControlNet's residuals are added to
+                raise InvalidRequest("cache: step caching with ControlNet units is not supported yet", field="cache")
             self.controlnets.check_units(request.controlnet, entry, request.operation)
         if request.ip_adapter is not None:
             if request.hires is not None:

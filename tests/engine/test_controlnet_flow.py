@@ -17,12 +17,13 @@ import torch
 from PIL import Image
 
 from sdworker.domain.request import ControlUnit, GenerationRequest, InputImage, Operation
+from sdworker.domain.step_cache import StepCache
 from sdworker.engine.demo_controlnet import DEMO_FLUX1_CONTROLNET, build_flux1_controlnet, build_sd3_controlnet
 from sdworker.engine.diffusers_engine import DiffusersEngine
 from sdworker.errors import InvalidRequest
 from sdworker.settings import Settings
 
-from .helpers import init_image, pixels
+from .helpers import half_mask, init_image, pixels
 
 PROMPT = "a photo of a cat"
 SEED = 31
@@ -112,6 +113,20 @@ def test_flux_image_to_image_with_a_unit(engine: DiffusersEngine, demo_bundle: P
     np.testing.assert_array_equal(pixels(result.images[0]), expected)
 
 
+def test_flux_inpaint_with_a_unit(engine: DiffusersEngine, demo_bundle: Path, nets: Path) -> None:
+    from diffusers import FluxControlNetInpaintPipeline, FluxControlNetModel
+
+    start, mask = init_image(64), half_mask(64)
+    result = engine.generate(job("demo-flux1", unit(DEMO_FLUX1_CONTROLNET, stripes(), start=0.2),
+                                 operation=Operation.INPAINT, init_image=InputImage.from_image(start),
+                                 mask_image=InputImage.from_image(mask, "mask_image"), strength=0.9))
+    net = FluxControlNetModel.from_pretrained(nets / DEMO_FLUX1_CONTROLNET)
+    pipe = FluxControlNetInpaintPipeline.from_pretrained(demo_bundle / "models" / "demo-flux1", controlnet=net)
+    expected = by_hand(pipe, image=start, mask_image=mask, control_image=stripes(), strength=0.9,
+                       controlnet_conditioning_scale=1.0, control_guidance_start=0.2)
+    np.testing.assert_array_equal(pixels(result.images[0]), expected)
+
+
 def test_flux_union_controlnet_takes_a_mode_per_unit(engine: DiffusersEngine, demo_bundle: Path, nets: Path) -> None:
     from diffusers import FluxControlNetModel, FluxControlNetPipeline
     from diffusers.models.controlnets import FluxMultiControlNetModel
@@ -175,6 +190,7 @@ def test_bad_flow_units_name_their_field(engine: DiffusersEngine) -> None:
         (job("demo-sd3", unit("sd3-net", stripes()), operation=Operation.IMAGE_TO_IMAGE,
              init_image=InputImage.from_image(init_image(64)), strength=0.5), "controlnet"),
         (job("demo-zimage", unit("sd3-net", stripes())), "controlnet"),
+        (job("demo-flux1", unit(DEMO_FLUX1_CONTROLNET, stripes()), cache=StepCache("first_block")), "cache"),
     ]
     for request, field in cases:
         with pytest.raises(InvalidRequest) as caught:
