@@ -103,8 +103,9 @@ def _grid() -> Image.Image:
 
 
 def test_controlnet_units_equal_the_native_job(api: webuiapi.WebUIApi, http: httpx.Client) -> None:
-    assert api.controlnet_model_list() == ["demo-controlnet"]
-    assert http.get("/v1/controlnets").json() == {"object": "list", "data": [{"name": "demo-controlnet"}]}
+    assert api.controlnet_model_list() == ["demo-controlnet", "demo-flux1-controlnet"]  # the whole folder, as A1111
+    assert http.get("/v1/controlnets").json() == {"object": "list", "data": [{"name": "demo-controlnet"},
+                                                                             {"name": "demo-flux1-controlnet"}]}
     assert {"none", "canny"} <= set(api.controlnet_module_list())
     units = [webuiapi.ControlNetUnit(image=_grid(), module="none", model="demo-controlnet [0123abcd]", weight=0.8,
                                      guidance_end=0.5, resize_mode="Just Resize"),
