@@ -98,8 +98,8 @@ def tool_list(openapi: dict[str, Any], *, local_files: bool) -> list[types.Tool]
             title="Edit an image",
             description="Change an existing image following a prompt: img2img (whole image) or inpainting "
             "(only where the mask is white). On an edit model (list_models: variant kontext, edit or edit-plus, "
-            "or a flux2 architecture) without a mask, the prompt is an instruction ('make the door red') that the model's edit "
-            "pipeline follows, keeping the rest of the image." + _RESULT_NOTE,
+            "or a flux2 architecture) without a mask, the prompt is an instruction ('make the door red') that "
+            "the model's edit pipeline follows, keeping the rest of the image." + _RESULT_NOTE,
             input_schema=_object(
                 {"image": image, "mask": mask, **{n: fields[n] for n in _EDIT_FIELDS if n in fields}},
                 ["image", "prompt"],
