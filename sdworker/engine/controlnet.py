@@ -3,8 +3,9 @@ ControlNet pipeline a job with units runs.
 
 Which family a ControlNet is for is a fact of its folder: ``config.json``'s ``_class_name`` names
 diffusers' class (``ControlNetModel``: SD 1.x/2.x/SDXL, told apart by the cross-attention width;
-``FluxControlNetModel``: FLUX.1; ``SD3ControlNetModel``: SD 3.5). A unit whose ControlNet is for another
-family is a 4xx naming the unit's ``model`` field before anything loads.
+``FluxControlNetModel``: FLUX.1; ``SD3ControlNetModel``: SD 3.5; ``QwenImageControlNetModel``:
+Qwen-Image). A unit whose ControlNet is for another family is a 4xx naming the unit's ``model`` field
+before anything loads.
 
 Why a new pipeline object per job: diffusers' ControlNet pipelines are separate classes that take the
 ControlNet as a component. ``Cls.from_pipe(base, controlnet=...)`` makes one over the loaded model's
@@ -49,6 +50,7 @@ class ControlNetKind:
     families: frozenset[str]
     multi: str  # the class that runs several units (module diffusers.models.controlnets)
     pipelines: dict[tuple[str, Operation], str]  # (family, operation) -> pipeline class
+    one_net: bool = False  # several units share one (union) ControlNet, each with its own image
 
 
 _SD_PIPELINES = {
@@ -65,6 +67,13 @@ KINDS: dict[str, ControlNetKind] = {
         ("flux1", Operation.IMAGE_TO_IMAGE): "FluxControlNetImg2ImgPipeline",
         ("flux1", Operation.INPAINT): "FluxControlNetInpaintPipeline",
     }),
+    # as SD 3.5: diffusers' Qwen-Image ControlNet inpaint pipeline is for a ControlNet trained with the mask
+    # diffusers' Qwen-Image multi-ControlNet runs one ControlNet (the published one is a union that reads the
+    # kind of map from the image) over several images, so a job's units all name the same one
+    "QwenImageControlNetModel": ControlNetKind(
+        "Qwen-Image", frozenset({"qwenimage"}), "QwenImageMultiControlNetModel",
+        {("qwenimage", Operation.TEXT_TO_IMAGE): "QwenImageControlNetPipeline"}, one_net=True,
+    ),
     # diffusers' SD 3 inpainting ControlNet pipeline is for a ControlNet trained with the mask as an extra
     # input, not for an inpainting job with any ControlNet: SD 3.5 ControlNet jobs are text-to-image.
     "SD3ControlNetModel": ControlNetKind("SD 3.5", frozenset({"sd3"}), "SD3MultiControlNetModel", {
@@ -72,7 +81,8 @@ KINDS: dict[str, ControlNetKind] = {
     }),
 }
 CONTROLNET_FAMILIES = frozenset().union(*(kind.families for kind in KINDS.values()))
-NO_CONTROLNET_VARIANTS = {("flux1", "fill"), ("flux1", "kontext")}  # pipelines of their own, none with ControlNet
+# pipelines of their own, none with ControlNet
+NO_CONTROLNET_VARIANTS = {("flux1", "fill"), ("flux1", "kontext"), ("qwenimage", "edit"), ("qwenimage", "edit-plus")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +151,9 @@ class ControlNets:
             if (model.family, operation) not in kind.pipelines:
                 raise InvalidRequest(f"{prefix}: ControlNet on {kind.label} runs text_to_image only, not "
                                      f"{operation.value}", field=prefix)
+            if kind.one_net and entry.name != self.entry(units[0].model, f"{prefix}.0.model").name:
+                raise InvalidRequest(f"{field}: {kind.label} runs several units on one ControlNet; unit 0 names "
+                                     f"{units[0].model!r}", field=field)
             self._check_mode(entry, unit, f"{prefix}.{index}.control_mode")
             widths = (entry.context_dim, model.context_dim)
             if None not in widths and widths[0] != widths[1]:
@@ -207,7 +220,8 @@ def controlnet_call(
                              f"{operation.value}", field="controlnet")
     cls = getattr(diffusers, name)
     one = len(nets) == 1
-    pipe = cls.from_pipe(base, controlnet=nets[0] if one else getattr(controlnets, spec.multi)(nets))
+    multi = getattr(controlnets, spec.multi)(nets[:1] if spec.one_net else nets)
+    pipe = cls.from_pipe(base, controlnet=nets[0] if one else multi)
     pipe.set_progress_bar_config(disable=True)
     sd_text = kind == "ControlNetModel" and operation is Operation.TEXT_TO_IMAGE
     image_argument = "image" if sd_text else "control_image"

@@ -1,8 +1,9 @@
 """Tiny random-weight ControlNets of the transformer families (``demo_model`` has the SD 1.x one).
 
 ``demo-flux1-controlnet``: a ``FluxControlNetModel`` for ``demo-flux1`` (one double and one single block,
-the transformer's width, its guidance embedding). ``build_sd3_controlnet`` makes an ``SD3ControlNetModel``
-for a tiny SD 3.5 transformer; tests build one for ``demo-sd3`` (the bundle does not carry it).
+the transformer's width, its guidance embedding). ``build_sd3_controlnet`` and ``build_qwenimage_controlnet``
+make ControlNets for a tiny SD 3.5 and Qwen-Image transformer; tests build them for ``demo-sd3`` and
+``demo-qwenimage`` (the bundle does not carry them).
 
 diffusers starts a ControlNet's output projections and its control-image embedder at zero, so a fresh
 one changes nothing; here they are random and non-zero so the control image visibly steers the demo's
@@ -43,6 +44,21 @@ def build_sd3_controlnet(transformer: Any, seed: int) -> Any:
     torch.manual_seed(seed)
     net: Any = SD3ControlNetModel.from_transformer(transformer, num_layers=1, num_extra_conditioning_channels=0)
     _randomize(net.controlnet_blocks, net.pos_embed_input)
+    return net.eval()
+
+
+def build_qwenimage_controlnet(transformer: Any, seed: int) -> Any:
+    """A Qwen-Image ControlNet shaped after ``transformer`` (one block)."""
+    import torch
+    from diffusers import QwenImageControlNetModel
+
+    torch.manual_seed(seed)
+    config = transformer.config
+    net: Any = QwenImageControlNetModel.from_transformer(
+        transformer, num_layers=1, attention_head_dim=config.attention_head_dim,
+        num_attention_heads=config.num_attention_heads,
+    )
+    _randomize(net.controlnet_blocks, net.controlnet_x_embedder)
     return net.eval()
 
 

@@ -1,7 +1,7 @@
 """ControlNet on the transformer families equals diffusers' own pipelines called directly with the same
 seed: FLUX.1 (the demo bundle's ``demo-flux1-controlnet`` on ``demo-flux1``: two units with their own
-weights and start/end, image-to-image, a union ControlNet's modes) and SD 3.5 (a tiny ControlNet built
-here for ``demo-sd3``). The demo FLUX ControlNet changes the image; the job after a ControlNet job equals
+weights and start/end, image-to-image, inpainting, a union ControlNet's modes), SD 3.5 and Qwen-Image
+(tiny ControlNets built here for ``demo-sd3`` and ``demo-qwenimage``). The demo FLUX ControlNet changes the image; the job after a ControlNet job equals
 a fresh worker's; a unit for another family, a union ControlNet without a mode and an SD 3.5 unit on
 image-to-image are 4xx naming their field."""
 
@@ -18,7 +18,12 @@ from PIL import Image
 
 from sdworker.domain.request import ControlUnit, GenerationRequest, InputImage, Operation
 from sdworker.domain.step_cache import StepCache
-from sdworker.engine.demo_controlnet import DEMO_FLUX1_CONTROLNET, build_flux1_controlnet, build_sd3_controlnet
+from sdworker.engine.demo_controlnet import (
+    DEMO_FLUX1_CONTROLNET,
+    build_flux1_controlnet,
+    build_qwenimage_controlnet,
+    build_sd3_controlnet,
+)
 from sdworker.engine.diffusers_engine import DiffusersEngine
 from sdworker.errors import InvalidRequest
 from sdworker.settings import Settings
@@ -56,8 +61,9 @@ def by_hand(pipe: Any, **kwargs: Any) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def nets(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ControlNet folder: the bundle's two, a FLUX union ControlNet and an SD 3.5 ControlNet for demo-sd3."""
-    from diffusers import SD3Transformer2DModel
+    """A ControlNet folder: the bundle's two, a FLUX union ControlNet, an SD 3.5 ControlNet for demo-sd3 and a
+    Qwen-Image one for demo-qwenimage."""
+    from diffusers import QwenImageTransformer2DModel, SD3Transformer2DModel
 
     folder = tmp_path_factory.mktemp("controlnets")
     for name in ("demo-controlnet", DEMO_FLUX1_CONTROLNET):
@@ -66,9 +72,13 @@ def nets(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     flux = FluxTransformer2DModel.from_pretrained(demo_bundle / "models" / "demo-flux1", subfolder="transformer")
     sd3 = SD3Transformer2DModel.from_pretrained(demo_bundle / "models" / "demo-sd3", subfolder="transformer")
+    qwen = QwenImageTransformer2DModel.from_pretrained(demo_bundle / "models" / "demo-qwenimage",
+                                                       subfolder="transformer")
     with torch.random.fork_rng(devices=[]):
+        build_qwenimage_controlnet(qwen, seed=5).save_pretrained(folder / "qwen-net")
         build_flux1_controlnet(flux, seed=3, num_mode=4).save_pretrained(folder / "flux-union")
         build_sd3_controlnet(sd3, seed=4).save_pretrained(folder / "sd3-net")
+    shutil.copytree(folder / "qwen-net", folder / "qwen-net-2")
     return folder
 
 
@@ -177,6 +187,26 @@ def test_sd3_two_units_equal_the_sd3_controlnet_pipeline(engine: DiffusersEngine
     assert not np.array_equal(pixels(plain.images[0]), pixels(out.images[0]))  # the SD 3.5 ControlNet steers
 
 
+def test_qwenimage_two_units_equal_the_qwenimage_controlnet_pipeline(engine: DiffusersEngine, demo_bundle: Path,
+                                                                      nets: Path) -> None:
+    from diffusers import QwenImageControlNetModel, QwenImageControlNetPipeline, QwenImageMultiControlNetModel
+
+    first = unit("qwen-net", stripes(True), weight=0.9, end=0.5)
+    second = unit("qwen-net", stripes(False), 1, weight=0.7, start=0.25)
+    result = engine.generate(job("demo-qwenimage", first, second, guidance_scale=4.0))
+    net = QwenImageControlNetModel.from_pretrained(nets / "qwen-net")
+    pipe = QwenImageControlNetPipeline.from_pretrained(demo_bundle / "models" / "demo-qwenimage",
+                                                       controlnet=QwenImageMultiControlNetModel([net]))
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(PROMPT, negative_prompt=" ", generator=torch.Generator("cpu").manual_seed(SEED), width=64, height=64,
+               num_inference_steps=STEPS, true_cfg_scale=4.0, control_image=[stripes(True), stripes(False)],
+               controlnet_conditioning_scale=[0.9, 0.7], control_guidance_start=[0.0, 0.25],
+               control_guidance_end=[0.5, 1.0])
+    np.testing.assert_array_equal(pixels(result.images[0]), pixels(out.images[0]))
+    plain = engine.generate(job("demo-qwenimage", guidance_scale=4.0))
+    assert not np.array_equal(pixels(plain.images[0]), pixels(out.images[0]))  # the Qwen-Image ControlNet steers
+
+
 def test_bad_flow_units_name_their_field(engine: DiffusersEngine) -> None:
     flux_unit = unit(DEMO_FLUX1_CONTROLNET, stripes())
     cases: list[tuple[GenerationRequest, str]] = [
@@ -184,6 +214,8 @@ def test_bad_flow_units_name_their_field(engine: DiffusersEngine) -> None:
         (job("demo-sd15", flux_unit), "controlnet.0.model"),  # a FLUX.1 ControlNet on SD 1.x
         (job("demo-sd3", flux_unit), "controlnet.0.model"),
         (job("demo-flux1", unit("sd3-net", stripes())), "controlnet.0.model"),
+        (job("demo-qwenimage", flux_unit), "controlnet.0.model"),
+        (job("demo-qwenimage", unit("qwen-net", stripes()), unit("qwen-net-2", stripes(), 1)), "controlnet.1.model"),
         (job("demo-flux1", unit("flux-union", stripes())), "controlnet.0.control_mode"),  # a union net needs one
         (job("demo-flux1", unit("flux-union", stripes(), mode=4)), "controlnet.0.control_mode"),  # 4 modes: 0..3
         (job("demo-flux1", unit(DEMO_FLUX1_CONTROLNET, stripes(), mode=0)), "controlnet.0.control_mode"),
