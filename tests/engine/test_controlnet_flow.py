@@ -1,9 +1,9 @@
 """ControlNet on the transformer families equals diffusers' own pipelines called directly with the same
 seed: FLUX.1 (the demo bundle's ``demo-flux1-controlnet`` on ``demo-flux1``: two units with their own
 weights and start/end, image-to-image, inpainting, a union ControlNet's modes), SD 3.5 and Qwen-Image
-(tiny ControlNets built here for ``demo-sd3`` and ``demo-qwenimage``). The demo FLUX ControlNet changes the image; the job after a ControlNet job equals
-a fresh worker's; a unit for another family, a union ControlNet without a mode and an SD 3.5 unit on
-image-to-image are 4xx naming their field."""
+(tiny ControlNets built here for ``demo-sd3`` and ``demo-qwenimage``). The demo FLUX ControlNet changes
+the image; the job after a ControlNet job equals a fresh worker's; a unit for another family, a union
+ControlNet without a mode and an SD 3.5 unit on image-to-image are 4xx naming their field."""
 
 from __future__ import annotations
 
