@@ -132,6 +132,8 @@ class ControlUnitRequest(BaseModel):
     preprocessor: str = Field("none", min_length=1, max_length=64, description="none | canny | invert | threshold")
     low: float = Field(100.0, ge=0.0, le=255.0, description="canny's low threshold; threshold's level")
     high: float = Field(200.0, ge=0.0, le=255.0, description="canny's high threshold")
+    control_mode: int | None = Field(None, ge=0, le=63, description="a union ControlNet's mode for this unit's map "
+                                     "(diffusers' control_mode); only for union ControlNets")
 
 
 WebhookEvent = Literal["start", "progress", "completed"]
@@ -323,7 +325,7 @@ def _hires(
 def _units(units: list[ControlUnitRequest] | None) -> tuple[ControlUnit, ...]:
     made = tuple(
         ControlUnit(u.model, InputImage(u.image, f"controlnet.{i}.image"), u.weight, u.start, u.end, u.preprocessor,
-                    u.low, u.high)
+                    u.low, u.high, u.control_mode)
         for i, u in enumerate(units or ())
     )
     check_units(made)

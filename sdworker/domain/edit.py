@@ -3,9 +3,11 @@ red") and makes a new image. Torch-free rules every door shares.
 
 Which models edit is a fact of the model's variant (the library reads it from ``model_index.json``):
 FLUX.1 Kontext takes one reference image; Qwen-Image-Edit one; Qwen-Image-Edit-Plus several (the model
-card recommends up to three). An edit model runs nothing else, and nothing else runs an edit, so a
-mismatch is a 4xx at submit naming the field: ``operation`` for a job the model cannot run,
-``reference_images`` for images a job does not use or one too many.
+card recommends up to three); FLUX.2 (klein and dev) several, each a reference the transformer sees
+beside the noise. Kontext and Qwen-Image-Edit run nothing else; FLUX.2 is a text-to-image model that
+also edits (its pipeline takes an optional ``image`` list). A mismatch is a 4xx at submit naming the
+field: ``operation`` for a job the model cannot run, ``reference_images`` for images a job does not use
+or one too many.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ MAX_REFERENCES = 4  # the wire's bound; each model's own is in EDIT_MODELS
 class EditModel:
     label: str
     max_references: int
+    edits_only: bool = True  # False: the model's text-to-image (and other) jobs run too
 
 
 # (family, variant) -> what an edit model of that kind takes.
@@ -31,6 +34,11 @@ EDIT_MODELS: dict[tuple[str, str], EditModel] = {
     ("flux1", "kontext"): EditModel("FLUX.1 Kontext", 1),
     ("qwenimage", "edit"): EditModel("Qwen-Image-Edit", 1),
     ("qwenimage", "edit-plus"): EditModel("Qwen-Image-Edit-Plus", 3),
+    # diffusers' FLUX.2 pipelines take a list; BFL documents up to 4 references for klein (10 for dev),
+    # and every one lengthens the transformer's sequence by a whole image's tokens
+    ("flux2", "klein"): EditModel("FLUX.2 klein", 4, edits_only=False),
+    ("flux2", "klein-base"): EditModel("FLUX.2 klein", 4, edits_only=False),
+    ("flux2", "dev"): EditModel("FLUX.2 dev", 4, edits_only=False),
 }
 
 
@@ -72,7 +80,7 @@ def check_edit_model(
         if model is None:
             raise InvalidRequest(
                 f"operation: model {model_name!r} is not an edit model (edit models: FLUX.1 Kontext, "
-                "Qwen-Image-Edit, Qwen-Image-Edit-Plus); use image_transform for img2img",
+                "Qwen-Image-Edit, Qwen-Image-Edit-Plus, FLUX.2); use image_transform for img2img",
                 field="operation",
             )
         if len(request.reference_images) > model.max_references:
@@ -81,7 +89,7 @@ def check_edit_model(
                 f"{model.max_references}",
                 field=field,
             )
-    elif model is not None:
+    elif model is not None and model.edits_only:
         raise InvalidRequest(
             f"operation: model {model_name!r} is an edit model ({model.label}); it runs image_edit jobs only",
             field="operation",

@@ -78,6 +78,8 @@ def controlnet_text(unit: ControlUnit) -> str:
     elif unit.preprocessor == "threshold":
         parts.append(f"Threshold A: {unit.low:g}")
     parts += [f"Guidance Start: {unit.start:g}", f"Guidance End: {unit.end:g}"]
+    if unit.mode is not None:  # a union ControlNet's mode (sd-webui-controlnet's "Control Mode" is another thing)
+        parts.append(f"Union Mode: {unit.mode}")
     return ", ".join(parts)
 
 

@@ -76,7 +76,8 @@ class InputImage:
 class ControlUnit:
     """One ControlNet of a job (rules and preprocessors: ``domain.controlnet``): a model of the ControlNet
     folder, its control image, a weight (diffusers' ``controlnet_conditioning_scale``), the fraction of
-    the steps it acts on (``control_guidance_start``/``end``) and a preprocessor for the image."""
+    the steps it acts on (``control_guidance_start``/``end``), a preprocessor for the image and, for a union
+    ControlNet (one model, several kinds of control map), the mode of this unit's map."""
 
     model: str
     image: InputImage
@@ -86,6 +87,7 @@ class ControlUnit:
     preprocessor: str = "none"
     low: float = 100.0  # canny's low threshold, threshold's level (A1111's threshold_a)
     high: float = 200.0  # canny's high threshold (threshold_b)
+    mode: int | None = None  # a union ControlNet's control mode (diffusers' ``control_mode``); None for others
 
 
 @dataclass(frozen=True, slots=True)

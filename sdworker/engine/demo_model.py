@@ -30,6 +30,7 @@ folder a worker serves as it is::
     models/demo-sd15-inpainting/   a tiny SD 1.x inpainting checkpoint, 9-channel UNet (``demo_inpaint``)
     models/demo-flux2/   a tiny FLUX.2 klein (``demo_flux2``)
     controlnet/demo-controlnet/   a ControlNet for demo-sd15 (diffusers ControlNetModel folder)
+    controlnet/demo-flux1-controlnet/   a FLUX.1 ControlNet for demo-flux1 (``demo_controlnet``)
     models/demo-flux1-kontext/   a tiny FLUX.1 Kontext edit model (``demo_edit``)
     ip-adapter/demo-ip-adapter.safetensors, ip-adapter/image_encoder/   an IP-Adapter for demo-sd15
                    and its CLIP image encoder (``demo_ip_adapter``)
@@ -55,9 +56,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-# v5: demo-sd15-inpainting, demo-flux2, demo-flux1-q8.gguf, the edit models, IP-Adapter, upscaler
-# (v4: controlnet/demo-controlnet)
-DEMO_VERSION = "demo-v5"
+# v6: controlnet/demo-flux1-controlnet
+# (v5: demo-sd15-inpainting, demo-flux2, demo-flux1-q8.gguf, the edit models, IP-Adapter, upscaler
+# v4: controlnet/demo-controlnet)
+DEMO_VERSION = "demo-v6"
 MODELS_DIR, LORAS_DIR, EMBEDDINGS_DIR, CONTROLNET_DIR = "models", "loras", "embeddings", "controlnet"
 DEMO_CONTROLNET = "demo-controlnet"
 DEMO_SD15, DEMO_SDXL = "demo-sd15", "demo-sdxl"
@@ -356,6 +358,7 @@ def write_demo_bundle(directory: Path) -> Path:
     from diffusers import StableDiffusionXLPipeline
     from safetensors.torch import save_file
 
+    from sdworker.engine.demo_controlnet import write_demo_controlnets
     from sdworker.engine.demo_edit import write_demo_edit_models
     from sdworker.engine.demo_flow import write_demo_flux1
     from sdworker.engine.demo_flux2 import write_demo_flux2
@@ -397,6 +400,8 @@ def write_demo_bundle(directory: Path) -> Path:
         )
         write_demo_ip_adapter(directory, sd15["unet"], SEED + 60)
         write_demo_upscaler(directory, SEED + 70)
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        write_demo_controlnets(directory / CONTROLNET_DIR, SEED + 100, SEED + 80)
     (directory / EMBEDDINGS_DIR).mkdir(parents=True, exist_ok=True)
     width = int(sd15["text_encoder"].config.hidden_size)
     vectors = torch.randn(2, width, generator=torch.Generator().manual_seed(SEED + 40)) * 0.5

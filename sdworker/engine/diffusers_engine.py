@@ -57,7 +57,7 @@ from sdworker.engine.batch import BatchFamily, failure, run_group
 from sdworker.engine.batch_flow import HOOKS as FLOW_BATCH_HOOKS
 from sdworker.engine.batch_unet import UNetBatch
 from sdworker.engine.components import ComponentPool
-from sdworker.engine.controlnet import ControlNets, control_images, controlnet_call
+from sdworker.engine.controlnet import ControlNets, control_images, controlnet_call, seeded_global_rng
 from sdworker.engine.decoding import decode_latents
 from sdworker.engine.demo_ip_adapter import IP_ADAPTER_DIR
 from sdworker.engine.demo_model import CONTROLNET_DIR
@@ -257,7 +257,9 @@ class DiffusersEngine:
         if request.controlnet:
             if request.hires is not None:
                 raise InvalidRequest("hires: the hires fix with ControlNet units is not supported yet", field="hires")
-            self.controlnets.check_units(request.controlnet, entry)
+            if request.cache is not None:  # the cache hooks skip blocks the ControlNet's residuals are added to
+                raise InvalidRequest("cache: step caching with ControlNet units is not supported yet", field="cache")
+            self.controlnets.check_units(request.controlnet, entry, request.operation)
         if request.ip_adapter is not None:
             if request.hires is not None:
                 raise InvalidRequest("hires: the hires fix with an IP-Adapter is not supported yet", field="hires")
@@ -418,13 +420,16 @@ class DiffusersEngine:
                 pipe, kwargs = edit_call(adapter, slot.model, request, prompt, generators, references)
             else:
                 pipe, kwargs = adapter.call_arguments(slot.model, request, prompt, generators, init, mask)
+                if request.controlnet:
+                    pipe, kwargs = self._with_controlnet(slot, request, pipe, kwargs)
             renderer = unpacking_renderer(slot.render_preview, adapter, request, pipe)
             finish = lambda latents: adapter.decode(pipe, latents, width, height)  # noqa: E731
         started = time.perf_counter()
         kwargs["output_type"] = "pil"
         callback = StepCallback(on_step, cancel, X0Recorder(scheduler), renderer)
         assert request.num_inference_steps is not None  # settled
-        with step_cache(getattr(pipe, "transformer", None), request.cache, request.num_inference_steps):
+        with step_cache(getattr(pipe, "transformer", None), request.cache, request.num_inference_steps), \
+                seeded_global_rng(pipe, seed, slot.model.device):
             if request.ip_adapter is None:
                 images, steps_run, _ = self._run_pass(slot, pipe, kwargs, scheduler, callback, finish)
             else:  # the adapter is on for this call only (``engine.ip_adapter``)
@@ -689,11 +694,11 @@ class DiffusersEngine:
     ) -> tuple[Any, dict[str, Any]]:
         """The job's ControlNet pipeline over ``base``'s modules (``engine.controlnet``)."""
         maps = control_images(request.controlnet, self.settings.max_pixels)
-        nets = [self.controlnets.load(self.controlnets.entry(unit.model, f"controlnet.{i}.model").name,
-                                      slot.model.device, slot.model.dtype)
-                for i, unit in enumerate(request.controlnet)]
-        return controlnet_call(base, slot.model.family == "sdxl", request.operation, nets, maps, request.controlnet,
-                               kwargs)
+        entries = [self.controlnets.entry(unit.model, f"controlnet.{i}.model")
+                   for i, unit in enumerate(request.controlnet)]
+        nets = [self.controlnets.load(entry, slot.model.device, slot.model.dtype) for entry in entries]
+        return controlnet_call(base, slot.model.family, request.operation, entries[0].kind, nets, maps,
+                               request.controlnet, kwargs)
 
     def _common_arguments(
         self, slot: ModelSlot, request: GenerationRequest, prompt: str, seeds: tuple[int, ...]

@@ -1,5 +1,6 @@
 """Edit jobs on the engine: the call to an edit model's own diffusers pipeline (``FluxKontextPipeline``,
-``QwenImageEditPipeline``, ``QwenImageEditPlusPipeline``) with the job's reference images.
+``QwenImageEditPipeline``, ``QwenImageEditPlusPipeline``, FLUX.2's ``Flux2KleinPipeline`` and
+``Flux2Pipeline``) with the job's reference images.
 
 The arguments are what one would pass diffusers by hand, so a job's pixels equal the pipeline called
 directly with the same seed. Two choices are ours, and each is stated where it is made:
@@ -10,6 +11,8 @@ directly with the same seed. Two choices are ours, and each is stated where it i
 - Qwen-Image-Edit(-Plus): the pipeline sizes its references itself (384^2 px for the vision encoder,
   1 MP for the VAE); we pass them as decoded. Plus takes the list (several references); the first
   model takes one image.
+- FLUX.2: its text-to-image pipeline with the references as ``image`` (a list); the pipeline sizes each
+  itself (down to 1 MP, to a multiple of 16 px) and the output is the job's size.
 """
 
 from __future__ import annotations
@@ -35,9 +38,10 @@ def edit_call(
 ) -> tuple[Any, dict[str, Any]]:
     """The edit pipeline of ``model`` and its keyword arguments. ``request``'s size is settled and its
     model checked to be an edit model (``domain.edit.check_edit_model``)."""
-    pipe = model.base_pipe
+    pipe = model.pipe  # an edit-only model's base pipeline; FLUX.2's text-to-image one
     name = type(pipe).__name__
-    if pipe is None or not ("Kontext" in name or "Edit" in name):  # the library said edit, the files did not
+    # the library said edit, the files did not
+    if pipe is None or not ("Kontext" in name or "Edit" in name or "Flux2" in name):
         raise InvalidRequest(f"operation: model {request.model or 'default'!r} loaded as {name}, not an edit "
                              "pipeline", field="operation")
     assert request.width is not None and request.height is not None
@@ -55,6 +59,9 @@ def edit_call(
         size = (request.width, request.height)
         kwargs.update(image=images[0] if images[0].size == size else images[0].resize(size, Image.Resampling.LANCZOS),
                       max_area=request.width * request.height, _auto_resize=False)
+        return pipe, kwargs
+    if "Flux2" in name:
+        kwargs["image"] = images
         return pipe, kwargs
     negative = request.negative_prompt or (" " if (request.guidance_scale or 0) > 1 else "")
     if negative:  # as Qwen-Image's text-to-image: the model card's " " keeps true CFG running

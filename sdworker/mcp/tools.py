@@ -57,7 +57,10 @@ _GENERATE_FIELDS = (
 _EDIT_FIELDS = (
     "prompt", "negative_prompt", "model", "strength", "steps", "seed", "guidance_scale", "scheduler", "loras",
 )
-EDIT_VARIANTS = ("kontext", "edit", "edit-plus")  # FLUX.1 Kontext, Qwen-Image-Edit(-Plus): sdworker.domain.edit
+# (architecture, variant) of the edit models (sdworker.domain.edit, not imported: the MCP side is client-only):
+# FLUX.1 Kontext, Qwen-Image-Edit(-Plus), FLUX.2 (which edits as well as generates; FLUX.1 dev is no edit model)
+EDIT_MODELS = frozenset({("flux1", "kontext"), ("qwenimage", "edit"), ("qwenimage", "edit-plus"),
+                         ("flux2", "klein"), ("flux2", "klein-base"), ("flux2", "dev")})
 _RESULT_NOTE = (
     f" Returns the image downsized to at most {PREVIEW_MAX_SIDE} px on its longest side (JPEG), a resource "
     "link to the full-size PNG, and the job id, seed and parameters as JSON text. Takes seconds to minutes; "
@@ -94,9 +97,9 @@ def tool_list(openapi: dict[str, Any], *, local_files: bool) -> list[types.Tool]
             name="edit_image",
             title="Edit an image",
             description="Change an existing image following a prompt: img2img (whole image) or inpainting "
-            "(only where the mask is white). On an edit model (list_models: variant kontext, edit or edit-plus) "
-            "without a mask, the prompt is an instruction ('make the door red') that the model's edit "
-            "pipeline follows, keeping the rest of the image." + _RESULT_NOTE,
+            "(only where the mask is white). On an edit model (list_models: variant kontext, edit or edit-plus, "
+            "or a flux2 architecture) without a mask, the prompt is an instruction ('make the door red') that "
+            "the model's edit pipeline follows, keeping the rest of the image." + _RESULT_NOTE,
             input_schema=_object(
                 {"image": image, "mask": mask, **{n: fields[n] for n in _EDIT_FIELDS if n in fields}},
                 ["image", "prompt"],
@@ -238,7 +241,7 @@ class ToolRunner:
         """Whether ``model`` (None: the default) is an edit model (``variant`` in ``GET /v1/models``)."""
         for entry in (await self.gateway.models())["models"]:
             if entry.get("id") == model or (model is None and entry.get("default")):
-                return entry.get("variant") in EDIT_VARIANTS
+                return (entry.get("architecture"), entry.get("variant")) in EDIT_MODELS
         return False
 
     async def _follow(self, job_id: str) -> Finished:

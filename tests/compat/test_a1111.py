@@ -103,8 +103,9 @@ def _grid() -> Image.Image:
 
 
 def test_controlnet_units_equal_the_native_job(api: webuiapi.WebUIApi, http: httpx.Client) -> None:
-    assert api.controlnet_model_list() == ["demo-controlnet"]
-    assert http.get("/v1/controlnets").json() == {"object": "list", "data": [{"name": "demo-controlnet"}]}
+    assert api.controlnet_model_list() == ["demo-controlnet", "demo-flux1-controlnet"]  # the whole folder, as A1111
+    assert http.get("/v1/controlnets").json() == {"object": "list", "data": [{"name": "demo-controlnet"},
+                                                                             {"name": "demo-flux1-controlnet"}]}
     assert {"none", "canny"} <= set(api.controlnet_module_list())
     units = [webuiapi.ControlNetUnit(image=_grid(), module="none", model="demo-controlnet [0123abcd]", weight=0.8,
                                      guidance_end=0.5, resize_mode="Just Resize"),
@@ -182,7 +183,7 @@ def test_progress_shows_the_running_job_and_interrupt_returns_its_image(
 
 
 def test_models_options_and_png_info(api: webuiapi.WebUIApi, server: LiveServer, demo_cache_dir: Path) -> None:
-    unet = demo_cache_dir / "demo-v5" / "models" / "demo-sd15" / "unet" / "diffusion_pytorch_model.safetensors"
+    unet = demo_cache_dir / "demo-v6" / "models" / "demo-sd15" / "unet" / "diffusion_pytorch_model.safetensors"
     sha = hashlib.sha256(unet.read_bytes()).hexdigest()
     title = f"demo [{sha[:10]}]"
     # The served model first, then the library's other models (the FLUX.1, SD 3.5... demos).

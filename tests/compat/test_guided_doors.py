@@ -53,6 +53,27 @@ def test_openai_edit_on_an_edit_model_equals_the_native_edit_job(client: openai.
     assert np.abs(native.astype(int) - other.astype(int)).max() > 0  # the reference image reaches the pixels
 
 
+def test_openai_edit_with_two_images_on_flux2_uses_both(client: openai.OpenAI, http: httpx.Client) -> None:
+    """FLUX.2 klein (the demo's multi-reference edit model): both ``image[]`` files become references of one
+    edit job; the job equals the native edit, and dropping either image changes the pixels."""
+    door, wall = png(64, 64, (30, 140, 220)), png(64, 64, (250, 250, 20))
+    images = [("door.png", door, "image/png"), ("wall.png", wall, "image/png")]
+    result = client.images.edit(model="demo-flux2", image=images, prompt="put the door in the wall", extra_body=EDIT)
+    assert result.data is not None
+    job = http.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    parameters = http.get(f"/v1/jobs/{job['job_id']}").json()["parameters"]
+    assert parameters["operation"] == "image_edit" and parameters["reference_images"] == 2
+    both = pixels(base64.b64decode(result.data[0].b64_json or ""))
+    native = native_pixels(http, operation="image_edit", prompt="put the door in the wall", model="demo-flux2",
+                           reference_images=[b64(door), b64(wall)], **EDIT)
+    np.testing.assert_array_equal(both, native)
+    for kept in (door, wall):
+        one = client.images.edit(model="demo-flux2", image=("one.png", kept, "image/png"),
+                                 prompt="put the door in the wall", extra_body=EDIT)
+        assert one.data is not None
+        assert np.abs(pixels(base64.b64decode(one.data[0].b64_json or "")).astype(int) - both.astype(int)).max() > 0
+
+
 def test_two_images_on_kontext_are_a_400_naming_image(client: openai.OpenAI) -> None:
     images = [("a.png", png(64, 64), "image/png"), ("b.png", png(64, 64, (0, 0, 0)), "image/png")]
     with pytest.raises(openai.BadRequestError) as caught:
@@ -145,3 +166,24 @@ def test_a1111_fields_that_are_ignored_are_warnings_of_the_job(http: httpx.Clien
     warnings = http.get(f"/v1/jobs/{job['job_id']}").json()["warnings"]
     assert "restore_faces: not supported by sdworker; ignored" in warnings, warnings
     assert "alwayson_scripts.ADetailer: not supported by sdworker; ignored" in warnings, warnings
+
+
+def test_native_flux_controlnet_job_runs_and_a_unit_for_another_family_is_4xx(http: httpx.Client) -> None:
+    """A FLUX.1 unit over HTTP: the job runs and its PNG records the unit as A1111 does; an SD 1.x
+    ControlNet on demo-flux1, the FLUX.1 one on demo-sd15 and a control mode on a non-union net are 4xx
+    naming the unit's field."""
+    stripes = png(64, 64, (255, 255, 255))
+    flux_unit = {"model": "demo-flux1-controlnet", "image": b64(stripes), "weight": 0.7, "end": 0.5}
+    job = {"prompt": "a cat", "model": "demo-flux1", "width": 64, "height": 64, **EDIT}
+    steered = native_pixels(http, **job, controlnet=[flux_unit])
+    assert np.abs(steered.astype(int) - native_pixels(http, **job).astype(int)).max() > 0
+    job_id = http.get("/v1/jobs", params={"limit": 2}).json()["jobs"][1]["job_id"]
+    assert ('ControlNet 0: "Module: none, Model: demo-flux1-controlnet, Weight: 0.7, Guidance Start: 0, '
+            'Guidance End: 0.5"') in _infotext(http, job_id)
+    for body, field in (
+        ({**job, "controlnet": [{**flux_unit, "model": "demo-controlnet"}]}, "controlnet.0.model"),
+        ({**job, "model": "demo-sd15", "controlnet": [flux_unit]}, "controlnet.0.model"),
+        ({**job, "controlnet": [{**flux_unit, "control_mode": 1}]}, "controlnet.0.control_mode"),
+    ):
+        response = http.post("/v1/jobs", json=body)
+        assert response.status_code // 100 == 4 and response.json()["error"]["field"] == field, response.text

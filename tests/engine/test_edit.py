@@ -109,3 +109,30 @@ def test_init_image_on_an_edit_is_refused() -> None:
     with pytest.raises(InvalidRequest) as caught:
         check_request(request)
     assert caught.value.field == "init_image"
+
+
+def test_flux2_edit_with_two_references_equals_flux2_klein_pipeline(edit_engine: DiffusersEngine,
+                                                                     demo_bundle: Path) -> None:
+    """FLUX.2 klein edits with several references (a list); each one reaches the pixels."""
+    from diffusers import Flux2KleinPipeline
+
+    both = _edit(edit_engine, "demo-flux2", (_reference(0), _reference(1)))
+    pipe = Flux2KleinPipeline.from_pretrained(demo_bundle / "models" / "demo-flux2")
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(image=[init_image(64, seed=0), init_image(64, seed=1)], prompt=PROMPT, width=64, height=64,
+                    num_inference_steps=3, guidance_scale=2.5,
+                    generator=torch.Generator("cpu").manual_seed(SEED)).images[0]
+    np.testing.assert_array_equal(pixels(both.images[0]), pixels(expected))
+    for kept in (_reference(0), _reference(1)):  # dropping either reference changes the image
+        one = _edit(edit_engine, "demo-flux2", (kept,))
+        assert np.abs(pixels(one.images[0]).astype(int) - pixels(both.images[0]).astype(int)).max() > 0
+
+
+def test_flux2_runs_text_to_image_and_takes_at_most_four_references(edit_engine: DiffusersEngine) -> None:
+    edit_engine.validate_request(GenerationRequest(PROMPT, model="demo-flux2"))  # an edit model that also generates
+    five = tuple(InputImage(b"x", f"reference_images.{i}") for i in range(5))
+    with pytest.raises(InvalidRequest) as caught:
+        from sdworker.domain.checks import check_request
+
+        check_request(GenerationRequest(PROMPT, operation=Operation.EDIT, model="demo-flux2", reference_images=five))
+    assert caught.value.field == "reference_images"

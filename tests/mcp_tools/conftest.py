@@ -50,16 +50,18 @@ class Worker:
 
 
 class EditFakeEngine(FakeEngine):
-    """The fake library plus ``kontext``, listed as an edit model (``variant``), as FLUX.1 Kontext is."""
+    """The fake library plus ``kontext``, listed as an edit model (``variant``), as FLUX.1 Kontext is, and
+    ``klein``, a FLUX.2 klein (an edit model that also generates)."""
 
     def list_models(self) -> tuple[ModelInfo, ...]:
-        return tuple(replace(m, family="flux1", variant="kontext") if m.name == "kontext" else m
+        kinds = {"kontext": ("flux1", "kontext"), "klein": ("flux2", "klein")}
+        return tuple(replace(m, family=kinds[m.name][0], variant=kinds[m.name][1]) if m.name in kinds else m
                      for m in super().list_models())
 
 
 @pytest.fixture(scope="module")
 def worker() -> Iterator[Worker]:
-    engine = EditFakeEngine(models=("fake", "kontext"), step_seconds=STEP_SECONDS)
+    engine = EditFakeEngine(models=("fake", "kontext", "klein"), step_seconds=STEP_SECONDS)
     port = free_port()
     settings = Settings(port=port, api_keys=(KEY, OTHER_KEY), shutdown_grace_seconds=5.0, preview_min_interval_ms=0)
     server = uvicorn.Server(uvicorn.Config(create_app(settings, engine), host="127.0.0.1", port=port,

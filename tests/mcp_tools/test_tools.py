@@ -181,6 +181,10 @@ async def _edit(client: Client) -> None:
     assert not edit.is_error, text_of(edit)
     parameters = summary_of(edit)["parameters"]
     assert parameters["operation"] == "image_edit" and parameters["model"] == "kontext", parameters
+    klein = await client.call_tool("edit_image", {"image": png_b64(64, 64), "prompt": "make it red", "steps": 2,
+                                                  "model": "klein"})
+    assert not klein.is_error, text_of(klein)
+    assert summary_of(klein)["parameters"]["operation"] == "image_edit"  # FLUX.2 edits (by its architecture)
 
 
 async def test_without_the_key(worker: Worker, connect: Connect) -> None:

@@ -11,7 +11,8 @@ Two kinds, told apart by ``model_index.json``'s pipeline class:
 
 diffusers has no image-to-image pipeline with ``strength`` for FLUX.2 (its ``image`` argument is a
 reference image for editing, a different operation), so image-to-image jobs are a 4xx naming the
-model; inpaint runs on klein only. None of the pipelines takes a negative prompt: it is ignored and
+model; inpaint runs on klein only. Editing (``image_edit``) is the text-to-image pipeline given reference
+images, several at once (``domain.edit``). None of the pipelines takes a negative prompt: it is ignored and
 reported in the job's warnings, as are A1111 emphasis marks (removed: the LLM encoders do not weight
 tokens).
 """
@@ -61,6 +62,7 @@ FACTS = FamilyFacts(
     pipelines={
         "image_generation": "Flux2Pipeline",
         "image_inpaint": "Flux2KleinInpaintPipeline",
+        "image_edit": "Flux2KleinPipeline",  # the same pipeline with reference images (``domain.edit``)
     },
     index_classes=("Flux2Pipeline", "Flux2KleinPipeline", "Flux2KleinInpaintPipeline"),
 )
