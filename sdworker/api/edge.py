@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from sdworker.api.docs import router as docs_router
 from sdworker.api.errors import BodyLimitMiddleware
 from sdworker.api.guard import EdgeGuard
-from sdworker.api.responses import document_errors, document_limits
+from sdworker.api.responses import document_auth, document_errors, document_limits
 from sdworker.settings import Settings
 
 
@@ -22,6 +22,7 @@ def install_edge(app: FastAPI, settings: Settings) -> None:
     app.include_router(docs_router)
     document_errors(app)
     document_limits(app, settings)
+    document_auth(app, settings)
     # add_middleware puts each new one outside the previous: the guard ends up outermost.
     app.add_middleware(
         BodyLimitMiddleware,
