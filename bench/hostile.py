@@ -45,7 +45,15 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench.*` importable
 
 import httpx  # noqa: E402
 
-from bench.hostile_doors import DOOR_CASES, GOOD_IMAGE, IMAGE_ENTRIES, NATIVE, send_image  # noqa: E402
+from bench.hostile_doors import (  # noqa: E402
+    DOOR_CASES,
+    GOOD_IMAGE,
+    IMAGE_ENTRIES,
+    NATIVE,
+    Attack,
+    crafted_images,
+    send_image,
+)
 from bench.hostile_kit import AUTH, HANG_SECONDS, KEY, Phase, Server, cancel_all, raw, status_of  # noqa: E402
 
 FD_TOLERANCE = 5  # open fds after a case: at most this many above its start (the log, a pooled socket)
@@ -225,7 +233,7 @@ async def page_paths(server: Server, client: httpx.AsyncClient, phase: Phase) ->
             phase.bad(f"{path[:40]}: served something ({len(answer)} bytes)")
 
 
-PHASES = [
+PHASES: list[tuple[str, Attack]] = [
     ("300 SSE disconnects mid-job", sse_disconnects),
     ("200 slow-header connections", slow_headers),
     ("huge headers", huge_headers),
@@ -244,7 +252,7 @@ async def warm_up(client: httpx.AsyncClient) -> None:
     await asyncio.sleep(2)
 
 
-async def run(server: Server, only: list[str]) -> dict[str, Any]:
+async def run(server: Server, only: list[str], mutations: int) -> dict[str, Any]:
     results = []
     rss_start, fds_start = server.rss_mb(), server.fds()
     async with httpx.AsyncClient(base_url=server.url, timeout=HANG_SECONDS, headers=AUTH) as client:
@@ -258,7 +266,10 @@ async def run(server: Server, only: list[str]) -> dict[str, Any]:
             watcher = asyncio.create_task(health_watch(server.url, worst, stop))
             fds, rss = server.fds(), server.rss_mb()
             started = time.monotonic()
-            await attack(server, client, phase)
+            if attack is crafted_images:
+                await crafted_images(server, client, phase, mutations)
+            else:
+                await attack(server, client, phase)
             stop.set()
             await watcher
             slow = sum(1 for s in worst if s > 1.0)
@@ -302,6 +313,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "hostile.json",
                         help="write the numbers here")
+    parser.add_argument("--mutations", type=int, default=20,
+                        help="mutated files per format (PNG, JPEG, WebP) at each of the 8 image entry points")
     parser.add_argument("--only", default="", help="comma-separated words: run the cases whose name has one")
     args = parser.parse_args()
     with socket.socket() as sock:
@@ -311,7 +324,7 @@ def main() -> None:
         server = Server(port, Path(workdir))
         try:
             server.wait_ready()
-            report = asyncio.run(run(server, [w for w in args.only.split(",") if w]))
+            report = asyncio.run(run(server, [w for w in args.only.split(",") if w], args.mutations))
         finally:
             server.stop()
     print_table(report)

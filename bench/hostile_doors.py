@@ -157,7 +157,7 @@ async def answered(phase: Phase, client: httpx.AsyncClient, label: str, allowed:
 # --- cases ------------------------------------------------------------------------------------------
 
 
-async def crafted_images(server: Server, client: httpx.AsyncClient, phase: Phase, mutations: int = 8) -> None:
+async def crafted_images(server: Server, client: httpx.AsyncClient, phase: Phase, mutations: int = 20) -> None:
     """Crafted PNGs (refused, 4xx naming the field) and mutated PNG/JPEG/WebP (served or refused) at
     every image entry point of every door."""
     rng = random.Random("sdworker-hostile")
@@ -263,7 +263,7 @@ async def many_files(server: Server, client: httpx.AsyncClient, phase: Phase) ->
 
 
 async def unfinished_bodies(server: Server, client: httpx.AsyncClient, phase: Phase) -> None:
-    """50 chunked POSTs that stop mid-body and 200 POSTs trickling a byte every 0.5 s against
+    """50 chunked POSTs that stop mid-body and 450 POSTs trickling a byte every 0.5 s against
     ``Content-Length: 100000``: each answered 408 and closed (the server's body deadline is 2 s here),
     where the run found them held forever."""
     head = (f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
@@ -303,7 +303,7 @@ async def unfinished_bodies(server: Server, client: httpx.AsyncClient, phase: Ph
         if code != 408:
             phase.bad(f"{label}: {code or 'no answer'} (expected 408)")
 
-    await asyncio.gather(*(one(index < 50) for index in range(250)))
+    await asyncio.gather(*(one(index < 50) for index in range(500)))
 
 
 async def key_reload(server: Server, client: httpx.AsyncClient, phase: Phase) -> None:
@@ -381,7 +381,8 @@ async def queue_flood(server: Server, client: httpx.AsyncClient, phase: Phase, c
         await finish(client, job_id, phase, "flooded job")
 
 
-DOOR_CASES: list[tuple[str, Callable[[Server, httpx.AsyncClient, Phase], Awaitable[Any]]]] = [
+Attack = Callable[[Server, httpx.AsyncClient, Phase], Awaitable[Any]]
+DOOR_CASES: list[tuple[str, Attack]] = [
     ("unfinished + trickling bodies", unfinished_bodies),
     ("crafted images, 8 entry points", crafted_images),
     ("1 MB / 10 MB prompts", huge_prompts),
