@@ -22,6 +22,7 @@ of the case's start, the RSS not back within ``RSS_TOLERANCE_MB`` of it (both wa
 
     .venv/bin/python bench/hostile.py
     .venv/bin/python bench/hostile.py --only resize,seeds      # cases whose name contains a word
+    .venv/bin/python bench/hostile.py --demo                   # the real engine on the demo model
 """
 
 from __future__ import annotations
@@ -284,6 +285,7 @@ async def run(server: Server, only: list[str], mutations: int) -> dict[str, Any]
             if not alive:
                 break
     return {
+        "engine": "demo" if server.demo else "fake",
         "phases": results,
         "tolerance": {"rss_mb": RSS_TOLERANCE_MB, "open_fds": FD_TOLERANCE},
         "rss_mb": {"start": round(rss_start, 1), "end": round(server.rss_mb(), 1) if server.alive() else None},
@@ -304,7 +306,8 @@ def print_table(report: dict[str, Any]) -> None:
         for note in p["notes"]:
             print(f"{'':34}! {note}")
     rss, fds = report["rss_mb"], report["open_fds"]
-    print(f"whole run: RSS MB {rss['start']} -> {rss['end']}; open fds {fds['start']} -> {fds['end']}; "
+    print(f"engine: {report['engine']}; whole run: RSS MB {rss['start']} -> {rss['end']}; "
+          f"open fds {fds['start']} -> {fds['end']}; "
           f"process alive: {report['alive']}; tolerance per case: RSS +{RSS_TOLERANCE_MB:.0f} MB, "
           f"fds +{FD_TOLERANCE}; misbehaved in all: {sum(p['misbehaved'] for p in report['phases'])}")
 
@@ -313,6 +316,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "hostile.json",
                         help="write the numbers here")
+    parser.add_argument("--demo", action="store_true",
+                        help="serve the demo model with the real diffusers engine instead of the FakeEngine")
     parser.add_argument("--mutations", type=int, default=20,
                         help="mutated files per format (PNG, JPEG, WebP) at each of the 8 image entry points")
     parser.add_argument("--only", default="", help="comma-separated words: run the cases whose name has one")
@@ -321,7 +326,13 @@ def main() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with tempfile.TemporaryDirectory(prefix="sdworker-hostile-") as workdir:
-        server = Server(port, Path(workdir))
+        demo_cache = None
+        if args.demo:
+            from sdworker.engine.demo_model import ensure_demo_model
+
+            demo_cache = Path(workdir) / "cache"
+            ensure_demo_model(demo_cache)
+        server = Server(port, Path(workdir), demo_cache)
         try:
             server.wait_ready()
             report = asyncio.run(run(server, [w for w in args.only.split(",") if w], args.mutations))

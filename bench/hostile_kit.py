@@ -54,12 +54,14 @@ class Phase:
 
 
 class Server:
-    """``bench/fake_server.py`` (uvicorn, the CLI's server, the FakeEngine at 0.05 s a step) on
-    127.0.0.1 with a keys file, a queue of 4 and a 2 s body deadline; its log is kept for the access
+    """``bench/fake_server.py`` (uvicorn, the CLI's server, the FakeEngine at 0.05 s a step), or with
+    ``demo_cache`` ``sdworker serve --model demo`` (the real diffusers engine on the tiny demo model),
+    on 127.0.0.1 with a keys file, a queue of 4 and a 2 s body deadline; its log is kept for the access
     log case. Stopped with SIGTERM (then SIGKILL after 30 s) however the run ends."""
 
-    def __init__(self, port: int, workdir: Path) -> None:
+    def __init__(self, port: int, workdir: Path, demo_cache: Path | None = None) -> None:
         self.port = port
+        self.demo = demo_cache is not None
         self.url = f"http://127.0.0.1:{port}"
         self.keys_file = workdir / "keys"
         self.keys_file.write_text(KEY + "\n")
@@ -75,14 +77,15 @@ class Server:
             "SDWORKER_TEST_FAKE_STEP_SECONDS": "0.05",
             "OMP_NUM_THREADS": "1",
         }
+        command = [sys.executable, str(ROOT / "bench" / "fake_server.py")]
+        if demo_cache is not None:
+            env["SDWORKER_CACHE_DIR"] = str(demo_cache)
+            command = [sys.executable, "-m", "sdworker", "serve", "--model", "demo"]
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "fake_server.py")], cwd=ROOT, env=env, stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # the demo model loads in seconds idle, a minute on a busy machine
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
