@@ -41,10 +41,10 @@ SETTINGS = Settings(
     preview_min_interval_ms=0, shutdown_grace_seconds=1.0,
 )
 KEYED = SETTINGS.model_copy(update={"api_keys": (KEY,)})
-# What the edge answers before the key check, by status: the error codes it uses there (a body that
-# is not JSON or multipart, a compressed or UTF-16/32 JSON body, one above --max-body-bytes; listed as
-# intended in docs/security.md). A 422 or 404 here would mean a route ran without a key.
-EDGE_BEFORE_KEYS = {400: {"invalid_json"}, 413: {"body_too_large"}, 415: {"unsupported_media_type"}}
+# What the edge answers before the key check, from the headers alone (a Content-Type that is neither
+# JSON nor multipart; listed as intended in docs/security.md). No body is read before the key check
+# (api/edge.py), so a 400, 413, 422 or 404 here would mean something ran without a key.
+EDGE_BEFORE_KEYS = {415: {"unsupported_media_type"}}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
