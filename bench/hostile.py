@@ -10,14 +10,16 @@ bench/hostile_doors.py:
 - unfinished chunked and trickling bodies (408), crafted and mutated images at the eight image entry
   points of the three doors, 1 MB / 10 MB prompts, the 16384 px resize bomb, seeds >= 2^64, lone
   surrogates and NUL, ``CLIP_stop_at_last_layers: 1e400``, UTF-16/32 and BOM bodies, 100 multipart
-  files, a short key on SIGHUP reload, signed URLs in the access log, 100 submits past the queue.
+  files, 30 MB bodies without a key, a short key on SIGHUP reload, signed URLs in the access log,
+  100 submits past the queue.
 
 A request misbehaved if it got a 5xx, an answer of the wrong class (a hostile input served, a fine
 one refused), no answer within 30 s (10 s for the resize bomb), or an accepted job that failed, was
 lost or listed twice. A case also misbehaves if afterwards the watchers or open streams (the
 server's own gauges) are not back to 0, the open file descriptors not back within ``FD_TOLERANCE``
 of the case's start, the RSS not back within ``RSS_TOLERANCE_MB`` of it (both waited for up to 15 s),
-``/health`` took over 1 s at any point, or the process died. Prints a table and writes JSON
+``/health`` took over 1 s at any point, or the process died; for the keyless bodies the RSS must not
+even peak above the tolerance (sampled every 0.2 s). Prints a table and writes JSON
 (``--json``, default bench/results/hostile.json); exits 1 if anything misbehaved.
 
     .venv/bin/python bench/hostile.py
@@ -51,6 +53,7 @@ from bench.hostile_doors import (  # noqa: E402
     GOOD_IMAGE,
     IMAGE_ENTRIES,
     NATIVE,
+    PEAK_BOUND_CASES,
     Attack,
     crafted_images,
     send_image,
@@ -99,9 +102,12 @@ async def settle(server: Server, client: httpx.AsyncClient, phase: Phase, fds_be
         await asyncio.sleep(0.2)
 
 
-async def health_watch(url: str, worst: list[float], stop: asyncio.Event) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=HANG_SECONDS) as client:
+async def health_watch(server: Server, worst: list[float], peak: list[float], stop: asyncio.Event) -> None:
+    """``/health`` latency every 0.2 s, and the server's RSS (its peak during the case)."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=HANG_SECONDS) as client:
         while not stop.is_set():
+            with contextlib.suppress(OSError):
+                peak.append(server.rss_mb())
             start = time.monotonic()
             try:
                 await client.get("/health")
@@ -264,7 +270,8 @@ async def run(server: Server, only: list[str], mutations: int) -> dict[str, Any]
             phase = Phase(name)
             worst: list[float] = []
             stop = asyncio.Event()
-            watcher = asyncio.create_task(health_watch(server.url, worst, stop))
+            peak: list[float] = []
+            watcher = asyncio.create_task(health_watch(server, worst, peak, stop))
             fds, rss = server.fds(), server.rss_mb()
             started = time.monotonic()
             if attack is crafted_images:
@@ -273,6 +280,8 @@ async def run(server: Server, only: list[str], mutations: int) -> dict[str, Any]
                 await attack(server, client, phase)
             stop.set()
             await watcher
+            if name in PEAK_BOUND_CASES and max(peak, default=0.0) > rss + RSS_TOLERANCE_MB:
+                phase.bad(f"RSS peaked at {max(peak):.0f} MB (start {rss:.0f} MB)")
             slow = sum(1 for s in worst if s > 1.0)
             if slow:
                 phase.bad(f"/health over 1 s {slow} times (worst {max(worst):.2f} s)")
@@ -281,6 +290,7 @@ async def run(server: Server, only: list[str], mutations: int) -> dict[str, Any]
             results.append({**asdict(phase), "seconds": round(time.monotonic() - started, 1),
                             "health_worst_seconds": round(max(worst, default=0.0), 3),
                             "rss_mb": [round(rss, 1), round(server.rss_mb(), 1) if alive else None],
+                            "rss_peak_mb": round(max(peak, default=rss), 1),
                             "open_fds": [fds, server.fds() if alive else None]})
             if not alive:
                 break
@@ -295,13 +305,13 @@ async def run(server: Server, only: list[str], mutations: int) -> dict[str, Any]
 
 
 def print_table(report: dict[str, Any]) -> None:
-    print(f"{'case':32} {'reqs':>5} {'misb':>4} {'RSS MB before/after':>19} {'fds b/a':>9} {'health s':>8} "
+    print(f"{'case':32} {'reqs':>5} {'misb':>4} {'RSS MB before/after':>19} {'peak':>6} {'fds b/a':>9} {'health s':>8} "
           f"{'secs':>5}  answers")
     for p in report["phases"]:
         answers = ", ".join(f"{k}: {v}" for k, v in sorted(p["answers"].items()))
         rss = "{} / {}".format(*p["rss_mb"])
         fds = "{} / {}".format(*p["open_fds"])
-        print(f"{p['name']:32} {p['tried']:>5} {p['misbehaved']:>4} {rss:>19} {fds:>9} "
+        print(f"{p['name']:32} {p['tried']:>5} {p['misbehaved']:>4} {rss:>19} {p['rss_peak_mb']:>6} {fds:>9} "
               f"{p['health_worst_seconds']:>8} {p['seconds']:>5}  {answers}")
         for note in p["notes"]:
             print(f"{'':34}! {note}")

@@ -306,6 +306,28 @@ async def unfinished_bodies(server: Server, client: httpx.AsyncClient, phase: Ph
     await asyncio.gather(*(one(index < 50) for index in range(500)))
 
 
+async def keyless_bodies(server: Server, client: httpx.AsyncClient, phase: Phase) -> None:
+    """20 concurrent 30 MB POSTs without a key, 3 times: each a 401 before its body is read (read
+    first, 20 of them took the server from 104 to 761 MB and left 525 MB). Sent from threads: pushing
+    600 MB from this event loop would stall its own /health sampling, not the server's."""
+    body = b'{"prompt": "' + b"a" * 30_000_000 + b'"}'
+
+    def post() -> int:
+        with httpx.Client(base_url=server.url, timeout=HANG_SECONDS) as keyless:
+            try:
+                return keyless.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"}).status_code
+            except httpx.HTTPError:
+                return 0
+
+    for _ in range(3):
+        for code in await asyncio.gather(*(asyncio.to_thread(post) for _ in range(20))):
+            if code:
+                phase.expect("keyless 30 MB body", code, frozenset({401}))
+            else:
+                phase.tried += 1
+                phase.bad("keyless 30 MB body: no answer (connection error or timeout)")
+
+
 async def key_reload(server: Server, client: httpx.AsyncClient, phase: Phase) -> None:
     """A keys file rewritten with a short key (``abc``) and re-read on SIGHUP: the old keys stay, ``abc``
     never works; a good rotation then takes effect."""
@@ -381,6 +403,8 @@ async def queue_flood(server: Server, client: httpx.AsyncClient, phase: Phase, c
         await finish(client, job_id, phase, "flooded job")
 
 
+# Cases whose RSS must not even peak above the tolerance: a client without a key must cost no memory.
+PEAK_BOUND_CASES = {"keyless 30 MB bodies"}
 Attack = Callable[[Server, httpx.AsyncClient, Phase], Awaitable[Any]]
 DOOR_CASES: list[tuple[str, Attack]] = [
     ("unfinished + trickling bodies", unfinished_bodies),
@@ -391,6 +415,7 @@ DOOR_CASES: list[tuple[str, Attack]] = [
     ("surrogates, NUL, clip 1e400", bad_text),
     ("UTF-16/32 and BOM bodies", not_utf8),
     ("100 multipart files", many_files),
+    ("keyless 30 MB bodies", keyless_bodies),
     ("short key on SIGHUP", key_reload),
     ("token in access log", token_in_log),
     ("100 submits, queue of 4", queue_flood),
