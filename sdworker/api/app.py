@@ -27,7 +27,7 @@ from sdworker.api.compat.a1111_controlnet import router as controlnet_router
 from sdworker.api.compat.a1111_routes import router as a1111_router
 from sdworker.api.compat.a1111_state import A1111State
 from sdworker.api.compat.openai_routes import router as openai_router
-from sdworker.api.edge import install_edge
+from sdworker.api.edge import install_body_limit, install_edge
 from sdworker.api.errors import install_error_handlers
 from sdworker.api.mcp_mount import McpMount
 from sdworker.api.routes_fleet import router as fleet_router
@@ -138,11 +138,13 @@ def create_app(
     if settings.mcp:  # /mcp: the MCP tools over Streamable HTTP (api/mcp_mount.py), behind the same keys
         mcp = McpMount(service, settings, app.state.links, lambda: app.openapi())  # as served (document_limits)
         app.router.routes.append(mcp.route)
+    # The body is read inside the key check: a request without a key is refused unread (api/edge.py).
+    install_body_limit(app, settings)
     app.add_middleware(AuthMiddleware, ring=keys, signer=signer, metrics_public=settings.metrics_public)
     # Inside the edge guard (a bad Host is refused on /health too), outside the keys and the router.
     app.add_middleware(HealthFirst)
-    # --- The HTTP edge (api/edge.py): Host/Origin/CORS/content-type guard, body limit, offline
-    # /docs, documented error answers. Everything about the edge stays in this one call.
+    # --- The HTTP edge (api/edge.py): Host/Origin/CORS/content-type guard, offline /docs,
+    # documented error answers (the body limit is installed above, inside the keys).
     install_edge(app, settings)
     return app
 

@@ -17,7 +17,9 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from sdworker.api.auth import PUBLIC_PATHS, PUBLIC_PREFIXES
 from sdworker.api.errors import dialect
+from sdworker.api.signing import SIGNED_PATH
 from sdworker.settings import Settings
 
 
@@ -37,7 +39,7 @@ class ErrorBody(BaseModel):
 
 DESCRIPTIONS = {
     400: "Malformed JSON, a compressed body, a bad event id, or a Host that is not served here",
-    403: "The request's Origin is neither this service nor a listed CORS origin",
+    403: "The request's Origin is neither this service nor a listed CORS origin, or the route needs an admin API key",
     404: "No such job (or its result expired), or no worker serves the model named",
     409: "The job has not finished (no image yet)",
     413: "The body or a declared image size is above the limit",
@@ -48,6 +50,7 @@ DESCRIPTIONS = {
 }
 
 EDGE_ERRORS = (400, 403)
+ERROR_SCHEMAS = {"native": "ErrorBody", "openai": "OpenAIErrorBody", "a1111": "A1111ErrorBody"}
 BODY_ERRORS = (413, 415, 422)
 
 # (method, path) -> the statuses the route itself returns, beyond EDGE_ERRORS.
@@ -119,10 +122,9 @@ def document_errors(app: FastAPI) -> None:
             full = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(full.get("$defs", {}))
             components[model.__name__] = {k: v for k, v in full.items() if k != "$defs"}
-        names = {"native": "ErrorBody", "openai": "OpenAIErrorBody", "a1111": "A1111ErrorBody"}
         for path, operations in schema.get("paths", {}).items():
             kind = dialect(path)
-            ref = {"$ref": f"#/components/schemas/{names[kind]}"}
+            ref = {"$ref": f"#/components/schemas/{ERROR_SCHEMAS[kind]}"}
             for method, operation in operations.items():
                 extra = DIALECT_ERRORS.get(kind, ROUTE_ERRORS.get((method, path), ()))
                 statuses = sorted({*EDGE_ERRORS, *extra})
@@ -181,6 +183,50 @@ def document_limits(app: FastAPI, settings: Settings) -> None:
             for option in [prop, *prop.get("anyOf", ())]:
                 if option.get("type") == "integer":
                     option["maximum"] = min(option.get("maximum", limit), limit)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "An API key: `Authorization: Bearer <key>`"},
+    "basic": {"type": "http", "scheme": "basic",
+              "description": "`/sdapi/*` only: any user name, the API key as password"},
+    "signedUrl": {"type": "apiKey", "in": "query", "name": "token",
+                  "description": "A job's signed stream or image URL (`sse_url`, `image_url`): EventSource, <img>"},
+}
+
+
+def document_auth(app: FastAPI, settings: Settings) -> None:
+    """With API keys on, make ``app.openapi()`` say so: the security schemes, which of them each
+    operation takes, and its ``401`` in the path's error dialect. Public paths (``/health``,
+    ``/ready``, the page, the docs, ``/metrics`` with ``--metrics-public``) name none. Without keys
+    the description is unchanged: no operation can answer 401."""
+    if not settings.has_auth():
+        return
+    generate: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+        for path, operations in schema.get("paths", {}).items():
+            public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+            if public or (path == "/metrics" and settings.metrics_public):
+                continue
+            body = {"$ref": f"#/components/schemas/{ERROR_SCHEMAS[dialect(path)]}"}
+            security: list[dict[str, list[str]]] = [{"bearer": []}]
+            if path.startswith("/sdapi/"):
+                security.append({"basic": []})
+            for method, operation in operations.items():
+                if method == "get" and SIGNED_PATH.fullmatch(path.replace("{job_id}", "id")):
+                    operation["security"] = [*security, {"signedUrl": []}]
+                else:
+                    operation["security"] = security
+                operation.setdefault("responses", {})["401"] = {
+                    "description": "No API key, a key that is not valid, or an expired or revoked signed URL",
+                    "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+                    "content": {"application/json": {"schema": body}},
+                }
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

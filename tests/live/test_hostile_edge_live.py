@@ -49,7 +49,8 @@ def body_server(
         server.stop()
 
 
-HEAD = "POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+# With the key: a request without one is answered 401 before its body is read.
+HEAD = f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
 
 
 async def _unfinished(port: int, chunked: bool) -> bytes:
