@@ -1,7 +1,8 @@
 """The memory store: nothing outlives the process (``sdworker serve --store memory``, and tests).
 
 The service already holds every live record and the bus every event in memory, so this store only
-keeps the final PNGs and the webhook outbox, in dicts; everything else is a no-op."""
+keeps the final PNGs and the webhook outbox, in dicts (the PNGs in a bucket with ``--results-s3``);
+everything else is a no-op."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ from collections.abc import Iterable
 from sdworker.events.types import JobEvent
 from sdworker.jobs.outbox import WebhookMessage
 from sdworker.jobs.store import JobRecord, StoredJob
+from sdworker.stores.results import ResultStore
 
 
 class MemoryStore:
     name = "memory"
     durable = False
 
-    def __init__(self) -> None:
-        self._images: dict[str, tuple[bytes, ...]] = {}
+    def __init__(self, results: ResultStore | None = None) -> None:
+        self.results = results
+        self._images: dict[str, tuple[bytes, ...]] = {}  # the PNGs, or (results) their references
         self._webhooks: dict[str, WebhookMessage] = {}  # by message id, in the order first written
 
     def load(self) -> list[StoredJob]:
@@ -33,16 +36,22 @@ class MemoryStore:
         return []  # the bus keeps a memory job's events for as long as the job is kept
 
     def save_images(self, record: JobRecord, images: tuple[bytes, ...]) -> None:
+        if self.results is not None:
+            images = tuple(self.results.put(record.job_id, i, png).encode() for i, png in enumerate(images))
         self._images[record.job_id] = images
 
     def image(self, job_id: str, index: int) -> bytes | None:
         images = self._images.get(job_id, ())
-        return images[index] if 0 <= index < len(images) else None
+        if not 0 <= index < len(images):
+            return None
+        return images[index] if self.results is None else self.results.get(images[index].decode())
 
     def delete(self, job_ids: Iterable[str]) -> None:
         gone = set(job_ids)
         for job_id in gone:
-            self._images.pop(job_id, None)
+            refs = self._images.pop(job_id, ())
+            if self.results is not None and refs:
+                self.results.delete(ref.decode() for ref in refs)
         self._webhooks = {k: m for k, m in self._webhooks.items() if m.job_id not in gone}
 
     def save_webhook(self, message: WebhookMessage) -> None:
