@@ -33,6 +33,7 @@ import httpx
 import pytest
 import redis
 
+from sdworker.client import Client
 from tests.api import helpers
 from tests.api.helpers import running_app
 from tests.fleet.procs import ApiNode, Worker, wait_until, workers_ready
@@ -134,6 +135,9 @@ def test_serve_keeps_outputs_in_the_bucket(s3: S3, demo_cache_dir: Path, tmp_pat
             assert s3.keys(prefix) == [key]
             png = _check_presigned(job["images"][0], s3, key, job["expires_at"], asked_at)
             assert job["image_url"] == job["images"][0]  # the first image, presigned the same
+            with Client(server.url, api_key=KEY) as client:  # the Python client shows the same URLs
+                info = client.get(job_id)
+            assert info.image_urls[0].startswith(s3.endpoint) and info.expires_at == job["expires_at"]
             # The API still serves the image (from the bucket), and the outputs folder holds none.
             served = httpx.get(f"{server.url}/v1/jobs/{job_id}/image", headers=auth, timeout=10)
             assert served.content == png
