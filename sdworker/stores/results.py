@@ -103,8 +103,11 @@ class S3Results:
     def __init__(self, url: str, *, client: Any = None) -> None:
         self.bucket, self.prefix = parse_s3_url(url)
         if client is None:
-            import boto3  # the `s3` extra: only a node that stores results in a bucket needs it
-            from botocore.config import Config
+            try:  # the `s3` extra: only a node that stores results in a bucket needs it
+                import boto3
+                from botocore.config import Config
+            except ImportError:
+                raise InvalidSettings("--results-s3 needs boto3: pip install 'sdworker[s3]'") from None
 
             # SigV4 presigning (X-Amz-Expires, what every S3-compatible store accepts), whatever boto3's
             # default for the region.
