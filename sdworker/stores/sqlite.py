@@ -173,14 +173,18 @@ class SqliteStore:
     def events(self, job_id: str) -> list[JobEvent]:
         return self._events(job_id, with_images=True)
 
-    def save_images(self, record: JobRecord, images: tuple[bytes, ...]) -> None:
+    def write_images(self, job_id: str, images: tuple[bytes, ...]) -> tuple[str, ...]:
         """Each PNG to the result store (``outputs/<date it finished>/<job id>-<n>.png``, or the bucket),
-        stored before the database points to it. Blocks the loop for the write (an fsync, or one PUT
-        per image with ``--results-s3``), as every store write here does: the job's end waits on it."""
-        paths = [self.results.put(record.job_id, index, png) for index, png in enumerate(images)]
-        self._image_paths[record.job_id] = paths
-        stored = [[path, len(png)] for path, png in zip(paths, images, strict=True)]
+        in a thread, before the database points to it."""
+        return tuple(self.results.put(job_id, index, png) for index, png in enumerate(images))
+
+    def save_images(self, record: JobRecord, refs: tuple[str, ...], sizes: tuple[int, ...]) -> None:
+        self._image_paths[record.job_id] = list(refs)
+        stored = [[ref, size] for ref, size in zip(refs, sizes, strict=True)]
         self._write("UPDATE jobs SET images = ? WHERE job_id = ?", (json.dumps(stored), record.job_id))
+
+    def discard_images(self, refs: Iterable[str]) -> None:
+        self.results.delete(refs)
 
     def image(self, job_id: str, index: int) -> bytes | None:
         paths = self._paths(job_id)
