@@ -167,6 +167,11 @@ class Settings(BaseSettings):
         None, description="SQLite store folder: jobs.db, outputs/, signing secret; none = ~/.local/share/sdworker"
     )
     keep_outputs: bool = Field(False, description="an expired job leaves its PNGs in the outputs folder (as A1111)")
+    results_s3: str | None = Field(
+        None, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9!_.*'()/-]*)?$",
+        description="keep final PNGs in S3-compatible storage, s3://bucket/prefix (endpoint, region and "
+        "credentials from the AWS_* variables); image URLs are presigned; none = --data-dir/outputs (or Redis)",
+    )
 
     # Streams
     keepalive_seconds: Seconds = Field(15.0, description="SSE keep-alive comment interval")

@@ -50,6 +50,7 @@ from sdworker.jobs.service import LocalJobService
 from sdworker.jobs.store import JobStore
 from sdworker.settings import Settings
 from sdworker.stores.memory import MemoryStore
+from sdworker.stores.results import S3Results
 
 
 def create_app(
@@ -65,12 +66,13 @@ def create_app(
     """``encode`` replaces the preview encoder (tests make it slow to show skipped previews).
     ``store``: where the local job service keeps jobs (default: memory; ``serve``: SQLite)."""
     metrics = metrics or ServiceMetrics()
+    # With --results-s3 the PNGs live in a bucket and image URLs are presigned (stores/results.py).
+    results = S3Results(settings.results_s3) if settings.results_s3 else None
     if service is None:
-        local = LocalJobService(settings, metrics, store=store or MemoryStore())
+        local = LocalJobService(settings, metrics, store=store or MemoryStore(results))
         service, source = local, local
         if engine is not None:
             local.attach_library(engine)
-    service.render_webhooks_with(job_detail)  # a webhook's body is the job as GET /v1/jobs/{id} shows it
     runner = None
     if engine is not None:
         if source is None:
@@ -124,7 +126,9 @@ def create_app(
     app.state.a1111 = A1111State()  # A1111 clients' "global" state: the chosen checkpoint, progress
     # Authentication (api/auth.py): the caller's owner name for deps.owner, and signed job URLs.
     app.state.keys = keys  # SIGHUP reloads it (install_reload); tests call reload() the same way
-    app.state.links = JobLinks(signer if keys.enabled else None, settings.result_ttl_seconds)
+    app.state.links = JobLinks(signer if keys.enabled else None, settings.result_ttl_seconds, results, keys.key_of)
+    # A webhook's body is the job as GET /v1/jobs/{id} shows its owner, URLs signed for the owner's key.
+    service.render_webhooks_with(lambda view: job_detail(view, app.state.links.for_owner(view.spec.owner)))
     install_error_handlers(app)
     app.include_router(jobs_router)
     app.include_router(fleet_router)

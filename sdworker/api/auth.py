@@ -6,7 +6,8 @@ static files (``/``, ``/page/*``) and the API description (``/docs``, ``/openapi
 and ``/metrics`` when ``--metrics-public``. A1111 clients can only send HTTP Basic, so ``/sdapi/*``
 also takes ``Basic`` with the key as the password. ``GET`` of one job's stream or image also takes
 the ``token`` query parameter of a signed URL (``api/signing.py``): EventSource and ``<img src>``
-cannot send headers. A 401 answers in the path's dialect (``api/errors.py``) with ``WWW-Authenticate``.
+cannot send headers; a token that is expired, forged or of a revoked key is a 403. A 401 answers in the
+path's dialect (``api/errors.py``) with ``WWW-Authenticate``.
 
 The caller's identity goes into ``request.state.owner`` (read by ``deps.owner``): for a key, a stable
 non-secret name derived from it (``key-`` + 16 hex of a SHA-256), the same on every node and after a
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/", "/docs", "/openapi.json", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/page/", "/docs/")
 ADMIN_PREFIXES = ("/v1/dead",)
+BAD_TOKEN = "token: the signed URL is not valid for this job, has expired, or its API key was revoked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,10 @@ class KeyRing:
     def quota(self, owner: str | None) -> KeyQuota | None:
         """The keys file's settings for ``owner`` (an API key's owner name); None = no quota."""
         return self._quotas.get(owner) if owner is not None else None
+
+    def key_of(self, owner: str) -> str | None:
+        """The ``key_id`` of one accepted key of ``owner`` (a webhook's signed URLs name it), if any."""
+        return next((identity.key_id for _, identity in self._keys if identity.owner == owner), None)
 
     def accepts_key_id(self, key: str) -> bool:
         """Whether the key a signed URL was minted for is still one of ours (a revoked key's URLs die)."""
@@ -143,7 +149,10 @@ class AuthMiddleware:
             return
         identity, problem = self._identify(scope)
         if identity is None:
-            await self._refuse(scope, receive, send, 401, "unauthorized", problem)
+            if problem == BAD_TOKEN:  # a signed URL, expired or revoked: known, and refused (not "who are you?")
+                await self._refuse(scope, receive, send, 403, "forbidden", problem)
+            else:
+                await self._refuse(scope, receive, send, 401, "unauthorized", problem)
             return
         if scope["path"].startswith(ADMIN_PREFIXES) and identity.kind != "admin":
             await self._refuse(scope, receive, send, 403, "forbidden", "this route needs an admin API key")
@@ -179,7 +188,7 @@ class AuthMiddleware:
                 minted_for = self.signer.verify(signed.group(1), tokens[0])
                 if minted_for is not None and self.ring.accepts_key_id(minted_for):
                     return Identity(None, "token"), ""
-                return None, "token: the signed URL is not valid for this job, has expired, or its API key was revoked"
+                return None, BAD_TOKEN
         return None, "an API key is needed: send 'Authorization: Bearer <API key>'"
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str) -> None:

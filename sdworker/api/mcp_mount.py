@@ -100,7 +100,8 @@ class ServiceGateway:
         return self._openapi()
 
     def image_url(self, job: dict[str, Any]) -> str:
-        return self.base_url + str(job.get("image_url") or f"/v1/jobs/{job['job_id']}/image")
+        url = str(job.get("image_url") or f"/v1/jobs/{job['job_id']}/image")
+        return url if url.startswith(("http://", "https://")) else self.base_url + url  # presigned: absolute
 
     async def image_base64(self, ref: str, field: str) -> str:
         data = decode_base64_image(ref, field)

@@ -8,7 +8,11 @@ generated at start when alone, so tokens die with the process). It grants GET on
 images, nothing else, only while the key that minted it is still accepted (revoking a key revokes its URLs:
 ``AuthMiddleware`` asks the key ring), and only until ``expires``: the job's result expiry (``finished_at +
 result_ttl_seconds`` once known, else ``created_at + result_ttl_seconds + MAX_JOB_SECONDS``). After the result
-is gone the job answers 404 anyway, since job ids are never reused.
+is gone the job answers 404 anyway, since job ids are never reused. A token that is there but expired, forged
+or minted for a revoked key answers 403 (the caller was identified, and refused); no token at all, 401.
+
+With ``--results-s3`` a job's image URLs are the bucket's presigned GETs instead (``stores/results.py``),
+lasting the same: ``X-Amz-Expires`` is the job's retention left when the view is made.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 from sdworker.jobs.state import JobView
+from sdworker.stores.results import ResultStore
 
 # The longest a job may wait and run before its result: a token issued at submit lasts this long
 # plus the result TTL. A job still queued after a day has bigger problems than its stream URL.
@@ -31,9 +36,6 @@ MAX_JOB_SECONDS = 86400.0
 _TOKEN = re.compile(r"([0-9]{1,12})\.([0-9a-f]{16})\.([A-Za-z0-9_-]{22,64})", re.ASCII)
 # The only paths a token opens: one job's stream and its images.
 SIGNED_PATH = re.compile(r"/v1/jobs/([A-Za-z0-9_-]{1,128})/(stream|image)", re.ASCII)
-
-# (job view, url) -> the url its caller can follow (``JobLinks``; ``plain_link`` when auth is off).
-LinkFn = Callable[[JobView, str], str]
 
 
 def key_id(key: str) -> str:
@@ -69,28 +71,70 @@ class UrlSigner:
         return base64.urlsafe_b64encode(digest[:24]).decode().rstrip("=")
 
 
-class JobLinks:
-    """Turns a job's URL into the one its caller can follow: signed for the caller's key, as is when
-    authentication is off (or the caller has no key). The token lasts until the job's result expires."""
+class Links:
+    """One caller's job URLs: signed for the caller's API key (``key`` is its ``key_id``), as is when
+    authentication is off; images presigned in the bucket when the results live in one
+    (``--results-s3``). Every URL lasts until the job's result expires (``expires_at``)."""
 
-    def __init__(self, signer: UrlSigner | None, result_ttl_seconds: float) -> None:
+    def __init__(
+        self, signer: UrlSigner | None = None, key: str | None = None, *, ttl_seconds: float = 0.0,
+        results: ResultStore | None = None,
+    ) -> None:
+        self._signer = signer if key is not None else None
+        self._key = key
+        self._ttl = ttl_seconds
+        self._results = results
+
+    def __call__(self, view: JobView, url: str) -> str:
+        if self._signer is None or self._key is None:
+            return url
+        return self._signer.sign(view.job_id, url, self.token_expiry(view), self._key)
+
+    def expires_at(self, view: JobView) -> float | None:
+        """When the job's result is forgotten (None until it finishes): its URLs die with it."""
+        return None if view.finished_at is None else view.finished_at + self._ttl
+
+    def token_expiry(self, view: JobView) -> float:
+        expires = self.expires_at(view)
+        return view.spec.created_at + self._ttl + MAX_JOB_SECONDS if expires is None else expires
+
+    def image(self, view: JobView, index: int | None = None) -> str:
+        """Image ``index`` of a finished job (None: the first, by the short URL)."""
+        expires = self.expires_at(view)
+        if self._results is not None and expires is not None:
+            presigned = self._results.url(view.job_id, index or 0, expires)
+            if presigned is not None:
+                return presigned
+        path = f"/v1/jobs/{view.job_id}/image" + ("" if index is None else f"?index={index}")
+        return self(view, path)
+
+
+# What views take: a caller's ``Links`` (the name stays from when it was a plain function).
+LinkFn = Links
+
+
+class JobLinks:
+    """Makes each caller's ``Links``: signed for the caller's key (when authentication is on), images
+    presigned by the result store when it mints URLs of its own (S3)."""
+
+    def __init__(
+        self, signer: UrlSigner | None, result_ttl_seconds: float, results: ResultStore | None = None,
+        key_of_owner: Callable[[str], str | None] | None = None,
+    ) -> None:
         self._signer = signer
         self._ttl = result_ttl_seconds
+        self._results = results
+        self._key_of_owner = key_of_owner
 
-    def for_key(self, key: str | None) -> LinkFn:
-        """The link function of a caller whose API key has this ``key_id`` (None: unsigned links)."""
-        if self._signer is None or key is None:
-            return plain_link
-        return lambda view, url: self._sign(view, url, key)
+    def for_key(self, key: str | None) -> Links:
+        """The links of a caller whose API key has this ``key_id`` (None: unsigned links)."""
+        return Links(self._signer, key, ttl_seconds=self._ttl, results=self._results)
 
-    def _sign(self, view: JobView, url: str, key: str) -> str:
-        assert self._signer is not None
-        if view.finished_at is not None:
-            expires = view.finished_at + self._ttl
-        else:
-            expires = view.spec.created_at + self._ttl + MAX_JOB_SECONDS
-        return self._signer.sign(view.job_id, url, expires, key)
+    def for_owner(self, owner: str | None) -> Links:
+        """The links of a job's owner when no request is at hand (a webhook's body): signed for one of
+        the owner's keys still accepted, so revoking it revokes them too."""
+        key = self._key_of_owner(owner) if owner is not None and self._key_of_owner is not None else None
+        return self.for_key(key)
 
 
-def plain_link(view: JobView, url: str) -> str:
-    return url
+plain_link = Links()

@@ -58,6 +58,7 @@ def job_summary(view: JobView, link: LinkFn = plain_link) -> dict[str, Any]:
         summary["error"] = {"code": view.error_code, "message": view.error_message}
     if view.spec.deadline_at is not None:
         summary["deadline_at"] = iso(view.spec.deadline_at)
+    summary["expires_at"] = iso(link.expires_at(view))  # the result (and every URL to it) is gone then
     return summary
 
 
@@ -76,8 +77,8 @@ def job_detail(view: JobView, link: LinkFn = plain_link) -> dict[str, Any]:
         detail["seed"] = view.seeds[0]
         detail["seeds"] = list(view.seeds)
         detail["width"], detail["height"] = view.width, view.height
-        detail["images"] = [link(view, f"/v1/jobs/{view.job_id}/image?index={i}") for i in range(view.image_count)]
-        detail["image_url"] = link(view, f"/v1/jobs/{view.job_id}/image")
+        detail["images"] = [link.image(view, i) for i in range(view.image_count)]
+        detail["image_url"] = link.image(view)
     return detail
 
 

@@ -56,6 +56,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "shutdown_grace_seconds",
     ),
     "storage": ("store", "data_dir", "keep_outputs"),
+    "result store": ("results_s3",),
     "webhooks": ("webhook_secret", "webhook_max_attempts", "webhook_allow_private"),
     "streams": ("keepalive_seconds", "watcher_stall_seconds"),
     "preview defaults": (
@@ -74,11 +75,11 @@ COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "serve": tuple(name for name in _ALL if name != "health_port" and name not in GROUPS["scale to zero"]),
     "api": (
         "default_model", *GROUPS["HTTP"], *GROUPS["auth"], *GROUPS["jobs"], *GROUPS["streams"], *GROUPS["webhooks"],
-        *GROUPS["preview defaults"], *GROUPS["Redis fleet"], *GROUPS["scale to zero"],
+        *GROUPS["preview defaults"], *GROUPS["Redis fleet"], *GROUPS["scale to zero"], *GROUPS["result store"],
     ),
     "worker": (
         *_MODEL_GROUP, *GROUPS["speed"], *GROUPS["preview defaults"], *GROUPS["Redis fleet"], *GROUPS["worker node"],
-        "shutdown_grace_seconds", "result_ttl_seconds", "max_pixels", "host",
+        *GROUPS["result store"], "shutdown_grace_seconds", "result_ttl_seconds", "max_pixels", "host",
     ),
     "generate": tuple(n for n in _MODEL_GROUP
                       if n not in ("default_model", "max_loaded_models", "max_loaded_bytes", "models_dir")),

@@ -14,6 +14,7 @@ from sdworker.api.app import create_app
 from sdworker.cli.flags import check_exposure, check_files, settings_from_args
 from sdworker.cli.uvicorn_server import configure_logging, serve_app
 from sdworker.settings import Settings
+from sdworker.stores.results import S3Results
 from sdworker.stores.sqlite import SqliteStore, default_data_dir, signing_secret
 
 log = logging.getLogger("sdworker.serve")
@@ -32,7 +33,9 @@ def run_serve(args: argparse.Namespace) -> int:
     store = None
     if not settings.redis_url and settings.store != "memory":
         # Before the engine import: a second serve on the same folder exits 2 at once.
-        store = SqliteStore(settings.data_dir or default_data_dir(), keep_outputs=settings.keep_outputs)
+        results = S3Results(settings.results_s3) if settings.results_s3 else None  # else the outputs folder
+        store = SqliteStore(settings.data_dir or default_data_dir(), keep_outputs=settings.keep_outputs,
+                            results=results)
         settings = sqlite_settings(settings, store)
     # Imported here: torch and diffusers load only when a server really starts.
     from sdworker.engine.diffusers_engine import DiffusersEngine

@@ -49,6 +49,11 @@ class JobInfo:
     error_message: str | None
     seeds: tuple[int, ...]
     parameters: dict[str, Any]
+    # A completed job's image URLs: presigned in the bucket (absolute) when the server keeps results in
+    # S3 (``--results-s3``), else its own paths, signed for your key; they all stop working at
+    # ``expires_at`` (the job's retention), as the job itself does.
+    image_urls: tuple[str, ...]
+    expires_at: str | None
     raw: dict[str, Any] = field(repr=False)
 
     @property
@@ -71,6 +76,8 @@ class JobInfo:
             error_message=error.get("message") if error else None,
             seeds=tuple(int(s) for s in body.get("seeds") or ()),
             parameters=dict(body.get("parameters") or {}),
+            image_urls=tuple(str(url) for url in body.get("images") or ()),
+            expires_at=body.get("expires_at"),
             raw=body,
         )
 

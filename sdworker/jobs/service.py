@@ -108,7 +108,17 @@ class LocalLease:
         return self._released
 
     async def complete(self, images: tuple[bytes, ...], seeds: tuple[int, ...], width: int, height: int) -> bool:
-        return not self._released and self._service._complete(self._record, images, seeds, width, height)
+        if self._released:
+            return False
+        # The images are written off the loop (an fsync, or an upload with --results-s3): watchers'
+        # streams go on meanwhile. A cancel that lands during the write still wins (``_complete``
+        # looks at the status after it), and the written images are then discarded.
+        store = self._service.store
+        refs = await asyncio.to_thread(store.write_images, self.spec.job_id, images)
+        if not self._released and self._service._complete(self._record, images, refs, seeds, width, height):
+            return True
+        store.discard_images(refs)
+        return False
 
     async def fail(self, code: str, message: str, *, cancelled: bool = False) -> bool:
         return not self._released and self._service._fail(self._record, code, message, cancelled=cancelled)
@@ -525,7 +535,8 @@ class LocalJobService:
                 self._progress_webhook_at[record.job_id] = self._clock()
 
     def _complete(
-        self, record: JobRecord, images: tuple[bytes, ...], seeds: tuple[int, ...], width: int, height: int
+        self, record: JobRecord, images: tuple[bytes, ...], refs: tuple[str, ...], seeds: tuple[int, ...],
+        width: int, height: int,
     ) -> bool:
         if record.status.finished or self._store.get(record.job_id) is not record:
             return False
@@ -534,8 +545,8 @@ class LocalJobService:
             # "cancelling" the caller got): the cancel wins.
             self._fail(record, CANCELLED, "the job was cancelled", cancelled=True)
             return False
-        self.store.save_images(record, images)
         record.image_sizes = tuple(len(png) for png in images)
+        self.store.save_images(record, refs, record.image_sizes)
         record.seeds, record.width, record.height = seeds, width, height
         record.step = record.total
         self._finish(record, JobStatus.COMPLETED, None, None)

@@ -113,8 +113,18 @@ class JobStore(Protocol):
         """The job's recorded events in order (``JobCompleted`` with its images)."""
         ...
 
-    def save_images(self, record: JobRecord, images: tuple[bytes, ...]) -> None:
-        """The final PNGs of a completed job (SQLite: files in the outputs folder)."""
+    def write_images(self, job_id: str, images: tuple[bytes, ...]) -> tuple[str, ...]:
+        """Put a finishing job's PNGs where the store keeps them (a file, a bucket, memory) and return
+        their references. Blocking (an fsync, an upload): the service runs it in a thread, before the
+        job's end is decided, so it touches no record and nothing else the event loop owns."""
+        ...
+
+    def save_images(self, record: JobRecord, refs: tuple[str, ...], sizes: tuple[int, ...]) -> None:
+        """Point the completed job to its written images (SQLite: in the same row as its state)."""
+        ...
+
+    def discard_images(self, refs: Iterable[str]) -> None:
+        """Remove written images no job points to (the job was cancelled while they were written)."""
         ...
 
     def image(self, job_id: str, index: int) -> bytes | None:

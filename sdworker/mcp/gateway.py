@@ -166,7 +166,8 @@ class ClientGateway:
         return self._openapi
 
     def image_url(self, job: dict[str, Any]) -> str:
-        return self.client.base_url + str(job.get("image_url") or job_path(str(job["job_id"]), "/image"))
+        url = str(job.get("image_url") or job_path(str(job["job_id"]), "/image"))
+        return url if url.startswith(("http://", "https://")) else self.client.base_url + url  # presigned: absolute
 
     async def image_base64(self, ref: str, field: str) -> str:
         if (data := decode_base64_image(ref, field)) is not None:

@@ -5,7 +5,8 @@ Layout of the data folder::
     jobs.db          the jobs and their events (Python's own sqlite3, WAL mode)
     lock             held (flock) by the one ``serve`` that uses the folder
     secret           the generated signing secret (mode 0600), so signed URLs survive a restart
-    outputs/DATE/    the final PNGs (A1111's ``parameters`` chunk in each), which the jobs point to
+    outputs/DATE/    the final PNGs (A1111's ``parameters`` chunk in each), which the jobs point to;
+                     with ``--results-s3`` they are objects in a bucket instead (``stores/results.py``)
 
 Durability: a submit and a terminal state are written with ``synchronous=FULL`` (on disk before the
 answer); everything else (start, events) with ``NORMAL``, which in WAL mode can lose the last writes
@@ -25,7 +26,6 @@ import json
 import os
 import secrets
 import sqlite3
-import time
 from collections.abc import Iterable
 from dataclasses import fields
 from pathlib import Path
@@ -47,6 +47,7 @@ from sdworker.jobs.outbox import WebhookMessage
 from sdworker.jobs.spec import JobSpec
 from sdworker.jobs.state import JobStatus
 from sdworker.jobs.store import JobRecord, StoredJob
+from sdworker.stores.results import FilesystemResults, ResultStore
 
 SCHEMA_VERSION = 2
 # Each entry takes the file from version N-1 to N (index 0: an empty file to version 1).
@@ -120,9 +121,12 @@ class SqliteStore:
     name = "sqlite"
     durable = True
 
-    def __init__(self, data_dir: Path, *, keep_outputs: bool = False) -> None:
+    def __init__(self, data_dir: Path, *, keep_outputs: bool = False, results: ResultStore | None = None) -> None:
         self.data_dir = data_dir
         self.keep_outputs = keep_outputs
+        # The PNGs' home: files in the outputs folder, or a bucket (``--results-s3``). The jobs table
+        # keeps each image's reference (a relative path or an object key) and size.
+        self.results: ResultStore = results or FilesystemResults(data_dir)
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -169,43 +173,30 @@ class SqliteStore:
     def events(self, job_id: str) -> list[JobEvent]:
         return self._events(job_id, with_images=True)
 
-    def save_images(self, record: JobRecord, images: tuple[bytes, ...]) -> None:
-        """Each PNG to ``outputs/<date it finished>/<job id>-<n>.png``, written to a temporary name and
-        renamed, so a crash leaves no half file under a name the database points to."""
-        day = time.strftime("%Y-%m-%d", time.localtime())
-        folder = self.data_dir / "outputs" / day
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for index, png in enumerate(images):
-            relative = f"outputs/{day}/{record.job_id}-{index}.png"
-            target = self.data_dir / relative
-            partial = target.with_suffix(".part")
-            with open(partial, "wb") as out:
-                out.write(png)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(partial, target)
-            paths.append(relative)
-        self._image_paths[record.job_id] = paths
-        stored = [[path, len(png)] for path, png in zip(paths, images, strict=True)]
+    def write_images(self, job_id: str, images: tuple[bytes, ...]) -> tuple[str, ...]:
+        """Each PNG to the result store (``outputs/<date it finished>/<job id>-<n>.png``, or the bucket),
+        in a thread, before the database points to it."""
+        return tuple(self.results.put(job_id, index, png) for index, png in enumerate(images))
+
+    def save_images(self, record: JobRecord, refs: tuple[str, ...], sizes: tuple[int, ...]) -> None:
+        self._image_paths[record.job_id] = list(refs)
+        stored = [[ref, size] for ref, size in zip(refs, sizes, strict=True)]
         self._write("UPDATE jobs SET images = ? WHERE job_id = ?", (json.dumps(stored), record.job_id))
+
+    def discard_images(self, refs: Iterable[str]) -> None:
+        self.results.delete(refs)
 
     def image(self, job_id: str, index: int) -> bytes | None:
         paths = self._paths(job_id)
         if not 0 <= index < len(paths):
             return None
-        try:
-            return (self.data_dir / paths[index]).read_bytes()
-        except FileNotFoundError:
-            return None
+        return self.results.get(paths[index])
 
     def delete(self, job_ids: Iterable[str]) -> None:
         ids = list(job_ids)
         for job_id in ids:
             if not self.keep_outputs:
-                for relative in self._paths(job_id):
-                    with contextlib.suppress(FileNotFoundError):
-                        (self.data_dir / relative).unlink()
+                self.results.delete(self._paths(job_id))
             self._image_paths.pop(job_id, None)
         for job_id in ids:
             self._write("DELETE FROM events WHERE job_id = ?", (job_id,))

@@ -138,11 +138,14 @@ async def test_signed_urls_open_one_job_until_they_expire() -> None:
         # the token is for that job only, and only for stream/image
         other = (await c.post("/v1/jobs", json={"prompt": "a dog", **SMALL}, headers=bearer(BOB))).json()
         token = sse_url.split("token=")[1]
-        assert (await c.get(f"/v1/jobs/{other['job_id']}/stream?token={token}")).status_code == 401
-        assert (await c.get(f"/v1/jobs/{submitted['job_id']}?token={token}")).status_code == 401
-        # an expired token (same secret) is refused
+        # (a token for another job is refused as a 403: the URL is known, and not this one's)
+        refused = await c.get(f"/v1/jobs/{other['job_id']}/stream?token={token}")
+        assert (refused.status_code, refused.json()["error"]["code"]) == (403, "forbidden")
+        assert (await c.get(f"/v1/jobs/{submitted['job_id']}?token={token}")).status_code == 401  # not a signed path
+        # an expired token (same secret) is refused: 403, a JSON error that names the token
         expired = UrlSigner(SECRET).token(submitted["job_id"], time.time() - 1, key_id(ALICE))
-        assert (await c.get(f"/v1/jobs/{submitted['job_id']}/stream?token={expired}")).status_code == 401
+        refused = await c.get(f"/v1/jobs/{submitted['job_id']}/stream?token={expired}")
+        assert refused.status_code == 403 and "has expired" in refused.json()["error"]["message"]
         # ...and a token outlives no result: a job dropped is 404 even with a valid token
         live = UrlSigner(SECRET).token("0" * 32, time.time() + 60, key_id(ALICE))
         assert (await c.get(f"/v1/jobs/{'0' * 32}/stream?token={live}")).status_code == 404
@@ -194,8 +197,8 @@ async def test_revoking_a_key_revokes_the_signed_urls_it_was_given(tmp_path: Pat
         assert (await c.get(done["image_url"])).status_code == 200
         keys_file.write_text(f"{OTHER_FILE_KEY}\n")  # FILE_KEY revoked
         app.app.state.keys.reload()  # what SIGHUP runs
-        assert (await c.get(done["image_url"])).status_code == 401
-        assert (await c.get(submitted["sse_url"])).status_code == 401
+        assert (await c.get(done["image_url"])).status_code == 403
+        assert (await c.get(submitted["sse_url"])).status_code == 403
 
 
 async def test_a_reload_holds_the_keys_file_to_the_start_up_rule(

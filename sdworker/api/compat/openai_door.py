@@ -98,10 +98,15 @@ async def run(request: Request, body: ImagesRequest, *, kind: str, edit: EditInp
     urls = None
     if body.response_format == "url" and view.status is JobStatus.COMPLETED:
         base = (settings.public_url or str(request.base_url)).rstrip("/")
-        link = deps.links(request)  # signed for an authenticated caller: the URL is fetched without a key
-        urls = [base + link(view, f"/v1/jobs/{view.job_id}/image?index={index}") for index in range(view.image_count)]
+        link = deps.links(request)  # signed for an authenticated caller (or presigned in the bucket): no key needed
+        urls = [absolute(base, link.image(view, index)) for index in range(view.image_count)]
     pngs = [] if urls is not None else await finished_images(service, view, owner)
     return JSONResponse(await images_response(pngs, rendering, model=view.spec.request.model, urls=urls))
+
+
+def absolute(base: str, url: str) -> str:
+    """A presigned bucket URL is absolute already; our own paths get the public base."""
+    return url if url.startswith(("http://", "https://")) else base + url
 
 
 def served_model(requested: str | None, models: tuple[str, ...]) -> str | None:

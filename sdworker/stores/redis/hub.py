@@ -30,6 +30,7 @@ from sdworker.events.types import JobEvent, StreamNotice, ends_stream
 from sdworker.stores.redis import scripts
 from sdworker.stores.redis.codec import decode_event, seq_of, text
 from sdworker.stores.redis.keys import Keys
+from sdworker.stores.redis.results import FleetResults
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,10 @@ WATCH_REFRESH_SECONDS = 3.0
 
 
 class StreamHub:
-    def __init__(self, client: Any, reader: Any, keys: Keys, bus: EventBus, node_id: str) -> None:
+    def __init__(self, client: Any, reader: Any, keys: Keys, bus: EventBus, node_id: str,
+                 results: FleetResults) -> None:
         self._redis = client
+        self._results = results  # the final PNGs: in Redis, or fetched from the bucket
         self._reader = reader  # single connection: the only one that blocks
         self._keys = keys
         self._bus = bus
@@ -123,7 +126,9 @@ class StreamHub:
         if "complete" in kinds:
             count = int(await self._redis.hget(self._keys.job(job_id), "images") or 0)
             keys = [self._keys.image(job_id, i) for i in range(count)]
-            images = tuple(bytes(v) for v in await self._redis.mget(keys) if v is not None) if keys else ()
+            values = await self._redis.mget(keys) if keys else []
+            pngs = [await self._results.png(bytes(v)) for v in values if v is not None]
+            images = tuple(png for png in pngs if png is not None)
         events = []
         for entry_id, fields in entries:
             event = decode_event(job_id, entry_id, fields, preview, images)

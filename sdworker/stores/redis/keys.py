@@ -102,3 +102,9 @@ class Keys:
     @property
     def control(self) -> str:
         return f"{self.prefix}:ctl"
+
+    @property
+    def results_expiry(self) -> str:
+        """Result objects in the bucket (``--results-s3``), scored by when their job expires: API nodes
+        delete those past it (stores/redis/results.py)."""
+        return f"{self.prefix}:results:expiry"

@@ -64,7 +64,9 @@ from sdworker.stores.redis import scripts
 from sdworker.stores.redis.codec import batch_key_text, job_view, parse_library, parse_limits, parse_worker, text
 from sdworker.stores.redis.hub import StreamHub
 from sdworker.stores.redis.keys import Keys
+from sdworker.stores.redis.results import FleetResults
 from sdworker.stores.redis.webhooks import RedisWebhookRelay
+from sdworker.stores.results import S3Results
 from sdworker.webhooks.signing import owner_secret
 from sdworker.webhooks.targets import check_target
 
@@ -146,7 +148,9 @@ class RedisJobService:
         self._redis = connect(settings.redis_url, name=name)
         self._reader = connect(settings.redis_url, name=name, single=True)
         self.bus = EventBus(stall_seconds=settings.watcher_stall_seconds)
-        self._hub = StreamHub(self._redis, self._reader, self._keys, self.bus, self.node_id)
+        self.results = FleetResults(S3Results(settings.results_s3) if settings.results_s3 else None, self._keys,
+                                    self._redis)
+        self._hub = StreamHub(self._redis, self._reader, self._keys, self.bus, self.node_id, self.results)
         self._prompt_counters = PromptCounters(self._redis, self._keys)
         self._stream_owners: dict[str, str | None] = {}
         self._submit = self._redis.register_script(scripts.SUBMIT)
@@ -349,9 +353,10 @@ class RedisJobService:
         if not 0 <= index < view.image_count:
             raise JobNotFound(f"index must be in 0..{view.image_count - 1}, got {index}", field="index")
         data = await self._call(self._redis.get(self._keys.image(job_id, index)))
-        if data is None:
+        png = await self.results.png(None if data is None else bytes(data))
+        if png is None:
             raise JobNotFound(f"the image of job {job_id!r} expired", field="job_id")
-        return bytes(data)
+        return png
 
     def webhook_secrets(self, owner: str | None) -> tuple[str, ...]:
         secrets = server_secrets(self._settings)
@@ -697,6 +702,7 @@ class RedisJobService:
             await asyncio.sleep(SWEEP_SECONDS)
 
     async def _sweep(self) -> None:
+        await self.results.sweep()  # the bucket's objects of expired jobs (--results-s3)
         fleet = await self._read_fleet()
         live = {name for worker, _ in self._live_workers_with_engines(fleet) for name in (worker.model,)}
         for worker in fleet.workers:

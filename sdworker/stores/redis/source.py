@@ -47,7 +47,9 @@ from sdworker.settings import Settings
 from sdworker.stores.redis import scripts
 from sdworker.stores.redis.codec import batch_key_text, event_fields, library_record, text, worker_record
 from sdworker.stores.redis.keys import GROUP, Keys
+from sdworker.stores.redis.results import FleetResults
 from sdworker.stores.redis.service import EVENTS_MAXLEN, connect, redacted, ttl_ms
+from sdworker.stores.results import S3Results
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +138,17 @@ class RedisLease:
         job_id = self.spec.job_id
         keys = [k.job(job_id), k.events(job_id), k.preview(job_id), k.queue(self.spec.request.model or "")]
         keys += [k.image(job_id, i) for i in range(len(images))]
+        try:  # with --results-s3 the PNGs go to the bucket first, Redis gets their keys (stores/redis/results.py)
+            values = await self._source.results.values(job_id, images, self._source.settings.result_ttl_seconds)
+        except Exception:
+            log.exception("job %s: its images could not be stored; the job is retried", job_id)
+            self._lost = True
+            await self._stop_tasks()
+            return False
         args: list[Any] = [self._fence, outcome, json.dumps(data), ttl_ms(self._source.settings),
                            EVENTS_MAXLEN, json.dumps(list(seeds)), width, height, code, message,
                            json.dumps({"marker": marker})]
-        args += list(images)
+        args += values
         deadline = time.monotonic() + FINISH_RETRY_SECONDS
         delay = 0.2
         try:
@@ -239,6 +248,8 @@ class RedisJobSource:
         self._redis = connect(settings.redis_url, name=name)
         self._blocking = connect(settings.redis_url, name=name, single=True)  # XREADGROUP BLOCK: no socket timeout
         self._listener = connect(settings.redis_url, name=name, single=True)  # pub/sub: waits indefinitely
+        self.results = FleetResults(S3Results(settings.results_s3) if settings.results_s3 else None, self.keys,
+                                    self._redis)
         self.publish_script = self._redis.register_script(scripts.PUBLISH)
         self.finish_script = self._redis.register_script(scripts.FINISH)
         self.heartbeat_script = self._redis.register_script(scripts.HEARTBEAT)
