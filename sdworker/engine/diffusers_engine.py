@@ -221,6 +221,9 @@ class DiffusersEngine:
     def list_upscalers(self) -> tuple[str, ...]:
         return tuple(self.upscalers.names())
 
+    def list_ip_adapters(self) -> tuple[str, ...]:
+        return tuple(self.ip_adapters.names())
+
     def refresh(self) -> None:
         """Rescan the models folder and the embeddings folder."""
         self.library.refresh()

@@ -169,6 +169,9 @@ class FakeEngine:
     def list_upscalers(self) -> tuple[str, ...]:
         return ()
 
+    def list_ip_adapters(self) -> tuple[str, ...]:
+        return ()
+
     def list_loras(self) -> tuple[LoraInfo, ...]:
         return tuple(LoraInfo(name, f"/fake/loras/{name}.safetensors", "sd1", "peft") for name in self.lora_names)
 

@@ -12,18 +12,18 @@ pixel-perfect resolution) is named in ``info.ignored``.
 from __future__ import annotations
 
 import asyncio
-import base64
 from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdworker.api import deps
+from sdworker.api.control_preview import control_map_base64
 from sdworker.domain.controlnet import MAX_UNITS, PREPROCESSORS, check_units, preprocessor_name
 from sdworker.domain.request import ControlUnit, InputImage
-from sdworker.errors import ControlNetNotFound, InvalidRequest, Unsupported
-from sdworker.imaging.decode import decode_base64, decode_image_bytes
-from sdworker.imaging.masks import fit_image, png_bytes
+from sdworker.errors import ControlNetNotFound, InvalidRequest
+from sdworker.imaging.decode import decode_base64
+from sdworker.imaging.masks import fit_image
 
 router = APIRouter(prefix="/controlnet", tags=["automatic1111"])
 RESIZE_MODES = {"just resize": 0, "crop and resize": 1, "resize and fill": 2, "0": 0, "1": 1, "2": 2}
@@ -136,19 +136,9 @@ async def detect(body: DetectRequest, request: Request) -> dict[str, Any]:
     low = body.controlnet_threshold_a if body.controlnet_threshold_a >= 0 else 100.0
     high = body.controlnet_threshold_b if body.controlnet_threshold_b >= 0 else 200.0
 
-    def run() -> list[str]:
-        from sdworker.imaging.control_maps import control_map
-
-        out = []
-        for index, text in enumerate(images):
-            field = f"controlnet_input_images.{index}"
-            image = decode_image_bytes(decode_base64(text, field=field), field=field, max_pixels=max_pixels)
-            out.append(base64.b64encode(png_bytes(control_map(image, module, low, high))).decode("ascii"))
-        return out
-
-    try:
-        encoded = await asyncio.to_thread(run)
-    except ImportError as exc:  # an API node without the engine's packages (OpenCV)
-        raise Unsupported(f"controlnet_module: {module} needs OpenCV, which this node lacks",
-                          field="controlnet_module") from exc
+    encoded = [
+        await control_map_base64(text, module, low, high, field=f"controlnet_input_images.{index}",
+                                 module_field="controlnet_module", max_pixels=max_pixels)
+        for index, text in enumerate(images)
+    ]
     return {"images": encoded, "info": "Success"}
