@@ -5,6 +5,7 @@ IP-Adapter changes the image; the rules are 4xx naming the field the client sent
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import httpx
@@ -145,3 +146,51 @@ def test_a1111_fields_that_are_ignored_are_warnings_of_the_job(http: httpx.Clien
     warnings = http.get(f"/v1/jobs/{job['job_id']}").json()["warnings"]
     assert "restore_faces: not supported by sdworker; ignored" in warnings, warnings
     assert "alwayson_scripts.ADetailer: not supported by sdworker; ignored" in warnings, warnings
+
+
+def test_webuiapi_ip_adapter_unit_equals_the_native_ip_adapter_job(server: LiveServer, http: httpx.Client) -> None:
+    """sd-webui-controlnet's way to IP-Adapter: a unit with an ip-adapter module and the adapter as model."""
+    import webuiapi
+    from PIL import Image
+
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler", steps=2)
+    reference = Image.new("RGB", (48, 48), (200, 30, 30))
+    unit = webuiapi.ControlNetUnit(image=reference, module="ip-adapter_clip_sd15", model="demo-ip-adapter [0123abcd]",
+                                   weight=0.5)
+    job = {"prompt": "a cat", "width": 64, "height": 64, "steps": 2, "seed": 21}
+    result = api.txt2img(**job, cfg_scale=7.0, controlnet_units=[unit])
+    assert not result.info["ignored"], result.info["ignored"]
+    shown = http.get(f"/v1/jobs/{http.get('/v1/jobs', params={'limit': 1}).json()['jobs'][0]['job_id']}").json()
+    assert shown["parameters"]["ip_adapter"] == {"model": "demo-ip-adapter", "scale": 0.5, "images": 1}
+    assert "controlnet" not in shown["parameters"] or not shown["parameters"]["controlnet"]
+    adapter = {"model": "demo-ip-adapter", "images": [b64(png(48, 48, (200, 30, 30)))], "scale": 0.5}
+    native = native_pixels(http, **job, guidance_scale=7.0, scheduler="euler", ip_adapter=adapter)
+    np.testing.assert_array_equal(np.asarray(result.image.convert("RGB")), native)
+    without = native_pixels(http, **job, guidance_scale=7.0, scheduler="euler")
+    assert np.abs(native.astype(int) - without.astype(int)).max() > 0  # the adapter reaches the pixels
+
+
+def test_ip_adapter_units_name_what_they_cannot_do(http: httpx.Client) -> None:
+    unit = {"image": b64(png(32, 32, (10, 200, 10))), "module": "ip-adapter_clip_sd15", "model": "demo-ip-adapter"}
+    body = {"prompt": "x", "steps": 1, "width": 64, "height": 64}
+
+    def send(*units: dict[str, Any]) -> httpx.Response:
+        return http.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": list(units)}}})
+
+    # What the native field cannot carry runs without it, named in info.ignored and in the job's warnings.
+    answer = send({**unit, "guidance_start": 0.3}, {**unit, "weight": 0.4})
+    assert answer.status_code == 200, answer.text
+    ignored = json.loads(answer.json()["info"])["ignored"]
+    assert set(ignored) == {"alwayson_scripts.controlnet.args.0.guidance_start",
+                            "alwayson_scripts.controlnet.args.1.weight"}, ignored
+    job = http.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    detail = http.get(f"/v1/jobs/{job['job_id']}").json()
+    assert detail["parameters"]["ip_adapter"]["images"] == 2 and detail["parameters"]["ip_adapter"]["scale"] == 1.0
+    assert any(w.startswith("alwayson_scripts.controlnet.args.0.guidance_start:") for w in detail["warnings"])
+    for changed, status, field in (({"model": "ip-adapter_sd15 [6a3f6166]"}, 404, "model"),
+                                   ({"module": "ip-adapter_face_id_plus"}, 422, "module"),
+                                   ({"weight": 3}, 422, "weight"),
+                                   ({"image": "bm90IGFuIGltYWdl"}, 422, "image")):
+        answer = send({**unit, **changed})
+        assert answer.status_code == status, answer.text
+        assert answer.json()["detail"].startswith(f"alwayson_scripts.controlnet.args.0.{field}"), answer.text

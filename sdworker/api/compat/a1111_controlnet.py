@@ -7,11 +7,21 @@ numbers: Just Resize, Crop and Resize, Resize and Fill) before the job is queued
 (``module``) runs in the engine. ``threshold_a``/``threshold_b`` are canny's thresholds, as in the
 extension. What a unit asks that we do not do (a unit mask, a control mode other than Balanced,
 pixel-perfect resolution) is named in ``info.ignored``.
+
+IP-Adapter travels the same way in the extension: a unit whose ``module`` is an ``ip-adapter*``
+preprocessor (``ip-adapter_clip_sd15``, ``ip-adapter_clip_h``, ``ip-adapter-auto``) and whose ``model``
+names the adapter. Such a unit becomes the job's native ``ip_adapter`` (the unit's image as a reference
+image, given as it is: the adapter's CLIP processor resizes it; ``weight`` as the scale). Several units
+on the same adapter are its several images; what the native field cannot carry (a second adapter,
+start/end other than 0/1, a second weight) is named in ``info.ignored``. FaceID modules need
+insightface's face model: a 4xx naming the unit's ``module``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,14 +30,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from sdworker.api import deps
 from sdworker.api.control_preview import control_map_base64
 from sdworker.domain.controlnet import MAX_UNITS, PREPROCESSORS, check_units, preprocessor_name
-from sdworker.domain.request import ControlUnit, InputImage
-from sdworker.errors import ControlNetNotFound, InvalidRequest
+from sdworker.domain.request import ControlUnit, InputImage, IpAdapterRef
+from sdworker.errors import ControlNetNotFound, InvalidRequest, IpAdapterNotFound
 from sdworker.imaging.decode import decode_base64
 from sdworker.imaging.masks import fit_image
 
 router = APIRouter(prefix="/controlnet", tags=["automatic1111"])
 RESIZE_MODES = {"just resize": 0, "crop and resize": 1, "resize and fill": 2, "0": 0, "1": 1, "2": 2}
 PREFIX = "alwayson_scripts.controlnet.args"
+IP_ADAPTER_MODULE = "ip-adapter"  # the extension's IP-Adapter preprocessors all start so
+MAX_IP_IMAGES = 4  # the native ip_adapter.images bound
 
 
 class ControlNetArg(BaseModel):
@@ -60,12 +72,25 @@ def controlnet_args(alwayson_scripts: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
+@dataclass(frozen=True, slots=True)
+class Guidance:
+    """What the extension's units ask of the job: its ControlNet units and its IP-Adapter, and the notes
+    for ``info.ignored`` (each also a warning of the job)."""
+
+    units: tuple[ControlUnit, ...] = ()
+    ip_adapter: IpAdapterRef | None = None
+    notes: dict[str, str] = dataclass_field(default_factory=dict)
+
+
 async def units_from(
-    alwayson_scripts: dict[str, Any], size: tuple[int, int], known: tuple[str, ...], max_pixels: int
-) -> tuple[tuple[ControlUnit, ...], dict[str, str]]:
-    """The enabled units as the job's ControlNet units (images fitted to ``size``), and the notes for
-    ``info.ignored``. 4xx naming ``alwayson_scripts.controlnet.args.N.<field>`` for a bad unit."""
+    alwayson_scripts: dict[str, Any], size: tuple[int, int], known: tuple[str, ...], max_pixels: int,
+    ip_adapters: tuple[str, ...] = (),
+) -> Guidance:
+    """The enabled units as the job's ControlNet units (images fitted to ``size``) and IP-Adapter (units
+    whose module is an ``ip-adapter`` preprocessor, or whose model is one of ``ip_adapters``), and the
+    notes for ``info.ignored``. 4xx naming ``alwayson_scripts.controlnet.args.N.<field>`` for a bad unit."""
     units: list[ControlUnit] = []
+    adapter: list[tuple[str, ControlNetArg, str]] = []  # (field, unit, image) of the IP-Adapter units
     notes: dict[str, str] = {}
     for index, raw in enumerate(controlnet_args(alwayson_scripts)):
         arg = ControlNetArg.model_validate(raw)
@@ -73,12 +98,15 @@ async def units_from(
         if not arg.enabled:
             continue
         name = _model_name(arg.model)
-        if name is None or name not in known:
-            raise ControlNetNotFound(f"{field}.model: no ControlNet {arg.model!r} here; known: "
-                                     f"{', '.join(known) or 'none'}", field=f"{field}.model")
         image = arg.image.get("image") if isinstance(arg.image, dict) else arg.image or arg.input_image
         if not isinstance(image, str) or not image:
             raise InvalidRequest(f"{field}.image: a unit needs a control image (base64)", field=f"{field}.image")
+        if arg.module.strip().lower().startswith(IP_ADAPTER_MODULE) or (name is not None and name in ip_adapters):
+            adapter.append((field, arg, image))
+            continue
+        if name is None or name not in known:
+            raise ControlNetNotFound(f"{field}.model: no ControlNet {arg.model!r} here; known: "
+                                     f"{', '.join(known) or 'none'}", field=f"{field}.model")
         mode = RESIZE_MODES.get(str(arg.resize_mode).strip().lower())
         if mode is None:
             raise InvalidRequest(f"{field}.resize_mode: {arg.resize_mode!r} is not one of Just Resize, Crop and "
@@ -96,7 +124,48 @@ async def units_from(
                 notes[f"{field}.{what}"] = "not supported by sdworker; ignored"
     made = tuple(units)
     check_units(made, PREFIX) if len(made) <= MAX_UNITS else check_units(made, "alwayson_scripts.controlnet")
-    return made, notes
+    return Guidance(made, _ip_adapter(adapter, ip_adapters, notes), notes)
+
+
+def _ip_adapter(
+    adapter: list[tuple[str, ControlNetArg, str]], known: tuple[str, ...], notes: dict[str, str]
+) -> IpAdapterRef | None:
+    """The IP-Adapter units as the native ``ip_adapter``: the first unit's adapter and weight, the
+    images of every unit on that adapter; the rest noted (``notes``) as not applied."""
+    if not adapter:
+        return None
+    chosen: str | None = None
+    scale = 1.0
+    images: list[InputImage] = []
+    for field, arg, image in adapter:
+        module = arg.module.strip().lower()
+        if "face_id" in module or "faceid" in module:
+            raise InvalidRequest(f"{field}.module: {arg.module!r} needs insightface's face model, which sdworker "
+                                 "does not run; use ip-adapter_clip_sd15 (or _h) with a plain IP-Adapter",
+                                 field=f"{field}.module")
+        name = _model_name(arg.model)
+        if name is None or name not in known:
+            raise IpAdapterNotFound(f"{field}.model: no IP-Adapter {arg.model!r} here (--ip-adapter-dir); known: "
+                                    f"{', '.join(known) or 'none'}", field=f"{field}.model")
+        if not 0.0 <= arg.weight <= 2.0:
+            raise InvalidRequest(f"{field}.weight: {arg.weight} is not in 0..2", field=f"{field}.weight")
+        if chosen is None:
+            chosen, scale = name, arg.weight
+        if name != chosen:
+            notes[f"{field}.model"] = f"a second IP-Adapter ({name}) in one job is not supported; unit not applied"
+            continue
+        if len(images) == MAX_IP_IMAGES:
+            notes[f"{field}.image"] = f"more than {MAX_IP_IMAGES} IP-Adapter images; unit not applied"
+            continue
+        if arg.weight != scale:
+            notes[f"{field}.weight"] = f"one weight per IP-Adapter; the first unit's ({scale:g}) applies"
+        if (arg.guidance_start, arg.guidance_end) != (0.0, 1.0):
+            notes[f"{field}.guidance_start"] = "IP-Adapter acts on every step in sdworker; start/end ignored"
+        if arg.mask:
+            notes[f"{field}.mask"] = "not supported by sdworker; ignored"
+        images.append(InputImage(image, f"{field}.image"))
+    assert chosen is not None
+    return IpAdapterRef(chosen, tuple(images), scale)
 
 
 def _model_name(model: str) -> str | None:
