@@ -5,6 +5,7 @@ IP-Adapter changes the image; the rules are 4xx naming the field the client sent
 from __future__ import annotations
 
 import base64
+import io
 import json
 from typing import Any
 
@@ -194,3 +195,28 @@ def test_ip_adapter_units_name_what_they_cannot_do(http: httpx.Client) -> None:
         answer = send({**unit, **changed})
         assert answer.status_code == status, answer.text
         assert answer.json()["detail"].startswith(f"alwayson_scripts.controlnet.args.0.{field}"), answer.text
+
+
+def test_webuiapi_hires_with_a_controlnet_unit_equals_the_native_job(server: LiveServer, http: httpx.Client) -> None:
+    """ControlNet on both passes of the hires fix, as sd-webui-controlnet runs a unit (hr_option Both)."""
+    import webuiapi
+    from PIL import Image
+
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler", steps=2)
+    control = Image.new("RGB", (64, 64), (0, 0, 0))
+    control.paste((255, 255, 255), (16, 0, 24, 64))
+    unit = webuiapi.ControlNetUnit(image=control, module="none", model="demo-controlnet", weight=0.9)
+    hires = {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "hr_second_pass_steps": 2,
+             "denoising_strength": 0.6}
+    result = api.txt2img(prompt="a red cube", width=64, height=64, steps=2, seed=8, controlnet_units=[unit], **hires)
+    assert result.image.size == (128, 128)
+    assert not result.info["ignored"], result.info["ignored"]
+    buffer = io.BytesIO()
+    control.save(buffer, "PNG")
+    native = native_pixels(http, prompt="a red cube", seed=8, steps=2, guidance_scale=7.0, scheduler="euler",
+                           width=64, height=64, hires={"scale": 2, "upscaler": "Latent", "steps": 2, "strength": 0.6},
+                           controlnet=[{"model": "demo-controlnet", "image": b64(buffer.getvalue()), "weight": 0.9}])
+    np.testing.assert_array_equal(np.asarray(result.image.convert("RGB")), native)
+    low_only = webuiapi.ControlNetUnit(image=control, module="none", model="demo-controlnet", hr_option="Low res only")
+    noted = api.txt2img(prompt="a red cube", width=64, height=64, steps=2, seed=8, controlnet_units=[low_only], **hires)
+    assert "alwayson_scripts.controlnet.args.0.hr_option" in noted.info["ignored"], noted.info["ignored"]

@@ -62,6 +62,7 @@ class ControlNetArg(BaseModel):
     guidance_end: float = 1.0
     control_mode: str | int = "Balanced"
     pixel_perfect: bool = False
+    hr_option: str = "Both"  # which hires pass the unit acts on
 
 
 def controlnet_args(alwayson_scripts: dict[str, Any]) -> list[dict[str, Any]]:
@@ -84,7 +85,7 @@ class Guidance:
 
 async def units_from(
     alwayson_scripts: dict[str, Any], size: tuple[int, int], known: tuple[str, ...], max_pixels: int,
-    ip_adapters: tuple[str, ...] = (),
+    ip_adapters: tuple[str, ...] = (), *, hires: bool = False,
 ) -> Guidance:
     """The enabled units as the job's ControlNet units (images fitted to ``size``) and IP-Adapter (units
     whose module is an ``ip-adapter`` preprocessor, or whose model is one of ``ip_adapters``), and the
@@ -119,16 +120,16 @@ async def units_from(
         units.append(ControlUnit(name, InputImage(fitted, f"{field}.image"), arg.weight, arg.guidance_start,
                                  arg.guidance_end, module, low, high))
         for what, is_set in (("mask", bool(arg.mask)), ("control_mode", str(arg.control_mode) not in ("Balanced", "0")),
-                             ("pixel_perfect", arg.pixel_perfect)):
+                             ("pixel_perfect", arg.pixel_perfect), ("hr_option", hires and arg.hr_option != "Both")):
             if is_set:
                 notes[f"{field}.{what}"] = "not supported by sdworker; ignored"
     made = tuple(units)
     check_units(made, PREFIX) if len(made) <= MAX_UNITS else check_units(made, "alwayson_scripts.controlnet")
-    return Guidance(made, _ip_adapter(adapter, ip_adapters, notes), notes)
+    return Guidance(made, _ip_adapter(adapter, ip_adapters, notes, hires), notes)
 
 
 def _ip_adapter(
-    adapter: list[tuple[str, ControlNetArg, str]], known: tuple[str, ...], notes: dict[str, str]
+    adapter: list[tuple[str, ControlNetArg, str]], known: tuple[str, ...], notes: dict[str, str], hires: bool
 ) -> IpAdapterRef | None:
     """The IP-Adapter units as the native ``ip_adapter``: the first unit's adapter and weight, the
     images of every unit on that adapter; the rest noted (``notes``) as not applied."""
@@ -163,6 +164,8 @@ def _ip_adapter(
             notes[f"{field}.guidance_start"] = "IP-Adapter acts on every step in sdworker; start/end ignored"
         if arg.mask:
             notes[f"{field}.mask"] = "not supported by sdworker; ignored"
+        if hires and arg.hr_option != "Both":
+            notes[f"{field}.hr_option"] = "the unit acts on both hires passes in sdworker; ignored"
         images.append(InputImage(image, f"{field}.image"))
     assert chosen is not None
     return IpAdapterRef(chosen, tuple(images), scale)

@@ -66,7 +66,8 @@ async def generate(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
         draft = replace(draft, request=replace(draft.request, init_image=init, mask_image=mask))
     assert draft.request.width is not None and draft.request.height is not None  # the door sets them
     size = (draft.request.width, draft.request.height)
-    units = await units_from(body.alwayson_scripts, size, fleet.controlnets, settings.max_pixels, fleet.ip_adapters)
+    units = await units_from(body.alwayson_scripts, size, fleet.controlnets, settings.max_pixels, fleet.ip_adapters,
+                             hires=draft.request.hires is not None)
     if units.units or units.ip_adapter is not None:
         draft = replace(draft, request=replace(draft.request, controlnet=units.units, ip_adapter=units.ip_adapter))
     notes = {**ignored(body), **sampler.ignored, **family_notes, **units.notes}
