@@ -127,3 +127,49 @@ def test_hires_fix_from_the_page_runs_the_second_pass(ui: Any, server: str) -> N
     made = _pixels(base64.b64decode(final.split(",", 1)[1]))
     assert made.shape == (128, 128, 3)
     np.testing.assert_array_equal(made, _native(server, **JOB, seed=int(SEED), hires=body["hires"]))
+
+
+def test_ip_adapter_reference_image_reaches_the_job(ui: Any, server: str, tmp_path: Path) -> None:
+    reference = tmp_path / "style.png"
+    Image.new("RGB", (48, 48), (200, 30, 30)).save(reference)
+    bodies = _capture_job_posts(ui.page)
+    _fill_job(ui)
+    assert ui.page.is_visible("#ip-adapter-section")  # the demo worker has demo-ip-adapter
+    ui.page.click("#ip-adapter-section summary")
+    ui.page.select_option("#ip-adapter-model", "demo-ip-adapter")
+    ui.fill(**{"ip-adapter-scale": 0.5})
+    ui.page.set_input_files("#ip-adapter-file", str(reference))
+    ui.page.wait_for_selector("#ip-adapter-preview[src^='data:image']", state="visible")
+    ui.page.click("#generate")
+    ui.wait_status("^Done", timeout_ms=90_000)
+    (body,) = bodies
+    adapter = body["ip_adapter"]
+    assert adapter["model"] == "demo-ip-adapter" and adapter["scale"] == 0.5
+    assert [base64.b64decode(i) for i in adapter["images"]] == [reference.read_bytes()]
+    final = ui.page.get_attribute("#result-image", "src")
+    made = _pixels(base64.b64decode(final.split(",", 1)[1]))
+    without = _native(server, **JOB, seed=int(SEED))
+    assert np.abs(made.astype(int) - without.astype(int)).max() > 0  # the reference image reaches the pixels
+
+
+def test_an_edit_model_takes_the_images_to_edit(ui: Any, tmp_path: Path) -> None:
+    door = tmp_path / "door.png"
+    Image.new("RGB", (64, 64), (30, 140, 220)).save(door)
+    bodies = _capture_job_posts(ui.page)
+    _fill_job(ui)
+    assert ui.page.is_hidden("#edit-section")
+    ui.page.select_option("#model", "demo-flux1-kontext")
+    ui.page.wait_for_selector("#edit-section", state="visible")
+    assert ui.page.inner_text("#edit-limit") == "1" and ui.page.is_disabled('input[name="mode"][value="img2img"]')
+    ui.fill(prompt="make the door red", width=64, height=64, steps=2)
+    ui.page.click("#generate")  # no image yet: refused on the page, nothing sent
+    assert ui.page.is_visible("#reference_images-error") and not bodies
+    ui.page.set_input_files("#edit-files", str(door))
+    ui.page.wait_for_selector("#edit-previews img")
+    ui.page.click("#generate")
+    ui.wait_status("^Done", timeout_ms=90_000)
+    (body,) = bodies
+    assert body["operation"] == "image_edit" and body["model"] == "demo-flux1-kontext"
+    assert [base64.b64decode(i) for i in body["reference_images"]] == [door.read_bytes()]
+    ui.page.select_option("#model", "demo-sd15")
+    ui.page.wait_for_selector("#edit-section", state="hidden")
