@@ -158,8 +158,11 @@ def test_an_edit_model_takes_the_images_to_edit(ui: Any, tmp_path: Path) -> None
     bodies = _capture_job_posts(ui.page)
     _fill_job(ui)
     assert ui.page.is_hidden("#edit-section")
+    ui.mode("img2img")  # an edit model takes its images in its own section, not as an input image
+    assert ui.page.is_visible("#input-section")
     ui.page.select_option("#model", "demo-flux1-kontext")
     ui.page.wait_for_selector("#edit-section", state="visible")
+    assert ui.page.is_hidden("#input-section")
     assert ui.page.inner_text("#edit-limit") == "1" and ui.page.is_disabled('input[name="mode"][value="img2img"]')
     ui.fill(prompt="make the door red", width=64, height=64, steps=2)
     ui.page.click("#generate")  # no image yet: refused on the page, nothing sent
@@ -173,3 +176,4 @@ def test_an_edit_model_takes_the_images_to_edit(ui: Any, tmp_path: Path) -> None
     assert [base64.b64decode(i) for i in body["reference_images"]] == [door.read_bytes()]
     ui.page.select_option("#model", "demo-sd15")
     ui.page.wait_for_selector("#edit-section", state="hidden")
+    assert ui.page.is_visible("#input-section")

@@ -13,7 +13,7 @@ export function mode() {
 
 export function applyMode() {
   const m = mode();
-  const usesImage = m !== "txt2img";
+  const usesImage = m !== "txt2img" && !isEdit(); // an edit model takes its own images (guide.js)
   $("input-section").hidden = !usesImage;
   $("mask-editor").hidden = !state.input;
   $("mask-stage").classList.toggle("no-mask", m !== "inpaint");

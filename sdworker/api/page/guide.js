@@ -32,8 +32,17 @@ async function fileBase64(file, errorKey) {
   return String(url).split(",", 2)[1];
 }
 
+/** What saveForm kept for a picker whose options only exist once /v1/info answered. */
+function savedValue(id) {
+  try {
+    return (JSON.parse(sessionStorage.getItem("sdworker.form") || "{}") || {})[id] || "";
+  } catch (_) {
+    return "";
+  }
+}
+
 function fillSelect(select, names, first) {
-  const keep = select.value;
+  const keep = select.value || (select.id ? savedValue(select.id) : "");
   select.innerHTML = "";
   if (first) select.append(new Option(first, ""));
   for (const name of names) select.append(new Option(name, name));
@@ -212,6 +221,8 @@ export function applyModelKind() {
   $("edit-section").hidden = editLimit === 0;
   $("edit-limit").textContent = String(editLimit);
   $("modes").disabled = editLimit > 0;
+  // The mode's own handler (form.js: applyMode) shows or hides the input image for the new kind.
+  document.querySelector('input[name="mode"]:checked').dispatchEvent(new Event("change", { bubbles: true }));
 }
 
 /** True when the job is an edit (the model is an edit model): the mode buttons do not apply. */
