@@ -217,6 +217,8 @@ def test_webuiapi_hires_with_a_controlnet_unit_equals_the_native_job(server: Liv
                            width=64, height=64, hires={"scale": 2, "upscaler": "Latent", "steps": 2, "strength": 0.6},
                            controlnet=[{"model": "demo-controlnet", "image": b64(buffer.getvalue()), "weight": 0.9}])
     np.testing.assert_array_equal(np.asarray(result.image.convert("RGB")), native)
+    infotext = result.info["infotexts"][0]
+    assert 'ControlNet 0: "Module: none, Model: demo-controlnet' in infotext and "Hires upscale: 2" in infotext
     low_only = webuiapi.ControlNetUnit(image=control, module="none", model="demo-controlnet", hr_option="Low res only")
     noted = api.txt2img(prompt="a red cube", width=64, height=64, steps=2, seed=8, controlnet_units=[low_only], **hires)
     assert "alwayson_scripts.controlnet.args.0.hr_option" in noted.info["ignored"], noted.info["ignored"]
