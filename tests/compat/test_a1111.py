@@ -103,7 +103,7 @@ def _grid() -> Image.Image:
 
 
 def test_controlnet_units_equal_the_native_job(api: webuiapi.WebUIApi, http: httpx.Client) -> None:
-    assert api.controlnet_model_list() == ["demo-controlnet"]
+    assert api.controlnet_model_list() == ["demo-controlnet", "demo-ip-adapter"]  # as the extension lists both
     assert http.get("/v1/controlnets").json() == {"object": "list", "data": [{"name": "demo-controlnet"}]}
     assert {"none", "canny"} <= set(api.controlnet_module_list())
     units = [webuiapi.ControlNetUnit(image=_grid(), module="none", model="demo-controlnet [0123abcd]", weight=0.8,

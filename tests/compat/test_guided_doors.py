@@ -155,6 +155,8 @@ def test_webuiapi_ip_adapter_unit_equals_the_native_ip_adapter_job(server: LiveS
     from PIL import Image
 
     api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler", steps=2)
+    assert "demo-ip-adapter" in api.controlnet_model_list()
+    assert "ip-adapter_clip_sd15" in api.controlnet_module_list()
     reference = Image.new("RGB", (48, 48), (200, 30, 30))
     unit = webuiapi.ControlNetUnit(image=reference, module="ip-adapter_clip_sd15", model="demo-ip-adapter [0123abcd]",
                                    weight=0.5)

@@ -39,6 +39,7 @@ router = APIRouter(prefix="/controlnet", tags=["automatic1111"])
 RESIZE_MODES = {"just resize": 0, "crop and resize": 1, "resize and fill": 2, "0": 0, "1": 1, "2": 2}
 PREFIX = "alwayson_scripts.controlnet.args"
 IP_ADAPTER_MODULE = "ip-adapter"  # the extension's IP-Adapter preprocessors all start so
+IP_ADAPTER_MODULES = ("ip-adapter-auto", "ip-adapter_clip_sd15", "ip-adapter_clip_h")  # listed when one exists
 MAX_IP_IMAGES = 4  # the native ip_adapter.images bound
 
 
@@ -190,14 +191,18 @@ class DetectRequest(BaseModel):
     controlnet_threshold_b: float = -1
 
 
-@router.get("/model_list", summary="ControlNet models of --controlnet-dir (sd-webui-controlnet's shape)")
+@router.get("/model_list", summary="ControlNets of --controlnet-dir and IP-Adapters of --ip-adapter-dir, as "
+            "sd-webui-controlnet lists both")
 async def model_list(request: Request) -> dict[str, Any]:
-    return {"model_list": list((await deps.service(request).fleet()).controlnets)}
+    fleet = await deps.service(request).fleet()
+    return {"model_list": [*fleet.controlnets, *fleet.ip_adapters]}
 
 
-@router.get("/module_list", summary="Preprocessors this worker runs (none needs model weights)")
-async def module_list() -> dict[str, Any]:
-    return {"module_list": list(PREPROCESSORS), "module_detail": {}}
+@router.get("/module_list", summary="Preprocessors this worker runs (none needs model weights), and the "
+            "IP-Adapter modules when it has an IP-Adapter")
+async def module_list(request: Request) -> dict[str, Any]:
+    adapters = IP_ADAPTER_MODULES if (await deps.service(request).fleet()).ip_adapters else ()
+    return {"module_list": [*PREPROCESSORS, *adapters], "module_detail": {}}
 
 
 @router.post("/detect", summary="Run a preprocessor on images: the control maps a unit would use")
