@@ -1,5 +1,6 @@
 """The model library over HTTP: ``GET /v1/models`` (OpenAI's list shape, each entry with the library's
-details), ``GET /v1/loras``, ``GET /v1/controlnets`` and ``POST /v1/models/refresh``. One
+details), ``GET /v1/loras``, ``GET /v1/controlnets`` (and ``POST /v1/controlnets/preprocess``, a unit's
+control map before the job), ``GET /v1/ip-adapters`` and ``POST /v1/models/refresh``. One
 ``/v1/models`` route serves our API and the OpenAI door alike (OpenAI clients read ``id`` and ignore the rest).
 
 Memory mode lists this process's engine; Redis mode the union of what live workers registered (a
@@ -10,9 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
 
 from sdworker.api import deps
+from sdworker.api.control_preview import control_map_base64
 from sdworker.domain.catalog import LoraInfo, ModelInfo
+from sdworker.domain.controlnet import preprocessor_name
+from sdworker.domain.edit import edit_model
 
 router = APIRouter(tags=["models"])
 
@@ -35,6 +40,31 @@ async def list_loras(request: Request) -> dict[str, Any]:
 async def list_controlnets(request: Request) -> dict[str, Any]:
     fleet = await deps.service(request).fleet()
     return {"object": "list", "data": [{"name": name} for name in fleet.controlnets]}
+
+
+class PreprocessRequest(BaseModel):
+    """A unit's image and preprocessor, as ``controlnet[]`` of a job names them."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    image: str = Field(min_length=1, description="base64 PNG/JPEG/WebP")
+    preprocessor: str = Field("none", min_length=1, max_length=64, description="none | canny | invert | threshold")
+    low: float = Field(100.0, ge=0.0, le=255.0, description="canny's low threshold; threshold's level")
+    high: float = Field(200.0, ge=0.0, le=255.0, description="canny's high threshold")
+
+
+@router.post("/v1/controlnets/preprocess", summary="The control map a ControlNet unit would use (base64 PNG)")
+async def preprocess(body: PreprocessRequest, request: Request) -> dict[str, Any]:
+    name = preprocessor_name(body.preprocessor, "preprocessor")
+    image = await control_map_base64(body.image, name, body.low, body.high, field="image",
+                                     module_field="preprocessor", max_pixels=deps.settings(request).max_pixels)
+    return {"preprocessor": name, "image": image}
+
+
+@router.get("/v1/ip-adapters", summary="IP-Adapters a job may name in `ip_adapter.model` (--ip-adapter-dir)")
+async def list_ip_adapters(request: Request) -> dict[str, Any]:
+    fleet = await deps.service(request).fleet()
+    return {"object": "list", "data": [{"name": name} for name in fleet.ip_adapters]}
 
 
 @router.post("/v1/models/refresh", summary="Rescan the models, LoRA and embeddings folders")
@@ -67,6 +97,8 @@ def library_entry(model: ModelInfo) -> dict[str, Any]:
         # Bytes its weights hold once loaded (at the worker's dtype), from the safetensors headers; null
         # when the files cannot tell (a hub id, a pickle).
         "size_bytes": model.size_bytes,
+        # An edit model runs image_edit jobs only, with up to this many reference images (null: not one).
+        "edit_references": edit.max_references if (edit := edit_model(model.family, model.variant)) else None,
     }
 
 

@@ -18,6 +18,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from sdworker.api import deps
 from sdworker.api.routes_models import library_entry, lora_entry
 from sdworker.api.views import iso, worker_view
+from sdworker.domain.controlnet import PREPROCESSORS
+from sdworker.domain.hires import IMAGE_UPSCALERS, LATENT_UPSCALE_MODES
 
 router = APIRouter(tags=["system"])
 # Liveness and readiness: also all a fleet worker serves on its ``--health-port`` (``create_probe_app``).
@@ -78,6 +80,11 @@ async def info(request: Request) -> dict[str, Any]:
         "models": list(fleet.models),
         "library": [library_entry(m) for m in fleet.library],
         "loras": [lora_entry(lora) for lora in fleet.loras],
+        # What the page's guidance controls offer (each also has its own list route).
+        "controlnets": list(fleet.controlnets),
+        "preprocessors": list(PREPROCESSORS),
+        "ip_adapters": list(fleet.ip_adapters),
+        "hires_upscalers": [*LATENT_UPSCALE_MODES, *IMAGE_UPSCALERS, *fleet.upscalers],
         "backend": fleet.backend,
         "workers": [worker_view(w) for w in fleet.workers],
         "queue_depth": fleet.queue_depth,

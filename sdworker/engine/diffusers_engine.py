@@ -223,6 +223,9 @@ class DiffusersEngine:
     def list_upscalers(self) -> tuple[str, ...]:
         return tuple(self.upscalers.names())
 
+    def list_ip_adapters(self) -> tuple[str, ...]:
+        return tuple(self.ip_adapters.names())
+
     def refresh(self) -> None:
         """Rescan the models folder and the embeddings folder."""
         self.library.refresh()
@@ -255,14 +258,10 @@ class DiffusersEngine:
             self._check_hires(request, request.hires, entry)
         check_inpainting_model(request, entry.variant, entry.name)
         if request.controlnet:
-            if request.hires is not None:
-                raise InvalidRequest("hires: the hires fix with ControlNet units is not supported yet", field="hires")
             if request.cache is not None:  # the cache hooks skip blocks the ControlNet's residuals are added to
                 raise InvalidRequest("cache: step caching with ControlNet units is not supported yet", field="cache")
             self.controlnets.check_units(request.controlnet, entry, request.operation)
         if request.ip_adapter is not None:
-            if request.hires is not None:
-                raise InvalidRequest("hires: the hires fix with an IP-Adapter is not supported yet", field="hires")
             self.ip_adapters.check(request.ip_adapter, entry)
         prompt, tags = extract_lora_tags(request.prompt)
         from_field = {r.name for r in merge_loras(request.loras, ())}
@@ -480,6 +479,23 @@ class DiffusersEngine:
             return output, callback.steps_done, False
         return output, steps_run, True
 
+    def _guided_pass(
+        self, slot: ModelSlot, request: GenerationRequest, pipe: Any, kwargs: dict[str, Any], scheduler: Any,
+        callback: StepCallback,
+    ) -> tuple[Any, int, bool]:
+        """One pass of the hires fix with the job's ControlNet units and IP-Adapter on, as sd-webui-controlnet
+        applies both to both passes (its units' default ``hr_option``, "Both"). ``request.operation``
+        picks the ControlNet pipeline (text-to-image, then image-to-image); the adapter comes off after
+        each pass (``IpAdapters.applied``)."""
+        if request.controlnet:
+            pipe, kwargs = self._with_controlnet(slot, request, pipe, kwargs)
+        finish: Finish = lambda latents: decode_latents(pipe, latents)  # noqa: E731
+        if request.ip_adapter is None:
+            return self._run_pass(slot, pipe, kwargs, scheduler, callback, finish)
+        references = reference_images(request.ip_adapter, self.settings.max_pixels)
+        with self.ip_adapters.applied(pipe, request.ip_adapter, references, kwargs) as adapted:
+            return self._run_pass(slot, adapted, kwargs, scheduler, callback, finish)
+
     def _generate_hires(
         self,
         slot: ModelSlot,
@@ -510,8 +526,7 @@ class DiffusersEngine:
         pipe, kwargs = self._call_arguments(slot, request, prompt, seeds, None, None)
         kwargs["output_type"] = first_pass_output(hires)
         callback = StepCallback(on_step, cancel, X0Recorder(scheduler), slot.render_preview, total=total)
-        first, steps_run, interrupted = self._run_pass(slot, pipe, kwargs, scheduler, callback,
-                                                       lambda latents: decode_latents(pipe, latents))
+        first, steps_run, interrupted = self._guided_pass(slot, request, pipe, kwargs, scheduler, callback)
         if interrupted or between_passes(cancel):  # interrupted: pass 1's image is the result
             images = first if interrupted else _as_images(pipe, first)
             return slot.result(request, images, seeds, scheduler_name, steps_run, time.perf_counter() - started,
@@ -523,11 +538,13 @@ class DiffusersEngine:
         upscale = lambda images, to: self.upscalers.upscale(hires.upscaler, images, to, device)  # noqa: E731
         kwargs.update(image=second_pass_image(first, hires, size, upscale), strength=hires.strength,
                       output_type="pil")
+        if request.controlnet:  # the control maps are resized to the second pass's size, not the first's
+            kwargs.update(width=size.final[0], height=size.final[1])
         del first
         callback = StepCallback(on_step, cancel, X0Recorder(scheduler), slot.render_preview, offset=first_total,
                                 total=total, pass_number=2)
-        images, more, _ = self._run_pass(slot, pipe, kwargs, scheduler, callback,
-                                      lambda latents: decode_latents(pipe, latents))
+        images, more, _ = self._guided_pass(slot, replace(second, operation=Operation.IMAGE_TO_IMAGE), pipe, kwargs,
+                                            scheduler, callback)
         return slot.result(request, images, seeds, scheduler_name, steps_run + more, time.perf_counter() - started,
                            applied, size=size.final, first_pass_size=(request.width, request.height))
 

@@ -164,11 +164,16 @@ class FakeEngine:
             for i, name in enumerate(self.model_names)
         )
 
+    # The demo bundle's guidance names, listed (a Redis API node checks a job's names against them) but
+    # never loaded: the fake runs no ControlNet or adapter.
     def list_controlnets(self) -> tuple[str, ...]:
-        return ()
+        return ("demo-controlnet",)
 
     def list_upscalers(self) -> tuple[str, ...]:
         return ()
+
+    def list_ip_adapters(self) -> tuple[str, ...]:
+        return ("demo-ip-adapter",)
 
     def list_loras(self) -> tuple[LoraInfo, ...]:
         return tuple(LoraInfo(name, f"/fake/loras/{name}.safetensors", "sd1", "peft") for name in self.lora_names)

@@ -141,6 +141,10 @@ class Engine(Protocol):
         """The upscaler models a hires fix may name (beside the built-in latent and PIL upscalers)."""
         ...
 
+    def list_ip_adapters(self) -> tuple[str, ...]:
+        """The IP-Adapters a job's ``ip_adapter.model`` may name (``--ip-adapter-dir``)."""
+        ...
+
     def refresh(self) -> None:
         """Rescan the models (and embeddings) folders."""
         ...

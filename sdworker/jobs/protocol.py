@@ -43,13 +43,16 @@ class FleetInfo:
     # workers registered). Empty = only the names in ``models`` are known.
     library: tuple[ModelInfo, ...] = ()
     loras: tuple[LoraInfo, ...] = ()
-    controlnets: tuple[str, ...] = ()  # ControlNet names (memory mode: the engine's folder; Redis: none listed)
-    upscalers: tuple[str, ...] = ()  # upscaler model names (memory mode: the engine's folder; Redis: none listed)
+    # The guidance models' names (memory mode: the engine's folders; Redis: the union of what live workers
+    # registered, so an API node checks a name without the folders).
+    controlnets: tuple[str, ...] = ()
+    upscalers: tuple[str, ...] = ()
+    ip_adapters: tuple[str, ...] = ()
 
     def known_upscalers(self) -> tuple[str, ...] | None:
         """The upscaler models a job may name at submit; None where this node cannot tell yet (memory mode
         while the engine loads: the engine checks the name when the job runs). A Redis API node knows
-        none (workers do not register theirs yet), so only the built-in upscalers pass there."""
+        those its live workers registered."""
         if self.backend != "redis" and self.engine is None:
             return None
         return self.upscalers

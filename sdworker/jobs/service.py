@@ -330,11 +330,12 @@ class LocalJobService:
         loras: tuple[LoraInfo, ...] = ()
         controlnets: tuple[str, ...] = ()
         upscalers: tuple[str, ...] = ()
+        ip_adapters: tuple[str, ...] = ()
         if self._library is not None and self._engine_state == "ready":
             library = self._library
-            models, loras, controlnets, upscalers = await asyncio.to_thread(
+            models, loras, controlnets, upscalers, ip_adapters = await asyncio.to_thread(
                 lambda: (library.list_models(), library.list_loras(), library.list_controlnets(),
-                         library.list_upscalers())
+                         library.list_upscalers(), library.list_ip_adapters())
             )
         model = self._settings.model
         return FleetInfo(
@@ -342,6 +343,7 @@ class LocalJobService:
             backend=self.backend,
             controlnets=controlnets,
             upscalers=upscalers,
+            ip_adapters=ip_adapters,
         )
 
     async def refresh_models(self) -> None:

@@ -11,11 +11,15 @@ from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.edit import check_edit_model
 from sdworker.domain.families import family_facts, request_warnings
 from sdworker.domain.prompt_length import PromptTokenizer
+from sdworker.domain.hires import IMAGE_UPSCALERS
 from sdworker.domain.prompt_syntax import extract_lora_tags, normalize_lora_name
 from sdworker.domain.request import GenerationRequest
 from sdworker.domain.step_cache import check_cache_family
 from sdworker.domain.unet_inpainting import check_inpainting_model
 from sdworker.errors import (
+    ControlNetNotFound,
+    InvalidRequest,
+    IpAdapterNotFound,
     LoraIncompatible,
     LoraNotFound,
     ModelNotFound,
@@ -39,6 +43,8 @@ class ModelLibrary(Protocol):
     def list_controlnets(self) -> tuple[str, ...]: ...
 
     def list_upscalers(self) -> tuple[str, ...]: ...
+
+    def list_ip_adapters(self) -> tuple[str, ...]: ...
 
     def refresh(self) -> None: ...
 
@@ -113,6 +119,26 @@ def check_family_rules(draft: JobDraft, entry: ModelInfo | None) -> None:
     check_cache_family(draft.request.cache, entry.family, facts.label, entry.name)
     facts.check_operation(draft.request.operation.value, entry.name)
     check_inpainting_model(draft.request, entry.variant, entry.name)
+
+
+def check_guidance_names(
+    request: GenerationRequest, *, controlnets: tuple[str, ...], ip_adapters: tuple[str, ...],
+    upscalers: tuple[str, ...],
+) -> None:
+    """An API node without the engine (Redis mode): the ControlNets, the IP-Adapter and the upscaler a
+    job names must be ones some live worker registered (its folders' names), so an unknown name is a
+    4xx at submit, as on a single worker, not a job that fails on the worker that claims it."""
+    for index, unit in enumerate(request.controlnet):
+        if unit.model not in controlnets:
+            field = f"controlnet.{index}.model"
+            raise ControlNetNotFound(f"{field}: no ControlNet named {unit.model!r} ({_names(set(controlnets))})",
+                                     field=field)
+    if request.ip_adapter is not None and request.ip_adapter.model not in ip_adapters:
+        raise IpAdapterNotFound(f"ip_adapter.model: no IP-Adapter named {request.ip_adapter.model!r} "
+                                f"({_names(set(ip_adapters))})", field="ip_adapter.model")
+    if request.upscaler is not None and request.upscaler not in (*IMAGE_UPSCALERS, *upscalers):
+        raise InvalidRequest(f"upscaler: {request.upscaler!r} is not an upscaler of this fleet "
+                             f"({_names({*IMAGE_UPSCALERS, *upscalers})})", field="upscaler")
 
 
 def _names(known: set[str]) -> str:

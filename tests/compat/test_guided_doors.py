@@ -5,6 +5,8 @@ IP-Adapter changes the image; the rules are 4xx naming the field the client sent
 from __future__ import annotations
 
 import base64
+import io
+import json
 from typing import Any
 
 import httpx
@@ -187,3 +189,80 @@ def test_native_flux_controlnet_job_runs_and_a_unit_for_another_family_is_4xx(ht
     ):
         response = http.post("/v1/jobs", json=body)
         assert response.status_code // 100 == 4 and response.json()["error"]["field"] == field, response.text
+
+
+def test_webuiapi_ip_adapter_unit_equals_the_native_ip_adapter_job(server: LiveServer, http: httpx.Client) -> None:
+    """sd-webui-controlnet's way to IP-Adapter: a unit with an ip-adapter module and the adapter as model."""
+    import webuiapi
+    from PIL import Image
+
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler", steps=2)
+    assert "demo-ip-adapter" in api.controlnet_model_list()
+    assert "ip-adapter_clip_sd15" in api.controlnet_module_list()
+    reference = Image.new("RGB", (48, 48), (200, 30, 30))
+    unit = webuiapi.ControlNetUnit(image=reference, module="ip-adapter_clip_sd15", model="demo-ip-adapter [0123abcd]",
+                                   weight=0.5)
+    job = {"prompt": "a cat", "width": 64, "height": 64, "steps": 2, "seed": 21}
+    result = api.txt2img(**job, cfg_scale=7.0, controlnet_units=[unit])
+    assert not result.info["ignored"], result.info["ignored"]
+    shown = http.get(f"/v1/jobs/{http.get('/v1/jobs', params={'limit': 1}).json()['jobs'][0]['job_id']}").json()
+    assert shown["parameters"]["ip_adapter"] == {"model": "demo-ip-adapter", "scale": 0.5, "images": 1}
+    assert "controlnet" not in shown["parameters"] or not shown["parameters"]["controlnet"]
+    adapter = {"model": "demo-ip-adapter", "images": [b64(png(48, 48, (200, 30, 30)))], "scale": 0.5}
+    native = native_pixels(http, **job, guidance_scale=7.0, scheduler="euler", ip_adapter=adapter)
+    np.testing.assert_array_equal(np.asarray(result.image.convert("RGB")), native)
+    without = native_pixels(http, **job, guidance_scale=7.0, scheduler="euler")
+    assert np.abs(native.astype(int) - without.astype(int)).max() > 0  # the adapter reaches the pixels
+
+
+def test_ip_adapter_units_name_what_they_cannot_do(http: httpx.Client) -> None:
+    unit = {"image": b64(png(32, 32, (10, 200, 10))), "module": "ip-adapter_clip_sd15", "model": "demo-ip-adapter"}
+    body = {"prompt": "x", "steps": 1, "width": 64, "height": 64}
+
+    def send(*units: dict[str, Any]) -> httpx.Response:
+        return http.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": list(units)}}})
+
+    # What the native field cannot carry runs without it, named in info.ignored and in the job's warnings.
+    answer = send({**unit, "guidance_start": 0.3}, {**unit, "weight": 0.4})
+    assert answer.status_code == 200, answer.text
+    ignored = json.loads(answer.json()["info"])["ignored"]
+    assert set(ignored) == {"alwayson_scripts.controlnet.args.0.guidance_start",
+                            "alwayson_scripts.controlnet.args.1.weight"}, ignored
+    job = http.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    detail = http.get(f"/v1/jobs/{job['job_id']}").json()
+    assert detail["parameters"]["ip_adapter"]["images"] == 2 and detail["parameters"]["ip_adapter"]["scale"] == 1.0
+    assert any(w.startswith("alwayson_scripts.controlnet.args.0.guidance_start:") for w in detail["warnings"])
+    for changed, status, field in (({"model": "ip-adapter_sd15 [6a3f6166]"}, 404, "model"),
+                                   ({"module": "ip-adapter_face_id_plus"}, 422, "module"),
+                                   ({"weight": 3}, 422, "weight"),
+                                   ({"image": "bm90IGFuIGltYWdl"}, 422, "image")):
+        answer = send({**unit, **changed})
+        assert answer.status_code == status, answer.text
+        assert answer.json()["detail"].startswith(f"alwayson_scripts.controlnet.args.0.{field}"), answer.text
+
+
+def test_webuiapi_hires_with_a_controlnet_unit_equals_the_native_job(server: LiveServer, http: httpx.Client) -> None:
+    """ControlNet on both passes of the hires fix, as sd-webui-controlnet runs a unit (hr_option Both)."""
+    import webuiapi
+    from PIL import Image
+
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler", steps=2)
+    control = Image.new("RGB", (64, 64), (0, 0, 0))
+    control.paste((255, 255, 255), (16, 0, 24, 64))
+    unit = webuiapi.ControlNetUnit(image=control, module="none", model="demo-controlnet", weight=0.9)
+    hires = {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "hr_second_pass_steps": 2,
+             "denoising_strength": 0.6}
+    result = api.txt2img(prompt="a red cube", width=64, height=64, steps=2, seed=8, controlnet_units=[unit], **hires)
+    assert result.image.size == (128, 128)
+    assert not result.info["ignored"], result.info["ignored"]
+    buffer = io.BytesIO()
+    control.save(buffer, "PNG")
+    native = native_pixels(http, prompt="a red cube", seed=8, steps=2, guidance_scale=7.0, scheduler="euler",
+                           width=64, height=64, hires={"scale": 2, "upscaler": "Latent", "steps": 2, "strength": 0.6},
+                           controlnet=[{"model": "demo-controlnet", "image": b64(buffer.getvalue()), "weight": 0.9}])
+    np.testing.assert_array_equal(np.asarray(result.image.convert("RGB")), native)
+    infotext = result.info["infotexts"][0]
+    assert 'ControlNet 0: "Module: none, Model: demo-controlnet' in infotext and "Hires upscale: 2" in infotext
+    low_only = webuiapi.ControlNetUnit(image=control, module="none", model="demo-controlnet", hr_option="Low res only")
+    noted = api.txt2img(prompt="a red cube", width=64, height=64, steps=2, seed=8, controlnet_units=[low_only], **hires)
+    assert "alwayson_scripts.controlnet.args.0.hr_option" in noted.info["ignored"], noted.info["ignored"]

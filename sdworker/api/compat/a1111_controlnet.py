@@ -7,27 +7,40 @@ numbers: Just Resize, Crop and Resize, Resize and Fill) before the job is queued
 (``module``) runs in the engine. ``threshold_a``/``threshold_b`` are canny's thresholds, as in the
 extension. What a unit asks that we do not do (a unit mask, a control mode other than Balanced,
 pixel-perfect resolution) is named in ``info.ignored``.
+
+IP-Adapter travels the same way in the extension: a unit whose ``module`` is an ``ip-adapter*``
+preprocessor (``ip-adapter_clip_sd15``, ``ip-adapter_clip_h``, ``ip-adapter-auto``) and whose ``model``
+names the adapter. Such a unit becomes the job's native ``ip_adapter`` (the unit's image as a reference
+image, given as it is: the adapter's CLIP processor resizes it; ``weight`` as the scale). Several units
+on the same adapter are its several images; what the native field cannot carry (a second adapter,
+start/end other than 0/1, a second weight) is named in ``info.ignored``. FaceID modules need
+insightface's face model: a 4xx naming the unit's ``module``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdworker.api import deps
+from sdworker.api.control_preview import control_map_base64
 from sdworker.domain.controlnet import MAX_UNITS, PREPROCESSORS, check_units, preprocessor_name
-from sdworker.domain.request import ControlUnit, InputImage
-from sdworker.errors import ControlNetNotFound, InvalidRequest, Unsupported
-from sdworker.imaging.decode import decode_base64, decode_image_bytes
-from sdworker.imaging.masks import fit_image, png_bytes
+from sdworker.domain.request import ControlUnit, InputImage, IpAdapterRef
+from sdworker.errors import ControlNetNotFound, InvalidRequest, IpAdapterNotFound
+from sdworker.imaging.decode import decode_base64
+from sdworker.imaging.masks import fit_image
 
 router = APIRouter(prefix="/controlnet", tags=["automatic1111"])
 RESIZE_MODES = {"just resize": 0, "crop and resize": 1, "resize and fill": 2, "0": 0, "1": 1, "2": 2}
 PREFIX = "alwayson_scripts.controlnet.args"
+IP_ADAPTER_MODULE = "ip-adapter"  # the extension's IP-Adapter preprocessors all start so
+IP_ADAPTER_MODULES = ("ip-adapter-auto", "ip-adapter_clip_sd15", "ip-adapter_clip_h")  # listed when one exists
+MAX_IP_IMAGES = 4  # the native ip_adapter.images bound
 
 
 class ControlNetArg(BaseModel):
@@ -50,6 +63,7 @@ class ControlNetArg(BaseModel):
     guidance_end: float = 1.0
     control_mode: str | int = "Balanced"
     pixel_perfect: bool = False
+    hr_option: str = "Both"  # which hires pass the unit acts on
 
 
 def controlnet_args(alwayson_scripts: dict[str, Any]) -> list[dict[str, Any]]:
@@ -60,12 +74,25 @@ def controlnet_args(alwayson_scripts: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
+@dataclass(frozen=True, slots=True)
+class Guidance:
+    """What the extension's units ask of the job: its ControlNet units and its IP-Adapter, and the notes
+    for ``info.ignored`` (each also a warning of the job)."""
+
+    units: tuple[ControlUnit, ...] = ()
+    ip_adapter: IpAdapterRef | None = None
+    notes: dict[str, str] = dataclass_field(default_factory=dict)
+
+
 async def units_from(
-    alwayson_scripts: dict[str, Any], size: tuple[int, int], known: tuple[str, ...], max_pixels: int
-) -> tuple[tuple[ControlUnit, ...], dict[str, str]]:
-    """The enabled units as the job's ControlNet units (images fitted to ``size``), and the notes for
-    ``info.ignored``. 4xx naming ``alwayson_scripts.controlnet.args.N.<field>`` for a bad unit."""
+    alwayson_scripts: dict[str, Any], size: tuple[int, int], known: tuple[str, ...], max_pixels: int,
+    ip_adapters: tuple[str, ...] = (), *, hires: bool = False,
+) -> Guidance:
+    """The enabled units as the job's ControlNet units (images fitted to ``size``) and IP-Adapter (units
+    whose module is an ``ip-adapter`` preprocessor, or whose model is one of ``ip_adapters``), and the
+    notes for ``info.ignored``. 4xx naming ``alwayson_scripts.controlnet.args.N.<field>`` for a bad unit."""
     units: list[ControlUnit] = []
+    adapter: list[tuple[str, ControlNetArg, str]] = []  # (field, unit, image) of the IP-Adapter units
     notes: dict[str, str] = {}
     for index, raw in enumerate(controlnet_args(alwayson_scripts)):
         arg = ControlNetArg.model_validate(raw)
@@ -73,12 +100,15 @@ async def units_from(
         if not arg.enabled:
             continue
         name = _model_name(arg.model)
-        if name is None or name not in known:
-            raise ControlNetNotFound(f"{field}.model: no ControlNet {arg.model!r} here; known: "
-                                     f"{', '.join(known) or 'none'}", field=f"{field}.model")
         image = arg.image.get("image") if isinstance(arg.image, dict) else arg.image or arg.input_image
         if not isinstance(image, str) or not image:
             raise InvalidRequest(f"{field}.image: a unit needs a control image (base64)", field=f"{field}.image")
+        if arg.module.strip().lower().startswith(IP_ADAPTER_MODULE) or (name is not None and name in ip_adapters):
+            adapter.append((field, arg, image))
+            continue
+        if name is None or name not in known:
+            raise ControlNetNotFound(f"{field}.model: no ControlNet {arg.model!r} here; known: "
+                                     f"{', '.join(known) or 'none'}", field=f"{field}.model")
         mode = RESIZE_MODES.get(str(arg.resize_mode).strip().lower())
         if mode is None:
             raise InvalidRequest(f"{field}.resize_mode: {arg.resize_mode!r} is not one of Just Resize, Crop and "
@@ -91,12 +121,55 @@ async def units_from(
         units.append(ControlUnit(name, InputImage(fitted, f"{field}.image"), arg.weight, arg.guidance_start,
                                  arg.guidance_end, module, low, high))
         for what, is_set in (("mask", bool(arg.mask)), ("control_mode", str(arg.control_mode) not in ("Balanced", "0")),
-                             ("pixel_perfect", arg.pixel_perfect)):
+                             ("pixel_perfect", arg.pixel_perfect), ("hr_option", hires and arg.hr_option != "Both")):
             if is_set:
                 notes[f"{field}.{what}"] = "not supported by sdworker; ignored"
     made = tuple(units)
     check_units(made, PREFIX) if len(made) <= MAX_UNITS else check_units(made, "alwayson_scripts.controlnet")
-    return made, notes
+    return Guidance(made, _ip_adapter(adapter, ip_adapters, notes, hires), notes)
+
+
+def _ip_adapter(
+    adapter: list[tuple[str, ControlNetArg, str]], known: tuple[str, ...], notes: dict[str, str], hires: bool
+) -> IpAdapterRef | None:
+    """The IP-Adapter units as the native ``ip_adapter``: the first unit's adapter and weight, the
+    images of every unit on that adapter; the rest noted (``notes``) as not applied."""
+    if not adapter:
+        return None
+    chosen: str | None = None
+    scale = 1.0
+    images: list[InputImage] = []
+    for field, arg, image in adapter:
+        module = arg.module.strip().lower()
+        if "face_id" in module or "faceid" in module:
+            raise InvalidRequest(f"{field}.module: {arg.module!r} needs insightface's face model, which sdworker "
+                                 "does not run; use ip-adapter_clip_sd15 (or _h) with a plain IP-Adapter",
+                                 field=f"{field}.module")
+        name = _model_name(arg.model)
+        if name is None or name not in known:
+            raise IpAdapterNotFound(f"{field}.model: no IP-Adapter {arg.model!r} here (--ip-adapter-dir); known: "
+                                    f"{', '.join(known) or 'none'}", field=f"{field}.model")
+        if not 0.0 <= arg.weight <= 2.0:
+            raise InvalidRequest(f"{field}.weight: {arg.weight} is not in 0..2", field=f"{field}.weight")
+        if chosen is None:
+            chosen, scale = name, arg.weight
+        if name != chosen:
+            notes[f"{field}.model"] = f"a second IP-Adapter ({name}) in one job is not supported; unit not applied"
+            continue
+        if len(images) == MAX_IP_IMAGES:
+            notes[f"{field}.image"] = f"more than {MAX_IP_IMAGES} IP-Adapter images; unit not applied"
+            continue
+        if arg.weight != scale:
+            notes[f"{field}.weight"] = f"one weight per IP-Adapter; the first unit's ({scale:g}) applies"
+        if (arg.guidance_start, arg.guidance_end) != (0.0, 1.0):
+            notes[f"{field}.guidance_start"] = "IP-Adapter acts on every step in sdworker; start/end ignored"
+        if arg.mask:
+            notes[f"{field}.mask"] = "not supported by sdworker; ignored"
+        if hires and arg.hr_option != "Both":
+            notes[f"{field}.hr_option"] = "the unit acts on both hires passes in sdworker; ignored"
+        images.append(InputImage(image, f"{field}.image"))
+    assert chosen is not None
+    return IpAdapterRef(chosen, tuple(images), scale)
 
 
 def _model_name(model: str) -> str | None:
@@ -118,14 +191,18 @@ class DetectRequest(BaseModel):
     controlnet_threshold_b: float = -1
 
 
-@router.get("/model_list", summary="ControlNet models of --controlnet-dir (sd-webui-controlnet's shape)")
+@router.get("/model_list", summary="ControlNets of --controlnet-dir and IP-Adapters of --ip-adapter-dir, as "
+            "sd-webui-controlnet lists both")
 async def model_list(request: Request) -> dict[str, Any]:
-    return {"model_list": list((await deps.service(request).fleet()).controlnets)}
+    fleet = await deps.service(request).fleet()
+    return {"model_list": [*fleet.controlnets, *fleet.ip_adapters]}
 
 
-@router.get("/module_list", summary="Preprocessors this worker runs (none needs model weights)")
-async def module_list() -> dict[str, Any]:
-    return {"module_list": list(PREPROCESSORS), "module_detail": {}}
+@router.get("/module_list", summary="Preprocessors this worker runs (none needs model weights), and the "
+            "IP-Adapter modules when it has an IP-Adapter")
+async def module_list(request: Request) -> dict[str, Any]:
+    adapters = IP_ADAPTER_MODULES if (await deps.service(request).fleet()).ip_adapters else ()
+    return {"module_list": [*PREPROCESSORS, *adapters], "module_detail": {}}
 
 
 @router.post("/detect", summary="Run a preprocessor on images: the control maps a unit would use")
@@ -136,19 +213,9 @@ async def detect(body: DetectRequest, request: Request) -> dict[str, Any]:
     low = body.controlnet_threshold_a if body.controlnet_threshold_a >= 0 else 100.0
     high = body.controlnet_threshold_b if body.controlnet_threshold_b >= 0 else 200.0
 
-    def run() -> list[str]:
-        from sdworker.imaging.control_maps import control_map
-
-        out = []
-        for index, text in enumerate(images):
-            field = f"controlnet_input_images.{index}"
-            image = decode_image_bytes(decode_base64(text, field=field), field=field, max_pixels=max_pixels)
-            out.append(base64.b64encode(png_bytes(control_map(image, module, low, high))).decode("ascii"))
-        return out
-
-    try:
-        encoded = await asyncio.to_thread(run)
-    except ImportError as exc:  # an API node without the engine's packages (OpenCV)
-        raise Unsupported(f"controlnet_module: {module} needs OpenCV, which this node lacks",
-                          field="controlnet_module") from exc
+    encoded = [
+        await control_map_base64(text, module, low, high, field=f"controlnet_input_images.{index}",
+                                 module_field="controlnet_module", max_pixels=max_pixels)
+        for index, text in enumerate(images)
+    ]
     return {"images": encoded, "info": "Success"}

@@ -66,10 +66,11 @@ async def generate(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
         draft = replace(draft, request=replace(draft.request, init_image=init, mask_image=mask))
     assert draft.request.width is not None and draft.request.height is not None  # the door sets them
     size = (draft.request.width, draft.request.height)
-    units, unit_notes = await units_from(body.alwayson_scripts, size, fleet.controlnets, settings.max_pixels)
-    if units:
-        draft = replace(draft, request=replace(draft.request, controlnet=units))
-    notes = {**ignored(body), **sampler.ignored, **family_notes, **unit_notes}
+    units = await units_from(body.alwayson_scripts, size, fleet.controlnets, settings.max_pixels, fleet.ip_adapters,
+                             hires=draft.request.hires is not None)
+    if units.units or units.ip_adapter is not None:
+        draft = replace(draft, request=replace(draft.request, controlnet=units.units, ip_adapter=units.ip_adapter))
+    notes = {**ignored(body), **sampler.ignored, **family_notes, **units.notes}
     # A field that would change the image and is not honoured is a warning of the job too (GET /v1/jobs/{id}).
     draft = replace(draft, warnings=tuple(f"{name}: {note}" for name, note in notes.items()))
     view = await service.submit(draft, owner=owner)

@@ -9,6 +9,7 @@ import { cancelJob, focus } from "./follow.js";
 import {
   addLoraRow, applyMode, bodyText, buildBody, maskEditor, mode, randomSeed, restoreForm, saveForm, setInputImage,
 } from "./form.js";
+import { applyGuidance, initGuidance } from "./guide.js";
 import { $, ACTIVE, hashJobId, hooks, imageUrl, jobById, loadJobs, saveJobs, setText, state } from "./state.js";
 
 // ---------------------------------------------------------------- server info and readiness
@@ -67,6 +68,8 @@ function applyInfo(info) {
     // Picking a model shows its own defaults (its family's steps and guidance, its native size).
     picker.onchange = () => applyModelDefaults(library.find((m) => m.id === picker.value) || library.find((m) => m.default));
   }
+
+  applyGuidance(info);
 
   const limits = info.limits || info;
   if (limits.max_steps) $("steps").max = limits.max_steps;
@@ -317,6 +320,7 @@ async function loadHistory() {
 
 function init() {
   hooks.render = render;
+  initGuidance();
   maskEditor.onChange = () => maskEditor.painted && clearFieldError("mask_image");
   $("brush-size").addEventListener("input", (e) => {
     maskEditor.brushSize = Number(e.target.value);

@@ -6,6 +6,7 @@ const FIELD_LABELS = {
   prompt: "Prompt", negative_prompt: "Negative prompt", width: "Width", height: "Height", steps: "Steps",
   guidance_scale: "Guidance", seed: "Seed", scheduler: "Scheduler", strength: "Strength",
   input_image: "Input image", init_image: "Input image", mask_image: "Mask", preview: "Preview settings",
+  controlnet: "ControlNet", ip_adapter: "IP-Adapter", hires: "Hires fix", reference_images: "Images to edit",
 };
 const FIELD_TARGET = { init_image: "input_image", n: null, operation: null };
 
@@ -32,6 +33,8 @@ export function showFieldError(key, message) {
     input.setAttribute("aria-describedby", err.id);
   }
   if (key === "preview") $("preview-settings").open = true;
+  const section = { controlnet: "controlnet-section", ip_adapter: "ip-adapter-section", hires: "hires-section" }[key];
+  if (section) $(section).open = true;
 }
 
 export function showFieldNote(key, message) {

@@ -1,6 +1,7 @@
 // The form: modes, the input image (upload or drop) and its mask, the seed, and the request body.
 
 import { showFieldError, showFieldNote, clearFieldError, showFormError } from "./errors.js";
+import { addGuidance, isEdit } from "./guide.js";
 import { MaskEditor } from "./mask.js";
 import { $, state } from "./state.js";
 
@@ -12,7 +13,7 @@ export function mode() {
 
 export function applyMode() {
   const m = mode();
-  const usesImage = m !== "txt2img";
+  const usesImage = m !== "txt2img" && !isEdit(); // an edit model takes its own images (guide.js)
   $("input-section").hidden = !usesImage;
   $("mask-editor").hidden = !state.input;
   $("mask-stage").classList.toggle("no-mask", m !== "inpaint");
@@ -132,7 +133,7 @@ export function buildBody() {
   };
   for (const k of Object.keys(preview)) if (preview[k] === undefined) delete preview[k];
   body.preview = preview;
-  if (m !== "txt2img") {
+  if (m !== "txt2img" && !isEdit()) {
     if (!state.input) {
       showFieldError("input_image", "Choose an input image first (or drop one on the box).");
       showFormError("No input image.", " Image to image and inpaint start from a picture.");
@@ -152,7 +153,7 @@ export function buildBody() {
       body.mask_image = maskEditor.toBase64();
     }
   }
-  return body;
+  return addGuidance(body, m) ? body : null;
 }
 
 /** JSON text with the seed's digits spliced in, so a 64-bit seed is sent exactly. */

@@ -184,9 +184,24 @@ def parse_limits(raw: bytes) -> Limits | None:
                   max_pixels=int(limits["max_pixels"]))
 
 
-def library_record(models: tuple[ModelInfo, ...], loras: tuple[LoraInfo, ...]) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True, slots=True)
+class GuidanceNames:
+    """The guidance models a worker has (its --controlnet-dir, --upscalers-dir, --ip-adapter-dir), by name:
+    registered with its library so an API node checks a job's names without those folders."""
+
+    controlnets: tuple[str, ...] = ()
+    upscalers: tuple[str, ...] = ()
+    ip_adapters: tuple[str, ...] = ()
+
+
+def library_record(
+    models: tuple[ModelInfo, ...], loras: tuple[LoraInfo, ...], guidance: GuidanceNames = GuidanceNames()
+) -> dict[str, Any]:
     """A worker's model library as its registry entry lists it (names and headers' facts, no paths)."""
     return {
+        "controlnets": list(guidance.controlnets),
+        "upscalers": list(guidance.upscalers),
+        "ip_adapters": list(guidance.ip_adapters),
         "models": [
             {"name": m.name, "family": m.family, "kind": m.kind, "native_size": m.native_size, "loaded": m.loaded,
              "default": m.is_default, "sha256": m.sha256, "variant": m.variant, "default_steps": m.default_steps,
@@ -228,6 +243,14 @@ def _parse_tokenizer(raw: Any) -> PromptTokenizer | None:
     if not isinstance(raw, dict) or not raw.get("sha256"):
         return None
     return PromptTokenizer(str(raw["sha256"]), str(raw.get("prefix", "")), str(raw.get("suffix", "")))
+def parse_guidance(raw: bytes) -> GuidanceNames:
+    """The guidance model names of a registry entry; none for a worker that registered none (an older one)."""
+    library = json.loads(raw).get("library") or {}
+
+    def names(key: str) -> tuple[str, ...]:
+        return tuple(str(name) for name in library.get(key, ()) if isinstance(name, str))
+
+    return GuidanceNames(names("controlnets"), names("upscalers"), names("ip_adapters"))
 
 
 def parse_worker(raw: bytes) -> tuple[WorkerInfo, EngineInfo | None]:

@@ -55,13 +55,22 @@ from sdworker.jobs.submission import (
     build_spec,
     check_against_engine,
     check_family_rules,
+    check_guidance_names,
     check_lora_names,
     check_model_fits,
     resolve_model,
 )
 from sdworker.settings import KeyQuota, Settings
 from sdworker.stores.redis import scripts
-from sdworker.stores.redis.codec import batch_key_text, job_view, parse_library, parse_limits, parse_worker, text
+from sdworker.stores.redis.codec import (
+    batch_key_text,
+    job_view,
+    parse_guidance,
+    parse_library,
+    parse_limits,
+    parse_worker,
+    text,
+)
 from sdworker.stores.redis.hub import StreamHub
 from sdworker.stores.redis.keys import Keys
 from sdworker.stores.redis.results import FleetResults
@@ -250,6 +259,8 @@ class RedisJobService:
             check_lora_names(draft, fleet.loras, served_model.family if served_model else None)
             check_family_rules(draft, served_model)
             await self._call(self._prompt_counters.check(draft.request, served_model))
+            check_guidance_names(draft.request, controlnets=fleet.controlnets, ip_adapters=fleet.ip_adapters,
+                                 upscalers=fleet.upscalers)
         if fleet.queue_depth >= self._settings.max_queue:
             raise self._queue_full()
         quota = await self._check_quota(draft, owner)
@@ -447,6 +458,7 @@ class RedisJobService:
         engine: EngineInfo | None = None
         stale = []
         libraries = {}
+        guidance = []
         for worker_id, value in raw.items():
             info, worker_engine = parse_worker(value)
             if time.time() - info.last_seen > window:
@@ -455,6 +467,7 @@ class RedisJobService:
             workers.append((info, worker_engine))
             if info.status not in ("stopping", "failed"):
                 libraries[info.id] = parse_library(value)
+                guidance.append(parse_guidance(value))
             engine = engine or worker_engine
         if stale and any(time.time() - parse_worker(raw[w])[0].last_seen > 24 * 3600 for w in stale):
             await self._call(self._redis.hdel(self._keys.workers, *stale))
@@ -471,6 +484,9 @@ class RedisJobService:
                    "registered": await self._registrations(registered)},
             library=library,
             loras=loras,
+            controlnets=tuple(sorted({name for g in guidance for name in g.controlnets})),
+            upscalers=tuple(sorted({name for g in guidance for name in g.upscalers})),
+            ip_adapters=tuple(sorted({name for g in guidance for name in g.ip_adapters})),
         )
 
     async def refresh_models(self) -> None:

@@ -45,7 +45,14 @@ from sdworker.jobs.state import WorkerInfo
 from sdworker.jobs.submission import ModelLibrary
 from sdworker.settings import Settings
 from sdworker.stores.redis import scripts
-from sdworker.stores.redis.codec import batch_key_text, event_fields, library_record, text, worker_record
+from sdworker.stores.redis.codec import (
+    GuidanceNames,
+    batch_key_text,
+    event_fields,
+    library_record,
+    text,
+    worker_record,
+)
 from sdworker.stores.redis.keys import GROUP, Keys
 from sdworker.stores.redis.results import FleetResults
 from sdworker.stores.redis.service import EVENTS_MAXLEN, connect, redacted, ttl_ms
@@ -473,11 +480,15 @@ class RedisJobSource:
             if asked is not None and float(asked) > self._refreshed_at:
                 self._refreshed_at = float(asked)
                 await asyncio.to_thread(library.refresh)
-            models, loras = await asyncio.to_thread(lambda: (library.list_models(), library.list_loras()))
+            models, loras, guidance = await asyncio.to_thread(
+                lambda: (library.list_models(), library.list_loras(),
+                         GuidanceNames(library.list_controlnets(), library.list_upscalers(),
+                                       library.list_ip_adapters()))
+            )
         except Exception:  # a folder gone or unreadable: keep registering (the job's own check reports it)
             log.warning("listing the model library failed", exc_info=True)
             return None
-        return library_record(await self._with_prompt_tokenizers(library, models), loras)
+        return library_record(await self._with_prompt_tokenizers(library, models), loras, guidance)
 
     async def _with_prompt_tokenizers(self, library: ModelLibrary,
                                       models: tuple[ModelInfo, ...]) -> tuple[ModelInfo, ...]:
