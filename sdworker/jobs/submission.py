@@ -10,8 +10,8 @@ from typing import Protocol
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.edit import check_edit_model
 from sdworker.domain.families import family_facts, request_warnings
-from sdworker.domain.prompt_length import PromptTokenizer
 from sdworker.domain.hires import IMAGE_UPSCALERS
+from sdworker.domain.prompt_length import PromptTokenizer
 from sdworker.domain.prompt_syntax import extract_lora_tags, normalize_lora_name
 from sdworker.domain.request import GenerationRequest
 from sdworker.domain.step_cache import check_cache_family
