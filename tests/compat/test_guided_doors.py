@@ -203,7 +203,8 @@ def test_webuiapi_ip_adapter_unit_equals_the_native_ip_adapter_job(server: LiveS
     unit = webuiapi.ControlNetUnit(image=reference, module="ip-adapter_clip_sd15", model="demo-ip-adapter [0123abcd]",
                                    weight=0.5)
     job = {"prompt": "a cat", "width": 64, "height": 64, "steps": 2, "seed": 21}
-    result = api.txt2img(**job, cfg_scale=7.0, controlnet_units=[unit])
+    result = api.txt2img(**job, cfg_scale=7.0, controlnet_units=[unit],
+                         alwayson_scripts={})  # a fresh dict: webuiapi fills its shared default one
     assert not result.info["ignored"], result.info["ignored"]
     shown = http.get(f"/v1/jobs/{http.get('/v1/jobs', params={'limit': 1}).json()['jobs'][0]['job_id']}").json()
     assert shown["parameters"]["ip_adapter"] == {"model": "demo-ip-adapter", "scale": 0.5, "images": 1}
@@ -252,7 +253,8 @@ def test_webuiapi_hires_with_a_controlnet_unit_equals_the_native_job(server: Liv
     unit = webuiapi.ControlNetUnit(image=control, module="none", model="demo-controlnet", weight=0.9)
     hires = {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "hr_second_pass_steps": 2,
              "denoising_strength": 0.6}
-    result = api.txt2img(prompt="a red cube", width=64, height=64, steps=2, seed=8, controlnet_units=[unit], **hires)
+    result = api.txt2img(prompt="a red cube", width=64, height=64, steps=2, seed=8, controlnet_units=[unit],
+                         alwayson_scripts={}, **hires)
     assert result.image.size == (128, 128)
     assert not result.info["ignored"], result.info["ignored"]
     buffer = io.BytesIO()
@@ -264,5 +266,6 @@ def test_webuiapi_hires_with_a_controlnet_unit_equals_the_native_job(server: Liv
     infotext = result.info["infotexts"][0]
     assert 'ControlNet 0: "Module: none, Model: demo-controlnet' in infotext and "Hires upscale: 2" in infotext
     low_only = webuiapi.ControlNetUnit(image=control, module="none", model="demo-controlnet", hr_option="Low res only")
-    noted = api.txt2img(prompt="a red cube", width=64, height=64, steps=2, seed=8, controlnet_units=[low_only], **hires)
+    noted = api.txt2img(prompt="a red cube", width=64, height=64, steps=2, seed=8, controlnet_units=[low_only],
+                          alwayson_scripts={}, **hires)
     assert "alwayson_scripts.controlnet.args.0.hr_option" in noted.info["ignored"], noted.info["ignored"]
