@@ -346,8 +346,7 @@ class RedisJobSource:
 
     async def publish_positions(self, model: str) -> None:
         """New positions for the watched queued jobs of ``model`` (O(watched), see scripts.POSITIONS)."""
-        await self._positions_script(keys=[self.keys.watched(model), self.keys.queued_model(model)],
-                                     args=[self.keys.prefix, EVENTS_MAXLEN])
+        await self._positions_script(keys=[self.keys.watched(model)], args=[self.keys.prefix, EVENTS_MAXLEN])
 
     def forget(self, lease: RedisLease) -> None:
         if self._leases.get(lease.spec.job_id) is lease:
@@ -411,12 +410,14 @@ class RedisJobSource:
             keys=[k.job(job_id), k.events(job_id), k.preview(job_id), k.queue(model), k.queued, k.queued_model(model),
                   k.dead],
             args=[entry_id, self.consumer, self.settings.max_attempts, job_id, EVENTS_MAXLEN,
-                  ttl_ms(self.settings), self.worker_id, 1 if fresh else 0],
+                  ttl_ms(self.settings), self.worker_id, 1 if fresh else 0, k.prefix],
         )
         await self.publish_positions(model)
         if int(result[0]) != 1:
             return None
-        return await self._lease(job_id, entry_id, int(result[1]), int(result[2]))
+        # The job that starts is the head of the claim order, not always the one whose entry was read.
+        return await self._lease(text(result[3]) or job_id, text(result[4]) or entry_id, int(result[1]),
+                                 int(result[2]))
 
     async def _lease(self, job_id: str, entry_id: str, fence: int, attempt: int) -> RedisLease:
         raw = await self._redis.hget(self.keys.job(job_id), "spec")
@@ -435,7 +436,7 @@ class RedisJobSource:
         found = await self._partners_script(
             keys=[k.queued_model(model), k.queue(model), k.queued, k.dead],
             args=[k.prefix, key, limit, PARTNER_WINDOW, self.consumer, self.settings.max_attempts, EVENTS_MAXLEN,
-                  ttl_ms(self.settings), self.worker_id],
+                  ttl_ms(self.settings), self.worker_id, model],
         )
         leases = []
         for i in range(0, len(found), 4):

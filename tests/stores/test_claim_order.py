@@ -1,0 +1,81 @@
+"""One claim order in every store: memory, a real SQLite file and a real redis-server start the jobs of
+one mixed sequence (owners, priorities, a hand-back, a batch) in the same order, and the queue
+positions they show before each claim are that order. The rule (jobs/queue.py, stores/redis/fair.py):
+handed-back jobs first, then each priority highest first, round-robin by owner (the owner whose last
+job started least recently; never started first, those by their oldest job), each owner oldest first."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from sdworker.jobs.protocol import JobService, Lease
+from sdworker.settings import KeyQuota
+from tests.stores.test_conformance import GUARD_SECONDS, STORES, Stores, draft, open_stores
+
+
+class Sequence:
+    def __init__(self, stores: Stores) -> None:
+        self.stores = stores
+        self.ids: dict[str, str] = {}  # name -> job id
+        self.names: dict[str, str] = {}
+        self.started: list[str] = []
+
+    async def submit(self, name: str, owner: str | None, priority: int = 0) -> None:
+        job = dataclasses.replace(draft(f"job {name}"), priority=priority)
+        view = await self.stores.service.submit(job, owner=owner)
+        self.ids[name], self.names[view.job_id] = view.job_id, name
+
+    async def order_shown(self) -> list[str]:
+        """The queued jobs by the position each one's view shows (1 = next)."""
+        service: JobService = self.stores.service
+        shown = {}
+        for name, job_id in self.ids.items():
+            view = await service.get(job_id)
+            if view.queue_position is not None:
+                shown[view.queue_position] = name
+        assert sorted(shown) == list(range(1, len(shown) + 1)), shown  # no two jobs share a place
+        return [shown[p] for p in sorted(shown)]
+
+    async def claim(self, limit: int = 1) -> list[Lease]:
+        async with asyncio.timeout(GUARD_SECONDS):
+            while not (leases := await self.stores.source.claim(self.stores.models, limit=limit, wait_seconds=0.2)):
+                pass
+        self.started += [self.names[lease.spec.job_id] for lease in leases]
+        return leases
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_every_store_starts_one_mixed_sequence_in_the_same_order(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    async with open_stores(store, request, tmp_path) as stores:
+        stores.service.use_quotas(lambda owner: KeyQuota(priority=5))
+        seq = Sequence(stores)
+        for name, owner in (("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b"), ("n1", None)):
+            await seq.submit(name, owner)
+        await seq.submit("c1", "c", priority=2)
+        await seq.submit("a4", "a", priority=2)
+        await seq.submit("b2", "b")
+        expected = ["c1", "a4", "a1", "b1", "n1", "a2", "b2", "a3"]
+        assert await seq.order_shown() == expected
+        leases = [*await seq.claim(), *await seq.claim()]
+        assert seq.started == ["c1", "a4"]
+        # a has started a job now: b and the anonymous owner (never started) go first
+        assert await seq.order_shown() == ["b1", "n1", "a1", "b2", "a2", "a3"]
+        await seq.submit("d1", "d")
+        await seq.submit("c2", "c")
+        assert await seq.order_shown() == ["b1", "n1", "d1", "c2", "a1", "b2", "a2", "a3"]
+        [handed_back] = await seq.claim()
+        await handed_back.release()  # b1 goes first again
+        assert await seq.order_shown() == ["b1", "n1", "d1", "c2", "a1", "b2", "a2", "a3"]
+        leases += await seq.claim(limit=2)  # a batch: its partner is the next in the order
+        assert await seq.order_shown() == ["d1", "c2", "a1", "b2", "a2", "a3"]
+        while len(seq.started) < 11:
+            leases += await seq.claim()
+        assert seq.started == ["c1", "a4", "b1", "b1", "n1", "d1", "c2", "a1", "b2", "a2", "a3"]
+        for lease in leases:
+            await lease.fail("cancelled", "done", cancelled=True)
