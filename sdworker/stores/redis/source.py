@@ -6,7 +6,9 @@ The claim loop (run by the ordinary ``JobRunner``):
    paused): another worker takes them over;
 2. else ``XREADGROUP ... >`` blocks up to a second for a new entry of a model this worker serves;
 3. the ``CLAIM`` script then fences the job (attempt + 1 unless it was handed back, new fence),
-   appends ``retrying``/``started``, or dead-letters it after ``max_attempts``.
+   appends ``retrying``/``started``, or dead-letters it after ``max_attempts``. A new entry is a
+   ticket: the job that starts is the head of the claim order (priority, then round-robin by owner;
+   ``fair.py``), which takes over its own entry, and the job whose entry was read gets a new one.
 
 While a job runs its lease sends a heartbeat about every second (``HEARTBEAT``: still ours? reset
 the entry's idle time, read the control flag and the watcher count). A cancel reaches the lease at
