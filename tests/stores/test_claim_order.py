@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sdworker.events.types import JobQueued
 from sdworker.jobs.protocol import JobService, Lease
 from sdworker.settings import KeyQuota
 from tests.stores.test_conformance import GUARD_SECONDS, STORES, Stores, draft, open_stores
@@ -77,5 +78,37 @@ async def test_every_store_starts_one_mixed_sequence_in_the_same_order(
         while len(seq.started) < 11:
             leases += await seq.claim()
         assert seq.started == ["c1", "a4", "b1", "b1", "n1", "d1", "c2", "a1", "b2", "a2", "a3"]
+        for lease in leases:
+            await lease.fail("cancelled", "done", cancelled=True)
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_job_that_goes_ahead_tells_the_watched_ones_behind_it(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    async with open_stores(store, request, tmp_path) as stores:
+        stores.service.use_quotas(lambda owner: KeyQuota(priority=5))
+        seq = Sequence(stores)
+        await seq.submit("a1", "a")
+        await seq.submit("a2", "a")
+        sub = await stores.service.open_stream(seq.ids["a2"], 0)
+        assert sub is not None
+
+        async def next_position() -> int:
+            async with asyncio.timeout(GUARD_SECONDS):
+                while not isinstance(event := await sub.next(timeout=GUARD_SECONDS), JobQueued):
+                    pass
+            return event.position
+
+        assert await next_position() == 2
+        await seq.submit("b1", "b")  # b's first turn comes before a's second job
+        assert await next_position() == 3
+        await seq.submit("c1", "c", priority=5)
+        assert await next_position() == 4
+        await seq.submit("a3", "a")  # behind a2: no move
+        assert await seq.order_shown() == ["c1", "a1", "b1", "a2", "a3"]
+        leases = await seq.claim()
+        assert await next_position() == 3
+        sub.close()
         for lease in leases:
             await lease.fail("cancelled", "done", cancelled=True)

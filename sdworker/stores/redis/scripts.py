@@ -75,6 +75,26 @@ local function cancel_now(job, ev, maxlen)
   retire(job)
   return seq
 end
+local function push_positions(prefix, watched, maxlen)
+  -- A new position to each queued job somebody watches (WATCH put it in ``watched``), only when it
+  -- changed: O(watched x owners), never O(queue). Everyone else asks (fair.POSITION, in a GET).
+  local moved = 0
+  for _, id in ipairs(redis.call('SMEMBERS', watched)) do
+    local job = prefix .. ':job:' .. id
+    local position = false
+    if redis.call('HGET', job, 'state') == 'queued' and redis.call('EXISTS', job .. ':w') == 1 then
+      position = fair_position(job, id)
+    end
+    if not position then
+      redis.call('SREM', watched, id)
+    elseif redis.call('HGET', job, 'pos') ~= tostring(position) then
+      redis.call('HSET', job, 'pos', position)
+      append(job, job .. ':ev', 'queued', cjson.encode({position = position}), maxlen)
+      moved = moved + 1
+    end
+  end
+  return moved
+end
 local function ack(stream, entry)
   if entry then
     redis.call('XACK', stream, 'workers', entry)
@@ -124,7 +144,8 @@ end
 # KEYS: job, ev, queued, queued_model, qstream, jobs, models
 # ARGV: job_id, spec_json, owner, model, created, max_queue, total, maxlen, max_results, batch_key, priority
 # Every command is O(1) or O(log N) in the queue's depth, so a deep queue does not slow it; the
-# position costs O(owners waiting at the job's priority) (fair.py).
+# position costs O(owners waiting at the job's priority) (fair.py), and a job that goes ahead of
+# others tells the watched ones their new place (O(watched x owners)).
 SUBMIT = _PRELUDE + """
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6]) then return -1 end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempt', 0, 'fence', 0, 'seq', 0, 'spec', ARGV[2],
@@ -141,6 +162,11 @@ fair_add(KEYS[1], ARGV[1])
 local position = fair_position(KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], 'pos', position)
 append(KEYS[1], KEYS[2], 'queued', cjson.encode({position = position}), ARGV[8])
+if position < redis.call('ZCARD', KEYS[4]) then
+  -- It went ahead of others (a higher priority, an owner's first turn): the watched ones hear it.
+  local prefix = string.match(KEYS[1], '^(.*):job:[^:]+$')
+  push_positions(prefix, prefix .. ':watchq:' .. ARGV[4], ARGV[8])
+end
 return position
 """
 
@@ -322,25 +348,9 @@ return 1
 """
 
 # KEYS: watched (P:watchq:{model})   ARGV: prefix, maxlen
-# Push a new position to the queued jobs that somebody watches (WATCH put them in ``watched``), and
-# only when it changed: O(watched x owners), never O(queue). Everyone else asks (fair.POSITION, in a GET).
+# After the queue moved (a claim, a cancel): new positions to the watched queued jobs (push_positions).
 POSITIONS = _PRELUDE + """
-local moved = 0
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local job = ARGV[1] .. ':job:' .. id
-  local position = false
-  if redis.call('HGET', job, 'state') == 'queued' and redis.call('EXISTS', job .. ':w') == 1 then
-    position = fair_position(job, id)
-  end
-  if not position then
-    redis.call('SREM', KEYS[1], id)
-  elseif redis.call('HGET', job, 'pos') ~= tostring(position) then
-    redis.call('HSET', job, 'pos', position)
-    append(job, job .. ':ev', 'queued', cjson.encode({position = position}), ARGV[2])
-    moved = moved + 1
-  end
-end
-return moved
+return push_positions(ARGV[1], KEYS[1], ARGV[2])
 """
 
 # KEYS: watchers (P:job:{id}:w), job   ARGV: node, count, ttl_seconds, prefix, job_id
