@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 from pathlib import Path
 
 import pytest
@@ -110,5 +111,32 @@ async def test_a_job_that_goes_ahead_tells_the_watched_ones_behind_it(
         leases = await seq.claim()
         assert await next_position() == 3
         sub.close()
+        for lease in leases:
+            await lease.fail("cancelled", "done", cancelled=True)
+
+
+async def test_redis_shows_and_claims_a_random_sequence_as_the_memory_store_does(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Seeded random submits (5 owners, 3 priorities) and claims: after every step the positions Redis
+    shows and the job it starts are the memory store's."""
+    chooser = random.Random(24)
+    steps = [("claim", None, 0) if chooser.random() < 0.4 else
+             ("submit", chooser.choice(["a", "b", "c", "d", None]), chooser.choice([0, 0, 1, 3]))
+             for _ in range(60)]
+    async with open_stores("memory", request, tmp_path) as memory, open_stores("redis", request, tmp_path) as fleet:
+        runs = [Sequence(memory), Sequence(fleet)]
+        leases: list[Lease] = []
+        for index, (kind, owner, priority) in enumerate(steps):
+            for run in runs:
+                run.stores.service.use_quotas(lambda owner: KeyQuota(priority=5))
+                if kind == "submit":
+                    await run.submit(f"j{index}", owner, priority)
+                elif await run.order_shown():
+                    leases += await run.claim()
+            shown = [await run.order_shown() for run in runs]
+            assert shown[0] == shown[1] and runs[0].started == runs[1].started, (index, shown, runs[0].started,
+                                                                                 runs[1].started)
+        assert len(runs[0].started) >= 10 and len(shown[0]) >= 10  # the sequence did claim and queue
         for lease in leases:
             await lease.fail("cancelled", "done", cancelled=True)

@@ -142,7 +142,9 @@ async def test_a_claim_does_the_same_work_whatever_the_number_of_owners(side: Si
     client.close()
     # The job passed over gets a new entry, the one started its event: two appends in both.
     assert few["xadd"] == many["xadd"] == 2 and few["xclaim"] == many["xclaim"], (few, many)
-    assert abs(sum(many.values()) - sum(few.values())) <= 6, (few, many)
+    # Within the background loops' noise (the API node's queue sweep, up to a dozen reads a second);
+    # a claim that read the owners would show 200 more.
+    assert abs(sum(many.values()) - sum(few.values())) <= 12, (few, many)
 
 
 async def test_watchers_hear_their_new_position_and_unwatched_jobs_get_no_writes(side: Side) -> None:

@@ -12,12 +12,15 @@ The structure, per model (``P:fair:{model}...``), is built so that a claim never
 - ``:p{priority}`` (sorted set): the owners with jobs waiting at that priority, scored by their last
   start number, or, never started, by their oldest job's submit number minus ``FAR``;
 - ``:p{priority}:{owner}`` (sorted set): that owner's jobs at that priority, by submit number;
+- ``:n{priority}`` (hash): owner -> how many jobs it has waiting at that priority (positions);
 - ``:started`` (hash) and ``:starts`` (counter): each owner's last start number.
 
 The next job is three ``ZRANGE 0 0`` (front, else top level, its first owner, that owner's oldest):
 O(log n). A start moves its owner to the back of each level it waits in (one ``ZADD XX`` per level,
-and levels are few: priorities are 0..100). A position is computed when asked, in O(levels + owners
-at the job's level) (``fair_position``), never stored for the whole queue.
+and levels are few: priorities are 0..100). A position is computed when asked (``fair_position``),
+never stored for the whole queue: O(levels + log n) for a job that is its owner's next, else one
+``HGETALL`` of its level's owner counts and a ``ZRANGE`` of the owners before its own, O(owners at
+its priority) inside Redis but two calls, not one per owner.
 
 Submit numbers (``P:qseq``) order jobs exactly as they were accepted, where creation times can tie.
 Each job's hash keeps ``prio`` and ``qseq``, so every script that takes a job out of the queue
@@ -55,6 +58,7 @@ local function fair_add(job, id)
   end
   redis.call('ZADD', f .. ':levels', -tonumber(level), level)
   redis.call('HINCRBY', f .. ':depth', level, 1)
+  redis.call('HINCRBY', f .. ':n' .. level, owner, 1)
 end
 local function fair_front(job, id, at)
   -- A handed-back job goes before every other (the latest hand-back first, as put_front).
@@ -75,6 +79,7 @@ local function fair_remove(job, id)
     redis.call('HDEL', f .. ':depth', level)
     redis.call('ZREM', f .. ':levels', level)
   end
+  if redis.call('HINCRBY', f .. ':n' .. level, owner, -1) <= 0 then redis.call('HDEL', f .. ':n' .. level, owner) end
   local head = redis.call('ZRANGE', jobs, 0, 0, 'WITHSCORES')
   if #head == 0 then
     redis.call('ZREM', owners, owner)
@@ -131,10 +136,17 @@ local function fair_position(job, id)
   for _, higher in ipairs(redis.call('ZRANGEBYSCORE', f .. ':levels', '-inf', '(' .. -tonumber(level))) do
     position = position + tonumber(redis.call('HGET', f .. ':depth', higher) or '0')
   end
-  for i, other in ipairs(redis.call('ZRANGE', owners, 0, -1)) do
-    local waiting = redis.call('ZCARD', owners .. ':' .. other)
-    position = position + math.min(waiting, round)
-    if i - 1 < mine and waiting > round then position = position + 1 end
+  if round == 0 then return position + mine end  -- its owner's next: the owners before it, one each
+  local counts = redis.call('HGETALL', f .. ':n' .. level)
+  local waiting = {}
+  for i = 1, #counts, 2 do
+    waiting[counts[i]] = tonumber(counts[i + 1])
+    position = position + math.min(waiting[counts[i]], round)
+  end
+  if mine > 0 then  -- (ZRANGE 0 -1 would be every owner)
+    for _, other in ipairs(redis.call('ZRANGE', owners, 0, mine - 1)) do
+      if (waiting[other] or 0) > round then position = position + 1 end
+    end
   end
   return position
 end
