@@ -118,7 +118,9 @@ async def test_a_claim_does_the_same_work_at_any_queue_depth(side: Side, own_red
     assert shallow["xadd"] == deep["xadd"] == 1, (shallow, deep)
     # (ZRANGE itself is not asserted absent: the API node's background loops, the queue sweep and the
     # webhook relay, read the head of their sets with bounded ZRANGEs while the claim is counted.)
-    assert abs(sum(deep.values()) - sum(shallow.values())) <= 6, (shallow, deep)
+    # One pass of the API node's queue sweep (about 8 reads, once a second) may fall in one counted
+    # window and not the other; a claim that did per-job work would show 600 more.
+    assert abs(sum(deep.values()) - sum(shallow.values())) <= 12, (shallow, deep)
 
 
 async def test_a_claim_does_the_same_work_whatever_the_number_of_owners(side: Side, own_redis: RedisServer) -> None:
@@ -142,8 +144,8 @@ async def test_a_claim_does_the_same_work_whatever_the_number_of_owners(side: Si
     client.close()
     # The job passed over gets a new entry, the one started its event: two appends in both.
     assert few["xadd"] == many["xadd"] == 2 and few["xclaim"] == many["xclaim"], (few, many)
-    # Within the background loops' noise (the API node's queue sweep, up to a dozen reads a second);
-    # a claim that read the owners would show 200 more.
+    # Within one pass of the API node's queue sweep (see above); a claim that read the owners would
+    # show 200 more.
     assert abs(sum(many.values()) - sum(few.values())) <= 12, (few, many)
 
 

@@ -12,6 +12,7 @@ Key layout (prefix ``sdw`` by default; ``{id}`` is a job id, ``{model}`` a model
 | ``P:fair:{model}:levels``, ``:depth`` | sorted set, hash | priorities with queued jobs; jobs waiting per priority |
 | ``P:fair:{model}:p{priority}`` | sorted set | owners with jobs waiting at that priority, by last start |
 | ``P:fair:{model}:p{priority}:{owner}`` | sorted set | that owner's jobs waiting at that priority, by submit number |
+| ``P:fair:{model}:n{priority}`` | hash | owner -> its jobs waiting at that priority (positions) |
 | ``P:fair:{model}:started``, ``:starts`` | hash, counter | each owner's last start number |
 | ``P:qseq`` | counter | submit numbers (``qseq`` in the job's hash): the order jobs were accepted |
 | ``P:watchq:{model}`` | set | queued jobs somebody watches: told their new position when the queue moves |
