@@ -138,7 +138,8 @@ def measure(url: str, queued: int, owners: int, count: int) -> dict[str, Any]:
     claimed, asked = times.get("claim", []), times.get("position", [])
     submits.sort()
     return {"queued": queued, "owners": owners, "submit_p50_ms": statistics.median(submits),
-            "submit_p99_ms": submits[int(len(submits) * 0.99) - 1], "submit_max_ms": max(submits), "claims": len(claimed), "claim_p50_ms": statistics.median(claimed),
+            "submit_p99_ms": submits[int(len(submits) * 0.99) - 1], "submit_max_ms": max(submits),
+            "claims": len(claimed), "claim_p50_ms": statistics.median(claimed),
             "claim_max_ms": max(claimed), "position_p50_ms": statistics.median(asked),
             "position_max_ms": max(asked), "newest_position": int(shown[-1])}
 
