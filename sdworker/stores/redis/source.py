@@ -347,7 +347,7 @@ class RedisJobSource:
     # --- used by leases -------------------------------------------------------------------------
 
     async def publish_positions(self, model: str) -> None:
-        """New positions for the watched queued jobs of ``model`` (O(watched), see scripts.POSITIONS)."""
+        """New positions for the watched queued jobs of ``model`` (O(watched x owners), scripts.POSITIONS)."""
         await self._positions_script(keys=[self.keys.watched(model)], args=[self.keys.prefix, EVENTS_MAXLEN])
 
     def forget(self, lease: RedisLease) -> None:
