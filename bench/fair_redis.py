@@ -144,13 +144,13 @@ def measure(url: str, queued: int, owners: int, count: int) -> dict[str, Any]:
             "position_max_ms": max(asked), "newest_position": int(shown[-1])}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--queued", default="1000,10000")
     parser.add_argument("--owners", default="1,100,1000")
     parser.add_argument("--claims", type=int, default=20)
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "fair_redis.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     process, url = start_redis(Path(tempfile.mkdtemp(prefix="sdw-fair-")))
     try:
         rows = [measure(url, int(q), int(o), args.claims) for q in args.queued.split(",")
@@ -168,7 +168,8 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"fair_redis": rows}, indent=2))
     print(f"\nwrote {args.json}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
