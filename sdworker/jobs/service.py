@@ -245,6 +245,8 @@ class LocalJobService:
             self._idempotency[(owner, idempotency_key)] = spec.job_id
         self._metrics.jobs_submitted.inc()
         self._emit(JobQueued(job_id=spec.job_id, position=position))
+        if position < len(self._queue):  # it went ahead of others (a priority, an owner's first turn)
+            self._publish_positions(behind=position)
         self._watch_deadline(record)
         return self._view(record)
 
@@ -672,8 +674,9 @@ class LocalJobService:
             if record is not None:
                 self._finish(record, JobStatus.CANCELLED, code, message)
 
-    def _publish_positions(self) -> None:
-        for position, job_id in enumerate(self._queue.job_ids(), start=1):
+    def _publish_positions(self, behind: int = 0) -> None:
+        """Each queued job's place, for the jobs after the first ``behind`` (their places moved)."""
+        for position, job_id in enumerate(self._queue.job_ids()[behind:], start=behind + 1):
             self._emit(JobQueued(job_id=job_id, position=position))
 
     def _expire(self) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from sdworker.engine.fake import FakeEngine
 from tests.api.helpers import running_app
 
@@ -14,8 +12,6 @@ JOB = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "preview": {"ev
 
 
 async def test_a_later_tenant_is_not_starved_by_an_earlier_ones_backlog(backend: str) -> None:
-    if backend == "redis":
-        pytest.skip("open: the fleet's claim order (stores/redis/scripts.py CLAIM) is still first come, first served")
     # Jobs of half a second: all ten are queued long before the third of them could start.
     async with running_app(FakeEngine(step_seconds=0.25), api_keys=(KEY_A, KEY_B)) as app:
 

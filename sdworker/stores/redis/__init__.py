@@ -6,8 +6,15 @@ Key layout (prefix ``sdw`` by default; ``{id}`` is a job id, ``{model}`` a model
 
 | key | type | holds |
 |---|---|---|
-| ``P:q:{model}`` | stream + group ``workers`` | one entry per queued attempt: ``job_id`` |
-| ``P:queued``, ``P:queued:{model}`` | sorted sets | queued job ids (fleet-wide bound; positions) |
+| ``P:q:{model}`` | stream + group ``workers`` | an entry per queued job (a ticket, fair.py) and per running one |
+| ``P:queued``, ``P:queued:{model}`` | sorted sets | queued ids by creation (fleet-wide bound; gauges, queue timeout) |
+| ``P:fair:{model}:front`` | sorted set | handed-back queued jobs, latest first (fair.py) |
+| ``P:fair:{model}:levels``, ``:depth`` | sorted set, hash | priorities with queued jobs; jobs waiting per priority |
+| ``P:fair:{model}:p{priority}`` | sorted set | owners with jobs waiting at that priority, by last start |
+| ``P:fair:{model}:p{priority}:{owner}`` | sorted set | that owner's jobs waiting at that priority, by submit number |
+| ``P:fair:{model}:n{priority}`` | hash | owner -> its jobs waiting at that priority (positions) |
+| ``P:fair:{model}:started``, ``:starts`` | hash, counter | each owner's last start number |
+| ``P:qseq`` | counter | submit numbers (``qseq`` in the job's hash): the order jobs were accepted |
 | ``P:watchq:{model}`` | set | queued jobs somebody watches: told their new position when the queue moves |
 | ``P:qmodels`` | set | models jobs were queued for (queue-timeout sweep, per-model gauges) |
 | ``P:registered`` | hash | worker id -> its last record, kept 24 h after it stops (scale to zero) |

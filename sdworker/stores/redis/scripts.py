@@ -14,8 +14,10 @@ seq and the image lives in the job's ``pv`` hash, replaced by the next one.
 
 from __future__ import annotations
 
-# Shared Lua: the event time and appending one event.
-_PRELUDE = """
+from sdworker.stores.redis.fair import FAIR_LUA
+
+# Shared Lua: the claim order's helpers (fair.py), the event time and appending one event.
+_PRELUDE = FAIR_LUA + """
 local now = redis.call('TIME')
 local at = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
 local function append(job, ev, kind, data, maxlen)
@@ -73,6 +75,26 @@ local function cancel_now(job, ev, maxlen)
   retire(job)
   return seq
 end
+local function push_positions(prefix, watched, maxlen)
+  -- A new position to each queued job somebody watches (WATCH put it in ``watched``), only when it
+  -- changed: O(watched x owners), never O(queue). Everyone else asks (fair.POSITION, in a GET).
+  local moved = 0
+  for _, id in ipairs(redis.call('SMEMBERS', watched)) do
+    local job = prefix .. ':job:' .. id
+    local position = false
+    if redis.call('HGET', job, 'state') == 'queued' and redis.call('EXISTS', job .. ':w') == 1 then
+      position = fair_position(job, id)
+    end
+    if not position then
+      redis.call('SREM', watched, id)
+    elseif redis.call('HGET', job, 'pos') ~= tostring(position) then
+      redis.call('HSET', job, 'pos', position)
+      append(job, job .. ':ev', 'queued', cjson.encode({position = position}), maxlen)
+      moved = moved + 1
+    end
+  end
+  return moved
+end
 local function ack(stream, entry)
   if entry then
     redis.call('XACK', stream, 'workers', entry)
@@ -85,6 +107,7 @@ local function take(job, ev, pv, qstream, queued, queued_model, dead, entry, con
   local state = redis.call('HGET', job, 'state')
   local handback = redis.call('HGET', job, 'handback') == '1'
   local attempt = tonumber(redis.call('HGET', job, 'attempt')) + 1
+  fair_remove(job, id)
   redis.call('ZREM', queued, id)
   redis.call('ZREM', queued_model, id)
   redis.call('DEL', pv)
@@ -112,19 +135,22 @@ local function take(job, ev, pv, qstream, queued, queued_model, dead, entry, con
     append(job, ev, 'retrying', cjson.encode({attempt = attempt, reason = reason}), maxlen)
   end
   append(job, ev, 'started', cjson.encode({attempt = attempt, worker = label}), maxlen)
+  fair_started(job)
   return {1, fence, attempt}
 end
 
 """
 
 # KEYS: job, ev, queued, queued_model, qstream, jobs, models
-# ARGV: job_id, spec_json, owner, model, created, max_queue, total, maxlen, max_results, batch_key
-# Every command is O(1) or O(log N) in the queue's depth (ZRANK), so a deep queue does not slow it.
+# ARGV: job_id, spec_json, owner, model, created, max_queue, total, maxlen, max_results, batch_key, priority
+# Every command is O(1) or O(log N) in the queue's depth, so a deep queue does not slow it; the
+# position costs O(owners waiting at the job's priority) (fair.py), and a job that goes ahead of
+# others tells the watched ones their new place (O(watched x owners)).
 SUBMIT = _PRELUDE + """
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6]) then return -1 end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempt', 0, 'fence', 0, 'seq', 0, 'spec', ARGV[2],
   'owner', ARGV[3], 'model', ARGV[4], 'created', ARGV[5], 'step', 0, 'total', ARGV[7], 'handback', 0,
-  'control', '', 'keep', ARGV[9], 'bkey', ARGV[10])
+  'control', '', 'keep', ARGV[9], 'bkey', ARGV[10], 'prio', ARGV[11])
 local entry = redis.call('XADD', KEYS[5], '*', 'job_id', ARGV[1])
 redis.call('HSET', KEYS[1], 'entry', entry)
 local score = tonumber(ARGV[5])
@@ -132,17 +158,27 @@ redis.call('ZADD', KEYS[3], score, ARGV[1])
 redis.call('ZADD', KEYS[4], score, ARGV[1])
 redis.call('ZADD', KEYS[6], score, ARGV[1])
 redis.call('SADD', KEYS[7], ARGV[4])
-local position = redis.call('ZRANK', KEYS[4], ARGV[1]) + 1
+fair_add(KEYS[1], ARGV[1])
+local position = fair_position(KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], 'pos', position)
 append(KEYS[1], KEYS[2], 'queued', cjson.encode({position = position}), ARGV[8])
+if position < redis.call('ZCARD', KEYS[4]) then
+  -- It went ahead of others (a higher priority, an owner's first turn): the watched ones hear it.
+  local prefix = string.match(KEYS[1], '^(.*):job:[^:]+$')
+  push_positions(prefix, prefix .. ':watchq:' .. ARGV[4], ARGV[8])
+end
 return position
 """
 
 # KEYS: job, ev, pv, qstream, queued, queued_model, dead
-# ARGV: entry, consumer, max_attempts, job_id, maxlen, ttl, worker_label, fresh (1: read with '>')
-# -> {1, fence, attempt} claimed | {0} skip (gone, finished, cancelled, stale entry) | {-1} dead-lettered
-# O(1) in the queue's depth: nothing here reads or writes the other queued jobs (their positions are
-# computed when asked, and pushed by POSITIONS only to the few that somebody watches).
+# ARGV: entry, consumer, max_attempts, job_id, maxlen, ttl, worker_label, fresh (1: read with '>'), prefix
+# -> {1, fence, attempt, job_id, entry} claimed | {0} skip (gone, finished, cancelled, stale entry)
+#    | {-1} dead-lettered
+# The entry read is a ticket (fair.py): a queued job's ticket starts the head of the claim order, which
+# may be another job (its id and entry are returned); a running job's (lost by its worker, found by
+# XAUTOCLAIM) is that job's retry. O(log N) in the queue's depth: no other queued job is read or
+# written but the one taken (positions are computed when asked, and pushed by POSITIONS only to the
+# few that somebody watches).
 CLAIM = _PRELUDE + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if (not state) or state == 'completed' or state == 'failed' or state == 'cancelled' then
@@ -157,22 +193,40 @@ if ARGV[8] == '1' and state ~= 'queued' then
   if holder and holder ~= ARGV[2] then redis.call('XCLAIM', KEYS[4], 'workers', holder, 0, ARGV[1], 'JUSTID') end
   return {0}
 end
-return take(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[1], ARGV[2],
-  tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+local id, entry = ARGV[4], ARGV[1]
+if state == 'queued' then
+  local best = fair_head(ARGV[9], redis.call('HGET', KEYS[1], 'model'), 1)[1]
+  if best and best ~= id then
+    -- Another job is first: this worker takes that job's own entry, and the job whose ticket it read
+    -- gets a new one (so it still has exactly one, and some worker wakes for it).
+    ack(KEYS[4], entry)
+    redis.call('HSET', KEYS[1], 'entry', redis.call('XADD', KEYS[4], '*', 'job_id', id))
+    id = best
+    local job = ARGV[9] .. ':job:' .. id
+    entry = redis.call('HGET', job, 'entry')
+    redis.call('XCLAIM', KEYS[4], 'workers', ARGV[2], 0, entry, 'FORCE', 'JUSTID')
+    local result = take(job, job .. ':ev', job .. ':pv', KEYS[4], KEYS[5], KEYS[6], KEYS[7], entry, ARGV[2],
+      tonumber(ARGV[3]), id, ARGV[5], ARGV[6], ARGV[7])
+    return {result[1], result[2] or 0, result[3] or 0, id, entry}
+  end
+end
+local result = take(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], entry, ARGV[2],
+  tonumber(ARGV[3]), id, ARGV[5], ARGV[6], ARGV[7])
+return {result[1], result[2] or 0, result[3] or 0, id, entry}
 """
 
 # KEYS: queued_model, qstream, queued, dead
-# ARGV: prefix, batch_key, limit, window, consumer, max_attempts, maxlen, ttl, worker_label
+# ARGV: prefix, batch_key, limit, window, consumer, max_attempts, maxlen, ttl, worker_label, model
 # -> {job_id, entry, fence, attempt, ...} for each partner taken
-# Batch partners for a job just claimed: among the first ``window`` waiting jobs of the model (a
-# constant, so this is O(log N) whatever the depth), the ones with the same batch key, in queue
-# order. Their stream entries have not been delivered yet: XCLAIM FORCE makes them pending on this
+# Batch partners for a job just claimed: among the first ``window`` waiting jobs of the model in the
+# claim order (fair.py: a constant, so this is O(log N) whatever the depth), the ones with the same
+# batch key, in that order. Their stream entries have not been delivered yet: XCLAIM FORCE makes them pending on this
 # worker, so a worker that dies with a batch loses none of it (XAUTOCLAIM hands each job on). A job
 # that does not fit is left where it is, for the next idle worker.
 PARTNERS = _PRELUDE + """
 local taken = {}
 if ARGV[2] == '' then return taken end
-local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1)
+local ids = fair_head(ARGV[1], ARGV[10], tonumber(ARGV[4]))
 for _, id in ipairs(ids) do
   if #taken >= 4 * tonumber(ARGV[3]) then break end
   local job = ARGV[1] .. ':job:' .. id
@@ -256,6 +310,7 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return false end
 if state == 'queued' then
   ack(KEYS[4], redis.call('HGET', KEYS[1], 'entry'))
+  fair_remove(KEYS[1], ARGV[2])
   redis.call('ZREM', KEYS[5], ARGV[2])
   redis.call('ZREM', KEYS[6], ARGV[2])
   cancel_now(KEYS[1], KEYS[2], ARGV[4])
@@ -281,6 +336,7 @@ NO_WORKER = _PRELUDE + """
 if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return 0 end
 if tonumber(redis.call('HGET', KEYS[1], 'created')) > tonumber(ARGV[2]) then return 0 end
 ack(KEYS[4], redis.call('HGET', KEYS[1], 'entry'))
+fair_remove(KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('HSET', KEYS[1], 'state', 'failed', 'finished', at, 'error_code', 'no_worker', 'error_message', ARGV[5])
@@ -291,23 +347,10 @@ expire(ARGV[3], KEYS[1], KEYS[2], KEYS[3])
 return 1
 """
 
-# KEYS: watched (P:watchq:{model}), queued_model   ARGV: prefix, maxlen
-# Push a new position to the queued jobs that somebody watches (WATCH put them in ``watched``), and
-# only when it changed: O(watched x log N), never O(queue). Everyone else asks (ZRANK, in a GET).
+# KEYS: watched (P:watchq:{model})   ARGV: prefix, maxlen
+# After the queue moved (a claim, a cancel): new positions to the watched queued jobs (push_positions).
 POSITIONS = _PRELUDE + """
-local moved = 0
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local job = ARGV[1] .. ':job:' .. id
-  local rank = redis.call('ZRANK', KEYS[2], id)
-  if (not rank) or redis.call('HGET', job, 'state') ~= 'queued' or redis.call('EXISTS', job .. ':w') == 0 then
-    redis.call('SREM', KEYS[1], id)
-  elseif redis.call('HGET', job, 'pos') ~= tostring(rank + 1) then
-    redis.call('HSET', job, 'pos', rank + 1)
-    append(job, job .. ':ev', 'queued', cjson.encode({position = rank + 1}), ARGV[2])
-    moved = moved + 1
-  end
-end
-return moved
+return push_positions(ARGV[1], KEYS[1], ARGV[2])
 """
 
 # KEYS: watchers (P:job:{id}:w), job   ARGV: node, count, ttl_seconds, prefix, job_id
@@ -362,6 +405,7 @@ redis.call('HSET', KEYS[1], 'entry', entry, 'state', 'queued', 'handback', 1, 'w
 local created = tonumber(redis.call('HGET', KEYS[1], 'created'))
 redis.call('ZADD', KEYS[3], created, ARGV[2])
 redis.call('ZADD', KEYS[4], created, ARGV[2])
+fair_front(KEYS[1], ARGV[2], at)
 return 1
 """
 
@@ -377,6 +421,7 @@ if (not state) or state == 'completed' or state == 'failed' or state == 'cancell
 redis.call('HSET', KEYS[1], 'cancel_code', 'deadline_exceeded', 'cancel_message', ARGV[5])
 if state == 'queued' then
   ack(KEYS[4], redis.call('HGET', KEYS[1], 'entry'))
+  fair_remove(KEYS[1], ARGV[1])
   redis.call('ZREM', KEYS[5], ARGV[1])
   redis.call('ZREM', KEYS[6], ARGV[1])
   cancel_now(KEYS[1], KEYS[2], ARGV[3])

@@ -61,7 +61,7 @@ from sdworker.jobs.submission import (
     resolve_model,
 )
 from sdworker.settings import KeyQuota, Settings
-from sdworker.stores.redis import scripts
+from sdworker.stores.redis import fair, scripts
 from sdworker.stores.redis.codec import (
     batch_key_text,
     job_view,
@@ -171,6 +171,7 @@ class RedisJobService:
         )
         self._cancel = self._redis.register_script(scripts.CANCEL)
         self._positions = self._redis.register_script(scripts.POSITIONS)
+        self._position = self._redis.register_script(fair.POSITION)
         self._accepting = True
         self._waitaof = True  # until the server says it does not know WAITAOF (before Redis 7.2)
         self._fleet: tuple[float, FleetInfo] | None = None
@@ -292,7 +293,7 @@ class RedisJobService:
                 ],
                 args=[job_id, json.dumps(spec.to_dict()), owner or "", model, spec.created_at,
                       self._settings.max_queue, spec.request.num_inference_steps, EVENTS_MAXLEN,
-                      self._settings.max_results, batch_key_text(spec.request)],
+                      self._settings.max_results, batch_key_text(spec.request), spec.priority],
             )
         )
         if int(position) < 0:
@@ -389,11 +390,6 @@ class RedisJobService:
         """The keys file's quotas, counted in Redis so every API node sees the same counts."""
         quota = self._quota(owner)
         check_priority(quota, owner, draft.priority)
-        if draft.priority > 0:
-            # The fleet's claim order is first come, first served so far: a priority it would not honour
-            # is refused rather than ignored.
-            raise InvalidRequest("priority: not available on a Redis fleet yet (serve without --redis)",
-                                 field="priority")
         if quota is None or owner is None:
             return quota
         if quota.max_queued is not None:
@@ -593,7 +589,7 @@ class RedisJobService:
         )
         if text(state) == "cancelled":
             self._metrics.jobs_finished.labels(outcome="cancelled").inc()
-            await self._positions(keys=[k.queued_model(model)], args=[k.prefix, EVENTS_MAXLEN])
+            await self._positions(keys=[k.watched(model)], args=[k.prefix, EVENTS_MAXLEN])
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
         """Redis errors as 503s that say what is wrong (never the URL's password)."""
@@ -632,8 +628,9 @@ class RedisJobService:
             raise JobNotFound(f"no job {job_id!r} (unknown, or its result expired)", field="job_id")
         position = None
         if fields.get(b"state") == b"queued":
-            rank = await self._call(self._redis.zrank(self._keys.queued_model(text(fields[b"model"]) or ""), job_id))
-            position = int(rank) + 1 if rank is not None else None
+            # In the claim order (fair.py): O(owners waiting at the job's priority), computed now.
+            found = await self._call(self._position(keys=[self._keys.job(job_id)], args=[job_id]))
+            position = int(found) if found else None
         watchers = 0
         if fields.get(b"state") in (b"running", b"cancelling", b"queued"):
             counts = await self._call(self._redis.hvals(self._keys.watchers(job_id)))
@@ -681,8 +678,7 @@ class RedisJobService:
         )
         if text(state) == "cancelled":
             self._metrics.jobs_finished.labels(outcome="cancelled").inc()
-            await self._call(self._positions(keys=[self._keys.watched(model), self._keys.queued_model(model)],
-                                             args=[self._keys.prefix, EVENTS_MAXLEN]))
+            await self._call(self._positions(keys=[self._keys.watched(model)], args=[self._keys.prefix, EVENTS_MAXLEN]))
         return await self.get(job_id, owner=owner)
 
     async def _registrations(self, raw: dict[bytes, bytes]) -> tuple[Registration, ...]:

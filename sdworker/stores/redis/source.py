@@ -6,7 +6,9 @@ The claim loop (run by the ordinary ``JobRunner``):
    paused): another worker takes them over;
 2. else ``XREADGROUP ... >`` blocks up to a second for a new entry of a model this worker serves;
 3. the ``CLAIM`` script then fences the job (attempt + 1 unless it was handed back, new fence),
-   appends ``retrying``/``started``, or dead-letters it after ``max_attempts``.
+   appends ``retrying``/``started``, or dead-letters it after ``max_attempts``. A new entry is a
+   ticket: the job that starts is the head of the claim order (priority, then round-robin by owner;
+   ``fair.py``), which takes over its own entry, and the job whose entry was read gets a new one.
 
 While a job runs its lease sends a heartbeat about every second (``HEARTBEAT``: still ours? reset
 the entry's idle time, read the control flag and the watcher count). A cancel reaches the lease at
@@ -366,9 +368,8 @@ class RedisJobSource:
     # --- used by leases -------------------------------------------------------------------------
 
     async def publish_positions(self, model: str) -> None:
-        """New positions for the watched queued jobs of ``model`` (O(watched), see scripts.POSITIONS)."""
-        await self._positions_script(keys=[self.keys.watched(model), self.keys.queued_model(model)],
-                                     args=[self.keys.prefix, EVENTS_MAXLEN])
+        """New positions for the watched queued jobs of ``model`` (O(watched x owners), scripts.POSITIONS)."""
+        await self._positions_script(keys=[self.keys.watched(model)], args=[self.keys.prefix, EVENTS_MAXLEN])
 
     def forget(self, lease: RedisLease) -> None:
         if self._leases.get(lease.spec.job_id) is lease:
@@ -432,12 +433,14 @@ class RedisJobSource:
             keys=[k.job(job_id), k.events(job_id), k.preview(job_id), k.queue(model), k.queued, k.queued_model(model),
                   k.dead],
             args=[entry_id, self.consumer, self.settings.max_attempts, job_id, EVENTS_MAXLEN,
-                  ttl_ms(self.settings), self.worker_id, 1 if fresh else 0],
+                  ttl_ms(self.settings), self.worker_id, 1 if fresh else 0, k.prefix],
         )
         await self.publish_positions(model)
         if int(result[0]) != 1:
             return None
-        return await self._lease(job_id, entry_id, int(result[1]), int(result[2]))
+        # The job that starts is the head of the claim order, not always the one whose entry was read.
+        return await self._lease(text(result[3]) or job_id, text(result[4]) or entry_id, int(result[1]),
+                                 int(result[2]))
 
     async def _lease(self, job_id: str, entry_id: str, fence: int, attempt: int) -> RedisLease:
         raw = await self._redis.hget(self.keys.job(job_id), "spec")
@@ -456,7 +459,7 @@ class RedisJobSource:
         found = await self._partners_script(
             keys=[k.queued_model(model), k.queue(model), k.queued, k.dead],
             args=[k.prefix, key, limit, PARTNER_WINDOW, self.consumer, self.settings.max_attempts, EVENTS_MAXLEN,
-                  ttl_ms(self.settings), self.worker_id],
+                  ttl_ms(self.settings), self.worker_id, model],
         )
         leases = []
         for i in range(0, len(found), 4):
