@@ -16,6 +16,7 @@ from sdworker.events.bus import EventBus
 from sdworker.events.types import JobCompleted, JobEnded
 from sdworker.stores.redis.hub import StreamHub
 from sdworker.stores.redis.keys import Keys
+from sdworker.stores.redis.results import FleetResults
 from sdworker.stores.redis.service import connect
 from tests.redis_server import RedisServer
 
@@ -81,7 +82,7 @@ async def test_a_redis_error_while_decoding_live_entries_does_not_skip_the_termi
     job_id = "job1"
     await _append(client, keys, job_id, 1, "queued", {"position": 1})
     flaky = FailsOnce(client, "mget")  # the complete entry's images are read with MGET
-    hub = StreamHub(flaky, reader, keys, EventBus(), "node1")
+    hub = StreamHub(flaky, reader, keys, EventBus(), "node1", FleetResults(None, keys, flaky))
     hub.start()
     try:
         sub = await hub.subscribe(job_id, 0)
@@ -102,7 +103,7 @@ async def test_a_failed_history_load_leaves_nothing_behind_and_the_next_watcher_
     await _append(client, keys, job_id, 1, "queued", {"position": 1})
     await _finish(client, keys, job_id, 2)
     flaky = FailsOnce(client, "mget")
-    hub = StreamHub(flaky, reader, keys, EventBus(), "node1")
+    hub = StreamHub(flaky, reader, keys, EventBus(), "node1", FleetResults(None, keys, flaky))
     hub.start()
     try:
         with pytest.raises(RedisConnectionError):
