@@ -144,6 +144,11 @@ def load_model(
                     "unquantised", label, settings.quantize)
     try:
         if adapter is not None:
+            components = dict(components or {})
+            if source.kind == "folder" and settings.quantize == "none" and _fits_read_whole(Path(source.location)):
+                # The same leak as the UNet families' (``_load_base_pipeline``): read the files whole.
+                # A quantised load goes through diffusers' quantizer, which wants its own loading path.
+                components.update(_parts_read_whole(Path(source.location), dtype, components))
             base = adapter.load_base(source, dtype, config, transformer_only=transformer_only,
                                      use_safetensors=not settings.allow_unsafe_pickle, quantize=settings.quantize,
                                      components=components)
@@ -285,6 +290,30 @@ def _text_encoders_read_whole(folder: Path, dtype: torch.dtype, given: dict[str,
                 and len(value) == 2 and value[0] == "transformers" and (folder / name).is_dir()):
             cls = getattr(transformers, str(value[1]))
             loaded[name] = cls.from_pretrained(str(folder / name), dtype=dtype, disable_mmap=True)
+    return loaded
+
+
+def _parts_read_whole(folder: Path, dtype: torch.dtype, given: dict[str, Any]) -> dict[str, Any]:
+    """Every model part of a transformer family's folder (transformer, VAE, text encoders) not in
+    ``given``, loaded with ``disable_mmap``: its pipeline's ``from_pretrained`` then only assembles them.
+    diffusers would pass ``disable_mmap`` to its own models but not to the transformers encoders (a
+    Qwen-Image or FLUX.2 text encoder is most of the model), so every part is loaded here the same way."""
+    import diffusers
+    import transformers
+
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    loaded: dict[str, Any] = {}
+    for name, value in index.items():
+        if name.startswith("_") or name in given or not (folder / name).is_dir():
+            continue
+        if not (isinstance(value, list) and len(value) == 2 and value[0] in ("diffusers", "transformers")):
+            continue
+        library = diffusers if value[0] == "diffusers" else transformers
+        cls = getattr(library, str(value[1]), None)
+        base = diffusers.ModelMixin if value[0] == "diffusers" else transformers.PreTrainedModel
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            continue  # schedulers, tokenizers, processors: no weights
+        loaded[name] = cls.from_pretrained(str(folder / name), dtype=dtype, disable_mmap=True)
     return loaded
 
 
