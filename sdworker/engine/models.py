@@ -123,14 +123,16 @@ def load_model(
     family: str | None = None,
     transformer_only: bool = False,
     components: dict[str, Any] | None = None,
+    offload: str | None = None,
 ) -> LoadedModel:
     """Load a model onto its device: slow. ``source`` defaults to what ``settings.model`` names;
     ``model_config`` (a diffusers folder of the same architecture) defaults to ``--model-config``.
     ``family``: what the library found in the files (a transformer family loads through its adapter,
     ``sdworker.engine.families``); None = a UNet family, told apart by the loaded pipeline.
     ``components``: modules already in memory (a text encoder or VAE another model shares), used
-    instead of loading those parts. ``--offload``: the parts stay on the CPU and diffusers' hooks move
-    each to the card when it runs (``apply_offload``)."""
+    instead of loading those parts. ``offload`` (default ``--offload``; a model's own from the models
+    folder's ``sdworker.toml``): the parts stay on the CPU and diffusers' hooks move each to the card
+    when it runs (``apply_offload``)."""
     source = source if source is not None else resolve_source(settings)
     label = source.location if source.kind != "memory" else settings.model
     device, dtype = resolve_device(settings)
@@ -160,7 +162,8 @@ def load_model(
         log.debug("loading %s failed", label, exc_info=True)
         raise ModelError(_load_failure(label, config, source, exc)) from exc
     family = family if adapter is not None and family is not None else detect_family(base)
-    offload = settings.offload if device.type == "cuda" else "none"  # Settings refuses it off CUDA
+    wanted = settings.offload if offload is None else offload
+    offload = wanted if device.type == "cuda" else "none"  # Settings and model_options refuse it off CUDA
     try:
         if device.type != "cpu" and offload == "none":  # loaded on the CPU; .to() there only logs warnings
             base.to(device)

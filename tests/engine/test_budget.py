@@ -183,3 +183,56 @@ def test_flux_fine_tunes_share_their_encoders_and_vae(flux_twins: Path, tmp_path
     assert engine._pool.loads == 6
     engine.close()
     assert engine.loaded_bytes == 0
+
+
+@pytest.fixture(scope="module")
+def pickled(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """demo-sdxl (a folder, sized from its headers) and demo-pickle.ckpt: demo-sd15's single-file
+    checkpoint saved as a torch pickle, whose size nothing tells before it is loaded."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("pickled")
+    (folder / "demo-sdxl").symlink_to(demo_bundle / "models" / "demo-sdxl")
+    state = load_file(str(demo_bundle / "models" / "demo-sd15" / "demo.safetensors"))
+    torch.save({"state_dict": state}, folder / "demo-pickle.ckpt")
+    return folder
+
+
+def pickle_settings(pickled: Path, demo_bundle: Path, tmp_path: Path, budget: int) -> Settings:
+    return Settings(models_dir=str(pickled), cache_dir=tmp_path, device="cpu", allow_unsafe_pickle=True,
+                    model_config_dir=str(demo_bundle / "models" / "demo-sd15"), max_loaded_bytes=budget)
+
+
+def test_a_pickle_is_measured_when_loaded_and_the_budget_holds_after(pickled: Path, demo_bundle: Path,
+                                                                     tmp_path: Path) -> None:
+    probe = DiffusersEngine(pickle_settings(pickled, demo_bundle, tmp_path, 10**12))
+    sizes = {m.name: m.size_bytes for m in probe.list_models()}
+    assert sizes["demo-pickle"] is None and (sizes["demo-sdxl"] or 0) > 1_000_000
+    first = pixels(probe, "demo-pickle")
+    measured = next(m.size_bytes for m in probe.list_models() if m.name == "demo-pickle")
+    assert measured == probe.loaded_bytes and measured > 1_000_000  # measured from the loaded parameters
+    probe.close()
+
+    budget = (sizes["demo-sdxl"] or 0) + measured // 2  # either alone, not both
+    engine = DiffusersEngine(pickle_settings(pickled, demo_bundle, tmp_path, budget))
+    pixels(engine, "demo-sdxl")
+    assert np.array_equal(pixels(engine, "demo-pickle"), first)  # loaded without room made: measured after
+    assert {m.name for m in engine.list_models() if m.loaded} == {"demo-pickle"}  # demo-sdxl left for it
+    assert engine.loaded_bytes == measured <= budget
+    pixels(engine, "demo-sdxl")  # the size is known now: room is made before the load, as for any model
+    assert {m.name for m in engine.list_models() if m.loaded} == {"demo-sdxl"}
+    engine.close()
+
+
+def test_a_pickle_too_big_for_the_budget_fails_its_first_job_and_is_refused_at_submit_after(
+    pickled: Path, demo_bundle: Path, tmp_path: Path
+) -> None:
+    engine = DiffusersEngine(pickle_settings(pickled, demo_bundle, tmp_path, 2 * 1024 * 1024))
+    engine.validate_request(GenerationRequest("a cat", model="demo-pickle"))  # unknown size: let through
+    with pytest.raises(ModelTooLarge, match="'demo-pickle' needs") as caught:
+        pixels(engine, "demo-pickle")
+    assert caught.value.field == "model"
+    assert engine.loaded_bytes == 0 and not any(m.loaded for m in engine.list_models())
+    with pytest.raises(ModelTooLarge, match="'demo-pickle' needs"):  # now judged before loading
+        engine.validate_request(GenerationRequest("a cat", model="demo-pickle"))
+    engine.close()
