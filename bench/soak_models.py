@@ -4,6 +4,7 @@ model fits, so every model change evicts and reloads; resident memory printed ev
     .venv/bin/python bench/soak_models.py                          # 200 jobs, --max-loaded-models 1
     .venv/bin/python bench/soak_models.py --jobs 2000 --limit budget  # a byte budget that holds one model
     .venv/bin/python bench/soak_models.py --jobs 40 --every 10
+    .venv/bin/python bench/soak_models.py --models flow --jobs 600  # demo-flux1 (4 LoRAs) + demo-zimage
 
 ``--limit count``: ``max_loaded_models=1``; ``--limit budget``: no count limit, ``max_loaded_bytes`` set
 to the bigger model's size plus half the smaller one's, so the byte budget does the evicting.
@@ -16,6 +17,9 @@ The demo bundle ships 2 LoRAs for demo-sd15 and 1 for demo-sdxl; the soak writes
 non-zero, peft and kohya layouts alternating for SD 1.x) into its own LoRA folder. Each LoRA-free job
 must give the same pixels every cycle (nothing leaks between jobs); the soak fails if one differs.
 A flat RSS after the first cycles means model and adapter memory is given back on eviction.
+``--models flow`` churns the transformer families instead: demo-flux1 with 4 kohya LoRAs of its own
+and demo-zimage (no LoRA: each of its jobs is a LoRA-free one), so every cycle evicts and reloads a
+FLUX.1 and a Z-Image folder.
 Prints a table; writes JSON (--json).
 """
 
@@ -68,6 +72,26 @@ def write_loras(folder: Path) -> dict[str, list[str]]:
     return made
 
 
+def write_flow_loras(folder: Path) -> dict[str, list[str]]:
+    """4 kohya LoRAs for demo-flux1, none for demo-zimage; returns model name -> LoRA names."""
+    import torch
+    from safetensors.torch import save_file
+
+    from sdworker.engine.demo_flow import DEMO_FLUX1, build_demo_flux1_components, build_flux1_kohya_lora
+    from sdworker.engine.demo_model import SEED
+    from sdworker.engine.demo_zimage import DEMO_ZIMAGE
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        transformer = build_demo_flux1_components(SEED)["transformer"]
+    names = []
+    for i in range(4):
+        name = f"soak-{DEMO_FLUX1}-{i}"
+        save_file(build_flux1_kohya_lora(transformer, 100 + i), str(folder / f"{name}.safetensors"))
+        names.append(name)
+    return {DEMO_FLUX1: names, DEMO_ZIMAGE: []}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--jobs", type=int, default=200)
@@ -77,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--limit", choices=("count", "budget"), default="count",
                         help="what evicts: --max-loaded-models 1, or a byte budget that holds one model")
+    parser.add_argument("--models", choices=("unet", "flow"), default="unet",
+                        help="demo-sd15 + demo-sdxl, or demo-flux1 + demo-zimage")
     parser.add_argument("--warmup", type=int, default=None, help="jobs before the slope is measured "
                         "(default: a tenth of --jobs, at least 100)")
     parser.add_argument("--max-slope-kb", type=float, default=1.0, help="fail above this RSS slope (KB/job)")
@@ -94,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(args.cache_dir or tempfile.mkdtemp(prefix="sdworker-soak-"))
     bundle = ensure_demo_bundle(cache)
     lora_dir = Path(tempfile.mkdtemp(prefix="sdworker-soak-loras-"))
-    per_model = write_loras(lora_dir)
+    per_model = write_loras(lora_dir) if args.models == "unet" else write_flow_loras(lora_dir)
     plan: list[tuple[str, str | None]] = []
     for model, names in per_model.items():
         plan += [(model, name) for name in names] + [(model, None)]
@@ -149,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
           f"LoRA-free jobs that differed from their first: {drifted}")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"jobs": args.jobs, "limit": args.limit, "settings": limit, "size": args.size,
+    out.write_text(json.dumps({"jobs": args.jobs, "models": list(per_model), "limit": args.limit,
+                               "settings": limit, "size": args.size,
                                "steps": args.steps, "warmup_jobs": warmup, "samples": samples,
                                "rss_growth_after_warmup_mb": growth, "slope_kb_per_job": slope,
                                "max_slope_kb_per_job": args.max_slope_kb, "model_loads": loads,

@@ -216,6 +216,10 @@ def check_exposure(settings: Settings) -> None:
 
 def check_files(settings: Settings) -> None:
     """Files named by settings that are read later: a missing one is a start-up error, not a 500."""
+    if settings.models_dir is not None:
+        from sdworker.engine.model_options import read_model_options
+
+        read_model_options(Path(settings.models_dir).expanduser(), settings)  # its per-model offload
     if settings.api_keys_file is not None:
         try:
             settings.all_api_keys()  # the same check a SIGHUP reload makes

@@ -100,6 +100,10 @@ class ComponentPool:
                 gone.append(key)
         return gone
 
+    def bytes_of(self, user: str) -> int:
+        """What ``user`` holds, shared parts included: its size were it alone in memory."""
+        return sum(part.bytes for part in self._parts.values() if user in part.users)
+
     def sharers(self, user: str) -> set[str]:
         """The other models holding one of ``user``'s shared parts."""
         return {other for part in self._parts.values() if part.module is not None and user in part.users

@@ -632,7 +632,8 @@ class DiffusersEngine:
             return slot
         self._check_fits(entry)
         # Parts another loaded model already holds are kept through the evictions below and reused.
-        keys = self._pool.shared_keys(entry.parts) if self.settings.offload == "none" else {}
+        offload = entry.offload or self.settings.offload
+        keys = self._pool.shared_keys(entry.parts) if offload == "none" else {}
         reused = self._pool.hold(entry.name, keys)
         need = self._pool.missing_bytes(entry.parts, keys)
         limit = self.settings.max_loaded_models
@@ -646,15 +647,35 @@ class DiffusersEngine:
             if entry.kind == "file" and not self.settings.model_config_dir:
                 config = self.library.config_folder_for(entry)
             model = load_model(self.settings, entry.source, model_config=config, family=_flow_family(entry),
-                               transformer_only=entry.transformer_only, components=reused)
+                               transformer_only=entry.transformer_only, components=reused, offload=offload)
             del reused
             slot = self._add_slot(entry, model, keys)
+            if entry.size_bytes is None:
+                self._fit_measured(entry.name)
         except BaseException:
-            self._pool.release(entry.name)
+            if entry.name in self._slots:
+                self._evict(entry.name)
+            else:
+                self._pool.release(entry.name)
             _notify(on_model_load, entry.name, "failed", time.perf_counter() - started)
             raise
         _notify(on_model_load, entry.name, "finished", time.perf_counter() - started)
         return slot
+
+    def _fit_measured(self, name: str) -> None:
+        """A model whose files could not tell its size (a hub id, a ``.ckpt``/``.bin`` pickle: reading a
+        pickle's shapes means unpickling it) loads without room made first; once loaded its parts are
+        measured, the least recently used others leave until the budget holds, and the library keeps the
+        size (later jobs are judged at submit like any other). One too big even alone leaves again and
+        its job fails with the same ``ModelTooLarge`` a sized model gets at submit. The price: memory may
+        pass the budget while such a model loads the first time."""
+        self.library.record_size(name, self._pool.bytes_of(name))
+        while len(self._slots) > 1 and self._pool.loaded_bytes > self.budget_bytes:
+            self._evict(next(iter(self._slots)))  # the least recently used first; ``name`` is the newest
+        message = self._too_large(self.library.model(name))
+        if message is not None:
+            self._evict(name)
+            raise ModelTooLarge(message, field="model")
 
     def _add_slot(self, entry: ModelEntry, model: LoadedModel, keys: dict[str, str] | None = None) -> ModelSlot:
         self._pool.add(entry.name, model.pipe.components, keys or {})

@@ -34,6 +34,7 @@ from sdworker.domain.prompt_syntax import normalize_lora_name
 from sdworker.domain.unet_inpainting import INPAINTING
 from sdworker.engine.gguf_file import GGUF_SUFFIX, read_gguf_header
 from sdworker.engine.inpainting_unet import INPAINT_IN_CHANNELS
+from sdworker.engine.model_options import check_names, read_model_options
 from sdworker.engine.models import PICKLE_SUFFIXES, ModelSource, resolve_source
 from sdworker.engine.weights import WeightFiles, file_bytes, folder_parts, load_element_bytes, read_safetensors_header
 from sdworker.errors import InvalidRequest, LoraIncompatible, LoraNotFound, ModelError, ModelNotFound, UnsafeCheckpoint
@@ -62,11 +63,12 @@ class ModelEntry:
     variant: str = ""  # FLUX.1 dev | schnell | fill | kontext; SD inpainting ("" = the family's default)
     transformer_only: bool = False  # a single file holding only the transformer (completed from a folder)
     parts: tuple[WeightFiles, ...] = ()  # its weights by component, sized from the headers (none: unknown)
+    offload: str = ""  # its own offload from the models folder's sdworker.toml ("" = the worker's --offload)
 
     @property
     def size_bytes(self) -> int | None:
         """What the model holds once loaded (at the worker's dtype); None when the files cannot tell (a
-        hub id, a pickle, a model built in memory)."""
+        hub id, a pickle, a model built in memory) until it has been loaded once and measured."""
         return sum(part.bytes for part in self.parts) if self.parts else None
 
 
@@ -96,6 +98,7 @@ class ModelLibrary:
         self._lora_cache: dict[tuple[str, int, int], LoraEntry] = {}
         self._extra: ModelEntry | None = None  # --model, resolved once
         self._memory = memory
+        self._measured: dict[str, int] = {}  # sizes measured at load for models whose files cannot tell
         self.models_dir, self.lora_dir, self.embeddings_dir = self._folders(settings, demo=memory is None)
         self.refresh()
 
@@ -141,7 +144,11 @@ class ModelLibrary:
             found.setdefault(extra.name, extra)
         if self._memory is not None:
             found[self._memory.name] = self._memory
-        found = {name: self._completed(entry, found) for name, entry in found.items()}
+        found = {name: self._with_measured(self._completed(entry, found)) for name, entry in found.items()}
+        if self.models_dir is not None:
+            options = read_model_options(self.models_dir, self.settings)
+            check_names(options, found, self.models_dir)
+            found.update({name: replace(found[name], offload=o.offload) for name, o in options.items()})
         with self._lock:
             self._models = dict(sorted(found.items()))
             self._default = self._pick_default()
@@ -174,6 +181,21 @@ class ModelLibrary:
             log.warning("cannot size the parts of %s for %s: %s", folder, entry.name, exc)
             return entry
         return replace(entry, parts=entry.parts + rest)
+
+    def _with_measured(self, entry: ModelEntry) -> ModelEntry:
+        size = self._measured.get(entry.name)
+        if size is None or entry.parts:
+            return entry
+        return replace(entry, parts=(WeightFiles("measured", (), size),))
+
+    def record_size(self, name: str, size: int) -> None:
+        """What a model whose files cannot tell its size (a hub id, a pickle) held once loaded: from now on
+        it is sized like the others (listed, judged at submit, room made before it loads again)."""
+        with self._lock:
+            self._measured[name] = size
+            entry = self._models.get(name)
+            if entry is not None:
+                self._models[name] = self._with_measured(entry)
 
     def _pick_default(self) -> str | None:
         wanted = self.settings.default_model

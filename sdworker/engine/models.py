@@ -123,14 +123,16 @@ def load_model(
     family: str | None = None,
     transformer_only: bool = False,
     components: dict[str, Any] | None = None,
+    offload: str | None = None,
 ) -> LoadedModel:
     """Load a model onto its device: slow. ``source`` defaults to what ``settings.model`` names;
     ``model_config`` (a diffusers folder of the same architecture) defaults to ``--model-config``.
     ``family``: what the library found in the files (a transformer family loads through its adapter,
     ``sdworker.engine.families``); None = a UNet family, told apart by the loaded pipeline.
     ``components``: modules already in memory (a text encoder or VAE another model shares), used
-    instead of loading those parts. ``--offload``: the parts stay on the CPU and diffusers' hooks move
-    each to the card when it runs (``apply_offload``)."""
+    instead of loading those parts. ``offload`` (default ``--offload``; a model's own from the models
+    folder's ``sdworker.toml``): the parts stay on the CPU and diffusers' hooks move each to the card
+    when it runs (``apply_offload``)."""
     source = source if source is not None else resolve_source(settings)
     label = source.location if source.kind != "memory" else settings.model
     device, dtype = resolve_device(settings)
@@ -144,6 +146,11 @@ def load_model(
                     "unquantised", label, settings.quantize)
     try:
         if adapter is not None:
+            components = dict(components or {})
+            if source.kind == "folder" and settings.quantize == "none" and _fits_read_whole(Path(source.location)):
+                # The same leak as the UNet families' (``_load_base_pipeline``): read the files whole.
+                # A quantised load goes through diffusers' quantizer, which wants its own loading path.
+                components.update(_parts_read_whole(Path(source.location), dtype, components))
             base = adapter.load_base(source, dtype, config, transformer_only=transformer_only,
                                      use_safetensors=not settings.allow_unsafe_pickle, quantize=settings.quantize,
                                      components=components)
@@ -155,7 +162,8 @@ def load_model(
         log.debug("loading %s failed", label, exc_info=True)
         raise ModelError(_load_failure(label, config, source, exc)) from exc
     family = family if adapter is not None and family is not None else detect_family(base)
-    offload = settings.offload if device.type == "cuda" else "none"  # Settings refuses it off CUDA
+    wanted = settings.offload if offload is None else offload
+    offload = wanted if device.type == "cuda" else "none"  # Settings and model_options refuse it off CUDA
     try:
         if device.type != "cpu" and offload == "none":  # loaded on the CPU; .to() there only logs warnings
             base.to(device)
@@ -285,6 +293,30 @@ def _text_encoders_read_whole(folder: Path, dtype: torch.dtype, given: dict[str,
                 and len(value) == 2 and value[0] == "transformers" and (folder / name).is_dir()):
             cls = getattr(transformers, str(value[1]))
             loaded[name] = cls.from_pretrained(str(folder / name), dtype=dtype, disable_mmap=True)
+    return loaded
+
+
+def _parts_read_whole(folder: Path, dtype: torch.dtype, given: dict[str, Any]) -> dict[str, Any]:
+    """Every model part of a transformer family's folder (transformer, VAE, text encoders) not in
+    ``given``, loaded with ``disable_mmap``: its pipeline's ``from_pretrained`` then only assembles them.
+    diffusers would pass ``disable_mmap`` to its own models but not to the transformers encoders (a
+    Qwen-Image or FLUX.2 text encoder is most of the model), so every part is loaded here the same way."""
+    import diffusers
+    import transformers
+
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    loaded: dict[str, Any] = {}
+    for name, value in index.items():
+        if name.startswith("_") or name in given or not (folder / name).is_dir():
+            continue
+        if not (isinstance(value, list) and len(value) == 2 and value[0] in ("diffusers", "transformers")):
+            continue
+        library = diffusers if value[0] == "diffusers" else transformers
+        cls = getattr(library, str(value[1]), None)
+        base = diffusers.ModelMixin if value[0] == "diffusers" else transformers.PreTrainedModel
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            continue  # schedulers, tokenizers, processors: no weights
+        loaded[name] = cls.from_pretrained(str(folder / name), dtype=dtype, disable_mmap=True)
     return loaded
 
 

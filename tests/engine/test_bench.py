@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -91,13 +93,16 @@ def test_models_bench_smoke(demo_cache_dir: Path, tmp_path: Path) -> None:
     assert result["fused_drift_max_pixel"] >= 0
 
 
-def test_models_soak_smoke(demo_cache_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("kind", "models"), [("unet", ["demo-sd15", "demo-sdxl"]),
+                                             ("flow", ["demo-flux1", "demo-zimage"])])
+def test_models_soak_smoke(demo_cache_dir: Path, tmp_path: Path, kind: str, models: list[str]) -> None:
     out = tmp_path / "soak.json"
     # 10 jobs are all warm-up: the slope is computed over every sample and its limit is not the verdict here
     argv = ["--cache-dir", str(demo_cache_dir), "--jobs", "10", "--every", "5", "--warmup", "0",
-            "--max-slope-kb", "1e9", "--json", str(out)]
+            "--max-slope-kb", "1e9", "--models", kind, "--json", str(out)]
     assert load_bench("soak_models").main(argv) == 0  # non-zero when a LoRA-free job's pixels drift
     result = json.loads(out.read_text())
+    assert result["models"] == models and result["model_loads"] >= 1  # a model change evicted and reloaded
     assert [s["jobs"] for s in result["samples"]] == [0, 5, 10] and result["plain_jobs_drifted"] == 0
     assert math.isfinite(result["slope_kb_per_job"]) and result["warmup_jobs"] == 0
 

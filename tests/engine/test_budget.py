@@ -128,3 +128,111 @@ def test_the_default_model_too_big_for_the_budget_fails_its_load_naming_it(two_m
                                       device="cpu", max_loaded_bytes="2MiB"))
     with pytest.raises(ModelTooLarge, match="demo-sdxl"):
         engine.load()
+
+
+@pytest.fixture(scope="module")
+def flux_twins(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """flux-a: demo-flux1; flux-b: a copy of it (its own files, same bytes) whose transformer differs, as
+    two FLUX.1 fine-tunes do (the T5 and CLIP encoders and the VAE are the base model's)."""
+    folder = tmp_path_factory.mktemp("flux-twins")
+    for twin in ("flux-a", "flux-b"):
+        shutil.copytree(demo_bundle / "models" / "demo-flux1", folder / twin)
+    weights = folder / "flux-b" / "transformer" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(weights))
+    state["x_embedder.weight"] = state["x_embedder.weight"] * 1.5
+    save_file(state, str(weights))
+    return folder
+
+
+def flux_pixels(engine: DiffusersEngine, model: str) -> np.ndarray:
+    request = GenerationRequest("a photo of a cat", model=model, num_inference_steps=2, width=64, height=64, seed=5)
+    return np.asarray(engine.generate(request).images[0])
+
+
+def test_flux_fine_tunes_share_their_encoders_and_vae(flux_twins: Path, tmp_path: Path) -> None:
+    settings = Settings(models_dir=str(flux_twins), cache_dir=tmp_path, device="cpu")
+    alone = DiffusersEngine(settings)
+    a_alone = flux_pixels(alone, "flux-a")
+    alone.close()
+    alone = DiffusersEngine(settings)
+    b_alone = flux_pixels(alone, "flux-b")
+    alone.close()
+
+    engine = DiffusersEngine(settings)
+    assert np.array_equal(flux_pixels(engine, "flux-a"), a_alone)
+    assert np.array_equal(flux_pixels(engine, "flux-b"), b_alone)
+    assert not np.array_equal(a_alone, b_alone)
+    a_pipe, b_pipe = (engine._slots[name].model.pipe for name in ("flux-a", "flux-b"))
+    shared = ("text_encoder", "text_encoder_2", "vae")
+    assert all(getattr(a_pipe, part) is getattr(b_pipe, part) for part in shared)
+    assert a_pipe.transformer is not b_pipe.transformer
+    assert engine._pool.loads == 5  # flux-a: transformer, CLIP, T5, VAE; flux-b: its transformer only
+    modules = {id(getattr(pipe, part)) for pipe in (a_pipe, b_pipe) for part in (*shared, "transformer")}
+    assert len(modules) == 5
+    sizes = {m.name: m.size_bytes or 0 for m in engine.list_models()}
+    transformer_b = sum(p.numel() * p.element_size() for p in b_pipe.transformer.parameters())
+    assert engine.loaded_bytes == pytest.approx(sizes["flux-a"] + transformer_b, rel=0.05)
+
+    encoder, vae = a_pipe.text_encoder_2, a_pipe.vae
+    engine._evict("flux-a")  # as the LRU would: flux-b still uses the shared parts, they stay
+    assert engine._slots["flux-b"].model.pipe.text_encoder_2 is encoder
+    assert engine._slots["flux-b"].model.pipe.vae is vae
+    assert engine.loaded_bytes == pytest.approx(sizes["flux-b"], rel=0.05)
+    assert np.array_equal(flux_pixels(engine, "flux-b"), b_alone)
+    assert np.array_equal(flux_pixels(engine, "flux-a"), a_alone)  # reloaded: only its transformer is read
+    assert engine._pool.loads == 6
+    engine.close()
+    assert engine.loaded_bytes == 0
+
+
+@pytest.fixture(scope="module")
+def pickled(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """demo-sdxl (a folder, sized from its headers) and demo-pickle.ckpt: demo-sd15's single-file
+    checkpoint saved as a torch pickle, whose size nothing tells before it is loaded."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("pickled")
+    (folder / "demo-sdxl").symlink_to(demo_bundle / "models" / "demo-sdxl")
+    state = load_file(str(demo_bundle / "models" / "demo-sd15" / "demo.safetensors"))
+    torch.save({"state_dict": state}, folder / "demo-pickle.ckpt")
+    return folder
+
+
+def pickle_settings(pickled: Path, demo_bundle: Path, tmp_path: Path, budget: int) -> Settings:
+    return Settings(models_dir=str(pickled), cache_dir=tmp_path, device="cpu", allow_unsafe_pickle=True,
+                    model_config_dir=str(demo_bundle / "models" / "demo-sd15"), max_loaded_bytes=budget)
+
+
+def test_a_pickle_is_measured_when_loaded_and_the_budget_holds_after(pickled: Path, demo_bundle: Path,
+                                                                     tmp_path: Path) -> None:
+    probe = DiffusersEngine(pickle_settings(pickled, demo_bundle, tmp_path, 10**12))
+    sizes = {m.name: m.size_bytes for m in probe.list_models()}
+    assert sizes["demo-pickle"] is None and (sizes["demo-sdxl"] or 0) > 1_000_000
+    first = pixels(probe, "demo-pickle")
+    measured = next(m.size_bytes for m in probe.list_models() if m.name == "demo-pickle")
+    assert measured == probe.loaded_bytes and measured > 1_000_000  # measured from the loaded parameters
+    probe.close()
+
+    budget = (sizes["demo-sdxl"] or 0) + measured // 2  # either alone, not both
+    engine = DiffusersEngine(pickle_settings(pickled, demo_bundle, tmp_path, budget))
+    pixels(engine, "demo-sdxl")
+    assert np.array_equal(pixels(engine, "demo-pickle"), first)  # loaded without room made: measured after
+    assert {m.name for m in engine.list_models() if m.loaded} == {"demo-pickle"}  # demo-sdxl left for it
+    assert engine.loaded_bytes == measured <= budget
+    pixels(engine, "demo-sdxl")  # the size is known now: room is made before the load, as for any model
+    assert {m.name for m in engine.list_models() if m.loaded} == {"demo-sdxl"}
+    engine.close()
+
+
+def test_a_pickle_too_big_for_the_budget_fails_its_first_job_and_is_refused_at_submit_after(
+    pickled: Path, demo_bundle: Path, tmp_path: Path
+) -> None:
+    engine = DiffusersEngine(pickle_settings(pickled, demo_bundle, tmp_path, 2 * 1024 * 1024))
+    engine.validate_request(GenerationRequest("a cat", model="demo-pickle"))  # unknown size: let through
+    with pytest.raises(ModelTooLarge, match="'demo-pickle' needs") as caught:
+        pixels(engine, "demo-pickle")
+    assert caught.value.field == "model"
+    assert engine.loaded_bytes == 0 and not any(m.loaded for m in engine.list_models())
+    with pytest.raises(ModelTooLarge, match="'demo-pickle' needs"):  # now judged before loading
+        engine.validate_request(GenerationRequest("a cat", model="demo-pickle"))
+    engine.close()
