@@ -9,9 +9,11 @@
    Redis (API node + worker) and through the memory backend (``sdworker serve``): the delay from
    publish (the event's ``at`` stamp: Redis's TIME inside the Lua script, or the bus's clock) to
    receipt, p50/p99 over the progress events.
-3. **1,000 watchers over 2 API nodes**: half on each node, subscribed while the job waits in the
-   queue behind blockers (cancelled once every watcher is connected); every watcher must get the
-   terminal event; delay p50/p99 of that event.
+3. **1,000 watchers over 2 API nodes** (``bench/watchers.py: fan_out``, the same run as
+   ``bench/service.py``'s on one ``serve``): half on each node, in 4 client processes, subscribed while
+   the job (64 px, ``--watch-steps``, a preview every step) waits behind one blocker per worker; every
+   watcher must get ``complete`` then ``end``; delay p50/p99 of the terminal event (goal p99 < 250 ms),
+   and ``/health`` on the first node through the connect burst (goal < 100 ms).
 4. **Batching in the fleet**: the same jobs through two workers with ``--max-batch 2`` (a fresh fleet
    on its own prefix) against the two ``--max-batch 1`` workers of (1); jobs per minute and how many
    jobs ran as a batch partner (the worker logs' "share each UNet call" lines).
@@ -20,29 +22,29 @@
    memory per queued job, and the claim script's own time in Redis's slow log
    (``slowlog-log-slower-than 0``) while one worker claims jobs from the top of that queue.
 
-    .venv/bin/python bench/scale.py                                  # about 2 min on 2 cores
+    .venv/bin/python bench/scale.py                                  # about 5 min on 2 idle cores
     .venv/bin/python bench/scale.py --jobs 2 --steps 2 --size 64 --watchers 20 --latency-steps 5 --depth 200  # smoke
 
-Starts its own redis-server (append-only file on) on a free port. Prints a table and writes JSON
-(``--json``, default bench/results/scale.json).
+Every node process runs one torch thread (``--threads``), so two workers on two cores do not fight
+over both. A section that fails is reported as an error row; the others still run. Starts its own
+redis-server (append-only file on) on a free port. Prints the machine's load average at the start and
+the end, a table, and writes JSON (``--json``, default bench/results/scale.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import hashlib
 import os
 import platform
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -53,99 +55,40 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench` and `sdworker` im
 
 import httpx  # noqa: E402
 
-from bench.service import free_port, percentile  # noqa: E402
-from bench.watchers import watch  # noqa: E402
+from bench.harness import (  # noqa: E402
+    FLEET_ARGS,
+    Procs,
+    cpu_seconds,
+    free_port,
+    load_average,
+    ms,
+    percentile,
+    print_rows,
+    raise_fd_limit,
+    redis_server,
+    wait_for,
+    write_json,
+)
+from bench.watchers import fan_out, fan_out_rows, watch  # noqa: E402
 
 PROMPT = "a lighthouse on a cliff at dusk"
 TARGET_RATIO = 1.7
-FLEET_ARGS = ["--lease-heartbeat-seconds", "1", "--claim-idle-seconds", "10"]
 
 
-class Procs:
-    """Every subprocess this benchmark starts, stopped (SIGTERM, then SIGKILL) at the end."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-                    "HF_HUB_OFFLINE": "1", "SDWORKER_CACHE_DIR": str(workdir / "cache"), "PYTHONPATH": str(ROOT)}
-        self.running: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - the child holds it
-        process = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        self.running.append(process)
-        return process
-
-    def sdworker(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
-        return self.start(name, [sys.executable, "-m", "sdworker", *argv])
-
-    def stop(self, process: subprocess.Popen[bytes]) -> None:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
-
-    def stop_all(self) -> None:
-        for process in reversed(self.running):
-            self.stop(process)
-
-
-@contextmanager
-def redis_server(procs: Procs) -> Iterator[str]:
-    if shutil.which("redis-server") is None:
-        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+def api_node(procs: Procs, redis_url: str, prefix: str, name: str, max_steps: int) -> tuple[str, int]:
+    """An ``sdworker api`` node of the fleet ``prefix``; its URL and process id."""
     port = free_port()
-    folder = procs.workdir / "redis"
-    folder.mkdir()
-    process = procs.start("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-                                    "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction"])
-    url = f"redis://127.0.0.1:{port}/0"
-    import redis
-
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
-            break
-        except redis.RedisError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    try:
-        yield url
-    finally:
-        procs.stop(process)
-
-
-def wait_for(url: str, predicate: Any, timeout: float = 300.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate(httpx.get(url, timeout=5))
-            if value:
-                return value
-        except (httpx.TransportError, ValueError, KeyError):
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not get there in {timeout} s")
-
-
-def api_node(procs: Procs, redis_url: str, prefix: str, name: str, max_steps: int) -> str:
-    port = free_port()
-    procs.sdworker(name, "api", "--redis", redis_url, "--redis-prefix", prefix, "--port", str(port),
-                   "--max-queue", "5000", "--max-steps", str(max_steps), *FLEET_ARGS)
+    process = procs.sdworker(name, "api", "--redis", redis_url, "--redis-prefix", prefix, "--port", str(port),
+                   "--max-queue", "5000", "--max-steps", str(max_steps), "--log-level", "warning", *FLEET_ARGS)
     url = f"http://127.0.0.1:{port}"
     wait_for(url + "/health", lambda r: r.status_code == 200)
-    return url
+    return url, process.pid
 
 
-def worker(procs: Procs, redis_url: str, prefix: str, index: int) -> subprocess.Popen[bytes]:
+def worker(procs: Procs, redis_url: str, prefix: str, index: int, *extra: str) -> subprocess.Popen[bytes]:
     return procs.sdworker(f"{prefix}-w{index}", "worker", "--redis", redis_url, "--redis-prefix", prefix,
                           "--model", "demo", "--worker-id", f"{prefix}-w{index}", "--shutdown-grace-seconds", "1",
-                          *FLEET_ARGS)
+                          *extra, *FLEET_ARGS)
 
 
 def wait_workers(api: str, count: int) -> None:
@@ -163,6 +106,7 @@ async def run_batch(api: str, args: argparse.Namespace) -> dict[str, Any]:
     The end is the job records' own time (Redis's clock), so how often this polls does not change
     the number; it polls gently (one job every 0.2 s) so the API node does not take CPU from the
     workers it is measuring."""
+    load_start = load_average()
     async with httpx.AsyncClient(timeout=60) as client:
         started = time.time()
         ids = []
@@ -183,17 +127,26 @@ async def run_batch(api: str, args: argparse.Namespace) -> dict[str, Any]:
             finished.append(datetime.fromisoformat(view["finished_at"].replace("Z", "+00:00")).timestamp())
             by_worker[view["worker"]] = by_worker.get(view["worker"], 0) + 1
     seconds = max(finished) - started
-    return {"seconds": seconds, "jobs_per_minute": 60.0 * args.jobs / seconds, "jobs_by_worker": by_worker}
+    return {"seconds": seconds, "jobs_per_minute": 60.0 * args.jobs / seconds, "jobs_by_worker": by_worker,
+            "load_average": [load_start, load_average()]}
 
 
 def throughput(procs: Procs, redis_url: str, prefix: str, api: str, args: argparse.Namespace) -> dict[str, Any]:
-    """One worker, then a second joins the same fleet (a worker takes seconds to start: each starts once)."""
-    result: dict[str, Any] = {}
+    """One worker, then a second joins the same fleet (a worker takes seconds to start: each starts once).
+    Each worker is warmed with two jobs of its own before the timed batch (the first job at a new
+    size pays for the allocator's warm-up), so both batches time warm workers."""
+    result: dict[str, Any] = {"torch_threads_per_worker": procs.threads}
+    pids: list[int] = []
     for count in (1, 2):
-        worker(procs, redis_url, prefix, count)
+        pids.append(worker(procs, redis_url, prefix, count).pid)
         wait_workers(api, count)
-        asyncio.run(run_batch(api, _warm(args, count)))  # a new worker's first job pays for warm-up
-        result[f"workers_{count}"] = asyncio.run(run_batch(api, args))
+        asyncio.run(run_batch(api, _warm(args, 2 * count)))
+        cpu_before = sum(cpu_seconds(pid) for pid in pids)
+        run = asyncio.run(run_batch(api, args))
+        # The cores the workers actually got: CPU seconds over wall seconds. Two workers on two free
+        # cores get ~2; on a machine busy with other work they get what is left, and the ratio with them.
+        run["worker_cores_used"] = round((sum(cpu_seconds(pid) for pid in pids) - cpu_before) / run["seconds"], 2)
+        result[f"workers_{count}"] = run
     result["ratio"] = result["workers_2"]["jobs_per_minute"] / result["workers_1"]["jobs_per_minute"]
     return result
 
@@ -208,7 +161,7 @@ async def one_stream_latency(api: str, args: argparse.Namespace) -> list[float]:
         response = await client.post(api + "/v1/jobs", json=job_body(args, seed=5, steps=args.latency_steps))
         response.raise_for_status()
         job_id = response.json()["job_id"]
-    events = await watch(host, int(port), f"/v1/jobs/{job_id}/stream", asyncio.Event(), [0], 1)
+    events = await watch(host, int(port), f"/v1/jobs/{job_id}/stream", lambda ok: None)
     return [received - at for _, name, at, received in events if name == "progress" and at > 0]
 
 
@@ -222,56 +175,53 @@ def latency(api: str, memory_url: str, args: argparse.Namespace) -> dict[str, An
             for name, values in (("redis", through_redis), ("memory", in_memory))}
 
 
-def memory_server(procs: Procs, args: argparse.Namespace) -> str:
-    """``sdworker serve`` (memory backend), for the latency comparison; started early, it loads meanwhile."""
+def memory_server(procs: Procs, args: argparse.Namespace) -> tuple[str, subprocess.Popen[bytes]]:
+    """``sdworker serve`` (memory store), for the latency comparison; started early, it loads meanwhile."""
     port = free_port()
-    procs.sdworker("serve-memory", "serve", "--model", "demo", "--port", str(port), "--max-steps", str(args.max_steps))
-    return f"http://127.0.0.1:{port}"
+    process = procs.sdworker("serve-memory", "serve", "--model", "demo", "--port", str(port), "--store", "memory",
+                             "--max-steps", str(args.max_steps), "--log-level", "warning")
+    return f"http://127.0.0.1:{port}", process
 
 
-async def spread_watchers(apis: list[str], args: argparse.Namespace) -> dict[str, Any]:
+async def spread_watchers(apis: list[str], pids: list[int], workers: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The fan-out over the API nodes: the watched job waits behind one running blocker per worker."""
     async with httpx.AsyncClient(timeout=60) as client:
         blockers = []
-        for seed in (1, 2):  # one per worker: the watched job waits in the queue behind them
+        for seed in range(workers):
             response = await client.post(apis[0] + "/v1/jobs", json=job_body(args, seed, steps=args.max_steps))
+            response.raise_for_status()
             blockers.append(response.json()["job_id"])
-        response = await client.post(apis[0] + "/v1/jobs", json=job_body(args, seed=3))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            states = [(await client.get(f"{apis[0]}/v1/jobs/{b}")).json()["status"] for b in blockers]
+            if all(state == "running" for state in states):
+                break
+            await asyncio.sleep(0.1)
+        watched = {"prompt": PROMPT, "steps": args.watch_steps, "width": 64, "height": 64, "seed": 3,
+                   "preview": {"every": 1, "min_interval_ms": 0}}
+        response = await client.post(apis[0] + "/v1/jobs", json=watched)
+        response.raise_for_status()
         job_id = response.json()["job_id"]
-        connected = asyncio.Event()
-        counter = [0]
-        tasks = []
-        for i in range(args.watchers):
-            host, port = apis[i % len(apis)].removeprefix("http://").split(":")
-            tasks.append(asyncio.create_task(
-                watch(host, int(port), f"/v1/jobs/{job_id}/stream", connected, counter, args.watchers)))
-            if i % 100 == 99:
-                await asyncio.sleep(0)  # let the connections start in waves
-        await asyncio.wait_for(connected.wait(), 300)
-        for blocker in blockers:
-            await client.delete(f"{apis[1]}/v1/jobs/{blocker}")
-        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 600)
-    # A stream's last event is ``end``; the terminal event is the one before it.
-    terminal = [r[-2] for r in results if isinstance(r, list) and len(r) > 1 and r[-2][1] in ("complete", "error")]
-    delays = [received - at for _, _, at, received in terminal if at > 0]
-    return {
-        "watchers": args.watchers,
-        "nodes": len(apis),
-        "got_terminal": len(terminal),
-        "errors": sum(1 for r in results if isinstance(r, BaseException)),
-        "terminal_p50_ms": 1000 * percentile(delays, 0.50) if delays else None,
-        "terminal_p99_ms": 1000 * percentile(delays, 0.99) if delays else None,
-    }
+
+        async def release() -> None:
+            for blocker in blockers:
+                await client.delete(f"{apis[-1]}/v1/jobs/{blocker}")
+
+        result = await fan_out(apis, pids, job_id, args.watchers, release, client_processes=args.client_processes)
+        deadline = time.monotonic() + 60
+        while (status := (await client.get(f"{apis[0]}/v1/jobs/{job_id}")).json()["status"]) not in (
+                "completed", "failed", "cancelled") and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+    return {**result, "job_status": status}
 
 
 def batching(procs: Procs, redis_url: str, args: argparse.Namespace, unbatched: dict[str, Any]) -> dict[str, Any]:
     """Two ``--max-batch 2`` workers on a fleet of their own, the same jobs as the throughput run."""
     prefix = f"batch-{uuid.uuid4().hex[:6]}"
-    api = api_node(procs, redis_url, prefix, "api-batch", args.max_steps)
-    started = [procs.sdworker(f"{prefix}-w{i}", "worker", "--redis", redis_url, "--redis-prefix", prefix, "--model",
-                              "demo", "--worker-id", f"{prefix}-w{i}", "--shutdown-grace-seconds", "1",
-                              "--max-batch", "2", *FLEET_ARGS) for i in (1, 2)]
+    api, _ = api_node(procs, redis_url, prefix, "api-batch", args.max_steps)
+    started = [worker(procs, redis_url, prefix, i, "--max-batch", "2") for i in (1, 2)]
     wait_workers(api, 2)
-    asyncio.run(run_batch(api, _warm(args, 2)))
+    asyncio.run(run_batch(api, _warm(args, 4)))
     logs = [procs.workdir / f"{prefix}-w{i}.log" for i in (1, 2)]
     before = sum(path.read_text(errors="replace").count("share each UNet call") for path in logs)
     on = asyncio.run(run_batch(api, args))
@@ -301,18 +251,21 @@ async def _submit_many(api: str, body: dict[str, Any], count: int, clients: int 
     return latencies
 
 
-def deep_queue(procs: Procs, redis_url: str, args: argparse.Namespace) -> dict[str, Any]:
-    import hashlib
+def command_counts(client: Any) -> dict[str, int]:
+    """Redis's own count of each command it has run (``INFO commandstats``)."""
+    return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in client.info("commandstats").items()}
 
+
+def deep_queue(procs: Procs, redis_url: str, args: argparse.Namespace) -> dict[str, Any]:
     import redis
 
     from sdworker.stores.redis import scripts
 
     prefix = f"depth-{uuid.uuid4().hex[:6]}"
     port = free_port()
-    procs.sdworker("api-depth", "api", "--redis", redis_url, "--redis-prefix", prefix, "--port", str(port),
-                   "--max-queue", str(args.depth + args.depth_probe + 10), "--expect-models", "demo",
-                   "--queue-timeout-seconds", "86400", *FLEET_ARGS)
+    api_process = procs.sdworker("api-depth", "api", "--redis", redis_url, "--redis-prefix", prefix, "--port",
+                                 str(port), "--max-queue", str(args.depth + args.depth_probe + 10), "--expect-models",
+                                 "demo", "--queue-timeout-seconds", "86400", "--log-level", "warning", *FLEET_ARGS)
     api = f"http://127.0.0.1:{port}"
     wait_for(api + "/health", lambda r: r.status_code == 200)
     client = redis.Redis.from_url(redis_url)
@@ -320,12 +273,23 @@ def deep_queue(procs: Procs, redis_url: str, args: argparse.Namespace) -> dict[s
     memory_before = int(client.info("memory")["used_memory"])
     asyncio.run(_submit_many(api, body, args.depth))
     memory_after = int(client.info("memory")["used_memory"])
+    # The probe: submits at that depth, timed by the client; Redis's command counts over the probe
+    # say how many commands (round trips, at most) one submit costs, and the API node's CPU seconds
+    # per submit how much of the time is its own Python.
+    commands_before = command_counts(client)
+    cpu_before = cpu_seconds(api_process.pid)
+    load_start = load_average()
     probe = asyncio.run(_submit_many(api, body, args.depth_probe))
+    load_end = load_average()
+    cpu_per_submit = (cpu_seconds(api_process.pid) - cpu_before) / max(1, args.depth_probe)
+    commands_after = command_counts(client)
+    per_submit = {name: round((calls - commands_before.get(name, 0)) / max(1, args.depth_probe), 2)
+                  for name, calls in commands_after.items() if calls - commands_before.get(name, 0) > 0}
+    per_submit.pop("info", None)
     client.config_set("slowlog-log-slower-than", 0)
     client.config_set("slowlog-max-len", 100_000)
     client.slowlog_reset()
-    claimer = procs.sdworker(f"{prefix}-w1", "worker", "--redis", redis_url, "--redis-prefix", prefix, "--model",
-                             "demo", "--worker-id", f"{prefix}-w1", "--shutdown-grace-seconds", "1", *FLEET_ARGS)
+    claimer = worker(procs, redis_url, prefix, 1)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and int(client.zcard(f"{prefix}:queued")) > args.depth + args.depth_probe - 10:
         time.sleep(0.2)
@@ -347,6 +311,9 @@ def deep_queue(procs: Procs, redis_url: str, args: argparse.Namespace) -> dict[s
         "submit_p50_ms": 1000 * percentile(probe, 0.50),
         "submit_p99_ms": 1000 * percentile(probe, 0.99),
         "submits_probed": len(probe),
+        "submit_load_average": [load_start, load_end],
+        "api_cpu_ms_per_submit": 1000 * cpu_per_submit,
+        "redis_commands_per_submit": per_submit,
         "memory_mb": (memory_after - memory_before) / 2**20,
         "memory_bytes_per_job": (memory_after - memory_before) / args.depth,
         "claims": len(claims),
@@ -356,41 +323,62 @@ def deep_queue(procs: Procs, redis_url: str, args: argparse.Namespace) -> dict[s
     }
 
 
-def print_table(result: dict[str, Any]) -> None:
-    t = result["throughput"]
-    rows = [
-        (f"throughput, {n} worker{'s' if n > 1 else ''}",
-         f"{t[f'workers_{n}']['jobs_per_minute']:.1f} jobs/min ({t[f'workers_{n}']['seconds']:.1f} s)")
-        for n in (1, 2)
-    ]
-    rows.append(("scaling 2/1", f"{t['ratio']:.2f}x (target >= {TARGET_RATIO}x)"))
-    for name, row in result["latency"].items():
-        rows.append((f"event latency, {name}", f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms "
-                                               f"({row['events']} events)"))
+def section(result: dict[str, Any], name: str, run: Callable[[], dict[str, Any]]) -> None:
+    """Run one section; a failure becomes ``{"error": ...}`` (an error row), not the end of the run."""
+    try:
+        result[name] = run()
+    except Exception as exc:  # report it and go on: the other sections still measure
+        traceback.print_exc()
+        result[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def table_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    t = result.get("throughput", {})
+    if "error" in t:
+        rows.append(("throughput, 1 and 2 workers", f"ERROR {t['error']}"))
+    elif t:
+        threads = t["torch_threads_per_worker"]
+        for n in (1, 2):
+            run = t[f"workers_{n}"]
+            rows.append((f"throughput, {n} worker{'s' if n > 1 else ''} ({threads} torch thread each)",
+                         f"{run['jobs_per_minute']:.1f} jobs/min ({run['seconds']:.1f} s; workers used "
+                         f"{run.get('worker_cores_used', '-')} cores; load {run['load_average'][0]} -> "
+                         f"{run['load_average'][1]})"))
+        rows.append(("scaling 2/1", f"{t['ratio']:.2f}x (target >= {TARGET_RATIO}x)"))
+    latency_rows = result.get("latency", {})
+    if "error" in latency_rows:
+        rows.append(("event latency", f"ERROR {latency_rows['error']}"))
+    else:
+        for name, row in latency_rows.items():
+            rows.append((f"event latency, {name}", f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms "
+                                                   f"({row['events']} events)"))
     w = result.get("watchers")
-    if w:
-        p50 = "-" if w["terminal_p50_ms"] is None else f"{w['terminal_p50_ms']:.0f}"
-        p99 = "-" if w["terminal_p99_ms"] is None else f"{w['terminal_p99_ms']:.0f}"
-        rows.append((f"{w['watchers']} watchers / {w['nodes']} nodes",
-                     f"{w['got_terminal']} got the terminal event; p50 {p50} ms, p99 {p99} ms"))
+    if w and "error" in w:
+        rows.append((f"{result['config']['watchers']} watchers / 2 nodes", f"ERROR {w['error']}"))
+    elif w:
+        rows.extend(fan_out_rows(w))
     b = result.get("batching")
-    if b:
+    if b and "error" in b:
+        rows.append(("batching on/off", f"ERROR {b['error']}"))
+    elif b:
         rows.append(("2 workers, --max-batch 1", f"{b['off']['jobs_per_minute']:.1f} jobs/min"))
         rows.append(("2 workers, --max-batch 2", f"{b['on']['jobs_per_minute']:.1f} jobs/min "
                                                  f"({b['on']['batches']} shared batches; {b['ratio']:.2f}x)"))
     d = result.get("depth")
-    if d:
+    if d and "error" in d:
+        rows.append(("deep queue", f"ERROR {d['error']}"))
+    elif d:
         claim = "-" if d["claim_p50_ms"] is None else f"p50 {d['claim_p50_ms']:.3f} ms, max {d['claim_max_ms']:.3f} ms"
         rows.append((f"claim script at {d['depth']} queued", f"{claim} ({d['claims']} claims, Redis slow log)"))
-        rows.append((f"submit at {d['depth']} queued, 4 clients", f"p50 {d['submit_p50_ms']:.1f} ms, "
-                     f"p99 {d['submit_p99_ms']:.1f} ms ({d['submits_probed']} submits)"))
+        rows.append((f"submit at {d['depth']} queued, 4 clients",
+                     f"p50 {ms(d['submit_p50_ms'])} ms, p99 {ms(d['submit_p99_ms'])} ms ({d['submits_probed']} "
+                     f"submits; load {d['submit_load_average'][0]} -> {d['submit_load_average'][1]})"))
+        commands = ", ".join(f"{name} {count:g}" for name, count in sorted(d["redis_commands_per_submit"].items()))
+        rows.append(("  per submit", f"API node CPU {d['api_cpu_ms_per_submit']:.2f} ms; Redis commands: {commands}"))
         rows.append((f"Redis memory for {d['depth']} queued", f"{d['memory_mb']:.1f} MB "
                                                               f"({d['memory_bytes_per_job']:.0f} bytes/job)"))
-    width = max(len(name) for name, _ in rows)
-    print(f"\nsdworker scale bench: {result['jobs']} jobs x {result['steps']} steps at {result['size']} px, "
-          f"{result['cpus']} CPUs")
-    for name, value in rows:
-        print(f"  {name:<{width}}  {value}")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -398,53 +386,70 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=12)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per node process (0 = torch's default)")
     parser.add_argument("--latency-steps", type=int, default=100)
     parser.add_argument("--watchers", type=int, default=1000)
+    parser.add_argument("--watch-steps", type=int, default=4, help="steps of the watched job (a preview each step)")
+    parser.add_argument("--client-processes", type=int, default=4, help="processes the watchers' clients run in")
     parser.add_argument("--max-steps", type=int, default=3000, help="API nodes' limit (the blockers use it)")
     parser.add_argument("--depth", type=int, default=10_000, help="queued jobs for the deep-queue measurements")
     parser.add_argument("--depth-probe", type=int, default=400, help="submits timed at that depth")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: watchers, batching, depth")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "scale.json")
     args = parser.parse_args(argv)
+    skip = set(args.skip.split(","))
+    fd_limit = raise_fd_limit(args.watchers)
+    result: dict[str, Any] = {
+        "config": {k: v for k, v in vars(args).items() if k != "json"}, "cpus": os.cpu_count(),
+        "python": platform.python_version(), "fd_limit": fd_limit, "load_average_start": load_average(),
+    }
+    print(f"load average at start: {result['load_average_start']}", flush=True)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sdworker-scale-") as tmp:
         workdir = Path(tmp)
         from sdworker.engine.demo_model import ensure_demo_model
 
         ensure_demo_model(workdir / "cache")
-        procs = Procs(workdir)
+        procs = Procs(workdir, threads=args.threads)
         try:
-            memory_url = memory_server(procs, args)
+            memory_url, _ = memory_server(procs, args)
             with redis_server(procs) as redis_url:
                 prefix = f"scale-{uuid.uuid4().hex[:6]}"
-                apis = [api_node(procs, redis_url, prefix, f"api{i}", args.max_steps) for i in range(2)]
-                result: dict[str, Any] = {
-                    "jobs": args.jobs, "steps": args.steps, "size": args.size, "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "throughput": throughput(procs, redis_url, prefix, apis[0], args),
-                }
-                wait_for(memory_url + "/ready", lambda r: r.status_code == 200)
-                result["latency"] = latency(apis[0], memory_url, args)
-                skip = set(args.skip.split(","))
+                nodes = [api_node(procs, redis_url, prefix, f"api{i}", args.max_steps) for i in range(2)]
+                apis, api_pids = [url for url, _ in nodes], [pid for _, pid in nodes]
+                section(result, "throughput", lambda: throughput(procs, redis_url, prefix, apis[0], args))
+
+                def event_latency() -> dict[str, Any]:
+                    wait_for(memory_url + "/ready", lambda r: r.status_code == 200)
+                    return latency(apis[0], memory_url, args)
+
+                section(result, "latency", event_latency)
                 if "watchers" not in skip:
-                    result["watchers"] = asyncio.run(spread_watchers(apis, args))
+                    workers = sum(1 for p in procs.running if p.poll() is None and "-w" in " ".join(map(str, p.args)))
+                    section(result, "watchers",
+                            lambda: asyncio.run(spread_watchers(apis, api_pids, max(1, workers), args)))
                 for process in [p for p in procs.running if "-w" in " ".join(map(str, p.args))]:
                     procs.stop(process)  # the first fleet's workers: the next sections get the CPUs
-                if "batching" not in skip:
-                    result["batching"] = batching(procs, redis_url, args, result["throughput"]["workers_2"])
+                if "batching" not in skip and "workers_2" in result.get("throughput", {}):
+                    section(result, "batching",
+                            lambda: batching(procs, redis_url, args, result["throughput"]["workers_2"]))
                 if "depth" not in skip:
-                    result["depth"] = deep_queue(procs, redis_url, args)
+                    section(result, "depth", lambda: deep_queue(procs, redis_url, args))
         except BaseException:
-            for log in sorted(workdir.glob("*.log")):
-                print(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)
+            procs.print_logs()
             raise
         finally:
             procs.stop_all()
     result["target_ratio"] = TARGET_RATIO
-    print_table(result)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {args.json}")
-    return 0
+    result["load_average_end"] = load_average()
+    result["seconds"] = round(time.monotonic() - started, 1)
+    errors = [name for name, value in result.items() if isinstance(value, dict) and "error" in value]
+    result["errors"] = errors
+    print_rows(f"sdworker scale bench: {args.jobs} jobs x {args.steps} steps at {args.size} px, {result['cpus']} CPUs, "
+               f"{result['seconds']:.0f} s; load average {result['load_average_start']} at start, "
+               f"{result['load_average_end']} at end", table_rows(result))
+    write_json(args.json, result)
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

@@ -25,13 +25,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import multiprocessing
 import os
 import platform
-import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,7 +42,8 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench.archs` and `sdwork
 
 import httpx  # noqa: E402
 
-from bench.watchers import sample_health, watcher_process  # noqa: E402
+from bench.harness import free_port, load_average, raise_fd_limit, write_json  # noqa: E402
+from bench.watchers import fan_out, fan_out_rows  # noqa: E402
 from sdworker.domain.request import GenerationRequest  # noqa: E402
 from sdworker.settings import Settings  # noqa: E402
 
@@ -74,12 +71,6 @@ def prepare_model(arch: str, workdir: Path, seed: int) -> Path:
     return folder
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(model: Path, port: int, args: argparse.Namespace, log_path: Path) -> subprocess.Popen[bytes]:
     command = [
         sys.executable,
@@ -98,6 +89,11 @@ def start_server(model: Path, port: int, args: argparse.Namespace, log_path: Pat
         "8",
         "--log-level",
         "warning",
+        "--store",
+        args.store,
+        # A folder of its own: one serve per data folder (a lock), so two runs at once do not collide.
+        "--data-dir",
+        str(log_path.parent / "data"),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SDWORKER_CACHE_DIR": str(log_path.parent / "cache")}
     if args.threads:
@@ -118,13 +114,6 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 600.
             pass
         time.sleep(0.25)
     raise TimeoutError("the server did not get ready")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 # --- part 1: HTTP vs direct ---------------------------------------------------------------------
@@ -220,14 +209,8 @@ async def step_seconds(client: httpx.AsyncClient) -> tuple[float, float]:
 # --- part 2: many watchers ----------------------------------------------------------------------
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-async def many_watchers(url: str, port: int, pid: int, args: argparse.Namespace) -> dict[str, Any]:
+async def many_watchers(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
+    """``bench/watchers.py: fan_out`` on this one node; the watched job waits behind a blocker."""
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         # The blocker holds the queue while the watchers connect (cancelled then, within one step).
         blocker_body = {**job_body(args, steps=150), "width": max(args.size, 256), "height": max(args.size, 256)}
@@ -235,94 +218,13 @@ async def many_watchers(url: str, port: int, pid: int, args: argparse.Namespace)
         job_id = (await client.post("/v1/jobs", json=job_body(args, steps=args.watch_steps, preview_every=1))).json()[
             "job_id"
         ]
-        rss_before = rss_mb(pid)
-        # The watchers run in --client-processes processes, /health in one more: a single client loop
-        # reading 1,000 streams would add its own lag to every number here.
-        context = multiprocessing.get_context("spawn")
-        stop_health = context.Event()
-        health_in, health_out = context.Pipe(duplex=False)
-        health = context.Process(target=sample_health, args=(url, stop_health, health_out))
-        health.start()
-        shares = [args.watchers // args.client_processes + (i < args.watchers % args.client_processes)
-                  for i in range(args.client_processes)]
-        pipes, procs = [], []
-        for share in shares:
-            ours, theirs = context.Pipe()
-            proc = context.Process(target=watcher_process, args=(port, f"/v1/jobs/{job_id}/stream", share, theirs))
-            proc.start()
-            pipes.append(ours)
-            procs.append(proc)
-        for pipe in pipes:
-            if not await asyncio.to_thread(pipe.poll, 120) or pipe.recv() != "ready":
-                raise RuntimeError("a watcher process did not start")
-        await asyncio.sleep(1.0)  # the health sampler is up and answering before the burst starts
-        started = time.perf_counter()
-        for pipe in pipes:
-            pipe.send("go")
-        for pipe in pipes:
-            if not await asyncio.to_thread(pipe.poll, 300) or pipe.recv() != "connected":
-                raise RuntimeError("a watcher process did not connect")
-        while (await client.get(f"/v1/jobs/{job_id}")).json()["watchers"] < args.watchers:
-            await asyncio.sleep(0.05)
-        connect_seconds = time.perf_counter() - started
-        stop_health.set()
-        health_ms: list[float] = await asyncio.to_thread(health_in.recv)
-        health.join()
-        rss_connected = rss_mb(pid)
-        peak = [rss_connected]
 
-        async def sample() -> None:
-            while True:
-                peak[0] = max(peak[0], rss_mb(pid))
-                await asyncio.sleep(0.1)
+        async def release() -> None:
+            await client.delete(f"/v1/jobs/{blocker}")
 
-        sampler = asyncio.create_task(sample())
-        await client.delete(f"/v1/jobs/{blocker}")
-        results = [item for pipe in pipes for item in await asyncio.to_thread(pipe.recv)]
-        for proc in procs:
-            proc.join()
-        sampler.cancel()
-        await asyncio.sleep(1.0)
-        rss_after = rss_mb(pid)
-        final = (await client.get(f"/v1/jobs/{job_id}")).json()
-    lists = [r for r in results if isinstance(r, list)]
-    failures = len(results) - len(lists)
-    terminal_ids = {e[0] for events in lists for e in events if e[1] in ("complete", "error")}
-    got_terminal = sum(
-        1 for events in lists if [e[1] for e in events[-2:]] == ["complete", "end"]
-    )
-    live = [(e[1], e[3] - e[2]) for events in lists for e in events if e[1] != "queued"]
-    all_delays = [d * 1000 for _, d in live]
-    terminal_delays = [d * 1000 for name, d in live if name == "complete"]
-    end_delays = [d * 1000 for name, d in live if name == "end"]
-    previews = sum(1 for events in lists for e in events if e[1] == "preview")
-    return {
-        "watchers": args.watchers,
-        "job_status": final["status"],
-        "connect_seconds": connect_seconds,
-        "watchers_with_every_terminal_event": got_terminal,
-        "watcher_errors": failures,
-        "terminal_event_ids": sorted(terminal_ids),
-        "events_received": sum(len(events) for events in lists),
-        "previews_received": previews,
-        "delay_ms_p50": percentile(all_delays, 0.5),
-        "delay_ms_p99": percentile(all_delays, 0.99),
-        "terminal_delay_ms_p50": percentile(terminal_delays, 0.5),
-        "terminal_delay_ms_p99": percentile(terminal_delays, 0.99),
-        "end_delay_ms_p50": percentile(end_delays, 0.5),
-        "end_delay_ms_p99": percentile(end_delays, 0.99),
-        "health_during_connect_samples": len(health_ms),
-        "health_during_connect_ms_p50": percentile(health_ms, 0.5),
-        "health_during_connect_ms_p99": percentile(health_ms, 0.99),
-        "health_during_connect_ms_max": max(health_ms, default=float("nan")),
-        "client_processes": args.client_processes,
-        "server_rss_mb_before": rss_before,
-        "server_rss_mb_connected": rss_connected,
-        "server_rss_mb_peak": peak[0],
-        "server_rss_mb_after": rss_after,
-        "rss_growth_mb_peak": peak[0] - rss_before,
-        "rss_growth_mb_after": rss_after - rss_before,
-    }
+        result = await fan_out([url], [pid], job_id, args.watchers, release, client_processes=args.client_processes)
+        result["job_status"] = (await client.get(f"/v1/jobs/{job_id}")).json()["status"]
+    return result
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -349,39 +251,14 @@ def print_table(result: dict[str, Any]) -> None:
             )
         verdict = "meets" if a["ratio"] <= a["target"] else "misses"
         print(f"| ratio HTTP / direct | {a['ratio']:.3f} | {verdict} the target <= {a['target']} |")
-    if w:
+    if w and "error" in w:
+        print(f"\n{c['watchers']} SSE watchers: ERROR {w['error']}")
+    elif w:
         print(f"\n| {w['watchers']} SSE watchers, one job ({c['watch_steps']} steps, previews every step) | value |")
         print("|---|---|")
-        rows = [
-            ("watchers that got complete and end", f"{w['watchers_with_every_terminal_event']} / {w['watchers']}"),
-            ("watcher errors", w["watcher_errors"]),
-            ("distinct terminal event ids", w["terminal_event_ids"]),
-            ("events received (all watchers)", w["events_received"]),
-            ("previews received (all watchers)", w["previews_received"]),
-            ("time to connect all (s)", f"{w['connect_seconds']:.2f}"),
-            ("publish -> receipt p50 / p99, all events (ms)", f"{w['delay_ms_p50']:.1f} / {w['delay_ms_p99']:.1f}"),
-            (
-                "publish -> receipt p50 / p99, complete (ms)",
-                f"{w['terminal_delay_ms_p50']:.1f} / {w['terminal_delay_ms_p99']:.1f}",
-            ),
-            (
-                "complete publish -> end receipt p50 / p99 (ms)",
-                f"{w['end_delay_ms_p50']:.1f} / {w['end_delay_ms_p99']:.1f}",
-            ),
-            (
-                f"/health during the connect burst p50 / p99 / max (ms, {w['health_during_connect_samples']} samples)",
-                f"{w['health_during_connect_ms_p50']:.1f} / {w['health_during_connect_ms_p99']:.1f}"
-                f" / {w['health_during_connect_ms_max']:.1f}",
-            ),
-            (
-                "server RSS before / connected / peak / after (MB)",
-                f"{w['server_rss_mb_before']:.0f} / {w['server_rss_mb_connected']:.0f} / {w['server_rss_mb_peak']:.0f}"
-                f" / {w['server_rss_mb_after']:.0f}",
-            ),
-            ("RSS growth at peak / after (MB)", f"{w['rss_growth_mb_peak']:.1f} / {w['rss_growth_mb_after']:.1f}"),
-        ]
-        for name, value in rows:
+        for name, value in fan_out_rows(w):
             print(f"| {name} | {value} |")
+    print(f"\nload average: {result['load_average_start']} at start, {result['load_average_end']} at end")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--watch-steps", dest="watch_steps", type=int, default=10)
     parser.add_argument("--client-processes", dest="client_processes", type=int, default=4,
                         help="processes the watchers' clients run in")
+    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite", help="the server's job store")
     parser.add_argument("--skip", choices=("compare", "watchers"), action="append", default=[])
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "service.json"))
     args = parser.parse_args(argv)
@@ -414,13 +292,14 @@ def main(argv: list[str] | None = None) -> int:
         # every barrier and single runs vary tenfold (seen here: 0.3 s jobs taking 5-50 s), which
         # swamps a 2 % target. Both sides get the same count, so the ratio stays fair.
         args.threads = 1 if args.device == "cpu" else 0
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.watchers + 256)), hard))
+    raise_fd_limit(args.watchers)
 
     result: dict[str, Any] = {
         "config": {k: v for k, v in vars(args).items() if k not in ("json", "skip")},
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "load_average_start": load_average(),
     }
+    print(f"load average at start: {result['load_average_start']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="sdworker-bench-") as tmp:
         workdir = Path(tmp)
         model = prepare_model(args.arch, workdir, args.seed)
@@ -432,19 +311,20 @@ def main(argv: list[str] | None = None) -> int:
             if "compare" not in args.skip:
                 result["http_vs_direct"] = asyncio.run(compare_http_and_direct(url, model, args))
             if "watchers" not in args.skip:
-                result["watchers"] = asyncio.run(many_watchers(url, port, server.pid, args))
+                try:
+                    result["watchers"] = asyncio.run(many_watchers(url, server.pid, args))
+                except Exception as exc:  # an error row, and the comparison above is still printed
+                    result["watchers"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         finally:
             server.send_signal(signal.SIGTERM)
             try:
                 server.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 server.kill()
+    result["load_average_end"] = load_average()
     print_table(result)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {out}")
-    return 0
+    write_json(Path(args.json), result)
+    return 1 if "error" in result.get("watchers", {}) else 0
 
 
 if __name__ == "__main__":

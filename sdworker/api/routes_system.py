@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections import deque
 from dataclasses import asdict
 from importlib import resources
 from typing import Any
@@ -35,13 +37,23 @@ class HealthFirst:
     """``GET /health`` answered inside the edge guard (Host and Origin checks hold) but before the
     keys, the body limit's reader and the router, with the same body as the route above (which stays for the OpenAPI
     description). Liveness is a probe that must not wait behind a thousand streams being set up:
-    this answer is two sends with nothing awaited before them."""
+    this answer is two sends with nothing awaited before them.
 
-    def __init__(self, app: ASGIApp) -> None:
+    Answering early is not enough when a burst arrives: the event loop runs, in one turn, every
+    request whose bytes came in together, and 1,000 stream set-ups (keys, routing, subscribe, first
+    frames: about a millisecond each) made one turn of a second, which a ``/health`` arriving then
+    waited out. So every other request passes ``SetupPacer`` first: at most ``per_turn`` of them go
+    on in one turn of the loop, the rest wait their turn in arrival order. A turn stays short, and a
+    probe is answered within a turn or two whatever the burst. Out of a burst nothing waits."""
+
+    def __init__(self, app: ASGIApp, per_turn: int = 16) -> None:
         self.app = app
+        self.pacer = SetupPacer(per_turn)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/health" or scope["method"] not in ("GET", "HEAD"):
+            if scope["type"] == "http":
+                await self.pacer.turn()
             await self.app(scope, receive, send)
             return
         body = json.dumps({"status": "healthy", "timestamp": iso(time.time())}, separators=(",", ":")).encode()
@@ -49,6 +61,44 @@ class HealthFirst:
                    (b"cache-control", b"no-store")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+
+class SetupPacer:
+    """Lets at most ``per_turn`` callers of ``turn`` go on per turn of the event loop; the others wait,
+    first come first served. A turn ends when the loop has run the callbacks it had at its start:
+    ``_next_turn``, queued with ``call_soon``, runs in the next one and lets the next few go."""
+
+    def __init__(self, per_turn: int) -> None:
+        self.per_turn = per_turn
+        self._started = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._turn_queued = False
+
+    async def turn(self) -> None:
+        if self._started < self.per_turn and not self._waiting:
+            self._started += 1
+            self._queue_next_turn()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        self._queue_next_turn()
+        await waiter  # a caller cancelled meanwhile (its client left) is skipped by _next_turn
+
+    def _queue_next_turn(self) -> None:
+        if not self._turn_queued:
+            self._turn_queued = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._turn_queued = False
+        self._started = 0
+        while self._waiting and self._started < self.per_turn:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._started += 1
+        if self._waiting or self._started:
+            self._queue_next_turn()
 
 
 class Readiness(BaseModel):

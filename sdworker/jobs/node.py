@@ -76,7 +76,7 @@ class Node:
         Why: a full collection walks every tracked object, and with these libraries loaded it took
         1.2 s on this project's CPU, during which the event loop answers nothing; a burst of a
         thousand stream connections allocates enough to trigger one, and ``/health`` took 1.7-2.5 s
-        (bench/fanout.py). Those objects live as long as the process, so the collector gains nothing
+        (bench/service.py, bench/scale.py). Those objects live as long as the process, so the collector gains nothing
         by walking them again. Called by the command line only: a test process that builds many apps
         should keep collecting them."""
         runner = self.runner

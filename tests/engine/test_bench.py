@@ -71,14 +71,15 @@ def test_previews_bench_smoke(tmp_path: Path) -> None:
 
 def test_service_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "service.json"
-    argv = ["--size", "64", "--steps", "2", "--rounds", "1", "--warmups", "0", "--watchers", "20"]
+    argv = ["--size", "64", "--steps", "2", "--rounds", "1", "--warmups", "0", "--watchers", "20",
+            "--client-processes", "2"]
     assert load_bench("service").main([*argv, "--watch-steps", "3", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     compare = result["http_vs_direct"]
     assert len(compare["direct_seconds"]) == len(compare["http_seconds"]) == 1 and compare["ratio"] > 0
     watchers = result["watchers"]
     assert watchers["job_status"] == "completed" and watchers["watcher_errors"] == 0
-    assert watchers["watchers_with_every_terminal_event"] == 20
+    assert watchers["complete_then_end"] == 20 and watchers["health_samples"] > 0
     assert len(watchers["terminal_event_ids"]) == 1  # every watcher saw the same complete event
 
 

@@ -218,9 +218,16 @@ class StreamHub:
         previous = self._advertised.get(job_id)
         if previous is not None and (previous > 0) == (count > 0):
             return
-        keys = [self._keys.watchers(job_id), self._keys.job(job_id)]
-        await self._watch(keys=keys, args=[self._node_id, count, WATCH_TTL_SECONDS, self._keys.prefix, job_id])
+        # Recorded before the write, so the watchers that subscribe while it is in flight do not each
+        # send one too (a thousand at once did); forgotten if it fails, so the next one sends it.
         self._advertised[job_id] = count
+        keys = [self._keys.watchers(job_id), self._keys.job(job_id)]
+        try:
+            await self._watch(keys=keys, args=[self._node_id, count, WATCH_TTL_SECONDS, self._keys.prefix, job_id])
+        except BaseException:
+            if self._advertised.get(job_id) == count:
+                self._advertised.pop(job_id, None)
+            raise
 
     async def _withdraw(self, job_id: str) -> None:
         if self._advertised.pop(job_id, None) is not None:

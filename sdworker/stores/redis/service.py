@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -33,7 +34,7 @@ from sdworker.domain.families import family_facts
 from sdworker.domain.parameters import model_label
 from sdworker.domain.prompt_length import PromptTokenizer, TokenCounter, check_counts, counted_texts
 from sdworker.domain.request import GenerationRequest
-from sdworker.errors import InvalidRequest, JobNotFinished, JobNotFound, NotReady, QueueFull
+from sdworker.errors import InvalidRequest, JobNotFinished, JobNotFound, NotReady, QueueFull, SdworkerError
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import ends_stream, stream_closing
 from sdworker.jobs.deadlines import DEADLINE_MESSAGE
@@ -162,6 +163,7 @@ class RedisJobService:
         self._hub = StreamHub(self._redis, self._reader, self._keys, self.bus, self.node_id, self.results)
         self._prompt_counters = PromptCounters(self._redis, self._keys)
         self._stream_owners: dict[str, str | None] = {}
+        self._owner_reads: dict[str, asyncio.Future[list[Any]]] = {}  # job -> the owner read in flight
         self._submit = self._redis.register_script(scripts.SUBMIT)
         self._deadline = self._redis.register_script(scripts.DEADLINE)
         self._deadline_task: asyncio.Task[None] | None = None
@@ -222,7 +224,72 @@ class RedisJobService:
         return await self._submit_once(draft, owner, key, tries - 1)
 
     async def _submit_new(self, draft: JobDraft, owner: str | None, job_id: str) -> JobView:
-        fleet = await self.fleet(fresh=True)
+        # The fleet as read at most FLEET_CACHE_SECONDS ago: a submit costs one round trip to Redis
+        # (the SUBMIT script), not two, and no re-parse of every worker's registration. It may accept
+        # on a slightly old view (the script still refuses a full queue atomically), but it never
+        # refuses on one: a refusal is checked again against the fleet as Redis has it now.
+        fleet, fresh = await self._fleet_for_submit()
+        try:
+            model = self._place(draft, fleet)
+        except SdworkerError:
+            if fresh:
+                raise
+            fleet, fresh = await self.fleet(fresh=True), True
+            model = self._place(draft, fleet)
+        if fleet.library:  # the prompt counted as the model's worker counts it (its registered tokenizer)
+            await self._call(self._prompt_counters.check(draft.request, _library_entry(model, fleet)))
+        quota = await self._check_quota(draft, owner)
+        check = functools.partial(
+            check_inputs, draft.request, max_pixels=self._settings.max_pixels, default_size=_native_size(model, fleet),
+            defaults=_defaults(model, fleet),
+        )
+        # Decoding images takes milliseconds to seconds and goes to a thread; a request without any is
+        # checked here (a thread hop would cost more than the check, and under load the handover of
+        # the GIL to the pool thread and back was the largest part of a submit's time).
+        checked = await asyncio.to_thread(check) if _decodes_images(draft.request) else check()
+        try:
+            _check_worker_limits(checked, model, fleet)
+        except InvalidRequest:
+            if fresh:
+                raise
+            fleet = await self.fleet(fresh=True)
+            _check_worker_limits(checked, model, fleet)
+        spec = build_spec(draft, checked, job_id=job_id, created_at=time.time(), owner=owner, model=model,
+                          entry=_library_entry(model, fleet))
+        await self._take_rate(quota, owner, job_id)
+        if owner is not None and quota is not None and quota.max_queued is not None:
+            await self._call(self._redis.zadd(self._keys.owner_queued(owner), {job_id: spec.created_at}))
+        if spec.webhook is not None:
+            await self._call(self._webhooks.watch(job_id, spec.created_at))  # before the job: never missed
+        if spec.deadline_at is not None:
+            # Before the job exists: an entry whose submit then fails finds no job and is dropped.
+            await self._call(self._redis.zadd(self._keys.deadlines, {job_id: spec.deadline_at}))
+        position = await self._call(
+            self._submit(
+                keys=[
+                    self._keys.job(job_id),
+                    self._keys.events(job_id),
+                    self._keys.queued,
+                    self._keys.queued_model(model),
+                    self._keys.queue(model),
+                    self._keys.jobs,
+                    self._keys.models,
+                ],
+                args=[job_id, json.dumps(spec.to_dict()), owner or "", model, spec.created_at,
+                      self._settings.max_queue, spec.request.num_inference_steps, EVENTS_MAXLEN,
+                      self._settings.max_results, batch_key_text(spec.request), spec.priority],
+            )
+        )
+        if int(position) < 0:
+            raise self._queue_full()
+        await self._durable()
+        self._metrics.jobs_submitted.inc()
+        total = spec.request.num_inference_steps or 0  # settled by check_inputs
+        return JobView(spec=spec, status=JobStatus.QUEUED, total=total, queue_position=int(position))
+
+    def _place(self, draft: JobDraft, fleet: FleetInfo) -> str:
+        """The queue (model) a job goes to on ``fleet``, after the checks that need the fleet: the
+        model is served (or expected), the job fits its engine, family and LoRAs, the queue has room."""
         served: dict[str, str] = {}
         engines: dict[str, EngineInfo] = {}
         worker_models: set[str] = set()
@@ -259,49 +326,17 @@ class RedisJobService:
             served_model = _library_entry(model, fleet)
             check_lora_names(draft, fleet.loras, served_model.family if served_model else None)
             check_family_rules(draft, served_model)
-            await self._call(self._prompt_counters.check(draft.request, served_model))
             check_guidance_names(draft.request, controlnets=fleet.controlnets, ip_adapters=fleet.ip_adapters,
                                  upscalers=fleet.upscalers)
         if fleet.queue_depth >= self._settings.max_queue:
             raise self._queue_full()
-        quota = await self._check_quota(draft, owner)
-        checked = await asyncio.to_thread(
-            check_inputs, draft.request, max_pixels=self._settings.max_pixels, default_size=_native_size(model, fleet),
-            defaults=_defaults(model, fleet),
-        )
-        _check_worker_limits(checked, model, fleet)
-        spec = build_spec(draft, checked, job_id=job_id, created_at=time.time(), owner=owner, model=model,
-                          entry=_library_entry(model, fleet))
-        await self._take_rate(quota, owner, job_id)
-        if owner is not None and quota is not None and quota.max_queued is not None:
-            await self._call(self._redis.zadd(self._keys.owner_queued(owner), {job_id: spec.created_at}))
-        if spec.webhook is not None:
-            await self._call(self._webhooks.watch(job_id, spec.created_at))  # before the job: never missed
-        if spec.deadline_at is not None:
-            # Before the job exists: an entry whose submit then fails finds no job and is dropped.
-            await self._call(self._redis.zadd(self._keys.deadlines, {job_id: spec.deadline_at}))
-        position = await self._call(
-            self._submit(
-                keys=[
-                    self._keys.job(job_id),
-                    self._keys.events(job_id),
-                    self._keys.queued,
-                    self._keys.queued_model(model),
-                    self._keys.queue(model),
-                    self._keys.jobs,
-                    self._keys.models,
-                ],
-                args=[job_id, json.dumps(spec.to_dict()), owner or "", model, spec.created_at,
-                      self._settings.max_queue, spec.request.num_inference_steps, EVENTS_MAXLEN,
-                      self._settings.max_results, batch_key_text(spec.request), spec.priority],
-            )
-        )
-        if int(position) < 0:
-            raise self._queue_full()
-        await self._durable()
-        self._metrics.jobs_submitted.inc()
-        total = spec.request.num_inference_steps or 0  # settled by check_inputs
-        return JobView(spec=spec, status=JobStatus.QUEUED, total=total, queue_position=int(position))
+        return model
+
+    async def _fleet_for_submit(self) -> tuple[FleetInfo, bool]:
+        """The cached fleet while it is young enough, else a fresh read; and whether it is fresh."""
+        if self._fleet is not None and time.monotonic() - self._fleet[0] < FLEET_CACHE_SECONDS:
+            return self._fleet[1], False
+        return await self.fleet(fresh=True), True
 
     async def get(self, job_id: str, *, owner: str | None = None) -> JobView:
         fields = await self._call(self._redis.hgetall(self._keys.job(job_id)))
@@ -332,7 +367,7 @@ class RedisJobService:
             if owner is not None and self._stream_owners[job_id] != owner:
                 raise JobNotFound(f"no job {job_id!r} (unknown, or its result expired)", field="job_id")
         else:
-            stored_owner = await self._owned(job_id, owner)
+            stored_owner = await self._owned(job_id, owner, shared=True)
             self._stream_owners[job_id] = stored_owner
             while len(self._stream_owners) > STREAM_OWNERS_KEPT:
                 self._stream_owners.pop(next(iter(self._stream_owners)))
@@ -616,9 +651,22 @@ class RedisJobService:
             retry_after_seconds=self.retry_after_seconds(),
         )
 
-    async def _owned(self, job_id: str, owner: str | None) -> str | None:
-        """The job's owner, after checking the job exists and ``owner`` (if given) is it."""
-        stored = await self._call(self._redis.hmget(self._keys.job(job_id), ["state", "owner"]))
+    async def _owned(self, job_id: str, owner: str | None, *, shared: bool = False) -> str | None:
+        """The job's owner, after checking the job exists and ``owner`` (if given) is it.
+
+        ``shared``: callers asking about one job at once share one read. A thousand watchers that
+        connect together all arrive before the job's channel is open; each reading on its own put a
+        thousand commands in front of the node's few pooled connections, and under load the last
+        waited past the pool's timeout and got a 503."""
+        if not shared:
+            stored = await self._call(self._redis.hmget(self._keys.job(job_id), ["state", "owner"]))
+        else:
+            read = self._owner_reads.get(job_id)
+            if read is None:
+                read = asyncio.ensure_future(self._call(self._redis.hmget(self._keys.job(job_id), ["state", "owner"])))
+                self._owner_reads[job_id] = read
+                read.add_done_callback(lambda _: self._owner_reads.pop(job_id, None))
+            stored = await asyncio.shield(read)
         if stored[0] is None or (owner is not None and text(stored[1]) != owner):
             raise JobNotFound(f"no job {job_id!r} (unknown, or its result expired)", field="job_id")
         return text(stored[1])
@@ -813,6 +861,12 @@ class Registration:
 
 def _registrations(fleet: FleetInfo) -> tuple[Registration, ...]:
     return tuple(fleet.extra.get("registered", ()))  # type: ignore[arg-type]
+
+
+def _decodes_images(request: GenerationRequest) -> bool:
+    """Whether ``check_inputs`` decodes an image for ``request`` (what makes it slow)."""
+    return bool(request.init_image or request.mask_image or request.reference_images or request.controlnet
+                or (request.ip_adapter is not None and request.ip_adapter.images))
 
 
 def _check_worker_limits(request: GenerationRequest, model: str, fleet: FleetInfo) -> None:
