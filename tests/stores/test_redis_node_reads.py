@@ -6,8 +6,11 @@ view. Behaviour, not time: the counts are Redis's own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -25,6 +28,35 @@ from tests.redis_server import RedisServer
 
 WATCHERS = 200
 SUBMITS = 20
+
+
+@contextlib.contextmanager
+def monitored(url: str) -> Iterator[list[list[str]]]:
+    """Every command Redis runs while the block runs (MONITOR, read on a thread), as [NAME, args...];
+    commands a Lua script issues are included, marked by MONITOR and kept the same way."""
+    commands: list[list[str]] = []
+    stop = threading.Event()
+    started = threading.Event()
+
+    def read() -> None:
+        with redis.Redis.from_url(url).monitor() as monitor:
+            started.set()
+            for entry in monitor.listen():
+                if stop.is_set():
+                    return
+                words = entry["command"].split()
+                commands.append([words[0].upper(), *words[1:]] if words else [])
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    started.wait(5)
+    time.sleep(0.1)  # MONITOR is registered once the thread is in listen()
+    try:
+        yield commands
+    finally:
+        stop.set()
+        redis.Redis.from_url(url).ping()  # wakes the reader, which then stops
+        reader.join(5)
 
 
 def draft(model: str | None = None) -> JobDraft:
@@ -84,15 +116,25 @@ async def test_a_submit_reuses_a_young_fleet_but_never_refuses_on_it(
     node: tuple[RedisJobService, Settings], own_redis: RedisServer
 ) -> None:
     service, settings = node
-    await service.submit(draft())  # reads the fleet (and loads the script)
-    client = redis.Redis.from_url(own_redis.url)
-    client.config_resetstat()
-    for _ in range(SUBMITS):
-        await service.submit(draft())
-    seen = counts(client)
-    # The fleet read is two HGETALLs; once per submit that was 2 x SUBMITS. The node's background
-    # sweep (once a second) reads its own, hence a little slack.
-    assert seen.get("hgetall", 0) <= 6, seen
+    worker = RedisJobSource(settings, metrics=ServiceMetrics())  # a ready worker: the old view is trusted
+    await worker.set_engine(FakeEngine().info, state="ready")
+    worker.stop_claiming()
+    try:
+        await service.submit(draft())  # reads the fleet (and loads the script)
+        client = redis.Redis.from_url(own_redis.url)
+        client.config_resetstat()
+        with monitored(own_redis.url) as commands:
+            for _ in range(SUBMITS):
+                await service.submit(draft())
+        seen = counts(client)
+    finally:
+        await worker.close()
+    # The fleet read is an HGETALL of the workers hash (and of the registrations); once per submit
+    # that was SUBMITS of each. The node's background sweep (once a second) reads its own, hence a
+    # little slack. Counted by key from MONITOR: the SUBMIT script's own HGETALL (of an owner count,
+    # for the queue position) is another key.
+    fleet_reads = [c for c in commands if c[:2] == ["HGETALL", f"{settings.redis_prefix}:workers"]]
+    assert len(fleet_reads) <= 3, commands
     assert seen["evalsha"] == SUBMITS, seen
     # A model nobody served a moment ago is taken as soon as a worker registers it: the refusal the
     # cached fleet would give is checked against the fleet as Redis has it now.

@@ -236,6 +236,12 @@ class RedisJobService:
                 raise
             fleet, fresh = await self.fleet(fresh=True), True
             model = self._place(draft, fleet)
+        if not fresh and (_decodes_images(draft.request) or not _ready_for(model, fleet)):
+            # The old view is trusted only to accept a job that a ready worker can take and that costs
+            # nothing to check: a worker just failed (503) or a queue just filled (429, before images
+            # are decoded) is seen as Redis has it now.
+            fleet, fresh = await self.fleet(fresh=True), True
+            model = self._place(draft, fleet)
         if fleet.library:  # the prompt counted as the model's worker counts it (its registered tokenizer)
             await self._call(self._prompt_counters.check(draft.request, _library_entry(model, fleet)))
         quota = await self._check_quota(draft, owner)
@@ -861,6 +867,18 @@ class Registration:
 
 def _registrations(fleet: FleetInfo) -> tuple[Registration, ...]:
     return tuple(fleet.extra.get("registered", ()))  # type: ignore[arg-type]
+
+
+def _ready_for(model: str, fleet: FleetInfo) -> bool:
+    """Whether a worker of ``fleet`` that is ready or busy serves ``model`` (its own or its library's)."""
+    libraries = _libraries(fleet)
+    for worker in fleet.workers:
+        if worker.status in ("ready", "busy"):
+            names = {worker.model, model_label(worker.model)}
+            names.update(entry.name for entry in libraries.get(worker.id, ((), ()))[0])
+            if model in names:
+                return True
+    return False
 
 
 def _decodes_images(request: GenerationRequest) -> bool:
