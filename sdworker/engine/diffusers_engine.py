@@ -250,7 +250,7 @@ class DiffusersEngine:
             facts.check_size(request.width, request.height)
         facts.check_scheduler(request.scheduler)
         check_cache_family(request.cache, entry.family, facts.label, entry.name)
-        facts.check_operation(request.operation.value, entry.name)
+        facts.check_operation(request.operation.value, entry.name, entry.variant)
         check_edit_model(request, entry.family, entry.variant, entry.name)
         if request.operation is Operation.UPSCALE and request.upscaler:
             check_upscaler(self.upscalers, request.upscaler)

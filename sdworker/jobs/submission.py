@@ -117,7 +117,7 @@ def check_family_rules(draft: JobDraft, entry: ModelInfo | None) -> None:
     facts.check_size(draft.request.width, draft.request.height)
     facts.check_scheduler(draft.request.scheduler)
     check_cache_family(draft.request.cache, entry.family, facts.label, entry.name)
-    facts.check_operation(draft.request.operation.value, entry.name)
+    facts.check_operation(draft.request.operation.value, entry.name, entry.variant)
     check_inpainting_model(draft.request, entry.variant, entry.name)
 
 

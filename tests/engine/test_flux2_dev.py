@@ -92,6 +92,9 @@ def test_operations_without_a_dev_pipeline_are_refused_naming_the_model(
     request = GenerationRequest("a cat", operation=operation, init_image=as_init(init_image()), mask_image=mask,
                                 strength=0.5, seed=1, model=DEV, **CALL)
     with pytest.raises(InvalidRequest, match=DEV) as caught:
+        engine.validate_request(request)  # at submit, before the job is queued
+    assert caught.value.field == "operation"
+    with pytest.raises(InvalidRequest, match=DEV) as caught:
         engine.generate(request)
     assert caught.value.field == "operation"
 

@@ -84,6 +84,8 @@ class FamilyFacts:
     latent: LatentSpace
     pipelines: dict[str, str] = field(default_factory=dict)  # operation wire name -> diffusers class
     index_classes: tuple[str, ...] = ()  # model_index.json _class_name values that mean this family
+    # variant -> operations (wire names) of ``pipelines`` that variant has no pipeline for (FLUX.2 dev: inpaint)
+    variant_lacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def defaults_for(self, variant: str = "") -> Defaults:
         return self.defaults.get(variant, self.defaults[""])
@@ -105,10 +107,12 @@ class FamilyFacts:
         """The compat doors' rule: round down to the family's multiple (at least one multiple)."""
         return max(self.size_multiple, value - value % self.size_multiple)
 
-    def check_operation(self, operation: str, model: str) -> None:
-        """A job whose operation (wire name) the family has no diffusers pipeline for is a 4xx at submit,
-        naming the model and the operation (FLUX.2 has no image-to-image pipeline)."""
-        if not self.pipelines or operation in self.pipelines or operation == "image_upscale":
+    def check_operation(self, operation: str, model: str, variant: str = "") -> None:
+        """A job whose operation (wire name) the family (or the model's variant) has no diffusers pipeline
+        for is a 4xx at submit, naming the model and the operation (FLUX.2 has no image-to-image
+        pipeline, FLUX.2 dev no inpainting one)."""
+        lacking = operation in self.variant_lacks.get(variant, ())
+        if not lacking and (not self.pipelines or operation in self.pipelines or operation == "image_upscale"):
             return  # an upscale job runs no diffusion pipeline; an edit job's model is checked by domain.edit
         raise InvalidRequest(
             f"operation: model {model!r} ({self.label}) cannot run {operation}: diffusers has no "

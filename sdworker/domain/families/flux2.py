@@ -65,4 +65,5 @@ FACTS = FamilyFacts(
         "image_edit": "Flux2KleinPipeline",  # the same pipeline with reference images (``domain.edit``)
     },
     index_classes=("Flux2Pipeline", "Flux2KleinPipeline", "Flux2KleinInpaintPipeline"),
+    variant_lacks={"dev": ("image_inpaint",)},  # Flux2KleinInpaintPipeline is klein's; dev has none
 )
