@@ -197,8 +197,6 @@ class Sd3Batch(FlowBatch):
 
     def before_loop(self, pipe: Any, request: GenerationRequest, kwargs: dict[str, Any],
                     scheduler: Any) -> tuple[dict[str, Any], torch.Tensor]:
-        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
-
         assert request.width is not None and request.height is not None and request.num_inference_steps is not None
         device = pipe._execution_device
         cfg = float(kwargs["guidance_scale"]) > 1  # the pipeline's do_classifier_free_guidance
@@ -209,12 +207,9 @@ class Sd3Batch(FlowBatch):
         latents = pipe.prepare_latents(request.num_images, pipe.transformer.config.in_channels, request.height,
                                        request.width, embeds.dtype, device, _generator(kwargs))
         extra: dict[str, Any] = {}
-        if scheduler.config.get("use_dynamic_shifting", None):
+        if scheduler.config.get("use_dynamic_shifting", None):  # SD3's calculate_shift is FLUX's, max 1.16
             patch = pipe.transformer.config.patch_size
-            config = scheduler.config
-            extra["mu"] = calculate_shift((latents.shape[2] // patch) * (latents.shape[3] // patch),
-                                          config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
-                                          config.get("base_shift", 0.5), config.get("max_shift", 1.16))
+            extra["mu"] = _shift(scheduler, (latents.shape[2] // patch) * (latents.shape[3] // patch), max_shift=1.16)
         _timesteps(scheduler, request.num_inference_steps, device, sigmas=None, **extra)
         rows = (torch.cat([negative, embeds]), torch.cat([negative_pooled, pooled])) if cfg else (embeds, pooled)
         return {"cfg": cfg, "embeds": rows[0], "pooled": rows[1], "guidance": float(kwargs["guidance_scale"])}, latents
