@@ -83,7 +83,7 @@ def fill(client: redis.Redis, keys: Keys, model: str, queued: int, owners: int) 
             submit(keys=[keys.job(job_id), keys.events(job_id), keys.queued, keys.queued_model(model),
                          keys.queue(model), keys.jobs, keys.models],
                    args=[job_id, json.dumps(spec.to_dict()), spec.owner, model, spec.created_at, queued + 10, 2,
-                         4096, 0, batch_key_text(request), priority], client=pipe)
+                         4096, 0, batch_key_text(request), priority, "", 0], client=pipe)
             ids.append(job_id)
         pipe.execute()
     return ids

@@ -33,14 +33,12 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Collection
-from dataclasses import replace
 from typing import Any
 
 from sdworker.domain.batch_plan import batch_key
 from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
 from sdworker.domain.control import CancelToken
 from sdworker.domain.parameters import model_label
-from sdworker.domain.request import InputImage
 from sdworker.errors import JobNotFinished, JobNotFound, NotReady
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import (
@@ -73,6 +71,7 @@ from sdworker.jobs.submission import (
     check_against_library,
     resolve_model,
 )
+from sdworker.jobs.transitions import Action, Effect, Transition, rule, without_inputs
 from sdworker.settings import Settings
 from sdworker.webhooks.targets import check_target
 
@@ -265,24 +264,13 @@ class LocalJobService:
 
     async def cancel(self, job_id: str, *, owner: str | None = None) -> JobView:
         record = self._record(job_id, owner)
-        if record.status is JobStatus.QUEUED:
-            # Also when the runner's claim has taken it off the queue but not started it yet: the
-            # start looks at the status and skips a job that is no longer queued.
-            self._queue.remove(job_id)
-            self._finish(record, JobStatus.CANCELLED, CANCELLED, "the job was cancelled")
-            self._publish_positions()
-        elif record.status is JobStatus.RUNNING:
-            record.control.cancel()
-            record.status = JobStatus.CANCELLING
-            self.store.save(record)
+        self._control(record, Action.CLIENT_CANCEL, CANCELLED, "the job was cancelled")
         return self._view(record)
 
     async def interrupt(self, job_id: str, *, owner: str | None = None) -> JobView:
         record = self._record(job_id, owner)
-        if record.status is JobStatus.RUNNING:
-            record.control.interrupt()
-            return self._view(record)
-        return await self.cancel(job_id, owner=owner)
+        self._control(record, Action.INTERRUPT, CANCELLED, "the job was cancelled")
+        return self._view(record)
 
     async def open_stream(self, job_id: str, after: int = 0, *, owner: str | None = None) -> Subscription | None:
         self._record(job_id, owner)
@@ -512,9 +500,10 @@ class LocalJobService:
 
     def _start(self, job_id: str) -> JobRecord | None:
         record = self._store.get(job_id)
-        if record is None or record.status is not JobStatus.QUEUED:
+        # Only a job still queued starts: a cancel between the queue's pop and this start wins.
+        if record is None or (claimed := rule(record.status, Action.CLAIM)) is None:
             return None
-        record.status = JobStatus.RUNNING
+        record.status = claimed.to
         record.attempt += 1
         record.started_at = self._clock()
         self.store.save(record)
@@ -527,7 +516,7 @@ class LocalJobService:
 
     def _record_event(self, event: JobEvent) -> None:
         record = self._store.get(event.job_id)
-        if record is None or record.status not in (JobStatus.RUNNING, JobStatus.CANCELLING):
+        if record is None or rule(record.status, Action.PUBLISH) is None:
             return
         if isinstance(event, StepProgressed | PreviewReady):
             record.step = max(record.step, event.step)
@@ -542,12 +531,13 @@ class LocalJobService:
         self, record: JobRecord, images: tuple[bytes, ...], refs: tuple[str, ...], seeds: tuple[int, ...],
         width: int, height: int,
     ) -> bool:
-        if record.status.finished or self._store.get(record.job_id) is not record:
+        completed = rule(record.status, Action.COMPLETE)
+        if completed is None or self._store.get(record.job_id) is not record:
             return False
-        if record.status is JobStatus.CANCELLING:
+        if completed.to is not JobStatus.COMPLETED:
             # Cancelled after the runner's last look at its token (same loop turn as the answer
             # "cancelling" the caller got): the cancel wins.
-            self._fail(record, CANCELLED, "the job was cancelled", cancelled=True)
+            self._end(record, completed, CANCELLED, "the job was cancelled")
             return False
         record.image_sizes = tuple(len(png) for png in images)
         self.store.save_images(record, refs, record.image_sizes)
@@ -560,24 +550,50 @@ class LocalJobService:
         return True
 
     def _fail(self, record: JobRecord, code: str, message: str, *, cancelled: bool) -> bool:
-        if record.status.finished:
+        ended = rule(record.status, Action.CANCEL if cancelled else Action.FAIL)
+        if ended is None:
             return False
-        status = JobStatus.CANCELLED if cancelled else JobStatus.FAILED
-        if cancelled and record.cancel_code == DEADLINE_EXCEEDED:
-            code, message = DEADLINE_EXCEEDED, DEADLINE_MESSAGE
-        elif cancelled and not self._accepting:
-            code, message = SHUTTING_DOWN, "the server is shutting down; the job was cancelled"
-        self._finish(record, status, code, message)
+        self._end(record, ended, code, message)
         return True
 
+    def _end(self, record: JobRecord, transition: Transition, code: str, message: str) -> None:
+        """Into a terminal state the table chose (not ``completed``: that has its images, ``_complete``)."""
+        if transition.to is JobStatus.CANCELLED and record.cancel_code == DEADLINE_EXCEEDED:
+            code, message = DEADLINE_EXCEEDED, DEADLINE_MESSAGE
+        elif transition.to is JobStatus.CANCELLED and not self._accepting:
+            code, message = SHUTTING_DOWN, "the server is shutting down; the job was cancelled"
+        self._finish(record, transition.to, code, message)
+
+    def _control(self, record: JobRecord, action: Action, code: str, message: str) -> None:
+        """A cancel, an interrupt or a deadline asked of the job: the table says whether it ends now
+        (queued) or the runner is told to stop (its token; the step callback looks at each step)."""
+        transition = rule(record.status, action)
+        if transition is None:
+            return
+        if Effect.FINISH in transition.effects:
+            # Also when the runner's claim has taken it off the queue but not started it yet: the
+            # start looks at the status and skips a job that is no longer queued.
+            self._queue.remove(record.job_id)
+            self._finish(record, transition.to, code, message)
+            self._publish_positions()
+            return
+        if Effect.SIGNAL_CANCEL in transition.effects:
+            record.control.cancel()
+        if Effect.SIGNAL_INTERRUPT in transition.effects:
+            record.control.interrupt()
+        if transition.to is not record.status:
+            record.status = transition.to
+            self.store.save(record)
+
     def _hand_back(self, record: JobRecord) -> None:
-        if record.status.finished:
+        released = rule(record.status, Action.RELEASE)
+        if released is None:
             return
-        if record.status is JobStatus.CANCELLING:
+        if released.to is not JobStatus.QUEUED:
             # The cancel was asked of the attempt now handed back: honour it, or nobody ever would.
-            self._fail(record, CANCELLED, "the job was cancelled", cancelled=True)
+            self._end(record, released, CANCELLED, "the job was cancelled")
             return
-        record.status = JobStatus.QUEUED
+        record.status = released.to
         record.attempt -= 1  # a hand-back is not an attempt
         record.control = CancelToken()
         record.step = 0
@@ -588,15 +604,7 @@ class LocalJobService:
     def _finish(self, record: JobRecord, status: JobStatus, code: str | None, message: str | None) -> None:
         record.status = status
         record.finished_at = self._clock()
-        # The input images (up to max_body_bytes each) are not needed once the job has run.
-        request = record.spec.request
-        units = tuple(replace(unit, image=InputImage(b"", unit.image.field)) for unit in request.controlnet)
-        references = tuple(InputImage(b"", image.field) for image in request.reference_images)  # kept: how many
-        ip_adapter = request.ip_adapter
-        if ip_adapter is not None:
-            ip_adapter = replace(ip_adapter, images=tuple(InputImage(b"", image.field) for image in ip_adapter.images))
-        record.spec = replace(record.spec, request=replace(request, init_image=None, mask_image=None, controlnet=units,
-                                                           reference_images=references, ip_adapter=ip_adapter))
+        record.spec = without_inputs(record.spec)
         record.error_code, record.error_message = code, message
         self.store.save(record, durable=True)
         self._metrics.jobs_finished.labels(outcome=status.value).inc()
@@ -641,17 +649,10 @@ class LocalJobService:
         (the step callback stops the pipeline at its next step) and ends ``deadline_exceeded``."""
         self._deadline_timers.pop(job_id, None)
         record = self._store.get(job_id)
-        if record is None or record.status.finished:
+        if record is None or rule(record.status, Action.DEADLINE) is None:
             return
         record.cancel_code = DEADLINE_EXCEEDED
-        if record.status is JobStatus.QUEUED:
-            self._queue.remove(job_id)
-            self._finish(record, JobStatus.CANCELLED, DEADLINE_EXCEEDED, DEADLINE_MESSAGE)
-            self._publish_positions()
-        elif record.status is JobStatus.RUNNING:
-            record.control.cancel()
-            record.status = JobStatus.CANCELLING
-            self.store.save(record)
+        self._control(record, Action.DEADLINE, DEADLINE_EXCEEDED, DEADLINE_MESSAGE)
 
     def _enforce_deadlines(self) -> None:
         now = self._clock()
@@ -718,14 +719,19 @@ class LocalJobService:
                 self.bus.accept(event)
             if record.status is JobStatus.QUEUED:
                 queued.append(record.spec)
-            elif record.status is JobStatus.CANCELLING:
-                self._fail(record, CANCELLED, "the job was cancelled", cancelled=True)
-            elif record.attempt >= self._settings.max_attempts:
-                self._fail(record, "worker_lost",
-                           f"the server stopped while the job ran, {record.attempt} times; it is not tried again",
-                           cancelled=False)
+                continue
+            # It was running (or being cancelled) when the process stopped: lost with its worker.
+            action = Action.DEAD_LETTER if record.attempt >= self._settings.max_attempts else Action.LOST
+            lost = rule(record.status, action)
+            if lost is None:
+                continue
+            if lost.to is JobStatus.CANCELLED:
+                self._end(record, lost, CANCELLED, "the job was cancelled")
+            elif Effect.FINISH in lost.effects:
+                self._end(record, lost, "worker_lost",
+                          f"the server stopped while the job ran, {record.attempt} times; it is not tried again")
             else:
-                record.status, record.step, record.started_at = JobStatus.QUEUED, 0, None
+                record.status, record.step, record.started_at = lost.to, 0, None
                 self.store.save(record, durable=True)
                 self._emit(JobRetrying(job_id=record.job_id, attempt=record.attempt + 1, reason=RESTARTED))
                 retried.append(record.spec)

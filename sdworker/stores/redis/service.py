@@ -61,6 +61,7 @@ from sdworker.jobs.submission import (
     check_model_fits,
     resolve_model,
 )
+from sdworker.jobs.transitions import without_inputs
 from sdworker.settings import KeyQuota, Settings
 from sdworker.stores.redis import fair, scripts
 from sdworker.stores.redis.codec import (
@@ -270,6 +271,9 @@ class RedisJobService:
         if spec.deadline_at is not None:
             # Before the job exists: an entry whose submit then fails finds no job and is dropped.
             await self._call(self._redis.zadd(self._keys.deadlines, {job_id: spec.deadline_at}))
+        # The spec the job keeps once it finished, beside the spec it runs with: every terminal script
+        # swaps it in, so the one definition of a finished job's spec is without_inputs.
+        spec_json, done_spec_json = json.dumps(spec.to_dict()), json.dumps(without_inputs(spec).to_dict())
         position = await self._call(
             self._submit(
                 keys=[
@@ -281,9 +285,10 @@ class RedisJobService:
                     self._keys.jobs,
                     self._keys.models,
                 ],
-                args=[job_id, json.dumps(spec.to_dict()), owner or "", model, spec.created_at,
+                args=[job_id, spec_json, owner or "", model, spec.created_at,
                       self._settings.max_queue, spec.request.num_inference_steps, EVENTS_MAXLEN,
-                      self._settings.max_results, batch_key_text(spec.request), spec.priority],
+                      self._settings.max_results, batch_key_text(spec.request), spec.priority,
+                      done_spec_json if done_spec_json != spec_json else "", self._settings.max_result_bytes],
             )
         )
         if int(position) < 0:
