@@ -13,7 +13,8 @@ from sdworker.cli.uvicorn_server import configure_logging, serve_app
 from sdworker.errors import InvalidRequest
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.settings import GPU_MAX_PIXELS, set_in_environment
-from sdworker.stores.redis.service import RedisJobService, redacted
+from sdworker.stores.redis.connection import redacted
+from sdworker.stores.redis.service import RedisJobService
 
 log = logging.getLogger("sdworker.api")
 

@@ -33,7 +33,7 @@ from sdworker.cli.uvicorn_server import configure_logging
 from sdworker.errors import InvalidRequest
 from sdworker.jobs.node import Node
 from sdworker.settings import Settings
-from sdworker.stores.redis.service import redacted
+from sdworker.stores.redis.connection import redacted
 
 log = logging.getLogger("sdworker.worker")
 

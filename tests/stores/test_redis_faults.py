@@ -14,10 +14,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from sdworker.events.bus import EventBus
 from sdworker.events.types import JobCompleted, JobEnded
+from sdworker.stores.redis.connection import connect
 from sdworker.stores.redis.hub import StreamHub
 from sdworker.stores.redis.keys import Keys
 from sdworker.stores.redis.results import FleetResults
-from sdworker.stores.redis.service import connect
 from tests.redis_server import RedisServer
 
 GUARD_SECONDS = 15.0

@@ -119,7 +119,7 @@ async def apply(stores: Stores, action: Action, job_id: str, lease: Lease) -> tu
         await lease.release()
     elif action is Action.DEADLINE:
         if isinstance(stores.service, RedisJobService):
-            await stores.service._end_past_deadline(job_id)
+            await stores.service.housekeeping.end_past_deadline(job_id)
         else:
             stores.service._deadline_passed(job_id)  # type: ignore[attr-defined]
     return lease, None
@@ -214,7 +214,7 @@ async def test_redis_no_worker_and_heartbeat_follow_the_table(request: pytest.Fi
                 args=[lease._fence, lease._entry, source.consumer],  # type: ignore[attr-defined]
             )
             assert bool(int(beat[0])) is (rule(state, Action.HEARTBEAT) is not None and state is not JobStatus.QUEUED)
-            await service._fail_unserved(job_id, FakeEngine().model, time.time() + 60)
+            await service.housekeeping.fail_unserved(job_id, FakeEngine().model, time.time() + 60)
             transition = rule(state, Action.NO_WORKER)
             assert await stores.status(job_id) is (transition.to if transition else state), f"no_worker, {state}"
             await settle(stores, job_id, lease)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sdworker.stores.redis.service import connect
+from sdworker.stores.redis.connection import connect
 from tests.redis_server import RedisServer
 
 

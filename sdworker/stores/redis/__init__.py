@@ -19,13 +19,15 @@ Key layout (prefix ``sdw`` by default; ``{id}`` is a job id, ``{model}`` a model
 | ``P:qmodels`` | set | models jobs were queued for (queue-timeout sweep, per-model gauges) |
 | ``P:registered`` | hash | worker id -> its last record, kept 24 h after it stops (scale to zero) |
 | ``P:jobs`` | sorted set | every job id by creation time (listing) |
-| ``P:job:{id}`` | hash | state, attempt, fence, owner, model, spec JSON, times, step, error, seq, batch key |
+| ``P:job:{id}`` | hash | state, attempt, fence, owner, model, spec JSON, ``done_spec``, times, step, error, bytes |
 | ``P:job:{id}:ev`` | stream, ids ``0-<seq>`` | every event but preview images: the replay source |
 | ``P:job:{id}:pv`` | hash | the latest preview (its seq and image): replaced, never accumulated |
 | ``P:job:{id}:img:{i}`` | string | final PNGs |
 | ``P:job:{id}:w`` | hash, short TTL | watchers per API node (workers decode previews only if > 0) |
 | ``P:workers`` | hash | worker id -> JSON (rbee's WorkerInfo fields + engine details + last seen) |
 | ``P:dead`` | sorted set | jobs that ran out of attempts |
+| ``P:done`` | sorted set | finished jobs by end time: retention pops the oldest (scripts/prelude.py: retire) |
+| ``P:done_size``, ``P:done_bytes`` | hash, counter | each finished job's result bytes, and their total |
 | ``P:deadlines`` | sorted set | jobs with a deadline, by it: API nodes end those past it |
 | ``P:owner:{owner}:queued`` | sorted set | an owner's jobs while it has a ``max_queued`` quota |
 | ``P:owner:{owner}:rate`` | sorted set, 1 min TTL | an owner's submits of the last minute (``rate``) |

@@ -15,30 +15,19 @@ import json
 import logging
 import math
 import os
-import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
-from sdworker.domain.catalog import EngineInfo, LoraInfo, ModelInfo
-from sdworker.domain.checks import Limits
-from sdworker.domain.families import family_facts
+from sdworker.domain.catalog import EngineInfo
 from sdworker.domain.parameters import model_label
-from sdworker.domain.prompt_length import PromptTokenizer, TokenCounter, check_counts, counted_texts
-from sdworker.domain.request import GenerationRequest
 from sdworker.errors import InvalidRequest, JobNotFinished, JobNotFound, NotReady, QueueFull, SdworkerError
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import ends_stream, stream_closing
-from sdworker.jobs.deadlines import DEADLINE_MESSAGE
-from sdworker.jobs.inputs import DEFAULT_PARAMETERS, DEFAULT_SIZE, check_inputs
+from sdworker.jobs.inputs import check_inputs
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.outbox import WebhookMessage, server_secrets
 from sdworker.jobs.protocol import FleetInfo
@@ -51,7 +40,7 @@ from sdworker.jobs.quotas import (
     rate_exceeded,
 )
 from sdworker.jobs.spec import JobDraft
-from sdworker.jobs.state import JobStatus, JobView, WorkerInfo
+from sdworker.jobs.state import JobStatus, JobView
 from sdworker.jobs.submission import (
     build_spec,
     check_against_engine,
@@ -73,6 +62,22 @@ from sdworker.stores.redis.codec import (
     parse_worker,
     text,
 )
+from sdworker.stores.redis.connection import EVENTS_MAXLEN, connect, live_window_seconds, redacted, ttl_ms
+from sdworker.stores.redis.fleet import (
+    PromptCounters,
+    Registration,
+    check_worker_limits,
+    decodes_images,
+    family_defaults,
+    libraries_of,
+    library_entry,
+    live_workers_with_engines,
+    native_size,
+    ready_for,
+    registrations_of,
+    union_by_name,
+)
+from sdworker.stores.redis.housekeeping import FleetHousekeeping
 from sdworker.stores.redis.hub import StreamHub
 from sdworker.stores.redis.keys import Keys
 from sdworker.stores.redis.results import FleetResults
@@ -84,66 +89,13 @@ from sdworker.webhooks.targets import check_target
 log = logging.getLogger(__name__)
 
 REGISTRATION_KEEP_SECONDS = 24 * 3600  # a stopped worker's models still take jobs this long (scale to zero)
-SWEEP_SECONDS = 1.0
 PENDING = "pending:"  # an idempotency key whose first submit is still being accepted
 PENDING_MS = 30_000
 
 T = TypeVar("T")
-EVENTS_MAXLEN = 4096  # a job writes about 2 events per step; steps are capped far below this
 FLEET_CACHE_SECONDS = 1.0
-POOL_CONNECTIONS = 4  # per client; see connect()
-HEALTH_CHECK_SECONDS = 5
-DEADLINE_POLL_SECONDS = 0.5
 NO_FLEET_SECRET = "this fleet has no --webhook-secret (nor --signing-secret) shared by its API nodes to sign with"
 STREAM_OWNERS_KEPT = 10_000  # owners of streamed jobs remembered (open_stream), oldest forgotten first
-
-
-def connect(url: str, *, name: str, timeout_seconds: float = 5.0, single: bool = False) -> Any:
-    """A client whose calls fail after ``timeout_seconds`` instead of hanging on a dead server.
-
-    The shared client's pool is bounded (``POOL_CONNECTIONS``) and blocking: a burst of requests
-    (200 watchers opening their streams at once) waits a moment for a connection instead of opening
-    one each, so a node holds a few Redis connections whatever its load. Commands take well under a
-    millisecond; a connection not free within ``timeout_seconds`` is a 503 like any Redis failure.
-    Every connection carries ``name`` (``CLIENT SETNAME``), so ``CLIENT LIST`` shows which node or
-    worker holds it.
-
-    After a Redis restart every pooled connection is stale, and the first command on each would fail
-    (a 503 on every API node): a connection idle for ``HEALTH_CHECK_SECONDS`` is PINGed before use,
-    and a ``ConnectionError`` (the socket broke, so nothing of the command ran on the new server) is
-    retried once on a fresh connection. A timeout, where the server may have run the command, is
-    never retried: a retried submit must not queue a job twice."""
-    options: dict[str, Any] = {
-        "socket_connect_timeout": timeout_seconds,
-        "socket_timeout": None if single else timeout_seconds,
-        "health_check_interval": HEALTH_CHECK_SECONDS,
-        "retry": Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
-        "client_name": re.sub(r"[^A-Za-z0-9_.:-]", "_", name)[:100],
-    }
-    if single:
-        return aioredis.Redis.from_url(url, single_connection_client=True, **options)
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=POOL_CONNECTIONS, timeout=timeout_seconds, **options
-    )
-    return aioredis.Redis(connection_pool=pool)
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-
-
-def ttl_ms(settings: Settings) -> int:
-    """Results expire ``result_ttl_seconds`` after the job ends (milliseconds for PEXPIRE)."""
-    return max(1, int(settings.result_ttl_seconds * 1000))
-
-
-def live_window_seconds(settings: Settings) -> float:
-    return max(3.0 * settings.lease_heartbeat_seconds, 10.0)
-
 
 class RedisJobService:
     backend = "redis"
@@ -166,8 +118,6 @@ class RedisJobService:
         self._stream_owners: dict[str, str | None] = {}
         self._owner_reads: dict[str, asyncio.Future[list[Any]]] = {}  # job -> the owner read in flight
         self._submit = self._redis.register_script(scripts.SUBMIT)
-        self._deadline = self._redis.register_script(scripts.DEADLINE)
-        self._deadline_task: asyncio.Task[None] | None = None
         self._quota: QuotaLookup = no_quota
         self._webhooks = RedisWebhookRelay(
             self._redis, self._keys, settings, server_secrets(settings), self.node_id, self.get
@@ -178,8 +128,8 @@ class RedisJobService:
         self._accepting = True
         self._waitaof = True  # until the server says it does not know WAITAOF (before Redis 7.2)
         self._fleet: tuple[float, FleetInfo] | None = None
-        self._no_worker = self._redis.register_script(scripts.NO_WORKER)
-        self._sweeper: asyncio.Task[None] | None = None
+        self.housekeeping = FleetHousekeeping(self._redis, self._keys, settings, metrics, self.results,
+                                              self._read_fleet)
         metrics.bind(queue_depth=lambda: float(self._fleet[1].queue_depth) if self._fleet else 0.0,
                      watchers=self.bus.total_watchers)
 
@@ -237,32 +187,32 @@ class RedisJobService:
                 raise
             fleet, fresh = await self.fleet(fresh=True), True
             model = self._place(draft, fleet)
-        if not fresh and (_decodes_images(draft.request) or not _ready_for(model, fleet)):
+        if not fresh and (decodes_images(draft.request) or not ready_for(model, fleet)):
             # The old view is trusted only to accept a job that a ready worker can take and that costs
             # nothing to check: a worker just failed (503) or a queue just filled (429, before images
             # are decoded) is seen as Redis has it now.
             fleet, fresh = await self.fleet(fresh=True), True
             model = self._place(draft, fleet)
         if fleet.library:  # the prompt counted as the model's worker counts it (its registered tokenizer)
-            await self._call(self._prompt_counters.check(draft.request, _library_entry(model, fleet)))
+            await self._call(self._prompt_counters.check(draft.request, library_entry(model, fleet)))
         quota = await self._check_quota(draft, owner)
         check = functools.partial(
-            check_inputs, draft.request, max_pixels=self._settings.max_pixels, default_size=_native_size(model, fleet),
-            defaults=_defaults(model, fleet),
+            check_inputs, draft.request, max_pixels=self._settings.max_pixels, default_size=native_size(model, fleet),
+            defaults=family_defaults(model, fleet),
         )
         # Decoding images takes milliseconds to seconds and goes to a thread; a request without any is
         # checked here (a thread hop would cost more than the check, and under load the handover of
         # the GIL to the pool thread and back was the largest part of a submit's time).
-        checked = await asyncio.to_thread(check) if _decodes_images(draft.request) else check()
+        checked = await asyncio.to_thread(check) if decodes_images(draft.request) else check()
         try:
-            _check_worker_limits(checked, model, fleet)
+            check_worker_limits(checked, model, fleet)
         except InvalidRequest:
             if fresh:
                 raise
             fleet = await self.fleet(fresh=True)
-            _check_worker_limits(checked, model, fleet)
+            check_worker_limits(checked, model, fleet)
         spec = build_spec(draft, checked, job_id=job_id, created_at=time.time(), owner=owner, model=model,
-                          entry=_library_entry(model, fleet))
+                          entry=library_entry(model, fleet))
         await self._take_rate(quota, owner, job_id)
         if owner is not None and quota is not None and quota.max_queued is not None:
             await self._call(self._redis.zadd(self._keys.owner_queued(owner), {job_id: spec.created_at}))
@@ -304,8 +254,8 @@ class RedisJobService:
         served: dict[str, str] = {}
         engines: dict[str, EngineInfo] = {}
         worker_models: set[str] = set()
-        libraries = _libraries(fleet)
-        for worker, engine in self._live_workers_with_engines(fleet):
+        libraries = libraries_of(fleet)
+        for worker, engine in live_workers_with_engines(fleet):
             served.setdefault(worker.model, worker.model)
             served.setdefault(model_label(worker.model), worker.model)
             worker_models.add(worker.model)
@@ -318,7 +268,7 @@ class RedisJobService:
                 engines.setdefault(worker.model, engine)
         # Scale to zero: a model some worker registered within a day, or that this node expects, takes
         # jobs with no live worker; they wait for one (or fail no_worker after --queue-timeout-seconds).
-        for registration in _registrations(fleet):
+        for registration in registrations_of(fleet):
             for name in registration.names:
                 served.setdefault(name, registration.names[0] if name == model_label(registration.names[0]) else name)
                 if registration.engine is not None:
@@ -334,7 +284,7 @@ class RedisJobService:
         check_against_engine(draft, engines.get(model))
         check_model_fits([entry for models, _ in libraries.values() for entry in models if entry.name == model])
         if fleet.library:  # workers list their LoRAs: refuse unknown names here, not as a failed job
-            served_model = _library_entry(model, fleet)
+            served_model = library_entry(model, fleet)
             check_lora_names(draft, fleet.loras, served_model.family if served_model else None)
             check_family_rules(draft, served_model)
             check_guidance_names(draft.request, controlnets=fleet.controlnets, ip_adapters=fleet.ip_adapters,
@@ -513,8 +463,8 @@ class RedisJobService:
             engine = engine or worker_engine
         if stale and any(time.time() - parse_worker(raw[w])[0].last_seen > 24 * 3600 for w in stale):
             await self._call(self._redis.hdel(self._keys.workers, *stale))
-        library = _union(m for models, _ in libraries.values() for m in models)
-        loras = _union(lora for _, each in libraries.values() for lora in each)
+        library = union_by_name(m for models, _ in libraries.values() for m in models)
+        loras = union_by_name(lora for _, each in libraries.values() for lora in each)
         models = tuple(sorted({info.model for info, _ in workers}))  # what the compat doors list
         return FleetInfo(
             models=models,
@@ -567,9 +517,8 @@ class RedisJobService:
 
     async def start(self) -> None:
         self._hub.start()
-        self._deadline_task = asyncio.get_running_loop().create_task(self._watch_deadlines(), name="sdw-deadlines")
         await self._webhooks.start()
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(), name="sdworker-queue-sweep")
+        self.housekeeping.start()
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -595,13 +544,8 @@ class RedisJobService:
 
     async def close(self) -> None:
         self.bus.close_all()
-        if self._deadline_task is not None:
-            self._deadline_task.cancel()
-            await asyncio.wait({self._deadline_task}, timeout=2.0)
+        await self.housekeeping.close()
         await self._webhooks.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.wait({self._sweeper}, timeout=2.0)
         await self._hub.close()
         for client in (self._redis, self._reader):
             try:
@@ -610,32 +554,6 @@ class RedisJobService:
                 log.debug("closing a Redis client failed", exc_info=True)
 
     # --- internals -----------------------------------------------------------------------------
-
-    async def _watch_deadlines(self) -> None:
-        """Every API node looks twice a second for jobs past their deadline and ends them (``DEADLINE``
-        is atomic and takes the job off ``P:deadlines`` first, so two nodes never both act on one)."""
-        while True:
-            await asyncio.sleep(DEADLINE_POLL_SECONDS)
-            try:
-                due = await self._redis.zrangebyscore(self._keys.deadlines, "-inf", time.time(), start=0, num=100)
-                for raw in due:
-                    await self._end_past_deadline(text(raw) or "")
-            except (RedisError, OSError):
-                log.debug("deadline sweep: Redis unavailable; next round", exc_info=True)
-            except Exception:
-                log.exception("deadline sweep failed")
-
-    async def _end_past_deadline(self, job_id: str) -> None:
-        model = text(await self._redis.hget(self._keys.job(job_id), "model")) or ""
-        k = self._keys
-        state = await self._deadline(
-            keys=[k.job(job_id), k.events(job_id), k.preview(job_id), k.queue(model), k.queued, k.queued_model(model),
-                  k.deadlines],
-            args=[job_id, ttl_ms(self._settings), EVENTS_MAXLEN, k.control, DEADLINE_MESSAGE],
-        )
-        if text(state) == "cancelled":
-            self._metrics.jobs_finished.labels(outcome="cancelled").inc()
-            await self._positions(keys=[k.watched(model)], args=[k.prefix, EVENTS_MAXLEN])
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
         """Redis errors as 503s that say what is wrong (never the URL's password)."""
@@ -757,63 +675,6 @@ class RedisJobService:
             await self._call(self._redis.hdel(self._keys.registered, *old))
         return tuple(found)
 
-    async def _sweep_loop(self) -> None:
-        """Every second: the per-model queue gauges, and ``no_worker`` for jobs that waited longer than
-        ``queue_timeout_seconds`` for a model no live worker serves. Every API node sweeps (the script
-        is idempotent); each look is O(models + jobs ended), whatever the depth."""
-        while True:
-            try:
-                await self._sweep()
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError, NotReady):
-                pass  # Redis is away: /ready says so; the next sweep catches up
-            except Exception:
-                log.exception("the queue sweep failed; retrying")
-            await asyncio.sleep(SWEEP_SECONDS)
-
-    async def _sweep(self) -> None:
-        await self.results.sweep()  # the bucket's objects of expired jobs (--results-s3)
-        fleet = await self._read_fleet()
-        live = {name for worker, _ in self._live_workers_with_engines(fleet) for name in (worker.model,)}
-        for worker in fleet.workers:
-            if worker.status not in ("stopping", "failed"):
-                live.update(entry.name for entry in _libraries(fleet).get(worker.id, ((), ()))[0])
-        models = sorted(text(m) or "" for m in await self._redis.smembers(self._keys.models))
-        now = time.time()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for model in models:
-                pipe.zcard(self._keys.queued_model(model))
-                pipe.zrange(self._keys.queued_model(model), 0, 0, withscores=True)
-            rows = await pipe.execute()
-        for i, model in enumerate(models):
-            depth, head = int(rows[2 * i]), rows[2 * i + 1]
-            oldest = now - float(head[0][1]) if head else 0.0
-            self._metrics.model_queue_depth.labels(model=model).set(depth)
-            self._metrics.model_oldest_age.labels(model=model).set(max(0.0, oldest))
-            if model in live or oldest < self._settings.queue_timeout_seconds:
-                continue
-            cutoff = now - self._settings.queue_timeout_seconds
-            for job_id in await self._redis.zrangebyscore(self._keys.queued_model(model), "-inf", cutoff,
-                                                          start=0, num=100):
-                await self._fail_unserved(text(job_id) or "", model, cutoff)
-
-    async def _fail_unserved(self, job_id: str, model: str, cutoff: float) -> None:
-        k = self._keys
-        message = (f"no worker for model {model!r} took the job within {self._settings.queue_timeout_seconds:g} s "
-                   "(--queue-timeout-seconds)")
-        ended = await self._no_worker(
-            keys=[k.job(job_id), k.events(job_id), k.preview(job_id), k.queue(model), k.queued, k.queued_model(model)],
-            args=[job_id, cutoff, ttl_ms(self._settings), EVENTS_MAXLEN, message],
-        )
-        if int(ended):
-            log.warning("job %s: %s", job_id, message)
-            self._metrics.jobs_finished.labels(outcome="failed").inc()
-
-    def _live_workers_with_engines(self, fleet: FleetInfo) -> list[tuple[WorkerInfo, EngineInfo | None]]:
-        engines: dict[str, Any] = dict(fleet.extra.get("engines", {}))  # type: ignore[call-overload]
-        return [(w, engines.get(w.model)) for w in fleet.workers if w.status not in ("stopping", "failed")]
-
     @staticmethod
     def _refuse_failed_only(model: str | None, served: dict[str, str], fleet: FleetInfo) -> None:
         """Only broken workers hold this model: a 503 saying why (as one broken ``serve`` says), not a
@@ -823,130 +684,3 @@ class RedisJobService:
         for worker in fleet.workers:
             if worker.status == "failed" and (model is None or model in (worker.model, model_label(worker.model))):
                 raise NotReady(f"the worker cannot run jobs: {worker.reason or 'it failed'}")
-
-
-class PromptCounters:
-    """The prompt tokenizers workers registered, built on first use from the JSON they stored and kept
-    by hash (a few per fleet): the API node's half of ``domain.prompt_length``."""
-
-    def __init__(self, redis: Any, keys: Keys) -> None:
-        self._redis, self._keys = redis, keys
-        self._counters: dict[str, TokenCounter | None] = {}
-
-    async def check(self, request: GenerationRequest, entry: ModelInfo | None) -> None:
-        if entry is None or entry.prompt_tokenizer is None:
-            return  # a CLIP family, or a worker that registered no tokenizer: the worker checks it
-        counter = await self._counter(entry.prompt_tokenizer)
-        if counter is None:
-            return
-        facts = family_facts(entry.family)
-        await asyncio.to_thread(check_counts, facts, counted_texts(facts, request.prompt, request.negative_prompt),
-                                counter)
-
-    async def _counter(self, registered: PromptTokenizer) -> TokenCounter | None:
-        if registered.sha256 in self._counters:
-            return self._counters[registered.sha256]
-        raw = await self._redis.get(self._keys.tokenizer(registered.sha256))
-        if raw is None:
-            return None  # expired or not stored yet: the worker's own check still refuses (as a failed job)
-        try:
-            counter: TokenCounter | None = await asyncio.to_thread(TokenCounter, text(raw) or "", registered)
-        except Exception:  # no tokenizers package here, or a JSON it cannot read: leave it to the worker
-            log.warning("cannot read the prompt tokenizer %s; prompt lengths are checked by the worker",
-                        registered.sha256[:12], exc_info=True)
-            counter = None
-        self._counters[registered.sha256] = counter
-        return counter
-
-
-@dataclass(frozen=True, slots=True)
-class Registration:
-    """What one worker registered (live now or within a day): the names it serves (its ``--model`` first),
-    its engine, its job limits and its library."""
-
-    names: tuple[str, ...]
-    engine: EngineInfo | None
-    limits: Limits | None
-    library: tuple[ModelInfo, ...]
-
-
-def _registrations(fleet: FleetInfo) -> tuple[Registration, ...]:
-    return tuple(fleet.extra.get("registered", ()))  # type: ignore[arg-type]
-
-
-def _ready_for(model: str, fleet: FleetInfo) -> bool:
-    """Whether a worker of ``fleet`` that is ready or busy serves ``model`` (its own or its library's)."""
-    libraries = _libraries(fleet)
-    for worker in fleet.workers:
-        if worker.status in ("ready", "busy"):
-            names = {worker.model, model_label(worker.model)}
-            names.update(entry.name for entry in libraries.get(worker.id, ((), ()))[0])
-            if model in names:
-                return True
-    return False
-
-
-def _decodes_images(request: GenerationRequest) -> bool:
-    """Whether ``check_inputs`` decodes an image for ``request`` (what makes it slow)."""
-    return bool(request.init_image or request.mask_image or request.reference_images or request.controlnet
-                or (request.ip_adapter is not None and request.ip_adapter.images))
-
-
-def _check_worker_limits(request: GenerationRequest, model: str, fleet: FleetInfo) -> None:
-    """The job's size against the ``--max-pixels`` the workers of ``model`` registered (the largest of
-    them: some worker can run it), not this node's own device: a CPU-hosted API node does not refuse
-    what GPUs can run. (Steps and image counts stay the API node's: a worker has no flag for them.)"""
-    limits = [r.limits for r in _registrations(fleet) if model in r.names and r.limits is not None]
-    if not limits:
-        return  # nobody registered it (--expect-models): this node's own limits applied at the edge
-    max_pixels = max(each.max_pixels for each in limits)
-    width, height = request.width or 0, request.height or 0
-    if width * height > max_pixels:
-        raise InvalidRequest(f"width: {width}x{height} = {width * height} pixels; the workers of {model!r} "
-                             f"take at most {max_pixels}", field="width")
-
-
-N = TypeVar("N", ModelInfo, LoraInfo)
-
-
-def _union(entries: Iterable[N]) -> tuple[N, ...]:
-    """One entry per name (the first worker's), sorted by name."""
-    found: dict[str, N] = {}
-    for entry in entries:
-        found.setdefault(entry.name, entry)
-    return tuple(found[name] for name in sorted(found))
-
-
-def _libraries(fleet: FleetInfo) -> dict[str, tuple[tuple[ModelInfo, ...], tuple[LoraInfo, ...]]]:
-    return dict(fleet.extra.get("libraries", {}))  # type: ignore[call-overload]
-
-
-def _library_entry(model: str, fleet: FleetInfo) -> ModelInfo | None:
-    """What workers listed about ``model`` (for a worker's ``--model`` name: its default model); with no
-    live worker, what one registered within a day."""
-    for entry in fleet.library:
-        if entry.name == model:
-            return entry
-    for registration in _registrations(fleet):
-        for entry in registration.library:
-            if entry.name == model or (entry.is_default and registration.names[0] == model):
-                return entry
-    for worker in fleet.workers:
-        if worker.model == model:
-            for entry in _libraries(fleet).get(worker.id, ((), ()))[0]:
-                if entry.is_default:
-                    return entry
-    return None
-
-
-def _defaults(model: str, fleet: FleetInfo) -> tuple[int, float]:
-    """Steps and guidance of a job on ``model`` that names none: its family's, where a worker listed it."""
-    entry = _library_entry(model, fleet)
-    return (entry.default_steps, entry.default_guidance) if entry is not None else DEFAULT_PARAMETERS
-
-
-def _native_size(model: str, fleet: FleetInfo) -> int:
-    """The default width/height of a job on ``model``: its native size where a worker listed it."""
-    entry = _library_entry(model, fleet)
-    return entry.native_size if entry is not None else DEFAULT_SIZE
-

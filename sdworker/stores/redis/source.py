@@ -55,9 +55,9 @@ from sdworker.stores.redis.codec import (
     text,
     worker_record,
 )
+from sdworker.stores.redis.connection import EVENTS_MAXLEN, connect, redacted, ttl_ms
 from sdworker.stores.redis.keys import GROUP, Keys
 from sdworker.stores.redis.results import FleetResults
-from sdworker.stores.redis.service import EVENTS_MAXLEN, connect, redacted, ttl_ms
 from sdworker.stores.results import S3Results
 
 log = logging.getLogger(__name__)
