@@ -1,13 +1,15 @@
-"""What the API side reads from the fleet's registrations to accept a job: which worker serves a
-model, its library entry (native size, family defaults), its limits, and the prompt tokenizers
-workers registered. Pure functions over ``FleetInfo`` (``RedisJobService._read_fleet`` builds it),
-plus ``PromptCounters``, which reads the tokenizers from Redis once each."""
+"""The fleet as an API node sees it: ``read_fleet`` reads the live workers and the registrations of
+the last day from Redis into a ``FleetInfo``; ``place`` picks the queue (model) a job goes to on it and
+runs the checks that need the fleet; the other functions read what workers registered (a model's
+library entry, native size and family defaults, the workers' limits). ``PromptCounters`` builds the
+prompt tokenizers workers stored, once each."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -17,14 +19,28 @@ from sdworker.domain.families import family_facts
 from sdworker.domain.parameters import model_label
 from sdworker.domain.prompt_length import PromptTokenizer, TokenCounter, check_counts, counted_texts
 from sdworker.domain.request import GenerationRequest
-from sdworker.errors import InvalidRequest
+from sdworker.errors import InvalidRequest, NotReady
 from sdworker.jobs.inputs import DEFAULT_PARAMETERS, DEFAULT_SIZE
 from sdworker.jobs.protocol import FleetInfo
+from sdworker.jobs.spec import JobDraft
 from sdworker.jobs.state import WorkerInfo
-from sdworker.stores.redis.codec import text
+from sdworker.jobs.submission import (
+    check_against_engine,
+    check_family_rules,
+    check_guidance_names,
+    check_lora_names,
+    check_model_fits,
+    resolve_model,
+)
+from sdworker.settings import Settings
+from sdworker.stores.redis.codec import parse_guidance, parse_library, parse_limits, parse_worker, text
+from sdworker.stores.redis.connection import live_window_seconds
 from sdworker.stores.redis.keys import Keys
 
 log = logging.getLogger(__name__)
+
+REGISTRATION_KEEP_SECONDS = 24 * 3600  # a stopped worker's models still take jobs this long (scale to zero)
+Call = Callable[[Awaitable[Any]], Awaitable[Any]]  # a Redis call with its errors made 503s
 
 
 class PromptCounters:
@@ -167,3 +183,126 @@ def native_size(model: str, fleet: FleetInfo) -> int:
 def live_workers_with_engines(fleet: FleetInfo) -> list[tuple[WorkerInfo, EngineInfo | None]]:
     engines: dict[str, Any] = dict(fleet.extra.get("engines", {}))  # type: ignore[call-overload]
     return [(w, engines.get(w.model)) for w in fleet.workers if w.status not in ("stopping", "failed")]
+
+
+async def read_fleet(redis: Any, keys: Keys, settings: Settings, call: Call) -> FleetInfo:
+    """The fleet as Redis has it now (``RedisJobService.fleet`` caches it for
+    requests; the sweep reads its own)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.workers)
+        pipe.zcard(keys.queued)
+        pipe.hgetall(keys.registered)
+        raw, depth, registered = await call(pipe.execute())
+    window = live_window_seconds(settings)
+    workers = []
+    engine: EngineInfo | None = None
+    stale = []
+    libraries = {}
+    guidance = []
+    for worker_id, value in raw.items():
+        info, worker_engine = parse_worker(value)
+        if time.time() - info.last_seen > window:
+            stale.append(worker_id)
+            continue
+        workers.append((info, worker_engine))
+        if info.status not in ("stopping", "failed"):
+            libraries[info.id] = parse_library(value)
+            guidance.append(parse_guidance(value))
+        engine = engine or worker_engine
+    if stale and any(time.time() - parse_worker(raw[w])[0].last_seen > 24 * 3600 for w in stale):
+        await call(redis.hdel(keys.workers, *stale))
+    library = union_by_name(m for models, _ in libraries.values() for m in models)
+    loras = union_by_name(lora for _, each in libraries.values() for lora in each)
+    models = tuple(sorted({info.model for info, _ in workers}))  # what the compat doors list
+    return FleetInfo(
+        models=models,
+        engine=engine,
+        workers=tuple(info for info, _ in workers),
+        queue_depth=int(depth),
+        backend="redis",
+        extra={
+            "engines": {info.model: e for info, e in workers if e is not None},
+            "libraries": libraries,
+            "registered": await _registrations(redis, keys, registered, call),
+        },
+        library=library,
+        loras=loras,
+        controlnets=tuple(sorted({name for g in guidance for name in g.controlnets})),
+        upscalers=tuple(sorted({name for g in guidance for name in g.upscalers})),
+        ip_adapters=tuple(sorted({name for g in guidance for name in g.ip_adapters})),
+    )
+
+
+async def _registrations(redis: Any, keys: Keys, raw: dict[bytes, bytes], call: Call) -> tuple[Registration, ...]:
+    """What workers registered within ``REGISTRATION_KEEP_SECONDS`` (live or not); older records go."""
+    found = []
+    old = []
+    for worker_id, value in raw.items():
+        info, engine = parse_worker(value)
+        if time.time() - info.last_seen > REGISTRATION_KEEP_SECONDS:
+            old.append(worker_id)
+            continue
+        library = parse_library(value)[0]
+        names = (info.model, model_label(info.model), *(entry.name for entry in library))
+        found.append(
+            Registration(names=tuple(dict.fromkeys(names)), engine=engine, limits=parse_limits(value), library=library)
+        )
+    if old:
+        await call(redis.hdel(keys.registered, *old))
+    return tuple(found)
+
+
+def place(draft: JobDraft, fleet: FleetInfo, settings: Settings) -> str:
+    """The queue (model) a job goes to on ``fleet``, after the checks that need the fleet: the
+    model is served (or expected), the job fits its engine, family and LoRAs
+    (the queue's room is the caller's to check)."""
+    served: dict[str, str] = {}
+    engines: dict[str, EngineInfo] = {}
+    worker_models: set[str] = set()
+    libraries = libraries_of(fleet)
+    for worker, engine in live_workers_with_engines(fleet):
+        served.setdefault(worker.model, worker.model)
+        served.setdefault(model_label(worker.model), worker.model)
+        worker_models.add(worker.model)
+        # A worker also serves every model of its library: jobs for one queue under its name.
+        for entry in libraries.get(worker.id, ((), ()))[0]:
+            served.setdefault(entry.name, entry.name)
+            if engine is not None:
+                engines.setdefault(entry.name, engine)
+        if engine is not None:
+            engines.setdefault(worker.model, engine)
+    # Scale to zero: a model some worker registered within a day, or that this node expects, takes
+    # jobs with no live worker; they wait for one (or fail no_worker after --queue-timeout-seconds).
+    for registration in registrations_of(fleet):
+        for name in registration.names:
+            served.setdefault(name, registration.names[0] if name == model_label(registration.names[0]) else name)
+            if registration.engine is not None:
+                engines.setdefault(served[name], registration.engine)
+    for name in settings.expect_models:
+        served.setdefault(name, name)
+        served.setdefault(model_label(name), name)
+    default = settings.default_model if settings.default_model in served else None
+    default = default or (sorted(worker_models)[0] if worker_models else None)
+    default = default or (sorted(set(served.values()))[0] if served else None)
+    refuse_failed_only(draft.request.model or default, served, fleet)
+    model = resolve_model(draft.request.model, served, default)
+    check_against_engine(draft, engines.get(model))
+    check_model_fits([entry for models, _ in libraries.values() for entry in models if entry.name == model])
+    if fleet.library:  # workers list their LoRAs: refuse unknown names here, not as a failed job
+        served_model = library_entry(model, fleet)
+        check_lora_names(draft, fleet.loras, served_model.family if served_model else None)
+        check_family_rules(draft, served_model)
+        check_guidance_names(
+            draft.request, controlnets=fleet.controlnets, ip_adapters=fleet.ip_adapters, upscalers=fleet.upscalers
+        )
+    return model
+
+
+def refuse_failed_only(model: str | None, served: dict[str, str], fleet: FleetInfo) -> None:
+    """Only broken workers hold this model: a 503 saying why (as one broken ``serve`` says), not a
+    404 as if nobody had ever served it."""
+    if (model is None and served) or (model is not None and model in served):
+        return
+    for worker in fleet.workers:
+        if worker.status == "failed" and (model is None or model in (worker.model, model_label(worker.model))):
+            raise NotReady(f"the worker cannot run jobs: {worker.reason or 'it failed'}")

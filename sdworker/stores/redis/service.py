@@ -22,8 +22,6 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError, ResponseError
 
-from sdworker.domain.catalog import EngineInfo
-from sdworker.domain.parameters import model_label
 from sdworker.errors import InvalidRequest, JobNotFinished, JobNotFound, NotReady, QueueFull, SdworkerError
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import ends_stream, stream_closing
@@ -43,12 +41,6 @@ from sdworker.jobs.spec import JobDraft
 from sdworker.jobs.state import JobStatus, JobView
 from sdworker.jobs.submission import (
     build_spec,
-    check_against_engine,
-    check_family_rules,
-    check_guidance_names,
-    check_lora_names,
-    check_model_fits,
-    resolve_model,
 )
 from sdworker.jobs.transitions import without_inputs
 from sdworker.settings import KeyQuota, Settings
@@ -56,26 +48,19 @@ from sdworker.stores.redis import fair, scripts
 from sdworker.stores.redis.codec import (
     batch_key_text,
     job_view,
-    parse_guidance,
-    parse_library,
-    parse_limits,
-    parse_worker,
     text,
 )
-from sdworker.stores.redis.connection import EVENTS_MAXLEN, connect, live_window_seconds, redacted, ttl_ms
+from sdworker.stores.redis.connection import EVENTS_MAXLEN, connect, redacted, ttl_ms
 from sdworker.stores.redis.fleet import (
     PromptCounters,
-    Registration,
     check_worker_limits,
     decodes_images,
     family_defaults,
-    libraries_of,
     library_entry,
-    live_workers_with_engines,
     native_size,
+    place,
+    read_fleet,
     ready_for,
-    registrations_of,
-    union_by_name,
 )
 from sdworker.stores.redis.housekeeping import FleetHousekeeping
 from sdworker.stores.redis.hub import StreamHub
@@ -88,7 +73,6 @@ from sdworker.webhooks.targets import check_target
 
 log = logging.getLogger(__name__)
 
-REGISTRATION_KEEP_SECONDS = 24 * 3600  # a stopped worker's models still take jobs this long (scale to zero)
 PENDING = "pending:"  # an idempotency key whose first submit is still being accepted
 PENDING_MS = 30_000
 
@@ -249,49 +233,14 @@ class RedisJobService:
         return JobView(spec=spec, status=JobStatus.QUEUED, total=total, queue_position=int(position))
 
     def _place(self, draft: JobDraft, fleet: FleetInfo) -> str:
-        """The queue (model) a job goes to on ``fleet``, after the checks that need the fleet: the
-        model is served (or expected), the job fits its engine, family and LoRAs, the queue has room."""
-        served: dict[str, str] = {}
-        engines: dict[str, EngineInfo] = {}
-        worker_models: set[str] = set()
-        libraries = libraries_of(fleet)
-        for worker, engine in live_workers_with_engines(fleet):
-            served.setdefault(worker.model, worker.model)
-            served.setdefault(model_label(worker.model), worker.model)
-            worker_models.add(worker.model)
-            # A worker also serves every model of its library: jobs for one queue under its name.
-            for entry in libraries.get(worker.id, ((), ()))[0]:
-                served.setdefault(entry.name, entry.name)
-                if engine is not None:
-                    engines.setdefault(entry.name, engine)
-            if engine is not None:
-                engines.setdefault(worker.model, engine)
-        # Scale to zero: a model some worker registered within a day, or that this node expects, takes
-        # jobs with no live worker; they wait for one (or fail no_worker after --queue-timeout-seconds).
-        for registration in registrations_of(fleet):
-            for name in registration.names:
-                served.setdefault(name, registration.names[0] if name == model_label(registration.names[0]) else name)
-                if registration.engine is not None:
-                    engines.setdefault(served[name], registration.engine)
-        for name in self._settings.expect_models:
-            served.setdefault(name, name)
-            served.setdefault(model_label(name), name)
-        default = self._settings.default_model if self._settings.default_model in served else None
-        default = default or (sorted(worker_models)[0] if worker_models else None)
-        default = default or (sorted(set(served.values()))[0] if served else None)
-        self._refuse_failed_only(draft.request.model or default, served, fleet)
-        model = resolve_model(draft.request.model, served, default)
-        check_against_engine(draft, engines.get(model))
-        check_model_fits([entry for models, _ in libraries.values() for entry in models if entry.name == model])
-        if fleet.library:  # workers list their LoRAs: refuse unknown names here, not as a failed job
-            served_model = library_entry(model, fleet)
-            check_lora_names(draft, fleet.loras, served_model.family if served_model else None)
-            check_family_rules(draft, served_model)
-            check_guidance_names(draft.request, controlnets=fleet.controlnets, ip_adapters=fleet.ip_adapters,
-                                 upscalers=fleet.upscalers)
+        """The queue (model) a job goes to on ``fleet`` (fleet.place), if that queue has room."""
+        model = place(draft, fleet, self._settings)
         if fleet.queue_depth >= self._settings.max_queue:
             raise self._queue_full()
         return model
+
+    async def _read_fleet(self) -> FleetInfo:
+        return await read_fleet(self._redis, self._keys, self._settings, self._call)
 
     async def _fleet_for_submit(self) -> tuple[FleetInfo, bool]:
         """The cached fleet while it is young enough, else a fresh read; and whether it is fresh."""
@@ -437,49 +386,6 @@ class RedisJobService:
         for status in ("starting", "ready", "busy", "stopping", "failed"):
             self._metrics.fleet_workers.labels(status=status).set(sum(1 for w in fleet.workers if w.status == status))
         return fleet
-
-    async def _read_fleet(self) -> FleetInfo:
-        """The fleet as Redis has it now (``fleet`` caches it for requests; the sweep reads its own)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self._keys.workers)
-            pipe.zcard(self._keys.queued)
-            pipe.hgetall(self._keys.registered)
-            raw, depth, registered = await self._call(pipe.execute())
-        window = live_window_seconds(self._settings)
-        workers = []
-        engine: EngineInfo | None = None
-        stale = []
-        libraries = {}
-        guidance = []
-        for worker_id, value in raw.items():
-            info, worker_engine = parse_worker(value)
-            if time.time() - info.last_seen > window:
-                stale.append(worker_id)
-                continue
-            workers.append((info, worker_engine))
-            if info.status not in ("stopping", "failed"):
-                libraries[info.id] = parse_library(value)
-                guidance.append(parse_guidance(value))
-            engine = engine or worker_engine
-        if stale and any(time.time() - parse_worker(raw[w])[0].last_seen > 24 * 3600 for w in stale):
-            await self._call(self._redis.hdel(self._keys.workers, *stale))
-        library = union_by_name(m for models, _ in libraries.values() for m in models)
-        loras = union_by_name(lora for _, each in libraries.values() for lora in each)
-        models = tuple(sorted({info.model for info, _ in workers}))  # what the compat doors list
-        return FleetInfo(
-            models=models,
-            engine=engine,
-            workers=tuple(info for info, _ in workers),
-            queue_depth=int(depth),
-            backend="redis",
-            extra={"engines": {info.model: e for info, e in workers if e is not None}, "libraries": libraries,
-                   "registered": await self._registrations(registered)},
-            library=library,
-            loras=loras,
-            controlnets=tuple(sorted({name for g in guidance for name in g.controlnets})),
-            upscalers=tuple(sorted({name for g in guidance for name in g.upscalers})),
-            ip_adapters=tuple(sorted({name for g in guidance for name in g.ip_adapters})),
-        )
 
     async def refresh_models(self) -> None:
         """Per worker: set the refresh flag; each live worker rescans its folders at its next registry
@@ -657,30 +563,3 @@ class RedisJobService:
             self._metrics.jobs_finished.labels(outcome="cancelled").inc()
             await self._call(self._positions(keys=[self._keys.watched(model)], args=[self._keys.prefix, EVENTS_MAXLEN]))
         return await self.get(job_id, owner=owner)
-
-    async def _registrations(self, raw: dict[bytes, bytes]) -> tuple[Registration, ...]:
-        """What workers registered within ``REGISTRATION_KEEP_SECONDS`` (live or not); older records go."""
-        found = []
-        old = []
-        for worker_id, value in raw.items():
-            info, engine = parse_worker(value)
-            if time.time() - info.last_seen > REGISTRATION_KEEP_SECONDS:
-                old.append(worker_id)
-                continue
-            library = parse_library(value)[0]
-            names = (info.model, model_label(info.model), *(entry.name for entry in library))
-            found.append(Registration(names=tuple(dict.fromkeys(names)), engine=engine, limits=parse_limits(value),
-                                      library=library))
-        if old:
-            await self._call(self._redis.hdel(self._keys.registered, *old))
-        return tuple(found)
-
-    @staticmethod
-    def _refuse_failed_only(model: str | None, served: dict[str, str], fleet: FleetInfo) -> None:
-        """Only broken workers hold this model: a 503 saying why (as one broken ``serve`` says), not a
-        404 as if nobody had ever served it."""
-        if (model is None and served) or (model is not None and model in served):
-            return
-        for worker in fleet.workers:
-            if worker.status == "failed" and (model is None or model in (worker.model, model_label(worker.model))):
-                raise NotReady(f"the worker cannot run jobs: {worker.reason or 'it failed'}")
