@@ -1,7 +1,8 @@
 """The job's life, written once: ``JobService`` and ``JobSource`` in one object for one process
 (``sdworker serve`` without ``--redis``), over a ``JobStore`` that only persists (memory or SQLite).
 
-The transitions and where each rule lives:
+Which transition is allowed and what it does is the table of ``jobs/transitions.py`` (the Redis
+scripts look up the same one); this service applies it, and where each rule lives here:
 
 - submit: the idempotency key is taken before the first await (two concurrent submits with one key
   make one job), a queue slot is reserved before the images are decoded, the job is on the store
@@ -9,8 +10,9 @@ The transitions and where each rule lives:
 - claim -> start: only a job still ``queued`` starts (a cancel that landed between the queue's pop
   and the start wins);
 - publish/heartbeat: events of a running job are numbered by the bus and written through;
-- finish (``_complete``/``_fail``): a cancel asked before the result is stored wins; an interrupt
-  completes with the image so far; the input images are dropped; retention trims every index;
+- finish (``_complete``/``_fail``/``_end``): a cancel asked before the result is stored wins; an
+  interrupt completes with the image so far; the input images are dropped (``without_inputs``);
+  retention trims every index;
 - cancel/interrupt; release (hand-back: a ``cancelling`` job is cancelled, never left without an
   owner); expire; retry after a restart (``reason: "restarted"``, counted against ``max_attempts``;
   out of attempts = failed, which is this service's dead letter).

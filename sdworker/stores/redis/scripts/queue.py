@@ -107,7 +107,7 @@ for _, id in ipairs(ids) do
   local job = ARGV[1] .. ':job:' .. id
   local entry = redis.call('HGET', job, 'entry')
   local attempt = tonumber(redis.call('HGET', job, 'attempt') or '0') + 1
-  if entry and redis.call('HGET', job, 'state') == 'queued' and redis.call('HGET', job, 'bkey') == ARGV[2]
+  if entry and rule(redis.call('HGET', job, 'state'), 'claim') and redis.call('HGET', job, 'bkey') == ARGV[2]
       and attempt <= tonumber(ARGV[6]) then
     redis.call('XCLAIM', KEYS[2], 'workers', ARGV[5], 0, entry, 'FORCE', 'JUSTID')
     local result = take(job, job .. ':ev', job .. ':pv', KEYS[2], KEYS[3], KEYS[1], KEYS[4], entry,
