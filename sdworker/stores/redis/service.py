@@ -42,7 +42,7 @@ from sdworker.jobs.state import JobStatus, JobView
 from sdworker.jobs.submission import (
     build_spec,
 )
-from sdworker.jobs.transitions import without_inputs
+from sdworker.jobs.transitions import Action, rule, without_inputs
 from sdworker.settings import KeyQuota, Settings
 from sdworker.stores.redis import fair, scripts
 from sdworker.stores.redis.codec import (
@@ -543,8 +543,8 @@ class RedisJobService:
 
     async def _control(self, job_id: str, mode: str, owner: str | None) -> JobView:
         view = await self.get(job_id, owner=owner)
-        if view.status.finished:
-            return view
+        if rule(view.status, Action.INTERRUPT if mode == "interrupt" else Action.CLIENT_CANCEL) is None:
+            return view  # nothing to do (a finished job): no script, the CANCEL script would say the same
         model = view.spec.request.model or ""
         state = await self._call(
             self._cancel(
