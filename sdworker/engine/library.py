@@ -34,6 +34,7 @@ from sdworker.domain.prompt_syntax import normalize_lora_name
 from sdworker.domain.unet_inpainting import INPAINTING
 from sdworker.engine.gguf_file import GGUF_SUFFIX, read_gguf_header
 from sdworker.engine.inpainting_unet import INPAINT_IN_CHANNELS
+from sdworker.engine.lora_family import transformer_lora_family
 from sdworker.engine.model_options import check_names, read_model_options
 from sdworker.engine.models import PICKLE_SUFFIXES, ModelSource, resolve_source
 from sdworker.engine.weights import WeightFiles, file_bytes, folder_parts, load_element_bytes, read_safetensors_header
@@ -74,7 +75,7 @@ class ModelEntry:
 
 @dataclass(frozen=True, slots=True)
 class LoraEntry:
-    name: str  # family: sd1 | sd2 | sdxl | flux1 when its keys tell
+    name: str  # family: sd1 | sd2 | sdxl | flux1 | flux2 | sd3 | zimage | qwenimage when its keys tell
     path: Path
     family: str | None
     format: str  # peft | kohya | unknown
@@ -513,16 +514,15 @@ def _describe_lora(name: str, path: Path, header: dict[str, Any]) -> LoraEntry:
         fmt = "peft"
     else:
         fmt = "unknown"
+    family = transformer_lora_family(header)
+    if family is not None or any(k.startswith("transformer.") for k in keys):
+        # a transformer's LoRA: SD 3.5's attn2 is not a UNet's cross-attention, its width no context width
+        return LoraEntry(name, path, family, fmt, None)
     context_dim = next(
         (int(v["shape"][1]) for k, v in header.items() if _LORA_TO_K.search(k) and len(v.get("shape", [])) == 2),
         None,
     )
-    family: str | None = None
-    if any(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_",
-                         "transformer.single_transformer_blocks.", "diffusion_model.double_blocks.",
-                         "diffusion_model.single_blocks.")) for k in keys):
-        family = "flux1"
-    elif any(k.startswith(("lora_te2_", "text_encoder_2.", "lora_unet_input_blocks", "lora_unet_output_blocks"))
+    if any(k.startswith(("lora_te2_", "text_encoder_2.", "lora_unet_input_blocks", "lora_unet_output_blocks"))
            for k in keys):
         family = "sdxl"
     elif context_dim is not None:

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from sdworker.domain.request import GenerationRequest, Operation
+from sdworker.domain.request import GenerationRequest, LoraRef, Operation
 from sdworker.engine.diffusers_engine import DiffusersEngine
 from sdworker.engine.protocol import BatchItem
 from sdworker.errors import InvalidRequest
 from sdworker.settings import Settings
 
-from .helpers import as_init, init_image, pixels
+from .helpers import as_init, init_image, pixels, save_transformer_lora
 
 DEV = "tiny-flux2-dev"
 CALL: dict[str, Any] = {"width": 64, "height": 64, "num_inference_steps": 2, "guidance_scale": 4.0}
@@ -105,3 +105,36 @@ def test_dev_jobs_in_a_batch_run_alone_with_their_solo_pixels(engine: DiffusersE
     for request, got in zip(requests, batched, strict=True):
         assert not isinstance(got, Exception), got
         np.testing.assert_array_equal(pixels(got.images[0]), pixels(engine.generate(request).images[0]))
+
+
+def test_a_lora_on_dev_gives_diffusers_pixels_and_leaves_nothing(dev_folder: Path, tmp_path: Path) -> None:
+    """A dev LoRA (made here with peft, saved by ``Flux2Pipeline.save_lora_weights``) through the engine
+    equals ``Flux2Pipeline.load_lora_weights`` called directly; the next job without it equals the
+    pipeline that never saw it."""
+    from diffusers import Flux2Pipeline, Flux2Transformer2DModel
+
+    loras = tmp_path / "loras"
+    save_transformer_lora(
+        Flux2Pipeline,
+        Flux2Transformer2DModel.from_pretrained(dev_folder / "transformer"),
+        loras / "dev-style.safetensors",
+        ["to_q", "to_k", "to_v", "to_out.0", "to_qkv_mlp_proj"],
+        seed=4,
+    )
+    engine = DiffusersEngine(Settings(model=str(dev_folder), lora_dir=str(loras), device="cpu"))
+    pipe = Flux2Pipeline.from_pretrained(dev_folder)
+    pipe.set_progress_bar_config(disable=True)
+
+    def diffusers_pixels() -> np.ndarray:
+        generator = torch.Generator("cpu").manual_seed(3)
+        return pixels(pipe(prompt="a photo of a cat", generator=generator, **CALL).images[0])
+
+    plain = diffusers_pixels()
+    pipe.load_lora_weights(str(loras / "dev-style.safetensors"))
+    with_lora = diffusers_pixels()
+    assert np.abs(plain.astype(int) - with_lora.astype(int)).max() > 10
+    assert engine.library.lora("dev-style").family == "flux2"
+    result = engine.generate(GenerationRequest("a photo of a cat", seed=3, loras=(LoraRef("dev-style"),), **CALL))
+    np.testing.assert_array_equal(pixels(result.images[0]), with_lora)
+    after = engine.generate(GenerationRequest("a photo of a cat", seed=3, **CALL))
+    np.testing.assert_array_equal(pixels(after.images[0]), plain)
