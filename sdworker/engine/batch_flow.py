@@ -16,8 +16,9 @@ What differs by family, and how the rows of one call are laid out (``rows`` per 
 - Qwen-Image: true CFG (``true_cfg_scale``) with the pipeline's norm rescale; the Qwen2.5-VL text has
   each prompt's own length, so the rows are padded to the longest and the padding masked out
   (``encoder_hidden_states_mask``, which the transformer builds its joint attention mask from).
-- FLUX.2 klein: one row per image (distilled klein), or cond and uncond rows (klein base, CFG against
-  the empty prompt, as the pipeline does); text and position ids are per row.
+- FLUX.2: one row per image (distilled klein; dev, whose distilled guidance is a per-row input as
+  FLUX.1 dev's), or cond and uncond rows (klein base, CFG against the empty prompt, as the pipeline
+  does); text (padded to 512 tokens) and position ids are per row.
 
 Which models cannot batch, and why, is each family's ``BatchHooks.refusal`` (and its facts module).
 """
@@ -341,12 +342,18 @@ def _true_cfg(job: BatchJob, cond: torch.Tensor, negative: torch.Tensor) -> torc
     return combined * (torch.norm(cond, dim=-1, keepdim=True) / torch.norm(combined, dim=-1, keepdim=True))
 
 
-class Flux2KleinBatch(FlowBatch):
-    """FLUX.2 dev (``Flux2Pipeline``: a Mistral encoder and distilled guidance) runs alone: its loop has
-    not been written for the shared call yet."""
+class Flux2Batch(FlowBatch):
+    """klein (``Flux2KleinPipeline``) and dev (``Flux2Pipeline``: a Mistral 3 encoder padded to 512 tokens,
+    and distilled guidance, a per-row transformer input as FLUX.1 dev's) follow the same loop."""
 
     family = "flux2"
     pipeline = "Flux2KleinPipeline"
+
+    def refusal(self, slot: ModelSlot) -> str | None:
+        pipe = slot.model.text_to_image
+        if pipe is None or type(pipe).__name__ not in ("Flux2KleinPipeline", "Flux2Pipeline"):
+            return "only Flux2KleinPipeline and Flux2Pipeline models batch"
+        return None
 
     def before_loop(self, pipe: Any, request: GenerationRequest, kwargs: dict[str, Any],
                     scheduler: Any) -> tuple[dict[str, Any], torch.Tensor]:
@@ -356,7 +363,8 @@ class Flux2KleinBatch(FlowBatch):
         device = pipe._execution_device
         n = request.num_images
         guidance = float(kwargs["guidance_scale"])
-        cfg = guidance > 1 and not pipe.config.is_distilled  # the pipeline's do_classifier_free_guidance
+        # klein's do_classifier_free_guidance; dev (no is_distilled) has no CFG pass: guidance is an input
+        cfg = guidance > 1 and not pipe.config.get("is_distilled", True)
         embeds, text_ids = pipe.encode_prompt(prompt=kwargs["prompt"], device=device, num_images_per_prompt=n,
                                               max_sequence_length=512)
         texts = [(embeds, text_ids)]
@@ -376,10 +384,14 @@ class Flux2KleinBatch(FlowBatch):
 
     def predict(self, pipe: Any, jobs: list[BatchJob], index: int, t: torch.Tensor) -> list[torch.Tensor]:
         latents = _latent_rows(jobs)
+        guidance = None
+        if pipe.transformer.config.guidance_embeds:  # dev: each job's own guidance on its rows
+            guidance = torch.cat([torch.full([job.rows * _cfg_rows(job)], job.inputs["guidance"], device=latents.device,
+                                             dtype=torch.float32) for job in jobs])
         prediction = pipe.transformer(
             hidden_states=latents.to(pipe.transformer.dtype),
             timestep=t.expand(latents.shape[0]).to(latents.dtype) / 1000,
-            guidance=None,
+            guidance=guidance,
             encoder_hidden_states=torch.cat([job.inputs["embeds"] for job in jobs]),
             txt_ids=torch.cat([job.inputs["text_ids"] for job in jobs]),
             img_ids=torch.cat([job.inputs["latent_ids"] for job in jobs]),
@@ -390,4 +402,4 @@ class Flux2KleinBatch(FlowBatch):
 
 
 HOOKS: dict[str, FlowBatch] = {hooks.family: hooks for hooks in (Flux1Batch(), Sd3Batch(), ZImageBatch(),
-                                                                  QwenImageBatch(), Flux2KleinBatch())}
+                                                                  QwenImageBatch(), Flux2Batch())}

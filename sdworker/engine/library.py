@@ -34,6 +34,7 @@ from sdworker.domain.prompt_syntax import normalize_lora_name
 from sdworker.domain.unet_inpainting import INPAINTING
 from sdworker.engine.gguf_file import GGUF_SUFFIX, read_gguf_header
 from sdworker.engine.inpainting_unet import INPAINT_IN_CHANNELS
+from sdworker.engine.lora_family import transformer_lora_family
 from sdworker.engine.model_options import check_names, read_model_options
 from sdworker.engine.models import PICKLE_SUFFIXES, ModelSource, resolve_source
 from sdworker.engine.weights import WeightFiles, file_bytes, folder_parts, load_element_bytes, read_safetensors_header
@@ -74,7 +75,7 @@ class ModelEntry:
 
 @dataclass(frozen=True, slots=True)
 class LoraEntry:
-    name: str  # family: sd1 | sd2 | sdxl | flux1 when its keys tell
+    name: str  # family: sd1 | sd2 | sdxl | flux1 | flux2 | sd3 | zimage | qwenimage when its keys tell
     path: Path
     family: str | None
     format: str  # peft | kohya | unknown
@@ -393,6 +394,8 @@ class ModelLibrary:
 def _config_folder(entry: ModelEntry, models: Any) -> str | None:
     fits = [other for other in models if other.kind == "folder"
             and other.family == entry.family and other.context_dim == entry.context_dim]
+    if entry.family == "flux2":  # dev's text encoder is Mistral 3, klein's Qwen 3: only the same kind completes it
+        fits = [other for other in fits if (other.variant == "dev") == (entry.variant == "dev")]
     fits.sort(key=lambda other: other.variant != entry.variant)  # the same variant first (a Fill's config)
     return fits[0].source.location if fits else None
 
@@ -464,8 +467,15 @@ def flux1_variant(index: dict[str, Any], transformer: dict[str, Any]) -> str:
 def _describe_checkpoint(path: Path, name: str, source: ModelSource, header: dict[str, Any]) -> ModelEntry:
     gguf = path.suffix.lower() == GGUF_SUFFIX
     keys = header.keys()
-    if gguf and not _is_flux1_transformer(keys):
+    flux2 = _is_flux2_transformer(keys)
+    if gguf and (flux2 or not _is_flux1_transformer(keys)):
         raise ValueError("GGUF files are read for FLUX.1 transformers only")
+    if flux2:
+        # klein and klein base share one architecture; BFL's file names tell them apart (flux-2-klein-base-4b)
+        variant = "dev" if any("guidance_in." in k or "guidance_embedder." in k for k in keys) else (
+            "klein-base" if "base" in path.name.lower() else "klein")
+        return ModelEntry(name, "flux2", "file", source, native_size("flux2"), None, path, variant=variant,
+                          transformer_only=not any(k.startswith(("vae.", "first_stage_model.")) for k in keys))
     if _is_flux1_transformer(keys):
         variant = _flux1_file_variant(header)
         return ModelEntry(name, "flux1", "file", source, native_size("flux1"), None, path, variant=variant,
@@ -487,6 +497,16 @@ def _describe_checkpoint(path: Path, name: str, source: ModelSource, header: dic
 
 _FLUX1_BFL = re.compile(r"^(?:model\.diffusion_model\.)?double_blocks\.\d+\.img_attn\.")
 _FLUX1_DIFFUSERS = re.compile(r"^(?:transformer\.)?single_transformer_blocks\.\d+\.")
+
+
+# FLUX.2's shared modulation layers (BFL: ``.lin``, diffusers: ``.linear``) and diffusers' fused single-block
+# projection; its BFL block names are FLUX.1's, so it is checked first.
+_FLUX2_KEYS = re.compile(r"^(?:model\.diffusion_model\.)?(?:single_stream_modulation\.|double_stream_modulation_img\.)"
+                         r"|^single_transformer_blocks\.\d+\.attn\.to_qkv_mlp_proj\.")
+
+
+def _is_flux2_transformer(keys: Any) -> bool:
+    return any(_FLUX2_KEYS.match(k) for k in keys)
 
 
 def _is_flux1_transformer(keys: Any) -> bool:
@@ -513,16 +533,15 @@ def _describe_lora(name: str, path: Path, header: dict[str, Any]) -> LoraEntry:
         fmt = "peft"
     else:
         fmt = "unknown"
+    family = transformer_lora_family(header)
+    if family is not None or any(k.startswith("transformer.") for k in keys):
+        # a transformer's LoRA: SD 3.5's attn2 is not a UNet's cross-attention, its width no context width
+        return LoraEntry(name, path, family, fmt, None)
     context_dim = next(
         (int(v["shape"][1]) for k, v in header.items() if _LORA_TO_K.search(k) and len(v.get("shape", [])) == 2),
         None,
     )
-    family: str | None = None
-    if any(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_",
-                         "transformer.single_transformer_blocks.", "diffusion_model.double_blocks.",
-                         "diffusion_model.single_blocks.")) for k in keys):
-        family = "flux1"
-    elif any(k.startswith(("lora_te2_", "text_encoder_2.", "lora_unet_input_blocks", "lora_unet_output_blocks"))
+    if any(k.startswith(("lora_te2_", "text_encoder_2.", "lora_unet_input_blocks", "lora_unet_output_blocks"))
            for k in keys):
         family = "sdxl"
     elif context_dim is not None:

@@ -140,10 +140,16 @@ class LoraAdapters:
         # good, which a worker cycling LoRAs pays on every load; a LoRA file is small.
         state = load(entry.path.read_bytes())
         try:
-            with _quiet_loader():
+            with _quiet_loader() as unplaced:
                 self.pipe.load_lora_weights(state, adapter_name=adapter)
+            if unplaced:
+                # diffusers only warns; a LoRA with layers the model lacks is another architecture's
+                # (attention-only LoRAs of SD 3.5, Qwen-Image and FLUX read alike), applied in part
+                raise LoraIncompatible(f"it has layers the model lacks ({unplaced[0][:160]})", field=field)
         except Exception as exc:
             self._forget(adapter)
+            # the loader may have switched layers before failing: the next job sets its state afresh
+            self._active, self._enabled = (), True
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise LoraIncompatible(
                 f"{field}: LoRA {entry.name!r} does not fit model {self.model_name!r}: {reason}", field=field
@@ -177,21 +183,44 @@ class LoraAdapters:
             return None
 
 
+class _UnplacedKeys(logging.Handler):
+    """Collects diffusers' "unexpected keys" report: LoRA weights no layer of the model took."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.found: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "unexpected keys" in message:
+            self.found.append(message.split(":", 1)[-1].strip())
+
+
 @contextmanager
-def _quiet_loader() -> Iterator[None]:
+def _quiet_loader() -> Iterator[list[str]]:
     """diffusers and transformers log load reports meant for training code ("missing keys" for every
-    base weight when an adapter loads); the worker reports failures itself."""
+    base weight when an adapter loads); the worker reports failures itself. Yields the list that
+    receives diffusers' report of LoRA weights no layer took (its ``_maybe_warn_for_unhandled_keys``)."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     before = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
+    reporter = logging.getLogger("diffusers.utils.peft_utils")
+    handler = _UnplacedKeys()
+    level, propagate = reporter.level, reporter.propagate
+    reporter.setLevel(logging.WARNING)
+    reporter.propagate = False  # heard here only, not printed
+    reporter.addHandler(handler)
     try:
         with warnings.catch_warnings():
             # peft warns that a model holding an adapter gets another: several adapters is the design here.
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            yield
+            yield handler.found
     finally:
+        reporter.removeHandler(handler)
+        reporter.setLevel(level)
+        reporter.propagate = propagate
         diffusers_logging.set_verbosity(before[0])
         transformers_logging.set_verbosity(before[1])

@@ -7,7 +7,16 @@ klein); Qwen-Image's template prefix is dropped by the pipeline, so only the pro
 and SD 3.5 also feed a CLIP encoder that reads the first 77 tokens; like ComfyUI and Forge we do not
 refuse for that, since their T5 reads the whole prompt.
 
-``export`` gives a fleet's API node the same count without the files (``PromptTokenizer``).
+``export`` gives a fleet's API node the same count without the files (``PromptTokenizer``): the
+tokenizer's ``tokenizers`` backend, serialised. transformers 5 gives every tokenizer class of these
+families' encoders (T5, Qwen2, Llama/Mistral) that backend, converting the slow files at load when the
+folder has no ``tokenizer.json`` (Qwen's ``vocab.json``/``merges.txt``; T5's ``spiece.model``, which
+needs the ``sentencepiece`` and ``protobuf`` packages, without which neither this check nor the
+pipeline can load the model). A tokenizer without that backend (a pure-Python one, mistral-common's)
+is exported as nothing: the API node accepts the job and the worker refuses a long prompt when it takes
+it, the job failing with the same ``invalid_request`` error and message. Converting such a tokenizer
+ourselves would give the API node a count that may differ from the worker's, the one thing this must
+not do.
 """
 
 from __future__ import annotations
@@ -56,6 +65,9 @@ class PromptLimits:
                 return self._exports[str(path)]
         tokenizer = self._tokenizer(path)
         backend = getattr(tokenizer, "backend_tokenizer", None)
+        if tokenizer is not None and backend is None:
+            log.info("the tokenizer in %s (%s) has no tokenizers backend: API nodes leave its prompt lengths to "
+                     "the worker", path, type(tokenizer).__name__)
         exported = None
         if backend is not None:
             text = backend.to_str()

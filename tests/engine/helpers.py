@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
@@ -35,3 +38,26 @@ def as_mask(image: Image.Image) -> InputImage:
 
 def pixels(image: Image.Image) -> npt.NDArray[np.uint8]:
     return np.asarray(image.convert("RGB"))
+
+
+def save_transformer_lora(pipeline_class: Any, transformer: Any, path: Path, targets: list[str], seed: int) -> None:
+    """A tiny LoRA with non-zero weights on ``transformer``'s ``targets``, saved by the pipeline's own
+    ``save_lora_weights`` (diffusers' layout, ``transformer.<module>.lora_A.weight``) as ``path``; the
+    transformer is left without the adapter."""
+    import torch
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    transformer.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights="gaussian"), adapter_name="made"
+    )
+    with torch.no_grad():
+        for name, weight in transformer.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 1.5)  # peft starts B at zero: a LoRA that changes nothing
+    layers = get_peft_model_state_dict(transformer, adapter_name="made")
+    transformer.delete_adapters("made")
+    pipeline_class.save_lora_weights(
+        path.parent, transformer_lora_layers=layers, weight_name=path.name, safe_serialization=True
+    )

@@ -115,3 +115,43 @@ def test_upscaler_bench_smoke(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["rows"]
     assert [(row["arch"], row["input"], row["output"]) for row in rows] == [("demo", 16, 64)]
     assert rows[0]["seconds_median"] > 0 and rows[0]["parameters"] > 0
+
+
+def test_real_size_flow_configs_are_the_published_shapes_diffusers_carries() -> None:
+    """``bench/engine.py --arch`` times the real sizes: the configs in ``bench/flow_archs.py`` are checked
+    against what diffusers 0.42 itself carries (no download here): its transformer classes' defaults are
+    FLUX.1's, Z-Image-Turbo's and Qwen-Image's published configs (FLUX.1 dev adds the guidance input), and
+    FLUX.2 klein's text width is the three Qwen3 layers its pipeline stacks (``text_encoder_out_layers``).
+    SD 3.5 large has no such reference in the package (SD3's defaults are medium's)."""
+    import inspect
+
+    import diffusers
+
+    from bench.flow_archs import (
+        FLUX1_DEV_TRANSFORMER,
+        FLUX2_KLEIN_TRANSFORMER,
+        QWEN3_4B,
+        QWENIMAGE_TRANSFORMER,
+        ZIMAGE_TURBO_TRANSFORMER,
+    )
+
+    def defaults(cls: Any) -> dict[str, Any]:
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+    def normal(config: dict[str, Any]) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+    for ours, cls, differs in [(FLUX1_DEV_TRANSFORMER, diffusers.FluxTransformer2DModel, {"guidance_embeds": True}),
+                               (ZIMAGE_TURBO_TRANSFORMER, diffusers.ZImageTransformer2DModel, {}),
+                               (QWENIMAGE_TRANSFORMER, diffusers.QwenImageTransformer2DModel, {})]:
+        published = normal(defaults(cls))
+        assert {k: published[k] for k in ours} == normal({**ours, **{k: published[k] for k in differs}}), cls
+        assert all(ours[k] == v for k, v in differs.items())
+    layers = inspect.signature(diffusers.Flux2KleinPipeline.encode_prompt).parameters["text_encoder_out_layers"]
+    assert FLUX2_KLEIN_TRANSFORMER["joint_attention_dim"] == len(layers.default) * QWEN3_4B["hidden_size"]
+    assert max(layers.default) <= QWEN3_4B["num_hidden_layers"]
+    dev = defaults(diffusers.Flux2Transformer2DModel)  # FLUX.2 dev: klein shares all but the sizes
+    for key in ("patch_size", "in_channels", "attention_head_dim", "timestep_guidance_channels"):
+        assert FLUX2_KLEIN_TRANSFORMER[key] == dev[key], key
+    assert tuple(FLUX2_KLEIN_TRANSFORMER["axes_dims_rope"]) == tuple(dev["axes_dims_rope"])

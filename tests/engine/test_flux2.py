@@ -122,3 +122,81 @@ def test_cli_generate_with_a_flux2_folder_equals_diffusers(
     with Image.open(out) as image:
         np.testing.assert_array_equal(pixels(image), pixels(expected))
     assert "warning: negative_prompt: ignored" in capsys.readouterr().err
+
+
+def _bfl_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers FLUX.2 transformer's weights in BFL's names, as ``flux-2-klein-4b.safetensors`` is
+    published: the inverse of diffusers' ``convert_flux2_transformer_checkpoint_to_diffusers`` (fused
+    q/k/v, norm ``scale``s, the final modulation's (shift, scale) order)."""
+    renames = [
+        ("x_embedder", "img_in"), ("context_embedder", "txt_in"), ("proj_out", "final_layer.linear"),
+        ("time_guidance_embed.timestep_embedder.linear_1", "time_in.in_layer"),
+        ("time_guidance_embed.timestep_embedder.linear_2", "time_in.out_layer"),
+        ("time_guidance_embed.guidance_embedder.linear_1", "guidance_in.in_layer"),
+        ("time_guidance_embed.guidance_embedder.linear_2", "guidance_in.out_layer"),
+        ("stream_modulation_img.linear", "stream_modulation_img.lin"),
+        ("stream_modulation_txt.linear", "stream_modulation_txt.lin"),
+        ("single_stream_modulation.linear", "single_stream_modulation.lin"),
+    ]
+    double = {"attn.norm_q.weight": "img_attn.norm.query_norm.scale",
+              "attn.norm_k.weight": "img_attn.norm.key_norm.scale",
+              "attn.norm_added_q.weight": "txt_attn.norm.query_norm.scale",
+              "attn.norm_added_k.weight": "txt_attn.norm.key_norm.scale", "attn.to_out.0": "img_attn.proj",
+              "attn.to_add_out": "txt_attn.proj", "ff.linear_in": "img_mlp.0", "ff.linear_out": "img_mlp.2",
+              "ff_context.linear_in": "txt_mlp.0", "ff_context.linear_out": "txt_mlp.2"}
+    single = {"attn.to_qkv_mlp_proj": "linear1", "attn.norm_q.weight": "norm.query_norm.scale",
+              "attn.norm_k.weight": "norm.key_norm.scale", "attn.to_out": "linear2"}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith("norm_out.linear."):
+            shift_last, scale_first = value.chunk(2, dim=0)  # diffusers keeps (scale, shift)
+            out[key.replace("norm_out.linear", "final_layer.adaLN_modulation.1")] = torch.cat([scale_first, shift_last])
+            continue
+        parts = key.split(".")
+        if parts[0] in ("transformer_blocks", "single_transformer_blocks"):
+            table, prefix = (double, "double_blocks") if parts[0] == "transformer_blocks" else (single, "single_blocks")
+            inner = ".".join(parts[2:])
+            if parts[0] == "transformer_blocks" and parts[3] in ("to_q", "add_q_proj"):
+                kind = "img" if parts[3] == "to_q" else "txt"
+                names = ("to_q", "to_k", "to_v") if kind == "img" else ("add_q_proj", "add_k_proj", "add_v_proj")
+                fused = torch.cat([state[".".join([*parts[:3], n, parts[-1]])] for n in names])
+                out[f"{prefix}.{parts[1]}.{kind}_attn.qkv.{parts[-1]}"] = fused
+                continue
+            if parts[0] == "transformer_blocks" and parts[3] in ("to_k", "to_v", "add_k_proj", "add_v_proj"):
+                continue
+            match = next(((d, b) for d, b in table.items() if inner == d or inner.startswith(d + ".")), None)
+            assert match is not None, key
+            out[f"{prefix}.{parts[1]}.{match[1]}{inner[len(match[0]):]}"] = value
+            continue
+        for old, new in renames:
+            key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("layout", ["bfl", "comfy", "diffusers"])
+def test_a_transformer_only_file_equals_its_folder(demo_bundle: Path, tmp_path: Path, layout: str) -> None:
+    """The klein transformer as one file (BFL's names, the same under ComfyUI's ``model.diffusion_model.``,
+    or diffusers' own), completed from the demo folder found in the same models folder: the library reads
+    it as a FLUX.2 klein transformer file and its pixels equal the folder's."""
+    from safetensors.torch import load_file, save_file
+
+    folder = demo_bundle / "models" / DEMO_FLUX2
+    state = load_file(folder / "transformer" / "diffusion_pytorch_model.safetensors")
+    if layout != "diffusers":
+        state = _bfl_layout(state)
+        assert len(state) < len(load_file(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+    if layout == "comfy":
+        state = {f"model.diffusion_model.{k}": v for k, v in state.items()}
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / DEMO_FLUX2).symlink_to(folder, target_is_directory=True)
+    save_file(state, str(models / "flux-2-klein-tiny.safetensors"))
+    engine = DiffusersEngine(Settings(models_dir=str(models), cache_dir=tmp_path, device="cpu", max_loaded_models=1))
+    entry = engine.library.model("flux-2-klein-tiny")
+    assert (entry.family, entry.kind, entry.transformer_only, entry.variant) == ("flux2", "file", True, "klein")
+    request = {"prompt": "a photo of a cat", "seed": SEED, **CALL}
+    from_file = engine.generate(GenerationRequest(model="flux-2-klein-tiny", **request))
+    expected = _reference(demo_bundle, "Flux2KleinPipeline")(
+        prompt="a photo of a cat", generator=torch.Generator("cpu").manual_seed(SEED), **CALL).images[0]
+    np.testing.assert_array_equal(pixels(from_file.images[0]), pixels(expected))

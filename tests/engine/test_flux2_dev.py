@@ -1,11 +1,12 @@
 """FLUX.2 dev (``Flux2Pipeline``: a Mistral 3 text encoder, distilled guidance) through the engine, on a
 tiny dev model built here from the klein demo's pieces (not in the bundle): the library recognises the
 variant from the files, text-to-image equals diffusers' ``Flux2Pipeline`` called directly, the
-operations diffusers has no dev pipeline for are a 4xx naming the model, and dev jobs run alone in a
-batch (``batch_flow``: the shared call serves klein only)."""
+operations diffusers has no dev pipeline for are a 4xx naming the model, dev jobs batch across jobs in
+the shared loop, and a dev LoRA gives diffusers' pixels."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from sdworker.domain.request import GenerationRequest, Operation
+from sdworker.domain.request import GenerationRequest, LoraRef, Operation
 from sdworker.engine.diffusers_engine import DiffusersEngine
 from sdworker.engine.protocol import BatchItem
 from sdworker.errors import InvalidRequest
 from sdworker.settings import Settings
 
-from .helpers import as_init, init_image, pixels
+from .helpers import as_init, init_image, pixels, save_transformer_lora
 
 DEV = "tiny-flux2-dev"
 CALL: dict[str, Any] = {"width": 64, "height": 64, "num_inference_steps": 2, "guidance_scale": 4.0}
@@ -99,9 +100,73 @@ def test_operations_without_a_dev_pipeline_are_refused_naming_the_model(
     assert caught.value.field == "operation"
 
 
-def test_dev_jobs_in_a_batch_run_alone_with_their_solo_pixels(engine: DiffusersEngine) -> None:
-    requests = [GenerationRequest("a cat", seed=1, **CALL), GenerationRequest("a dog", seed=2, **CALL)]
-    batched = engine.generate_batch([BatchItem(r) for r in requests])
-    for request, got in zip(requests, batched, strict=True):
-        assert not isinstance(got, Exception), got
-        np.testing.assert_array_equal(pixels(got.images[0]), pixels(engine.generate(request).images[0]))
+def test_dev_jobs_share_one_transformer_call_each_with_its_own_guidance(engine: DiffusersEngine) -> None:
+    """The shared batch loop (``batch_flow``) as for the other families: each job's own generator,
+    scheduler and distilled guidance (a per-row transformer input). A job alone in the shared loop equals
+    its solo run pixel for pixel (the same computation); three jobs in one call stay within 40 dB PSNR of
+    their solo runs. On this tiny dev the 3-row call's matmuls round differently from the 1-row ones
+    (a level in a few pixels, about 85 dB), so most jobs are a level off rather than equal."""
+    from sdworker.engine.batch import denoise
+    from sdworker.engine.diffusers_engine import batch_hooks
+
+    from .test_flow_batch import _psnr
+
+    lighthouse = "a lighthouse on a cliff above a stormy sea"
+    requests = [GenerationRequest("a photo of a cat", seed=1, **CALL),  # guidance 4
+                GenerationRequest(lighthouse, seed=2, **{**CALL, "guidance_scale": 2.0}),
+                GenerationRequest("a red barn", seed=3, **{**CALL, "guidance_scale": 6.0})]
+    transformer = engine._slot(engine.library.model(DEV), None).model.text_to_image.transformer
+    rows: list[int] = []
+    handle = transformer.register_forward_pre_hook(lambda m, a, k: rows.append(len(k["hidden_states"])),
+                                                   with_kwargs=True)
+    try:
+        batched = engine.generate_batch([BatchItem(r) for r in requests])
+        assert rows == [3] * CALL["num_inference_steps"]  # one call per step for the three jobs
+    finally:
+        handle.remove()
+    slot = engine._slot(engine.library.model(DEV), None)
+    hooks = batch_hooks("flux2")
+    singles = []  # each job alone through the shared loop (generate_batch sends a group of one to generate)
+    for position, request in enumerate(requests):
+        job = hooks.prepare(slot, position, BatchItem(request), request.prompt, request.seed or 0, time.perf_counter())
+        denoise(hooks, slot.model.text_to_image, [job])
+        singles.append(job.outcome(slot, ()))
+    for request, got, single in zip(requests, batched, singles, strict=True):
+        assert not isinstance(got, Exception) and not isinstance(single, Exception), (got, single)
+        alone = pixels(engine.generate(request).images[0])
+        np.testing.assert_array_equal(pixels(single.images[0]), alone)
+        assert _psnr(pixels(got.images[0]), alone) >= 40, request
+        assert np.abs(pixels(got.images[0]).astype(int) - alone.astype(int)).max() <= 1, request
+
+
+def test_a_lora_on_dev_gives_diffusers_pixels_and_leaves_nothing(dev_folder: Path, tmp_path: Path) -> None:
+    """A dev LoRA (made here with peft, saved by ``Flux2Pipeline.save_lora_weights``) through the engine
+    equals ``Flux2Pipeline.load_lora_weights`` called directly; the next job without it equals the
+    pipeline that never saw it."""
+    from diffusers import Flux2Pipeline, Flux2Transformer2DModel
+
+    loras = tmp_path / "loras"
+    save_transformer_lora(
+        Flux2Pipeline,
+        Flux2Transformer2DModel.from_pretrained(dev_folder / "transformer"),
+        loras / "dev-style.safetensors",
+        ["to_q", "to_k", "to_v", "to_out.0", "to_qkv_mlp_proj"],
+        seed=4,
+    )
+    engine = DiffusersEngine(Settings(model=str(dev_folder), lora_dir=str(loras), device="cpu"))
+    pipe = Flux2Pipeline.from_pretrained(dev_folder)
+    pipe.set_progress_bar_config(disable=True)
+
+    def diffusers_pixels() -> np.ndarray:
+        generator = torch.Generator("cpu").manual_seed(3)
+        return pixels(pipe(prompt="a photo of a cat", generator=generator, **CALL).images[0])
+
+    plain = diffusers_pixels()
+    pipe.load_lora_weights(str(loras / "dev-style.safetensors"))
+    with_lora = diffusers_pixels()
+    assert np.abs(plain.astype(int) - with_lora.astype(int)).max() > 10
+    assert engine.library.lora("dev-style").family == "flux2"
+    result = engine.generate(GenerationRequest("a photo of a cat", seed=3, loras=(LoraRef("dev-style"),), **CALL))
+    np.testing.assert_array_equal(pixels(result.images[0]), with_lora)
+    after = engine.generate(GenerationRequest("a photo of a cat", seed=3, **CALL))
+    np.testing.assert_array_equal(pixels(after.images[0]), plain)

@@ -155,3 +155,31 @@ def test_previews_follow_the_family_of_the_model_that_runs(demo_bundle: Path, tm
         assert slot.decoders["latent2rgb"].table == coefficients  # type: ignore[attr-defined]
         assert "taesd" in slot.decoders  # each demo folder ships its own taesd/
     assert all(p is not None and p.method == "taesd" for p in seen)
+
+
+def _pair(module: str, rows: int, columns: int, down: str = "lora_down", up: str = "lora_up") -> dict[str, Any]:
+    return {f"{module}.{down}.weight": {"shape": [4, columns]}, f"{module}.{up}.weight": {"shape": [rows, 4]}}
+
+
+@pytest.mark.parametrize(
+    ("header", "family"),
+    [
+        # BFL/kohya names are FLUX.1's and FLUX.2's alike: the MLP widths tell (FLUX.1 4x, FLUX.2 SwiGLU 3x)
+        (_pair("lora_unet_single_blocks_0_linear2", 3072, 5 * 3072), "flux1"),
+        (_pair("lora_unet_single_blocks_0_linear2", 3072, 4 * 3072), "flux2"),
+        (_pair("diffusion_model.single_blocks.0.linear1", 9 * 3072, 3072, "lora_A", "lora_B"), "flux2"),
+        (_pair("diffusion_model.double_blocks.0.img_mlp.0", 4 * 3072, 3072, "lora_A", "lora_B"), "flux1"),
+        (_pair("diffusion_model.double_blocks.0.img_attn.qkv", 3 * 3072, 3072, "lora_A", "lora_B"), None),
+        (_pair("transformer.single_transformer_blocks.0.attn.to_qkv_mlp_proj", 9, 1, "lora_A", "lora_B"), "flux2"),
+        (_pair("transformer.single_transformer_blocks.0.attn.to_q", 8, 8, "lora_A", "lora_B"), "flux1"),
+        (_pair("transformer.transformer_blocks.0.img_mlp.net.2", 8, 8, "lora_A", "lora_B"), "qwenimage"),
+        (_pair("transformer.layers.0.attention.to_q", 8, 8, "lora_A", "lora_B"), "zimage"),
+        (_pair("lora_unet_joint_blocks_0_x_block_attn_qkv", 8, 8), "sd3"),
+        (_pair("transformer.transformer_blocks.0.attn.to_q", 8, 8, "lora_A", "lora_B"), None),
+        (_pair("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k", 320, 768), None),
+    ],
+)
+def test_transformer_lora_families_from_key_names_and_widths(header: dict[str, Any], family: str | None) -> None:
+    from sdworker.engine.lora_family import transformer_lora_family
+
+    assert transformer_lora_family(header) == family

@@ -5,6 +5,7 @@ counts it (so exactly the prompts diffusers would cut are refused); CLIP familie
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,3 +83,70 @@ def test_what_a_worker_registers_counts_as_the_engine_counts(engine: DiffusersEn
         except InvalidRequest:
             api_refuses = True
         assert engine_refuses == api_refuses, (model, words)
+
+
+def _slow_qwen_tokenizer(source: Path, folder: Path) -> None:
+    """The demo Qwen tokenizer as slow files only (``vocab.json``, ``merges.txt``, no ``tokenizer.json``)."""
+    import json
+    import shutil
+
+    model = json.loads((source / "tokenizer.json").read_text(encoding="utf-8"))
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps(model["model"]["vocab"]), encoding="utf-8")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["model"]["merges"]]
+    (folder / "merges.txt").write_text("".join(f"{m}\n" for m in merges), encoding="utf-8")
+    config = json.loads((source / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config.pop("backend", None)
+    fields = ("content", "lstrip", "rstrip", "normalized", "single_word", "special")
+    config["added_tokens_decoder"] = {str(t["id"]): {k: t[k] for k in fields} for t in model["added_tokens"]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    shutil.copy(source / "chat_template.jinja", folder)
+
+
+def _refusals(check: Any) -> list[bool]:
+    refused = []
+    for words in range(100, 140):
+        try:
+            check(_words(words) + (" and a red barn" if words % 2 else ""))
+            refused.append(False)
+        except InvalidRequest:
+            refused.append(True)
+    return refused
+
+
+def test_a_tokenizer_of_slow_files_is_registered_and_counts_as_the_worker(demo_bundle: Path, tmp_path: Path) -> None:
+    """transformers converts slow files to its tokenizers backend at load, so a worker whose Qwen
+    tokenizer has no ``tokenizer.json`` still registers one that the API node counts with exactly."""
+    from sdworker.domain.families import family_facts
+    from sdworker.domain.prompt_length import TokenCounter, check_counts
+    from sdworker.engine.prompt_limits import PromptLimits
+
+    _slow_qwen_tokenizer(demo_bundle / "models" / "demo-zimage" / "tokenizer", tmp_path / "tokenizer")
+    assert not (tmp_path / "tokenizer" / "tokenizer.json").exists()
+    facts, limits = family_facts("zimage"), PromptLimits()
+    exported = limits.export(facts, str(tmp_path))
+    assert exported is not None
+    counter = TokenCounter(exported[1], exported[0])
+    worker = _refusals(lambda text: limits.check(facts, str(tmp_path), {"prompt": text}))
+    api = _refusals(lambda text: check_counts(facts, {"prompt": text}, counter))
+    assert worker == api and True in worker and False in worker  # the boundary (~125 words) lies inside
+
+
+def test_a_tokenizer_without_a_tokenizers_backend_is_checked_by_the_worker_only(tmp_path: Path) -> None:
+    """A pure-Python tokenizer (CTRL's here) has nothing an API node could count with: nothing is
+    registered, and the worker's own check still refuses a long prompt."""
+    import json
+
+    from sdworker.domain.families import family_facts
+    from sdworker.engine.prompt_limits import PromptLimits
+
+    folder = tmp_path / "tokenizer"
+    folder.mkdir()
+    (folder / "vocab.json").write_text(json.dumps({"UNK": 0, "cat": 1, "a": 2, "red": 3, "barn": 4, "and": 5}))
+    (folder / "merges.txt").write_text("#version: 0.2\nc a\nca t\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CTRLTokenizer", "unk_token": "UNK"}))
+    facts, limits = family_facts("zimage"), PromptLimits()
+    assert limits.export(facts, str(tmp_path)) is None
+    limits.check(facts, str(tmp_path), {"prompt": "a red barn"})
+    with pytest.raises(InvalidRequest, match=r"prompt: \d+ tokens, more than the 512"):
+        limits.check(facts, str(tmp_path), {"prompt": _words(600)})

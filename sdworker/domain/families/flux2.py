@@ -55,8 +55,7 @@ FACTS = FamilyFacts(
     prompt_syntax="plain",
     schedulers=("euler",),
     default_scheduler="euler",
-    # klein only (engine/batch_flow.py). dev runs alone: its Mistral encoder and guidance input make a
-    # loop of its own that the shared call has not been written for yet.
+    # klein and dev text-to-image (engine/batch_flow.py); inpaint and edit jobs run alone.
     batching=True,
     latent=FLUX2_LATENT,
     pipelines={

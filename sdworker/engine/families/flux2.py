@@ -2,6 +2,9 @@
 ``Flux2KleinInpaintPipeline`` over the klein's modules for inpainting. diffusers has no image-to-image
 pipeline for FLUX.2, and none for dev's inpainting: those jobs are a 4xx naming the model.
 
+Loading: a diffusers folder, or a transformer-only single file (BFL's layout or diffusers' names)
+completed from a diffusers FLUX.2 folder of the same kind (``--model-config`` or one of the library's).
+
 Latents: the loop holds ``(B, h/16 * w/16, 128)``, a token per 2x2 patch of the 32-channel VAE latents,
 normalised by the VAE's batch norm (``vae.bn`` running mean and variance). ``unpack`` gives the
 un-patchified ``(B, 32, h/8, w/8)``, still normalised: the form ComfyUI's latent2rgb set expects.
@@ -19,6 +22,7 @@ from PIL import Image
 
 from sdworker.engine.families.flow import FlowAdapter, quantized
 from sdworker.engine.models import LoadedModel, ModelSource
+from sdworker.errors import ModelError
 from sdworker.previews.vae import DenormalisingVaeDecoder
 
 
@@ -43,6 +47,40 @@ class Flux2Adapter(FlowAdapter):
                                                             **(components or {}))
         return super().load_base(source, dtype, model_config, transformer_only=transformer_only,
                                  use_safetensors=use_safetensors, quantize=quantize, components=components)
+
+    def load_single_file(self, source: ModelSource, dtype: torch.dtype, model_config: str | None, *,
+                         transformer_only: bool, quantize: str = "none",
+                         components: dict[str, Any] | None = None) -> Any:
+        """A transformer file (BFL's layout, as ``flux-2-klein-4b.safetensors`` is published, optionally under
+        ``model.diffusion_model.`` as ComfyUI repackages it; or diffusers' key names) through
+        ``Flux2Transformer2DModel.from_single_file`` (diffusers' own key mapping), completed from a
+        diffusers FLUX.2 folder of the same kind (klein or dev), whose transformer config it must fit."""
+        import diffusers
+        from safetensors.torch import load_file
+
+        from sdworker.engine.quantize import denoiser_config
+
+        folder = self.config_folder(source, model_config)
+        if not transformer_only:
+            raise ModelError(f"model {source.location}: all-in-one FLUX.2 checkpoints are not supported; "
+                             "use its transformer file with --model-config")
+        # diffusers' FLUX.2 converter reads bare BFL names (its block index is the key's second part)
+        state = {k.removeprefix("model.diffusion_model."): v for k, v in load_file(source.location).items()}
+        config = denoiser_config(quantize, dtype)
+        try:
+            transformer = diffusers.Flux2Transformer2DModel.from_single_file(
+                state, config=str(folder), subfolder="transformer", dtype=dtype,
+                **({} if config is None else {"quantization_config": config}),
+            )
+        except (ValueError, KeyError, RuntimeError) as exc:  # a file of another size than the folder's
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"model {source.location}: the transformer file does not fit the FLUX.2 folder "
+                             f"{folder} that completes it: {reason}") from exc
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+        name = "Flux2KleinPipeline" if "Klein" in str(index.get("_class_name", "")) else "Flux2Pipeline"
+        return getattr(diffusers, name).from_pretrained(str(folder), transformer=transformer, dtype=dtype,
+                                                        **quantized(quantize, self.family, dtype, transformer=False),
+                                                        **(components or {}))
 
     def build(self, base: Any, device: torch.device, dtype: torch.dtype, source: ModelSource) -> LoadedModel:
         """dev has its text-to-image pipeline only (diffusers has no FLUX.2 dev inpaint pipeline)."""
