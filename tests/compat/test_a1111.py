@@ -104,7 +104,8 @@ def _grid() -> Image.Image:
 
 def test_controlnet_units_equal_the_native_job(api: webuiapi.WebUIApi, http: httpx.Client) -> None:
     # the whole folder, as A1111, and the IP-Adapter as the extension lists it
-    assert api.controlnet_model_list() == ["demo-controlnet", "demo-flux1-controlnet", "demo-ip-adapter"]
+    assert api.controlnet_model_list() == ["demo-controlnet", "demo-flux1-controlnet", "demo-flux1-ip-adapter",
+                                          "demo-ip-adapter"]
     assert http.get("/v1/controlnets").json() == {"object": "list", "data": [{"name": "demo-controlnet"},
                                                                              {"name": "demo-flux1-controlnet"}]}
     assert {"none", "canny"} <= set(api.controlnet_module_list())
