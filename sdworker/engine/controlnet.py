@@ -235,13 +235,22 @@ class ControlNets:
         return model
 
 
-def control_images(units: tuple[ControlUnit, ...], max_pixels: int) -> list[Image.Image]:
+def control_images(
+    units: tuple[ControlUnit, ...], max_pixels: int, size: tuple[int, int] | None = None
+) -> list[Image.Image]:
     """Each unit's control map: its image decoded (``InvalidImage`` naming the unit's field) and run
-    through its preprocessor."""
+    through its preprocessor. With ``size`` (the hires fix's second pass), an image with a preprocessor
+    is resized to it first and preprocessed there, as sd-webui-controlnet runs the preprocessor again at
+    the larger size: canny's edges at the resolution the pass paints (thin, as at the first pass), not
+    the first pass's edges stretched. A ``none`` map is left to the pipeline's own resize (the same
+    Lanczos resize, done once)."""
     maps = []
     for unit in units:
         image = unit.image.decode(max_pixels=max_pixels)
-        maps.append(control_map(image, preprocessor_name(unit.preprocessor, unit.image.field), unit.low, unit.high))
+        name = preprocessor_name(unit.preprocessor, unit.image.field)
+        if size is not None and name != "none" and image.size != size:
+            image = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+        maps.append(control_map(image, name, unit.low, unit.high))
     return maps
 
 
