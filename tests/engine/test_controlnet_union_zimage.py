@@ -142,8 +142,12 @@ def test_zimage_unit_equals_the_zimage_controlnet_pipeline(engine: DiffusersEngi
                                                 controlnet_conditioning_scale=0.9))
     assert np.abs(ours.astype(int) - _zimage(engine).astype(int)).max() > 0  # the unit steers it
 
-    ours = _zimage(engine, unit("zimage-inpaint-net", stripes(), weight=0.7), operation=Operation.INPAINT,
-                   init_image=as_init(init_image(64)), mask_image=as_mask(half_mask()))
+    inpaint = GenerationRequest(PROMPT, model="demo-zimage", seed=SEED, operation=Operation.INPAINT,
+                                controlnet=(unit("zimage-inpaint-net", stripes(), weight=0.7),),
+                                init_image=as_init(init_image(64)), mask_image=as_mask(half_mask()), **ZIMAGE)
+    result = engine.generate(inpaint)
+    assert any(w.startswith("strength: ignored") for w in result.warnings), result.warnings
+    ours = pixels(result.images[0])
     net = ZImageControlNetModel.from_pretrained(nets / "zimage-inpaint-net")
     pipe = ZImageControlNetInpaintPipeline.from_pretrained(demo_bundle / "models" / "demo-zimage", controlnet=net)
     expected = by_hand(pipe, ZIMAGE, image=init_image(64), mask_image=half_mask(), control_image=stripes(),
