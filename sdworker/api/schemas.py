@@ -210,7 +210,7 @@ class JobRequest(BaseModel):
     )
     priority: int = Field(0, ge=0, le=100, description="higher starts first; at most the API key's own priority")
     cache: CacheRequest | None = Field(None, description="opt-in step caching (transformer families)")
-    ip_adapter: IpAdapterRequest | None = Field(None, description="SD 1.x/2.x/SDXL: reference images (IP-Adapter)")
+    ip_adapter: IpAdapterRequest | None = Field(None, description="SD 1.x/2.x/SDXL, FLUX.1: reference images")
     upscaler: str | None = Field(
         None, min_length=1, max_length=_NAME,
         description="image_upscale: an upscaler model of --upscalers-dir (GET /sdapi/v1/upscalers) or None/Lanczos/"

@@ -3,9 +3,9 @@ ControlNet pipeline a job with units runs.
 
 Which family a ControlNet is for is a fact of its folder: ``config.json``'s ``_class_name`` names
 diffusers' class (``ControlNetModel``: SD 1.x/2.x/SDXL, told apart by the cross-attention width;
-``FluxControlNetModel``: FLUX.1; ``SD3ControlNetModel``: SD 3.5; ``QwenImageControlNetModel``:
-Qwen-Image). A unit whose ControlNet is for another family is a 4xx naming the unit's ``model`` field
-before anything loads.
+``ControlNetUnionModel``: SDXL's union ControlNet; ``FluxControlNetModel``: FLUX.1; ``SD3ControlNetModel``:
+SD 3.5; ``QwenImageControlNetModel``: Qwen-Image; ``ZImageControlNetModel``: Z-Image). A unit whose
+ControlNet is for another family is a 4xx naming the unit's ``model`` field before anything loads.
 
 Why a new pipeline object per job: diffusers' ControlNet pipelines are separate classes that take the
 ControlNet as a component. ``Cls.from_pipe(base, controlnet=...)`` makes one over the loaded model's
@@ -19,6 +19,11 @@ itself with its image, weight (``controlnet_conditioning_scale``) and ``control_
 ``end``; several are a ``MultiControlNetModel`` (``FluxMultiControlNetModel``,
 ``SD3MultiControlNetModel``) with lists of each. A FLUX.1 union ControlNet (its config has
 ``num_mode``) takes a ``control_mode`` per unit, diffusers' argument of that name.
+
+SDXL's union ControlNet (``ControlNetUnionModel``, xinsir's controlnet-union; ``num_control_type`` modes)
+runs every map in one forward of one model: the units all name it, and diffusers' union pipelines get
+lists of maps, modes, weights and start/end, one entry per unit. Z-Image's ControlNet pipeline takes
+one control image with a weight and acts on every step: one unit, start 0 and end 1.
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ class ControlNetKind:
     multi: str  # the class that runs several units (module diffusers.models.controlnets)
     pipelines: dict[tuple[str, Operation], str]  # (family, operation) -> pipeline class
     one_net: bool = False  # several units share one (union) ControlNet, each with its own image
+    max_units: int = 4
+    steps_window: bool = True  # the pipeline takes control_guidance_start/end
+    modes_key: str = "num_mode"  # the config key of a union ControlNet's number of modes
 
 
 _SD_PIPELINES = {
@@ -79,8 +87,21 @@ KINDS: dict[str, ControlNetKind] = {
     "SD3ControlNetModel": ControlNetKind("SD 3.5", frozenset({"sd3"}), "SD3MultiControlNetModel", {
         ("sd3", Operation.TEXT_TO_IMAGE): "StableDiffusion3ControlNetPipeline",
     }),
+    # one ControlNetUnionModel takes all of a job's maps in one forward (diffusers' lists, one per unit)
+    "ControlNetUnionModel": ControlNetKind("SDXL union", frozenset({"sdxl"}), "MultiControlNetUnionModel", {
+        ("sdxl", operation): f"StableDiffusionXLControlNetUnion{suffix}Pipeline"
+        for operation, suffix in ((Operation.TEXT_TO_IMAGE, ""), (Operation.IMAGE_TO_IMAGE, "Img2Img"),
+                                  (Operation.INPAINT, "Inpaint"))
+    }, one_net=True, modes_key="num_control_type"),
+    # diffusers' Z-Image inpaint ControlNet pipeline needs a ControlNet that reads the mask and the masked
+    # image (Z-Image-Turbo-Fun-Controlnet-Union-2.0: control_in_dim 33); its pipeline refuses others
+    "ZImageControlNetModel": ControlNetKind("Z-Image", frozenset({"zimage"}), "", {
+        ("zimage", Operation.TEXT_TO_IMAGE): "ZImageControlNetPipeline",
+        ("zimage", Operation.INPAINT): "ZImageControlNetInpaintPipeline",
+    }, max_units=1, steps_window=False),
 }
 CONTROLNET_FAMILIES = frozenset().union(*(kind.families for kind in KINDS.values()))
+LATENT_CHANNELS = {"zimage": 16}
 # pipelines of their own, none with ControlNet
 NO_CONTROLNET_VARIANTS = {("flux1", "fill"), ("flux1", "kontext"), ("qwenimage", "edit"), ("qwenimage", "edit-plus")}
 
@@ -92,6 +113,7 @@ class ControlNetEntry:
     context_dim: int | None  # the cross-attention width it was trained against (its UNet's)
     kind: str = "ControlNetModel"  # diffusers' class, a key of KINDS
     num_modes: int | None = None  # a union ControlNet's number of control modes
+    control_in_dim: int | None = None  # Z-Image: the control input's channels (33: reads mask and masked image)
 
 
 class ControlNets:
@@ -127,9 +149,11 @@ class ControlNets:
         if kind not in KINDS:
             raise InvalidRequest(f"{field}: ControlNet {base!r} is a {kind}; this worker runs "
                                  f"{', '.join(KINDS)}", field=field)
-        modes = config.get("num_mode")
+        modes = config.get(KINDS[kind].modes_key)
+        channels = config.get("control_in_dim")
         return ControlNetEntry(base, path, width if isinstance(width, int) else None, kind,
-                               modes if isinstance(modes, int) else None)
+                               modes if isinstance(modes, int) else None,
+                               channels if isinstance(channels, int) else None)
 
     def check_units(self, units: tuple[ControlUnit, ...], model: ModelEntry,
                     operation: Operation = Operation.TEXT_TO_IMAGE, prefix: str = "controlnet") -> None:
@@ -149,8 +173,25 @@ class ControlNets:
                 raise InvalidRequest(f"{field}: ControlNet {entry.name!r} is a {kind.label} ControlNet, not for model "
                                      f"{model.name!r} ({model.family})", field=field)
             if (model.family, operation) not in kind.pipelines:
-                raise InvalidRequest(f"{prefix}: ControlNet on {kind.label} runs text_to_image only, not "
+                runs = " and ".join(sorted({op.value for family, op in kind.pipelines if family == model.family}))
+                raise InvalidRequest(f"{prefix}: ControlNet on {kind.label} runs {runs} only, not "
                                      f"{operation.value}", field=prefix)
+            if index and entry.kind != self.entry(units[0].model, f"{prefix}.0.model").kind:
+                raise InvalidRequest(f"{field}: ControlNet {entry.name!r} is a {kind.label} ControlNet and unit 0's "
+                                     "is not: a job's units use one kind of ControlNet", field=field)
+            if index >= kind.max_units:
+                raise InvalidRequest(f"{prefix}: {kind.label} ControlNet takes {kind.max_units} unit(s) per job "
+                                     f"(diffusers' pipeline takes one control image)", field=prefix)
+            if not kind.steps_window and (unit.start, unit.end) != (0.0, 1.0):
+                bad = "start" if unit.start != 0.0 else "end"
+                raise InvalidRequest(f"{prefix}.{index}.{bad}: {kind.label} ControlNet acts on every step "
+                                     "(diffusers' pipeline takes no start/end): start 0 and end 1",
+                                     field=f"{prefix}.{index}.{bad}")
+            if (entry.kind == "ZImageControlNetModel" and operation is Operation.INPAINT
+                    and entry.control_in_dim in (None, LATENT_CHANNELS["zimage"])):
+                raise InvalidRequest(f"{field}: ControlNet {entry.name!r} reads a control map only; Z-Image "
+                                     "inpainting with ControlNet needs one that also reads the mask and the masked "
+                                     "image (control_in_dim 33, Z-Image-Turbo-Fun-Controlnet-Union-2.0)", field=field)
             if kind.one_net and entry.name != self.entry(units[0].model, f"{prefix}.0.model").name:
                 raise InvalidRequest(f"{field}: {kind.label} runs several units on one ControlNet; unit 0 names "
                                      f"{units[0].model!r}", field=field)
@@ -194,13 +235,22 @@ class ControlNets:
         return model
 
 
-def control_images(units: tuple[ControlUnit, ...], max_pixels: int) -> list[Image.Image]:
+def control_images(
+    units: tuple[ControlUnit, ...], max_pixels: int, size: tuple[int, int] | None = None
+) -> list[Image.Image]:
     """Each unit's control map: its image decoded (``InvalidImage`` naming the unit's field) and run
-    through its preprocessor."""
+    through its preprocessor. With ``size`` (the hires fix's second pass), an image with a preprocessor
+    is resized to it first and preprocessed there, as sd-webui-controlnet runs the preprocessor again at
+    the larger size: canny's edges at the resolution the pass paints (thin, as at the first pass), not
+    the first pass's edges stretched. A ``none`` map is left to the pipeline's own resize (the same
+    Lanczos resize, done once)."""
     maps = []
     for unit in units:
         image = unit.image.decode(max_pixels=max_pixels)
-        maps.append(control_map(image, preprocessor_name(unit.preprocessor, unit.image.field), unit.low, unit.high))
+        name = preprocessor_name(unit.preprocessor, unit.image.field)
+        if size is not None and name != "none" and image.size != size:
+            image = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+        maps.append(control_map(image, name, unit.low, unit.high))
     return maps
 
 
@@ -219,6 +269,19 @@ def controlnet_call(
         raise InvalidRequest(f"controlnet: ControlNet on {spec.label} runs text_to_image only, not "
                              f"{operation.value}", field="controlnet")
     cls = getattr(diffusers, name)
+    if kind == "ControlNetUnionModel":  # one model, lists of everything (module docstring)
+        pipe = cls.from_pipe(base, controlnet=nets[0])
+        pipe.set_progress_bar_config(disable=True)
+        return pipe, {**kwargs, "control_image": list(maps), "control_mode": [u.mode for u in units],
+                      "controlnet_conditioning_scale": [u.weight for u in units],
+                      "control_guidance_start": [u.start for u in units],
+                      "control_guidance_end": [u.end for u in units]}
+    if kind == "ZImageControlNetModel":  # one unit, every step
+        pipe = cls.from_pipe(base, controlnet=nets[0])
+        pipe.set_progress_bar_config(disable=True)
+        kwargs = {**kwargs, "control_image": maps[0], "controlnet_conditioning_scale": units[0].weight}
+        kwargs.pop("strength", None)  # the inpaint pipeline starts from noise; the mask steers through the net
+        return pipe, kwargs
     one = len(nets) == 1
     multi = getattr(controlnets, spec.multi)(nets[:1] if spec.one_net else nets)
     pipe = cls.from_pipe(base, controlnet=nets[0] if one else multi)

@@ -78,3 +78,42 @@ def write_demo_controlnets(controlnet_dir: Path, flux1_seed: int, seed: int) -> 
     transformer = build_demo_flux1_components(flux1_seed)["transformer"]
     build_flux1_controlnet(transformer, seed).save_pretrained(controlnet_dir / DEMO_FLUX1_CONTROLNET,
                                                               safe_serialization=True)
+
+
+def build_sdxl_union_controlnet(unet: Any, seed: int, num_control_type: int = 4) -> Any:
+    """An SDXL union ControlNet (xinsir's kind, ``ControlNetUnionModel``) shaped after ``unet``: its
+    control-type transformer as wide as the UNet's first block; random, non-zero output layers."""
+    import torch
+    from diffusers import ControlNetUnionModel
+
+    torch.manual_seed(seed)
+    shaped = ControlNetUnionModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16),
+                                            load_weights_from_unet=False)
+    width = int(unet.config.block_out_channels[0])
+    # from_unet's config marks what it left at the defaults (``_use_default_values``); from_config would then
+    # drop our values for those keys
+    config = {key: value for key, value in shaped.config.items() if key != "_use_default_values"}
+    config |= {"num_trans_channel": width, "num_proj_channel": width, "num_trans_head": 2,
+              "num_control_type": num_control_type}
+    net: Any = ControlNetUnionModel.from_config(config)
+    _randomize(net.controlnet_down_blocks, net.controlnet_mid_block, net.spatial_ch_projs)
+    return net.eval()
+
+
+def build_zimage_controlnet(transformer: Any, seed: int, reads_mask: bool = False) -> Any:
+    """A Z-Image ControlNet shaped after ``transformer`` (one control layer; random, non-zero outputs).
+    ``reads_mask``: the 2.0 kind, whose control input also carries the mask and the masked image (what
+    diffusers' inpaint ControlNet pipeline needs)."""
+    import torch
+    from diffusers import ZImageControlNetModel
+
+    torch.manual_seed(seed)
+    config = transformer.config
+    channels = int(config.in_channels)
+    net: Any = ZImageControlNetModel(
+        control_layers_places=[0], control_in_dim=2 * channels + 1 if reads_mask else channels, dim=config.dim,
+        n_refiner_layers=config.n_refiner_layers, n_heads=config.n_heads, n_kv_heads=config.n_kv_heads,
+        all_patch_size=tuple(config.all_patch_size), all_f_patch_size=tuple(config.all_f_patch_size),
+    )
+    _randomize(net)
+    return net.eval()

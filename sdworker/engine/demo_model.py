@@ -34,6 +34,7 @@ folder a worker serves as it is::
     models/demo-flux1-kontext/   a tiny FLUX.1 Kontext edit model (``demo_edit``)
     ip-adapter/demo-ip-adapter.safetensors, ip-adapter/image_encoder/   an IP-Adapter for demo-sd15
                    and its CLIP image encoder (``demo_ip_adapter``)
+    ip-adapter/demo-flux1-ip-adapter/   an XLabs-layout IP-Adapter for demo-flux1 with its own encoder
     upscalers/demo-esrgan.pth   a tiny ESRGAN (RRDBNet) upscaler for the hires fix (``demo_upscaler``)
 
 LoRA, ControlNet and embedding weights are random and NOT zero (a ControlNet's output convolutions
@@ -59,7 +60,7 @@ from typing import Any
 # v6: controlnet/demo-flux1-controlnet
 # (v5: demo-sd15-inpainting, demo-flux2, demo-flux1-q8.gguf, the edit models, IP-Adapter, upscaler
 # v4: controlnet/demo-controlnet)
-DEMO_VERSION = "demo-v6"
+DEMO_VERSION = "demo-v7"
 MODELS_DIR, LORAS_DIR, EMBEDDINGS_DIR, CONTROLNET_DIR = "models", "loras", "embeddings", "controlnet"
 DEMO_CONTROLNET = "demo-controlnet"
 DEMO_SD15, DEMO_SDXL = "demo-sd15", "demo-sdxl"
@@ -360,10 +361,10 @@ def write_demo_bundle(directory: Path) -> Path:
 
     from sdworker.engine.demo_controlnet import write_demo_controlnets
     from sdworker.engine.demo_edit import write_demo_edit_models
-    from sdworker.engine.demo_flow import write_demo_flux1
+    from sdworker.engine.demo_flow import FLUX1_TRANSFORMER_CONFIG, write_demo_flux1
     from sdworker.engine.demo_flux2 import write_demo_flux2
     from sdworker.engine.demo_inpaint import write_demo_inpainting
-    from sdworker.engine.demo_ip_adapter import write_demo_ip_adapter
+    from sdworker.engine.demo_ip_adapter import write_demo_flux1_ip_adapter, write_demo_ip_adapter
     from sdworker.engine.demo_qwenimage import write_demo_qwenimage
     from sdworker.engine.demo_sd3 import write_demo_sd3
     from sdworker.engine.demo_upscaler import write_demo_upscaler
@@ -400,6 +401,8 @@ def write_demo_bundle(directory: Path) -> Path:
         )
         write_demo_ip_adapter(directory, sd15["unet"], SEED + 60)
         write_demo_upscaler(directory, SEED + 70)
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        write_demo_flux1_ip_adapter(directory, FLUX1_TRANSFORMER_CONFIG, SEED + 90)
     with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
         write_demo_controlnets(directory / CONTROLNET_DIR, SEED + 100, SEED + 80)
     (directory / EMBEDDINGS_DIR).mkdir(parents=True, exist_ok=True)

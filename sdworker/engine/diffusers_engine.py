@@ -481,14 +481,15 @@ class DiffusersEngine:
 
     def _guided_pass(
         self, slot: ModelSlot, request: GenerationRequest, pipe: Any, kwargs: dict[str, Any], scheduler: Any,
-        callback: StepCallback,
+        callback: StepCallback, control_size: tuple[int, int] | None = None,
     ) -> tuple[Any, int, bool]:
         """One pass of the hires fix with the job's ControlNet units and IP-Adapter on, as sd-webui-controlnet
         applies both to both passes (its units' default ``hr_option``, "Both"). ``request.operation``
         picks the ControlNet pipeline (text-to-image, then image-to-image); the adapter comes off after
-        each pass (``IpAdapters.applied``)."""
+        each pass (``IpAdapters.applied``). ``control_size``: pass 2's size, at which the units' images are
+        preprocessed again (``controlnet.control_images``)."""
         if request.controlnet:
-            pipe, kwargs = self._with_controlnet(slot, request, pipe, kwargs)
+            pipe, kwargs = self._with_controlnet(slot, request, pipe, kwargs, control_size)
         finish: Finish = lambda latents: decode_latents(pipe, latents)  # noqa: E731
         if request.ip_adapter is None:
             return self._run_pass(slot, pipe, kwargs, scheduler, callback, finish)
@@ -538,13 +539,13 @@ class DiffusersEngine:
         upscale = lambda images, to: self.upscalers.upscale(hires.upscaler, images, to, device)  # noqa: E731
         kwargs.update(image=second_pass_image(first, hires, size, upscale), strength=hires.strength,
                       output_type="pil")
-        if request.controlnet:  # the control maps are resized to the second pass's size, not the first's
+        if request.controlnet:  # the control maps are made at the second pass's size, not the first's
             kwargs.update(width=size.final[0], height=size.final[1])
         del first
         callback = StepCallback(on_step, cancel, X0Recorder(scheduler), slot.render_preview, offset=first_total,
                                 total=total, pass_number=2)
         images, more, _ = self._guided_pass(slot, replace(second, operation=Operation.IMAGE_TO_IMAGE), pipe, kwargs,
-                                            scheduler, callback)
+                                            scheduler, callback, size.final)
         return slot.result(request, images, seeds, scheduler_name, steps_run + more, time.perf_counter() - started,
                            applied, size=size.final, first_pass_size=(request.width, request.height))
 
@@ -728,10 +729,12 @@ class DiffusersEngine:
     # -- one job --------------------------------------------------------------------------------------
 
     def _with_controlnet(
-        self, slot: ModelSlot, request: GenerationRequest, base: Any, kwargs: dict[str, Any]
+        self, slot: ModelSlot, request: GenerationRequest, base: Any, kwargs: dict[str, Any],
+        size: tuple[int, int] | None = None,
     ) -> tuple[Any, dict[str, Any]]:
-        """The job's ControlNet pipeline over ``base``'s modules (``engine.controlnet``)."""
-        maps = control_images(request.controlnet, self.settings.max_pixels)
+        """The job's ControlNet pipeline over ``base``'s modules (``engine.controlnet``); ``size``: the
+        hires fix's second pass, whose maps are preprocessed at that size."""
+        maps = control_images(request.controlnet, self.settings.max_pixels, size)
         entries = [self.controlnets.entry(unit.model, f"controlnet.{i}.model")
                    for i, unit in enumerate(request.controlnet)]
         nets = [self.controlnets.load(entry, slot.model.device, slot.model.dtype) for entry in entries]

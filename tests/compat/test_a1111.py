@@ -104,7 +104,8 @@ def _grid() -> Image.Image:
 
 def test_controlnet_units_equal_the_native_job(api: webuiapi.WebUIApi, http: httpx.Client) -> None:
     # the whole folder, as A1111, and the IP-Adapter as the extension lists it
-    assert api.controlnet_model_list() == ["demo-controlnet", "demo-flux1-controlnet", "demo-ip-adapter"]
+    assert api.controlnet_model_list() == ["demo-controlnet", "demo-flux1-controlnet", "demo-flux1-ip-adapter",
+                                          "demo-ip-adapter"]
     assert http.get("/v1/controlnets").json() == {"object": "list", "data": [{"name": "demo-controlnet"},
                                                                              {"name": "demo-flux1-controlnet"}]}
     assert {"none", "canny"} <= set(api.controlnet_module_list())
@@ -184,7 +185,7 @@ def test_progress_shows_the_running_job_and_interrupt_returns_its_image(
 
 
 def test_models_options_and_png_info(api: webuiapi.WebUIApi, server: LiveServer, demo_cache_dir: Path) -> None:
-    unet = demo_cache_dir / "demo-v6" / "models" / "demo-sd15" / "unet" / "diffusion_pytorch_model.safetensors"
+    unet = demo_cache_dir / "demo-v7" / "models" / "demo-sd15" / "unet" / "diffusion_pytorch_model.safetensors"
     sha = hashlib.sha256(unet.read_bytes()).hexdigest()
     title = f"demo [{sha[:10]}]"
     # The served model first, then the library's other models (the FLUX.1, SD 3.5... demos).

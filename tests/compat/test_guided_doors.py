@@ -122,8 +122,16 @@ def test_native_ip_adapter_job_runs_and_its_rules_name_the_field(http: httpx.Cli
     ):
         response = http.post("/v1/jobs", json={**job, "ip_adapter": {**adapter, **change}})
         assert response.status_code == status and response.json()["error"]["field"] == field, response.text
-    on_flux = http.post("/v1/jobs", json={**job, "model": "demo-flux1", "ip_adapter": adapter})
-    assert on_flux.status_code // 100 == 4 and on_flux.json()["error"]["field"] == "ip_adapter", on_flux.text
+    # an adapter of the other family (SD's on FLUX.1, FLUX.1's on SD) names the adapter
+    flux_adapter = {**adapter, "model": "demo-flux1-ip-adapter"}
+    for model, named in (("demo-flux1", adapter), ("demo-sd15", flux_adapter)):
+        wrong = http.post("/v1/jobs", json={**job, "model": model, "ip_adapter": named})
+        assert wrong.status_code // 100 == 4 and wrong.json()["error"]["field"] == "ip_adapter.model", wrong.text
+    on_sd3 = http.post("/v1/jobs", json={**job, "model": "demo-sd3", "ip_adapter": adapter})
+    assert on_sd3.status_code // 100 == 4 and on_sd3.json()["error"]["field"] == "ip_adapter", on_sd3.text
+    flux_job = {**job, "model": "demo-flux1", "steps": 2}
+    with_flux_adapter = native_pixels(http, **flux_job, ip_adapter=flux_adapter)
+    assert np.abs(with_flux_adapter.astype(int) - native_pixels(http, **flux_job).astype(int)).max() > 0
 
 
 def test_webuiapi_hires_with_the_demo_upscaler_equals_the_native_job(server: LiveServer, http: httpx.Client) -> None:

@@ -135,7 +135,8 @@ def test_bad_units_name_their_field(demo_engine: DiffusersEngine) -> None:
         (job(unit(stripes(), preprocessor="depth_midas")), "controlnet.0.preprocessor"),
         (job(unit(stripes()), model="demo-sdxl"), "controlnet.0.model"),  # a net for another UNet
         (job(unit(stripes()), model="demo-flux1", width=64, height=64), "controlnet.0.model"),  # an SD net
-        (job(unit(stripes()), model="demo-zimage", width=64, height=64), "controlnet"),  # no ControlNet there
+        (job(unit(stripes()), model="demo-zimage", width=64, height=64), "controlnet.0.model"),  # an SD net
+        (job(unit(stripes()), model="demo-flux2", width=64, height=64), "controlnet"),  # no ControlNet there
         (job(undecodable), "controlnet.0.image"),
     ]
     for request, field in cases:

@@ -221,7 +221,8 @@ def test_bad_flow_units_name_their_field(engine: DiffusersEngine) -> None:
         (job("demo-flux1", unit(DEMO_FLUX1_CONTROLNET, stripes(), mode=0)), "controlnet.0.control_mode"),
         (job("demo-sd3", unit("sd3-net", stripes()), operation=Operation.IMAGE_TO_IMAGE,
              init_image=InputImage.from_image(init_image(64)), strength=0.5), "controlnet"),
-        (job("demo-zimage", unit("sd3-net", stripes())), "controlnet"),
+        (job("demo-zimage", unit("sd3-net", stripes())), "controlnet.0.model"),
+        (job("demo-flux2", unit("sd3-net", stripes())), "controlnet"),  # no ControlNet for FLUX.2
         (job("demo-flux1", unit(DEMO_FLUX1_CONTROLNET, stripes()), cache=StepCache("first_block")), "cache"),
     ]
     for request, field in cases:

@@ -89,3 +89,36 @@ def test_hires_with_ip_adapter_equals_the_two_passes_with_the_adapter(
     np.testing.assert_array_equal(plain, _two_passes(reference_pipelines["txt2img"], reference_pipelines["img2img"],
                                                      {}, {}))
     assert np.abs(plain.astype(int) - ours.astype(int)).max() > 0
+
+
+def test_hires_second_pass_preprocesses_the_control_image_at_its_size(
+    demo_engine: DiffusersEngine, demo_model_dir: Path, demo_bundle: Path
+) -> None:
+    """A canny unit: pass 1's map is canny at 64 px, pass 2's is canny of the image resized to 128 px (as
+    sd-webui-controlnet runs the preprocessor again), not pass 1's map stretched."""
+    import cv2
+    from PIL import Image
+
+    photo = Image.new("RGB", (64, 64), (30, 30, 30))
+    photo.paste((230, 230, 230), (18, 12, 46, 50))
+
+    def canny(image: Image.Image) -> Image.Image:
+        edges = cv2.Canny(np.asarray(image.convert("RGB")), 100, 200)
+        return Image.fromarray(np.stack([edges] * 3, axis=-1))
+
+    unit = ControlUnit("demo-controlnet", InputImage.from_image(photo, "controlnet.0.image"), weight=0.9,
+                       preprocessor="canny")
+    ours = pixels(demo_engine.generate(_job(controlnet=(unit,))).images[0])
+    net = ControlNetModel.from_pretrained(demo_bundle / "controlnet" / "demo-controlnet")
+    txt2img = StableDiffusionControlNetPipeline.from_pretrained(demo_model_dir, controlnet=net, safety_checker=None)
+    img2img = StableDiffusionControlNetImg2ImgPipeline.from_pipe(txt2img)
+    for pipe in (txt2img, img2img):
+        pipe.set_progress_bar_config(disable=True)
+    guidance = {"controlnet_conditioning_scale": 0.9}
+    large = canny(photo.resize((128, 128), Image.Resampling.LANCZOS))
+    expected = _two_passes(txt2img, img2img, {"image": canny(photo), **guidance},
+                           {"control_image": large, "width": 128, "height": 128, **guidance})
+    np.testing.assert_array_equal(ours, expected)
+    stretched = _two_passes(txt2img, img2img, {"image": canny(photo), **guidance},
+                            {"control_image": canny(photo), "width": 128, "height": 128, **guidance})
+    assert not np.array_equal(ours, stretched)  # re-preprocessing is what made the difference

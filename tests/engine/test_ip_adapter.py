@@ -68,7 +68,7 @@ def test_reference_image_changes_the_result_and_scale_zero_equals_none(engine: D
 def test_rules_are_4xx_naming_the_field(engine: DiffusersEngine) -> None:
     cases: list[tuple[GenerationRequest, type[Exception], str]] = [
         (GenerationRequest("a cat", ip_adapter=IpAdapterRef("nope", ())), IpAdapterNotFound, "ip_adapter.model"),
-        (GenerationRequest("a cat", model="demo-flux1", ip_adapter=_adapter(1)), InvalidRequest, "ip_adapter"),
+        (GenerationRequest("a cat", model="demo-flux1", ip_adapter=_adapter(1)), InvalidRequest, "ip_adapter.model"),
         (GenerationRequest("a cat", model="demo-sdxl", ip_adapter=_adapter(1)), InvalidRequest, "ip_adapter.model"),
     ]
     for request, error, field in cases:

@@ -31,11 +31,12 @@ def test_api_node_lists_the_workers_guidance_models(fleet: Fleet) -> None:
     info = httpx.get(f"{base}/v1/info", timeout=10).json()
     assert info["backend"] == "redis"
     assert info["controlnets"] == ["demo-controlnet", "demo-flux1-controlnet"], info
-    assert info["ip_adapters"] == ["demo-ip-adapter"], info
+    assert info["ip_adapters"] == ["demo-flux1-ip-adapter", "demo-ip-adapter"], info
     assert "demo-esrgan" in info["hires_upscalers"] and "Latent" in info["hires_upscalers"]
     assert httpx.get(f"{base}/controlnet/model_list", timeout=10).json()["model_list"] == [
-        "demo-controlnet", "demo-flux1-controlnet", "demo-ip-adapter"]
-    assert [a["name"] for a in httpx.get(f"{base}/v1/ip-adapters", timeout=10).json()["data"]] == ["demo-ip-adapter"]
+        "demo-controlnet", "demo-flux1-controlnet", "demo-flux1-ip-adapter", "demo-ip-adapter"]
+    adapters = httpx.get(f"{base}/v1/ip-adapters", timeout=10).json()["data"]
+    assert [a["name"] for a in adapters] == ["demo-flux1-ip-adapter", "demo-ip-adapter"]
     assert "demo-esrgan" in {u["name"] for u in httpx.get(f"{base}/sdapi/v1/upscalers", timeout=10).json()}
 
 

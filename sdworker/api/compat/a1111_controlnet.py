@@ -8,6 +8,15 @@ numbers: Just Resize, Crop and Resize, Resize and Fill) before the job is queued
 extension. What a unit asks that we do not do (a unit mask, a control mode other than Balanced,
 pixel-perfect resolution) is named in ``info.ignored``.
 
+A union ControlNet's mode comes in the unit's ``union_control_type`` (the extension's
+``ControlNetUnionControlType``, which newer ``webuiapi.ControlNetUnit``s send by its value: "OpenPose",
+"Depth", "Soft Edge", "Hard Edge", "Normal Map", "Segmentation", and webuiapi's "Tile", "Inpaint"). The
+extension encodes it as the member's index, which is xinsir's SDXL union table (0 openpose .. 5
+segment, 6 tile, 7 repaint): that index becomes the native unit's ``control_mode``. An integer is taken
+as the mode itself (a FLUX union ControlNet's numbers are its model card's, not xinsir's). "Unknown"
+or no field is no mode; the A1111 ``control_mode`` (Balanced, My prompt..., ControlNet...) is another
+thing (it weighs prompt against map) and stays ignored.
+
 IP-Adapter travels the same way in the extension: a unit whose ``module`` is an ``ip-adapter*``
 preprocessor (``ip-adapter_clip_sd15``, ``ip-adapter_clip_h``, ``ip-adapter-auto``) and whose ``model``
 names the adapter. Such a unit becomes the job's native ``ip_adapter`` (the unit's image as a reference
@@ -41,6 +50,15 @@ PREFIX = "alwayson_scripts.controlnet.args"
 IP_ADAPTER_MODULE = "ip-adapter"  # the extension's IP-Adapter preprocessors all start so
 IP_ADAPTER_MODULES = ("ip-adapter-auto", "ip-adapter_clip_sd15", "ip-adapter_clip_h")  # listed when one exists
 MAX_IP_IMAGES = 4  # the native ip_adapter.images bound
+# a native unit's field -> the extension's name for it
+DOOR_FIELDS = {"control_mode": "union_control_type", "preprocessor": "module", "start": "guidance_start",
+               "end": "guidance_end"}
+# sd-webui-controlnet's ControlNetUnionControlType (values, and the tags its from_str reads) -> its index
+UNION_CONTROL_TYPES = {
+    "openpose": 0, "depth": 1, "soft edge": 2, "softedge": 2, "scribble": 2, "hard edge": 3, "canny": 3,
+    "lineart": 3, "mlsd": 3, "normal map": 4, "normalmap": 4, "normal": 4, "segmentation": 5, "tile": 6,
+    "blur": 6, "inpaint": 7,
+}
 
 
 class ControlNetArg(BaseModel):
@@ -64,6 +82,7 @@ class ControlNetArg(BaseModel):
     control_mode: str | int = "Balanced"
     pixel_perfect: bool = False
     hr_option: str = "Both"  # which hires pass the unit acts on
+    union_control_type: str | int | None = None  # a union ControlNet's mode (module docstring)
 
 
 def controlnet_args(alwayson_scripts: dict[str, Any]) -> list[dict[str, Any]]:
@@ -82,6 +101,17 @@ class Guidance:
     units: tuple[ControlUnit, ...] = ()
     ip_adapter: IpAdapterRef | None = None
     notes: dict[str, str] = dataclass_field(default_factory=dict)
+    fields: tuple[str, ...] = ()  # each unit's door field (``...args.N``: disabled and IP-Adapter units skipped)
+
+    def door_error(self, error: InvalidRequest) -> InvalidRequest:
+        """An error the job's checks raised about a native unit field (``controlnet.N.control_mode``),
+        named as the client sent it (``alwayson_scripts.controlnet.args.M.union_control_type``)."""
+        parts = (error.field or "").split(".")
+        if len(parts) != 3 or parts[0] != "controlnet" or not parts[1].isdigit() or int(parts[1]) >= len(self.fields):
+            return error
+        field = f"{self.fields[int(parts[1])]}.{DOOR_FIELDS.get(parts[2], parts[2])}"
+        message = error.message.replace(error.field or "", field, 1)
+        return type(error)(message, field=field)
 
 
 async def units_from(
@@ -92,6 +122,7 @@ async def units_from(
     whose module is an ``ip-adapter`` preprocessor, or whose model is one of ``ip_adapters``), and the
     notes for ``info.ignored``. 4xx naming ``alwayson_scripts.controlnet.args.N.<field>`` for a bad unit."""
     units: list[ControlUnit] = []
+    fields: list[str] = []
     adapter: list[tuple[str, ControlNetArg, str]] = []  # (field, unit, image) of the IP-Adapter units
     notes: dict[str, str] = {}
     for index, raw in enumerate(controlnet_args(alwayson_scripts)):
@@ -119,14 +150,15 @@ async def units_from(
         low = arg.threshold_a if arg.threshold_a >= 0 else 100.0
         high = arg.threshold_b if arg.threshold_b >= 0 else 200.0
         units.append(ControlUnit(name, InputImage(fitted, f"{field}.image"), arg.weight, arg.guidance_start,
-                                 arg.guidance_end, module, low, high))
+                                 arg.guidance_end, module, low, high, _union_mode(arg, field)))
+        fields.append(field)
         for what, is_set in (("mask", bool(arg.mask)), ("control_mode", str(arg.control_mode) not in ("Balanced", "0")),
                              ("pixel_perfect", arg.pixel_perfect), ("hr_option", hires and arg.hr_option != "Both")):
             if is_set:
                 notes[f"{field}.{what}"] = "not supported by sdworker; ignored"
     made = tuple(units)
     check_units(made, PREFIX) if len(made) <= MAX_UNITS else check_units(made, "alwayson_scripts.controlnet")
-    return Guidance(made, _ip_adapter(adapter, ip_adapters, notes, hires), notes)
+    return Guidance(made, _ip_adapter(adapter, ip_adapters, notes, hires), notes, tuple(fields))
 
 
 def _ip_adapter(
@@ -170,6 +202,23 @@ def _ip_adapter(
         images.append(InputImage(image, f"{field}.image"))
     assert chosen is not None
     return IpAdapterRef(chosen, tuple(images), scale)
+
+
+def _union_mode(arg: ControlNetArg, field: str) -> int | None:
+    """The unit's ``union_control_type`` as a mode index (module docstring); 4xx naming it if unknown."""
+    value = arg.union_control_type
+    if value is None or isinstance(value, int):
+        return value
+    text = value.strip().lower()
+    if text in ("", "unknown"):
+        return None
+    if text.isdigit():
+        return int(text)
+    if text not in UNION_CONTROL_TYPES:
+        raise InvalidRequest(f"{field}.union_control_type: {value!r} is not one of OpenPose, Depth, Soft Edge, "
+                             "Hard Edge, Normal Map, Segmentation, Tile, Inpaint, Unknown (or a mode number)",
+                             field=f"{field}.union_control_type")
+    return UNION_CONTROL_TYPES[text]
 
 
 def _model_name(model: str) -> str | None:

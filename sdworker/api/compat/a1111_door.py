@@ -73,7 +73,10 @@ async def generate(request: Request, body: Txt2ImgRequest) -> dict[str, Any]:
     notes = {**ignored(body), **sampler.ignored, **family_notes, **units.notes}
     # A field that would change the image and is not honoured is a warning of the job too (GET /v1/jobs/{id}).
     draft = replace(draft, warnings=tuple(f"{name}: {note}" for name, note in notes.items()))
-    view = await service.submit(draft, owner=owner)
+    try:
+        view = await service.submit(draft, owner=owner)
+    except InvalidRequest as error:  # the engine's checks name native unit fields; the client sent the extension's
+        raise units.door_error(error) from None
     view = await wait_or_cancel(service, view.job_id, request, owner)
     pngs = await finished_images(service, view, owner)
     known = await checkpoints((view.spec.request.model or settings.model,), settings.cache_dir)

@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sdworker.domain.prompt_syntax import extract_lora_tags, parse_prompt_attention
-from sdworker.domain.request import GenerationRequest
+from sdworker.domain.request import GenerationRequest, Operation
 from sdworker.errors import InvalidRequest
 
 Coefficients = tuple[tuple[float, ...], ...]
@@ -148,6 +148,9 @@ def request_warnings(
         syntax_removed = facts.prompt_syntax == "plain" and parse_prompt_attention(prompt) != [(prompt, 1.0)]
     if syntax_removed:
         said.append(f"prompt: A1111 emphasis syntax removed, {facts.label}'s text encoders do not weight tokens")
+    if facts.name == "zimage" and request.controlnet and request.operation is Operation.INPAINT:
+        said.append(f"strength: ignored, {facts.label}'s ControlNet inpainting starts from noise (the ControlNet "
+                    "reads the mask and the masked image)")
     return tuple(said)
 
 
