@@ -136,6 +136,13 @@ class JobNotFinished(SdworkerError):
     http_status = 409
 
 
+class InputsDropped(SdworkerError):
+    """A dead-lettered job whose input images were dropped when it ended: it cannot be run again as it was."""
+
+    code = "inputs_dropped"
+    http_status = 409
+
+
 class QueueFull(SdworkerError):
     code = "queue_full"
     http_status = 429

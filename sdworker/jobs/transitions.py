@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from sdworker.domain.request import InputImage
+from sdworker.domain.request import InputImage, Operation
 from sdworker.jobs.spec import JobSpec
 from sdworker.jobs.state import JobStatus
 
@@ -149,3 +149,19 @@ def without_inputs(spec: JobSpec) -> JobSpec:
             ip_adapter=ip_adapter,
         ),
     )
+
+
+def dropped_input(spec: JobSpec) -> str | None:
+    """The field of an input image a finished job no longer holds (``without_inputs`` dropped it), or
+    None when the spec still says the whole job. A job rerun from such a spec would be another job
+    (an img2img job run as text-to-image), so a requeue refuses it instead."""
+    request = spec.request
+    needs_init = (Operation.IMAGE_TO_IMAGE, Operation.INPAINT, Operation.UPSCALE)
+    if request.operation in needs_init and request.init_image is None:
+        return "init_image"
+    if request.operation is Operation.INPAINT and request.mask_image is None:
+        return "mask_image"
+    images = [unit.image for unit in request.controlnet] + list(request.reference_images)
+    if request.ip_adapter is not None:
+        images += list(request.ip_adapter.images)
+    return next((image.field for image in images if not image.data), None)

@@ -18,7 +18,7 @@ import redis
 
 from sdworker.domain.request import ControlUnit, InputImage, IpAdapterRef, Operation
 from sdworker.engine.fake import FakeEngine
-from sdworker.errors import JobNotFound
+from sdworker.errors import InputsDropped, JobNotFound
 from sdworker.events.types import StepProgressed
 from sdworker.jobs.metrics import ServiceMetrics
 from sdworker.jobs.protocol import Lease
@@ -354,3 +354,28 @@ async def test_the_newest_redis_result_is_kept_even_alone_above_the_byte_bound(
             ids.append(job_id)
         assert await _gone(stores.service, ids[0])
         assert await stores.service.image(ids[1]) == result(1, size)
+
+
+async def test_a_dead_letter_without_its_input_images_is_not_requeued_as_another_job(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A dead letter is a finished job: its input images are gone. Requeued, an img2img job would run
+    as text-to-image, so the requeue is a 409 naming the image; a job that had no images requeues."""
+    async with open_stores("redis", request, tmp_path, max_attempts=1) as stores:
+        service, source = _redis_sides(stores)
+        plain = (await service.submit(draft())).job_id
+        image = (await service.submit(draft(operation=Operation.IMAGE_TO_IMAGE, init_image=_image(4, "init_image"),
+                                            strength=0.5))).job_id
+        for job_id in (plain, image):
+            lease = await stores.claim_one()
+            assert lease.spec.job_id == job_id
+            assert await _lost_claim(source, job_id, lease) is None
+            assert await stores.status(job_id) is JobStatus.FAILED
+        assert {view.job_id for view in await service.dead_letters()} == {plain, image}
+        with pytest.raises(InputsDropped) as refused:
+            await service.requeue(image)
+        assert refused.value.field == "init_image" and refused.value.http_status == 409
+        again = await service.requeue(plain)
+        assert again.job_id != plain and again.status is JobStatus.QUEUED
+        assert {view.job_id for view in await service.dead_letters()} == {image}
+        await service.cancel(again.job_id)

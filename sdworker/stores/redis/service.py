@@ -22,7 +22,15 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError, ResponseError
 
-from sdworker.errors import InvalidRequest, JobNotFinished, JobNotFound, NotReady, QueueFull, SdworkerError
+from sdworker.errors import (
+    InputsDropped,
+    InvalidRequest,
+    JobNotFinished,
+    JobNotFound,
+    NotReady,
+    QueueFull,
+    SdworkerError,
+)
 from sdworker.events.bus import EventBus, Subscription
 from sdworker.events.types import ends_stream, stream_closing
 from sdworker.jobs.inputs import check_inputs
@@ -42,7 +50,7 @@ from sdworker.jobs.state import JobStatus, JobView
 from sdworker.jobs.submission import (
     build_spec,
 )
-from sdworker.jobs.transitions import Action, rule, without_inputs
+from sdworker.jobs.transitions import Action, dropped_input, rule, without_inputs
 from sdworker.settings import KeyQuota, Settings
 from sdworker.stores.redis import fair, scripts
 from sdworker.stores.redis.codec import (
@@ -402,6 +410,13 @@ class RedisJobService:
             raise JobNotFound(f"no dead-lettered job {job_id!r}", field="job_id")
         old = await self.get(job_id)
         spec = old.spec
+        dropped = dropped_input(spec)
+        if dropped is not None:
+            raise InputsDropped(
+                f"job {job_id!r} ended without its input images ({dropped} among them), as every finished job "
+                "does; submit it again with its images",
+                field=dropped,
+            )
         # Its webhook and priority go with it; a deadline was relative to the first submit, long past.
         draft = JobDraft(spec.request, preview=spec.preview, hive_id=spec.hive_id, worker_id=spec.worker_id,
                          webhook=spec.webhook, priority=spec.priority)
