@@ -245,7 +245,8 @@ class EventStreamResponse(Response):
                 # Bounded: uvicorn's send waits only while the socket's buffer is full.
                 async with asyncio.timeout(self._send_timeout):
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            async with asyncio.timeout(self._send_timeout):  # the end too: a client may stop reading here
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except TimeoutError:
             # The client stopped reading; leaving without finishing the response closes the socket.
             log.info("disconnected a watcher that read nothing for %.0f s", self._send_timeout)
