@@ -11,7 +11,12 @@ bench/hostile_doors.py:
   points of the three doors, 1 MB / 10 MB prompts, the 16384 px resize bomb, seeds >= 2^64, lone
   surrogates and NUL, ``CLIP_stop_at_last_layers: 1e400``, UTF-16/32 and BOM bodies, 100 multipart
   files, 30 MB bodies without a key, a short key on SIGHUP reload, signed URLs in the access log,
-  100 submits past the queue.
+  100 submits past the queue;
+- then, on processes of their own (bench/hostile_fleet.py): redis-server killed and restarted under a
+  ``sdworker api`` + ``sdworker worker`` fleet, and SIGTERM with a 2 s grace under 20 open streams.
+
+The mutated images are 20,000 files in all (``--mutations``; the issue's run), spread over PNG, JPEG
+and WebP at the eight entry points.
 
 A request misbehaved if it got a 5xx, an answer of the wrong class (a hostile input served, a fine
 one refused), no answer within 30 s (10 s for the resize bomb), or an accepted job that failed, was
@@ -24,6 +29,7 @@ even peak above the tolerance (sampled every 0.2 s). Prints a table and writes J
 
     .venv/bin/python bench/hostile.py
     .venv/bin/python bench/hostile.py --only resize,seeds      # cases whose name contains a word
+    .venv/bin/python bench/hostile.py --mutations 480          # a quicker run: 20 files per format and entry point
     .venv/bin/python bench/hostile.py --demo                   # the real engine on the demo model
 """
 
@@ -58,6 +64,7 @@ from bench.hostile_doors import (  # noqa: E402
     crafted_images,
     send_image,
 )
+from bench.hostile_fleet import redis_faults, sigterm  # noqa: E402
 from bench.hostile_kit import AUTH, HANG_SECONDS, KEY, Phase, Server, cancel_all, raw, status_of  # noqa: E402
 
 FD_TOLERANCE = 5  # open fds after a case: at most this many above its start (the log, a pooled socket)
@@ -65,8 +72,17 @@ FD_TOLERANCE = 5  # open fds after a case: at most this many above its start (th
 # the first use of a code path (Pillow's codecs, multipart parsing) maps it once; a leak per request
 # (the run's 972 MB after 40 big prompts) is far above this.
 RSS_TOLERANCE_MB = 40.0
+MUTATED_FILES = 20_000  # the hostile-client run of issue #20
 PAGE_FILES = {
-    "index.html", "app.js", "auth.js", "errors.js", "follow.js", "form.js", "mask.js", "state.js", "style.css",
+    "index.html",
+    "app.js",
+    "auth.js",
+    "errors.js",
+    "follow.js",
+    "form.js",
+    "mask.js",
+    "state.js",
+    "style.css",
 }
 
 
@@ -96,8 +112,9 @@ async def settle(server: Server, client: httpx.AsyncClient, phase: Phase, fds_be
         if streams == 0 and fds <= fds_before + FD_TOLERANCE and rss <= rss_before + RSS_TOLERANCE_MB:
             return
         if time.monotonic() > deadline:
-            phase.bad(f"left behind: gauges {g}, fds {fds} (before {fds_before}), RSS {rss:.0f} MB "
-                      f"(before {rss_before:.0f})")
+            phase.bad(
+                f"left behind: gauges {g}, fds {fds} (before {fds_before}), RSS {rss:.0f} MB (before {rss_before:.0f})"
+            )
             return
         await asyncio.sleep(0.2)
 
@@ -135,8 +152,10 @@ async def sse_disconnects(server: Server, client: httpx.AsyncClient, phase: Phas
         phase.tried += 1
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(f"GET /v1/jobs/{job_id}/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}"
-                         "\r\n\r\n".encode())
+            writer.write(
+                f"GET /v1/jobs/{job_id}/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}"
+                "\r\n\r\n".encode()
+            )
             await writer.drain()
             async with asyncio.timeout(HANG_SECONDS):
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -194,7 +213,10 @@ async def huge_headers(server: Server, client: httpx.AsyncClient, phase: Phase) 
         "2,000 headers": get + many + b"\r\n",
         "70 KiB request line": b"GET /health?" + b"q" * 70 * 1024 + b" HTTP/1.1\r\n" + host + b"\r\n",
         "1 MiB cookie": get + b"Cookie: " + b"c" * 1024 * 1024 + b"\r\n\r\n",
-        "100 KiB Authorization": b"GET /v1/jobs HTTP/1.1\r\n" + host + b"Authorization: Bearer " + b"k" * 102400
+        "100 KiB Authorization": b"GET /v1/jobs HTTP/1.1\r\n"
+        + host
+        + b"Authorization: Bearer "
+        + b"k" * 102400
         + b"\r\n\r\n",
     }
     for name, data in tries.items():
@@ -216,12 +238,30 @@ async def huge_headers(server: Server, client: httpx.AsyncClient, phase: Phase) 
 
 async def page_paths(server: Server, client: httpx.AsyncClient, phase: Phase) -> None:
     paths = [
-        "/page/../../../../etc/passwd", "/page/..%2f..%2f..%2fetc%2fpasswd", "/page/%2e%2e/%2e%2e/etc/passwd",
-        "/page/%252e%252e%252fetc%252fpasswd", "/page/app.js%00.png", "/page/./app.js", "/page//etc/passwd",
-        "/page/APP.JS", "/page/app.js/", "/page/app.js/..", "/page/" + "a" * 5000, "/page/..\\..\\windows\\win.ini",
-        "/page/%c0%ae%c0%ae/%c0%ae%c0%ae/etc/passwd", "/page/%ff%fe", "/page/.hidden", "/page/__init__.py",
-        "/page/../app.py", "/page/%2e", "/page/~root", "/page/index.html?../../etc/passwd",
-        "/page/index.html#..", "//page/app.js", "/page/app.js;.css", "/page/%u002e%u002e/",
+        "/page/../../../../etc/passwd",
+        "/page/..%2f..%2f..%2fetc%2fpasswd",
+        "/page/%2e%2e/%2e%2e/etc/passwd",
+        "/page/%252e%252e%252fetc%252fpasswd",
+        "/page/app.js%00.png",
+        "/page/./app.js",
+        "/page//etc/passwd",
+        "/page/APP.JS",
+        "/page/app.js/",
+        "/page/app.js/..",
+        "/page/" + "a" * 5000,
+        "/page/..\\..\\windows\\win.ini",
+        "/page/%c0%ae%c0%ae/%c0%ae%c0%ae/etc/passwd",
+        "/page/%ff%fe",
+        "/page/.hidden",
+        "/page/__init__.py",
+        "/page/../app.py",
+        "/page/%2e",
+        "/page/~root",
+        "/page/index.html?../../etc/passwd",
+        "/page/index.html#..",
+        "//page/app.js",
+        "/page/app.js;.css",
+        "/page/%u002e%u002e/",
     ]
     for path in paths:
         phase.tried += 1
@@ -247,6 +287,33 @@ PHASES: list[tuple[str, Attack]] = [
     ("path tricks on /page/", page_paths),
     *DOOR_CASES,
 ]
+
+
+# Cases that kill or stop processes: each starts its own (bench/hostile_fleet.py), after the others.
+OWN_PROCESS_CASES = ("Redis killed and restarted", "SIGTERM, 2 s grace, 20 streams")
+
+
+async def run_own(workdir: Path, only: list[str], demo_cache: Path | None) -> list[dict[str, Any]]:
+    results = []
+    for name in OWN_PROCESS_CASES:
+        if only and not any(word.lower() in name.lower() for word in only):
+            continue
+        phase = Phase(name)
+        started = time.monotonic()
+        if name.startswith("Redis"):
+            extra = await redis_faults(workdir, phase)
+        else:
+            extra = await sigterm(workdir, phase, demo_cache)
+        results.append(
+            {
+                **asdict(phase),
+                "seconds": round(time.monotonic() - started, 1),
+                "health_worst_seconds": "-",
+                "rss_peak_mb": "-",
+                **extra,
+            }
+        )
+    return results
 
 
 async def warm_up(client: httpx.AsyncClient) -> None:
@@ -275,7 +342,8 @@ async def run(server: Server, only: list[str], mutations: int) -> dict[str, Any]
             fds, rss = server.fds(), server.rss_mb()
             started = time.monotonic()
             if attack is crafted_images:
-                await crafted_images(server, client, phase, mutations)
+                per_entry_and_format = max(1, -(-mutations // (3 * len(IMAGE_ENTRIES))))
+                await crafted_images(server, client, phase, per_entry_and_format)
             else:
                 await attack(server, client, phase)
             stop.set()
@@ -287,11 +355,16 @@ async def run(server: Server, only: list[str], mutations: int) -> dict[str, Any]
                 phase.bad(f"/health over 1 s {slow} times (worst {max(worst):.2f} s)")
             await settle(server, client, phase, fds, rss)
             alive = server.alive()
-            results.append({**asdict(phase), "seconds": round(time.monotonic() - started, 1),
-                            "health_worst_seconds": round(max(worst, default=0.0), 3),
-                            "rss_mb": [round(rss, 1), round(server.rss_mb(), 1) if alive else None],
-                            "rss_peak_mb": round(max(peak, default=rss), 1),
-                            "open_fds": [fds, server.fds() if alive else None]})
+            results.append(
+                {
+                    **asdict(phase),
+                    "seconds": round(time.monotonic() - started, 1),
+                    "health_worst_seconds": round(max(worst, default=0.0), 3),
+                    "rss_mb": [round(rss, 1), round(server.rss_mb(), 1) if alive else None],
+                    "rss_peak_mb": round(max(peak, default=rss), 1),
+                    "open_fds": [fds, server.fds() if alive else None],
+                }
+            )
             if not alive:
                 break
     return {
@@ -305,31 +378,57 @@ async def run(server: Server, only: list[str], mutations: int) -> dict[str, Any]
 
 
 def print_table(report: dict[str, Any]) -> None:
-    print(f"{'case':32} {'reqs':>5} {'misb':>4} {'RSS MB before/after':>19} {'peak':>6} {'fds b/a':>9} {'health s':>8} "
-          f"{'secs':>5}  answers")
+    print(
+        f"{'case':32} {'reqs':>5} {'misb':>4} {'RSS MB before/after':>19} {'peak':>6} {'fds b/a':>9} {'health s':>8} "
+        f"{'secs':>5}  answers"
+    )
     for p in report["phases"]:
         answers = ", ".join(f"{k}: {v}" for k, v in sorted(p["answers"].items()))
-        rss = "{} / {}".format(*p["rss_mb"])
-        fds = "{} / {}".format(*p["open_fds"])
-        print(f"{p['name']:32} {p['tried']:>5} {p['misbehaved']:>4} {rss:>19} {p['rss_peak_mb']:>6} {fds:>9} "
-              f"{p['health_worst_seconds']:>8} {p['seconds']:>5}  {answers}")
+        rss = "{} / {}".format(*(v if v is not None else "exited" for v in p["rss_mb"]))
+        fds = "{} / {}".format(*(v if v is not None else "exited" for v in p["open_fds"]))
+        print(
+            f"{p['name']:32} {p['tried']:>5} {p['misbehaved']:>4} {rss:>19} {p['rss_peak_mb']:>6} {fds:>9} "
+            f"{p['health_worst_seconds']:>8} {p['seconds']:>5}  {answers}"
+        )
+        if "exit_seconds" in p:
+            print(
+                f"{'':34}SIGTERM -> last stream ended {p['streams_ended_seconds']} s, process exited "
+                f"{p['exit_seconds']} s (grace {p['grace_seconds']} s)"
+            )
+        if "first_after_restart" in p:
+            print(
+                f"{'':34}first request after Redis came back: {p['first_after_restart']}; jobs accepted "
+                f"{p['jobs_accepted']} ({p['jobs_pending_at_kill']} queued or running at the kill), all "
+                "completed unless noted"
+            )
         for note in p["notes"]:
             print(f"{'':34}! {note}")
     rss, fds = report["rss_mb"], report["open_fds"]
-    print(f"engine: {report['engine']}; whole run: RSS MB {rss['start']} -> {rss['end']}; "
-          f"open fds {fds['start']} -> {fds['end']}; "
-          f"process alive: {report['alive']}; tolerance per case: RSS +{RSS_TOLERANCE_MB:.0f} MB, "
-          f"fds +{FD_TOLERANCE}; misbehaved in all: {sum(p['misbehaved'] for p in report['phases'])}")
+    print(
+        f"engine: {report['engine']}; whole run: RSS MB {rss['start']} -> {rss['end']}; "
+        f"open fds {fds['start']} -> {fds['end']}; "
+        f"process alive: {report['alive']}; tolerance per case: RSS +{RSS_TOLERANCE_MB:.0f} MB, "
+        f"fds +{FD_TOLERANCE}; misbehaved in all: {sum(p['misbehaved'] for p in report['phases'])}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "hostile.json",
-                        help="write the numbers here")
-    parser.add_argument("--demo", action="store_true",
-                        help="serve the demo model with the real diffusers engine instead of the FakeEngine")
-    parser.add_argument("--mutations", type=int, default=20,
-                        help="mutated files per format (PNG, JPEG, WebP) at each of the 8 image entry points")
+    parser.add_argument(
+        "--json", type=Path, default=ROOT / "bench" / "results" / "hostile.json", help="write the numbers here"
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve the demo model with the real diffusers engine instead of the FakeEngine",
+    )
+    parser.add_argument(
+        "--mutations",
+        type=int,
+        default=MUTATED_FILES,
+        help="mutated files in all, spread over 3 formats (PNG, JPEG, WebP) x the 8 image entry "
+        "points (at least one each; default: the issue's 20,000)",
+    )
     parser.add_argument("--only", default="", help="comma-separated words: run the cases whose name has one")
     args = parser.parse_args()
     with socket.socket() as sock:
@@ -342,12 +441,14 @@ def main() -> None:
 
             demo_cache = Path(workdir) / "cache"
             ensure_demo_model(demo_cache)
+        only = [w for w in args.only.split(",") if w]
         server = Server(port, Path(workdir), demo_cache)
         try:
             server.wait_ready()
-            report = asyncio.run(run(server, [w for w in args.only.split(",") if w], args.mutations))
+            report = asyncio.run(run(server, only, args.mutations))
         finally:
             server.stop()
+        report["phases"] += asyncio.run(run_own(Path(workdir), only, demo_cache))
     print_table(report)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))

@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import httpx
 
@@ -30,6 +31,7 @@ CONNECT_BACKOFF_SECONDS = (0.2, 0.5, 1.0)
 CONNECT_TIMEOUT_SECONDS = 180.0  # for all watchers to be subscribed
 RUN_TIMEOUT_SECONDS = 600.0  # from the release to the last stream's end
 
+T = TypeVar("T")
 Event = tuple[int, str, float, float]  # (id, event name, publish time "at", receipt time)
 
 
@@ -77,25 +79,29 @@ async def watch(host: str, port: int, path: str, settled: Callable[[bool], None]
                 size = int((await reader.readline()).strip() or b"0", 16)
                 if size == 0:
                     break
-                data = await reader.readexactly(size + 2)
-                buffer += data[:-2]
+                data = await reader.readexactly(size)
+                await reader.readexactly(2)  # the chunk's CRLF
             else:
                 data = await reader.read(65536)
                 if not data:
                     break
-                buffer += data
             received = time.time()
-            while (cut := buffer.find(b"\n\n")) >= 0:
-                block, buffer = buffer[:cut], buffer[cut + 2 :]
-                name = frame_field(block, b"event: ")
+            # Frames end with their chunk (the server writes whole frames), so the buffer is nearly
+            # always empty here: no copy of a 200 KB ``complete`` frame, and frames are read in place.
+            buffer = buffer + data if buffer else data
+            start = 0
+            while (cut := buffer.find(b"\n\n", start)) >= 0:
+                block_start, start = start, cut + 2
+                name = frame_field(buffer, b"event: ", block_start, cut)
                 if name is None:
                     continue
                 # ``end`` carries rbee's marker, not JSON: its delay is counted from the terminal
                 # event's publish time (the stream's last frame after the job is done).
-                at = (events[-1][2] if events else received) if name == "end" else publish_time(block)
-                events.append((int(frame_field(block, b"id: ") or 0), name, at, received))
+                at = (events[-1][2] if events else received) if name == "end" else publish_time(buffer, cut)
+                events.append((int(frame_field(buffer, b"id: ", block_start, cut) or 0), name, at, received))
                 if name == "end":
                     return events
+            buffer = buffer[start:] if start < len(buffer) else b""
     except (OSError, asyncio.IncompleteReadError):
         pass  # the stream broke: what arrived is reported (without its end)
     finally:
@@ -154,25 +160,46 @@ def watcher_process(port: int, path: str, count: int, out: Any) -> None:
                 results.append(task.result())
         return results
 
-    out.send(asyncio.run(run()))
+    out.send(client_loop_run(run()))
 
 
-def frame_field(block: bytes, prefix: bytes) -> str | None:
-    """A small field (``id``, ``event``) of one SSE frame, without decoding the frame."""
-    start = 0 if block.startswith(prefix) else block.find(b"\n" + prefix) + 1
-    if start == 0 and not block.startswith(prefix):
-        return None
-    start += len(prefix)
-    end = block.find(b"\n", start)
-    return block[start : end if end >= 0 else len(block)].decode()
+def client_loop_run(main: Coroutine[Any, Any, T]) -> T:
+    """Run the clients on uvloop when it is installed (``BENCH_NO_UVLOOP=1``: the standard loop):
+    they share the server's cores, so every CPU second they spend reading is one the server does not
+    get, and shows up as its delivery delay."""
+    try:
+        import uvloop
+
+        if os.environ.get("BENCH_NO_UVLOOP"):
+            raise ImportError
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
-def publish_time(block: bytes) -> float:
-    """The frame's ``at`` (the server writes it last) read from the bytes' tail: a ``complete`` frame
-    carries a base64 PNG, and 1,000 decodes and JSON parses of it in these client processes would be
-    counted as the server's delivery delay."""
-    start = block.rfind(b'"at":')
-    return float(block[start + 5 : block.rfind(b"}")]) if start >= 0 else 0.0
+def frame_field(buffer: bytes, prefix: bytes, start: int = 0, end: int | None = None) -> str | None:
+    """A small field (``id``, ``event``) of the frame ``buffer[start:end]``, without decoding or copying it."""
+    end = len(buffer) if end is None else end
+    if buffer.startswith(prefix, start, end):
+        begin = start + len(prefix)
+    else:
+        found = buffer.find(b"\n" + prefix, start, end)
+        if found < 0:
+            return None
+        begin = found + 1 + len(prefix)
+    stop = buffer.find(b"\n", begin, end)
+    return buffer[begin : stop if stop >= 0 else end].decode()
+
+
+def publish_time(buffer: bytes, end: int | None = None) -> float:
+    """The ``at`` of the frame ending at ``end`` (the server writes it last), read from the bytes' tail: a
+    ``complete`` frame carries a base64 PNG, and 1,000 decodes and JSON parses of it in these client
+    processes would be counted as the server's delivery delay."""
+    end = len(buffer) if end is None else end
+    close = buffer.rfind(b"}", 0, end)
+    start = buffer.rfind(b'"at":', 0, close)
+    return float(buffer[start + 5 : close]) if start >= 0 else 0.0
 
 
 # --- the measured run ---------------------------------------------------------------------------
@@ -185,8 +212,13 @@ async def _recv(pipe: Any, timeout: float) -> Any:
 
 
 async def fan_out(
-    urls: list[str], pids: list[int], job_id: str, watchers: int, release: Callable[[], Awaitable[None]],
-    *, client_processes: int = 4,
+    urls: list[str],
+    pids: list[int],
+    job_id: str,
+    watchers: int,
+    release: Callable[[], Awaitable[None]],
+    *,
+    client_processes: int = 4,
 ) -> dict[str, Any]:
     """``watchers`` SSE clients of ``job_id`` spread over ``urls`` (in ``client_processes`` processes),
     ``/health`` sampled on ``urls[0]`` while they connect; then ``release()`` lets the job run.
@@ -201,8 +233,9 @@ async def fan_out(
     for i, share in enumerate(shares):
         port = int(urls[i % len(urls)].rsplit(":", 1)[1])
         ours, theirs = context.Pipe()
-        proc = context.Process(target=watcher_process, args=(port, f"/v1/jobs/{job_id}/stream", share, theirs),
-                               daemon=True)
+        proc = context.Process(
+            target=watcher_process, args=(port, f"/v1/jobs/{job_id}/stream", share, theirs), daemon=True
+        )
         proc.start()
         pipes.append(ours)
         clients.append(proc)
@@ -244,15 +277,33 @@ async def fan_out(
             proc.join(5)
             if proc.is_alive():
                 proc.kill()
-    return summarise(results, watchers=watchers, nodes=len(urls), connected=connected, health_ms=health_ms,
-                     connect_seconds=connect_seconds, cpu_connect=cpu_connected - cpu_start,
-                     cpu_run=cpu_after_run - cpu_before_run, rss=(rss_before, peak[0], [rss_mb(p) for p in pids]),
-                     load=(load_start, load_average()))
+    return summarise(
+        results,
+        watchers=watchers,
+        nodes=len(urls),
+        connected=connected,
+        health_ms=health_ms,
+        connect_seconds=connect_seconds,
+        cpu_connect=cpu_connected - cpu_start,
+        cpu_run=cpu_after_run - cpu_before_run,
+        rss=(rss_before, peak[0], [rss_mb(p) for p in pids]),
+        load=(load_start, load_average()),
+    )
 
 
-def summarise(results: list[Any], *, watchers: int, nodes: int, connected: int, health_ms: list[float],
-              connect_seconds: float, cpu_connect: float, cpu_run: float,
-              rss: tuple[list[float], float, list[float]], load: tuple[float, float]) -> dict[str, Any]:
+def summarise(
+    results: list[Any],
+    *,
+    watchers: int,
+    nodes: int,
+    connected: int,
+    health_ms: list[float],
+    connect_seconds: float,
+    cpu_connect: float,
+    cpu_run: float,
+    rss: tuple[list[float], float, list[float]],
+    load: tuple[float, float],
+) -> dict[str, Any]:
     lists: list[list[Event]] = [r for r in results if isinstance(r, list)]
     errors = [r for r in results if not isinstance(r, list)]
     live = [(e[1], (e[3] - e[2]) * 1000) for events in lists for e in events if e[1] != "queued" and e[2] > 0]
@@ -300,19 +351,37 @@ def fan_out_rows(w: dict[str, Any], goals: tuple[float, float] = (250.0, 100.0))
 
     inf = f" (failures: {w['health_failures']})" if w["health_failures"] else ""
     return [
-        (f"{w['watchers']} watchers over {w['nodes']} node(s): complete then end",
-         f"{w['complete_then_end']} / {w['watchers']} (connected {w['connected']}, errors {w['watcher_errors']}"
-         + (f": {str(w['first_error'])[:120]}" if w["first_error"] else "") + ")"),
-        ("connect burst", f"{w['connect_seconds']:.2f} s; node CPU {w['server_cpu_s_connect']:.2f} s connect, "
-                          f"{w['server_cpu_s_run']:.2f} s run"),
-        ("complete: publish -> receipt", f"p50 {f(w['terminal_ms_p50'])} ms, p99 {f(w['terminal_ms_p99'])} ms, "
-                                         f"max {f(w['terminal_ms_max'])} ms (goal p99 < {goals[0]:.0f})"),
-        ("all events: publish -> receipt", f"p50 {f(w['all_events_ms_p50'])} ms, p99 {f(w['all_events_ms_p99'])} ms "
-                                           f"({w['events_received']} events, {w['previews_received']} previews)"),
-        ("/health during the burst", f"p50 {f(w['health_ms_p50'])} ms, p99 {f(w['health_ms_p99'])} ms, "
-                                     f"max {f(w['health_ms_max'])} ms ({w['health_samples']} samples{inf}; "
-                                     f"goal < {goals[1]:.0f})"),
-        ("node RSS before / peak / after (MB)",
-         f"{sum(w['server_rss_mb_before']):.0f} / {w['server_rss_mb_peak']:.0f} / {sum(w['server_rss_mb_after']):.0f}"),
+        (
+            f"{w['watchers']} watchers over {w['nodes']} node(s): complete then end",
+            f"{w['complete_then_end']} / {w['watchers']} (connected {w['connected']}, errors {w['watcher_errors']}"
+            + (f": {str(w['first_error'])[:120]}" if w["first_error"] else "")
+            + ")",
+        ),
+        (
+            "connect burst",
+            f"{w['connect_seconds']:.2f} s; node CPU {w['server_cpu_s_connect']:.2f} s connect, "
+            f"{w['server_cpu_s_run']:.2f} s run",
+        ),
+        (
+            "complete: publish -> receipt",
+            f"p50 {f(w['terminal_ms_p50'])} ms, p99 {f(w['terminal_ms_p99'])} ms, "
+            f"max {f(w['terminal_ms_max'])} ms (goal p99 < {goals[0]:.0f})",
+        ),
+        (
+            "all events: publish -> receipt",
+            f"p50 {f(w['all_events_ms_p50'])} ms, p99 {f(w['all_events_ms_p99'])} ms "
+            f"({w['events_received']} events, {w['previews_received']} previews)",
+        ),
+        (
+            "/health during the burst",
+            f"p50 {f(w['health_ms_p50'])} ms, p99 {f(w['health_ms_p99'])} ms, "
+            f"max {f(w['health_ms_max'])} ms ({w['health_samples']} samples{inf}; "
+            f"goal < {goals[1]:.0f})",
+        ),
+        (
+            "node RSS before / peak / after (MB)",
+            f"{sum(w['server_rss_mb_before']):.0f} / {w['server_rss_mb_peak']:.0f} / "
+            f"{sum(w['server_rss_mb_after']):.0f}",
+        ),
         ("load average at start / end of the fan-out", f"{w['load_average_start']} / {w['load_average_end']}"),
     ]

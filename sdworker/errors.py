@@ -28,7 +28,8 @@ Tree::
     ├── JobNotFinished (job_not_finished, 409)       e.g. the image of a job still running
     ├── QueueFull (queue_full, 429)                  with ``retry_after_seconds``
     │   └── QuotaExceeded (quota_exceeded, 429)      a key's max_queued or rate; ``field`` names the quota
-    ├── NotReady (not_ready, 503)                    model loading, worker dead, shutting down, Redis down
+    ├── NotReady (not_ready, 503)                    model loading, worker dead, shutting down, Redis down;
+    │                                                with ``retry_after_seconds``
     ├── JobCancelled (cancelled, 409)                terminal event of a cancelled job
     ├── ClientGone (client_gone, 499)                a synchronous caller hung up; its job was cancelled
     ├── GenerationFailed (generation_failed, 500)    the engine raised; message is safe
@@ -163,8 +164,12 @@ class QuotaExceeded(QueueFull):
 
 
 class NotReady(SdworkerError):
+    """Most causes pass by themselves (a model loading, Redis restarting, a worker replaced), so the
+    503 says when to ask again (``Retry-After``): clients that honour it neither give up nor hammer."""
+
     code = "not_ready"
     http_status = 503
+    retry_after_seconds: ClassVar[int] = 2
 
 
 class JobCancelled(SdworkerError):

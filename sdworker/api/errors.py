@@ -37,7 +37,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdworker.api.schemas import JobRequest
-from sdworker.errors import QueueFull, SdworkerError
+from sdworker.errors import NotReady, QueueFull, SdworkerError
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 async def _sdworker_error(request: Request, exc: SdworkerError) -> JSONResponse:
     response = error_response(exc.code, exc.message, exc.http_status, exc.field, path=request.url.path)
-    if isinstance(exc, QueueFull):
+    if isinstance(exc, QueueFull | NotReady):
         response.headers["Retry-After"] = str(exc.retry_after_seconds)
     return response
 
@@ -281,7 +281,10 @@ class BodyLimitMiddleware:
 
     async def _not_utf8(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(
-            "invalid_json", "body: JSON must be UTF-8 (RFC 8259); this body is UTF-16 or UTF-32", 400, "body",
+            "invalid_json",
+            "body: JSON must be UTF-8 (RFC 8259); this body is UTF-16 or UTF-32",
+            400,
+            "body",
             path=scope.get("path", ""),
         )
         await response(scope, receive, send)

@@ -22,6 +22,7 @@ from sdworker.api.routes_models import library_entry, lora_entry
 from sdworker.api.views import iso, worker_view
 from sdworker.domain.controlnet import PREPROCESSORS
 from sdworker.domain.hires import IMAGE_UPSCALERS, LATENT_UPSCALE_MODES
+from sdworker.errors import NotReady
 
 router = APIRouter(tags=["system"])
 # Liveness and readiness: also all a fleet worker serves on its ``--health-port`` (``create_probe_app``).
@@ -57,8 +58,11 @@ class HealthFirst:
             await self.app(scope, receive, send)
             return
         body = json.dumps({"status": "healthy", "timestamp": iso(time.time())}, separators=(",", ":")).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"cache-control", b"no-store")]
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
@@ -117,7 +121,11 @@ async def ready(request: Request) -> JSONResponse:
     is_ready, reason = await deps.node(request).readiness()
     if is_ready:
         return JSONResponse({"ready": True, "timestamp": iso(time.time())})
-    return JSONResponse({"ready": False, "reason": reason, "timestamp": iso(time.time())}, status_code=503)
+    return JSONResponse(
+        {"ready": False, "reason": reason, "timestamp": iso(time.time())},
+        status_code=503,
+        headers={"Retry-After": str(NotReady.retry_after_seconds)},
+    )
 
 
 @router.get("/v1/info", summary="Model, device, dtype, schedulers, limits and preview defaults (of the fleet)")

@@ -130,6 +130,7 @@ async def test_ready_is_503_while_loading_and_when_the_model_fails() -> None:
         assert (await app.client.get("/health")).json()["status"] == "healthy"
         loading = await app.client.get("/ready")
         assert loading.status_code == 503 and loading.json()["ready"] is False and loading.json()["reason"]
+        assert loading.headers["retry-after"] == "2"  # a 503 says when to ask again
         gate.set()
         await app.wait_for(lambda: _ready(app.client))
         assert (await app.client.get("/ready")).json()["ready"] is True
@@ -137,6 +138,7 @@ async def test_ready_is_503_while_loading_and_when_the_model_fails() -> None:
         await app.wait_for(lambda: _reason_contains(app.client, "no such model"))
         refused = await app.client.post("/v1/jobs", json={"prompt": "x", **SMALL})
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
+        assert refused.headers["retry-after"] == "2"
         assert (await app.client.get("/health")).status_code == 200
 
 

@@ -100,5 +100,37 @@ async def test_frames_already_waiting_go_out_in_one_chunk_and_the_stream_ends_th
     chunk = await anext(frames)
     assert chunk.startswith(frame(done)) and chunk.endswith(b"event: end\ndata: [DONE]\n\n")
     assert [line for line in chunk.decode().splitlines() if line.startswith("event: ")] == [
-        "event: complete", "event: end"]
+        "event: complete",
+        "event: end",
+    ]
     assert [f async for f in frames] == []
+
+
+async def test_a_thousand_watchers_share_one_encoding_of_the_final_frames(monkeypatch: object) -> None:
+    # The fan-out's cost at a job's end: every watcher must get the very same bytes (one base64 of
+    # the image, one JSON dump, one join of ``complete`` + ``end``), not its own copy.
+    import sdworker.api.sse as sse
+    from sdworker.events.bus import EventBus
+
+    encoded: list[str] = []
+    payload = sse.event_payload
+
+    def counting(event: JobEvent) -> tuple[str, dict[str, object]]:
+        encoded.append(type(event).__name__)
+        return payload(event)
+
+    monkeypatch.setattr(sse, "event_payload", counting)  # type: ignore[attr-defined]
+    bus = EventBus()
+    bus.open("many")
+    streams = [sse.event_frames(bus.subscribe("many"), keepalive_seconds=5) for _ in range(1000)]
+    for stream in streams:
+        assert (await anext(stream)).startswith(b"retry: ")
+    done = bus.publish(JobCompleted(job_id="many", images=(b"\x89PNG" * 5000,), seed=1, seeds=(1,), width=8, height=8))
+    assert done is not None
+    bus.publish(end_marker(done))
+    chunks = [await anext(stream) for stream in streams]
+    assert encoded == ["JobCompleted"]  # JobEnded's frame is its bare marker, no JSON
+    assert all(chunk is chunks[0] for chunk in chunks)
+    assert chunks[0] == frame(done) + b"id: 2\nevent: end\ndata: [DONE]\n\n"
+    for stream in streams:
+        assert [f async for f in stream] == []
