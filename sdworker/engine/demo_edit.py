@@ -33,15 +33,17 @@ def write_demo_flux1_kontext(models: Path, seed: int) -> None:
 
 
 def write_demo_qwenimage_edit(models: Path, seed: int) -> None:
-    """Both Qwen-Image-Edit demos. The processor is saved by hand: transformers' ``save_pretrained`` of a
-    processor wants its video processor, which needs torchvision (``engine.qwen_processor``)."""
-    from diffusers import QwenImageEditPipeline
+    """Both Qwen-Image-Edit demos. The modules are saved as Qwen-Image's (the same ones, no processor) and
+    the processor by hand: transformers' ``save_pretrained`` of a processor wants its video processor,
+    which needs torchvision (``engine.qwen_processor``); ``model_index.json`` then names the edit
+    pipeline and its processor."""
+    from diffusers import QwenImagePipeline
     from transformers import Qwen2VLImageProcessorPil
 
     from sdworker.engine.demo_qwenimage import build_demo_qwenimage_components
 
     components = build_demo_qwenimage_components(seed, vision_tokens=True)
-    pipe: Any = QwenImageEditPipeline(**components, processor=None)
+    pipe: Any = QwenImagePipeline(**components)
     for name, class_name in ((DEMO_QWENIMAGE_EDIT, "QwenImageEditPipeline"),
                              (DEMO_QWENIMAGE_EDIT_PLUS, "QwenImageEditPlusPipeline")):
         folder = models / name
