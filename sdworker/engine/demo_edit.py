@@ -37,12 +37,21 @@ def write_demo_qwenimage_edit(models: Path, seed: int) -> None:
     the processor by hand: transformers' ``save_pretrained`` of a processor wants its video processor,
     which needs torchvision (``engine.qwen_processor``); ``model_index.json`` then names the edit
     pipeline and its processor."""
+    import torch
     from diffusers import QwenImagePipeline
     from transformers import Qwen2VLImageProcessorPil
 
     from sdworker.engine.demo_qwenimage import build_demo_qwenimage_components
 
     components = build_demo_qwenimage_components(seed, vision_tokens=True)
+    # At random init the references barely reach the pixels (one level at most): q and k are
+    # RMS-normed, so attention stays near uniform over hundreds of text and image tokens, and the
+    # timestep modulation's gates are small. Sharper attention and larger gates make each reference
+    # change the image visibly (tens of levels).
+    with torch.no_grad():
+        for key, parameter in components["transformer"].named_parameters():
+            if any(part in key for part in ("norm_q", "norm_k", "norm_added_q", "norm_added_k", "_mod.")):
+                parameter.mul_(4.0)
     pipe: Any = QwenImagePipeline(**components)
     for name, class_name in ((DEMO_QWENIMAGE_EDIT, "QwenImageEditPipeline"),
                              (DEMO_QWENIMAGE_EDIT_PLUS, "QwenImageEditPlusPipeline")):
