@@ -14,7 +14,7 @@ import hashlib
 import threading
 from pathlib import Path
 
-DEMO_FOLDER = "demo-v7/models/demo-sd15"  # demo_model.ensure_demo_model (not imported here: torch)
+DEMO_FOLDER = "demo-v8/models/demo-sd15"  # demo_model.ensure_demo_model (not imported here: torch)
 UNET_WEIGHTS = (
     "unet/diffusion_pytorch_model.safetensors",
     "unet/diffusion_pytorch_model.fp16.safetensors",

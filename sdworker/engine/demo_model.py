@@ -32,6 +32,8 @@ folder a worker serves as it is::
     controlnet/demo-controlnet/   a ControlNet for demo-sd15 (diffusers ControlNetModel folder)
     controlnet/demo-flux1-controlnet/   a FLUX.1 ControlNet for demo-flux1 (``demo_controlnet``)
     models/demo-flux1-kontext/   a tiny FLUX.1 Kontext edit model (``demo_edit``)
+    models/demo-qwenimage-edit/, models/demo-qwenimage-edit-plus/   a tiny Qwen-Image-Edit and
+                   Edit-Plus (one set of weights; ``demo_edit``)
     ip-adapter/demo-ip-adapter.safetensors, ip-adapter/image_encoder/   an IP-Adapter for demo-sd15
                    and its CLIP image encoder (``demo_ip_adapter``)
     ip-adapter/demo-flux1-ip-adapter/   an XLabs-layout IP-Adapter for demo-flux1 with its own encoder
@@ -57,10 +59,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+# v8: demo-qwenimage-edit, demo-qwenimage-edit-plus
 # v6: controlnet/demo-flux1-controlnet
 # (v5: demo-sd15-inpainting, demo-flux2, demo-flux1-q8.gguf, the edit models, IP-Adapter, upscaler
 # v4: controlnet/demo-controlnet)
-DEMO_VERSION = "demo-v7"
+DEMO_VERSION = "demo-v8"
 MODELS_DIR, LORAS_DIR, EMBEDDINGS_DIR, CONTROLNET_DIR = "models", "loras", "embeddings", "controlnet"
 DEMO_CONTROLNET = "demo-controlnet"
 DEMO_SD15, DEMO_SDXL = "demo-sd15", "demo-sdxl"

@@ -17,7 +17,14 @@ QWENIMAGE_SCHEDULER_CONFIG: dict[str, Any] = {
 }
 
 
-def build_demo_qwenimage_components(seed: int) -> dict[str, Any]:
+# The markers Qwen-Image-Edit's prompt places an image between; the processor repeats the pad token
+# once per image patch and the text encoder puts the vision tower's output there.
+VISION_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>")
+
+
+def build_demo_qwenimage_components(seed: int, *, vision_tokens: bool = False) -> dict[str, Any]:
+    """The modules of ``demo-qwenimage``; with ``vision_tokens`` (the edit models) the tokenizer also
+    has Qwen2.5-VL's image markers and the text encoder's config points at them."""
     import torch
     from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -25,6 +32,12 @@ def build_demo_qwenimage_components(seed: int) -> dict[str, Any]:
     from sdworker.engine.qwen_tokenizer import build_qwen_tokenizer
 
     tokenizer = build_qwen_tokenizer()
+    ids: dict[str, Any] = {}
+    if vision_tokens:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(VISION_TOKENS)})
+        start, pad, end, video = tokenizer.convert_tokens_to_ids(list(VISION_TOKENS))
+        ids = {"vision_start_token_id": start, "image_token_id": pad, "vision_end_token_id": end,
+               "video_token_id": video}
     config = Qwen2_5_VLConfig(  # type: ignore[call-arg]
         text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37,
                      "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -34,7 +47,7 @@ def build_demo_qwenimage_components(seed: int) -> dict[str, Any]:
                        "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
                        "fullatt_block_indexes": [0], "window_size": 56},
         vocab_size=len(tokenizer), hidden_size=32, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, **ids,
     )
     torch.manual_seed(seed)
     transformer: Any = QwenImageTransformer2DModel(

@@ -91,7 +91,7 @@ def resolve_source(settings: Settings) -> ModelSource:
         except OSError as exc:
             raise ModelError(
                 f"model demo: cannot build it in {settings.cache_dir}: {exc.strerror or exc} "
-                "(set --cache-dir to a writable folder, or delete a damaged demo-v7 folder there)"
+                "(set --cache-dir to a writable folder, or delete a damaged demo-v8 folder there)"
             ) from exc
     path = Path(model).expanduser()
     if path.is_dir():

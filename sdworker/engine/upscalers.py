@@ -8,12 +8,18 @@ under ``params_ema`` or ``params``; both are read.
 The upscale is A1111's: run the model once (its scale, 1, 2 or 4) in float32 on the model's device,
 then resize with Lanczos to the exact target size; the caller crops as for the other upscalers.
 No tiling yet: a large image goes through in one piece.
+
+Other architectures (SwinIR, HAT, DAT, Compact, ... ) load through ``spandrel`` when it is installed:
+it detects them from the same state dict. It is not a dependency, because it needs a torchvision
+that matches torch, which this project's CPU pin has not (docs/guided.md); without it such a file is a
+4xx that says so. RRDBNet files always use our loader, so their pixels do not depend on spandrel.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +28,11 @@ import torch
 from PIL import Image
 
 from sdworker.domain.hires import IMAGE_UPSCALERS
-from sdworker.engine.rrdbnet import RRDBNet, build_rrdbnet
+from sdworker.engine.rrdbnet import build_rrdbnet
 from sdworker.errors import InvalidRequest
 
 SUFFIXES = (".pth", ".safetensors")
+Net = Callable[[torch.Tensor], torch.Tensor]  # (1, 3, H, W) in 0..1 -> (1, 3, H*scale, W*scale)
 
 
 class Upscalers:
@@ -34,7 +41,7 @@ class Upscalers:
     def __init__(self, folder: Path | None, max_loaded: int = 2) -> None:
         self.folder = folder
         self.max_loaded = max_loaded
-        self._loaded: OrderedDict[tuple[str, str], RRDBNet] = OrderedDict()
+        self._loaded: OrderedDict[tuple[str, str], Net] = OrderedDict()
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
@@ -49,7 +56,7 @@ class Upscalers:
         paths = (self.folder / f"{name}{suffix}" for suffix in SUFFIXES)
         return next(path for path in paths if path.is_file())
 
-    def load(self, name: str, device: torch.device, field: str = "hires.upscaler") -> RRDBNet:
+    def load(self, name: str, device: torch.device, field: str = "hires.upscaler") -> Net:
         key = (name, str(device))
         with self._lock:
             if key in self._loaded:
@@ -57,10 +64,15 @@ class Upscalers:
                 return self._loaded[key]
         path = self.path(name, field)
         try:
-            net = build_rrdbnet(read_weights(path)).to(device)
+            state = read_weights(path)
+        except ValueError as exc:
+            raise InvalidRequest(f"{field}: {path.name} cannot be read ({exc})", field=field) from None
+        net: Net
+        try:
+            net = build_rrdbnet(state).to(device)
         except (KeyError, RuntimeError, ValueError) as exc:
-            raise InvalidRequest(f"{field}: {path.name} is not an ESRGAN/Real-ESRGAN (RRDBNet) model ({exc})",
-                                 field=field) from None
+            why = f"not an ESRGAN/Real-ESRGAN (RRDBNet) model ({exc})"
+            net = load_with_spandrel(state, device, field, f"{field}: {path.name} is {why}")
         with self._lock:
             self._loaded[key] = net
             while len(self._loaded) > self.max_loaded:
@@ -97,6 +109,27 @@ def check_upscaler(upscalers: Upscalers, name: str, field: str = "upscaler") -> 
     if name not in IMAGE_UPSCALERS and name not in upscalers.names():
         known = ", ".join(repr(n) for n in (*IMAGE_UPSCALERS, *upscalers.names()))
         raise InvalidRequest(f"{field}: {name!r} is not an upscaler of this worker; known: {known}", field=field)
+
+
+def load_with_spandrel(state: dict[str, Any], device: torch.device, field: str, refused: str) -> Net:
+    """Another architecture, through spandrel's detection, when spandrel is installed: a 3-channel
+    image model only (no inpainting, no face restorers that need their own inputs). ``refused`` says
+    why our own loader did not take it, the start of every error."""
+    try:
+        import spandrel
+    except Exception:  # ImportError, or torchvision's own failure beside a torch it does not match
+        raise InvalidRequest(f"{refused}; other architectures need spandrel (pip install spandrel, "
+                             "with a torchvision matching torch)", field=field) from None
+    try:
+        descriptor = spandrel.ModelLoader(device=device).load_from_state_dict(state)
+    except Exception as exc:  # spandrel.UnsupportedModelError, or a shape its loader refuses
+        raise InvalidRequest(f"{refused}, and spandrel does not know it either ({exc})", field=field) from None
+    if not isinstance(descriptor, spandrel.ImageModelDescriptor) or descriptor.input_channels != 3 \
+            or descriptor.output_channels != 3:
+        raise InvalidRequest(f"{refused}; spandrel reads it as {descriptor.architecture.name}, which is not an "
+                             "RGB image-to-image model", field=field)
+    descriptor.to(device).eval()
+    return descriptor
 
 
 def read_weights(path: Path) -> dict[str, Any]:

@@ -185,7 +185,7 @@ def test_progress_shows_the_running_job_and_interrupt_returns_its_image(
 
 
 def test_models_options_and_png_info(api: webuiapi.WebUIApi, server: LiveServer, demo_cache_dir: Path) -> None:
-    unet = demo_cache_dir / "demo-v7" / "models" / "demo-sd15" / "unet" / "diffusion_pytorch_model.safetensors"
+    unet = demo_cache_dir / "demo-v8" / "models" / "demo-sd15" / "unet" / "diffusion_pytorch_model.safetensors"
     sha = hashlib.sha256(unet.read_bytes()).hexdigest()
     title = f"demo [{sha[:10]}]"
     # The served model first, then the library's other models (the FLUX.1, SD 3.5... demos).

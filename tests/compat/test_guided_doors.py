@@ -76,6 +76,27 @@ def test_openai_edit_with_two_images_on_flux2_uses_both(client: openai.OpenAI, h
         assert np.abs(pixels(base64.b64decode(one.data[0].b64_json or "")).astype(int) - both.astype(int)).max() > 0
 
 
+def test_openai_edit_on_qwen_image_edit_plus_equals_the_native_edit_job(client: openai.OpenAI,
+                                                                        http: httpx.Client) -> None:
+    """Qwen-Image-Edit-Plus (here without torchvision: the processor the engine builds itself): both
+    ``image[]`` files reach its pipeline as one list; the job equals the native edit, one image does not."""
+    door, wall = png(64, 64, (30, 140, 220)), png(64, 64, (250, 250, 20))
+    images = [("door.png", door, "image/png"), ("wall.png", wall, "image/png")]
+    model = "demo-qwenimage-edit-plus"
+    result = client.images.edit(model=model, image=images, prompt="put the door in the wall", extra_body=EDIT)
+    assert result.data is not None
+    job = http.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    parameters = http.get(f"/v1/jobs/{job['job_id']}").json()["parameters"]
+    assert parameters["operation"] == "image_edit" and parameters["reference_images"] == 2
+    both = pixels(base64.b64decode(result.data[0].b64_json or ""))
+    native = native_pixels(http, operation="image_edit", prompt="put the door in the wall", model=model,
+                           reference_images=[b64(door), b64(wall)], **EDIT)
+    np.testing.assert_array_equal(both, native)
+    one = native_pixels(http, operation="image_edit", prompt="put the door in the wall", model=model,
+                        reference_images=[b64(door)], **EDIT)
+    assert np.abs(one.astype(int) - both.astype(int)).max() > 0
+
+
 def test_two_images_on_kontext_are_a_400_naming_image(client: openai.OpenAI) -> None:
     images = [("a.png", png(64, 64), "image/png"), ("b.png", png(64, 64, (0, 0, 0)), "image/png")]
     with pytest.raises(openai.BadRequestError) as caught:

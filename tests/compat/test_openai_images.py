@@ -136,12 +136,14 @@ def test_models_list(client: openai.OpenAI) -> None:
     models = client.models.list().data
     # The demo bundle's library, each entry with its details (OpenAI's SDK keeps them in model_extra).
     names = ["demo-flux1", "demo-flux1-kontext", "demo-flux1-q8", "demo-flux1-transformer", "demo-flux2",
-             "demo-qwenimage", "demo-sd15", "demo-sd15-inpainting", "demo-sd3", "demo-sdxl", "demo-zimage"]
+             "demo-qwenimage", "demo-qwenimage-edit", "demo-qwenimage-edit-plus", "demo-sd15",
+             "demo-sd15-inpainting", "demo-sd3", "demo-sdxl", "demo-zimage"]
     assert [(m.id, m.object, m.owned_by) for m in models] == [(name, "model", "sdworker") for name in names]
     extra = {m.id: m.model_extra or {} for m in models}
     assert extra["demo-sd15"]["default"] is True
     assert [extra[name]["architecture"] for name in names] == ["flux1", "flux1", "flux1", "flux1", "flux2",
-                                                               "qwenimage", "sd1", "sd1", "sd3", "sdxl", "zimage"]
+                                                               "qwenimage", "qwenimage", "qwenimage", "sd1", "sd1",
+                                                               "sd3", "sdxl", "zimage"]
 
 
 def test_a_client_that_hangs_up_cancels_its_job(server: LiveServer, http: httpx.Client) -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sdworker.domain.request import GenerationRequest, InputImage, Operation
-from sdworker.engine.demo_edit import DEMO_FLUX1_KONTEXT
+from sdworker.engine.demo_edit import DEMO_FLUX1_KONTEXT, DEMO_QWENIMAGE_EDIT, DEMO_QWENIMAGE_EDIT_PLUS
 from sdworker.engine.diffusers_engine import DiffusersEngine
 from sdworker.errors import InvalidRequest
 from sdworker.settings import Settings
@@ -136,3 +136,47 @@ def test_flux2_runs_text_to_image_and_takes_at_most_four_references(edit_engine:
 
         check_request(GenerationRequest(PROMPT, operation=Operation.EDIT, model="demo-flux2", reference_images=five))
     assert caught.value.field == "reference_images"
+
+
+def _qwen_edit_pipe(demo_bundle: Path, name: str) -> Any:
+    """The bundle's Qwen-Image-Edit(-Plus) loaded by diffusers directly; without torchvision the
+    processor is passed in as the engine does (``engine.qwen_processor``)."""
+    import diffusers
+
+    from sdworker.engine.qwen_processor import load_qwen2vl_processor, torchvision_missing
+
+    folder = demo_bundle / "models" / name
+    cls = diffusers.QwenImageEditPlusPipeline if name == DEMO_QWENIMAGE_EDIT_PLUS else diffusers.QwenImageEditPipeline
+    extra = {"processor": load_qwen2vl_processor(folder / "processor")} if torchvision_missing() else {}
+    pipe = cls.from_pretrained(folder, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _differs(first: Any, second: Any) -> bool:
+    return bool(np.abs(pixels(first.images[0]).astype(int) - pixels(second.images[0]).astype(int)).max() > 0)
+
+
+def test_qwenimage_edit_equals_qwen_image_edit_pipeline(edit_engine: DiffusersEngine, demo_bundle: Path) -> None:
+    """Qwen-Image-Edit: one reference, true CFG with the model card's " " negative (guidance 2.5 > 1)."""
+    result = _edit(edit_engine, DEMO_QWENIMAGE_EDIT, (_reference(0),))
+    pipe = _qwen_edit_pipe(demo_bundle, DEMO_QWENIMAGE_EDIT)
+    expected = pipe(image=init_image(64, seed=0), prompt=PROMPT, negative_prompt=" ", width=64, height=64,
+                    num_inference_steps=3, true_cfg_scale=2.5,
+                    generator=torch.Generator("cpu").manual_seed(SEED)).images[0]
+    assert result.images[0].size == (64, 64)
+    np.testing.assert_array_equal(pixels(result.images[0]), pixels(expected))
+    assert _differs(result, _edit(edit_engine, DEMO_QWENIMAGE_EDIT, (_reference(1),)))  # the reference counts
+
+
+def test_qwenimage_edit_plus_with_two_references_equals_its_pipeline(edit_engine: DiffusersEngine,
+                                                                     demo_bundle: Path) -> None:
+    """Qwen-Image-Edit-Plus takes the references as a list; dropping either changes the pixels."""
+    both = _edit(edit_engine, DEMO_QWENIMAGE_EDIT_PLUS, (_reference(0), _reference(1)))
+    pipe = _qwen_edit_pipe(demo_bundle, DEMO_QWENIMAGE_EDIT_PLUS)
+    expected = pipe(image=[init_image(64, seed=0), init_image(64, seed=1)], prompt=PROMPT, negative_prompt=" ",
+                    width=64, height=64, num_inference_steps=3, true_cfg_scale=2.5,
+                    generator=torch.Generator("cpu").manual_seed(SEED)).images[0]
+    np.testing.assert_array_equal(pixels(both.images[0]), pixels(expected))
+    for kept in (_reference(0), _reference(1)):
+        assert _differs(both, _edit(edit_engine, DEMO_QWENIMAGE_EDIT_PLUS, (kept,)))

@@ -100,7 +100,8 @@ async def test_the_fleet_is_described_and_unknown_models_are_refused(fleet: Flee
         models = (await client.get(f"{a}/v1/models")).json()
         ids = [m["id"] for m in models["data"]]
         bundle = ["demo-flux1", "demo-flux1-kontext", "demo-flux1-q8", "demo-flux1-transformer", "demo-flux2",
-                  "demo-qwenimage", "demo-sd15", "demo-sd15-inpainting", "demo-sd3", "demo-sdxl", "demo-zimage"]
+                  "demo-qwenimage", "demo-qwenimage-edit", "demo-qwenimage-edit-plus", "demo-sd15",
+                  "demo-sd15-inpainting", "demo-sd3", "demo-sdxl", "demo-zimage"]
         assert ids == bundle, ids  # the demo library, as its workers registered it
         metrics = (await client.get(f"{a}/metrics")).text
         assert "sdworker_fleet_workers" in metrics and "sdworker_queue_depth" in metrics

@@ -1,5 +1,7 @@
 """Qwen-Image in diffusers: ``QwenImagePipeline`` and its img2img and inpaint pipelines over one set
-of modules; an edit model (``QwenImageEditPipeline``) is recognised and refused for now.
+of modules; an edit model (``QwenImageEditPipeline``, ``QwenImageEditPlusPipeline``) loads as its own
+pipeline and runs only ``image_edit`` jobs (``engine.edit``). Where torchvision is missing its
+``processor`` is built by ``engine.qwen_processor`` and passed in as a component.
 
 Latents: the loop holds ``(B, h*w/4, 64)`` normalised Wan-VAE latents in 2x2 patches; ``unpack`` gives
 ``(B, 16, h, w)``. The VAE is a video VAE: it decodes ``(B, 16, frames, h, w)`` after
@@ -19,6 +21,7 @@ from PIL import Image
 from sdworker.domain.request import GenerationRequest
 from sdworker.engine.families.flow import FlowAdapter, quantized
 from sdworker.engine.models import LoadedModel, ModelSource
+from sdworker.engine.qwen_processor import load_qwen2vl_processor, torchvision_missing
 from sdworker.previews.vae import DenormalisingVaeDecoder
 
 
@@ -38,6 +41,10 @@ class QwenImageAdapter(FlowAdapter):
             index = json.loads((Path(source.location) / "model_index.json").read_text(encoding="utf-8"))
             if "Edit" in str(index.get("_class_name", "")):
                 cls = getattr(diffusers, str(index["_class_name"]))
+                components = dict(components or {})
+                processor = Path(source.location) / "processor"
+                if "processor" not in components and processor.is_dir() and torchvision_missing():
+                    components["processor"] = load_qwen2vl_processor(processor)
                 return cls.from_pretrained(source.location, dtype=dtype, use_safetensors=use_safetensors,
                                            **quantized(quantize, self.family, dtype), **(components or {}))
         return super().load_base(source, dtype, model_config, transformer_only=transformer_only,
