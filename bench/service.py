@@ -11,6 +11,9 @@
    follows it (goal: p99 under 250 ms); ``/health`` latency sampled on its own connection every 20 ms
    while the 1,000 connect (goal: under 100 ms: health must not wait behind stream set-up); the
    server's RSS before, at peak and after.
+3. **The floor** (``bench/floor.py``): the same clients read a ``complete`` frame of the same size,
+   and ``end``, from a bare server that only writes them; the ratio of the two p99s is what sdworker
+   adds to the bytes' own cost in this run, whatever else loads the machine.
 
     .venv/bin/python bench/service.py                       # demo model, 256 px (about 2 min)
     .venv/bin/python bench/service.py --arch sd15 --size 256 --steps 20 --rounds 3
@@ -42,6 +45,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench.archs` and `sdwork
 
 import httpx  # noqa: E402
 
+from bench.floor import floor_fan_out  # noqa: E402
 from bench.harness import free_port, load_average, raise_fd_limit, write_json  # noqa: E402
 from bench.watchers import fan_out, fan_out_rows  # noqa: E402
 from sdworker.domain.request import GenerationRequest  # noqa: E402
@@ -224,7 +228,16 @@ async def many_watchers(url: str, pid: int, args: argparse.Namespace) -> dict[st
 
         result = await fan_out([url], [pid], job_id, args.watchers, release, client_processes=args.client_processes)
         result["job_status"] = (await client.get(f"/v1/jobs/{job_id}")).json()["status"]
+        png = await client.get(f"/v1/jobs/{job_id}/image")
+        result["image_base64_chars"] = 4 * -(-len(png.content) // 3) if png.status_code == 200 else 0
     return result
+
+
+async def the_floor(watched: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The same fan-out from ``bench/floor.py``'s bare server, with the watched job's image size."""
+    floor = await floor_fan_out(args.watchers, watched["image_base64_chars"], client_processes=args.client_processes)
+    return {key: floor[key] for key in ("complete_then_end", "watcher_errors", "terminal_ms_p50", "terminal_ms_p99",
+                                        "terminal_ms_max", "server_cpu_s_run", "load_average_start")}
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -258,6 +271,16 @@ def print_table(result: dict[str, Any]) -> None:
         print("|---|---|")
         for name, value in fan_out_rows(w):
             print(f"| {name} | {value} |")
+        floor = result.get("floor")
+        if floor and "error" in floor:
+            print(f"| the floor (bare server, same bytes and clients) | ERROR {floor['error']} |")
+        elif floor:
+            print(
+                f"| the floor (bare server, same bytes and clients): complete | {floor['complete_then_end']} got it; "
+                f"p50 {floor['terminal_ms_p50']:.0f} ms, p99 {floor['terminal_ms_p99']:.0f} ms, "
+                f"max {floor['terminal_ms_max']:.0f} ms; server CPU {floor['server_cpu_s_run']:.2f} s |"
+            )
+            print(f"| sdworker p99 / floor p99 (same run) | {w['terminal_ms_p99'] / floor['terminal_ms_p99']:.2f}x |")
     print(f"\nload average: {result['load_average_start']} at start, {result['load_average_end']} at end")
 
 
@@ -283,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-processes", dest="client_processes", type=int, default=4,
                         help="processes the watchers' clients run in")
     parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite", help="the server's job store")
-    parser.add_argument("--skip", choices=("compare", "watchers"), action="append", default=[])
+    parser.add_argument("--skip", choices=("compare", "watchers", "floor"), action="append", default=[])
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "service.json"))
     args = parser.parse_args(argv)
     args.size = args.size or 256
@@ -321,10 +344,16 @@ def main(argv: list[str] | None = None) -> int:
                 server.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 server.kill()
+        watched = result.get("watchers", {})
+        if "floor" not in args.skip and watched.get("image_base64_chars"):
+            try:  # after the server has exited: the bare server has the machine as sdworker had it
+                result["floor"] = asyncio.run(the_floor(watched, args))
+            except Exception as exc:
+                result["floor"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     result["load_average_end"] = load_average()
     print_table(result)
     write_json(Path(args.json), result)
-    return 1 if "error" in result.get("watchers", {}) else 0
+    return 1 if "error" in result.get("watchers", {}) or "error" in result.get("floor", {}) else 0
 
 
 if __name__ == "__main__":

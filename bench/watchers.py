@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 
@@ -39,22 +39,149 @@ class StreamRefused(Exception):
     """The server answered the stream request with something else than 200."""
 
 
-async def open_stream(host: str, port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
-    """A raw SSE request; the reader after the response head, and whether the body is chunked."""
-    reader, writer = await asyncio.open_connection(host, port)
+# A watcher's buffer holds a whole ``complete`` frame (a 256 px PNG in base64 is about 200 KB), so the
+# burst at a job's end reads it in place; a larger frame grows the buffer once.
+BUFFER_BYTES = 256 * 1024
+MIN_READ_BYTES = 64 * 1024
+
+
+class SseWatcher(asyncio.BufferedProtocol):
+    """One raw SSE client whose bytes the kernel reads straight into its buffer (``recv_into``), where
+    the frames are parsed: no bytes object per read and none of a stream reader's copies.
+
+    Why not ``asyncio.open_connection``: these clients share the server's two cores, so their CPU is
+    counted as the server's delivery delay. Reading 1,000 copies of a 196 KB frame through stream
+    readers (a bytes object per read, the reader's buffer, ``readexactly``'s copy) cost the client
+    processes about twice the CPU of reading them in place (``docs/benchmarks.md``)."""
+
+    def __init__(self, request: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        self.request = request
+        self.head: asyncio.Future[None] = loop.create_future()  # the response head: 200, or StreamRefused
+        self.done: asyncio.Future[list[Event]] = loop.create_future()  # every event, once the stream ends
+        self.events: list[Event] = []
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray(BUFFER_BYTES)
+        self.start = 0  # the first byte not parsed yet
+        self.end = 0  # the first free byte
+        self.chunked: bool | None = None  # None until the head is read
+        self.carry = b""  # a frame that a chunk's end cut (servers write whole frames; in case one does not)
+        self.received = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        transport.write(self.request)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.start == self.end:
+            self.start = self.end = 0
+        if len(self.buffer) - self.end < MIN_READ_BYTES:
+            self._make_room(MIN_READ_BYTES)
+        return memoryview(self.buffer)[self.end :]
+
+    def _make_room(self, free: int) -> None:
+        """Move what is not parsed yet to the front of a buffer with ``free`` bytes after it (a new one:
+        the buffer handed out last may still be exported, and an exported bytearray cannot resize)."""
+        held = self.end - self.start
+        fresh = bytearray(max(len(self.buffer), held + free))
+        fresh[:held] = memoryview(self.buffer)[self.start : self.end]
+        self.buffer, self.start, self.end = fresh, 0, held
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.end += nbytes
+        self.received = time.time()
+        try:
+            self._parse()
+        except (StreamRefused, ValueError) as exc:
+            self._fail(exc)
+
+    def _parse(self) -> None:
+        buf = self.buffer
+        while not self.done.done():
+            if self.chunked is None:
+                cut = buf.find(b"\r\n\r\n", self.start, self.end)
+                if cut < 0:
+                    return
+                status, _, headers = bytes(buf[self.start : cut]).partition(b"\r\n")
+                if status.split(b" ")[1:2] != [b"200"]:
+                    raise StreamRefused(status.decode(errors="replace").strip() or "connection closed")
+                self.chunked = b"transfer-encoding: chunked" in headers.lower()
+                self.start = cut + 4
+                self.head.set_result(None)
+            elif not self.chunked:
+                self.start = self._frames(buf, self.start, self.end)
+                return
+            else:
+                line = buf.find(b"\r\n", self.start, self.end)
+                if line < 0:
+                    return
+                size = int(buf[self.start : line], 16)
+                if size == 0:
+                    self._finish()
+                    return
+                data = line + 2
+                if self.end < data + size + 2:  # the rest of the chunk (and its CRLF) is still coming
+                    if len(buf) - self.start < data + size + 2 - self.start:
+                        self._make_room(data + size + 2 - self.end)
+                    return
+                self._chunk(data, data + size)
+                self.start = data + size + 2
+
+    def _chunk(self, begin: int, stop: int) -> None:
+        if not self.carry:
+            rest = self._frames(self.buffer, begin, stop)
+            self.carry = bytes(self.buffer[rest:stop])
+            return
+        joined = self.carry + self.buffer[begin:stop]
+        self.carry = bytes(joined[self._frames(joined, 0, len(joined)) :])
+
+    def _frames(self, buffer: bytes | bytearray, start: int, stop: int) -> int:
+        """Record the whole frames of ``buffer[start:stop]``; where the first unfinished one starts."""
+        while (cut := frame_end(buffer, start, stop)) >= 0:
+            block_start, start = start, cut + 2
+            name = frame_field(buffer, b"event: ", block_start, cut)
+            if name is None:
+                continue
+            # ``end`` carries rbee's marker, not JSON: its delay is counted from the terminal event's
+            # publish time (the stream's last frame after the job is done).
+            events = self.events
+            if name == "end":
+                at = events[-1][2] if events else self.received
+            else:
+                at = publish_time(buffer, block_start, cut)
+            events.append((int(frame_field(buffer, b"id: ", block_start, cut) or 0), name, at, self.received))
+            if name == "end":
+                self._finish()
+                return stop
+        return start
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(self.events)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, exc: Exception) -> None:
+        if not self.head.done():
+            self.head.set_exception(exc)
+        self._finish()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Before the head: the request failed. After it: the stream broke, and what arrived is reported.
+        self._fail(exc if isinstance(exc, OSError) else StreamRefused("connection closed"))
+
+
+async def open_stream(host: str, port: int, path: str) -> tuple[asyncio.Transport, SseWatcher]:
+    """A raw SSE request, once its response head (200) has arrived."""
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode()
+    loop = asyncio.get_running_loop()
+    transport, watcher = await loop.create_connection(lambda: SseWatcher(request), host, port)
     try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode())
-        await writer.drain()
-        status = await reader.readline()
-        if b" 200 " not in status:
-            raise StreamRefused(status.decode(errors="replace").strip() or "connection closed")
-        chunked = False
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            chunked |= line.lower().startswith(b"transfer-encoding: chunked")
+        await watcher.head
     except BaseException:
-        writer.close()
+        transport.close()
         raise
-    return reader, writer, chunked
+    return transport, watcher
 
 
 async def watch(host: str, port: int, path: str, settled: Callable[[bool], None]) -> list[Event]:
@@ -63,50 +190,18 @@ async def watch(host: str, port: int, path: str, settled: Callable[[bool], None]
     ``settled(True)`` once subscribed, ``settled(False)`` when it gave up connecting (then it raises)."""
     for attempt in range(CONNECT_TRIES):
         try:
-            reader, writer, chunked = await open_stream(host, port, path)
+            transport, watcher = await open_stream(host, port, path)
             break
-        except (OSError, asyncio.IncompleteReadError, StreamRefused):
+        except (OSError, StreamRefused):
             if attempt == CONNECT_TRIES - 1:
                 settled(False)
                 raise
             await asyncio.sleep(CONNECT_BACKOFF_SECONDS[min(attempt, len(CONNECT_BACKOFF_SECONDS) - 1)])
     settled(True)
-    events: list[Event] = []
-    buffer = b""
     try:
-        while True:
-            if chunked:
-                size = int((await reader.readline()).strip() or b"0", 16)
-                if size == 0:
-                    break
-                data = await reader.readexactly(size)
-                await reader.readexactly(2)  # the chunk's CRLF
-            else:
-                data = await reader.read(65536)
-                if not data:
-                    break
-            received = time.time()
-            # Frames end with their chunk (the server writes whole frames), so the buffer is nearly
-            # always empty here: no copy of a 200 KB ``complete`` frame, and frames are read in place.
-            buffer = buffer + data if buffer else data
-            start = 0
-            while (cut := buffer.find(b"\n\n", start)) >= 0:
-                block_start, start = start, cut + 2
-                name = frame_field(buffer, b"event: ", block_start, cut)
-                if name is None:
-                    continue
-                # ``end`` carries rbee's marker, not JSON: its delay is counted from the terminal
-                # event's publish time (the stream's last frame after the job is done).
-                at = (events[-1][2] if events else received) if name == "end" else publish_time(buffer, cut)
-                events.append((int(frame_field(buffer, b"id: ", block_start, cut) or 0), name, at, received))
-                if name == "end":
-                    return events
-            buffer = buffer[start:] if start < len(buffer) else b""
-    except (OSError, asyncio.IncompleteReadError):
-        pass  # the stream broke: what arrived is reported (without its end)
+        return await watcher.done
     finally:
-        writer.close()
-    return events
+        transport.close()
 
 
 def sample_health(url: str, stop: Any, out: Any) -> None:
@@ -178,7 +273,20 @@ def client_loop_run(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-def frame_field(buffer: bytes, prefix: bytes, start: int = 0, end: int | None = None) -> str | None:
+def frame_end(buffer: bytes | bytearray, start: int, stop: int) -> int:
+    """Where the first frame of ``buffer[start:stop]`` ends (its blank line's first ``\\n``), or -1.
+
+    Line by line rather than ``find(b"\\n\\n")``: a one-byte search is a ``memchr``, while CPython
+    looks for a two-byte one a few bytes at a time, and a ``complete`` frame is one 200 KB line (that
+    search cost these clients about 150 us per frame, a thousand times at a job's end)."""
+    while (line_end := buffer.find(b"\n", start, stop)) >= 0:
+        if line_end + 1 < stop and buffer[line_end + 1] == 0x0A:
+            return line_end
+        start = line_end + 1
+    return -1
+
+
+def frame_field(buffer: bytes | bytearray, prefix: bytes, start: int = 0, end: int | None = None) -> str | None:
     """A small field (``id``, ``event``) of the frame ``buffer[start:end]``, without decoding or copying it."""
     end = len(buffer) if end is None else end
     if buffer.startswith(prefix, start, end):
@@ -192,14 +300,13 @@ def frame_field(buffer: bytes, prefix: bytes, start: int = 0, end: int | None = 
     return buffer[begin : stop if stop >= 0 else end].decode()
 
 
-def publish_time(buffer: bytes, end: int | None = None) -> float:
-    """The ``at`` of the frame ending at ``end`` (the server writes it last), read from the bytes' tail: a
-    ``complete`` frame carries a base64 PNG, and 1,000 decodes and JSON parses of it in these client
-    processes would be counted as the server's delivery delay."""
-    end = len(buffer) if end is None else end
-    close = buffer.rfind(b"}", 0, end)
-    start = buffer.rfind(b'"at":', 0, close)
-    return float(buffer[start + 5 : close]) if start >= 0 else 0.0
+def publish_time(buffer: bytes | bytearray, start: int, end: int) -> float:
+    """The ``at`` of the frame ``buffer[start:end]`` (the server writes it last), read from the bytes'
+    tail: a ``complete`` frame carries a base64 PNG, and 1,000 decodes and JSON parses of it in these
+    client processes would be counted as the server's delivery delay."""
+    close = buffer.rfind(b"}", start, end)
+    found = buffer.rfind(b'"at":', start, close)
+    return float(buffer[found + 5 : close]) if found >= 0 and close >= 0 else 0.0
 
 
 # --- the measured run ---------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from sdworker.events.types import (
     PreviewReady,
     StepProgressed,
     StreamNotice,
+    ends_stream,
 )
 
 log = logging.getLogger(__name__)
@@ -158,17 +159,23 @@ async def event_frames(sub: Subscription, keepalive_seconds: float) -> AsyncIter
             if event is None:
                 return
             more = sub.ready(FRAMES_PER_SEND - 1)
-            yield frames((event, *more)) if more else frame(event)
+            yield frames((event, *more)) if more or ends_stream(event) else frame(event)
     finally:
         sub.close()
 
 
+class LastFrames(bytes):
+    """A stream's last chunk (it holds the ``end`` frame): the response sends it as the end of the
+    body, so a watcher's last write is one send, not two (at a job's end, a thousand times over)."""
+
+
 @functools.lru_cache(maxsize=16)
 def frames(events: tuple[JobEvent, ...]) -> bytes:
-    """The frames of events sent together, joined. Cached like ``frame``: at a job's end a thousand
-    watchers each take the same (``complete``, ``end``) pair, and joining it per watcher would copy
-    the image's base64 a thousand times."""
-    return b"".join(map(frame, events))
+    """The frames of events sent together, joined (``LastFrames`` when they end the stream). Cached
+    like ``frame``: at a job's end a thousand watchers each take the same (``complete``, ``end``)
+    pair, and joining it per watcher would copy the image's base64 a thousand times."""
+    joined = b"".join(map(frame, events))
+    return LastFrames(joined) if ends_stream(events[-1]) else joined
 
 
 class EventStreamResponse(Response):
@@ -242,9 +249,12 @@ class EventStreamResponse(Response):
     async def _stream(self, send: Send) -> None:
         try:
             async for chunk in self._frames:
+                last = isinstance(chunk, LastFrames)
                 # Bounded: uvicorn's send waits only while the socket's buffer is full.
                 async with asyncio.timeout(self._send_timeout):
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+                if last:
+                    return
             async with asyncio.timeout(self._send_timeout):  # the end too: a client may stop reading here
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except TimeoutError:

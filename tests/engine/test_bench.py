@@ -81,6 +81,9 @@ def test_service_bench_smoke(tmp_path: Path) -> None:
     assert watchers["job_status"] == "completed" and watchers["watcher_errors"] == 0
     assert watchers["complete_then_end"] == 20 and watchers["health_samples"] > 0
     assert len(watchers["terminal_event_ids"]) == 1  # every watcher saw the same complete event
+    # The floor: the same clients read a frame of the job's image size from the bare server.
+    assert watchers["image_base64_chars"] > 0
+    assert result["floor"]["complete_then_end"] == 20 and result["floor"]["watcher_errors"] == 0
 
 
 def test_models_bench_smoke(demo_cache_dir: Path, tmp_path: Path) -> None:

@@ -101,3 +101,56 @@ async def test_a_response_that_never_starts_still_releases_the_subscription() ->
     with contextlib.suppress(OSError):
         await response({"type": "http"}, receive, send)  # type: ignore[arg-type]
     assert bus.watcher_count("j") == 0
+
+
+async def test_the_end_frame_is_the_body_s_last_send_and_the_subscription_is_released() -> None:
+    """At a job's end, ``complete`` and ``end`` go out as the body's end in one send: a thousand
+    watchers each write once, not once more for an empty last chunk."""
+    bus = make_bus()
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client stays
+        return {}
+
+    response = EventStreamResponse(event_frames(bus.subscribe("j"), keepalive_seconds=10), send_timeout_seconds=5)
+    task = asyncio.create_task(response({"type": "http"}, receive, send))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    bus.publish(StepProgressed(job_id="j", step=1, total=2))
+    await asyncio.sleep(0.05)
+    done = bus.publish(JobCompleted(job_id="j", images=(b"p",), seed=1, seeds=(1,), width=8, height=8))
+    assert done is not None
+    bus.publish(end_marker(done))
+    await asyncio.wait_for(task, 2)
+    bodies = [(m["body"], m["more_body"]) for m in sent if m["type"] == "http.response.body"]
+    assert [more for _, more in bodies] == [True, True, False]  # retry, progress, then complete + end
+    assert b"event: complete" in bodies[-1][0] and bodies[-1][0].endswith(b"event: end\ndata: [DONE]\n\n")
+    assert bus.watcher_count("j") == 0
+
+
+async def test_an_end_that_comes_alone_also_ends_the_body() -> None:
+    # A watcher that had taken ``complete`` before ``end`` was published gets ``end`` as its last send.
+    bus = make_bus()
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {}
+
+    response = EventStreamResponse(event_frames(bus.subscribe("j"), keepalive_seconds=10), send_timeout_seconds=5)
+    task = asyncio.create_task(response({"type": "http"}, receive, send))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    done = bus.publish(JobCompleted(job_id="j", images=(b"p",), seed=1, seeds=(1,), width=8, height=8))
+    assert done is not None
+    await asyncio.sleep(0.05)
+    bus.publish(end_marker(done))
+    await asyncio.wait_for(task, 2)
+    bodies = [(m["body"], m["more_body"]) for m in sent if m["type"] == "http.response.body"]
+    assert [more for _, more in bodies] == [True, True, False]  # retry, complete, end
+    assert bodies[-1][0] == b"id: 2\nevent: end\ndata: [DONE]\n\n"
