@@ -122,6 +122,22 @@ def test_url_response_is_an_absolute_url_of_the_image_route(client: openai.OpenA
     assert Image.open(io.BytesIO(httpx.get(url).content)).size == (64, 64)
 
 
+def test_dall_e_without_response_format_answers_a_url_as_openai_does(client: openai.OpenAI) -> None:
+    # LibreChat's DALL-E 3 tool sends no response_format and reads only ``data[0].url``: OpenAI answers
+    # url for dall-e-2/3 and b64_json for the gpt-image models (and here for a request without model).
+    dalle = client.images.generate(model="dall-e-3", prompt="a cat", quality="standard", style="vivid",
+                                   size="64x64", n=1, extra_body=FAST)
+    assert dalle.data is not None and dalle.data[0].url is not None and dalle.data[0].b64_json is None
+    assert Image.open(io.BytesIO(httpx.get(dalle.data[0].url).content)).size == (64, 64)
+    for model in ("gpt-image-1", None):
+        extra = {"model": model} if model else {}
+        other = client.images.generate(prompt="a cat", size="64x64", extra_body=FAST, **extra)  # type: ignore[arg-type]
+        assert other.data is not None and other.data[0].b64_json and other.data[0].url is None
+    asked = client.images.generate(model="dall-e-2", prompt="a cat", size="64x64", response_format="b64_json",
+                                   extra_body=FAST)
+    assert asked.data is not None and asked.data[0].b64_json and asked.data[0].url is None
+
+
 def test_jpeg_output_format_and_strings_in_a_form(client: openai.OpenAI, server: LiveServer) -> None:
     result = client.images.generate(prompt="a cat", size="64x64", output_format="jpeg", extra_body=FAST)
     assert result.data is not None

@@ -96,7 +96,7 @@ async def run(request: Request, body: ImagesRequest, *, kind: str, edit: EditInp
         )
     view = await wait_or_cancel(service, view.job_id, request, owner)
     urls = None
-    if body.response_format == "url" and view.status is JobStatus.COMPLETED:
+    if body.answers_with_url() and view.status is JobStatus.COMPLETED:
         base = (settings.public_url or str(request.base_url)).rstrip("/")
         link = deps.links(request)  # signed for an authenticated caller (or presigned in the bucket): no key needed
         urls = [absolute(base, link.image(view, index)) for index in range(view.image_count)]

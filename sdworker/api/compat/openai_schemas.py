@@ -70,6 +70,14 @@ class ImagesRequest(BaseModel):
     scheduler: str | None = Field(None, min_length=1, max_length=64)
     strength: float | None = Field(None, gt=0.0, le=1.0)
 
+    def answers_with_url(self) -> bool:
+        """OpenAI's default when ``response_format`` is left out: ``url`` for ``dall-e-2``/``dall-e-3``
+        (LibreChat's DALL-E tool reads only ``url``), ``b64_json`` for the gpt-image models and for a
+        request without ``model`` (what gpt-image clients and the README's example read)."""
+        if self.response_format is not None:
+            return self.response_format == "url"
+        return (self.model or "").lower().startswith("dall-e-")
+
 
 def to_draft(
     body: ImagesRequest,
