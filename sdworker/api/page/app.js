@@ -7,7 +7,8 @@ import { rememberSignedUrl } from "./auth.js";
 import { clearErrors, clearFieldError, reportHttpError, showFormError } from "./errors.js";
 import { cancelJob, focus } from "./follow.js";
 import {
-  addLoraRow, applyMode, bodyText, buildBody, maskEditor, mode, randomSeed, restoreForm, saveForm, setInputImage,
+  addLoraRow, applyMode, applyModelDefaults, bodyText, buildBody, maskEditor, mode, randomSeed, restoreForm, saveForm,
+  setInputImage,
 } from "./form.js";
 import { applyGuidance, initGuidance } from "./guide.js";
 import { $, ACTIVE, hashJobId, hooks, imageUrl, jobById, loadJobs, saveJobs, setText, state } from "./state.js";
@@ -54,7 +55,8 @@ function applyInfo(info) {
   }
 
   // The model library (GET /v1/models' entries): the picker keeps what the person chose.
-  const library = Array.isArray(info.library) ? info.library : [];
+  // A model whose files cannot be used (its `error` says why) is not offered: GET /v1/models shows it.
+  const library = (Array.isArray(info.library) ? info.library : []).filter((m) => !m.error);
   if (library.length) {
     const picker = $("model");
     const chosen = picker.value || sessionModel();
@@ -67,6 +69,13 @@ function applyInfo(info) {
     picker.value = library.some((m) => m.id === chosen) ? chosen : "";
     // Picking a model shows its own defaults (its family's steps and guidance, its native size).
     picker.onchange = () => applyModelDefaults(library.find((m) => m.id === picker.value) || library.find((m) => m.default));
+  }
+  if (!state.modelDefaultsApplied) {
+    // Once, unless a reload kept the form: the picked (or the server's) model's defaults, and the device's
+    // (the worker's, or the first of the fleet's when this node runs none).
+    state.modelDefaultsApplied = true;
+    const entry = library.find((m) => m.id === $("model").value) || library.find((m) => m.default);
+    applyModelDefaults(entry, pick("device") || ((info.workers || [])[0] || {}).device || "");
   }
 
   applyGuidance(info);
@@ -87,16 +96,6 @@ function applyInfo(info) {
   const model = typeof info.model === "string" ? info.model : engine.model;
   const bits = [model && `model ${model}`, engine.family, pick("device"), pick("dtype")].filter(Boolean);
   serverStatus(bits.length ? `Ready · ${bits.join(" · ")}` : "Ready", false);
-}
-
-/** Fill the size, steps and guidance fields with a library entry's defaults (GET /v1/models). */
-function applyModelDefaults(m) {
-  if (!m || !m.defaults) return;
-  const d = m.defaults;
-  for (const [id, value] of [["steps", d.steps], ["guidance_scale", d.guidance_scale], ["width", d.width], ["height", d.height]]) {
-    if (value !== undefined && value !== null) $(id).value = value;
-  }
-  if (m.size_multiple) for (const id of ["width", "height"]) $(id).step = m.size_multiple;
 }
 
 /** The model kept by saveForm across a reload (its options only exist once /v1/info answered). */
@@ -370,7 +369,7 @@ function init() {
   });
 
   loadJobs();
-  if (restoreForm()) state.previewDefaultsApplied = true;
+  if (restoreForm()) state.previewDefaultsApplied = state.modelDefaultsApplied = true;
   const lastDone = [...state.jobs].reverse().find((j) => j.status === "completed" && j.seed !== null);
   if (lastDone) {
     state.lastSeed = lastDone.seed;

@@ -171,6 +171,8 @@ const FORM_KEY = "sdworker.form";
 /** Remember what the person typed (not the images) for this tab, so a reload keeps the form. */
 export function saveForm() {
   const values = { previewOpen: $("preview-settings").open };
+  // What the page itself filled in (applyModelDefaults), so a field still counts as unedited after a reload.
+  for (const id of DEFAULT_FIELDS) if ($(id).dataset.auto !== undefined) values[`auto:${id}`] = $(id).dataset.auto;
   for (const el of $("job-form").elements) {
     if (el.type === "file" || el.type === "submit" || el.type === "button" || !el.name) continue;
     if (el.type === "radio") {
@@ -201,8 +203,34 @@ export function restoreForm() {
       el.value = values[el.id];
     }
   }
+  for (const id of DEFAULT_FIELDS) if (values[`auto:${id}`] !== undefined) $(id).dataset.auto = values[`auto:${id}`];
   $("preview-settings").open = !!values.previewOpen;
   return true;
+}
+
+// ---------------------------------------------------------------- the model's defaults
+
+const DEFAULT_FIELDS = ["width", "height", "steps", "guidance_scale"];
+// Steps are slow on a CPU (512 px at 20 steps took minutes even on the demo model), so on a CPU device the
+// page starts at min(the model's default, this) steps: a newcomer's first image comes in seconds. Only the
+// start is capped: picking a model in the list shows that model's own defaults, as its authors recommend.
+const CPU_START_STEPS = 8;
+
+/** Fill width, height, steps and guidance with a library entry's defaults (GET /v1/models), except where
+ * the person edited a field: a value other than the one the page last put there (or the HTML's own).
+ * ``device`` is given for the page's starting values only, for the CPU cap above. */
+export function applyModelDefaults(entry, device = "") {
+  const d = (entry && entry.defaults) || {};
+  const values = { width: d.width, height: d.height, steps: d.steps, guidance_scale: d.guidance_scale };
+  if (String(device).startsWith("cpu")) {
+    values.steps = Math.min(Number(values.steps ?? $("steps").value) || CPU_START_STEPS, CPU_START_STEPS);
+  }
+  for (const id of DEFAULT_FIELDS) {
+    const el = $(id);
+    if (values[id] === undefined || values[id] === null || el.value !== (el.dataset.auto ?? el.defaultValue)) continue;
+    el.value = el.dataset.auto = String(values[id]);
+  }
+  if (entry && entry.size_multiple) for (const id of ["width", "height"]) $(id).step = entry.size_multiple;
 }
 
 // ---------------------------------------------------------------- LoRA rows

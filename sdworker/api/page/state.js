@@ -16,6 +16,7 @@ export const state = {
   samples: [], // {step, t} for it/s
   lastSeed: null,
   previewDefaultsApplied: false,
+  modelDefaultsApplied: false, // the model's and the device's starting values (app.js)
 };
 
 /** Set by app.js: redraws the queue list and the strip after a job changes. */
