@@ -99,6 +99,8 @@ def library_entry(model: ModelInfo) -> dict[str, Any]:
         "size_bytes": model.size_bytes,
         # An edit model runs image_edit jobs only, with up to this many reference images (null: not one).
         "edit_references": edit.max_references if (edit := edit_model(model.family, model.variant)) else None,
+        # Why it cannot be used (unreadable files, or its load failed); null for a usable model.
+        "error": model.error,
     }
 
 

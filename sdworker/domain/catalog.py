@@ -44,6 +44,7 @@ class ModelInfo:
     size_multiple: int = 8
     size_bytes: int | None = None  # its weights once loaded, from the safetensors headers (None: unknown)
     too_large: str | None = None  # why this worker cannot load it even alone (over its --max-loaded-bytes)
+    error: str | None = None  # why it cannot be used at all (unreadable files, or its load failed): listed, never run
     prompt_tokenizer: PromptTokenizer | None = None  # how a fleet worker's API nodes count its prompts
 
     @property

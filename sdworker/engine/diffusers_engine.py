@@ -84,6 +84,7 @@ from sdworker.errors import (
     GenerationFailed,
     InvalidRequest,
     JobCancelled,
+    ModelError,
     ModelNotFound,
     ModelTooLarge,
     NotReady,
@@ -162,24 +163,31 @@ class DiffusersEngine:
             return self._library
 
     def list_models(self) -> tuple[ModelInfo, ...]:
-        """Every model of the library, the default and the loaded ones marked."""
+        """Every model of the library, the default and the loaded ones marked; a model that cannot be
+        used (unreadable, or its load failed) is listed with its ``error``."""
         library = self.library
         try:
             default: str | None = library.default_name
         except ModelNotFound:  # an empty folder: nothing to mark
             default = None
         loaded = self._loaded_names
-        return tuple(
+        broken = library.broken()
+        entries = library.models()
+        usable = tuple(
             ModelInfo(
                 name=e.name, family=e.family, kind=e.kind, path=e.source.location, native_size=e.native_size,
                 variant=e.variant, default_steps=_defaults(e)[0], default_guidance=_defaults(e)[1],
                 size_multiple=family_facts(e.family).size_multiple,
                 loaded=e.name in loaded, is_default=e.name == default,
                 sha256=self._hashes.cached(e.hash_file) if e.hash_file is not None else None,
-                size_bytes=e.size_bytes, too_large=self._too_large(e),
+                size_bytes=e.size_bytes, too_large=self._too_large(e), error=broken.get(e.name),
             )
-            for e in library.models()
+            for e in entries
         )
+        names = {e.name for e in entries}
+        unreadable = tuple(ModelInfo(name=name, family="unknown", kind="", path="", native_size=0, error=reason)
+                           for name, reason in broken.items() if name not in names)
+        return usable + unreadable
 
     def list_loras(self) -> tuple[LoraInfo, ...]:
         return tuple(LoraInfo(e.name, str(e.path), e.family, e.format) for e in self.library.loras())
@@ -653,12 +661,15 @@ class DiffusersEngine:
             slot = self._add_slot(entry, model, keys)
             if entry.size_bytes is None:
                 self._fit_measured(entry.name)
-        except BaseException:
+        except BaseException as exc:
             if entry.name in self._slots:
                 self._evict(entry.name)
             else:
                 self._pool.release(entry.name)
             _notify(on_model_load, entry.name, "failed", time.perf_counter() - started)
+            if isinstance(exc, ModelError):  # its files cannot make a model (not a cancel, not memory)
+                log.error("%s", exc.message)
+                self.library.mark_broken(entry.name, exc.message)
             raise
         _notify(on_model_load, entry.name, "finished", time.perf_counter() - started)
         return slot

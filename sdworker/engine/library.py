@@ -100,6 +100,10 @@ class ModelLibrary:
         self._extra: ModelEntry | None = None  # --model, resolved once
         self._memory = memory
         self._measured: dict[str, int] = {}  # sizes measured at load for models whose files cannot tell
+        # Models of the folder that cannot be used, and why (unreadable files, or their load failed):
+        # listed with the reason so a user sees what is wrong, never chosen to run a job.
+        self._broken: dict[str, str] = {}
+        self._unreadable: dict[str, str] = {}  # found unreadable by the last scan
         self.models_dir, self.lora_dir, self.embeddings_dir = self._folders(settings, demo=memory is None)
         self.refresh()
 
@@ -135,10 +139,11 @@ class ModelLibrary:
     def refresh(self) -> None:
         """Rescan the models folder (LoRAs are looked up per request, so they need no scan)."""
         found: dict[str, ModelEntry] = {}
+        unreadable: dict[str, str] = {}
         if self.models_dir is not None:
             if not self.models_dir.is_dir():
                 raise ModelError(f"--models-dir {self.models_dir}: no such folder")
-            for entry in self._scan(self.models_dir, self.models_dir, 0):
+            for entry in self._scan(self.models_dir, self.models_dir, 0, unreadable):
                 found.setdefault(entry.name, entry)
         extra = self._extra_model()
         if extra is not None:
@@ -152,7 +157,20 @@ class ModelLibrary:
             found.update({name: replace(found[name], offload=o.offload) for name, o in options.items()})
         with self._lock:
             self._models = dict(sorted(found.items()))
+            self._unreadable = {name: why for name, why in unreadable.items() if name not in found}
+            self._broken = {}  # a rescan is asked when files changed: a failed model gets another try
             self._default = self._pick_default()
+
+    def broken(self) -> dict[str, str]:
+        """Models that cannot be used, with the reason: unreadable in the folder, or their last load failed."""
+        with self._lock:
+            return {**self._unreadable, **self._broken}
+
+    def mark_broken(self, name: str, reason: str) -> None:
+        """``name`` failed to load: shown with ``reason`` until a refresh finds it again (fixed files)."""
+        with self._lock:
+            if name in self._models:
+                self._broken[name] = reason
 
     def _extra_model(self) -> ModelEntry | None:
         """``--model`` when it names something other than the demo bundle."""
@@ -214,7 +232,7 @@ class ModelLibrary:
             return DEMO_SD15
         return next(iter(self._models), None)
 
-    def _scan(self, root: Path, folder: Path, depth: int) -> list[ModelEntry]:
+    def _scan(self, root: Path, folder: Path, depth: int, unreadable: dict[str, str]) -> list[ModelEntry]:
         entries: list[ModelEntry] = []
         try:
             children = sorted(folder.iterdir())
@@ -230,7 +248,7 @@ class ModelLibrary:
                     if (child / "model_index.json").is_file():
                         entries.append(self._describe(child, str(name), ModelSource("folder", str(child))))
                     elif depth < _MAX_DEPTH:
-                        entries.extend(self._scan(root, child, depth + 1))
+                        entries.extend(self._scan(root, child, depth + 1, unreadable))
                 elif child.suffix.lower() in (".safetensors", GGUF_SUFFIX):
                     source = ModelSource("single_file", str(child))
                     entries.append(self._describe(child, str(name.with_suffix("")), source))
@@ -238,7 +256,9 @@ class ModelLibrary:
                     source = ModelSource("pickle", str(child))
                     entries.append(self._describe(child, str(name.with_suffix("")), source))
             except (OSError, ValueError) as exc:
-                log.warning("skipping %s: not a readable model (%s)", child, exc)
+                log.error("model %s: not a readable model (%s); listed with this error, not used", child, exc)
+                listed = name if child.is_dir() else name.with_suffix("")
+                unreadable[str(listed)] = f"not a readable model: {exc}"
         return entries
 
     def _describe(self, path: Path, name: str, source: ModelSource) -> ModelEntry:
@@ -279,6 +299,8 @@ class ModelLibrary:
             self.refresh()
             with self._lock:
                 entry = self._models.get(wanted)
+        if entry is None and wanted in self.broken():
+            raise ModelError(f"{field}: model {wanted!r} cannot be used: {self.broken()[wanted]}", field=field)
         if entry is None:
             raise ModelNotFound(f"{field}: no model named {wanted!r} ({self._names_hint()})", field=field)
         return entry

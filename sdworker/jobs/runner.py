@@ -225,6 +225,7 @@ class JobRunner:
         try:
             await loop.run_in_executor(self._gpu, self._engine.load)
         except SdworkerError as exc:
+            log.error("loading the model failed: %s", exc.message)
             await self._die(exc.message)
             return
         except Exception as exc:

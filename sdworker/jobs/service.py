@@ -329,9 +329,11 @@ class LocalJobService:
                 lambda: (library.list_models(), library.list_loras(), library.list_controlnets(),
                          library.list_upscalers(), library.list_ip_adapters())
             )
-        model = self._settings.model
+        # A model that failed to load is offered by no door (the reason is on /ready): a client that
+        # lists models (Open WebUI's Verify) must not find one that every job would wait on forever.
+        served = () if self._engine_state == "failed" else (self._settings.model,)
         return FleetInfo(
-            models=(model,), engine=self._engine_info, queue_depth=len(self._queue), library=models, loras=loras,
+            models=served, engine=self._engine_info, queue_depth=len(self._queue), library=models, loras=loras,
             backend=self.backend,
             controlnets=controlnets,
             upscalers=upscalers,

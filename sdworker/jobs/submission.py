@@ -22,6 +22,7 @@ from sdworker.errors import (
     IpAdapterNotFound,
     LoraIncompatible,
     LoraNotFound,
+    ModelError,
     ModelNotFound,
     ModelTooLarge,
     UnknownScheduler,
@@ -81,6 +82,8 @@ def check_model_fits(listed: list[ModelInfo]) -> None:
     """An API node without the engine (Redis mode): ``listed`` is what each live worker said about the
     job's model; when none of them can load it even alone (each over its ``--max-loaded-bytes``), the
     job is refused now with the first worker's reason (model, size, budget) instead of failing later."""
+    if listed and all(entry.error for entry in listed):
+        raise ModelError(f"model: {listed[0].name!r} cannot be used: {listed[0].error}", field="model")
     if listed and all(entry.too_large for entry in listed):
         raise ModelTooLarge(str(listed[0].too_large), field="model")
 

@@ -142,6 +142,25 @@ async def test_ready_is_503_while_loading_and_when_the_model_fails() -> None:
         assert (await app.client.get("/health")).status_code == 200
 
 
+async def test_a_model_that_fails_to_load_is_logged_and_offered_by_no_door(caplog: pytest.LogCaptureFixture) -> None:
+    # Open WebUI's Verify lists sd-models and reads options: a model every job would wait on forever
+    # must not be there; /ready says why, the log says it at error level, rbee's beat says "error".
+    with caplog.at_level("ERROR", logger="sdworker.jobs.runner"):
+        async with running_app(FakeEngine(load_error="no such model: /x"), wait_ready=False) as app:
+            await app.wait_for(lambda: _reason_contains(app.client, "no such model"))
+            # (A fleet's API node reads the workers' state at most a second late.)
+            await app.wait_for(lambda: _no_models(app.client))
+            assert (await app.client.get("/sdapi/v1/sd-models")).json() == []
+            options = await app.client.get("/sdapi/v1/options")
+            assert options.status_code == 503 and "no such model" in options.text
+            assert app.app.state.node.worker_status() == "error"  # what the heartbeat sends
+    assert any(r.levelname == "ERROR" and "no such model" in r.getMessage() for r in caplog.records)
+
+
+async def _no_models(client: httpx.AsyncClient) -> bool:
+    return (await client.get("/v1/models")).json()["data"] == []
+
+
 async def _ready(client: httpx.AsyncClient) -> bool:
     return (await client.get("/ready")).status_code == 200
 

@@ -17,7 +17,7 @@ from sdworker.domain.request import GenerationRequest
 from sdworker.engine.demo_model import CHECKPOINT_NAME
 from sdworker.engine.diffusers_engine import DiffusersEngine
 from sdworker.engine.library import ModelLibrary
-from sdworker.errors import ModelNotFound
+from sdworker.errors import ModelError, ModelNotFound
 from sdworker.settings import Settings
 
 from .helpers import pixels
@@ -183,3 +183,33 @@ def test_transformer_lora_families_from_key_names_and_widths(header: dict[str, A
     from sdworker.engine.lora_family import transformer_lora_family
 
     assert transformer_lora_family(header) == family
+
+
+def test_a_broken_model_of_the_folder_is_listed_with_its_error_and_never_run(
+    demo_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Unreadable files, and a folder whose parts are missing (it fails when loaded): a user sees both in
+    # /v1/models with the reason instead of a model that vanished or one every job fails on unexplained.
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "good").symlink_to(demo_bundle / "models" / "demo-sd15")
+    (root / "garbage.safetensors").write_bytes(b"\x00" * 8 + b"not a header")
+    (root / "parts-missing").mkdir()
+    (root / "parts-missing" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    engine = DiffusersEngine(Settings(models_dir=str(root), cache_dir=tmp_path, device="cpu", default_model="good"))
+    with caplog.at_level("ERROR"):
+        engine.load()
+        listed = {m.name: m.error for m in engine.list_models()}
+        assert listed["good"] is None and listed["parts-missing"] is None  # not known to be broken yet
+        assert listed["garbage"] is not None and "not a readable model" in listed["garbage"]
+        with pytest.raises(ModelError) as unreadable:
+            engine.validate_request(GenerationRequest(prompt="x", model="garbage", **BASE))
+        assert unreadable.value.field == "model" and unreadable.value.http_status == 400
+        with pytest.raises(ModelError):
+            engine.generate(GenerationRequest(prompt="x", model="parts-missing", **BASE))
+        failed = {m.name: m.error for m in engine.list_models()}["parts-missing"]
+        assert failed is not None and "cannot load it" in failed
+    assert any("garbage" in r.getMessage() for r in caplog.records)
+    assert any("parts-missing" in r.getMessage() for r in caplog.records)
+    engine.library.refresh()  # files may have been fixed: the failed one gets another try
+    assert {m.name: m.error for m in engine.list_models()}["parts-missing"] is None

@@ -16,6 +16,7 @@ from sdworker.api.compat import a1111_extras as extras
 from sdworker.api.compat.a1111_schemas import Img2ImgRequest, Txt2ImgRequest
 from sdworker.api.compat.a1111_state import Checkpoint, checkpoints
 from sdworker.api.compat.jobs import served_names
+from sdworker.errors import NotReady
 
 router = APIRouter(prefix="/sdapi/v1", tags=["automatic1111"])
 
@@ -138,5 +139,8 @@ async def _known(request: Request) -> list[Checkpoint]:
 
 async def _current(request: Request) -> Checkpoint:
     known = await _known(request)
+    if not known:  # the model failed to load (or none is served yet): say why rather than name one
+        _, reason = await deps.node(request).readiness()
+        raise NotReady(f"no model is served: {reason or 'none is loaded'}", field="sd_model_checkpoint")
     chosen = door.a1111_state(request).checkpoint or deps.settings(request).model
     return next((c for c in known if c.model == chosen), known[0])

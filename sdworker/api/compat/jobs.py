@@ -69,5 +69,6 @@ def served_names(fleet: FleetInfo) -> tuple[str, ...]:
     """What a compat door may run: the served models, then the library's other models (a FLUX.1 folder
     beside the default SD one), each once (the default entry is the served ``--model`` already)."""
     names = list(fleet.models)
-    names += [m.name for m in fleet.library if m.name not in names and not (m.is_default and names)]
+    names += [m.name for m in fleet.library
+              if m.name not in names and not (m.is_default and names) and m.error is None]
     return tuple(names)

@@ -206,7 +206,7 @@ def library_record(
             {"name": m.name, "family": m.family, "kind": m.kind, "native_size": m.native_size, "loaded": m.loaded,
              "default": m.is_default, "sha256": m.sha256, "variant": m.variant, "default_steps": m.default_steps,
              "default_guidance": m.default_guidance, "size_multiple": m.size_multiple, "size_bytes": m.size_bytes,
-             "too_large": m.too_large, "prompt_tokenizer": _tokenizer_record(m.prompt_tokenizer)}
+             "too_large": m.too_large, "error": m.error, "prompt_tokenizer": _tokenizer_record(m.prompt_tokenizer)}
             for m in models
         ],
         "loras": [{"name": lora.name, "family": lora.family, "format": lora.format} for lora in loras],
@@ -223,6 +223,7 @@ def parse_library(raw: bytes) -> tuple[tuple[ModelInfo, ...], tuple[LoraInfo, ..
                   default_guidance=float(m.get("default_guidance", 7.5)), size_multiple=int(m.get("size_multiple", 8)),
                   size_bytes=int(m["size_bytes"]) if m.get("size_bytes") is not None else None,
                   too_large=str(m["too_large"]) if m.get("too_large") else None,
+                  error=str(m["error"]) if m.get("error") else None,
                   prompt_tokenizer=_parse_tokenizer(m.get("prompt_tokenizer")))
         for m in library.get("models", ())
     )

@@ -213,7 +213,8 @@ async def read_fleet(redis: Any, keys: Keys, settings: Settings, call: Call) -> 
         await call(redis.hdel(keys.workers, *stale))
     library = union_by_name(m for models, _ in libraries.values() for m in models)
     loras = union_by_name(lora for _, each in libraries.values() for lora in each)
-    models = tuple(sorted({info.model for info, _ in workers}))  # what the compat doors list
+    # What the compat doors list: a model whose workers all failed to load it is offered by none.
+    models = tuple(sorted({info.model for info, _ in workers if info.status != "failed"}))
     return FleetInfo(
         models=models,
         engine=engine,
