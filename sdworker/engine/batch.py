@@ -186,7 +186,7 @@ def _loop(family: BatchFamily, pipe: Any, active: list[BatchJob]) -> None:
         if not active:
             return
     for job in active:
-        job.steps_run = len(timesteps)
+        job.steps_run = job.callback.steps_done  # the user's steps (PLMS's warm-up call is none)
 
 
 def _report(family: BatchFamily, pipe: Any, job: BatchJob, progress: Any, index: int, t: Any) -> bool:

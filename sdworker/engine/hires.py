@@ -12,8 +12,9 @@ pass's noise from the job's seeds), so a job equals the two diffusers pipelines 
 other with ``torch.Generator("cpu").manual_seed(seed)`` each.
 
 Progress: ``step``/``total`` count both passes (the second pass runs ``int(steps x strength)``
-steps, as diffusers' ``get_timesteps`` cuts them, times the scheduler's order), and every step says
-its ``pass_number``. A cancel stops either pass; an interrupt during pass 1 ends the job with pass 1's
+steps, as diffusers' ``get_timesteps`` cuts them), in the user's steps, not the loop's calls
+(``step_hook.steps_shown``: PLMS's warm-up call and Heun's second calls are not steps), and every step
+says its ``pass_number``. A cancel stops either pass; an interrupt during pass 1 ends the job with pass 1's
 image (A1111 skips the second pass too); one between the passes is seen before pass 2 starts.
 """
 
@@ -27,19 +28,21 @@ from PIL import Image
 
 from sdworker.domain.control import CancelToken
 from sdworker.domain.hires import IMAGE_UPSCALERS, LATENT_UPSCALE_MODES, HiresFix, HiresSize
+from sdworker.engine.step_hook import steps_shown
 
 GRID = 8
 
 
 def planned_steps(scheduler: Any, steps: int, strength: float | None = None) -> int:
-    """How many times a pipeline will call back for ``steps`` (and img2img's ``strength``): the length of
-    its timesteps, cut as diffusers' ``get_timesteps`` cuts them. ``scheduler`` is a throwaway copy."""
+    """How many steps a pass for ``steps`` (and img2img's ``strength``) will report: its loop is the
+    timesteps cut as diffusers' ``get_timesteps`` cuts them, counted as ``StepCallback`` counts its steps.
+    ``scheduler`` is a throwaway copy."""
     scheduler.set_timesteps(steps, device="cpu")
     timesteps = scheduler.timesteps
     if strength is None:
-        return len(timesteps)
+        return steps_shown(scheduler, len(timesteps))
     start = max(steps - min(int(steps * strength), steps), 0)
-    return len(timesteps[start * scheduler.order :])
+    return steps_shown(scheduler, len(timesteps[start * scheduler.order :]))
 
 
 def upscale_latents(latents: torch.Tensor, size: HiresSize, upscaler: str) -> torch.Tensor:

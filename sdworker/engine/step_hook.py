@@ -19,6 +19,15 @@ An *interrupt* (A1111's, ``CancelToken.interrupt``) leaves the loop the same way
 ``Interrupted`` with the latents it has; the engine decodes those with the VAE and returns a normal
 result, so the job completes with the image as it stood.
 
+Steps count what the user asked for, not the loop's UNet calls (issue #20). PLMS (``PNDMScheduler``,
+SD 1.x's default) spends two calls on its first step, a warm-up: its timesteps repeat one
+(``[750, 500, 500, 250, 0]`` for 4 steps). Second-order schedulers (Heun) make two calls per step but
+one for the last (2n - 1). So the loop has more iterations than steps, and ``steps_shown`` says how
+many steps it is; call ``i`` of ``L`` ends the user's step ``(i + 1) * n // L``, which is exactly the
+step that call completes for both kinds; a call that completes none (PLMS's warm-up, Heun's predictor
+half) reports nothing, but a cancel is still checked after it. The reported step rises by one per
+report and ends at ``n``; ``steps_done`` (the result's ``steps_run``) counts the same steps.
+
 Cost when nobody watches: no preview requested means no tensor is touched here, nothing is synced
 with the GPU, and x0 is never computed (it is computed lazily, only when a preview asks).
 """
@@ -43,6 +52,27 @@ log = logging.getLogger(__name__)
 
 # (method, max_size, tensor, source) -> pixels or None; the engine owns the decoders.
 PreviewRenderer = Callable[[str, int, "torch.Tensor", str], "PreviewPixels | None"]
+
+
+def steps_shown(scheduler: Any, loop_steps: int) -> int:
+    """How many of the user's steps a denoising loop of ``loop_steps`` calls runs with ``scheduler`` (after
+    its ``set_timesteps``); img2img's loop is a tail of the schedule, so the count is taken from its length.
+
+    A second-order scheduler (``order`` 2: Heun) makes ``2n - 1`` calls for ``n`` steps. Otherwise the
+    extra calls of the whole schedule (``len(timesteps) - num_inference_steps``: PLMS's one warm-up) come
+    once, at the start of any tail of it. No scheduler, or one without those attributes: one call a step.
+    """
+    if scheduler is None:
+        return loop_steps
+    order = int(getattr(scheduler, "order", 1) or 1)
+    if order > 1:
+        return max(1, -(-loop_steps // order))
+    timesteps = getattr(scheduler, "timesteps", None)
+    asked = getattr(scheduler, "num_inference_steps", None)
+    if timesteps is None or not asked:
+        return loop_steps
+    extra = len(timesteps) - int(asked)
+    return max(1, loop_steps - extra) if extra > 0 else loop_steps
 
 
 class DiffusersStepView:
@@ -111,8 +141,9 @@ class StepCallback:
     ``pipe._interrupt`` because that flag still walks the remaining timesteps and decodes an image nobody
     wants (see the module docstring for the full reasoning).
 
-    A job of several passes (the hires fix) reports them as one: pass ``pass_number`` starts after
-    ``offset`` steps of a job of ``total`` steps in all (None: the pipeline's own count).
+    Steps are the user's (``steps_shown``; see the module docstring), not the loop's calls. A job of several
+    passes (the hires fix) reports them as one: pass ``pass_number`` starts after ``offset`` steps of a
+    job of ``total`` steps in all (None: this pass's own count).
     """
 
     __slots__ = ("cancel", "offset", "on_step", "pass_number", "recorder", "renderer", "steps_done", "total")
@@ -138,11 +169,17 @@ class StepCallback:
         self.pass_number = pass_number
 
     def __call__(self, pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        self.steps_done = index + 1
-        if self.on_step is not None:
-            total = self.total or getattr(pipe, "_num_timesteps", None) or len(pipe.scheduler.timesteps)
-            self.on_step(DiffusersStepView(self.offset + index + 1, int(total), tensors["latents"], self.recorder,
-                                           self.renderer, self.pass_number))
+        scheduler = getattr(pipe, "scheduler", None)
+        if scheduler is None and self.recorder is not None:  # the batch loop's stand-in pipeline has none
+            scheduler = self.recorder.scheduler
+        loop_steps = int(getattr(pipe, "_num_timesteps", None) or len(pipe.scheduler.timesteps))
+        shown = steps_shown(scheduler, loop_steps)
+        step = min((index + 1) * shown // loop_steps, shown)
+        if step > self.steps_done:  # this call completed one of the user's steps
+            self.steps_done = step
+            if self.on_step is not None:
+                self.on_step(DiffusersStepView(self.offset + step, self.total or shown, tensors["latents"],
+                                               self.recorder, self.renderer, self.pass_number))
         if self.cancel is not None and self.cancel.interrupted:
             x0 = self.recorder.predicted_x0() if self.recorder is not None else None
             raise Interrupted(x0 if x0 is not None else tensors["latents"], self.steps_done)
