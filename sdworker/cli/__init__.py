@@ -18,14 +18,48 @@ from sdworker import __version__
 from sdworker.cli.extras import missing_worker_package
 from sdworker.cli.flags import add_setting_flags, settings_from_args
 from sdworker.errors import SdworkerError
+from sdworker.settings import Settings, env_name
 
 __all__ = ["build_parser", "main", "settings_from_args"]
 
+_PORT = Settings.model_fields["port"].default
+# What ``sdworker --help`` says: for someone who has just installed it (the module docstring is for us).
+DESCRIPTION = f"""\
+sdworker generates images with Stable Diffusion, SDXL, FLUX and similar models, on this machine
+or as an HTTP service (jobs, live progress and previews, PNGs with their parameters).
+
+To start:
+  sdworker serve --model demo               serve a tiny built-in model (noise, no download) on
+                                            http://127.0.0.1:{_PORT}; its API is described at /docs
+  sdworker generate "a cat" --model demo -o cat.png
+                                            one image on this machine, written as a PNG
+  sdworker serve --model PATH_OR_HUB_ID     your model: a diffusers folder, a .safetensors file or
+                                            a Hugging Face id such as org/name
+"""
+EPILOG = """\
+'sdworker COMMAND --help' lists a command's flags; each setting is also an environment variable
+SDWORKER_<NAME>."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser, which reports an unknown argument itself: argparse hands a subcommand's
+    leftovers back to the top parser, whose error shows ``usage: sdworker [-h] [--version] {serve,...}``
+    and hides the flags that were meant (``sdworker serve --prot 1``)."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdworker", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="sdworker", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"sdworker {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
 
     serve = sub.add_parser("serve", help="run the HTTP service and one generation worker in one process")
     _add_log_level(serve)
@@ -40,26 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(worker, "worker")
 
     gen = sub.add_parser("generate", help="generate images from a prompt and write PNGs")
-    gen.add_argument("prompt")
+    gen.add_argument("prompt", help="what to draw, e.g. \"a photo of a cat\"")
     add_setting_flags(gen, "generate")
-    gen.add_argument("-o", "--output", default="out.png", help="PNG path; with --n > 1, out-0.png, out-1.png, ...")
-    gen.add_argument("--steps", type=int, default=None, help="default: the model family's (SD 20, FLUX.1 dev 28...)")
-    gen.add_argument("--width", type=int, default=None, help="default 512, or the init image's width")
-    gen.add_argument("--height", type=int, default=None, help="default 512, or the init image's height")
-    gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--scheduler", default=None)
-    gen.add_argument("--guidance", type=float, default=None, help="default: the model family's (SD 7.5...)")
-    gen.add_argument("--negative", default="")
-    gen.add_argument("--init-image", dest="init_image", default=None)
-    gen.add_argument("--mask", default=None, help="white = repaint; needs --init-image")
-    gen.add_argument("--strength", type=float, default=None, help="img2img/inpaint strength (0.8)")
-    gen.add_argument("--n", type=int, default=1, help="number of images")
-    gen.add_argument("--preview-dir", dest="preview_dir", default=None, help="also write previews here")
-    gen.add_argument("--preview-every", dest="preview_every", type=int, default=None)
-    gen.add_argument("--preview-method", dest="preview_method", default=None)
-    gen.add_argument("--preview-format", dest="preview_format", default=None)
-    gen.add_argument("--quiet", action="store_true", help="no progress bar")
-    gen.add_argument("--url", default=None, help="run on the sdworker at this URL (also SDWORKER_URL)")
+    _add_generate_flags(gen)
 
     mcp = sub.add_parser("mcp", help="an MCP server on stdio that drives the sdworker at --url (for MCP hosts)")
     mcp.add_argument("--url", default=None, help="the sdworker's URL (also SDWORKER_URL)")
@@ -70,9 +87,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_generate_flags(gen: argparse.ArgumentParser) -> None:
+    """The flags of one generation; each help says its default."""
+    from sdworker.domain.scheduler_names import SCHEDULER_NAMES
+
+    gen.add_argument("-o", "--output", default="out.png",
+                     help="PNG path; with --n > 1, out-0.png, out-1.png, ... (default: out.png)")
+    gen.add_argument("--steps", type=int, default=None, help="default: the model family's (SD 20, FLUX.1 dev 28...)")
+    for side in ("width", "height"):
+        # 512 is build_request's choice; a remote worker (--url) settles an unset size to the model's own.
+        gen.add_argument(f"--{side}", type=int, default=None,
+                         help=f"a multiple of 8 (default: the init image's {side} rounded down to a multiple of 8, "
+                              "else 512; with --url the model's native size)")
+    gen.add_argument("--seed", type=int, default=None, help="default: a random seed (printed at the end)")
+    gen.add_argument("--scheduler", default=None,
+                     help=f"one of {', '.join(SCHEDULER_NAMES)} (default: the one the model ships with)")
+    gen.add_argument("--guidance", type=float, default=None, help="default: the model family's (SD 7.5...)")
+    gen.add_argument("--negative", default="", help="negative prompt: what not to draw (default: none)")
+    gen.add_argument("--init-image", dest="init_image", default=None,
+                     help="an image to start from (img2img; default: none, text to image)")
+    gen.add_argument("--mask", default=None, help="white = repaint; needs --init-image (default: none)")
+    gen.add_argument("--strength", type=float, default=None,
+                     help="img2img/inpaint strength, 0 to 1 (default: 0.8)")
+    gen.add_argument("--n", type=int, default=1, help="number of images (default: 1)")
+    gen.add_argument("--preview-dir", dest="preview_dir", default=None,
+                     help="also write previews here (default: none, no previews)")
+    gen.add_argument("--preview-every", dest="preview_every", type=int, default=None,
+                     help=f"with --preview-dir, a preview every N steps (default: {env_name('preview_every')} or "
+                          f"{Settings.model_fields['preview_every'].default})")
+    gen.add_argument("--preview-method", dest="preview_method", default=None,
+                     help=f"with --preview-dir: auto, latent2rgb, taesd or vae (default: "
+                          f"{env_name('preview_method')} or {Settings.model_fields['preview_method'].default})")
+    gen.add_argument("--preview-format", dest="preview_format", default=None,
+                     help=f"with --preview-dir: jpeg, webp or png (default: {env_name('preview_format')} or "
+                          f"{Settings.model_fields['preview_format'].default})")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
+    gen.add_argument("--url", default=None,
+                     help="run on the sdworker at this URL (default: SDWORKER_URL, else on this machine)")
+
+
 def _add_log_level(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", dest="log_level", default="info",
-                   choices=["critical", "error", "warning", "info", "debug"], help="(default: info)")
+                   choices=["critical", "error", "warning", "info", "debug"],
+                   help="(default: info; debug also shows the model libraries' own messages and progress bars)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,11 +12,13 @@ from sdworker.errors import ModelError
 
 
 def run_demo_model(args: argparse.Namespace) -> int:
+    from sdworker.cli.library_noise import quiet_libraries
     from sdworker.engine.demo_model import CHECKPOINT_NAME, DEMO_SD15, MODELS_DIR, write_demo_bundle
 
     target = Path(args.dir)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ModelError(f"{target}: exists and is not an empty folder; choose a new one")
+    quiet_libraries()  # the demo's random configs trip the libraries' advice for real models
     started = time.perf_counter()
     write_demo_bundle(target)
     size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())

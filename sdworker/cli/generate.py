@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from sdworker.cli.library_noise import quiet_libraries
 from sdworker.cli.outputs import output_paths
 from sdworker.domain.checks import check_strength
 from sdworker.domain.request import GenerationRequest, InputImage, Operation
@@ -36,7 +37,7 @@ def run_generate(args: argparse.Namespace) -> int:
     outputs = output_paths(Path(args.output), request.num_images)
     preview_config = _preview_config(args, settings)
 
-    _quiet_libraries()
+    quiet_libraries(download_bars=not args.quiet)
     from sdworker.domain.parameters import parameters_text
     from sdworker.engine.diffusers_engine import DiffusersEngine
     from sdworker.engine.models import resolve_source
@@ -72,16 +73,6 @@ def run_generate(args: argparse.Namespace) -> int:
         print(f"seed {seeds}; {result.steps_run} steps with {result.scheduler} in {result.seconds:.1f} s",
               file=sys.stderr)
     return 0
-
-
-def _quiet_libraries() -> None:
-    """Keep the terminal to our progress bar and one-line errors: diffusers and transformers log
-    advice meant for library users (hub fallbacks, optional backends) as warnings."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
 
 
 def build_request(args: argparse.Namespace, settings: Settings) -> GenerationRequest:

@@ -11,7 +11,8 @@ import argparse
 import logging
 
 from sdworker.api.app import create_app
-from sdworker.cli.flags import check_exposure, check_files, settings_from_args
+from sdworker.cli.flags import check_exposure, check_files, check_model, settings_from_args
+from sdworker.cli.library_noise import quiet_libraries
 from sdworker.cli.uvicorn_server import configure_logging, serve_app
 from sdworker.settings import Settings
 from sdworker.stores.results import S3Results
@@ -29,7 +30,9 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     check_exposure(settings)
     check_files(settings)
+    check_model(settings)
     level = configure_logging(args)
+    quiet_libraries(level)
     store = None
     if not settings.redis_url and settings.store != "memory":
         # Before the engine import: a second serve on the same folder exits 2 at once.

@@ -28,7 +28,8 @@ import os
 import signal
 import sys
 
-from sdworker.cli.flags import settings_from_args
+from sdworker.cli.flags import check_model, settings_from_args
+from sdworker.cli.library_noise import quiet_libraries
 from sdworker.cli.uvicorn_server import configure_logging
 from sdworker.errors import InvalidRequest
 from sdworker.jobs.node import Node
@@ -42,7 +43,9 @@ def run_worker(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if not settings.redis_url:
         raise InvalidRequest("sdworker worker needs --redis URL (or SDWORKER_REDIS_URL)", field="redis_url")
+    check_model(settings)
     level = configure_logging(args)
+    quiet_libraries(level)
     node = worker_node(settings)
     log.info("sdworker worker %s serving model %r from Redis %s%s", node.worker_id, settings.model,
              redacted(settings.redis_url or ""),

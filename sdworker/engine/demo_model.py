@@ -56,6 +56,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -358,6 +359,28 @@ def build_demo_controlnet(unet: Any, seed: int) -> Any:
 
 def write_demo_bundle(directory: Path) -> Path:
     """The demo models, LoRAs and embedding in one folder (layout in the module docstring)."""
+    with _without_progress_bars():
+        return _write_demo_bundle(directory)
+
+
+@contextlib.contextmanager
+def _without_progress_bars() -> Iterator[None]:
+    """No "Writing model shards: 100%|..." bar for each of the twenty-odd parts saved: on a server's
+    first start they read like errors among its log lines (issue #20). Restored afterwards."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = [lib for lib in (diffusers_logging, transformers_logging) if lib.is_progress_bar_enabled()]
+    for library in libraries:
+        library.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for library in libraries:
+            library.enable_progress_bar()
+
+
+def _write_demo_bundle(directory: Path) -> Path:
     import torch
     from diffusers import StableDiffusionXLPipeline
     from safetensors.torch import save_file
