@@ -172,14 +172,14 @@ def test_the_worker_preview_flags_shape_the_previews_its_jobs_stream(node: Node)
         async with httpx.AsyncClient(timeout=30) as client:
             # Nothing asked: the worker's --preview-every 2 --preview-format png (the API node's
             # defaults would be every step, JPEG).
-            _, watcher = await _run(client, node.api.url, _body(64, 6))
+            _, watcher = await _run(client, node.api.url, _body(64, 7))  # no preview on the last step
             previews = [e.data for e in watcher.events if e.name == "preview"]
             assert [p["step"] for p in previews] == [2, 4, 6], previews
             assert {p["format"] for p in previews} == {"png"}
             assert all(base64.b64decode(p["image"]).startswith(PNG_MAGIC) for p in previews)
             # What the client asked wins over the worker's flags, field by field. (Not step 1: a
             # fleet worker learns that somebody watches at its lease's first heartbeat.)
-            _, watcher = await _run(client, node.api.url, _body(64, 6, {"every": 3, "min_interval_ms": 0}))
+            _, watcher = await _run(client, node.api.url, _body(64, 7, {"every": 3, "min_interval_ms": 0}))
             previews = [e.data for e in watcher.events if e.name == "preview"]
             assert [p["step"] for p in previews] == [3, 6] and {p["format"] for p in previews} == {"png"}
 
