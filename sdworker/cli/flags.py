@@ -214,18 +214,6 @@ def check_exposure(settings: Settings) -> None:
     )
 
 
-def check_model(settings: Settings) -> None:
-    """``--model`` names a model that exists (a folder with ``model_index.json``, a checkpoint file) or
-    a hub id, decided without loading anything: a typo exits 2 at start instead of a server that
-    answers ``/health`` and fails every job. ``demo`` is not looked at here: it is built when the
-    engine loads it (and never with ``--models-dir``), so a start never builds it twice."""
-    if settings.model.strip() == "demo":
-        return
-    from sdworker.engine.models import resolve_source  # imports torch: only the model commands get here
-
-    resolve_source(settings)
-
-
 def check_files(settings: Settings) -> None:
     """Files named by settings that are read later: a missing one is a start-up error, not a 500."""
     if settings.models_dir is not None:

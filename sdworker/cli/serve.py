@@ -11,7 +11,7 @@ import argparse
 import logging
 
 from sdworker.api.app import create_app
-from sdworker.cli.flags import check_exposure, check_files, check_model, settings_from_args
+from sdworker.cli.flags import check_exposure, check_files, settings_from_args
 from sdworker.cli.library_noise import quiet_libraries
 from sdworker.cli.uvicorn_server import configure_logging, serve_app
 from sdworker.settings import Settings
@@ -30,6 +30,8 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     check_exposure(settings)
     check_files(settings)
+    from sdworker.cli.model_check import check_model  # imports torch: only when this command runs
+
     check_model(settings)
     level = configure_logging(args)
     quiet_libraries(level)

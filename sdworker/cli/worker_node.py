@@ -28,7 +28,7 @@ import os
 import signal
 import sys
 
-from sdworker.cli.flags import check_model, settings_from_args
+from sdworker.cli.flags import settings_from_args
 from sdworker.cli.library_noise import quiet_libraries
 from sdworker.cli.uvicorn_server import configure_logging
 from sdworker.errors import InvalidRequest
@@ -43,6 +43,8 @@ def run_worker(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if not settings.redis_url:
         raise InvalidRequest("sdworker worker needs --redis URL (or SDWORKER_REDIS_URL)", field="redis_url")
+    from sdworker.cli.model_check import check_model  # imports torch: only when this command runs
+
     check_model(settings)
     level = configure_logging(args)
     quiet_libraries(level)
