@@ -39,6 +39,7 @@ async def test_models_and_loras_are_listed_with_their_details() -> None:
             "defaults": {"steps": 20, "guidance_scale": 7.5, "width": 512, "height": 512}, "size_multiple": 8,
             "size_bytes": None,  # the fake engine's models have no files to size
             "edit_references": None,  # not an edit model
+            "error": None,  # a usable model
         }
         assert by_id["xl"]["architecture"] == "sdxl" and by_id["xl"]["native_size"] == 96
         assert not by_id["xl"]["default"]
