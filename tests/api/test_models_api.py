@@ -8,7 +8,7 @@ from dataclasses import replace
 from sdworker.domain.catalog import LoraInfo, ModelInfo
 from sdworker.engine.fake import FakeEngine
 
-from .helpers import backend_name, parse_sse, running_app
+from .helpers import SMALL, backend_name, parse_sse, running_app
 
 
 class SizedFakeEngine(FakeEngine):
@@ -100,3 +100,22 @@ async def test_the_compat_door_still_falls_back_to_the_default_model() -> None:
         assert response.status_code == 200, response.text
         if backend_name() != "redis":  # the engine runs in this process
             assert app.engine.current_model == "fake"
+
+
+class BrokenModelEngine(SizedFakeEngine):
+    """A library with a model whose files cannot be used (as the engine lists an unreadable file)."""
+
+    def list_models(self) -> tuple[ModelInfo, ...]:
+        broken = ModelInfo("broken", "unknown", "", "", 0, error="not a readable model: bad header length")
+        return (*super().list_models(), broken)
+
+
+async def test_a_broken_model_is_listed_with_its_error_and_offered_by_no_door() -> None:
+    async with running_app(BrokenModelEngine(models=("fake", "xl"))) as app:
+        by_id = {m["id"]: m for m in (await app.client.get("/v1/models")).json()["data"]}
+        assert by_id["broken"]["error"] == "not a readable model: bad header length"
+        assert by_id["fake"]["error"] is None
+        titles = [m["model_name"] for m in (await app.client.get("/sdapi/v1/sd-models")).json()]
+        assert "broken" not in titles and "xl" in titles
+        refused = await app.client.post("/v1/jobs", json={"prompt": "x", "model": "broken", **SMALL})
+        assert refused.status_code in (400, 404) and refused.json()["error"]["field"] == "model", refused.text
